@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# README command 2: set up, then run the test suite (fast suite by default; --slow adds the slow one).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+if [ "${1:-}" = "--slow" ]; then
+  shift
+  exec .venv/bin/python -m pytest -m "slow or not slow" "$@"
+fi
+exec .venv/bin/python -m pytest "$@"
