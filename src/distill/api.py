@@ -22,7 +22,7 @@ from distill.data import labels_of
 from distill.losses import CE, KD, Objective
 from distill.models import logits_of
 from distill.signals import CachedTeacher, LiveTeacher, TeacherSignal, freeze
-from distill.train import fit
+from distill.training import fit
 
 
 @dataclass

@@ -19,7 +19,14 @@ from distill.errors import DistillError
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # argparse stops filling a positional list at the first flag (`run --quiet a=1` would reject a=1),
+    # so overrides given after a flag are collected here.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "args") or any(a.startswith("-") for a in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.args += extra
     try:
         return args.func(args)
     except DistillError as exc:

@@ -165,16 +165,21 @@ def _fashion_mnist(cfg: DataConfig) -> DataSplits:
 def read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (optionally gzipped): magic, dims as big-endian uint32, then uint8 data."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as exc:  # a cut-off or damaged .gz stream
+        raise DataError(f"{path} cannot be read ({exc}); it may be truncated. Download it again.") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise DataError(f"{path} is not an IDX file of unsigned bytes (bad magic number).")
     ndim = raw[3]
-    dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4)
+    if len(raw) < 4 + 4 * ndim:
+        raise DataError(f"{path} is truncated: its header promises {ndim} dimensions but ends early.")
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
-        raise DataError(f"{path} is truncated: header says {tuple(dims)}, found {data.size} values.")
-    return data.reshape(tuple(int(d) for d in dims)).astype(np.float32)
+        raise DataError(f"{path} is truncated: header says {dims}, found {data.size} values.")
+    return data.reshape(dims).astype(np.float32)
 
 
 def _csv(cfg: DataConfig) -> DataSplits:
@@ -185,7 +190,7 @@ def _csv(cfg: DataConfig) -> DataSplits:
         raise DataError(f"{path}: cannot parse as numeric CSV with a header row ({exc}).") from None
     names = list(table.dtype.names or [])
     col = cfg.label_column
-    label_name = names[col] if isinstance(col, int) else col
+    label_name = names[col] if isinstance(col, int) and -len(names) <= col < len(names) else col
     if label_name not in names:
         raise DataError(f"data.label_column `{col}` is not a column of {path}; columns: {names}.")
     y = table[label_name]

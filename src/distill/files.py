@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from pathlib import Path
 
 import torch
@@ -13,9 +13,9 @@ from safetensors.torch import save_file
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old file or the new one, never a mix."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = _temp_path(path)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(_create(tmp), "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -31,11 +31,26 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = _temp_path(path)
     try:
+        os.close(_create(tmp))
+        mode = os.stat(tmp).st_mode & 0o777
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.chmod(tmp, mode)  # safetensors writes 0o600 files; keep the mode a new file gets here
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _temp_path(path: Path) -> Path:
+    """A fresh name beside `path`: the same filesystem, so the final rename is atomic."""
+    return path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+
+
+def _create(path: Path) -> int:
+    """Create `path` for writing with the mode any new file gets (0o666 less the umask).
+
+    tempfile.mkstemp would force 0o600, leaving reports and checkpoints readable by their owner only.
+    """
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)

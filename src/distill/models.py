@@ -41,15 +41,15 @@ def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 
 
 class CNN(nn.Module):
-    """Stages of two 3×3 conv-BN-ReLU layers, each followed by 2×2 max-pooling, then an MLP head."""
+    """Stages of `convs` 3×3 conv-BN-ReLU layers, each followed by 2×2 max-pooling, then an MLP head."""
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, widths: list[int] = (32, 64),
-                 fc: int = 128, dropout: float = 0.0):
+                 fc: int = 128, dropout: float = 0.0, convs: int = 2):
         super().__init__()
         cin, h, w = input_shape
         stages = []
         for width in widths:
-            stages += [_conv_bn(cin, width), _conv_bn(width, width), nn.MaxPool2d(2)]
+            stages += [_conv_bn(cin if i == 0 else width, width) for i in range(convs)] + [nn.MaxPool2d(2)]
             cin, h, w = width, h // 2, w // 2
         if h < 1 or w < 1:
             raise ModelError(f"cnn: {len(widths)} stages pool a {input_shape} input below 1 pixel; "
@@ -98,8 +98,16 @@ class ResNet(nn.Module):
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "cnn": CNN, "resnet": ResNet}
 
 
-def build_model(spec: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """Build a zoo model or a user's `module:Class`, passing input_shape/num_classes if accepted."""
+def build_model(spec: ModelConfig, input_shape: tuple[int, ...], num_classes: int,
+                seed: int | None = None) -> nn.Module:
+    """Build a zoo model or a user's `module:Class`, passing input_shape/num_classes if accepted.
+
+    With `seed`, the initial weights depend on it alone (the global RNG is left untouched).
+    """
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return build_model(spec, input_shape, num_classes)
     factory = _resolve(spec.arch)
     kwargs = dict(spec.kwargs)
     params = inspect.signature(factory).parameters

@@ -26,7 +26,7 @@ from distill.evaluate import evaluate_model, predict
 from distill.losses import CE, KD
 from distill.models import build_model
 from distill.signals import CachedTeacher, LiveTeacher, TeacherSignal, freeze
-from distill.train import fit
+from distill.training import fit
 
 STAGES = ("teacher", "baseline", "distilled")
 
@@ -51,22 +51,24 @@ def run(cfg: RunConfig, resume: bool = False) -> Path:
 
 def open_run_dir(cfg: RunConfig, resume: bool) -> Path:
     run_dir = Path(cfg.output_dir) / cfg.name
-    resolved = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    current = cfg.model_dump(mode="json")
     saved = run_dir / "config.yaml"
     if saved.is_file():
         if not resume:
             raise ConfigError(f"Run directory {run_dir} already exists; pass --resume to continue it, "
                               "or choose another run with name=NEW_NAME (nothing was overwritten).")
-        if saved.read_text() != resolved:
+        # `quiet` only changes what is printed, so `--resume` may add or drop `--quiet`.
+        previous = yaml.safe_load(saved.read_text()) or {}
+        if {**previous, "quiet": None} != {**current, "quiet": None}:
             raise ConfigError(f"--resume: the config differs from the one saved in {saved}; "
                               "resume with the same config, or start a new run with name=NEW_NAME.")
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(saved, resolved)
+    atomic_write_text(saved, yaml.safe_dump(current, sort_keys=False))
     return run_dir
 
 
 def load_or_train_teacher(cfg: RunConfig, data: DataSplits, run_dir: Path, resume: bool) -> nn.Module:
-    teacher = build_model(cfg.teacher, data.input_shape, data.num_classes)
+    teacher = build_model(cfg.teacher, data.input_shape, data.num_classes, seed=cfg.teacher.train.seed)
     if cfg.teacher.checkpoint is not None:
         load_weights(cfg.teacher.checkpoint, teacher)
         return freeze(_to_device(teacher, cfg.device))
@@ -91,7 +93,7 @@ def teacher_signal(cfg: RunConfig, teacher: nn.Module, data: DataSplits) -> Teac
 
 def train_student(cfg: RunConfig, data: DataSplits, stage_dir: Path, signal: TeacherSignal | None,
                   resume: bool) -> nn.Module:
-    student = build_model(cfg.student, data.input_shape, data.num_classes)
+    student = build_model(cfg.student, data.input_shape, data.num_classes, seed=cfg.train.seed)
     done = stage_dir / "model.safetensors"
     if done.is_file():
         load_weights(done, student)

@@ -118,7 +118,7 @@ class _Loop:
             for k, v in parts.items():
                 sums[k] = sums.get(k, torch.zeros((), device=acc.device)) + v.detach().float()
             if step % 50 == 0 and bar.disable is False:
-                bar.set_postfix(loss=f"{float(parts['loss']):.4f}")
+                bar.set_postfix(loss=f"{float(parts['loss'].detach()):.4f}")
         if int(first_bad) >= 0:
             raise TrainingDiverged(
                 f"{self.name}: the loss became NaN/inf at step {int(first_bad)} (epoch {epoch + 1}). "
@@ -175,6 +175,9 @@ class _Loop:
             raise CheckpointError(f"{path} was written with different training settings; resume with the "
                                   "same config, or start a new run (another name / output_dir).")
         result.history, result.best_epoch = state["history"], state["best_epoch"]
+        if _patience_over(result, self.config.early_stopping_patience, state["epoch"]):
+            result.stopped_early = True  # it had stopped early: resuming must not train further
+            return self.config.epochs
         return state["epoch"] + 1
 
     def best_model(self, ckpt_dir: Path | None, result: FitResult) -> nn.Module:

@@ -1,0 +1,42 @@
+"""Shared helpers for benchmark scripts: the results-file format and summary statistics."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+WORK = Path(__file__).parent / "work"  # runs and checkpoints (git-ignored)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        import os
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = torch.get_num_threads()
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
+    return f"{platform.system()} {cpu}, {cores} cores{gpu}, torch {torch.__version__}"
+
+
+def write_result(name: str, metrics: dict[str, float], extra: dict | None = None) -> Path:
+    """Write benchmarks/results/<name>.json and print it as one JSON line."""
+    record = {"name": name, "command": "python " + " ".join(sys.argv), "machine": machine(),
+              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "metrics": {k: float(v) for k, v in metrics.items()}, **(extra or {})}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps(record))
+    return path
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)

@@ -1,0 +1,134 @@
+"""The Python API with user-defined modules and plain torch datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydantic
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+import distill
+from distill import CE, KD, TrainConfig
+
+
+class Blobs(Dataset):
+    """Three Gaussian blobs in 4-D, served as (x, y) tuples like most user datasets."""
+
+    def __init__(self, n: int, seed: int):
+        g = torch.Generator().manual_seed(seed)
+        self.y = torch.arange(n) % 3
+        centres = torch.tensor([[2.0, 0, 0, 0], [0, 2.0, 0, 0], [0, 0, 2.0, 0]])
+        self.x = centres[self.y] + 0.7 * torch.randn(n, 4, generator=g)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int):
+        return self.x[i], int(self.y[i])
+
+
+class Teacher(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(4, 32), nn.ReLU(), nn.Linear(32, 3))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+class Student(nn.Module):
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+@pytest.fixture(scope="module")
+def blobs() -> tuple[Blobs, Blobs]:
+    return Blobs(96, seed=0), Blobs(48, seed=1)
+
+
+@pytest.fixture(scope="module")
+def teacher(blobs) -> nn.Module:
+    torch.manual_seed(0)
+    result = distill.train(Teacher(), blobs[0], epochs=8, batch_size=16, lr=0.02, quiet=True)
+    return result.model
+
+
+def test_train_baseline_returns_metrics(blobs):
+    torch.manual_seed(0)
+    result = distill.train(Teacher(), blobs[0], val_data=blobs[1], epochs=8, batch_size=16, lr=0.02,
+                           quiet=True)
+    assert len(result.history) == 8
+    assert result.metrics["accuracy"] > 0.8  # chance is 1/3
+    assert "agreement" not in result.metrics
+    assert isinstance(result.model, Teacher)
+
+
+def test_distill_with_user_modules_and_tuple_dataset(blobs, teacher):
+    train, val = blobs
+    result = distill.distill(teacher, Student(), train, loss=KD(temperature=4, alpha=0.9), val_data=val,
+                             epochs=2, batch_size=16, lr=0.05, quiet=True)
+    assert isinstance(result, distill.Result) and isinstance(result.model, Student)
+    assert len(result.history) == 2
+    assert {"train_loss", "train_kd", "train_ce", "val_accuracy"} <= set(result.history[0])
+    assert set(result.metrics) >= {"accuracy", "agreement", "kl_teacher", "ece", "nll"}
+    assert result.metrics["agreement"] > 0.6
+    assert not any(p.requires_grad for p in teacher.parameters())  # the teacher is frozen
+
+
+def test_distill_uses_a_dataloaders_dataset_and_batch_size(blobs, teacher):
+    train, _ = blobs
+    via_loader = distill.distill(teacher, Student(), DataLoader(train, batch_size=12, shuffle=True),
+                                 epochs=2, quiet=True)
+    via_dataset = distill.distill(teacher, Student(), train, epochs=2, batch_size=12, quiet=True)
+    other_batch = distill.distill(teacher, Student(), train, epochs=2, batch_size=16, quiet=True)
+    assert via_loader.history == via_dataset.history
+    assert via_loader.history != other_batch.history
+
+
+def test_cached_signal_matches_live_signal(blobs, teacher, tmp_path: Path):
+    train, val = blobs
+    cache = tmp_path / "cache"
+    live = distill.distill(teacher, Student(), train, val_data=val, epochs=2, batch_size=16, quiet=True)
+    cached = distill.distill(teacher, Student(), train, val_data=val, signal="cached", cache_dir=cache,
+                             epochs=2, batch_size=16, quiet=True)
+    manifests = list(cache.glob("*/manifest.json"))
+    assert len(manifests) == 1
+    assert [r["train_loss"] for r in cached.history] == pytest.approx([r["train_loss"] for r in live.history],
+                                                                      rel=1e-5)
+    assert cached.metrics["agreement"] == live.metrics["agreement"]
+
+
+def test_config_object_and_options(blobs, teacher, tmp_path: Path):
+    cfg = TrainConfig(epochs=5, batch_size=32, scheduler="none")
+    result = distill.distill(teacher, Student(), blobs[0], config=cfg, epochs=1, checkpoint_dir=tmp_path,
+                             quiet=True)
+    assert len(result.history) == 1  # keyword options override the config
+    assert (tmp_path / "last.safetensors").is_file() and (tmp_path / "metrics.jsonl").is_file()
+
+
+def test_ce_loss_never_runs_the_teacher_during_training(blobs):
+    class CountingTeacher(Teacher):
+        calls = 0
+
+        def forward(self, x):
+            CountingTeacher.calls += 1
+            return super().forward(x)
+
+    torch.manual_seed(0)
+    result = distill.distill(CountingTeacher(), Student(), blobs[0], loss=CE(), epochs=2, batch_size=16,
+                             quiet=True)
+    assert set(result.history[0]) == {"epoch", "train_loss", "train_ce"}
+    assert CountingTeacher.calls <= 1  # at most the probe for the number of classes, never per batch
+
+
+def test_invalid_option_is_a_validation_error(blobs, teacher):
+    with pytest.raises(pydantic.ValidationError, match="epochs"):
+        distill.distill(teacher, Student(), blobs[0], epochs=0, quiet=True)

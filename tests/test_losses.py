@@ -1,0 +1,134 @@
+"""Loss functions: hand-computed values and the properties every distillation loss must keep."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from distill.config import Schedule
+from distill.losses import CE, KD, cross_entropy, scheduled, soft_target_kl
+
+
+def _softmax(xs: list[float]) -> list[float]:
+    exps = [math.exp(x) for x in xs]
+    return [e / sum(exps) for e in exps]
+
+
+def test_soft_target_kl_matches_hand_computation():
+    student, teacher, t = [0.0, 1.0], [2.0, -1.0], 2.0
+    p_s = _softmax([x / t for x in student])
+    p_t = _softmax([x / t for x in teacher])
+    expected = t**2 * sum(pt * math.log(pt / ps) for pt, ps in zip(p_t, p_s))
+
+    got = soft_target_kl(torch.tensor([student]), torch.tensor([teacher]), t)
+
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+    assert expected > 0.5  # the example is far from trivial
+
+
+def test_soft_target_kl_averages_over_the_batch():
+    s = torch.tensor([[0.0, 1.0], [3.0, 0.0]])
+    t = torch.tensor([[2.0, -1.0], [0.0, 0.0]])
+    per_row = [soft_target_kl(s[i:i + 1], t[i:i + 1], 3.0).item() for i in range(2)]
+    assert soft_target_kl(s, t, 3.0).item() == pytest.approx(sum(per_row) / 2, rel=1e-6)
+
+
+def test_identical_logits_give_zero():
+    logits = torch.randn(5, 7, generator=torch.Generator().manual_seed(0))
+    assert soft_target_kl(logits, logits.clone(), 4.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_temperature_squared_scaling():
+    g = torch.Generator().manual_seed(1)
+    s, t = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g)
+    base = soft_target_kl(s, t, 1.0)
+    # Scaling logits by T undoes the division by T, leaving only the T² factor.
+    for temp in (2.0, 5.0):
+        scaled = soft_target_kl(s * temp, t * temp, temp)
+        assert scaled.item() == pytest.approx(temp**2 * base.item(), rel=1e-5)
+
+
+def test_kd_with_alpha_zero_is_cross_entropy():
+    g = torch.Generator().manual_seed(2)
+    s, t = torch.randn(8, 5, generator=g), torch.randn(8, 5, generator=g)
+    y = torch.randint(0, 5, (8,), generator=g)
+    out = KD(temperature=3.0, alpha=0.0)(s, t, y)
+    assert out["loss"].item() == pytest.approx(F.cross_entropy(s, y).item(), rel=1e-6)
+    assert out["kd"].item() > 0  # the KD term is still logged
+
+
+def test_kd_mixes_terms_with_alpha():
+    g = torch.Generator().manual_seed(3)
+    s, t = torch.randn(8, 5, generator=g), torch.randn(8, 5, generator=g)
+    y = torch.randint(0, 5, (8,), generator=g)
+    out = KD(temperature=2.0, alpha=0.25)(s, t, y)
+    expected = 0.25 * soft_target_kl(s, t, 2.0) + 0.75 * F.cross_entropy(s, y)
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert set(out) == {"loss", "kd", "ce"}
+
+
+def test_kd_with_alpha_one_returns_only_the_kd_term_and_ignores_labels():
+    g = torch.Generator().manual_seed(4)
+    s, t = torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g)
+    out = KD(temperature=4.0, alpha=1.0)(s, t, None)  # labels may be absent
+    assert set(out) == {"loss", "kd"}
+    assert torch.equal(out["loss"], soft_target_kl(s, t, 4.0))
+
+
+def test_kd_evaluates_schedules_at_progress():
+    g = torch.Generator().manual_seed(5)
+    s, t = torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g)
+    y = torch.tensor([0, 1, 2])
+    kd = KD(temperature=Schedule(start=1.0, end=5.0), alpha=Schedule(start=1.0, end=0.0))
+    start, end = kd(s, t, y, progress=0.0), kd(s, t, y, progress=1.0)
+    assert start["loss"].item() == pytest.approx(soft_target_kl(s, t, 1.0).item(), rel=1e-6)
+    assert end["loss"].item() == pytest.approx(F.cross_entropy(s, y).item(), rel=1e-6)
+    assert end["kd"].item() == pytest.approx(soft_target_kl(s, t, 5.0).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize(("kind", "expected"), [
+    ("linear", {0.0: 1.0, 0.25: 1.5, 0.5: 2.0, 1.0: 3.0}),
+    ("cosine", {0.0: 1.0, 0.25: 1.0 + (1 - math.cos(math.pi / 4)), 0.5: 2.0, 1.0: 3.0}),
+])
+def test_scheduled_values(kind, expected):
+    sched = Schedule(start=1.0, end=3.0, kind=kind)
+    for progress, value in expected.items():
+        assert scheduled(sched, progress) == pytest.approx(value)
+
+
+def test_scheduled_constant_is_float():
+    assert scheduled(4, 0.7) == 4.0
+    assert isinstance(scheduled(4, 0.7), float)
+
+
+@pytest.mark.parametrize("scale", [1e4, 1e6])
+def test_gradients_stay_finite_with_extreme_logits(scale):
+    teacher = torch.tensor([[scale, -scale, 0.0], [-scale, scale, 0.0]])
+    student = torch.tensor([[-scale, scale, 0.0], [0.0, 0.0, 0.0]], requires_grad=True)
+    out = KD(temperature=4.0, alpha=0.9)(student, teacher, torch.tensor([0, 1]))
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"])
+    assert torch.isfinite(student.grad).all()
+    assert student.grad.abs().sum() > 0
+
+
+def test_cross_entropy_with_probability_targets():
+    g = torch.Generator().manual_seed(6)
+    logits = torch.randn(4, 3, generator=g)
+    probs = torch.softmax(torch.randn(4, 3, generator=g), -1)
+    expected = -(probs * torch.log_softmax(logits, -1)).sum(-1).mean()
+    assert cross_entropy(logits, probs).item() == pytest.approx(expected.item(), rel=1e-6)
+    # one-hot probabilities are the same as class ids
+    ids = torch.tensor([2, 0, 1, 1])
+    assert cross_entropy(logits, F.one_hot(ids, 3).float()).item() == pytest.approx(
+        cross_entropy(logits, ids).item(), rel=1e-6)
+
+
+def test_ce_objective_needs_no_teacher():
+    logits, y = torch.tensor([[2.0, 0.0]]), torch.tensor([0])
+    out = CE()(logits, None, y)
+    assert not CE.needs_teacher and KD.needs_teacher
+    assert out["loss"].item() == pytest.approx(math.log(1 + math.exp(-2.0)), rel=1e-6)

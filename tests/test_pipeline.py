@@ -1,0 +1,109 @@
+"""The `run` job end to end: stages, the teacher cache, resuming an interrupted stage, the summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import distill.pipeline
+from distill.config import validate_config
+from distill.pipeline import run, summarise
+from distill.training import _Loop
+
+
+def test_run_with_default_relative_paths_and_a_cached_teacher(run_config, in_tmp: Path):
+    del run_config["output_dir"], run_config["teacher"]["cache_dir"]  # use the relative defaults
+    run_dir = run(validate_config(run_config))
+    assert run_dir == Path("runs") / "tiny"
+    assert (in_tmp / "runs" / "tiny" / "report.md").is_file()
+    manifests = list((in_tmp / "cache" / "teacher").glob("*/manifest.json"))
+    assert len(manifests) == 1
+    assert json.loads(manifests[0].read_text())["rows"] == 200  # the (limited) training split
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["dataset"] == {"name": "digits", "train": 200, "val": 179, "test": 359,
+                                 "classes": [str(i) for i in range(10)]}
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_an_interrupted_stage_resumes_and_finished_stages_are_skipped(run_config, monkeypatch):
+    run_config["train"]["epochs"] = 2
+    run_config["baseline"] = False
+    cfg = validate_config(run_config)
+    real_epoch = _Loop.train_epoch
+
+    def interrupt_distilled_epoch_2(self, data, epoch, steps):
+        if self.name == "distilled" and epoch == 1:
+            raise _Interrupt
+        return real_epoch(self, data, epoch, steps)
+
+    with monkeypatch.context() as m:
+        m.setattr(_Loop, "train_epoch", interrupt_distilled_epoch_2)
+        with pytest.raises(_Interrupt):
+            run(cfg)
+    run_dir = Path(cfg.output_dir) / cfg.name
+    teacher_weights = (run_dir / "teacher" / "model.safetensors").read_bytes()
+    assert not (run_dir / "distilled" / "model.safetensors").exists()  # unfinished stage
+    assert len((run_dir / "distilled" / "metrics.jsonl").read_text().splitlines()) == 1
+
+    trained = []
+
+    def record_epochs(self, data, epoch, steps):
+        trained.append((self.name, epoch))
+        return real_epoch(self, data, epoch, steps)
+
+    monkeypatch.setattr(_Loop, "train_epoch", record_epochs)
+    run(cfg, resume=True)
+    assert trained == [("distilled", 1)]  # teacher skipped, distilled continued from epoch 2
+    assert (run_dir / "teacher" / "model.safetensors").read_bytes() == teacher_weights
+    assert len((run_dir / "distilled" / "metrics.jsonl").read_text().splitlines()) == 2
+    report = json.loads((run_dir / "report.json").read_text())
+    assert set(report["models"]) == {"teacher", "distilled"} and "gap_closed" not in report["summary"]
+
+
+def test_teacher_checkpoint_is_loaded_not_trained(run_config, monkeypatch, tmp_path: Path):
+    first = run(validate_config(run_config))
+    run_config["name"] = "second"
+    run_config["teacher"]["checkpoint"] = str(first / "teacher" / "model.safetensors")
+    names = []
+    real_fit = distill.pipeline.fit
+    monkeypatch.setattr(distill.pipeline, "fit", lambda *a, **k: names.append(k["name"]) or real_fit(*a, **k))
+    second = run(validate_config(run_config))
+    assert names == ["baseline", "distilled"]
+    a = json.loads((first / "report.json").read_text())["models"]["teacher"]
+    b = json.loads((second / "report.json").read_text())["models"]["teacher"]
+    assert a["accuracy"] == b["accuracy"] and a["per_class_accuracy"] == b["per_class_accuracy"]
+
+
+def test_summary_ratios():
+    models = {
+        "teacher": {"params": 1000, "latency_b1_p50_ms": 4.0, "throughput": 100.0, "accuracy": 0.9},
+        "baseline": {"params": 100, "latency_b1_p50_ms": 1.0, "throughput": 400.0, "accuracy": 0.7},
+        "distilled": {"params": 100, "latency_b1_p50_ms": 1.0, "throughput": 400.0, "accuracy": 0.85},
+    }
+    s = summarise(models)
+    assert s == pytest.approx({"compression": 10.0, "speedup_b1": 4.0, "throughput_ratio": 4.0,
+                               "retention": 0.85 / 0.9, "gap_closed": 0.75})
+    models["baseline"]["accuracy"] = 0.95  # no gap to close
+    assert summarise(models)["gap_closed"] != summarise(models)["gap_closed"]  # NaN
+
+
+@pytest.mark.slow
+def test_distillation_quality_on_full_digits(run_config):
+    """The product claim at small scale: a distilled MLP tracks a CNN teacher on digits."""
+    run_config["data"] = {"name": "digits"}
+    run_config["teacher"].update(kwargs={"widths": [16, 32], "fc": 64}, signal="live",
+                                 train={"epochs": 10, "batch_size": 64, "optimizer": {"lr": 0.003},
+                                        "augment": {"shift": 1}})
+    run_config["student"]["kwargs"] = {"hidden": [32]}
+    run_config["train"] = {"epochs": 30, "batch_size": 64, "optimizer": {"lr": 0.01}, "augment": {"shift": 1}}
+    run_dir = run(validate_config(run_config))
+    models = json.loads((run_dir / "report.json").read_text())["models"]
+    assert models["teacher"]["accuracy"] > 0.95
+    assert models["distilled"]["accuracy"] > 0.85
+    assert models["distilled"]["agreement"] > 0.85
+    assert models["distilled"]["params"] * 5 < models["teacher"]["params"]

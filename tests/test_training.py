@@ -1,0 +1,222 @@
+"""The training loop: it learns, resumes exactly, stops on divergence, keeps the best model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from distill.checkpoint import load_weights, read_metadata
+from distill.config import ModelConfig, TrainConfig
+from distill.data import ArrayDataset
+from distill.errors import CheckpointError, ModelError, TrainingDiverged
+from distill.losses import CE, KD
+from distill.models import build_model
+from distill.signals import LiveTeacher
+from distill.training import _Loop, fit, make_optimizer, make_scheduler
+
+
+def _student(digits, seed: int = 0, dropout: float = 0.0) -> nn.Module:
+    spec = ModelConfig(arch="mlp", kwargs={"hidden": [16], "dropout": dropout})
+    return build_model(spec, digits.input_shape, digits.num_classes, seed=seed)
+
+
+def _config(**overrides) -> TrainConfig:
+    base = {"epochs": 3, "batch_size": 32, "optimizer": {"name": "adamw", "lr": 0.01}}
+    return TrainConfig.model_validate({**base, **overrides})
+
+
+def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_training_beats_chance_on_digits(digits):
+    result = fit(_student(digits), digits.train, objective=CE(), config=_config(epochs=4),
+                 num_classes=10, val_data=digits.val, quiet=True)
+    assert len(result.history) == 4
+    assert result.history[-1]["val_accuracy"] > 0.6  # chance is 0.1
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert {"epoch", "train_loss", "train_ce", "val_accuracy", "val_nll"} <= set(result.history[0])
+    assert not result.model.training
+
+
+def test_distillation_from_a_live_teacher_logs_both_terms(digits):
+    teacher = _student(digits, seed=5)
+    result = fit(_student(digits), digits.train, objective=KD(temperature=2.0, alpha=0.5),
+                 config=_config(epochs=1, augment={"shift": 1}), num_classes=10,
+                 teacher=LiveTeacher(teacher), quiet=True)
+    row = result.history[0]
+    assert row["train_loss"] == pytest.approx(0.5 * row["train_kd"] + 0.5 * row["train_ce"], rel=1e-5)
+
+
+def test_same_seed_gives_identical_runs(digits):
+    runs = [fit(_student(digits), digits.train, objective=CE(), config=_config(epochs=2, augment={"shift": 1}),
+                num_classes=10, val_data=digits.val, quiet=True) for _ in range(2)]
+    assert runs[0].history == runs[1].history
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_resume_continues_bit_for_bit(digits, tmp_path: Path, monkeypatch):
+    cfg = _config(epochs=4, augment={"shift": 1}, warmup_epochs=1)
+    full = fit(_student(digits, dropout=0.2), digits.train, objective=CE(), config=cfg, num_classes=10,
+               val_data=digits.val, checkpoint_dir=tmp_path / "full", quiet=True)
+
+    real_epoch = _Loop.train_epoch
+
+    def crash_in_third_epoch(self, data, epoch, steps):
+        if epoch == 2:
+            raise _Interrupt
+        return real_epoch(self, data, epoch, steps)
+
+    with monkeypatch.context() as m:
+        m.setattr(_Loop, "train_epoch", crash_in_third_epoch)
+        with pytest.raises(_Interrupt):
+            fit(_student(digits, dropout=0.2), digits.train, objective=CE(), config=cfg, num_classes=10,
+                val_data=digits.val, checkpoint_dir=tmp_path / "split", quiet=True)
+    assert read_metadata(tmp_path / "split" / "last.safetensors")["state"]["epoch"] == 1
+
+    torch.manual_seed(12345)  # the resumed process starts from another global RNG state
+    resumed = fit(_student(digits, seed=99, dropout=0.2), digits.train, objective=CE(), config=cfg,
+                  num_classes=10, val_data=digits.val, checkpoint_dir=tmp_path / "split", resume=True,
+                  quiet=True)
+
+    assert resumed.history == full.history  # exact float equality, all four epochs
+    assert resumed.best_epoch == full.best_epoch
+    full_w, resumed_w = _weights(full.model), _weights(resumed.model)
+    assert full_w.keys() == resumed_w.keys()
+    for k in full_w:
+        assert torch.equal(full_w[k], resumed_w[k]), k
+    metrics = [(tmp_path / d / "metrics.jsonl").read_text() for d in ("split", "full")]
+    assert metrics[0] == metrics[1]
+
+
+def test_resume_of_a_finished_run_trains_nothing(digits, tmp_path: Path, monkeypatch):
+    cfg = _config(epochs=2)
+    first = fit(_student(digits), digits.train, objective=CE(), config=cfg, num_classes=10,
+                val_data=digits.val, checkpoint_dir=tmp_path, quiet=True)
+    monkeypatch.setattr(_Loop, "train_epoch", lambda *a: pytest.fail("trained again"))
+    again = fit(_student(digits, seed=3), digits.train, objective=CE(), config=cfg, num_classes=10,
+                val_data=digits.val, checkpoint_dir=tmp_path, resume=True, quiet=True)
+    assert again.history == first.history
+
+
+def test_resume_with_different_settings_is_refused(digits, tmp_path: Path):
+    fit(_student(digits), digits.train, objective=CE(), config=_config(epochs=1), num_classes=10,
+        checkpoint_dir=tmp_path, quiet=True)
+    with pytest.raises(CheckpointError, match="different training settings"):
+        fit(_student(digits), digits.train, objective=CE(), config=_config(epochs=1, optimizer={"lr": 0.5}),
+            num_classes=10, checkpoint_dir=tmp_path, resume=True, quiet=True)
+    # more epochs also count as different: the learning-rate schedule spans the planned epochs
+    with pytest.raises(CheckpointError, match="different training settings"):
+        fit(_student(digits), digits.train, objective=CE(), config=_config(epochs=2), num_classes=10,
+            checkpoint_dir=tmp_path, resume=True, quiet=True)
+    with pytest.raises(CheckpointError, match="different training settings"):
+        fit(_student(digits), digits.train, objective=KD(), config=_config(epochs=1), num_classes=10,
+            teacher=LiveTeacher(_student(digits, seed=1)), checkpoint_dir=tmp_path, resume=True, quiet=True)
+
+
+def test_nan_inputs_stop_training_and_keep_the_last_good_checkpoint(digits, tmp_path: Path):
+    fit(_student(digits), digits.train, objective=CE(), config=_config(epochs=1), num_classes=10,
+        checkpoint_dir=tmp_path, quiet=True)
+    good = (tmp_path / "last.safetensors").read_bytes()
+    best = (tmp_path / "best.safetensors").read_bytes()
+
+    inputs = digits.train.inputs.clone()
+    inputs[:] = float("nan")
+    with pytest.raises(TrainingDiverged) as exc:
+        fit(_student(digits), ArrayDataset(inputs, digits.train.labels), objective=CE(),
+            config=_config(epochs=1), num_classes=10, checkpoint_dir=tmp_path, quiet=True)
+    assert "at step 0 (epoch 1)" in str(exc.value)
+    assert "train.optimizer.lr" in str(exc.value)
+    assert (tmp_path / "last.safetensors").read_bytes() == good
+    assert (tmp_path / "best.safetensors").read_bytes() == best
+
+
+def test_huge_learning_rate_diverges_after_the_first_step(digits):
+    with pytest.raises(TrainingDiverged, match=r"at step [1-9]\d* "):
+        fit(_student(digits), digits.train, objective=CE(),
+            config=_config(epochs=2, scheduler="none", optimizer={"name": "sgd", "lr": 1e30}),
+            num_classes=10, quiet=True)
+
+
+def test_teacher_and_student_class_counts_must_match(digits):
+    five_way = build_model(ModelConfig(arch="mlp", kwargs={"hidden": [8]}), digits.input_shape, 5, seed=0)
+    with pytest.raises(ModelError) as exc:
+        fit(_student(digits), digits.train, objective=KD(), config=_config(epochs=1), num_classes=10,
+            teacher=LiveTeacher(five_way), quiet=True)
+    assert "teacher outputs 5 classes but the student outputs 10" in str(exc.value)
+
+
+def test_student_must_predict_the_datas_classes(digits):
+    with pytest.raises(ModelError, match="outputs 10 classes but the data has 12"):
+        fit(_student(digits), digits.train, objective=CE(), config=_config(epochs=1), num_classes=12, quiet=True)
+
+
+def test_kd_without_a_teacher_is_refused(digits):
+    with pytest.raises(ModelError, match="needs a teacher"):
+        fit(_student(digits), digits.train, objective=KD(), config=_config(epochs=1), num_classes=10, quiet=True)
+
+
+def test_early_stopping_when_validation_stops_improving(digits):
+    result = fit(_student(digits), digits.train, objective=CE(),
+                 config=_config(epochs=6, early_stopping_patience=1, optimizer={"lr": 1e-12}),
+                 num_classes=10, val_data=digits.val, quiet=True)
+    assert result.stopped_early
+    assert len(result.history) == 2 and result.best_epoch == 0
+    assert result.history[1]["val_accuracy"] == result.history[0]["val_accuracy"]
+
+
+def test_resuming_an_early_stopped_run_trains_no_further(digits, tmp_path: Path, monkeypatch):
+    cfg = _config(epochs=6, early_stopping_patience=1, optimizer={"lr": 1e-12})
+    first = fit(_student(digits), digits.train, objective=CE(), config=cfg, num_classes=10,
+                val_data=digits.val, checkpoint_dir=tmp_path, quiet=True)
+    assert first.stopped_early and len(first.history) == 2
+    monkeypatch.setattr(_Loop, "train_epoch", lambda *a: pytest.fail("trained after early stopping"))
+    again = fit(_student(digits), digits.train, objective=CE(), config=cfg, num_classes=10,
+                val_data=digits.val, checkpoint_dir=tmp_path, resume=True, quiet=True)
+    assert again.stopped_early and again.history == first.history
+
+
+def test_progress_bar_raises_no_warnings(digits, recwarn):
+    fit(_student(digits), digits.train, objective=CE(), config=_config(epochs=1), num_classes=10, quiet=False)
+    assert [str(w.message) for w in recwarn if issubclass(w.category, UserWarning)] == []
+
+
+def test_the_best_epoch_is_what_is_returned(digits, tmp_path: Path):
+    # Validate on wrong labels: learning the real ones makes "val accuracy" fall, so an early
+    # epoch stays best and the last epoch's weights differ from the returned ones.
+    wrong_val = ArrayDataset(digits.val.inputs, (digits.val.labels + 1) % 10)
+    result = fit(_student(digits), digits.train, objective=CE(), config=_config(epochs=3), num_classes=10,
+                 val_data=wrong_val, checkpoint_dir=tmp_path, quiet=True)
+    accs = [r["val_accuracy"] for r in result.history]
+    assert result.best_epoch == accs.index(max(accs)) < 2
+    assert read_metadata(tmp_path / "best.safetensors") == {"epoch": result.best_epoch}
+
+    best = _student(digits, seed=7)
+    load_weights(tmp_path / "best.safetensors", best)
+    last = _student(digits, seed=7)
+    load_weights(tmp_path / "last.safetensors", last)
+    returned = _weights(result.model)
+    assert all(torch.equal(returned[k], v) for k, v in best.state_dict().items())
+    assert not all(torch.equal(returned[k], v) for k, v in last.state_dict().items())
+
+
+def test_cosine_schedule_with_warmup():
+    model = nn.Linear(2, 2)
+    cfg = _config(epochs=2, warmup_epochs=0.5)
+    opt = make_optimizer(model, cfg)
+    sched = make_scheduler(opt, cfg, steps_per_epoch=4)  # 8 steps, 2 of warm-up
+    lrs = []
+    for _ in range(8):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:2] == pytest.approx([0.005, 0.01])
+    assert lrs[2] == pytest.approx(0.01)
+    assert all(a > b for a, b in zip(lrs[2:], lrs[3:]))
+    assert lrs[5] == pytest.approx(0.005)  # halfway through the cosine part
