@@ -78,8 +78,12 @@ def _config(args: argparse.Namespace):
 def _run(args: argparse.Namespace) -> int:
     from distill.pipeline import run
 
-    run_dir = run(_config(args), resume=args.resume)
-    print(f"Report: {run_dir / 'report.md'}")
+    from distill.training import process_state
+
+    cfg = _config(args)
+    run_dir = run(cfg, resume=args.resume)
+    if process_state(cfg.device).is_main_process:
+        print(f"Report: {run_dir / 'report.md'}")
     return 0
 
 

@@ -26,7 +26,7 @@ from distill.evaluate import evaluate_model, predict
 from distill.losses import CE, KD
 from distill.models import build_model
 from distill.signals import CachedTeacher, LiveTeacher, TeacherSignal, freeze
-from distill.training import fit
+from distill.training import fit, process_state
 
 STAGES = ("teacher", "baseline", "distilled")
 
@@ -41,11 +41,12 @@ def run(cfg: RunConfig, resume: bool = False) -> Path:
         students["baseline"] = train_student(cfg, data, run_dir / "baseline", None, resume)
     signal = teacher_signal(cfg, teacher, data)
     students["distilled"] = train_student(cfg, data, run_dir / "distilled", signal, resume)
-    report = evaluate_run(cfg, data, teacher, students)
-    atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2))
-    from distill.report import render  # matplotlib is imported only when a report is drawn
+    if process_state(cfg.device).is_main_process:  # under torchrun, one process evaluates and reports
+        report = evaluate_run(cfg, data, teacher, students)
+        atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2))
+        from distill.report import render  # matplotlib is imported only when a report is drawn
 
-    render(run_dir)
+        render(run_dir)
     return run_dir
 
 
@@ -62,8 +63,12 @@ def open_run_dir(cfg: RunConfig, resume: bool) -> Path:
         if {**previous, "quiet": None} != {**current, "quiet": None}:
             raise ConfigError(f"--resume: the config differs from the one saved in {saved}; "
                               "resume with the same config, or start a new run with name=NEW_NAME.")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(saved, yaml.safe_dump(current, sort_keys=False))
+    state = process_state(cfg.device)
+    state.wait_for_everyone()  # every process has checked before the main one writes
+    if state.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(saved, yaml.safe_dump(current, sort_keys=False))
+    state.wait_for_everyone()
     return run_dir
 
 
@@ -80,15 +85,16 @@ def load_or_train_teacher(cfg: RunConfig, data: DataSplits, run_dir: Path, resum
     out = fit(teacher, data.train, objective=CE(), config=cfg.teacher.train, num_classes=data.num_classes,
               val_data=data.val, checkpoint_dir=run_dir / "teacher", resume=resume, device=cfg.device,
               quiet=cfg.quiet, tracking=cfg.tracking, name="teacher")
-    save_weights(done, out.model, {"stage": "teacher"})
+    _save_stage(done, out.model)
     return freeze(out.model)
 
 
 def teacher_signal(cfg: RunConfig, teacher: nn.Module, data: DataSplits) -> TeacherSignal:
     if cfg.teacher.signal == "live":
         return LiveTeacher(teacher)
-    return CachedTeacher.build_or_load(teacher, data.train, cfg.teacher.cache_dir,
-                                       rebuild=cfg.teacher.cache_rebuild, quiet=cfg.quiet)
+    with process_state(cfg.device).main_process_first():  # one process builds the cache, the others read it
+        return CachedTeacher.build_or_load(teacher, data.train, cfg.teacher.cache_dir,
+                                           rebuild=cfg.teacher.cache_rebuild, quiet=cfg.quiet)
 
 
 def train_student(cfg: RunConfig, data: DataSplits, stage_dir: Path, signal: TeacherSignal | None,
@@ -105,7 +111,7 @@ def train_student(cfg: RunConfig, data: DataSplits, stage_dir: Path, signal: Tea
     out = fit(student, data.train, objective=objective, config=cfg.train, num_classes=data.num_classes,
               teacher=signal, val_data=data.val, checkpoint_dir=stage_dir, resume=resume,
               device=cfg.device, quiet=cfg.quiet, tracking=cfg.tracking, name=stage_dir.name)
-    save_weights(done, out.model, {"stage": stage_dir.name})
+    _save_stage(done, out.model)
     return out.model
 
 
@@ -150,9 +156,16 @@ def machine_description(threads: int) -> str:
     return f"{platform.system()} {cpu}, torch {torch.__version__}, {threads} CPU thread(s) for timing{gpu}"
 
 
+def _save_stage(path: Path, model: nn.Module) -> None:
+    """Mark a stage finished by writing its final weights (once, by the main process)."""
+    state = process_state()
+    if state.is_main_process:
+        save_weights(path, model, {"stage": path.parent.name})
+    state.wait_for_everyone()
+
+
 def _to_device(model: nn.Module, device: str) -> nn.Module:
-    cuda = torch.cuda.is_available() and device != "cpu"
-    return model.to("cuda" if cuda else "cpu")
+    return model.to(process_state(device).device)
 
 
 def _cpu_copy(model: nn.Module) -> nn.Module:

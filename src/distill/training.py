@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
+from accelerate.state import AcceleratorState, PartialState
 from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
@@ -190,9 +190,18 @@ class _Loop:
         return model.eval()
 
 
+def use_cuda(device: str) -> bool:
+    return torch.cuda.is_available() and device != "cpu"
+
+
+def process_state(device: str = "auto") -> PartialState:
+    """This process's place in the run (rank, world size); initialises torch.distributed under torchrun."""
+    return PartialState(cpu=not use_cuda(device))
+
+
 def make_accelerator(device: str, precision: str, tracking: list[str] | None,
                      project_dir: Path | None) -> Accelerator:
-    cuda = torch.cuda.is_available() and device != "cpu"
+    cuda = use_cuda(device)
     if precision == "auto":
         precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
     # Accelerate keeps one process-wide state; a new fit may ask for another precision.
