@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 import statistics
 import sys
 from datetime import datetime, timezone
@@ -40,3 +41,18 @@ def write_result(name: str, metrics: dict[str, float], extra: dict | None = None
 
 def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def publish_run(run_dir: Path, dest: Path) -> None:
+    """Copy a run's small, human files (report, plots, config, per-epoch metrics) to `dest`."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    (dest / "plots").mkdir(parents=True)
+    for name in ("report.md", "report.json", "config.yaml"):
+        shutil.copy(run_dir / name, dest / name)
+    for png in (run_dir / "plots").glob("*.png"):
+        shutil.copy(png, dest / "plots" / png.name)
+    for stage in ("teacher", "baseline", "distilled"):
+        if (run_dir / stage / "metrics.jsonl").is_file():
+            (dest / stage).mkdir()
+            shutil.copy(run_dir / stage / "metrics.jsonl", dest / stage / "metrics.jsonl")

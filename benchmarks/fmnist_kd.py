@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
-from common import WORK, mean_std, write_result
+from common import WORK, mean_std, publish_run, write_result
 
 from distill.config import load_config
 from distill.pipeline import run
@@ -49,7 +48,7 @@ def main() -> None:
         arms["kd_cached"].append(cached["models"]["distilled"]["accuracy"])
         reports.append(consistent)
         if seed == 0:
-            _publish(out / "consistent-0")
+            publish_run(out / "consistent-0", REPORT_DIR)
     write_result("fmnist_kd", _metrics(arms, reports), {"per_seed": arms})
 
 
@@ -76,20 +75,6 @@ def _metrics(arms: dict[str, list[float]], reports: list[dict]) -> dict[str, flo
     m["speedup_b1"] = sorted(speed)[len(speed) // 2]
     m["compression"] = reports[0]["summary"]["compression"]
     return m
-
-
-def _publish(run_dir: Path) -> None:
-    """Copy the small, human files of the seed-0 run (report, plots, config) into docs/."""
-    if REPORT_DIR.exists():
-        shutil.rmtree(REPORT_DIR)
-    (REPORT_DIR / "plots").mkdir(parents=True)
-    for name in ("report.md", "report.json", "config.yaml"):
-        shutil.copy(run_dir / name, REPORT_DIR / name)
-    for png in (run_dir / "plots").glob("*.png"):
-        shutil.copy(png, REPORT_DIR / "plots" / png.name)
-    for stage in ("teacher", "baseline", "distilled"):
-        (REPORT_DIR / stage).mkdir()
-        shutil.copy(run_dir / stage / "metrics.jsonl", REPORT_DIR / stage / "metrics.jsonl")
 
 
 if __name__ == "__main__":

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pydantic
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import distill
+from distill.errors import ConfigError
 from distill import CE, KD, TrainConfig
 
 
@@ -129,6 +129,8 @@ def test_ce_loss_never_runs_the_teacher_during_training(blobs):
     assert CountingTeacher.calls <= 1  # at most the probe for the number of classes, never per batch
 
 
-def test_invalid_option_is_a_validation_error(blobs, teacher):
-    with pytest.raises(pydantic.ValidationError, match="epochs"):
+def test_invalid_option_is_a_config_error_naming_the_option(blobs, teacher):
+    with pytest.raises(ConfigError, match="`epochs`"):
         distill.distill(teacher, Student(), blobs[0], epochs=0, quiet=True)
+    with pytest.raises(ConfigError, match="Did you mean `batch_size`"):
+        distill.distill(teacher, Student(), blobs[0], batchsize=8, quiet=True)

@@ -5,9 +5,9 @@
 """
 
 from distill.api import Result, distill, train
-from distill.config import RunConfig, TrainConfig, load_config
+from distill.config import RunConfig, Schedule, TrainConfig, load_config
 from distill.errors import DistillError
 from distill.losses import CE, KD
 
-__all__ = ["CE", "KD", "DistillError", "Result", "RunConfig", "TrainConfig", "distill", "load_config", "train"]
+__all__ = ["CE", "KD", "DistillError", "Result", "RunConfig", "Schedule", "TrainConfig", "distill", "load_config", "train"]
 __version__ = "0.1.0"

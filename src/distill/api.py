@@ -15,10 +15,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from distill.config import TrainConfig
-from distill.data import as_indexed, iter_batches
+from distill.config import TrainConfig, validate_section
+from distill.data import as_indexed, iter_batches, labels_of
 from distill.evaluate import classification_metrics, predict
-from distill.data import labels_of
 from distill.losses import CE, KD, Objective
 from distill.models import logits_of
 from distill.signals import CachedTeacher, LiveTeacher, TeacherSignal, freeze
@@ -87,7 +86,7 @@ def _prepare(data: Dataset | DataLoader, config: TrainConfig | None,
         options = {**options, "batch_size": data.batch_size}
     if "lr" in options:
         base["optimizer"]["lr"] = options.pop("lr")
-    return _dataset(data), TrainConfig.model_validate({**base, **options})
+    return _dataset(data), validate_section(TrainConfig, {**base, **options}, "training options")
 
 
 def _dataset(data: Dataset | DataLoader) -> Dataset:

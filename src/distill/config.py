@@ -7,7 +7,7 @@ wrong types, and files that do not exist.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, TypeVar, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -17,6 +17,9 @@ from distill.errors import ConfigError, did_you_mean
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+_Model = TypeVar("_Model", bound=BaseModel)
 
 
 class Schedule(_Strict):
@@ -140,13 +143,18 @@ def default_config_dict() -> dict[str, Any]:
 
 
 def validate_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
-    try:
-        cfg = RunConfig.model_validate(raw)
-    except ValidationError as exc:
-        lines = [_explain(err) for err in exc.errors()]
-        raise ConfigError(f"Invalid {source}:\n  " + "\n  ".join(lines)) from None
+    cfg = validate_section(RunConfig, raw, source)
     _check_files(cfg)
     return cfg
+
+
+def validate_section(model: type[_Model], raw: dict[str, Any], source: str) -> _Model:
+    """Validate `raw` as `model`, turning pydantic's errors into one ConfigError naming each key."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_explain(err, model) for err in exc.errors()]
+        raise ConfigError(f"Invalid {source}:\n  " + "\n  ".join(lines)) from None
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -175,11 +183,11 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     node[leaf] = yaml.safe_load(value) if value else None
 
 
-def _explain(err: dict[str, Any]) -> str:
+def _explain(err: dict[str, Any], model: type[BaseModel] = BaseModel) -> str:
     loc = [str(p) for p in err["loc"] if not str(p).startswith(("float", "Schedule", "function"))]
     key = ".".join(loc)
     if err["type"] == "extra_forbidden":
-        hint = did_you_mean(loc[-1], _fields_at(RunConfig, loc[:-1]))
+        hint = did_you_mean(loc[-1], _fields_at(model, loc[:-1]))
         return f"`{key}`: unknown key.{hint}"
     if err["type"] == "missing":
         return f"`{key}`: required key is missing."
