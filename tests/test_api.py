@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import distill
-from distill.errors import ConfigError
+from distill.errors import ConfigError, DataError
 from distill import CE, KD, TrainConfig
 
 
@@ -134,3 +134,15 @@ def test_invalid_option_is_a_config_error_naming_the_option(blobs, teacher):
         distill.distill(teacher, Student(), blobs[0], epochs=0, quiet=True)
     with pytest.raises(ConfigError, match="Did you mean `batch_size`"):
         distill.distill(teacher, Student(), blobs[0], batchsize=8, quiet=True)
+
+
+def test_labels_out_of_range_in_a_user_dataset_are_a_clear_error(teacher):
+    class BadLabels(Dataset):
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            return torch.zeros(4), 7 if i == 5 else 0
+
+    with pytest.raises(DataError, match=r"labels in \[0, 7\].*labels must be in \[0, 2\]"):
+        distill.distill(teacher, Student(), BadLabels(), loss=KD(), epochs=1, batch_size=4, quiet=True)

@@ -220,3 +220,13 @@ def test_cosine_schedule_with_warmup():
     assert lrs[2] == pytest.approx(0.01)
     assert all(a > b for a, b in zip(lrs[2:], lrs[3:]))
     assert lrs[5] == pytest.approx(0.005)  # halfway through the cosine part
+
+
+def test_tensorboard_tracking_writes_event_files_beside_the_checkpoints(digits, tmp_path):
+    pytest.importorskip("tensorboard")
+    model = build_model(ModelConfig(arch="mlp", kwargs={"hidden": [8]}), digits.input_shape, 10, seed=0)
+    fit(model, digits.train, objective=CE(), config=TrainConfig(epochs=2, batch_size=64), num_classes=10,
+        val_data=digits.val, checkpoint_dir=tmp_path / "student", quiet=True, device="cpu",
+        tracking=["tensorboard"], name="student")
+    events = list((tmp_path / "tracking" / "student").rglob("events.out.tfevents.*"))
+    assert events and all(e.stat().st_size > 0 for e in events)

@@ -26,7 +26,7 @@ from distill.checkpoint import load_training_state, save_training_state, save_we
 from distill.files import atomic_write_text
 from distill.config import TrainConfig
 from distill.data import iter_batches, labels_of
-from distill.errors import CheckpointError, ModelError, TrainingDiverged
+from distill.errors import CheckpointError, DataError, ModelError, TrainingDiverged
 from distill.evaluate import classification_metrics, predict
 from distill.losses import Objective
 from distill.models import logits_of
@@ -48,7 +48,8 @@ def fit(model: nn.Module, train_data: Dataset, *, objective: Objective, config: 
     """Train `model` on `train_data` with `objective`, validating and checkpointing every epoch."""
     if objective.needs_teacher and teacher is None:
         raise ModelError(f"{type(objective).__name__} needs a teacher signal; pass teacher=...")
-    acc = make_accelerator(device, config.precision, tracking, checkpoint_dir)
+    tracking_dir = checkpoint_dir.parent / "tracking" if checkpoint_dir else Path("tracking")
+    acc = make_accelerator(device, config.precision, tracking, tracking_dir)
     torch.manual_seed(config.seed)
     model = model.to(acc.device)
     steps_per_epoch = math.ceil(len(train_data) / (config.batch_size * acc.num_processes))
@@ -99,6 +100,7 @@ class _Loop:
         bar = tqdm(iter_batches(data, order, cfg.batch_size), total=steps_per_epoch, leave=False,
                    desc=f"{self.name} epoch {epoch + 1}/{cfg.epochs}", disable=self.quiet or not acc.is_main_process)
         for step, batch in enumerate(bar):
+            _check_labels(batch["labels"], self.num_classes, epoch, step)
             inputs = batch["inputs"].to(acc.device, non_blocking=True)
             labels = batch["labels"].to(acc.device, non_blocking=True)
             inputs, targets = augment_batch(inputs, labels, self.num_classes, cfg.augment, gen)
@@ -232,6 +234,17 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _check_labels(labels: torch.Tensor, num_classes: int, epoch: int, step: int) -> None:
+    """Class ids must lie in [0, num_classes); checked on the host copy, so no device sync."""
+    if labels.dtype.is_floating_point or labels.numel() == 0:
+        return
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= num_classes:
+        raise DataError(f"Batch {step} of epoch {epoch + 1} has labels in [{lo}, {hi}], but the model "
+                        f"predicts {num_classes} classes; labels must be in [0, {num_classes - 1}]. "
+                        "Fix the dataset's labels or the model's num_classes.")
 
 
 def _shard(order: torch.Tensor, rank: int, world: int) -> torch.Tensor:
