@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from distill.bench import count_parameters, measure, peak_memory_mb, size_on_disk_mb
+from distill.bench import count_parameters, measure, measure_models, peak_memory_mb, size_on_disk_mb
 from distill.data import ArrayDataset
 from distill.evaluate import (classification_metrics, evaluate_model, expected_calibration_error,
                               kl_divergence, predict)
@@ -96,3 +96,14 @@ def test_size_and_peak_memory_grow_with_the_model():
     x = torch.randn(4, 10)
     # parameters + the largest leaf's input and output activations
     assert peak_memory_mb(small, x) == pytest.approx((110 + 40 + 40) * 4 / 1e6)
+
+
+def test_measure_models_times_every_model_side_by_side():
+    small = nn.Sequential(nn.Flatten(), nn.Linear(16, 4))
+    big = nn.Sequential(nn.Flatten(), nn.Linear(16, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
+                        nn.Linear(512, 4))
+    out = measure_models({"small": small, "big": big}, (1, 4, 4), threads=1, batch=64, repeats=20)
+    assert set(out) == {"small", "big"}
+    assert out["big"]["params"] > out["small"]["params"]
+    assert out["big"]["size_mb"] > out["small"]["size_mb"]
+    assert all(v > 0 for m in out.values() for v in m.values())

@@ -75,22 +75,42 @@ def peak_memory_mb(model: nn.Module, x: torch.Tensor) -> float:
 def measure(model: nn.Module, input_shape: tuple[int, ...], *, threads: int = 1, batch: int = 256,
             repeats: int = 50) -> dict[str, float]:
     """Size, latency at batch 1 (p50/p95, ms), throughput at `batch` (examples/s), peak memory."""
-    model = model.eval()
-    device = next(model.parameters()).device
+    return measure_models({"model": model}, input_shape, threads=threads, batch=batch, repeats=repeats)["model"]
+
+
+def measure_models(models: dict[str, nn.Module], input_shape: tuple[int, ...], *, threads: int = 1,
+                   batch: int = 256, repeats: int = 50, rounds: int = 5) -> dict[str, dict[str, float]]:
+    """`measure` for several models, timed side by side: each of `rounds` rounds times every model
+    in turn, so a slow moment of the machine costs all of them alike and ratios stay fair."""
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        one = torch.randn(1, *input_shape, device=device)
-        many = torch.randn(batch, *input_shape, device=device)
-        lat = sorted(time_calls(model, one, repeats=max(repeats, 20)))
-        thr = time_calls(model, many, repeats=max(3, repeats // 10), warmup=2)
-        return {
-            "params": count_parameters(model),
-            "size_mb": size_on_disk_mb(model),
-            "latency_b1_p50_ms": 1e3 * statistics.median(lat),
-            "latency_b1_p95_ms": 1e3 * lat[min(len(lat) - 1, int(0.95 * len(lat)))],
-            "throughput": batch / statistics.median(thr),
-            "peak_memory_mb": peak_memory_mb(model, many),
-        }
+        models = {k: m.eval() for k, m in models.items()}
+        inputs = {k: _inputs(m, input_shape, batch) for k, m in models.items()}
+        lat: dict[str, list[float]] = {k: [] for k in models}
+        thr: dict[str, list[float]] = {k: [] for k in models}
+        per_round = max(4, max(repeats, 20) // rounds)
+        for _ in range(rounds):
+            for k, m in models.items():
+                lat[k] += time_calls(m, inputs[k][0], repeats=per_round, warmup=2)
+                thr[k] += time_calls(m, inputs[k][1], repeats=max(1, repeats // (10 * rounds)), warmup=1)
+        return {k: _costs(m, inputs[k][1], sorted(lat[k]), thr[k], batch) for k, m in models.items()}
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def _inputs(model: nn.Module, input_shape: tuple[int, ...], batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    device = next(model.parameters()).device
+    return torch.randn(1, *input_shape, device=device), torch.randn(batch, *input_shape, device=device)
+
+
+def _costs(model: nn.Module, many: torch.Tensor, lat: list[float], thr: list[float],
+           batch: int) -> dict[str, float]:
+    return {
+        "params": count_parameters(model),
+        "size_mb": size_on_disk_mb(model),
+        "latency_b1_p50_ms": 1e3 * statistics.median(lat),
+        "latency_b1_p95_ms": 1e3 * lat[min(len(lat) - 1, int(0.95 * len(lat)))],
+        "throughput": batch / statistics.median(thr),
+        "peak_memory_mb": peak_memory_mb(model, many),
+    }

@@ -127,11 +127,11 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from distill.bench import measure
+    from distill.bench import measure_models
 
     cfg, data, models = _models(args)
-    out = {k: measure(m, data.input_shape, threads=cfg.bench.threads, batch=cfg.bench.throughput_batch,
-                      repeats=cfg.bench.repeats) for k, m in models.items()}
+    out = measure_models(models, data.input_shape, threads=cfg.bench.threads,
+                         batch=cfg.bench.throughput_batch, repeats=cfg.bench.repeats)
     _print(out, args.json)
     return 0
 

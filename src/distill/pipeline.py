@@ -16,13 +16,13 @@ import torch
 import yaml
 from torch import nn
 
-from distill.bench import measure
+from distill.bench import measure_models
 from distill.checkpoint import load_weights, save_weights
 from distill.files import atomic_write_text
 from distill.config import RunConfig
-from distill.data import DataSplits, check_labels, load_data
+from distill.data import DataSplits, check_labels, labels_of, load_data
 from distill.errors import ConfigError
-from distill.evaluate import evaluate_model, predict
+from distill.evaluate import classification_metrics, predict
 from distill.losses import CE, KD
 from distill.models import build_model
 from distill.signals import CachedTeacher, LiveTeacher, TeacherSignal, freeze
@@ -119,12 +119,18 @@ def evaluate_run(cfg: RunConfig, data: DataSplits, teacher: nn.Module,
                  students: dict[str, nn.Module]) -> dict[str, Any]:
     """Test metrics and costs of every model, and the ratios that summarise them."""
     t_logits = predict(teacher, data.test)
+    everyone = {"teacher": teacher, **students}
+    costs = measure_models({k: _cpu_copy(m) for k, m in everyone.items()}, data.input_shape,
+                           threads=cfg.bench.threads, batch=cfg.bench.throughput_batch,
+                           repeats=cfg.bench.repeats)
+    labels = labels_of(data.test)
     models: dict[str, Any] = {}
-    for name, model in {"teacher": teacher, **students}.items():
-        metrics, _ = evaluate_model(model, data.test, None if name == "teacher" else t_logits)
-        cost = measure(_cpu_copy(model), data.input_shape, threads=cfg.bench.threads,
-                       batch=cfg.bench.throughput_batch, repeats=cfg.bench.repeats)
-        models[name] = {**metrics, **cost}
+    for name, model in everyone.items():
+        if name == "teacher":
+            metrics = classification_metrics(t_logits, labels)
+        else:
+            metrics = classification_metrics(predict(model, data.test), labels, t_logits)
+        models[name] = {**metrics, **costs[name]}
     return {
         "name": cfg.name,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -109,8 +109,13 @@ def _accuracy_vs_cost(run_dir: Path, models: dict[str, Any]) -> Path:
                title="Accuracy vs latency")
     ax_size.set(xscale="log", xlabel="size on disk (MB, log)", ylabel="test accuracy (%)",
                 title="Accuracy vs size")
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
     for ax in (ax_lat, ax_size):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())  # log-axis minor labels overlap
+        ax.margins(x=0.25, y=0.15)
     return _save(fig, run_dir / "plots" / "accuracy_vs_cost.png")
 
 
