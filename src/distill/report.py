@@ -39,7 +39,8 @@ def markdown(report: dict[str, Any], plots: list[str]) -> str:
              f"Measured {report['date']} on {report['machine']}.", "",
              "## Summary", "",
              f"- Distilled student keeps **{100 * summary['retention']:.1f}%** of the teacher's accuracy, "
-             f"is **{summary['compression']:.1f}×** smaller and **{summary['speedup_b1']:.1f}×** faster at batch 1."]
+             f"{_size_phrase(summary['compression'])} and is **{summary['speedup_b1']:.1f}×** "
+             f"{'faster' if summary['speedup_b1'] >= 1 else 'slower'} at batch 1."]
     if "gap_closed" in summary:
         lines.append(f"- Distillation closes **{100 * summary['gap_closed']:.0f}%** of the "
                      "teacher–baseline accuracy gap.")
@@ -50,6 +51,12 @@ def markdown(report: dict[str, Any], plots: list[str]) -> str:
               "ECE uses 15 equal-width bins. Latency is the median (p50) and 95th percentile of "
               "single-example forwards after warm-up; throughput is examples/s at the larger batch.", ""]
     return "\n".join(lines)
+
+
+def _size_phrase(compression: float) -> str:
+    if compression >= 1:
+        return f"has **{compression:.1f}×** fewer parameters"
+    return f"has **{1 / compression:.1f}×** more parameters"
 
 
 COLUMNS = [("accuracy", "accuracy", "{:.2%}"), ("agreement", "agreement", "{:.2%}"),

@@ -1,0 +1,58 @@
+"""The report renders what report.json holds, and nothing else."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from distill.errors import DistillError
+from distill.report import markdown, render
+
+
+def _model(acc: float, params: int, latency: float) -> dict:
+    return {"accuracy": acc, "per_class_accuracy": [acc, acc], "nll": 0.3, "ece": 0.02, "params": params,
+            "size_mb": params * 4e-6, "latency_b1_p50_ms": latency, "latency_b1_p95_ms": 2 * latency,
+            "throughput": 1000.0 / latency, "peak_memory_mb": 1.0}
+
+
+def _report(student_params: int) -> dict:
+    return {
+        "name": "unit", "date": "2026-01-01T00:00:00+00:00", "machine": "test machine",
+        "dataset": {"name": "toy", "train": 10, "val": 2, "test": 4, "classes": ["a", "b"]},
+        "models": {"teacher": _model(0.9, 1000, 2.0), "baseline": _model(0.7, student_params, 0.5),
+                   "distilled": {**_model(0.8, student_params, 0.5), "agreement": 0.85, "kl_teacher": 0.1}},
+        "summary": {"compression": 1000 / student_params, "speedup_b1": 4.0, "retention": 0.8 / 0.9,
+                    "gap_closed": 0.5},
+    }
+
+
+def test_markdown_shows_the_reports_numbers():
+    text = markdown(_report(250), ["plots/a.png"])
+    assert "**4.0×** fewer parameters" in text and "**4.0×** faster" in text
+    assert "closes **50%**" in text
+    assert "| distilled | 80.00% | 85.00% | 0.1000 |" in text
+    assert "| teacher | 90.00% | – | – |" in text  # no agreement with itself
+    assert "![a](plots/a.png)" in text
+
+
+def test_a_student_with_more_parameters_is_not_called_smaller():
+    text = markdown(_report(2000), [])
+    assert "**2.0×** more parameters" in text and "smaller" not in text
+
+
+def test_render_writes_report_and_plots(tmp_path: Path):
+    (tmp_path / "report.json").write_text(json.dumps(_report(250)))
+    (tmp_path / "distilled").mkdir()
+    rows = [{"epoch": e, "train_loss": 1.0 / (e + 1), "val_accuracy": 0.5 + e / 10} for e in range(3)]
+    (tmp_path / "distilled" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = render(tmp_path)
+    assert out == tmp_path / "report.md" and out.read_text().startswith("# distill report: unit")
+    for png in ("learning_curves.png", "accuracy_vs_cost.png"):
+        assert (tmp_path / "plots" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_render_without_a_report_json_says_what_is_missing(tmp_path: Path):
+    with pytest.raises(DistillError, match="report.json not found"):
+        render(tmp_path)
