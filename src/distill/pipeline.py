@@ -61,8 +61,14 @@ def open_run_dir(cfg: RunConfig, resume: bool) -> Path:
         # `quiet` only changes what is printed, so `--resume` may add or drop `--quiet`.
         previous = yaml.safe_load(saved.read_text()) or {}
         if {**previous, "quiet": None} != {**current, "quiet": None}:
-            raise ConfigError(f"--resume: the config differs from the one saved in {saved}; "
-                              "resume with the same config, or start a new run with name=NEW_NAME.")
+            changed = sorted(k for k in set(previous) | set(current)
+                             if k != "quiet" and previous.get(k) != current.get(k))
+            teacher = run_dir / "teacher" / "model.safetensors"
+            reuse = (f" To keep its trained teacher, start a new run with teacher.checkpoint={teacher}."
+                     if teacher.is_file() else "")
+            raise ConfigError(f"--resume: the config differs from the one saved in {saved} "
+                              f"(sections: {', '.join(changed)}); resume with the same config, or start "
+                              f"a new run with name=NEW_NAME.{reuse}")
     state = process_state(cfg.device)
     state.wait_for_everyone()  # every process has checked before the main one writes
     if state.is_main_process:
