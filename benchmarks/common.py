@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -19,7 +20,6 @@ WORK = Path(__file__).parent / "work"  # runs and checkpoints (git-ignored)
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
-        import os
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = torch.get_num_threads()
@@ -29,7 +29,8 @@ def machine() -> str:
 
 def write_result(name: str, metrics: dict[str, float], extra: dict | None = None) -> Path:
     """Write benchmarks/results/<name>.json and print it as one JSON line."""
-    record = {"name": name, "command": "python " + " ".join(sys.argv), "machine": machine(),
+    threads = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
+    record = {"name": name, "command": f"{threads}python " + " ".join(sys.argv), "machine": machine(),
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "metrics": {k: float(v) for k, v in metrics.items()}, **(extra or {})}
     RESULTS.mkdir(parents=True, exist_ok=True)
