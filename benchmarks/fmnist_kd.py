@@ -5,8 +5,8 @@ Needs Fashion-MNIST: bash scripts/get-fashion-mnist.sh
 
 The teacher (configs/fashion_mnist.yaml) is trained once and shared. Arms per seed, same student,
 same epochs:
-  plain          labels only, no augmentation
-  kd_cached      KD from teacher logits cached once on the clean images, no augmentation
+  plain          labels only, no augmentation                                   (headline "plain")
+  kd_cached      KD from teacher logits cached once on the clean images, no aug  (headline "kd")
   plain_aug      labels only, with the config's augmentation
   kd_consistent  KD with the teacher run live on the same augmented view (Beyer et al. 2022)
 Writes benchmarks/results/fmnist_kd.json and the seed-0 report to docs/reports/fashion_mnist/.
@@ -25,6 +25,7 @@ from common import WORK, mean_std, publish_run, write_result
 from distill.config import load_config
 from distill.data import load_data
 from distill.pipeline import load_or_train_teacher, open_run_dir, run
+from distill.report import render
 
 CONFIG = Path(__file__).parents[1] / "configs" / "fashion_mnist.yaml"
 REPORT_DIR = Path(__file__).parents[1] / "docs" / "reports" / "fashion_mnist"
@@ -52,10 +53,17 @@ def main() -> None:
         arms["kd_cached"].append(cached["models"]["distilled"]["accuracy"])
         reports.append(consistent)
         if seed == 0 and args.only_seed is None:
-            publish_run(OUT / "consistent-0", REPORT_DIR)
-            shutil.copy(OUT / "teacher" / "teacher" / "metrics.jsonl", REPORT_DIR / "teacher" / "metrics.jsonl")
+            _publish(OUT / "consistent-0")
     if args.only_seed is None:
         write_result("fmnist_kd", _metrics(arms, reports), {"per_seed": arms})
+
+
+def _publish(run_dir: Path) -> None:
+    """Publish the seed-0 report, with the shared teacher's learning curve drawn in."""
+    (run_dir / "teacher").mkdir(exist_ok=True)
+    shutil.copy(OUT / "teacher" / "teacher" / "metrics.jsonl", run_dir / "teacher" / "metrics.jsonl")
+    render(run_dir)
+    publish_run(run_dir, REPORT_DIR)
 
 
 def teacher() -> Path:
@@ -81,13 +89,14 @@ def _metrics(arms: dict[str, list[float]], reports: list[dict]) -> dict[str, flo
     for arm, accs in arms.items():
         mean, std = mean_std([100 * a for a in accs])
         m[f"{arm}_acc_mean"], m[f"{arm}_acc_std"] = mean, std
-    # The issue's headline keys: KD = the consistent-teaching arm, plain = labels only, no augmentation.
-    m["kd_acc_mean"], m["kd_acc_std"] = m["kd_consistent_acc_mean"], m["kd_consistent_acc_std"]
-    gap = m["teacher_acc"] - m["plain_acc_mean"]
-    m["gap_closed"] = (m["kd_acc_mean"] - m["plain_acc_mean"]) / gap
-    m["gap_closed_vs_plain_aug"] = (m["kd_acc_mean"] - m["plain_aug_acc_mean"]) / (
+    # Headline keys: "plain" and "kd" see the same clean images (Hinton 2015's setting); the
+    # consistent-teaching lever is reported against the plain student given the same augmentation.
+    m["kd_acc_mean"], m["kd_acc_std"] = m["kd_cached_acc_mean"], m["kd_cached_acc_std"]
+    m["gap_closed"] = (m["kd_acc_mean"] - m["plain_acc_mean"]) / (m["teacher_acc"] - m["plain_acc_mean"])
+    m["gap_closed_consistent"] = (m["kd_consistent_acc_mean"] - m["plain_aug_acc_mean"]) / (
         m["teacher_acc"] - m["plain_aug_acc_mean"])
-    m["gap_closed_cached"] = (m["kd_cached_acc_mean"] - m["plain_acc_mean"]) / gap
+    m["kd_minus_plain_in_std"] = (m["kd_acc_mean"] - m["plain_acc_mean"]) / max(
+        m["kd_acc_std"], m["plain_acc_std"])
     speed = [r["summary"]["speedup_b1"] for r in reports]
     m["speedup_b1"] = sorted(speed)[len(speed) // 2]
     m["compression"] = reports[0]["summary"]["compression"]
