@@ -62,9 +62,12 @@ def fit(model: nn.Module, train_data: Dataset, *, objective: Objective, config: 
         acc.init_trackers(name, config=_flat(config.model_dump(mode="json")))
     result = FitResult(model=model)
     start = loop.restore(checkpoint_dir, result, _fingerprint(config, objective)) if resume else 0
-    for epoch in range(start, config.epochs):
+    epochs = tqdm(range(start, config.epochs), desc=name, unit="epoch", initial=start, total=config.epochs,
+                  disable=quiet or not acc.is_main_process)
+    for epoch in epochs:
         train_stats = loop.train_epoch(train_data, epoch, steps_per_epoch)
         row = {"epoch": epoch, **train_stats, **loop.validate(val_data)}
+        epochs.set_postfix({k: f"{v:.4f}" for k, v in row.items() if k in ("train_loss", "val_accuracy")})
         result.history.append(row)
         improved = _is_best(result, row)
         if improved:
@@ -98,7 +101,7 @@ class _Loop:
         sums: dict[str, torch.Tensor] = {}
         first_bad = torch.full((), -1, device=acc.device)  # NaN/inf step, tracked without a host sync
         bar = tqdm(iter_batches(data, order, cfg.batch_size), total=steps_per_epoch, leave=False,
-                   desc=f"{self.name} epoch {epoch + 1}/{cfg.epochs}", disable=self.quiet or not acc.is_main_process)
+                   desc=f"epoch {epoch + 1}", disable=self.quiet or not acc.is_main_process)
         for step, batch in enumerate(bar):
             _check_labels(batch["labels"], self.num_classes, epoch, step)
             inputs = batch["inputs"].to(acc.device, non_blocking=True)
