@@ -28,9 +28,6 @@ from distill.models import build_model
 from distill.signals import CachedTeacher, LiveTeacher, TeacherSignal, freeze
 from distill.training import fit, process_state
 
-STAGES = ("teacher", "baseline", "distilled")
-
-
 def run(cfg: RunConfig, resume: bool = False) -> Path:
     """Run the whole job; returns the run directory (which holds report.md)."""
     run_dir = open_run_dir(cfg, resume)

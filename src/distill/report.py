@@ -12,9 +12,6 @@ from typing import Any
 from distill.files import atomic_write_bytes, atomic_write_text
 from distill.errors import DistillError
 
-STAGES = ("teacher", "baseline", "distilled")
-
-
 def render(run_dir: Path) -> Path:
     """Write `report.md` and `plots/*.png` in `run_dir`; returns the report's path."""
     run_dir = Path(run_dir)
@@ -23,7 +20,7 @@ def render(run_dir: Path) -> Path:
         raise DistillError(f"{path} not found: `distill report` needs a finished run directory "
                            "(created by `distill run`).")
     report = json.loads(path.read_text())
-    histories = {s: _history(run_dir / s / "metrics.jsonl") for s in STAGES}
+    histories = {s: _history(run_dir / s / "metrics.jsonl") for s in report["models"]}
     plots = [_learning_curves(run_dir, histories), _accuracy_vs_cost(run_dir, report["models"])]
     text = markdown(report, [p.relative_to(run_dir).as_posix() for p in plots])
     out = run_dir / "report.md"
