@@ -132,3 +132,38 @@ def test_bad_arguments_are_clear_errors():
         token_divergence(s, teacher_logits=s, kind="hellinger")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"beta must be in \[0, 1\]"):
         token_divergence(s, teacher_logits=s, kind="jsd", beta=1.5)
+
+
+@pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl", "jsd", "tvd"])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_chunked_loss_equals_the_naive_loss_and_its_gradients(kind, sparse):
+    from distill.divergences import chunked_token_divergence
+
+    g = torch.Generator().manual_seed(14)
+    hidden = torch.randn(2, 7, 16, generator=g, requires_grad=True)  # (B, T, d)
+    weight = torch.randn(50, 16, generator=g, requires_grad=True)  # (V, d)
+    t_logits = 2 * torch.randn(2, 7, 50, generator=g)
+    mask = torch.rand(2, 7, generator=g) > 0.3
+    teacher = ({"teacher_topk_logprobs": t_logits.log_softmax(-1).topk(8, -1).values,
+                "teacher_topk_indices": t_logits.log_softmax(-1).topk(8, -1).indices}
+               if sparse else {"teacher_logits": t_logits})
+    naive = token_divergence(hidden @ weight.T, kind=kind, mask=mask, temperature=2.0, **teacher)
+    naive_grads = torch.autograd.grad(naive, (hidden, weight))
+    chunked = chunked_token_divergence(hidden, weight, kind=kind, mask=mask, temperature=2.0, chunk_size=4,
+                                       **teacher)
+    chunked_grads = torch.autograd.grad(chunked, (hidden, weight))
+    assert chunked.item() == pytest.approx(naive.item(), rel=1e-5)
+    for a, b in zip(chunked_grads, naive_grads):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_chunked_loss_with_everything_masked_is_zero_with_zero_gradient():
+    from distill.divergences import chunked_token_divergence
+
+    hidden = torch.randn(1, 5, 4, requires_grad=True)
+    weight = torch.randn(9, 4)
+    out = chunked_token_divergence(hidden, weight, teacher_logits=torch.randn(1, 5, 9),
+                                   mask=torch.zeros(1, 5, dtype=torch.bool), chunk_size=2)
+    assert out.item() == 0.0
+    out.backward()  # still part of the graph, so a training step can call backward on it
+    assert torch.all(hidden.grad == 0)

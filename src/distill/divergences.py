@@ -152,3 +152,47 @@ def _log_tail(log_probs: torch.Tensor) -> torch.Tensor:
     """log(1 − Σ exp(log_probs)); an empty tail becomes 1e-30 so values and gradients stay finite."""
     tail = 1.0 - log_probs.exp().sum(-1, keepdim=True)
     return torch.where(tail < EMPTY_TAIL, torch.full_like(tail, 1e-30), tail).log()
+
+
+def chunked_token_divergence(student_hidden: torch.Tensor, lm_head_weight: torch.Tensor, *,
+                             kind: Kind = "forward_kl", teacher_logits: torch.Tensor | None = None,
+                             teacher_topk_logprobs: torch.Tensor | None = None,
+                             teacher_topk_indices: torch.Tensor | None = None,
+                             mask: torch.Tensor | None = None, temperature: float = 1.0,
+                             beta: float = 0.5, alpha: float = 0.1, chunk_size: int = 1024,
+                             lm_head_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`token_divergence` of the student's logits `hidden @ W.T`, never holding all of them at once.
+
+    Tokens are processed `chunk_size` at a time; each chunk's (chunk × vocab) logits are recomputed
+    in the backward pass instead of being stored, so peak memory holds one chunk's logits rather
+    than (tokens × vocab). The result equals the unchunked masked mean.
+
+    Args:
+        student_hidden: (..., d) final hidden states of the student.
+        lm_head_weight: (V, d) output projection (and optional `lm_head_bias` (V,)).
+        teacher_*: as in `token_divergence`, with the same leading dims as `student_hidden`.
+        chunk_size: tokens per chunk.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    hidden = student_hidden.reshape(-1, student_hidden.shape[-1])  # (N, d)
+    teacher = [None if t is None else t.reshape(-1, t.shape[-1]).detach()
+               for t in (teacher_logits, teacher_topk_logprobs, teacher_topk_indices)]
+    weights = (torch.ones(len(hidden), device=hidden.device) if mask is None
+               else mask.reshape(-1).to(hidden.device, torch.float32))
+
+    def chunk_sum(h: torch.Tensor, w: torch.Tensor, *chunk: torch.Tensor | None) -> torch.Tensor:
+        logits = F.linear(h, lm_head_weight, lm_head_bias)  # (chunk, V): freed after the forward
+        t_logits, t_lp, t_idx, t_w = chunk
+        log_p, log_q = _bins(logits, t_logits, t_lp, t_idx, temperature)
+        return (divergence(log_p, log_q, kind=kind, beta=beta, alpha=alpha) * t_w).sum()
+
+    total = hidden.sum().float() * 0.0  # keeps the graph when every token is masked (zero gradient)
+    for start in range(0, len(hidden), chunk_size):
+        sl = slice(start, start + chunk_size)
+        if not weights[sl].any():
+            continue
+        parts = [None if t is None else t[sl] for t in teacher]
+        total = total + checkpoint(chunk_sum, hidden[sl], lm_head_weight, *parts, weights[sl],
+                                   use_reentrant=False)
+    return total / weights.sum().clamp_min(1.0)
