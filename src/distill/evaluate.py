@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from distill.data import iter_batches, labels_of
+from distill.divergences import token_divergence
 from distill.models import logits_of
 
 
@@ -48,8 +49,7 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor,
 
 def kl_divergence(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> float:
     """Mean KL(teacher ‖ student) over examples, in nats, at temperature 1."""
-    return float(F.kl_div(student_logits.log_softmax(-1), teacher_logits.log_softmax(-1),
-                          log_target=True, reduction="batchmean"))
+    return float(token_divergence(student_logits, teacher_logits=teacher_logits, kind="forward_kl"))
 
 
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:

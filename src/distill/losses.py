@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.config import Schedule
+from distill.divergences import token_divergence
 
 
 def cross_entropy(student_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -29,10 +30,8 @@ def soft_target_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
         teacher_logits: (B, C) teacher logits.
         temperature: T > 0; the T² factor keeps gradient magnitudes comparable across T.
     """
-    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    kl = F.kl_div(log_p_s, log_p_t, log_target=True, reduction="batchmean")
-    return kl * temperature**2
+    return token_divergence(student_logits, teacher_logits=teacher_logits, kind="forward_kl",
+                            temperature=temperature) * temperature**2
 
 
 def scheduled(value: float | Schedule, progress: float) -> float:
