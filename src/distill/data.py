@@ -219,15 +219,20 @@ def _splits(x: torch.Tensor, y: torch.Tensor, train_i: torch.Tensor, val_i: torc
 
 
 def check_labels(dataset: Dataset, num_classes: int, where: str) -> None:
-    """Fail clearly when labels fall outside [0, num_classes) (cheap for in-memory data)."""
-    labels = dataset.labels if isinstance(dataset, ArrayDataset) else None
-    if labels is None or len(labels) == 0:
+    """Fail clearly, before any training, when an in-memory dataset's labels fall outside the classes."""
+    if isinstance(dataset, ArrayDataset):
+        check_label_range(dataset.labels, num_classes, where)
+
+
+def check_label_range(labels: torch.Tensor, num_classes: int, where: str) -> None:
+    """Class ids must lie in [0, num_classes); `labels` should be a host tensor (no device sync)."""
+    if labels.dtype.is_floating_point or labels.numel() == 0:
         return
     lo, hi = int(labels.min()), int(labels.max())
     if lo < 0 or hi >= num_classes:
         raise DataError(
-            f"{where}: labels range over [{lo}, {hi}] but the model predicts {num_classes} classes; "
-            f"labels must be in [0, {num_classes - 1}]. Fix the labels or the model's num_classes."
+            f"{where}: labels in [{lo}, {hi}], but the model predicts {num_classes} classes; labels must "
+            f"be in [0, {num_classes - 1}]. Fix the dataset's labels or the model's num_classes."
         )
 
 

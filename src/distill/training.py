@@ -22,11 +22,11 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from distill.augment import augment_batch
-from distill.checkpoint import load_training_state, save_training_state, save_weights
+from distill.checkpoint import load_training_state, load_weights, save_training_state, save_weights
 from distill.files import atomic_write_text
 from distill.config import TrainConfig
-from distill.data import iter_batches, labels_of
-from distill.errors import CheckpointError, DataError, ModelError, TrainingDiverged
+from distill.data import check_label_range, iter_batches, labels_of
+from distill.errors import CheckpointError, ModelError, TrainingDiverged
 from distill.evaluate import classification_metrics, predict
 from distill.losses import Objective
 from distill.models import logits_of
@@ -61,7 +61,8 @@ def fit(model: nn.Module, train_data: Dataset, *, objective: Objective, config: 
     if acc.is_main_process and tracking:
         acc.init_trackers(name, config=_flat(config.model_dump(mode="json")))
     result = FitResult(model=model)
-    start = loop.restore(checkpoint_dir, result, _fingerprint(config, objective)) if resume else 0
+    fingerprint = _fingerprint(config, objective)
+    start = loop.restore(checkpoint_dir, result, fingerprint) if resume else 0
     epochs = tqdm(range(start, config.epochs), desc=name, unit="epoch", initial=start, total=config.epochs,
                   disable=quiet or not acc.is_main_process)
     for epoch in epochs:
@@ -72,7 +73,7 @@ def fit(model: nn.Module, train_data: Dataset, *, objective: Objective, config: 
         improved = _is_best(result, row)
         if improved:
             result.best_epoch = epoch
-        loop.save(checkpoint_dir, result, _fingerprint(config, objective), improved)
+        loop.save(checkpoint_dir, result, fingerprint, improved)
         acc.log({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
         if _patience_over(result, config.early_stopping_patience, epoch):
             result.stopped_early = True
@@ -103,7 +104,7 @@ class _Loop:
         bar = tqdm(iter_batches(data, order, cfg.batch_size), total=steps_per_epoch, leave=False,
                    desc=f"epoch {epoch + 1}", disable=self.quiet or not acc.is_main_process)
         for step, batch in enumerate(bar):
-            _check_labels(batch["labels"], self.num_classes, epoch, step)
+            check_label_range(batch["labels"], self.num_classes, f"{self.name}, epoch {epoch + 1}, batch {step}")
             inputs = batch["inputs"].to(acc.device, non_blocking=True)
             labels = batch["labels"].to(acc.device, non_blocking=True)
             inputs, targets = augment_batch(inputs, labels, self.num_classes, cfg.augment, gen)
@@ -186,8 +187,6 @@ class _Loop:
         return state["epoch"] + 1
 
     def best_model(self, ckpt_dir: Path | None, result: FitResult) -> nn.Module:
-        from distill.checkpoint import load_weights
-
         model = self.acc.unwrap_model(self.model)
         best = ckpt_dir / "best.safetensors" if ckpt_dir else None
         if best is not None and best.is_file() and result.best_epoch != result.history[-1]["epoch"]:
@@ -237,17 +236,6 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def _check_labels(labels: torch.Tensor, num_classes: int, epoch: int, step: int) -> None:
-    """Class ids must lie in [0, num_classes); checked on the host copy, so no device sync."""
-    if labels.dtype.is_floating_point or labels.numel() == 0:
-        return
-    lo, hi = int(labels.min()), int(labels.max())
-    if lo < 0 or hi >= num_classes:
-        raise DataError(f"Batch {step} of epoch {epoch + 1} has labels in [{lo}, {hi}], but the model "
-                        f"predicts {num_classes} classes; labels must be in [0, {num_classes - 1}]. "
-                        "Fix the dataset's labels or the model's num_classes.")
 
 
 def _shard(order: torch.Tensor, rank: int, world: int) -> torch.Tensor:
