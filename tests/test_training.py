@@ -206,6 +206,24 @@ def test_the_best_epoch_is_what_is_returned(digits, tmp_path: Path):
     assert not all(torch.equal(returned[k], v) for k, v in last.state_dict().items())
 
 
+def test_the_best_epoch_is_returned_without_a_checkpoint_directory(digits, monkeypatch):
+    wrong_val = ArrayDataset(digits.val.inputs, (digits.val.labels + 1) % 10)  # as above: early epochs win
+    snapshots = []
+    real_validate = _Loop.validate
+
+    def validate_and_snapshot(self, val_data):
+        snapshots.append(_weights(self.acc.unwrap_model(self.model)))
+        return real_validate(self, val_data)
+
+    monkeypatch.setattr(_Loop, "validate", validate_and_snapshot)
+    result = fit(_student(digits), digits.train, objective=CE(), config=_config(epochs=3), num_classes=10,
+                 val_data=wrong_val, quiet=True)
+    assert result.best_epoch < 2
+    returned = _weights(result.model)
+    assert all(torch.equal(returned[k], v) for k, v in snapshots[result.best_epoch].items())
+    assert not all(torch.equal(returned[k], v) for k, v in snapshots[-1].items())
+
+
 def test_cosine_schedule_with_warmup():
     model = nn.Linear(2, 2)
     cfg = _config(epochs=2, warmup_epochs=0.5)

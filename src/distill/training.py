@@ -73,6 +73,7 @@ def fit(model: nn.Module, train_data: Dataset, *, objective: Objective, config: 
         improved = _is_best(result, row)
         if improved:
             result.best_epoch = epoch
+            loop.remember_best(checkpoint_dir)
         loop.save(checkpoint_dir, result, fingerprint, improved)
         acc.log({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
         if _patience_over(result, config.early_stopping_patience, epoch):
@@ -93,6 +94,7 @@ class _Loop:
         self.acc, self.model, self.optimizer, self.scheduler = acc, model, optimizer, scheduler
         self.objective, self.teacher, self.config = objective, teacher, config
         self.num_classes, self.quiet, self.name = num_classes, quiet, name
+        self.best_state: dict[str, torch.Tensor] | None = None
 
     def train_epoch(self, data: Dataset, epoch: int, steps_per_epoch: int) -> dict[str, float]:
         cfg, acc = self.config, self.acc
@@ -186,11 +188,21 @@ class _Loop:
             return self.config.epochs
         return state["epoch"] + 1
 
+    def remember_best(self, ckpt_dir: Path | None) -> None:
+        """Without a checkpoint directory, keep the best weights in host memory instead of on disk."""
+        if ckpt_dir is None:
+            model = self.acc.unwrap_model(self.model)
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
     def best_model(self, ckpt_dir: Path | None, result: FitResult) -> nn.Module:
         model = self.acc.unwrap_model(self.model)
+        if not result.history or result.best_epoch == result.history[-1]["epoch"]:
+            return model.eval()  # the current weights are the best ones
         best = ckpt_dir / "best.safetensors" if ckpt_dir else None
-        if best is not None and best.is_file() and result.best_epoch != result.history[-1]["epoch"]:
+        if best is not None and best.is_file():
             load_weights(best, model)
+        elif self.best_state is not None:
+            model.load_state_dict(self.best_state)
         return model.eval()
 
 
