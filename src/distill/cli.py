@@ -5,6 +5,8 @@
     distill eval [CONFIG] [key=value ...] [--json]
     distill bench [CONFIG] [key=value ...] [--json]
     distill report RUN_DIR
+    distill lm [CONFIG] [key=value ...] [--resume] [--quiet]
+    distill lm-cache [CONFIG] [key=value ...]
 """
 
 from __future__ import annotations
@@ -58,21 +60,49 @@ def _parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print JSON instead of a table")
     command("bench", _bench, "Measure size, latency, throughput and memory of teacher and student."
             ).add_argument("--json", action="store_true", help="print JSON instead of a table")
+    command("lm", _lm, "Distil a causal language model (default: SmolLM2-135M → 1-layer student on "
+            "the KJV Bible): CE baseline, distilled student, evaluation, report.").add_argument(
+        "--resume", action="store_true", help="continue an interrupted run in the same directory")
+    command("lm-cache", _lm_cache, "Build (or verify and complete) the top-k teacher cache of an LM config.")
     rep = command("report", _report, "Re-render report.md and plots of a finished run.", with_config=False)
     rep.add_argument("run_dir", type=Path)
     return p
 
 
-def _config(args: argparse.Namespace):
+def _config(args: argparse.Namespace, loader: Any = None):
     from distill.config import load_config
 
+    loader = loader or load_config
     files = [a for a in args.args if "=" not in a]
     overrides = [a for a in args.args if "=" in a]
     if len(files) > 1:
         raise DistillError(f"Expected at most one config file, got {files}; overrides look like key=value.")
     if args.quiet:
         overrides.append("quiet=true")
-    return load_config(files[0] if files else None, overrides)
+    return loader(files[0] if files else None, overrides)
+
+
+def _lm(args: argparse.Namespace) -> int:
+    from distill.lm.config import load_lm_config
+    from distill.lm.pipeline import run_lm
+    from distill.training import process_state
+
+    cfg = _config(args, load_lm_config)
+    run_dir = run_lm(cfg, resume=args.resume)
+    if process_state(cfg.device).is_main_process:
+        print(f"Report: {run_dir / 'report.md'}")
+    return 0
+
+
+def _lm_cache(args: argparse.Namespace) -> int:
+    from distill.lm.config import load_lm_config
+    from distill.lm.pipeline import build_caches
+
+    cfg = _config(args, load_lm_config)
+    for split, cache in build_caches(cfg).items():
+        print(f"{split}: {cache.directory} ({cache.manifest['rows']} blocks, "
+              f"{cache.bytes_per_token:.0f} bytes/token)")
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -15,14 +15,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from distill.errors import ConfigError, did_you_mean
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
+    """A config section: unknown keys are errors."""
+
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
 _Model = TypeVar("_Model", bound=BaseModel)
 
 
-class Schedule(_Strict):
+class Schedule(Strict):
     """A value that moves from `start` to `end` over training (progress 0 → 1)."""
 
     start: float
@@ -33,7 +35,7 @@ class Schedule(_Strict):
 Scalar = Union[float, Schedule]
 
 
-class DataConfig(_Strict):
+class DataConfig(Strict):
     name: Literal["digits", "mnist5k", "fashion_mnist", "csv"] = "digits"
     path: Path | None = Field(None, description="Directory (fashion_mnist) or file (csv).")
     label_column: str | int = Field(-1, description="CSV column holding the label.")
@@ -43,20 +45,20 @@ class DataConfig(_Strict):
     seed: int = 0
 
 
-class ModelConfig(_Strict):
+class ModelConfig(Strict):
     arch: str = Field(..., description="Zoo name (mlp, cnn, resnet) or `module:Class` import path.")
     kwargs: dict[str, Any] = Field(default_factory=dict)
     checkpoint: Path | None = Field(None, description="Weights (.safetensors) to load.")
 
 
-class OptimizerConfig(_Strict):
+class OptimizerConfig(Strict):
     name: Literal["sgd", "adam", "adamw"] = "adamw"
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
 
 
-class AugmentConfig(_Strict):
+class AugmentConfig(Strict):
     shift: int = Field(0, ge=0, description="Random translation by up to this many pixels.")
     flip: bool = False
     mixup: float = Field(0.0, ge=0, description="Beta(a, a) parameter; 0 disables mixup.")
@@ -66,7 +68,7 @@ class AugmentConfig(_Strict):
         return self.shift > 0 or self.flip or self.mixup > 0
 
 
-class TrainConfig(_Strict):
+class TrainConfig(Strict):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(128, ge=1)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
@@ -79,7 +81,7 @@ class TrainConfig(_Strict):
     seed: int = 0
 
 
-class KDConfig(_Strict):
+class KDConfig(Strict):
     """Soft-target distillation (Hinton et al. 2015): α·T²·KL(teacher_T ‖ student_T) + (1−α)·CE."""
 
     temperature: Scalar = 4.0
@@ -97,13 +99,13 @@ class TeacherConfig(ModelConfig):
     train: TrainConfig = Field(default_factory=TrainConfig, description="Used when no checkpoint is given.")
 
 
-class BenchConfig(_Strict):
+class BenchConfig(Strict):
     threads: int = Field(1, ge=1, description="CPU threads for latency/throughput.")
     throughput_batch: int = Field(256, ge=1)
     repeats: int = Field(50, ge=3)
 
 
-class RunConfig(_Strict):
+class RunConfig(Strict):
     name: str = "default"
     output_dir: Path = Path("runs")
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -131,10 +133,16 @@ class RunConfig(_Strict):
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Read YAML (or the built-in default when `path` is None), apply `key=value` overrides, validate."""
-    raw = _read_yaml(Path(path)) if path else default_config_dict()
+    raw = read_raw(path, overrides, default_config_dict)
+    return validate_config(raw, source=str(path or "built-in default"))
+
+
+def read_raw(path: str | Path | None, overrides: list[str] | None, default: Any) -> dict[str, Any]:
+    """The YAML mapping at `path` (or `default()`), with `key=value` overrides applied; not validated."""
+    raw = _read_yaml(Path(path)) if path else default()
     for item in overrides or []:
         _apply_override(raw, item)
-    return validate_config(raw, source=str(path or "built-in default"))
+    return raw
 
 
 def default_config_dict() -> dict[str, Any]:

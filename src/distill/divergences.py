@@ -26,6 +26,7 @@ Definitions, with p the teacher and q the student distribution:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -40,6 +41,7 @@ def token_divergence(student_logits: torch.Tensor, *, kind: Kind = "forward_kl",
                      teacher_logits: torch.Tensor | None = None,
                      teacher_topk_logprobs: torch.Tensor | None = None,
                      teacher_topk_indices: torch.Tensor | None = None,
+                     teacher_tail_logprob: torch.Tensor | None = None,
                      mask: torch.Tensor | None = None, temperature: float = 1.0,
                      beta: float = 0.5, alpha: float = 0.1) -> torch.Tensor:
     """Masked mean over tokens of a divergence between teacher and student distributions.
@@ -50,15 +52,31 @@ def token_divergence(student_logits: torch.Tensor, *, kind: Kind = "forward_kl",
         teacher_logits: (..., V) teacher logits (full format), or
         teacher_topk_logprobs, teacher_topk_indices: (..., k) teacher top-k (sparse format), as
             log-probabilities at temperature 1; renormalised at `temperature` within the top-k + tail.
+        teacher_tail_logprob: (..., 1) log of the teacher's mass outside the top-k, when stored
+            (e.g. by a cache in a compact dtype); computed as log(1 − Σ top-k) when omitted.
         mask: (...) true where a token counts (e.g. response tokens); default all.
         temperature: T > 0 applied to both distributions.
         beta: JSD interpolation in [0, 1].
         alpha: skew in [0, 1) for the skew KLs.
     """
-    log_p, log_q = _bins(student_logits, teacher_logits, teacher_topk_logprobs, teacher_topk_indices,
-                         temperature)
-    per_token = divergence(log_p, log_q, kind=kind, beta=beta, alpha=alpha)
+    per_token = per_token_divergence(student_logits, kind=kind, teacher_logits=teacher_logits,
+                                     teacher_topk_logprobs=teacher_topk_logprobs,
+                                     teacher_topk_indices=teacher_topk_indices,
+                                     teacher_tail_logprob=teacher_tail_logprob,
+                                     temperature=temperature, beta=beta, alpha=alpha)
     return masked_mean(per_token, mask)
+
+
+def per_token_divergence(student_logits: torch.Tensor, *, kind: Kind = "forward_kl",
+                         teacher_logits: torch.Tensor | None = None,
+                         teacher_topk_logprobs: torch.Tensor | None = None,
+                         teacher_topk_indices: torch.Tensor | None = None,
+                         teacher_tail_logprob: torch.Tensor | None = None,
+                         temperature: float = 1.0, beta: float = 0.5, alpha: float = 0.1) -> torch.Tensor:
+    """The divergence at each position (...), before masking; arguments as in `token_divergence`."""
+    log_p, log_q = _bins(student_logits, teacher_logits, teacher_topk_logprobs, teacher_topk_indices,
+                         temperature, teacher_tail_logprob)
+    return divergence(log_p, log_q, kind=kind, beta=beta, alpha=alpha)
 
 
 def divergence(log_p: torch.Tensor, log_q: torch.Tensor, *, kind: Kind, beta: float = 0.5,
@@ -116,7 +134,7 @@ def _log_mix(log_a: torch.Tensor, log_b: torch.Tensor, weight: float) -> torch.T
 
 def _bins(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
           topk_logprobs: torch.Tensor | None, topk_indices: torch.Tensor | None,
-          temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+          temperature: float, tail_logprob: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher and student log-probabilities over the same bins (full vocab, or top-k + tail)."""
     log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)
     if teacher_logits is not None:
@@ -126,12 +144,19 @@ def _bins(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
         return F.log_softmax(teacher_logits.float() / temperature, dim=-1), log_q
     if topk_logprobs is None or topk_indices is None:
         raise ValueError("Pass teacher_logits, or both teacher_topk_logprobs and teacher_topk_indices.")
-    return _sparse_teacher(topk_logprobs.float(), temperature), _sparse_student(log_q, topk_indices)
+    teacher = _sparse_teacher(topk_logprobs.float(), temperature,
+                              None if tail_logprob is None else tail_logprob.float())
+    return teacher, _sparse_student(log_q, topk_indices)
 
 
-def _sparse_teacher(topk_logprobs: torch.Tensor, temperature: float) -> torch.Tensor:
+def _sparse_teacher(topk_logprobs: torch.Tensor, temperature: float,
+                    tail_logprob: torch.Tensor | None = None) -> torch.Tensor:
     """Top-k + tail bins of the teacher at `temperature` (the tail keeps its share of mass)."""
     topk_logprobs = topk_logprobs.detach()  # a teacher signal is a constant
+    if tail_logprob is not None:
+        # Stored values are rounded (e.g. float16): renormalise so the bins sum to exactly 1.
+        bins = torch.cat([topk_logprobs, tail_logprob.detach().clamp_min(LOG_FLOOR)], dim=-1)
+        return F.log_softmax(bins / temperature, dim=-1)
     bins = torch.cat([topk_logprobs, _log_tail(topk_logprobs)], dim=-1)
     if temperature != 1.0:
         # The tail's internal shape is unknown; it is re-tempered as if it were one token.
@@ -158,6 +183,7 @@ def chunked_token_divergence(student_hidden: torch.Tensor, lm_head_weight: torch
                              kind: Kind = "forward_kl", teacher_logits: torch.Tensor | None = None,
                              teacher_topk_logprobs: torch.Tensor | None = None,
                              teacher_topk_indices: torch.Tensor | None = None,
+                             teacher_tail_logprob: torch.Tensor | None = None,
                              mask: torch.Tensor | None = None, temperature: float = 1.0,
                              beta: float = 0.5, alpha: float = 0.1, chunk_size: int = 1024,
                              lm_head_bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -173,26 +199,57 @@ def chunked_token_divergence(student_hidden: torch.Tensor, lm_head_weight: torch
         teacher_*: as in `token_divergence`, with the same leading dims as `student_hidden`.
         chunk_size: tokens per chunk.
     """
+    def per_token(logits: torch.Tensor, t_logits: torch.Tensor | None, t_lp: torch.Tensor | None,
+                  t_idx: torch.Tensor | None, t_tail: torch.Tensor | None) -> torch.Tensor:
+        return per_token_divergence(logits, kind=kind, teacher_logits=t_logits, teacher_topk_logprobs=t_lp,
+                                    teacher_topk_indices=t_idx, teacher_tail_logprob=t_tail,
+                                    temperature=temperature, beta=beta, alpha=alpha)
+
+    weights = _token_weights(student_hidden, mask)
+    total = chunked_token_sum(student_hidden, lm_head_weight, per_token,
+                              [teacher_logits, teacher_topk_logprobs, teacher_topk_indices, teacher_tail_logprob],
+                              weights, chunk_size=chunk_size, lm_head_bias=lm_head_bias, always_chunk=True)
+    return total / weights.sum().clamp_min(1.0)
+
+
+def chunked_token_sum(student_hidden: torch.Tensor, lm_head_weight: torch.Tensor,
+                      per_token: Callable[..., torch.Tensor], tensors: Sequence[torch.Tensor | None],
+                      weights: torch.Tensor, *, chunk_size: int, lm_head_bias: torch.Tensor | None = None,
+                      always_chunk: bool = False) -> torch.Tensor:
+    """Σ over tokens of weights · per_token(logits, *tensors), chunk by chunk, logits = hidden @ W.T.
+
+    `per_token(logits (n, V), *tensor_chunks)` returns (n,) values, or (n, C) for C components
+    summed separately (the result is then (C,)); `tensors` share the leading dims of
+    `student_hidden` (None entries pass through). Each chunk's logits are recomputed in backward.
+    When all tokens fit in one chunk (and not `always_chunk`), nothing is recomputed.
+    """
     from torch.utils.checkpoint import checkpoint
 
     hidden = student_hidden.reshape(-1, student_hidden.shape[-1])  # (N, d)
-    teacher = [None if t is None else t.reshape(-1, t.shape[-1]).detach()
-               for t in (teacher_logits, teacher_topk_logprobs, teacher_topk_indices)]
-    weights = (torch.ones(len(hidden), device=hidden.device) if mask is None
-               else mask.reshape(-1).to(hidden.device, torch.float32))
+    flat = [None if t is None else t.reshape(len(hidden), -1).detach() if t.dim() > student_hidden.dim() - 1
+            else t.reshape(len(hidden)).detach() for t in tensors]
+    weights = weights.reshape(-1)
 
     def chunk_sum(h: torch.Tensor, w: torch.Tensor, *chunk: torch.Tensor | None) -> torch.Tensor:
         logits = F.linear(h, lm_head_weight, lm_head_bias)  # (chunk, V): freed after the forward
-        t_logits, t_lp, t_idx, t_w = chunk
-        log_p, log_q = _bins(logits, t_logits, t_lp, t_idx, temperature)
-        return (divergence(log_p, log_q, kind=kind, beta=beta, alpha=alpha) * t_w).sum()
+        *parts, t_w = chunk
+        values = per_token(logits, *parts)
+        return (values * t_w.view(-1, *[1] * (values.dim() - 1))).sum(0)
 
-    total = hidden.sum().float() * 0.0  # keeps the graph when every token is masked (zero gradient)
+    if len(hidden) <= chunk_size and not always_chunk:
+        return chunk_sum(hidden, lm_head_weight, *flat, weights)
+    total: torch.Tensor | float = hidden.sum().float() * 0.0  # keeps the graph if all tokens are masked
     for start in range(0, len(hidden), chunk_size):
         sl = slice(start, start + chunk_size)
         if not weights[sl].any():
             continue
-        parts = [None if t is None else t[sl] for t in teacher]
+        parts = [None if t is None else t[sl] for t in flat]
         total = total + checkpoint(chunk_sum, hidden[sl], lm_head_weight, *parts, weights[sl],
                                    use_reentrant=False)
-    return total / weights.sum().clamp_min(1.0)
+    return total
+
+
+def _token_weights(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    if mask is None:
+        return torch.ones(hidden.shape[:-1], device=hidden.device)
+    return mask.to(hidden.device, torch.float32)

@@ -237,13 +237,17 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> Any:
     """Per-step linear warm-up then cosine decay (or constant), so resuming mid-run is exact."""
-    total = max(1, cfg.epochs * steps_per_epoch)
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    return warmup_schedule(optimizer, total=max(1, cfg.epochs * steps_per_epoch),
+                           warmup=int(cfg.warmup_epochs * steps_per_epoch), kind=cfg.scheduler)
+
+
+def warmup_schedule(optimizer: torch.optim.Optimizer, *, total: int, warmup: int, kind: str) -> Any:
+    """Linear warm-up over `warmup` steps, then cosine decay to 0 at `total` (or constant for 'none')."""
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        if cfg.scheduler == "none":
+        if kind == "none":
             return 1.0
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 

@@ -1,0 +1,129 @@
+"""LM distillation quality and the top-k teacher cache, on the KJV Bible (Debian bible-kjv).
+
+Run: .venv/bin/python benchmarks/llm_quality.py          (about 1 hour on 2 CPU cores)
+
+Teacher: SmolLM2-135M-Instruct (builtin). Student: 1 layer (the teacher's layer 0, its embeddings,
+final norm and tied output layer): 0.24× the teacher's parameters. Same token budget for every arm
+(`--steps` × 4 × 128 tokens, one pass over the same training blocks), 3 seeds each:
+
+  ce           plain next-token cross-entropy (no teacher)
+  forward_kl   KL(teacher ‖ student) from the top-64 cache
+  reverse_kl   KL(student ‖ teacher) from the cache
+  jsd          generalized JSD(β = 0.5) from the cache
+  forward_kl_full   forward KL from the live teacher's full logits (1 seed: the cache's cost in quality)
+
+Held-out: perplexity, KL(teacher ‖ student) over the top-64 + tail bins of a validation cache, and
+top-1 agreement. Writes benchmarks/results/llm_quality.json and llm_cache.json (bytes per token, and
+cache_kl: KL(full teacher ‖ cached teacher) on held-out tokens, the cached distribution spreading its
+tail mass uniformly over the other tokens). Finished runs are kept in benchmarks/work/llm/runs.jsonl,
+so an interrupted benchmark resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from common import WORK, mean_std, write_result
+from distill.lm import models as lm_models
+from distill.lm.config import LMLossConfig, LMTrainConfig
+from distill.lm.evaluate import evaluate_lm
+from distill.lm.signals import LiveLMTeacher, TopKCache, teacher_logits
+from distill.lm.text import blocks_subset, pack_text, read_kjv, split_blocks
+from distill.lm.train import fit_lm
+
+TEACHER, K, SEQ, BATCH = "builtin:smollm2-135m-instruct", 64, 128, 4
+ARMS = {"ce": None, "forward_kl": "forward_kl", "reverse_kl": "reverse_kl", "jsd": "jsd"}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int, default=120)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--val-blocks", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    args = p.parse_args()
+    torch.set_num_threads(2)
+    work = WORK / "llm"
+    tok = lm_models.load_tokenizer(TEACHER)
+    teacher = lm_models.load_causal_lm(TEACHER)
+    vocab = len(tok)
+    n_train = args.steps * BATCH
+    splits = split_blocks(pack_text(read_kjv(), tok, SEQ, max_blocks=n_train + args.val_blocks),
+                          args.val_blocks / (n_train + args.val_blocks), seed=0)
+    train, val = splits.train, splits.val
+    identity = {"teacher": TEACHER, "tokenizer": lm_models.tokenizer_fingerprint(tok), "k": K, "vocab": vocab}
+    caches = {name: TopKCache.build_or_open(teacher, blocks, work / f"cache_{name}", identity=identity)
+              for name, blocks in (("train", train), ("val", val))}
+    write_cache_result(teacher, val, caches["val"], vocab)
+    done = _done_runs(work / "runs.jsonl")
+    runs = [(arm, seed) for seed in range(args.seeds) for arm in ARMS] + [("forward_kl_full", 0)]
+    for arm, seed in runs:
+        if (arm, seed) in done:
+            continue
+        signal = (LiveLMTeacher(teacher, vocab) if arm == "forward_kl_full" else
+                  caches["train"] if ARMS[arm] else None)
+        kind = "forward_kl" if arm == "forward_kl_full" else ARMS[arm] or "forward_kl"
+        start = time.perf_counter()
+        student = lm_models.student_from_teacher(teacher, layers=[0])
+        cfg = LMTrainConfig(steps=args.steps, batch_size=BATCH, eval_every=10**9, save_every=10**9,
+                            warmup_steps=10, seed=seed, precision="no")
+        cfg.optimizer.lr = args.lr
+        out = fit_lm(student, train, train=cfg, loss=LMLossConfig(kind=kind), vocab=vocab, teacher=signal,
+                     device="cpu", name=f"{arm} seed {seed}")
+        metrics = evaluate_lm(out.model, val, vocab, teacher=caches["val"])
+        row = {"arm": arm, "seed": seed, **metrics, "seconds": time.perf_counter() - start}
+        with open(work / "runs.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        done[(arm, seed)] = row
+    write_quality_result(teacher, lm_models.student_from_teacher(teacher, layers=[0]), val, vocab, done, args)
+
+
+def write_cache_result(teacher: torch.nn.Module, val, cache: TopKCache, vocab: int) -> None:
+    """Bytes per token, and KL(full teacher ‖ top-k + uniform tail) over held-out tokens."""
+    total, count = 0.0, 0
+    for start in range(0, len(val), 4):
+        batch = val.batch(torch.arange(start, min(len(val), start + 4)))
+        with torch.inference_mode():
+            log_p = torch.log_softmax(teacher_logits(teacher, batch, vocab), -1)  # (B, L, V)
+        sig = cache.signal(batch)
+        tail_each = sig.tail_logprob.float() - math.log(vocab - K)  # tail spread over the other tokens
+        log_q = tail_each.expand_as(log_p).clone()
+        log_q.scatter_(-1, sig.topk_indices, sig.topk_logprobs.float())
+        log_q = torch.log_softmax(log_q, -1)  # stored values are float16: renormalise
+        kl = (log_p.exp() * (log_p - log_q)).sum(-1)
+        mask = batch["attention_mask"]
+        total, count = total + float(kl[mask].sum()), count + int(mask.sum())
+    write_result("llm_cache", {"bytes_per_token": cache.bytes_per_token, "cache_kl": total / count, "k": K},
+                 {"notes": "SmolLM2-135M-Instruct on held-out KJV blocks; float16 log-probs, int16 ids, "
+                           "float16 log tail mass per token"})
+
+
+def write_quality_result(teacher, student, val, vocab, done, args) -> None:
+    t = evaluate_lm(teacher, val, vocab)
+    metrics = {"teacher_ppl": t["ppl"], "params_ratio": lm_models.count_parameters(student)
+               / lm_models.count_parameters(teacher), "steps": args.steps, "tokens": args.steps * BATCH * SEQ}
+    for arm in list(ARMS) + ["forward_kl_full"]:
+        rows = [r for (a, _), r in done.items() if a == arm]
+        for key in ("ppl", "kl_teacher", "agreement"):
+            m, s = mean_std([r[key] for r in rows])
+            metrics[f"{arm}_{key}_mean"], metrics[f"{arm}_{key}_std"] = m, s
+    metrics["ce_student_ppl"] = metrics["ce_ppl_mean"]
+    metrics["kd_student_ppl"] = metrics["forward_kl_ppl_mean"]
+    write_result("llm_quality", metrics, {"runs": sorted(done.values(), key=lambda r: (r["arm"], r["seed"]))})
+
+
+def _done_runs(path: Path) -> dict[tuple[str, int], dict]:
+    if not path.is_file():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {(r["arm"], r["seed"]): r for r in rows}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Typed config of an LM distillation run (`distill lm`): YAML keys and `key=value` overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from distill.config import OptimizerConfig, Strict, read_raw, validate_section
+from distill.divergences import Kind
+from distill.errors import ConfigError
+
+
+class LMTeacherConfig(Strict):
+    model: str = Field("builtin:smollm2-135m-instruct", description="Model dir, hub id, or builtin:NAME.")
+    signal: Literal["live", "cached"] = Field("cached", description="cached: top-k log-probs computed once.")
+    top_k: int = Field(64, ge=1, description="Tokens kept per position in the cache (4k + 2 bytes/token).")
+    cache_dir: Path | None = Field(None, description="Default: <output_dir>/<name>/teacher_cache.")
+    cache_rebuild: bool = Field(False, description="Replace a mismatched cache / recompute bad shards.")
+    batch_size: int = Field(8, ge=1, description="Blocks per teacher forward when caching and evaluating.")
+
+
+class LoraConfig(Strict):
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | None = Field(None, description="Default: all linear layers.")
+
+
+class LMStudentConfig(Strict):
+    model: str | None = Field(None, description="A model dir/id; default: built from the teacher.")
+    layers: list[int] | None = Field(None, description="Teacher layers to copy (DistilBERT-style init).")
+    config: dict[str, Any] = Field(default_factory=dict,
+                                   description="Teacher-config overrides for a student from scratch, "
+                                   "e.g. {num_hidden_layers: 4, hidden_size: 256}.")
+    lora: LoraConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_way(self) -> LMStudentConfig:
+        ways = [self.model is not None, self.layers is not None, bool(self.config)]
+        if sum(ways) != 1:
+            raise ValueError("give exactly one of student.model, student.layers or student.config")
+        return self
+
+
+class LMDataConfig(Strict):
+    corpus: Literal["kjv", "text", "jsonl"] = "kjv"
+    path: Path | None = Field(None, description="Text file (text, kjv) or JSONL file (jsonl).")
+    seq_len: int = Field(128, ge=8)
+    packing: bool = Field(False, description="jsonl: pack rows end to end instead of one row per block.")
+    response_only: bool = Field(True, description="jsonl prompt/response and chat: loss on responses only.")
+    val_fraction: float = Field(0.05, gt=0, lt=1)
+    max_blocks: int | None = Field(None, ge=2, description="Use at most this many blocks of the corpus.")
+    val_blocks: int | None = Field(64, ge=1, description="Evaluate on at most this many held-out blocks.")
+    seed: int = 0
+
+
+class LMLossConfig(Strict):
+    """loss = ratio · divergence(teacher ‖ student) + (1 − ratio) · next-token CE, over masked tokens."""
+
+    kind: Kind = "forward_kl"
+    ratio: float = Field(1.0, ge=0, le=1)
+    temperature: float = Field(1.0, gt=0)
+    beta: float = Field(0.5, ge=0, le=1, description="JSD interpolation.")
+    alpha: float = Field(0.1, ge=0, lt=1, description="Skew of skew_kl / skew_reverse_kl.")
+    chunk_tokens: int = Field(4096, ge=1, description="Logits are computed this many tokens at a time.")
+
+
+class OnPolicyConfig(Strict):
+    """GKD-style rounds: a fraction of batches are continuations sampled from the student."""
+
+    fraction: float = Field(0.0, ge=0, le=1, description="λ: share of batches sampled from the student.")
+    prompt_tokens: int = Field(32, ge=1, description="Tokens of each block kept as the prompt.")
+    max_new_tokens: int = Field(64, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+
+
+class LMTrainConfig(Strict):
+    steps: int = Field(200, ge=1)
+    batch_size: int = Field(4, ge=1)
+    optimizer: OptimizerConfig = Field(default_factory=lambda: OptimizerConfig(lr=5e-4, weight_decay=0.01))
+    scheduler: Literal["none", "cosine"] = "cosine"
+    warmup_steps: int = Field(10, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    eval_every: int = Field(50, ge=1)
+    save_every: int = Field(50, ge=1)
+    precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    seed: int = 0
+
+
+class LMRunConfig(Strict):
+    name: str = "lm"
+    output_dir: Path = Path("runs")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    teacher: LMTeacherConfig = Field(default_factory=LMTeacherConfig)
+    student: LMStudentConfig = Field(default_factory=lambda: LMStudentConfig(layers=[0]))
+    data: LMDataConfig = Field(default_factory=LMDataConfig)
+    loss: LMLossConfig = Field(default_factory=LMLossConfig)
+    on_policy: OnPolicyConfig = Field(default_factory=OnPolicyConfig)
+    train: LMTrainConfig = Field(default_factory=LMTrainConfig)
+    baseline: bool = Field(True, description="Also train the student with plain next-token CE.")
+    quiet: bool = False
+
+    @model_validator(mode="after")
+    def _checks(self) -> LMRunConfig:
+        if self.on_policy.fraction > 0 and self.teacher.signal == "cached":
+            raise ValueError("on_policy.fraction > 0 needs the teacher to score student samples: "
+                             "set teacher.signal=live")
+        if self.on_policy.fraction > 0 and self.on_policy.prompt_tokens >= self.data.seq_len:
+            raise ValueError("on_policy.prompt_tokens must be shorter than data.seq_len")
+        return self
+
+
+def load_lm_config(path: str | Path | None = None, overrides: list[str] | None = None) -> LMRunConfig:
+    """Read an LM YAML config (or the built-in KJV job), apply overrides, validate."""
+    import yaml
+
+    default = Path(__file__).parent.parent / "configs" / "lm_kjv.yaml"
+    raw = read_raw(path, overrides, lambda: yaml.safe_load(default.read_text()))
+    cfg = validate_section(LMRunConfig, raw, str(path or "built-in LM default"))
+    if cfg.data.corpus in ("text", "jsonl") and cfg.data.path is None:
+        raise ConfigError(f"`data.path`: required when data.corpus is {cfg.data.corpus}.")
+    if cfg.data.path is not None and not Path(cfg.data.path).is_file():
+        raise ConfigError(f"`data.path`: {cfg.data.path} does not exist. Fix the path or remove the key.")
+    return cfg

@@ -1,0 +1,332 @@
+"""LM distillation on tiny random Llamas: student building, tokenizer/vocab checks, the objective,
+the top-k teacher cache, training (resume, on-policy), the `distill lm` job and its bad input."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from distill.errors import CheckpointError, ConfigError, ModelError  # noqa: E402
+from distill.lm import models as lm_models  # noqa: E402
+from distill.lm import signals as lm_signals  # noqa: E402
+from distill.lm.config import LMLossConfig, LMTrainConfig, OnPolicyConfig, load_lm_config  # noqa: E402
+from distill.lm.evaluate import evaluate_lm  # noqa: E402
+from distill.lm.loss import lm_loss  # noqa: E402
+from distill.lm.signals import LiveLMTeacher, TopKCache, topk_of  # noqa: E402
+from distill.lm.text import pack_text  # noqa: E402
+from distill.lm.train import fit_lm, sample_continuations  # noqa: E402
+from lm_helpers import TEXT, make_llama, make_tokenizer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory):
+    """A tokenizer, a 4-layer teacher saved in HF layout, and 16-token blocks of text."""
+    root = tmp_path_factory.mktemp("lm")
+    tok = make_tokenizer(root / "tok")
+    teacher = make_llama(root / "teacher", tok).eval()
+    blocks = pack_text([TEXT] * 4, tok, seq_len=16)
+    return {"root": root, "tok": tok, "teacher": teacher, "blocks": blocks, "vocab": len(tok)}
+
+
+def _identity(lm, k=8):
+    return {"teacher": "tiny", "tokenizer": lm_models.tokenizer_fingerprint(lm["tok"]), "k": k, "vocab": lm["vocab"]}
+
+
+# --------------------------------------------------------------------------- models
+
+
+def test_student_from_chosen_teacher_layers_copies_their_weights(lm):
+    teacher = lm["teacher"]
+    student = lm_models.student_from_teacher(teacher, layers=[0, 3])
+    assert student.config.num_hidden_layers == 2
+    t_sd, s_sd = teacher.state_dict(), student.state_dict()
+    assert torch.equal(s_sd["model.layers.1.mlp.up_proj.weight"], t_sd["model.layers.3.mlp.up_proj.weight"])
+    assert torch.equal(s_sd["model.layers.0.self_attn.q_proj.weight"], t_sd["model.layers.0.self_attn.q_proj.weight"])
+    assert torch.equal(s_sd["model.embed_tokens.weight"], t_sd["model.embed_tokens.weight"])
+    with pytest.raises(ModelError, match=r"`student.layers`: \[7\] are not teacher layers \(0..3\)"):
+        lm_models.student_from_teacher(teacher, layers=[0, 7])
+
+
+def test_a_narrow_student_from_scratch_is_smaller_and_runs(lm):
+    student = lm_models.student_from_teacher(lm["teacher"], overrides={"hidden_size": 16, "num_hidden_layers": 1})
+    assert lm_models.count_parameters(student) < lm_models.count_parameters(lm["teacher"]) / 2
+    out = student(input_ids=lm["blocks"].input_ids[:2]).logits
+    assert out.shape == (2, 16, lm["vocab"])
+    with pytest.raises(ModelError, match="student.hidden_sise"):
+        lm_models.student_from_teacher(lm["teacher"], overrides={"hidden_sise": 16})
+
+
+def test_different_tokenizers_are_refused_naming_both(lm, tmp_path):
+    other = make_tokenizer(tmp_path, extra_words=("zebra", "quasar"))
+    with pytest.raises(ModelError, match=r"different tokenizers: teacher T .*\d+ tokens.* vs student S"):
+        lm_models.check_same_tokenizer(lm["tok"], other, "T", "S")
+    lm_models.check_same_tokenizer(lm["tok"], lm["tok"], "T", "S")
+
+
+def test_padded_vocabularies_are_sliced_to_the_tokenizer(lm, tmp_path):
+    padded = make_llama(tmp_path / "padded", lm["tok"], layers=1, vocab=lm["vocab"] + 24)
+    assert lm_models.shared_vocab(lm["tok"], lm["teacher"], padded) == lm["vocab"]
+    batch = lm["blocks"].batch(torch.arange(2))
+    parts = lm_loss(padded, batch, LiveLMTeacher(lm["teacher"], lm["vocab"]).signal(batch), LMLossConfig(), lm["vocab"])
+    assert torch.isfinite(parts["loss"])
+    small = make_llama(tmp_path / "small", lm["tok"], layers=1, vocab=lm["vocab"] - 3)
+    with pytest.raises(ModelError, match="cannot score every token"):
+        lm_models.shared_vocab(lm["tok"], lm["teacher"], small)
+
+
+def test_a_missing_model_dir_and_an_offline_hub_id_are_explained(monkeypatch, tmp_path):
+    with pytest.raises(ModelError, match="`teacher.model`: .*nowhere does not exist"):
+        lm_models.load_causal_lm(str(tmp_path / "nowhere"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match="offline .* cannot be downloaded.*--local-dir DIR"):
+        lm_models.load_causal_lm("no-such-org/no-such-model")
+
+
+def test_the_licence_is_read_from_the_model_card_and_restrictive_ones_warn(lm, tmp_path):
+    d = tmp_path / "m"
+    make_llama(d, lm["tok"], layers=1)
+    assert lm_models.licence_of(str(d)) is None
+    (d / "README.md").write_text("---\nlicense: llama2\n---\n# a model\n")
+    assert lm_models.licence_of(str(d)) == "llama2"
+    with pytest.warns(UserWarning, match="restricts training on its outputs"):
+        lm_models.warn_licence("llama2")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lm_models.warn_licence("apache-2.0")
+
+
+# --------------------------------------------------------------------------- objective
+
+
+def test_ce_part_equals_the_models_own_next_token_loss(lm):
+    student = lm_models.student_from_teacher(lm["teacher"], layers=[1])
+    batch = lm["blocks"].batch(torch.arange(3))
+    ours = lm_loss(student, batch, None, LMLossConfig(ratio=0.0), lm["vocab"])["loss"]
+    theirs = student(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss
+    assert torch.allclose(ours, theirs, rtol=1e-5)
+
+
+def test_chunked_objective_equals_one_chunk_in_value_and_gradient(lm):
+    batch = lm["blocks"].batch(torch.arange(3))
+    signal = LiveLMTeacher(lm["teacher"], lm["vocab"]).signal(batch)
+    results = []
+    for chunk in (5, 10_000):
+        student = lm_models.student_from_teacher(lm["teacher"], layers=[2], seed=0)
+        loss = lm_loss(student, batch, signal, LMLossConfig(kind="jsd", ratio=0.7, chunk_tokens=chunk), lm["vocab"])
+        loss["loss"].backward()
+        results.append((loss["loss"].detach(), student.model.embed_tokens.weight.grad.clone()))
+    (a, ga), (b, gb) = results
+    assert torch.allclose(a, b, rtol=1e-5)
+    assert torch.allclose(ga, gb, rtol=1e-4, atol=1e-7)
+
+
+def test_identical_teacher_and_student_give_zero_divergence(lm):
+    batch = lm["blocks"].batch(torch.arange(2))
+    signal = LiveLMTeacher(lm["teacher"], lm["vocab"]).signal(batch)
+    for kind in ("forward_kl", "reverse_kl", "jsd", "tvd"):
+        kd = lm_loss(lm["teacher"], batch, signal, LMLossConfig(kind=kind), lm["vocab"])["kd"]
+        assert float(kd) == pytest.approx(0.0, abs=1e-5)
+
+
+# --------------------------------------------------------------------------- cache
+
+
+@pytest.fixture
+def small_shards(monkeypatch):
+    monkeypatch.setattr(lm_signals, "SHARD_ROWS", 4)
+
+
+def test_cache_holds_the_teachers_top_k_compactly(lm, tmp_path, small_shards):
+    blocks = lm["blocks"]
+    cache = TopKCache.build_or_open(lm["teacher"], blocks, tmp_path / "c", identity=_identity(lm), quiet=True)
+    assert len(cache.manifest["shards"]) == -(-len(blocks) // 4)
+    assert 4 * 8 + 2 <= cache.bytes_per_token < 4 * 8 + 2 + 40  # + each shard's header
+    batch = blocks.batch(torch.tensor([5, 1]))
+    expect_lp, expect_idx, expect_tail = topk_of(LiveLMTeacher(lm["teacher"], lm["vocab"]).signal(batch).logits, 8)
+    got = cache.signal(batch)
+    assert torch.equal(got.topk_indices, expect_idx)
+    assert torch.allclose(got.topk_logprobs.float(), expect_lp, atol=1e-2)
+    assert torch.allclose(got.tail_logprob.float(), expect_tail, atol=1e-2)
+
+
+def test_a_cache_with_k_equal_vocab_gives_the_full_loss(lm, tmp_path, small_shards):
+    blocks, vocab = lm["blocks"], lm["vocab"]
+    cache = TopKCache.build_or_open(lm["teacher"], blocks, tmp_path / "c", identity=_identity(lm, k=vocab), quiet=True)
+    batch = blocks.batch(torch.arange(3))
+    student = lm_models.student_from_teacher(lm["teacher"], layers=[0])
+    full = lm_loss(student, batch, LiveLMTeacher(lm["teacher"], vocab).signal(batch), LMLossConfig(), vocab)["kd"]
+    sparse = lm_loss(student, batch, cache.signal(batch), LMLossConfig(), vocab)["kd"]
+    assert float(sparse) == pytest.approx(float(full), rel=2e-3)
+
+
+@pytest.mark.parametrize("field", ["teacher", "tokenizer", "k"])
+def test_a_cache_built_for_something_else_is_refused_then_rebuilt_on_request(lm, tmp_path, field):
+    TopKCache.build_or_open(lm["teacher"], lm["blocks"], tmp_path / "c", identity=_identity(lm), quiet=True)
+    other = {**_identity(lm), field: {"teacher": "other", "tokenizer": "0" * 16, "k": 4}[field]}
+    with pytest.raises(CheckpointError, match=f"was built for something else \\({field}: cache"):
+        TopKCache.build_or_open(lm["teacher"], lm["blocks"], tmp_path / "c", identity=other, quiet=True)
+    rebuilt = TopKCache.build_or_open(lm["teacher"], lm["blocks"], tmp_path / "c", identity=other, rebuild=True,
+                                      quiet=True)
+    assert rebuilt.manifest[field] == other[field]
+
+
+def test_a_cache_for_another_corpus_is_refused(lm, tmp_path):
+    TopKCache.build_or_open(lm["teacher"], lm["blocks"], tmp_path / "c", identity=_identity(lm), quiet=True)
+    other = pack_text([TEXT[::-1]] * 4, lm["tok"], seq_len=16)
+    with pytest.raises(CheckpointError, match="corpus: cache"):
+        TopKCache.build_or_open(lm["teacher"], other, tmp_path / "c", identity=_identity(lm), quiet=True)
+
+
+def test_a_truncated_shard_is_named_and_rebuilt_alone(lm, tmp_path, small_shards):
+    d = tmp_path / "c"
+    first = TopKCache.build_or_open(lm["teacher"], lm["blocks"], d, identity=_identity(lm), quiet=True)
+    batch = lm["blocks"].batch(torch.arange(len(lm["blocks"])))
+    before = first.signal(batch)
+    shard = d / "shard-00001.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-100])
+    untouched = (d / "shard-00000.safetensors").stat().st_mtime_ns
+    with pytest.raises(CheckpointError, match="shard-00001.safetensors fails its sha256 check"):
+        TopKCache.build_or_open(lm["teacher"], lm["blocks"], d, identity=_identity(lm), quiet=True)
+    again = TopKCache.build_or_open(lm["teacher"], lm["blocks"], d, identity=_identity(lm), rebuild=True, quiet=True)
+    assert (d / "shard-00000.safetensors").stat().st_mtime_ns == untouched
+    assert torch.equal(again.signal(batch).topk_logprobs, before.topk_logprobs)
+
+
+def test_an_interrupted_cache_build_resumes_without_recomputing_finished_shards(lm, tmp_path, small_shards,
+                                                                               monkeypatch):
+    calls = []
+    real = lm_signals.teacher_logits
+
+    def counting(model, batch, vocab):
+        calls.append(len(batch["input_ids"]))
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the crash, in the middle of the second shard
+        return real(model, batch, vocab)
+
+    monkeypatch.setattr(lm_signals, "teacher_logits", counting)
+    with pytest.raises(KeyboardInterrupt):
+        TopKCache.build_or_open(lm["teacher"], lm["blocks"], tmp_path / "c", identity=_identity(lm),
+                                batch_size=2, quiet=True)
+    manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert len(manifest["shards"]) == 1 and not manifest["complete"]
+    calls.clear()
+    monkeypatch.setattr(lm_signals, "teacher_logits", real)
+    cache = TopKCache.build_or_open(lm["teacher"], lm["blocks"], tmp_path / "c", identity=_identity(lm),
+                                    batch_size=2, quiet=True)
+    assert cache.manifest["complete"] and len(cache.manifest["shards"]) == -(-len(lm["blocks"]) // 4)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _train(steps=12, **kw):
+    return LMTrainConfig(steps=steps, batch_size=2, eval_every=steps, save_every=4, warmup_steps=0, precision="no",
+                         **kw)
+
+
+def test_distillation_brings_the_student_closer_to_the_teacher(lm):
+    blocks, vocab = lm["blocks"], lm["vocab"]
+    live = LiveLMTeacher(lm["teacher"], vocab)
+    student = lm_models.student_from_teacher(lm["teacher"], overrides={"num_hidden_layers": 1}, seed=1)
+    before = evaluate_lm(student, blocks, vocab, teacher=live)["kl_teacher"]
+    cfg = _train(steps=20)
+    cfg.optimizer.lr = 3e-3
+    out = fit_lm(student, blocks, train=cfg, loss=LMLossConfig(), vocab=vocab, teacher=live, quiet=True, device="cpu")
+    after = evaluate_lm(out.model, blocks, vocab, teacher=live)["kl_teacher"]
+    assert after < 0.5 * before
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(lm, tmp_path):
+    blocks, vocab = lm["blocks"], lm["vocab"]
+    live = LiveLMTeacher(lm["teacher"], vocab)
+
+    def student():
+        return lm_models.student_from_teacher(lm["teacher"], layers=[0, 1])
+
+    whole = fit_lm(student(), blocks, train=_train(), loss=LMLossConfig(), vocab=vocab, teacher=live, quiet=True,
+                   device="cpu", checkpoint_dir=tmp_path / "a")
+
+    class Crash:
+        calls = 0
+
+        def signal(self, batch):
+            Crash.calls += 1
+            if Crash.calls == 7:
+                raise KeyboardInterrupt
+            return live.signal(batch)
+
+    with pytest.raises(KeyboardInterrupt):
+        fit_lm(student(), blocks, train=_train(), loss=LMLossConfig(), vocab=vocab, teacher=Crash(), quiet=True,
+               device="cpu", checkpoint_dir=tmp_path / "b")
+    resumed = fit_lm(student(), blocks, train=_train(), loss=LMLossConfig(), vocab=vocab, teacher=live, quiet=True,
+                     device="cpu", checkpoint_dir=tmp_path / "b", resume=True)
+    for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(CheckpointError, match="different training settings"):
+        fit_lm(student(), blocks, train=_train(), loss=LMLossConfig(kind="jsd"), vocab=vocab, teacher=live,
+               quiet=True, device="cpu", checkpoint_dir=tmp_path / "b", resume=True)
+
+
+def test_on_policy_batches_train_only_on_the_students_samples(lm):
+    blocks, vocab, tok = lm["blocks"], lm["vocab"], lm["tok"]
+    student = lm_models.student_from_teacher(lm["teacher"], layers=[0])
+    cfg = OnPolicyConfig(fraction=1.0, prompt_tokens=4, max_new_tokens=6)
+    torch.manual_seed(0)
+    batch = sample_continuations(student, blocks.batch(torch.arange(2)), cfg, tok.pad_token_id)
+    assert torch.equal(batch["input_ids"][:, :4], blocks.input_ids[:2, :4])
+    assert batch["loss_mask"][:, 3:9].all() and batch["loss_mask"].sum() == 2 * 6
+    assert not batch["attention_mask"][:, 10:].any()
+
+    seen = []
+
+    class Recording:
+        def signal(self, batch):
+            seen.append(batch["loss_mask"].sum().item())
+            return LiveLMTeacher(lm["teacher"], vocab).signal(batch)
+
+    fit_lm(student, blocks, train=_train(steps=3), loss=LMLossConfig(), vocab=vocab, teacher=Recording(),
+           on_policy=cfg, pad_id=tok.pad_token_id, quiet=True, device="cpu")
+    assert seen == [12, 12, 12]
+
+
+# --------------------------------------------------------------------------- config and the job
+
+
+def test_lm_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="needs the teacher to score student samples"):
+        load_lm_config(None, ["on_policy.fraction=0.5"])
+    with pytest.raises(ConfigError, match="exactly one of student.model, student.layers or student.config"):
+        load_lm_config(None, ["student.config={hidden_size: 64}"])
+    with pytest.raises(ConfigError, match=r"`loss.knd`: unknown key. Did you mean `kind`"):
+        load_lm_config(None, ["loss.knd=jsd"])
+    with pytest.raises(ConfigError, match="`data.path`: required when data.corpus is jsonl"):
+        load_lm_config(None, ["data.corpus=jsonl"])
+    assert load_lm_config(None, ["loss.kind=jsd"]).loss.kind == "jsd"
+
+
+def test_the_lm_job_trains_evaluates_reports_and_exports(lm, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from distill.lm.pipeline import run_lm
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT * 3)
+    cfg = load_lm_config(None, [f"teacher.model={lm['root'] / 'teacher'}", f"output_dir={tmp_path / 'runs'}",
+                                "name=t", "data.corpus=text", f"data.path={corpus}", "data.seq_len=16",
+                                "data.val_fraction=0.2", "student.layers=[0]", "train.steps=4",
+                                "train.batch_size=2", "teacher.top_k=8", "quiet=true", "device=cpu",
+                                "student.lora={r: 2}"])
+    with pytest.warns(UserWarning, match="licence is unknown"):
+        run_dir = run_lm(cfg)
+    report = json.loads((run_dir / "report.json").read_text())
+    assert set(report["models"]) == {"teacher", "baseline", "distilled"}
+    assert report["teacher"]["licence"] is None
+    assert "KL to teacher" in (run_dir / "report.md").read_text()
+    exported = AutoModelForCausalLM.from_pretrained(run_dir / "distilled" / "model")
+    assert exported.config.num_hidden_layers == 1 and not hasattr(exported, "peft_config")
+    assert (run_dir / "teacher_cache" / "train" / "manifest.json").is_file()

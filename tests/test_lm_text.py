@@ -1,0 +1,106 @@
+"""Token blocks from text, JSONL prompt/response and chat rows: masks, packing, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from distill.errors import DataError  # noqa: E402
+from distill.lm.text import encode_rows, pack_text, read_jsonl, read_kjv, split_blocks  # noqa: E402
+from lm_helpers import TEXT, make_tokenizer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return make_tokenizer(tmp_path_factory.mktemp("tok"))
+
+
+def test_pack_text_cuts_full_blocks_and_masks_only_the_last_position(tok):
+    blocks = pack_text([TEXT, TEXT], tok, seq_len=16)
+    ids = tok(TEXT, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert len(blocks) == (2 * len(ids)) // 16
+    assert blocks.input_ids[0].tolist() == ids[:16]
+    assert blocks.attention_mask.all()
+    assert blocks.loss_mask[:, :-1].all() and not blocks.loss_mask[:, -1].any()
+
+
+def test_pack_text_respects_max_blocks_and_rejects_a_too_short_corpus(tok):
+    assert len(pack_text([TEXT] * 10, tok, seq_len=8, max_blocks=3)) == 3
+    with pytest.raises(DataError, match="fewer than one block"):
+        pack_text(["light"], tok, seq_len=64)
+
+
+def test_response_only_mask_covers_exactly_the_response_tokens(tok):
+    rows = [{"prompt": "And God said", "response": "Let there be light"}]
+    blocks = encode_rows(rows, tok, 32, response_only=True, packing=False, source="rows.jsonl")
+    targets = blocks.input_ids[0][torch.roll(blocks.loss_mask[0], 1)]  # the tokens being predicted
+    assert tok.decode(targets) == "Let there be light </s>"
+    everything = encode_rows(rows, tok, 32, response_only=False, packing=False, source="rows.jsonl")
+    assert everything.loss_mask.sum() == everything.attention_mask.sum() - 1
+    assert not blocks.attention_mask[0, int(blocks.attention_mask[0].sum()):].any()  # padding is masked
+
+
+def test_chat_rows_use_the_chat_template_and_train_on_the_assistant_turn(tok):
+    rows = [{"messages": [{"role": "user", "content": "the earth"},
+                          {"role": "assistant", "content": "was without form"}]}]
+    blocks = encode_rows(rows, tok, 32, response_only=True, packing=False, source="chat.jsonl")
+    ids = blocks.input_ids[0][blocks.attention_mask[0]]
+    assert tok.decode(ids).startswith("<|user|> the earth </s> <|assistant|>")
+    targets = blocks.input_ids[0][torch.roll(blocks.loss_mask[0], 1)]
+    assert tok.decode(targets) == "was without form </s>"
+
+
+def test_packing_rows_keeps_each_response_mask(tok):
+    rows = [{"prompt": "And God said", "response": "Let there be light"}] * 5
+    packed = encode_rows(rows, tok, 16, response_only=True, packing=True, source="x")
+    padded = encode_rows(rows, tok, 16, response_only=True, packing=False, source="x")
+    assert len(packed) < len(padded)
+    assert packed.loss_mask.sum() <= padded.loss_mask.sum()  # block ends may cut one target each
+    assert packed.loss_mask.sum() >= padded.loss_mask.sum() - len(packed)
+    assert not (packed.loss_mask & ~packed.attention_mask).any()
+
+
+def test_a_prompt_longer_than_the_context_is_named(tok):
+    rows = [{"prompt": "short", "response": "light"}, {"prompt": "And " * 40, "response": "light"}]
+    with pytest.raises(DataError, match=r"data.jsonl, row 2: its prompt is \d+ tokens, longer than the context "
+                                        r"data.seq_len=16"):
+        encode_rows(rows, tok, 16, response_only=True, packing=False, source="data.jsonl")
+
+
+def test_an_empty_response_is_rejected(tok):
+    with pytest.raises(DataError, match="row 1: the response is empty"):
+        encode_rows([{"messages": [{"role": "user", "content": "light"}, {"role": "assistant", "content": ""}]}],
+                    tok, 32, response_only=True, packing=False, source="x")
+    with pytest.raises(DataError, match="must end with an assistant message"):
+        encode_rows([{"messages": [{"role": "user", "content": "light"}]}], tok, 32, response_only=True,
+                    packing=False, source="x")
+
+
+def test_read_jsonl_names_the_bad_line(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"prompt": "a", "response": "b"}) + "\n{not json\n")
+    with pytest.raises(DataError, match="d.jsonl, line 2: not valid JSON"):
+        read_jsonl(path)
+    path.write_text(json.dumps({"question": "a"}) + "\n")
+    with pytest.raises(DataError, match=r"line 1: expected .* got keys \['question'\]"):
+        read_jsonl(path)
+
+
+def test_read_kjv_strips_references(tmp_path):
+    path = tmp_path / "kjv.txt"
+    path.write_text("Ge1:1 In the beginning God created the heaven and the earth.\n"
+                    "Ge1:2 And the earth was without form, and void.\n")
+    assert read_kjv(path) == ["In the beginning God created the heaven and the earth.",
+                              "And the earth was without form, and void."]
+
+
+def test_split_blocks_is_seeded_and_disjoint(tok):
+    blocks = pack_text([TEXT] * 4, tok, seq_len=8)
+    a, b = split_blocks(blocks, 0.25, seed=1), split_blocks(blocks, 0.25, seed=1)
+    assert torch.equal(a.val.input_ids, b.val.input_ids)
+    assert len(a.train) + len(a.val) == len(blocks)
+    assert a.train.fingerprint() != a.val.fingerprint()
