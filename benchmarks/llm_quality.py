@@ -47,6 +47,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--val-blocks", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--report-only", action="store_true", help="write the results of the runs finished so far")
     args = p.parse_args()
     torch.set_num_threads(2)
     work = WORK / "llm"
@@ -60,8 +61,10 @@ def main() -> None:
     identity = {"teacher": TEACHER, "tokenizer": lm_models.tokenizer_fingerprint(tok), "k": K, "vocab": vocab}
     caches = {name: TopKCache.build_or_open(teacher, blocks, work / f"cache_{name}", identity=identity)
               for name, blocks in (("train", train), ("val", val))}
-    write_cache_result(teacher, val, caches["val"], vocab)
     done = _done_runs(work / "runs.jsonl")
+    if args.report_only:
+        return write_quality_result(teacher, lm_models.student_from_teacher(teacher, layers=[0]), val, vocab, done, args)
+    write_cache_result(teacher, val, caches["val"], vocab)
     runs = [(arm, seed) for seed in range(args.seeds) for arm in ARMS] + [("forward_kl_full", 0)]
     for arm, seed in runs:
         if (arm, seed) in done:
@@ -105,11 +108,15 @@ def write_cache_result(teacher: torch.nn.Module, val, cache: TopKCache, vocab: i
 
 
 def write_quality_result(teacher, student, val, vocab, done, args) -> None:
+    done = {key: row for key, row in done.items() if row}
     t = evaluate_lm(teacher, val, vocab)
     metrics = {"teacher_ppl": t["ppl"], "params_ratio": lm_models.count_parameters(student)
                / lm_models.count_parameters(teacher), "steps": args.steps, "tokens": args.steps * BATCH * SEQ}
     for arm in list(ARMS) + ["forward_kl_full"]:
         rows = [r for (a, _), r in done.items() if a == arm]
+        metrics[f"{arm}_seeds"] = len(rows)
+        if not rows:
+            continue
         for key in ("ppl", "kl_teacher", "agreement"):
             m, s = mean_std([r[key] for r in rows])
             metrics[f"{arm}_{key}_mean"], metrics[f"{arm}_{key}_std"] = m, s

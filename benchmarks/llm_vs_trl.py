@@ -1,6 +1,7 @@
 """Training throughput (tokens/s) of distill's LM distillation vs TRL's GKDTrainer, side by side.
 
-Run: .venv/bin/python benchmarks/llm_vs_trl.py     (--steps 8 --rounds 3 --blocks 64 by default)
+Run: python benchmarks/llm_vs_trl.py     (--steps 8 --rounds 3 --blocks 64; 5 arms × rounds × (steps + 2)
+     training steps, plus a one-off top-64 teacher cache under benchmarks/work/llm_vs_trl/)
 
 Same teacher (SmolLM2-135M-Instruct, fp32), same from-scratch student (~17M parameters, one init
 deep-copied per run), same KJV token blocks, batch 4 × 128, AdamW (lr 5e-4, wd 0.01, grad clip 1,
@@ -46,9 +47,10 @@ from distill.lm.train import fit_lm  # noqa: E402
 NAME, TEACHER, SEQ_LEN, BATCH, TOP_K, LR, WD = "llm_vs_trl", "builtin:smollm2-135m-instruct", 128, 4, 64, 5e-4, 0.01
 STUDENT = {"num_hidden_layers": 6, "hidden_size": 256, "intermediate_size": 768, "num_attention_heads": 4,
            "num_key_value_heads": 2}
-# TRL's generalized_jsd_loss: beta=0 → F.kl_div(student_lp, teacher_lp, log_target=True) = KL(teacher ‖ student),
-# the forward KL; beta=1 → KL(student ‖ teacher). Its loss takes temperature 1 (compute_loss passes none).
-# Its JSD is β·KL(t‖m) + (1−β)·KL(s‖m), m = βt + (1−β)s; ours divides that by β(1−β) (×4 at β = 0.5).
+# TRL's GKDTrainer.generalized_jsd_loss: beta=0 → F.kl_div(student_lp, teacher_lp, log_target=True)
+# = KL(teacher ‖ student), the forward KL; beta=1 → KL(student ‖ teacher). Its JSD is
+# β·KL(t‖m) + (1−β)·KL(s‖m) with m = βt + (1−β)s; ours divides that by β(1−β) (×4 at β = 0.5).
+# GKDConfig.temperature is only the sampling temperature: compute_loss scores at T = 1 (set to 1 anyway).
 TRL_BETA = {"fkl": 0.0, "jsd": 0.5}
 
 
@@ -77,7 +79,7 @@ def trl_dataset(blocks: TokenBlocks):
 
 
 def trl_trainer(student, teacher, tok, dataset, beta: float, steps: int, out: Path):
-    from transformers import default_data_collator
+    from transformers import PrinterCallback, default_data_collator
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
     args = GKDConfig(
@@ -86,8 +88,10 @@ def trl_trainer(student, teacher, tok, dataset, beta: float, steps: int, out: Pa
         bf16=False, fp16=False, activation_checkpointing=False,  # SFTConfig defaults to bf16 + checkpointing
         use_cpu=True, dataloader_num_workers=0, disable_tqdm=True, report_to=[], logging_strategy="no",
         save_strategy="no", eval_strategy="no", lmbda=0.0, seq_kd=False, beta=beta, temperature=1.0, seed=0)
-    return GKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=dataset,
-                      processing_class=tok, data_collator=default_data_collator)
+    trainer = GKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=dataset,
+                         processing_class=tok, data_collator=default_data_collator)
+    trainer.remove_callback(PrinterCallback)  # with tqdm disabled it prints the end-of-training metrics
+    return trainer
 
 
 def run_trl(base, teacher, tok, dataset, beta: float, steps: int, out: Path) -> float:

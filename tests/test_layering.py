@@ -68,3 +68,26 @@ def test_import_distill_is_cheap():
             "loaded = sorted(m for m in heavy if m in sys.modules); assert not loaded, loaded")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+LM_MODULES = sorted(p.stem for p in (PACKAGE / "lm").glob("*.py") if p.stem != "__init__")
+
+
+def lm_imports(module: str) -> set[str]:
+    """The distill modules (`lm.x` for the LM package) that `distill/lm/<module>.py` imports."""
+    tree = ast.parse((PACKAGE / "lm" / f"{module}.py").read_text())
+    names = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    return {n.removeprefix("distill.") for n in names if n.startswith("distill.")}
+
+
+@pytest.mark.parametrize(("module", "forbidden"), [
+    ("text", {"lm.signals", "lm.loss", "lm.train", "lm.evaluate", "lm.pipeline", "training", "pipeline"}),
+    ("signals", {"lm.loss", "lm.train", "lm.evaluate", "lm.pipeline", "training", "pipeline"}),
+    ("loss", {"lm.train", "lm.evaluate", "lm.pipeline", "lm.models", "training", "pipeline"}),
+    ("evaluate", {"lm.train", "lm.pipeline", "training", "pipeline"}),
+    ("train", {"lm.pipeline", "pipeline"}),
+])
+def test_lm_import_direction(module, forbidden):
+    assert module in LM_MODULES
+    wrong = lm_imports(module) & forbidden
+    assert not wrong, f"distill.lm.{module} must not import {sorted(wrong)}"
