@@ -326,6 +326,7 @@ def test_the_lm_job_trains_evaluates_reports_and_exports(lm, tmp_path):
     report = json.loads((run_dir / "report.json").read_text())
     assert set(report["models"]) == {"teacher", "baseline", "distilled"}
     assert report["teacher"]["licence"] is None
+    assert json.loads((run_dir / "manifest.json").read_text())["licence_warning"].startswith("the teacher's licence is unknown")
     assert "KL to teacher" in (run_dir / "report.md").read_text()
     exported = AutoModelForCausalLM.from_pretrained(run_dir / "distilled" / "model")
     assert exported.config.num_hidden_layers == 1 and not hasattr(exported, "peft_config")

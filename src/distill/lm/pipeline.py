@@ -39,6 +39,12 @@ def run_lm(cfg: LMRunConfig, resume: bool = False) -> Path:
     licence = lm_models.licence_of(cfg.teacher.model)
     lm_models.warn_licence(licence)
     teacher = lm_models.load_causal_lm(cfg.teacher.model, "teacher.model").to(process_state(cfg.device).device)
+    if process_state(cfg.device).is_main_process:
+        manifest = {"teacher": cfg.teacher.model, "licence": licence,
+                    "licence_warning": lm_models.licence_warning(licence),
+                    "tokenizer": lm_models.tokenizer_fingerprint(tokenizer),
+                    "teacher_params": lm_models.count_parameters(teacher)}
+        atomic_write_text(run_dir / "manifest.json", json.dumps(manifest, indent=2))
     data = load_text(cfg, tokenizer)
     students: dict[str, nn.Module] = {}
     template = build_student(cfg, teacher, tokenizer)
