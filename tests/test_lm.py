@@ -331,3 +331,12 @@ def test_the_lm_job_trains_evaluates_reports_and_exports(lm, tmp_path):
     exported = AutoModelForCausalLM.from_pretrained(run_dir / "distilled" / "model")
     assert exported.config.num_hidden_layers == 1 and not hasattr(exported, "peft_config")
     assert (run_dir / "teacher_cache" / "train" / "manifest.json").is_file()
+
+
+def test_the_lm_command_reports_bad_input_without_a_traceback(capsys, tmp_path):
+    from distill.cli import main
+
+    assert main(["lm", "loss.knd=jsd"]) == 2
+    assert "`loss.knd`: unknown key. Did you mean `kind`?" in capsys.readouterr().err
+    assert main(["lm", f"teacher.model={tmp_path / 'missing'}", f"output_dir={tmp_path}"]) == 2
+    assert "does not exist" in capsys.readouterr().err
