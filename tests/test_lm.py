@@ -340,3 +340,31 @@ def test_the_lm_command_reports_bad_input_without_a_traceback(capsys, tmp_path):
     assert "`loss.knd`: unknown key. Did you mean `kind`?" in capsys.readouterr().err
     assert main(["lm", f"teacher.model={tmp_path / 'missing'}", f"output_dir={tmp_path}"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(lm, tmp_path):
+    from distill.errors import TrainingDiverged
+
+    blocks, vocab = lm["blocks"], lm["vocab"]
+    live = LiveLMTeacher(lm["teacher"], vocab)
+
+    class Poisoned:
+        calls = 0
+
+        def signal(self, batch):
+            Poisoned.calls += 1
+            out = live.signal(batch)
+            if Poisoned.calls == 6:
+                out.logits = torch.full_like(out.logits, float("nan"))
+            return out
+
+    student = lm_models.student_from_teacher(lm["teacher"], layers=[0])
+    with pytest.raises(TrainingDiverged, match="NaN/inf before step 8"):
+        fit_lm(student, blocks, train=_train(), loss=LMLossConfig(), vocab=vocab, teacher=Poisoned(), quiet=True,
+               device="cpu", checkpoint_dir=tmp_path)
+    from distill.checkpoint import load_training_state  # the step-4 checkpoint is intact and finite
+    fresh = lm_models.student_from_teacher(lm["teacher"], layers=[0])
+    opt = torch.optim.AdamW(fresh.parameters())
+    state = load_training_state(tmp_path / "last.safetensors", model=fresh, optimizer=opt, scheduler=None)
+    assert state["step"] == 4
+    assert all(torch.isfinite(p).all() for p in fresh.parameters())

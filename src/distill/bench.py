@@ -18,7 +18,8 @@ from distill.checkpoint import save_weights
 
 
 def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """Distinct parameters (tied weights, e.g. an LM's input and output embeddings, counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
 def size_on_disk_mb(model: nn.Module) -> float:

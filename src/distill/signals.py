@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from distill.files import atomic_save_tensors, atomic_write_text
+from distill.files import atomic_save_tensors, atomic_write_text, sha256_file
 from distill.errors import CheckpointError
 from distill.models import logits_of
 
@@ -108,7 +108,7 @@ def verify(directory: Path) -> list[str]:
     """Names of shards that are missing or whose sha256 differs from the manifest."""
     manifest = json.loads((directory / "manifest.json").read_text())
     return [s["file"] for s in manifest["shards"]
-            if not (directory / s["file"]).is_file() or _sha256(directory / s["file"]) != s["sha256"]]
+            if not (directory / s["file"]).is_file() or sha256_file(directory / s["file"]) != s["sha256"]]
 
 
 @torch.no_grad()
@@ -127,7 +127,7 @@ def _build(teacher: nn.Module, dataset: Dataset, directory: Path, key: str, batc
             rows = [logits_of(teacher(b["inputs"].to(device))).float().cpu()
                     for b in DataLoader(part, batch_size=batch_size)]
             atomic_save_tensors(path, {"logits": torch.cat(rows).to(dtype)}, {"start": str(start)})
-        shards.append({"file": name, "start": start, "stop": stop, "sha256": _sha256(path)})
+        shards.append({"file": name, "start": start, "stop": stop, "sha256": sha256_file(path)})
     manifest = {"format": CACHE_FORMAT, "key": key, "rows": n, "dtype": str(dtype),
                 "teacher": type(teacher).__name__, "shards": shards}
     atomic_write_text(directory / "manifest.json", json.dumps(manifest, indent=2))
@@ -136,11 +136,3 @@ def _build(teacher: nn.Module, dataset: Dataset, directory: Path, key: str, batc
 def _load_table(directory: Path) -> torch.Tensor:
     manifest = json.loads((directory / "manifest.json").read_text())
     return torch.cat([load_file(str(directory / s["file"]))["logits"] for s in manifest["shards"]])
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

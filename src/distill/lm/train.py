@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,12 +51,12 @@ def fit_lm(model: nn.Module, data: TokenBlocks, *, train: LMTrainConfig, loss: L
     start = _restore(checkpoint_dir, acc.unwrap_model(model), optimizer, scheduler, result, fingerprint) if resume else 0
     order = _BatchOrder(len(data), train.batch_size, acc.num_processes, acc.process_index, train.seed)
     sampling = on_policy if on_policy is not None and on_policy.fraction > 0 else None
-    sums: dict[str, float] = {}
+    sums: dict[str, torch.Tensor] = {}  # summed on the device: the loop never waits for the host
     bar = tqdm(range(start, train.steps), desc=name, unit="step", initial=start, total=train.steps,
                disable=quiet or not acc.is_main_process)
     for step in bar:
         model.train()
-        batch = {k: v.to(acc.device) for k, v in data.batch(order.indices(step)).items()}
+        batch = {k: v.to(acc.device, non_blocking=True) for k, v in data.batch(order.indices(step)).items()}
         if sampling is not None and _on_policy_step(train.seed, step, sampling.fraction):
             batch = sample_continuations(acc.unwrap_model(model), batch, sampling, pad_id)
         signal = teacher.signal(batch) if teacher is not None else None
@@ -70,20 +69,21 @@ def fit_lm(model: nn.Module, data: TokenBlocks, *, train: LMTrainConfig, loss: L
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         for k, v in parts.items():
-            sums[k] = sums.get(k, 0.0) + float(v.detach())  # one sync per step: cheap next to an LM step
-        if not math.isfinite(sums["loss"]):
-            raise TrainingDiverged(f"{name}: the loss became NaN/inf at step {step}; the last checkpoint is kept. "
-                                   "Lower train.optimizer.lr or set train.grad_clip.")
+            sums[k] = sums.get(k, 0.0) + v.detach().float()
         done = step + 1
-        if done % train.eval_every == 0 or done == train.steps:
-            row = {"step": done, **{f"train_{k}": v / _since(done, train.eval_every) for k, v in sums.items()}}
+        evaluate = done % train.eval_every == 0 or done == train.steps
+        save = checkpoint_dir is not None and (done % train.save_every == 0 or done == train.steps)
+        if evaluate or save:
+            _check_finite(sums["loss"], name, done)  # before a checkpoint could keep bad weights
+        if evaluate:
+            row = {"step": done, **{f"train_{k}": float(v) / _since(done, train.eval_every) for k, v in sums.items()}}
             if val_data is not None:
                 row.update({f"val_{k}": v for k, v in evaluate_lm(acc.unwrap_model(model), val_data, vocab,
                                                                   teacher=val_teacher).items()})
             result.history.append(row)
             bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k in ("train_loss", "val_ppl")})
             sums = {}
-        if checkpoint_dir is not None and acc.is_main_process and (done % train.save_every == 0 or done == train.steps):
+        if save and acc.is_main_process:
             _save(checkpoint_dir, acc.unwrap_model(model), optimizer, scheduler, result, done, fingerprint)
     result.model = acc.unwrap_model(model).eval()
     return result
@@ -131,6 +131,12 @@ class _BatchOrder:
 def _on_policy_step(seed: int, step: int, fraction: float) -> bool:
     """Whether `step` samples from the student: seeded by step, so a resumed run makes the same choice."""
     return bool(torch.rand(1, generator=torch.Generator().manual_seed(seed * 7_919 + step)) < fraction)
+
+
+def _check_finite(loss_sum: torch.Tensor, name: str, step: int) -> None:
+    if not torch.isfinite(loss_sum):
+        raise TrainingDiverged(f"{name}: the loss became NaN/inf before step {step}; the last checkpoint is kept. "
+                               "Lower train.optimizer.lr or set train.grad_clip.")
 
 
 def _since(done: int, every: int) -> int:
