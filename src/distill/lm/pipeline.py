@@ -34,6 +34,7 @@ from distill.training import process_state
 
 def run_lm(cfg: LMRunConfig, resume: bool = False) -> Path:
     """Run the whole LM job; returns the run directory (which holds report.md)."""
+    require_transformers()
     run_dir = open_run_dir(cfg, resume)  # type: ignore[arg-type]  (uses name, output_dir, device only)
     tokenizer = lm_models.load_tokenizer(cfg.teacher.model, "teacher.model")
     licence = lm_models.licence_of(cfg.teacher.model)
@@ -63,6 +64,7 @@ def run_lm(cfg: LMRunConfig, resume: bool = False) -> Path:
 
 def build_caches(cfg: LMRunConfig) -> dict[str, TopKCache]:
     """Just the teacher caches of `cfg` (train and val), built or verified."""
+    require_transformers()
     tokenizer = lm_models.load_tokenizer(cfg.teacher.model, "teacher.model")
     teacher = lm_models.load_causal_lm(cfg.teacher.model, "teacher.model")
     data = load_text(cfg, tokenizer)
