@@ -227,7 +227,7 @@ def student_from_teacher(teacher: nn.Module, *, layers: list[int] | None = None,
         bad = [i for i in layers if not 0 <= i < n]
         if bad or not layers:
             raise ModelError(f"`student.layers`: {bad or layers} are not teacher layers (0..{n - 1}).")
-        _set_layer_count(config, [i for i in layers])
+        _set_layer_count(config, layers)
         student = _from_config(teacher, config, seed)
         student.load_state_dict(_layer_subset(teacher, layers))
         return student
