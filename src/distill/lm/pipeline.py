@@ -9,6 +9,7 @@ Run directory:
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import uuid
@@ -48,12 +49,12 @@ def run_lm(cfg: LMRunConfig, resume: bool = False) -> Path:
         atomic_write_text(run_dir / "manifest.json", json.dumps(manifest, indent=2))
     data = load_text(cfg, tokenizer)
     students: dict[str, nn.Module] = {}
-    template = build_student(cfg, teacher, tokenizer)
+    template = build_student(cfg, teacher, tokenizer)  # built (and checked) once; each stage trains a copy
     vocab = lm_models.shared_vocab(tokenizer, teacher, template)
     signal, val_signal = teacher_signals(cfg, teacher, data, tokenizer, vocab, run_dir)
     stages = (["baseline"] if cfg.baseline else []) + ["distilled"]
     for stage in stages:
-        students[stage] = train_stage(cfg, stage, teacher, tokenizer, data, vocab,
+        students[stage] = train_stage(cfg, stage, template, tokenizer, data, vocab,
                                       signal if stage == "distilled" else None, val_signal, run_dir, resume)
     if process_state(cfg.device).is_main_process:
         report = evaluate_lm_run(cfg, teacher, students, data, vocab, val_signal, licence)
@@ -128,14 +129,14 @@ def teacher_signals(cfg: LMRunConfig, teacher: nn.Module, data: TextSplits, toke
     return caches.get("train", live), caches["val"]
 
 
-def train_stage(cfg: LMRunConfig, stage: str, teacher: nn.Module, tokenizer: Any, data: TextSplits, vocab: int,
+def train_stage(cfg: LMRunConfig, stage: str, template: nn.Module, tokenizer: Any, data: TextSplits, vocab: int,
                 signal: TokenTeacher | None, val_signal: TokenTeacher, run_dir: Path, resume: bool) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
     done = run_dir / stage / "model"
     if (done / "config.json").is_file():
         return AutoModelForCausalLM.from_pretrained(done).eval()
-    student = build_student(cfg, teacher, tokenizer)
+    student = copy.deepcopy(template)  # same initial weights for the baseline and the distilled student
     out = fit_lm(student, data.train, train=cfg.train, loss=cfg.loss, vocab=vocab, teacher=signal,
                  on_policy=cfg.on_policy if signal is not None else None, val_data=data.val,
                  val_teacher=val_signal, pad_id=tokenizer.pad_token_id, checkpoint_dir=run_dir / stage,

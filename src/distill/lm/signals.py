@@ -165,7 +165,8 @@ def _open_manifest(directory: Path, expected: dict[str, Any], rebuild: bool) -> 
 
 
 def _index_offset(vocab: int) -> int:
-    return 0 if vocab <= 32768 else 32768 if vocab <= 65536 else 0
+    """Ids are stored as int16 minus this offset: 32768 for vocabularies of 32,769–65,536 tokens."""
+    return 32768 if 32768 < vocab <= 65536 else 0
 
 
 def _verified_shards(directory: Path, manifest: dict[str, Any], rebuild: bool) -> list[dict[str, Any]]:
