@@ -221,7 +221,9 @@ def chunked_token_sum(student_hidden: torch.Tensor, lm_head_weight: torch.Tensor
     `per_token(logits (n, V), *tensor_chunks)` returns (n,) values, or (n, C) for C components
     summed separately (the result is then (C,)); `tensors` share the leading dims of
     `student_hidden` (None entries pass through). Each chunk's logits are recomputed in backward.
-    When all tokens fit in one chunk (and not `always_chunk`), nothing is recomputed.
+    When all tokens fit in one chunk (and not `always_chunk`), nothing is recomputed. Tokens of
+    weight 0 are dropped first (one host sync), so response-only SFT pays the output layer only
+    for its response tokens.
     """
     from torch.utils.checkpoint import checkpoint
 
@@ -229,6 +231,10 @@ def chunked_token_sum(student_hidden: torch.Tensor, lm_head_weight: torch.Tensor
     flat = [None if t is None else t.reshape(len(hidden), -1).detach() if t.dim() > student_hidden.dim() - 1
             else t.reshape(len(hidden)).detach() for t in tensors]
     weights = weights.reshape(-1)
+    keep = (weights != 0).nonzero().squeeze(1)  # prompts and padding never reach the output layer
+    if len(keep) < len(weights):
+        hidden, weights = hidden[keep], weights[keep]
+        flat = [None if t is None else t[keep] for t in flat]
 
     def chunk_sum(h: torch.Tensor, w: torch.Tensor, *chunk: torch.Tensor | None) -> torch.Tensor:
         logits = F.linear(h, lm_head_weight, lm_head_bias)  # (chunk, V): freed after the forward

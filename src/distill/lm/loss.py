@@ -18,7 +18,11 @@ from distill.lm.signals import TokenSignal
 
 def lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], signal: TokenSignal | None,
             cfg: LMLossConfig, vocab: int) -> dict[str, torch.Tensor]:
-    """{"loss", "ce", "kd"} means over the batch's `loss_mask` tokens; "kd" only with a signal."""
+    """{"loss", "ce", "kd"} means over the batch's `loss_mask` tokens; "kd" only with a signal.
+
+    A float `loss_mask` weighs tokens (e.g. `distill.textkd.examples`: each example's tokens sum to
+    its task weight); the means are then weighted means.
+    """
     ratio = cfg.ratio if signal is not None else 0.0
     hidden, weight, bias = student_hidden(model, batch)  # (B, L, d), (V', d), (V',) | None
     labels = torch.roll(batch["input_ids"], -1, dims=1)  # position t predicts token t + 1  (B, L)
@@ -42,7 +46,7 @@ def lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], signal: TokenSigna
                                     "teacher_tail_logprob")]
     sums = chunked_token_sum(hidden, weight, per_token, [labels, *teacher], mask.float(),
                              chunk_size=cfg.chunk_tokens, lm_head_bias=bias)
-    n = mask.sum().clamp_min(1)
+    n = mask.float().sum().clamp_min(1e-8)  # all-masked: the sums are 0, and so is the loss
     ce, kd = sums[0] / n, sums[1] / n
     parts = {"loss": (1 - ratio) * ce + ratio * t * t * kd}
     if ratio < 1:

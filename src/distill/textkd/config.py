@@ -1,0 +1,121 @@
+"""Typed config of a teacher-generated-data run (`distill textkd`) and of `distill generate`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from distill.config import Strict, read_raw, validate_section
+from distill.lm.config import LMTrainConfig
+
+
+class TextTeacherConfig(Strict):
+    backend: Literal["local", "openai", "serve"] = Field(
+        "serve", description="local: this process; openai: any OpenAI-compatible endpoint at base_url; "
+        "serve: start `distill serve` on 127.0.0.1 and call it over HTTP.")
+    model: str = Field("builtin:smollm2-135m-instruct", description="Model dir/hub id/builtin (local, serve); "
+                       "the endpoint's model name (openai).")
+    base_url: str | None = Field(None, description="openai: e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str | None = Field("OPENAI_API_KEY", description="Env var holding the API key (never the key).")
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(4, ge=0)
+    requests_per_s: float | None = Field(None, gt=0, description="Client-side rate limit.")
+    max_batch: int = Field(8, ge=1, description="local/serve: requests decoded together.")
+    price_prompt: float = Field(0.0, ge=0, description="Price per 1M prompt tokens.")
+    price_completion: float = Field(0.0, ge=0, description="Price per 1M completion tokens.")
+
+    @model_validator(mode="after")
+    def _url(self) -> TextTeacherConfig:
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError("teacher.base_url is required with teacher.backend=openai")
+        return self
+
+
+class SamplingConfig(Strict):
+    max_tokens: int = Field(48, ge=1)
+    temperature: float = Field(0.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    n: int = Field(1, ge=1, description="Responses per prompt.")
+    seed: int | None = 0
+    top_logprobs: int = Field(0, ge=0, le=20, description="Also keep the top-k log-probs of each token.")
+
+
+class Shot(Strict):
+    input: str
+    rationale: str
+    label: str
+
+
+class PromptConfig(Strict):
+    """How the teacher is asked: a system message, few-shot turns, then the filled template."""
+
+    system: str | None = None
+    shots: list[Shot] = Field(default_factory=list)
+    template: str = Field("{input}", description="The user turn; fields of the data row, e.g. {input}.")
+    eval_template: str | None = Field(None, description="Template for the eval set (default: template).")
+    response_format: str = Field("Reason: {rationale}\nAnswer: {label}", description="Format of shot replies.")
+
+
+class TextDataConfig(Strict):
+    source: Literal["bbc_news", "jsonl"] = "bbc_news"
+    path: Path | None = Field(None, description="bbc_news: the data folder (default: the package); "
+                              "jsonl: rows with `id`, `input`, `label`.")
+    train_examples: int = Field(150, ge=1)
+    eval_examples: int = Field(100, ge=1)
+    max_words: int = Field(40, ge=1, description="Inputs are cut to their first N words.")
+    seed: int = 0
+
+
+class TextStudentConfig(Strict):
+    model: str | None = Field(None, description="The model whose layers build the student (dir, hub id, "
+                              "builtin); default teacher.model. Required with an openai teacher.")
+    layers: list[int] = Field(default_factory=lambda: [0, 10, 20, 29],
+                              description="Teacher layers the student is built from.")
+    seq_len: int = Field(160, ge=16)
+    price_prompt: float = Field(0.0, ge=0)
+    price_completion: float = Field(0.0, ge=0)
+
+
+class TextKDConfig(Strict):
+    """The whole job; `distill generate` reads only teacher, data, prompt, sampling, concurrency."""
+
+    name: str = "bbc-step-by-step"
+    output_dir: Path = Path("runs")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    teacher: TextTeacherConfig = Field(default_factory=TextTeacherConfig)
+    data: TextDataConfig = Field(default_factory=TextDataConfig)
+    prompt: PromptConfig = Field(default_factory=PromptConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    concurrency: int = Field(4, ge=1, description="Teacher requests in flight.")
+    check: str | None = Field(None, description="module:function deciding if a record is kept (default: "
+                              "the parsed answer equals the gold label).")
+    student: TextStudentConfig = Field(default_factory=TextStudentConfig)
+    kinds: list[Literal["label_only", "seq_kd", "step_by_step"]] = Field(
+        default_factory=lambda: ["label_only", "seq_kd", "step_by_step"])
+    rationale_weight: float = Field(1.0, ge=0, description="λ of step-by-step: L_label + λ·L_rationale.")
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    train: LMTrainConfig = Field(default_factory=LMTrainConfig)
+    label_max_tokens: int = Field(8, ge=1, description="Tokens a [label]-task student may generate.")
+    quiet: bool = False
+
+    @model_validator(mode="after")
+    def _student_source(self) -> TextKDConfig:
+        if self.teacher.backend == "openai" and self.student.model is None:
+            raise ValueError("student.model is required with teacher.backend=openai: an endpoint gives "
+                             "text, not weights to build the student from")
+        return self
+
+    @property
+    def student_source(self) -> str:
+        return self.student.model or self.teacher.model
+
+
+def load_textkd_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TextKDConfig:
+    """Read a text-KD YAML config (or the built-in BBC News job), apply overrides, validate."""
+    import yaml
+
+    default = Path(__file__).parent.parent / "configs" / "bbc_step_by_step.yaml"
+    raw = read_raw(path, overrides, lambda: yaml.safe_load(default.read_text()))
+    return validate_section(TextKDConfig, raw, str(path or "built-in BBC News step-by-step job"))

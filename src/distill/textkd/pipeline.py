@@ -1,0 +1,243 @@
+"""The `distill textkd` job: labelled data → teacher rationales and answers (over HTTP or in
+process) → filter → students trained label-only, sequence-level and step-by-step on the same
+kept examples → teacher and students scored on one eval set → report. Every stage is resumable.
+
+Run directory:
+  config.yaml, manifest.json, report.json, report.md
+  data/{train,eval}.jsonl               the examples (id, input, label)
+  generated/{train,eval}.jsonl          teacher responses (+ .meta.json), appended as they arrive
+  students/<kind>-s<seed>/              last.safetensors (resume), model/ (HF format), eval.json
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import statistics
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from distill.errors import DataError
+from distill.files import atomic_write_text
+from distill.textkd import examples as ex
+from distill.textkd.config import PromptConfig, TextKDConfig, TextTeacherConfig
+from distill.textkd.evaluate import EvalItem, Prices, metrics_of, retention, score
+from distill.textkd.filters import filter_records, load_check
+from distill.textkd.generate import GenerateStats, PromptRow, generate, read_records, stats_dict
+from distill.textkd.prompts import render
+from distill.textkd.teachers import LocalTextTeacher, Sampling, TextTeacher
+
+
+def run_textkd(cfg: TextKDConfig, resume: bool = False) -> Path:
+    """Run the whole job; returns the run directory (which holds report.md)."""
+    from distill.lm.pipeline import require_transformers
+    from distill.pipeline import open_run_dir
+
+    require_transformers()
+    run_dir = open_run_dir(cfg, resume)  # type: ignore[arg-type]  (uses name, output_dir, device only)
+    splits = load_examples(cfg, run_dir)
+    labels = sorted({e["label"] for e in splits["train"] + splits["eval"]})
+    sampling = Sampling(**cfg.sampling.model_dump())
+    with open_teacher(cfg.teacher) as teacher:
+        gen = {split: generate(teacher, prompt_rows(cfg.prompt, splits[split], split), _gen_path(run_dir, split),
+                               sampling=sampling, template=_template(cfg.prompt, split), concurrency=cfg.concurrency,
+                               quiet=cfg.quiet) for split in ("train", "eval")}
+    check = load_check(cfg.check, "check") if cfg.check else None
+    kept = filter_records(read_records(_gen_path(run_dir, "train")), labels=labels, check=check)
+    if not kept.kept:
+        raise DataError(f"The filter kept none of {kept.counts['total']} teacher responses ({kept.counts}); "
+                        f"read {_gen_path(run_dir, 'train')} and fix the prompt (prompt.* keys).")
+    train_examples = [{"id": r["id"], "input": r["input"], "label": r["label"], "response": r["response"],
+                       "rationale": r["rationale"]} for r in kept.kept]
+    teacher_eval = _teacher_eval(cfg, run_dir, labels)
+    students = {f"{kind}-s{seed}": train_and_score(cfg, kind, seed, train_examples, splits["eval"], labels, run_dir)
+                for kind in cfg.kinds for seed in cfg.seeds}
+    report = build_report(cfg, teacher_eval, students, kept.counts, gen, len(train_examples))
+    atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2))
+    atomic_write_text(run_dir / "report.md", render_textkd_report(report))
+    return run_dir
+
+
+def load_examples(cfg: TextKDConfig, run_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """Train/eval examples, written once to data/ so a resumed run reads the very same ones."""
+    out = {}
+    for split in ("train", "eval"):
+        path = run_dir / "data" / f"{split}.jsonl"
+        if path.is_file():
+            out[split] = [json.loads(line) for line in path.read_text().splitlines()]
+    if len(out) == 2:
+        return out
+    out = _sample(cfg)
+    for split, rows in out.items():
+        atomic_write_text(run_dir / "data" / f"{split}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    return out
+
+
+def _sample(cfg: TextKDConfig) -> dict[str, list[dict[str, Any]]]:
+    d = cfg.data
+    if d.source == "jsonl":
+        from distill.lm.text import read_jsonl
+
+        rows = read_jsonl(Path(d.path))  # type: ignore[arg-type]
+        for n, r in enumerate(rows, 1):
+            if not {"id", "input", "label"} <= set(r):
+                raise DataError(f"{d.path}, row {n}: needs `id`, `input` and `label` fields (has {sorted(r)}).")
+        items = [(str(r["id"]), str(r["input"]), str(r["label"])) for r in rows]
+    else:
+        from distill.corpora import read_bbc_news
+
+        items = [(a.id, a.text, a.label) for a in read_bbc_news(d.path)]
+    from distill.corpora import LabelledText, stratified_split
+
+    texts = [LabelledText(i, " ".join(t.split()[: d.max_words]), lab) for i, t, lab in items]
+    parts = stratified_split(texts, {"train": d.train_examples, "eval": d.eval_examples}, seed=d.seed)
+    return {k: [{"id": x.id, "input": x.text, "label": x.label} for x in v] for k, v in parts.items()}
+
+
+def _template(p: PromptConfig, split: str) -> str:
+    return p.eval_template if split == "eval" and p.eval_template else p.template
+
+
+def prompt_rows(p: PromptConfig, rows: list[dict[str, Any]], split: str) -> list[PromptRow]:
+    """System message, few-shot turns and the filled template, per example."""
+    template = _template(p, split)
+    head = [{"role": "system", "content": p.system}] if p.system else []
+    for n, shot in enumerate(p.shots, 1):
+        fields = shot.model_dump()
+        head += [{"role": "user", "content": render(template, fields, f"prompt.shots[{n}]", "prompt.template")},
+                 {"role": "assistant", "content": render(p.response_format, fields, f"prompt.shots[{n}]",
+                                                         "prompt.response_format")}]
+    return [PromptRow(id=r["id"], fields=r, messages=head + [
+        {"role": "user", "content": render(template, r, f"{split} example {r['id']!r}", "prompt.template")}])
+        for r in rows]
+
+
+@contextlib.contextmanager
+def open_teacher(t: TextTeacherConfig) -> Iterator[TextTeacher]:
+    """The configured teacher; `serve` starts `distill serve` on loopback for the duration."""
+    from distill.textkd.remote import OpenAITeacher
+
+    common = {"api_key_env": t.api_key_env, "timeout_s": t.timeout_s, "max_retries": t.max_retries,
+              "requests_per_s": t.requests_per_s}
+    if t.backend == "openai":
+        yield OpenAITeacher(base_url=t.base_url, model=t.model, **common)  # type: ignore[arg-type]
+    elif t.backend == "local":
+        teacher = LocalTextTeacher(t.model, max_batch=t.max_batch)
+        try:
+            yield teacher
+        finally:
+            teacher.close()
+    else:
+        from distill.serve import make_server
+
+        server = make_server(t.model, port=0, max_batch=t.max_batch, model_name=t.model)
+        server.start_background()
+        try:
+            yield OpenAITeacher(base_url=f"{server.url}/v1", model=t.model, **{**common, "api_key_env": None})
+        finally:
+            server.shutdown()
+
+
+def _gen_path(run_dir: Path, split: str) -> Path:
+    return run_dir / "generated" / f"{split}.jsonl"
+
+
+def _teacher_eval(cfg: TextKDConfig, run_dir: Path, labels: list[str]) -> dict[str, Any]:
+    """The teacher's answers to the eval prompts, scored like the students'."""
+    rows = [{"id": r["id"], "label": r["label"], "output": r["response"], "latency_s": r["latency_s"],
+             "prompt_tokens": r["prompt_tokens"], "completion_tokens": r["completion_tokens"]}
+            for r in read_records(_gen_path(run_dir, "eval")) if r["sample"] == 0]
+    prices = Prices(cfg.teacher.price_prompt, cfg.teacher.price_completion)
+    return metrics_of(rows, labels, "answer", prices)
+
+
+def train_and_score(cfg: TextKDConfig, kind: str, seed: int, train_examples: list[dict[str, Any]],
+                    eval_rows: list[dict[str, Any]], labels: list[str], run_dir: Path) -> dict[str, Any]:
+    """Train one student (or reload it) and score it on the eval set; cached in eval.json."""
+    stage = run_dir / "students" / f"{kind}-s{seed}"
+    done = stage / "eval.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    model_dir = stage / "model"
+    if not (model_dir / "config.json").is_file():
+        _train_student(cfg, kind, seed, train_examples, stage)
+    answer_format = "answer" if kind == "seq_kd" else "label"
+    items = [EvalItem(id=r["id"], label=r["label"], messages=[{"role": "user", "content": (
+        r["input"] if kind == "seq_kd" else ex.label_prompt(r["input"]))}]) for r in eval_rows]
+    max_tokens = cfg.sampling.max_tokens if kind == "seq_kd" else cfg.label_max_tokens
+    student = LocalTextTeacher(str(model_dir), max_batch=cfg.teacher.max_batch)
+    try:
+        metrics, predictions = score(student, items, labels=labels, sampling=Sampling(max_tokens=max_tokens),
+                                     answer_format=answer_format, concurrency=cfg.concurrency,
+                                     prices=Prices(cfg.student.price_prompt, cfg.student.price_completion))
+    finally:
+        student.close()
+    out = {"kind": kind, "seed": seed, "metrics": metrics, "predictions": predictions}
+    atomic_write_text(done, json.dumps(out, indent=2))
+    return out
+
+
+def _train_student(cfg: TextKDConfig, kind: str, seed: int, train_examples: list[dict[str, Any]],
+                   stage: Path) -> None:
+    from distill.lm import models as lm_models
+    from distill.lm.config import LMLossConfig
+    from distill.lm.pipeline import save_pretrained_atomic
+    from distill.lm.train import fit_lm
+
+    key = "student.model" if cfg.student.model else "teacher.model"
+    tokenizer = lm_models.load_tokenizer(cfg.student_source, key)
+    source = lm_models.load_causal_lm(cfg.student_source, key)
+    student = lm_models.student_from_teacher(source, layers=cfg.student.layers, seed=seed)
+    del source
+    rows = ex.task_rows(train_examples, kind, cfg.rationale_weight)
+    blocks = ex.encode_weighted(rows, tokenizer, cfg.student.seq_len, source=f"{kind} training rows")
+    train = cfg.train.model_copy(update={"seed": seed})
+    out = fit_lm(student, blocks, train=train, loss=LMLossConfig(ratio=0.0), vocab=len(tokenizer),
+                 pad_id=tokenizer.pad_token_id, checkpoint_dir=stage, resume=True, device=cfg.device,
+                 quiet=cfg.quiet, name=f"{kind} s{seed}")
+    save_pretrained_atomic(out.model, tokenizer, stage / "model")
+
+
+# --------------------------------------------------------------------------- report
+
+
+def build_report(cfg: TextKDConfig, teacher: dict[str, float], students: dict[str, dict[str, Any]],
+                 filter_counts: dict[str, int], gen: dict[str, GenerateStats], kept: int) -> dict[str, Any]:
+    kinds: dict[str, Any] = {}
+    for kind in cfg.kinds:
+        runs = [s["metrics"] for s in students.values() if s["kind"] == kind]
+        kinds[kind] = {k: _mean_std([r[k] for r in runs]) for k in runs[0] if isinstance(runs[0][k], (int, float))}
+        kinds[kind]["retention"] = _mean_std([retention(r, teacher) for r in runs])
+    return {"name": cfg.name, "kind": "textkd", "teacher": {"model": cfg.teacher.model, "backend": cfg.teacher.backend,
+            "metrics": teacher}, "student_layers": cfg.student.layers, "examples": kept, "seeds": cfg.seeds,
+            "filter": filter_counts, "generation": {k: stats_dict(v) for k, v in gen.items()}, "students": kinds}
+
+
+def _mean_std(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def render_textkd_report(r: dict[str, Any]) -> str:
+    """Markdown: teacher vs each way of training the student, what it costs, what the filter kept."""
+    t = r["teacher"]["metrics"]
+    cols = [("accuracy", "accuracy", 100, ".1f"), ("completion_tokens_mean", "tokens out", 1, ".1f"),
+            ("latency_p50_ms", "p50 latency ms", 1, ".0f"), ("cost_per_1k", "cost / 1k req", 1, ".4f")]
+    lines = [f"# Teacher-generated data: {r['name']}", "",
+             f"Teacher `{r['teacher']['model']}` ({r['teacher']['backend']}); students built from teacher layers "
+             f"{r['student_layers']}, trained on the same {r['examples']} kept examples, seeds {r['seeds']}.", "",
+             "| model | " + " | ".join(c[1] for c in cols) + " | retention |", "|---" * (len(cols) + 2) + "|",
+             "| teacher | " + " | ".join(format(t[k] * s, f) for k, _, s, f in cols) + " | 1.00 |"]
+    for kind, m in r["students"].items():
+        cells = [f"{m[k]['mean'] * s:{f}} ± {m[k]['std'] * s:{f}}" for k, _, s, f in cols]
+        lines.append(f"| {kind} | " + " | ".join(cells) + f" | {m['retention']['mean']:.2f} |")
+    f = r["filter"]
+    lines += ["", f"Filter: kept {f['kept']} of {f['total']} teacher responses ("
+              + ", ".join(f"{k}: {v}" for k, v in f.items() if k not in ("kept", "total")) + ").", ""]
+    for split, g in r["generation"].items():
+        lines.append(f"Generation ({split}): {g['generated']} responses this run ({g['already_done']} prompts "
+                     f"already done), {g['requests_per_s']:.2f} requests/s.")
+    lines += ["", "Accuracy: the answer parsed from the output equals the gold label. Cost: mean tokens × the "
+              "configured price per 1M tokens. A `[label]`-task student (label_only, step_by_step) answers with "
+              "the label alone; a seq_kd student writes the rationale first, and pays for it at serving time."]
+    return "\n".join(lines) + "\n"
