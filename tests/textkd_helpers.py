@@ -42,3 +42,29 @@ def reply(prompt: str, wrong: bool = False) -> str:
     found = re.search(r"Topic:\s*(\w+)", prompt)
     topic = found.group(1) if found else "unknown"
     return f"Reason: it is about {topic}.\nAnswer: {'nothing' if wrong else topic}"
+
+
+def start_fake_endpoint():
+    """An OpenAI-compatible chat endpoint on 127.0.0.1 answering like EchoTeacher; returns (server, url)."""
+    import json
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802  (http.server's name)
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            text = reply(body["messages"][-1]["content"])
+            out = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                           "finish_reason": "stop"}],
+                              "usage": {"prompt_tokens": 12, "completion_tokens": 6, "total_tokens": 18}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/v1"

@@ -73,3 +73,24 @@ def stratified_split(items: list[LabelledText], sizes: dict[str, int], seed: int
                     picked.append(pools[label].pop())
         out[split] = sorted(picked, key=lambda x: x.id)
     return out
+
+
+def read_json_lines(path: str | Path, key: str) -> list[dict]:
+    """Rows of a JSONL file (objects); a bad line is an error naming the file, line and config key."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"`{key}`: {path} does not exist.")
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}, line {n}: not valid JSON ({exc.msg}).") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}, line {n}: expected a JSON object, got {type(row).__name__}.")
+        rows.append(row)
+    return rows

@@ -77,9 +77,9 @@ def load_examples(cfg: TextKDConfig, run_dir: Path) -> dict[str, list[dict[str, 
 def _sample(cfg: TextKDConfig) -> dict[str, list[dict[str, Any]]]:
     d = cfg.data
     if d.source == "jsonl":
-        from distill.lm.text import read_jsonl
+        from distill.corpora import read_json_lines
 
-        rows = read_jsonl(Path(d.path))  # type: ignore[arg-type]
+        rows = read_json_lines(d.path, "data.path")  # type: ignore[arg-type]
         for n, r in enumerate(rows, 1):
             if not {"id", "input", "label"} <= set(r):
                 raise DataError(f"{d.path}, row {n}: needs `id`, `input` and `label` fields (has {sorted(r)}).")
@@ -95,6 +95,22 @@ def _sample(cfg: TextKDConfig) -> dict[str, list[dict[str, Any]]]:
     return {k: [{"id": x.id, "input": x.text, "label": x.label} for x in v] for k, v in parts.items()}
 
 
+def prompts_for(cfg: TextKDConfig, path: Path | None, split: str) -> tuple[list[PromptRow], str]:
+    """`distill generate`'s prompts: a JSONL file (rows with `messages`, or template fields), or a
+    split of the config's labelled dataset; and the template used."""
+    template = _template(cfg.prompt, split)
+    if path is None:
+        return prompt_rows(cfg.prompt, _sample(cfg)[split], split), template
+    from distill.corpora import read_json_lines
+
+    rows = [{**r, "id": str(r.get("id", f"row-{n}"))} for n, r in enumerate(read_json_lines(path, "--prompts"), 1)]
+    plain = [r for r in rows if "messages" not in r]
+    with_messages = [PromptRow(id=r["id"], messages=r["messages"], fields={k: v for k, v in r.items()
+                                                                          if k not in ("id", "messages")})
+                     for r in rows if "messages" in r]
+    return with_messages + prompt_rows(cfg.prompt, plain, str(path)), template
+
+
 def _template(p: PromptConfig, split: str) -> str:
     return p.eval_template if split == "eval" and p.eval_template else p.template
 
@@ -108,7 +124,7 @@ def prompt_rows(p: PromptConfig, rows: list[dict[str, Any]], split: str) -> list
         head += [{"role": "user", "content": render(template, fields, f"prompt.shots[{n}]", "prompt.template")},
                  {"role": "assistant", "content": render(p.response_format, fields, f"prompt.shots[{n}]",
                                                          "prompt.response_format")}]
-    return [PromptRow(id=r["id"], fields=r, messages=head + [
+    return [PromptRow(id=r["id"], fields={k: v for k, v in r.items() if k != "id"}, messages=head + [
         {"role": "user", "content": render(template, r, f"{split} example {r['id']!r}", "prompt.template")}])
         for r in rows]
 

@@ -10,6 +10,7 @@ calls any OpenAI-compatible chat-completions endpoint. Both are safe to call fro
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -70,6 +71,7 @@ class LocalTextTeacher:
     max_batch: int = 8
     device: str = "cpu"
     _engine: Any = field(default=None, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _tokenizer: Any = field(default=None, init=False, repr=False)
 
     @property
@@ -77,13 +79,17 @@ class LocalTextTeacher:
         return {"backend": "local", "model": self.source}
 
     def _load(self) -> None:
-        if self._engine is None:
-            from distill.lm.generation import BatchedGenerator
-            from distill.lm.models import load_causal_lm, load_tokenizer
+        with self._lock:  # callers arrive from a thread pool; loading a model is not thread-safe
+            if self._engine is None:
+                self._load_once()
 
-            self._tokenizer = load_tokenizer(self.source)
-            model = load_causal_lm(self.source).to(self.device).eval()
-            self._engine = BatchedGenerator(model, self._tokenizer, max_batch=self.max_batch)
+    def _load_once(self) -> None:
+        from distill.lm.generation import BatchedGenerator
+        from distill.lm.models import load_causal_lm, load_tokenizer
+
+        self._tokenizer = load_tokenizer(self.source)
+        model = load_causal_lm(self.source).to(self.device).eval()
+        self._engine = BatchedGenerator(model, self._tokenizer, max_batch=self.max_batch)
 
     def complete(self, messages: list[dict[str, str]], sampling: Sampling) -> list[Completion]:
         from distill.lm.generation import GenerationParams

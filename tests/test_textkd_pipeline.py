@@ -1,0 +1,56 @@
+"""`distill textkd` end to end on tiny models: an OpenAI-compatible endpoint writes rationales,
+students are trained three ways and scored; a second run resumes from the files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from distill.cli import main
+from distill.errors import ConfigError
+from distill.textkd.config import load_textkd_config
+from distill.textkd.pipeline import run_textkd
+from lm_helpers import make_llama, make_tokenizer
+from textkd_helpers import start_fake_endpoint
+
+LABELS = ["business", "sports", "tech"]
+
+
+@pytest.fixture()
+def job(tmp_path):
+    words = tuple(LABELS) + ("Reason:", "Answer:", "it", "is", "about", "[label]", "[rationale]", "Article:", "Topic:")
+    tok = make_tokenizer(tmp_path / "student", extra_words=words)
+    make_llama(tmp_path / "student", tok, layers=4)
+    rows = [{"id": f"r{i}", "input": f"light and darkness {i}", "label": LABELS[i % 3]} for i in range(12)]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    server, url = start_fake_endpoint()
+    overrides = [f"output_dir={tmp_path / 'runs'}", "teacher.backend=openai", f"teacher.base_url={url}",
+                 "teacher.model=fake", f"student.model={tmp_path / 'student'}", "student.layers=[0,2]",
+                 "student.seq_len=64", "data.source=jsonl", f"data.path={tmp_path / 'rows.jsonl'}",
+                 "data.train_examples=6", "data.eval_examples=3", "prompt.shots=[]", "prompt.system=null",
+                 "train.steps=3", "train.batch_size=4", "train.eval_every=3", "train.save_every=3",
+                 "device=cpu", "quiet=true", "teacher.price_prompt=1.0", "teacher.price_completion=0", "concurrency=2"]
+    yield overrides
+    server.shutdown()
+
+
+def test_textkd_trains_three_ways_scores_them_and_resumes(job, tmp_path):
+    run_dir = run_textkd(load_textkd_config(None, job))
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["filter"]["total"] == 6 and report["filter"]["kept"] == 6 and report["examples"] == 6
+    assert report["teacher"]["metrics"]["accuracy"] == 0.0  # eval prompts carry no topic hint
+    assert report["teacher"]["metrics"]["cost_per_1k"] == pytest.approx(1000 * 12 / 1e6)
+    assert set(report["students"]) == {"label_only", "seq_kd", "step_by_step"}
+    for kind in report["students"]:
+        assert (run_dir / "students" / f"{kind}-s0" / "model" / "config.json").is_file()
+    assert "| step_by_step |" in (run_dir / "report.md").read_text()
+    generated = (run_dir / "generated" / "train.jsonl").read_text()
+    assert generated.count("\n") == 6 and "Reason: it is about" in generated
+    assert main(["textkd", *job, "--resume"]) == 0  # every stage is found done
+    assert (run_dir / "generated" / "train.jsonl").read_text() == generated
+
+
+def test_black_box_teacher_needs_a_student_source():
+    with pytest.raises(ConfigError, match="student.model is required"):
+        load_textkd_config(None, ["teacher.backend=openai", "teacher.base_url=http://127.0.0.1:1/v1"])
