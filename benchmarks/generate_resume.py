@@ -40,7 +40,7 @@ def main() -> None:
     try:
         _wait_ready(port)
         cmd = [str(BIN), "generate", "--output", str(out), "teacher.backend=openai", "teacher.model=smollm2",
-               f"teacher.base_url=http://127.0.0.1:{port}/v1", "student.model=builtin:smollm2-135m-instruct",
+               f"teacher.base_url=http://127.0.0.1:{port}/v1", 
                f"data.train_examples={args.prompts}", "data.eval_examples=1", "sampling.max_tokens=8",
                "concurrency=4", "--quiet"]
         kills = 0

@@ -51,6 +51,40 @@ def test_textkd_trains_three_ways_scores_them_and_resumes(job, tmp_path):
     assert (run_dir / "generated" / "train.jsonl").read_text() == generated
 
 
-def test_black_box_teacher_needs_a_student_source():
+def test_black_box_teacher_needs_a_student_source(tmp_path):
+    cfg = load_textkd_config(None, ["teacher.backend=openai", "teacher.base_url=http://127.0.0.1:1/v1",
+                                    f"output_dir={tmp_path}"])
     with pytest.raises(ConfigError, match="student.model is required"):
-        load_textkd_config(None, ["teacher.backend=openai", "teacher.base_url=http://127.0.0.1:1/v1"])
+        run_textkd(cfg)
+    assert not (tmp_path / cfg.name).exists()  # refused before anything was written
+
+
+def test_generate_cli_answers_a_prompt_file_and_a_rerun_adds_nothing(tmp_path, capsys):
+    server, url = start_fake_endpoint()
+    try:
+        prompts = tmp_path / "prompts.jsonl"
+        prompts.write_text(json.dumps({"id": "a", "messages": [{"role": "user", "content": "Topic: tech"}]}) + "\n"
+                           + json.dumps({"input": "goals", "label": "sports"}) + "\n")
+        out = tmp_path / "out.jsonl"
+        args = ["generate", "--output", str(out), "--prompts", str(prompts), "teacher.backend=openai",
+                f"teacher.base_url={url}", "teacher.model=fake", "prompt.shots=[]", "prompt.system=null",
+                "--quiet"]
+        assert main(args) == 0
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        assert sorted((r["id"], r["response"].split("Answer: ")[1]) for r in rows) == [("a", "tech"), ("row-2", "sports")]
+        assert main(args) == 0 and out.read_text().count("\n") == 2
+        assert main([*args, "prompt.template=Title {headline}"]) == 2
+        assert "uses {headline}" in capsys.readouterr().err
+    finally:
+        server.shutdown()
+
+
+def test_generate_against_a_dead_endpoint_fails_clearly_naming_the_url(tmp_path, capsys):
+    args = ["generate", "--output", str(tmp_path / "o.jsonl"), "teacher.backend=openai",
+            "teacher.base_url=http://127.0.0.1:9/v1", "teacher.model=x", "teacher.max_retries=1",
+            "data.source=jsonl", f"data.path={tmp_path / 'rows.jsonl'}", "data.train_examples=1",
+            "data.eval_examples=1", "--quiet"]
+    (tmp_path / "rows.jsonl").write_text('{"id": 1, "input": "x", "label": "a"}\n{"id": 2, "input": "y", "label": "b"}\n')
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "http://127.0.0.1:9/v1/chat/completions" in err and "Kept 0 of 1" in err

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from distill.config import Strict, read_raw, validate_section
+from distill.errors import ConfigError
 from distill.lm.config import LMTrainConfig
 
 
@@ -100,15 +101,11 @@ class TextKDConfig(Strict):
     label_max_tokens: int = Field(8, ge=1, description="Tokens a [label]-task student may generate.")
     quiet: bool = False
 
-    @model_validator(mode="after")
-    def _student_source(self) -> TextKDConfig:
-        if self.teacher.backend == "openai" and self.student.model is None:
-            raise ValueError("student.model is required with teacher.backend=openai: an endpoint gives "
-                             "text, not weights to build the student from")
-        return self
-
     @property
     def student_source(self) -> str:
+        if self.teacher.backend == "openai" and self.student.model is None:
+            raise ConfigError("student.model is required with teacher.backend=openai: an endpoint gives "
+                              "text, not weights to build the student from. Name a local model.")
         return self.student.model or self.teacher.model
 
 

@@ -35,6 +35,7 @@ def run_textkd(cfg: TextKDConfig, resume: bool = False) -> Path:
     from distill.pipeline import open_run_dir
 
     require_transformers()
+    cfg.student_source  # noqa: B018  (fails now, not after generation, when no student can be built)
     run_dir = open_run_dir(cfg, resume)  # type: ignore[arg-type]  (uses name, output_dir, device only)
     splits = load_examples(cfg, run_dir)
     labels = sorted({e["label"] for e in splits["train"] + splits["eval"]})
