@@ -7,6 +7,9 @@
     distill report RUN_DIR
     distill lm [CONFIG] [key=value ...] [--resume] [--quiet]
     distill lm-cache [CONFIG] [key=value ...]
+    distill serve MODEL_DIR [--host H] [--port P] [--api-key-env NAME]
+    distill generate [CONFIG] [key=value ...] --output OUT.jsonl [--prompts IN.jsonl]
+    distill textkd [CONFIG] [key=value ...] [--resume] [--quiet]
 """
 
 from __future__ import annotations
@@ -66,7 +69,59 @@ def _parser() -> argparse.ArgumentParser:
     command("lm-cache", _lm_cache, "Build (or verify and complete) the top-k teacher cache of an LM config.")
     rep = command("report", _report, "Re-render report.md and plots of a finished run.", with_config=False)
     rep.add_argument("run_dir", type=Path)
+    gen = command("generate", _generate, "Ask a teacher (local model or OpenAI-compatible endpoint) to answer "
+                  "prompts; responses are appended to a JSONL file, and a re-run continues where it stopped.")
+    gen.add_argument("--output", type=Path, required=True, help="the JSONL file to write (and resume)")
+    gen.add_argument("--prompts", type=Path, help="JSONL prompts: rows with `messages`, or fields for "
+                     "prompt.template (default: the config's labelled dataset)")
+    gen.add_argument("--split", choices=["train", "eval"], default="train",
+                     help="with the config's dataset: which split to prompt (default: train)")
+    command("textkd", _textkd, "Distil from teacher-generated text (default: BBC News, SmolLM2 rationales "
+            "over HTTP): label-only, sequence-level and step-by-step students, scored against the teacher."
+            ).add_argument("--resume", action="store_true", help="continue an interrupted run")
+    srv = command("serve", _serve, "Serve a causal LM (directory, hub id or builtin:NAME) over an "
+                  "OpenAI-compatible chat-completions API.", with_config=False)
+    srv.add_argument("model_dir", metavar="MODEL_DIR")
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    srv.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
+    srv.add_argument("--api-key-env", metavar="NAME", help="require the key held in environment variable NAME")
+    srv.add_argument("--max-tokens", type=int, default=512, help="largest max_tokens a request may ask for")
+    srv.add_argument("--max-request-bytes", type=int, default=1_000_000, help="largest request body")
+    srv.add_argument("--max-batch", type=int, default=8, help="requests decoded together")
     return p
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from distill.textkd.config import load_textkd_config
+    from distill.textkd.generate import generate
+    from distill.textkd.pipeline import open_teacher, prompts_for
+    from distill.textkd.teachers import Sampling
+
+    cfg = _config(args, load_textkd_config)
+    rows, template = prompts_for(cfg, args.prompts, args.split)
+    with open_teacher(cfg.teacher) as teacher:
+        stats = generate(teacher, rows, args.output, sampling=Sampling(**cfg.sampling.model_dump()),
+                         template=template, concurrency=cfg.concurrency, quiet=cfg.quiet)
+    print(f"{args.output}: {stats.already_done + stats.generated // cfg.sampling.n} of {stats.prompts} prompts "
+          f"done ({stats.generated} responses this run, {stats.requests_per_s:.2f} requests/s)")
+    return 0
+
+
+def _textkd(args: argparse.Namespace) -> int:
+    from distill.textkd.config import load_textkd_config
+    from distill.textkd.pipeline import run_textkd
+
+    run_dir = run_textkd(_config(args, load_textkd_config), resume=args.resume)
+    print(f"Report: {run_dir / 'report.md'}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from distill.serve import run
+
+    return run(args.model_dir, host=args.host, port=args.port, api_key_env=args.api_key_env,
+               max_tokens_limit=args.max_tokens, max_request_bytes=args.max_request_bytes,
+               max_batch=args.max_batch)
 
 
 def _config(args: argparse.Namespace, loader: Any = None):

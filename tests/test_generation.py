@@ -1,0 +1,218 @@
+"""Batched generation on a tiny random Llama: batching changes nothing but the speed."""
+
+from __future__ import annotations
+
+import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from distill.lm import generation  # noqa: E402
+from distill.lm.generation import (  # noqa: E402
+    BatchedGenerator,
+    GenerationParams,
+    GeneratorClosed,
+    eos_ids_of,
+    generate_batch,
+)
+from lm_helpers import make_llama, make_tokenizer  # noqa: E402
+
+GREEDY = GenerationParams(max_new_tokens=12)
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory):
+    """(model, tokenizer, prompts of different lengths); weights scaled up so outputs vary by prompt."""
+    directory = tmp_path_factory.mktemp("tiny_llama")
+    tok = make_tokenizer(directory)
+    model = varied(make_llama(directory, tok)).eval()
+    texts = ["In the beginning God", "And", "darkness was upon the face of the deep And God said"]
+    return model, tok, [tok(t)["input_ids"] for t in texts]
+
+
+def varied(model):
+    """A random tiny Llama at the default init repeats one token; larger weights make real sequences."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    return model
+
+
+def run(model, tok, prompts, params, **kw):
+    kw.setdefault("eos_ids", {tok.eos_token_id})
+    return generate_batch(model, prompts, params, pad_id=tok.pad_token_id, **kw)
+
+
+def single(model, tok, prompt, params=GREEDY, **kw):
+    return run(model, tok, [prompt], [params], **kw)[0]
+
+
+def test_batched_greedy_equals_one_at_a_time_and_hf_generate(lm):
+    model, tok, prompts = lm
+    alone = [single(model, tok, p).token_ids for p in prompts]
+    together = [g.token_ids for g in run(model, tok, prompts, [GREEDY] * len(prompts))]
+    assert together == alone
+    assert len(set(map(tuple, alone))) == 3 and len(set(alone[0])) > 3  # a meaningful comparison
+    reference = model.generate(torch.tensor([prompts[0]]), max_new_tokens=12, do_sample=False,
+                               eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    assert reference[0, len(prompts[0]):].tolist() == alone[0]
+
+
+def test_rows_stop_at_their_own_length_or_eos_and_stream_tokens(lm):
+    model, tok, prompts = lm
+    free = [single(model, tok, p, GenerationParams(max_new_tokens=10), eos_ids=set()).token_ids
+            for p in prompts]
+    eos = free[0][3]  # a token row 0 makes at step 3: used as its EOS below
+    params = [GenerationParams(max_new_tokens=10), GenerationParams(max_new_tokens=2),
+              GenerationParams(max_new_tokens=0)]
+    streamed: dict[int, list[int]] = {0: [], 1: [], 2: []}
+    out = run(model, tok, prompts, params, eos_ids={eos}, on_token=lambda r, t: streamed[r].append(t))
+    first = free[0].index(eos)
+    assert out[0].token_ids == free[0][:first] and out[0].finish_reason == "stop"
+    expected_1 = free[1][:free[1].index(eos)] if eos in free[1][:2] else free[1][:2]
+    assert out[1].token_ids == expected_1
+    assert out[2].token_ids == [] and out[2].finish_reason == "length"
+    assert [g.prompt_tokens for g in out] == [len(p) for p in prompts]
+    assert streamed == {i: g.token_ids for i, g in enumerate(out)}  # EOS is never streamed
+
+
+def test_seeded_sampling_repeats_whatever_it_is_batched_with(lm):
+    model, tok, prompts = lm
+    hot = GenerationParams(max_new_tokens=16, temperature=1.5, seed=7)
+    a = single(model, tok, prompts[0], hot).token_ids
+    b = run(model, tok, prompts, [hot, GREEDY, GenerationParams(max_new_tokens=5, temperature=1.0)])[0]
+    other_seed = single(model, tok, prompts[0], GenerationParams(max_new_tokens=16, temperature=1.5, seed=8))
+    assert a == b.token_ids
+    assert a != other_seed.token_ids
+    nucleus_of_one = GenerationParams(max_new_tokens=12, temperature=1.0, top_p=1e-6, seed=3)
+    greedy = single(model, tok, prompts[0]).token_ids
+    assert single(model, tok, prompts[0], nucleus_of_one).token_ids == greedy
+
+
+def test_top_logprobs_are_sorted_log_probabilities_led_by_the_greedy_token(lm):
+    model, tok, prompts = lm
+    g = single(model, tok, prompts[2], GenerationParams(max_new_tokens=6, top_logprobs=5))
+    assert len(g.top_logprobs) == len(g.token_ids) == len(g.token_logprobs) == 6
+    for token, chosen, top in zip(g.token_ids, g.token_logprobs, g.top_logprobs):
+        assert len(top) == 5
+        lps = [lp for _, lp in top]
+        assert lps == sorted(lps, reverse=True) and all(lp <= 0 for lp in lps)
+        assert sum(math.exp(lp) for lp in lps) <= 1 + 1e-5
+        assert top[0][0] == token and chosen == pytest.approx(top[0][1])
+    assert single(model, tok, prompts[2]).top_logprobs is None
+
+
+def test_params_are_checked():
+    with pytest.raises(ValueError, match="top_p"):
+        GenerationParams(max_new_tokens=1, top_p=0)
+    with pytest.raises(ValueError, match="temperature"):
+        GenerationParams(max_new_tokens=1, temperature=-1)
+
+
+def test_eos_ids_come_from_the_tokenizer_and_the_generation_config(lm):
+    model, tok, _ = lm
+    model.generation_config.eos_token_id = [tok.eos_token_id, 5]
+    try:
+        assert eos_ids_of(model, tok) == {tok.eos_token_id, 5}
+    finally:
+        model.generation_config.eos_token_id = tok.eos_token_id
+
+
+def recording(monkeypatch):
+    """Patch generate_batch to record each batch's size."""
+    sizes: list[int] = []
+    real = generation.generate_batch
+
+    def spy(model, prompts, params, **kw):
+        sizes.append(len(prompts))
+        return real(model, prompts, params, **kw)
+
+    monkeypatch.setattr(generation, "generate_batch", spy)
+    return sizes
+
+
+def test_the_engine_batches_concurrent_callers_and_answers_each_correctly(lm, monkeypatch):
+    model, tok, prompts = lm
+    sizes = recording(monkeypatch)
+    expected = [single(model, tok, p).token_ids for p in prompts]
+    engine = BatchedGenerator(model, tok, max_batch=8, max_wait_ms=200)
+    try:
+        futures = [engine.submit(p, GREEDY) for p in prompts * 2]
+        assert [f.result(timeout=30).token_ids for f in futures] == expected * 2
+        assert sizes == [6]  # one batch
+        sizes.clear()
+        with ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(lambda p: engine.submit(p, GREEDY).result(timeout=30).token_ids, prompts * 4))
+        assert got == expected * 4
+        assert sum(sizes) == 12 and max(sizes) > 1 and len(sizes) < 12
+    finally:
+        engine.close()
+
+
+def test_a_failed_batch_fails_its_own_requests_and_the_engine_carries_on(lm, monkeypatch):
+    model, tok, prompts = lm
+    real, calls = generation.generate_batch, []
+
+    def flaky(*args, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("out of memory")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(generation, "generate_batch", flaky)
+    engine = BatchedGenerator(model, tok)
+    try:
+        with pytest.raises(RuntimeError, match="out of memory"):
+            engine.submit(prompts[0], GREEDY).result(timeout=30)
+        again = engine.submit(prompts[0], GREEDY).result(timeout=30)
+        assert again.token_ids == single(model, tok, prompts[0]).token_ids
+    finally:
+        engine.close()
+
+
+def test_close_aborts_the_running_batch_fails_queued_requests_and_is_idempotent(lm, monkeypatch):
+    model, tok, prompts = lm
+    started, release = threading.Event(), threading.Event()
+
+    def blocked(model, prompts, params, *, on_token, **kw):
+        started.set()
+        release.wait(10)
+        on_token(0, 5)  # the engine refuses to go on once closed
+        raise AssertionError("not reached")
+
+    monkeypatch.setattr(generation, "generate_batch", blocked)
+    engine = BatchedGenerator(model, tok, max_batch=1)
+    running = engine.submit(prompts[0], GREEDY)
+    assert started.wait(10)
+    queued = engine.submit(prompts[1], GREEDY)
+    closer = threading.Thread(target=engine.close)
+    closer.start()
+    release.set()
+    closer.join(10)
+    for future in (running, queued):
+        with pytest.raises(GeneratorClosed):
+            future.result(timeout=10)
+    with pytest.raises(GeneratorClosed):
+        engine.submit(prompts[0], GREEDY)
+    engine.close()
+    assert not engine._worker.is_alive()
+
+
+def test_a_broken_stream_callback_fails_nobody(lm):
+    model, tok, prompts = lm
+    engine = BatchedGenerator(model, tok)
+
+    def broken(token):
+        raise OSError("client went away")
+
+    try:
+        future = engine.submit(prompts[0], GREEDY, on_token=broken)
+        assert future.result(timeout=30).token_ids == single(model, tok, prompts[0]).token_ids
+    finally:
+        engine.close()
