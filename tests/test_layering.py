@@ -91,3 +91,36 @@ def test_lm_import_direction(module, forbidden):
     assert module in LM_MODULES
     wrong = lm_imports(module) & forbidden
     assert not wrong, f"distill.lm.{module} must not import {sorted(wrong)}"
+
+
+TEXTKD_MODULES = sorted(p.stem for p in (PACKAGE / "textkd").glob("*.py") if p.stem != "__init__")
+
+
+def textkd_imports(module: str) -> set[str]:
+    tree = ast.parse((PACKAGE / "textkd" / f"{module}.py").read_text())
+    names = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    return {n.removeprefix("distill.") for n in names if n.startswith("distill.")}
+
+
+@pytest.mark.parametrize(("module", "forbidden"), [
+    # the teacher-signal side never reaches into training, evaluation or the job
+    ("teachers", {"textkd.generate", "textkd.filters", "textkd.examples", "textkd.evaluate", "textkd.pipeline",
+                  "lm.train", "serve"}),
+    ("remote", {"textkd.generate", "textkd.filters", "textkd.examples", "textkd.evaluate", "textkd.pipeline",
+                "lm.train", "serve"}),
+    ("generate", {"textkd.filters", "textkd.examples", "textkd.evaluate", "textkd.pipeline", "lm.train"}),
+    ("filters", {"textkd.examples", "textkd.evaluate", "textkd.pipeline", "lm.train"}),
+    ("examples", {"textkd.evaluate", "textkd.pipeline", "lm.train"}),
+    ("evaluate", {"textkd.pipeline", "lm.train", "textkd.examples"}),
+])
+def test_textkd_import_direction(module, forbidden):
+    assert module in TEXTKD_MODULES
+    wrong = textkd_imports(module) & forbidden
+    assert not wrong, f"distill.textkd.{module} must not import {sorted(wrong)}"
+
+
+def test_serve_is_beside_the_flow_not_in_it():
+    assert not distill_imports("serve") & {"training", "pipeline", "report", "evaluate", "api"}
+    tree = ast.parse((PACKAGE / "serve.py").read_text())
+    names = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not {n for n in names if n.startswith(("distill.lm.train", "distill.textkd.pipeline"))}

@@ -50,9 +50,13 @@ def label_prompt(text: str) -> str:
 
 
 def encode_weighted(rows: list[dict[str, Any]], tokenizer: Any, seq_len: int, source: str) -> TokenBlocks:
-    """Rows → padded blocks whose float `loss_mask` gives each row's targets weight/len each."""
+    """Rows → padded blocks whose float `loss_mask` gives each row's targets weight/len each.
+
+    Blocks are cut to the longest row, so short rows do not pay for `seq_len` (the limit).
+    """
     blocks = encode_rows(rows, tokenizer, seq_len, response_only=True, packing=False, source=source)
-    mask = blocks.loss_mask.float()  # (N, L)
+    width = int(blocks.attention_mask.sum(1).max())
+    mask = blocks.loss_mask[:, :width].float()  # (N, L)
     weights = torch.tensor([float(r.get("weight", 1.0)) for r in rows])  # (N,)
     mask = mask * (weights / mask.sum(1).clamp_min(1)).unsqueeze(1)
-    return TokenBlocks(blocks.input_ids, blocks.attention_mask, mask)
+    return TokenBlocks(blocks.input_ids[:, :width], blocks.attention_mask[:, :width], mask)
