@@ -151,9 +151,24 @@ def open_teacher(t: TextTeacherConfig) -> Iterator[TextTeacher]:
         server = make_server(t.model, port=0, max_batch=t.max_batch, model_name=t.model)
         server.start_background()
         try:
-            yield OpenAITeacher(base_url=f"{server.url}/v1", model=t.model, **{**common, "api_key_env": None})
+            yield _Served(OpenAITeacher(base_url=f"{server.url}/v1", model=t.model, **{**common, "api_key_env": None}))
         finally:
             server.shutdown()
+
+
+class _Served:
+    """The HTTP client of a server started for this run: its identity leaves out the (random) port,
+    so a resumed run, on a new port, recognises its own generated files."""
+
+    def __init__(self, client: Any):
+        self.client = client
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return {"backend": "serve", "model": self.client.model}
+
+    def complete(self, messages: list[dict[str, str]], sampling: Sampling) -> list[Any]:
+        return self.client.complete(messages, sampling)
 
 
 def _gen_path(run_dir: Path, split: str) -> Path:
