@@ -42,6 +42,7 @@ def test_textkd_trains_three_ways_scores_them_and_resumes(job, tmp_path):
     assert report["teacher"]["metrics"]["accuracy"] == 0.0  # eval prompts carry no topic hint
     assert report["teacher"]["metrics"]["cost_per_1k"] == pytest.approx(1000 * 12 / 1e6)
     assert set(report["students"]) == {"label_only", "seq_kd", "step_by_step"}
+    assert "similarity" in report["students"]["seq_kd"] and "similarity" not in report["students"]["label_only"]
     for kind in report["students"]:
         assert (run_dir / "students" / f"{kind}-s0" / "model" / "config.json").is_file()
     assert "| step_by_step |" in (run_dir / "report.md").read_text()

@@ -51,9 +51,9 @@ def run_textkd(cfg: TextKDConfig, resume: bool = False) -> Path:
                         f"read {_gen_path(run_dir, 'train')} and fix the prompt (prompt.* keys).")
     train_examples = [{"id": r["id"], "input": r["input"], "label": r["label"], "response": r["response"],
                        "rationale": r["rationale"]} for r in kept.kept]
-    teacher_eval = _teacher_eval(cfg, run_dir, labels)
-    students = {f"{kind}-s{seed}": train_and_score(cfg, kind, seed, train_examples, splits["eval"], labels, run_dir)
-                for kind in cfg.kinds for seed in cfg.seeds}
+    teacher_eval, teacher_text = _teacher_eval(cfg, run_dir, labels)
+    students = {f"{kind}-s{seed}": train_and_score(cfg, kind, seed, train_examples, splits["eval"], labels, run_dir,
+                                                   teacher_text) for kind in cfg.kinds for seed in cfg.seeds}
     report = build_report(cfg, teacher_eval, students, kept.counts, gen, len(train_examples))
     atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2))
     atomic_write_text(run_dir / "report.md", render_textkd_report(report))
@@ -175,18 +175,23 @@ def _gen_path(run_dir: Path, split: str) -> Path:
     return run_dir / "generated" / f"{split}.jsonl"
 
 
-def _teacher_eval(cfg: TextKDConfig, run_dir: Path, labels: list[str]) -> dict[str, Any]:
-    """The teacher's answers to the eval prompts, scored like the students'."""
+def _teacher_eval(cfg: TextKDConfig, run_dir: Path, labels: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The teacher's answers to the eval prompts, scored like the students'; and its text by id."""
     rows = [{"id": r["id"], "label": r["label"], "output": r["response"], "latency_s": r["latency_s"],
              "prompt_tokens": r["prompt_tokens"], "completion_tokens": r["completion_tokens"]}
             for r in read_records(_gen_path(run_dir, "eval")) if r["sample"] == 0]
     prices = Prices(cfg.teacher.price_prompt, cfg.teacher.price_completion)
-    return metrics_of(rows, labels, "answer", prices)
+    return metrics_of(rows, labels, "answer", prices), {r["id"]: r["output"] for r in rows}
 
 
 def train_and_score(cfg: TextKDConfig, kind: str, seed: int, train_examples: list[dict[str, Any]],
-                    eval_rows: list[dict[str, Any]], labels: list[str], run_dir: Path) -> dict[str, Any]:
-    """Train one student (or reload it) and score it on the eval set; cached in eval.json."""
+                    eval_rows: list[dict[str, Any]], labels: list[str], run_dir: Path,
+                    teacher_text: dict[str, str] | None = None) -> dict[str, Any]:
+    """Train one student (or reload it) and score it on the eval set; cached in eval.json.
+
+    A student that writes rationales (seq_kd) is also compared with the teacher's text on the same
+    prompt (ROUGE-L `similarity`).
+    """
     stage = run_dir / "students" / f"{kind}-s{seed}"
     done = stage / "eval.json"
     if done.is_file():
@@ -195,8 +200,10 @@ def train_and_score(cfg: TextKDConfig, kind: str, seed: int, train_examples: lis
     if not (model_dir / "config.json").is_file():
         _train_student(cfg, kind, seed, train_examples, stage)
     answer_format = "answer" if kind == "seq_kd" else "label"
+    writes_text = kind == "seq_kd"
     items = [EvalItem(id=r["id"], label=r["label"], messages=[{"role": "user", "content": (
-        r["input"] if kind == "seq_kd" else ex.label_prompt(r["input"]))}]) for r in eval_rows]
+        r["input"] if writes_text else ex.label_prompt(r["input"]))}],
+        reference=(teacher_text or {}).get(r["id"]) if writes_text else None) for r in eval_rows]
     max_tokens = cfg.sampling.max_tokens if kind == "seq_kd" else cfg.label_max_tokens
     student = LocalTextTeacher(str(model_dir), max_batch=cfg.teacher.max_batch)
     try:
@@ -253,7 +260,8 @@ def _mean_std(values: list[float]) -> dict[str, float]:
 def render_textkd_report(r: dict[str, Any]) -> str:
     """Markdown: teacher vs each way of training the student, what it costs, what the filter kept."""
     t = r["teacher"]["metrics"]
-    cols = [("accuracy", "accuracy", 100, ".1f"), ("completion_tokens_mean", "tokens out", 1, ".1f"),
+    cols = [("accuracy", "accuracy", 100, ".1f"), ("parsed", "answered", 100, ".0f"),
+            ("completion_tokens_mean", "tokens out", 1, ".1f"),
             ("latency_p50_ms", "p50 latency ms", 1, ".0f"), ("cost_per_1k", "cost / 1k req", 1, ".4f")]
     lines = [f"# Teacher-generated data: {r['name']}", "",
              f"Teacher `{r['teacher']['model']}` ({r['teacher']['backend']}); students built from teacher layers "
@@ -263,13 +271,18 @@ def render_textkd_report(r: dict[str, Any]) -> str:
     for kind, m in r["students"].items():
         cells = [f"{m[k]['mean'] * s:{f}} ± {m[k]['std'] * s:{f}}" for k, _, s, f in cols]
         lines.append(f"| {kind} | " + " | ".join(cells) + f" | {m['retention']['mean']:.2f} |")
+    similar = {k: m["similarity"]["mean"] for k, m in r["students"].items() if "similarity" in m}
+    if similar:
+        lines += ["", "ROUGE-L F1 of the student's text against the teacher's on the same prompt: "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in similar.items()) + "."]
     f = r["filter"]
     lines += ["", f"Filter: kept {f['kept']} of {f['total']} teacher responses ("
               + ", ".join(f"{k}: {v}" for k, v in f.items() if k not in ("kept", "total")) + ").", ""]
     for split, g in r["generation"].items():
         lines.append(f"Generation ({split}): {g['generated']} responses this run ({g['already_done']} prompts "
                      f"already done), {g['requests_per_s']:.2f} requests/s.")
-    lines += ["", "Accuracy: the answer parsed from the output equals the gold label. Cost: mean tokens × the "
+    lines += ["", "Accuracy: the answer parsed from the output equals the gold label; answered: an answer could "
+              "be read from the output at all. Cost: mean tokens × the "
               "configured price per 1M tokens. A `[label]`-task student (label_only, step_by_step) answers with "
               "the label alone; a seq_kd student writes the rationale first, and pays for it at serving time."]
     return "\n".join(lines) + "\n"
