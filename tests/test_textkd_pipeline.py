@@ -89,3 +89,9 @@ def test_generate_against_a_dead_endpoint_fails_clearly_naming_the_url(tmp_path,
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "http://127.0.0.1:9/v1/chat/completions" in err and "Kept 0 of 1" in err
+
+
+def test_token_kd_needs_the_teachers_logprobs():
+    with pytest.raises(ConfigError, match="set sampling.top_logprobs"):
+        load_textkd_config(None, ["kinds=[seq_kd, token_kd]"])
+    assert load_textkd_config(None, ["kinds=[token_kd]", "sampling.top_logprobs=5"]).kinds == ["token_kd"]

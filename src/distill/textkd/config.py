@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from distill.config import Strict, read_raw, validate_section
+from distill.divergences import Kind
 from distill.errors import ConfigError
 from distill.lm.config import LMTrainConfig
 
@@ -93,13 +94,24 @@ class TextKDConfig(Strict):
     check: str | None = Field(None, description="module:function deciding if a record is kept (default: "
                               "the parsed answer equals the gold label).")
     student: TextStudentConfig = Field(default_factory=TextStudentConfig)
-    kinds: list[Literal["label_only", "seq_kd", "step_by_step"]] = Field(
-        default_factory=lambda: ["label_only", "seq_kd", "step_by_step"])
+    kinds: list[Literal["label_only", "seq_kd", "step_by_step", "token_kd"]] = Field(
+        default_factory=lambda: ["label_only", "seq_kd", "step_by_step"],
+        description="token_kd: seq_kd plus a divergence to the teacher's top-k log-probs (needs "
+        "sampling.top_logprobs > 0 and a student sharing the teacher's tokenizer).")
+    logit_loss: Kind = Field("forward_kl", description="token_kd: the divergence to the teacher's top-k.")
+    logit_ratio: float = Field(0.5, ge=0, le=1, description="token_kd: weight of the divergence (rest: CE).")
     rationale_weight: float = Field(1.0, ge=0, description="λ of step-by-step: L_label + λ·L_rationale.")
     seeds: list[int] = Field(default_factory=lambda: [0])
     train: LMTrainConfig = Field(default_factory=LMTrainConfig)
     label_max_tokens: int = Field(8, ge=1, description="Tokens a [label]-task student may generate.")
     quiet: bool = False
+
+    @model_validator(mode="after")
+    def _logprobs_for_token_kd(self) -> TextKDConfig:
+        if "token_kd" in self.kinds and self.sampling.top_logprobs == 0:
+            raise ValueError("kinds has token_kd, which trains on the teacher's log-probs: set "
+                             "sampling.top_logprobs (e.g. 5)")
+        return self
 
     @property
     def student_source(self) -> str:

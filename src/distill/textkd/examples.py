@@ -22,7 +22,7 @@ import torch
 from distill.errors import ConfigError
 from distill.lm.text import TokenBlocks, encode_rows
 
-KINDS = ("label_only", "seq_kd", "step_by_step")
+KINDS = ("label_only", "seq_kd", "step_by_step")  # token_kd: distill.textkd.logprobs
 LABEL_TASK = "[label] "
 RATIONALE_TASK = "[rationale] "
 

@@ -50,7 +50,7 @@ def run_textkd(cfg: TextKDConfig, resume: bool = False) -> Path:
         raise DataError(f"The filter kept none of {kept.counts['total']} teacher responses ({kept.counts}); "
                         f"read {_gen_path(run_dir, 'train')} and fix the prompt (prompt.* keys).")
     train_examples = [{"id": r["id"], "input": r["input"], "label": r["label"], "response": r["response"],
-                       "rationale": r["rationale"]} for r in kept.kept]
+                       "rationale": r["rationale"], "logprobs": r.get("logprobs")} for r in kept.kept]
     teacher_eval, teacher_text = _teacher_eval(cfg, run_dir, labels)
     students = {f"{kind}-s{seed}": train_and_score(cfg, kind, seed, train_examples, splits["eval"], labels, run_dir,
                                                    teacher_text) for kind in cfg.kinds for seed in cfg.seeds}
@@ -199,12 +199,12 @@ def train_and_score(cfg: TextKDConfig, kind: str, seed: int, train_examples: lis
     model_dir = stage / "model"
     if not (model_dir / "config.json").is_file():
         _train_student(cfg, kind, seed, train_examples, stage)
-    answer_format = "answer" if kind == "seq_kd" else "label"
-    writes_text = kind == "seq_kd"
+    answer_format = "answer" if kind in ("seq_kd", "token_kd") else "label"
+    writes_text = kind in ("seq_kd", "token_kd")
     items = [EvalItem(id=r["id"], label=r["label"], messages=[{"role": "user", "content": (
         r["input"] if writes_text else ex.label_prompt(r["input"]))}],
         reference=(teacher_text or {}).get(r["id"]) if writes_text else None) for r in eval_rows]
-    max_tokens = cfg.sampling.max_tokens if kind == "seq_kd" else cfg.label_max_tokens
+    max_tokens = cfg.sampling.max_tokens if writes_text else cfg.label_max_tokens
     student = LocalTextTeacher(str(model_dir), max_batch=cfg.teacher.max_batch)
     try:
         metrics, predictions = score(student, items, labels=labels, sampling=Sampling(max_tokens=max_tokens),
@@ -229,10 +229,21 @@ def _train_student(cfg: TextKDConfig, kind: str, seed: int, train_examples: list
     source = lm_models.load_causal_lm(cfg.student_source, key)
     student = lm_models.student_from_teacher(source, layers=cfg.student.layers, seed=seed)
     del source
-    rows = ex.task_rows(train_examples, kind, cfg.rationale_weight)
-    blocks = ex.encode_weighted(rows, tokenizer, cfg.student.seq_len, source=f"{kind} training rows")
+    signal, loss = None, LMLossConfig(ratio=0.0)
+    if kind == "token_kd":
+        from distill.textkd.logprobs import topk_blocks
+
+        as_student = [{**e, "messages": [{"role": "user", "content": e["input"]}]} for e in train_examples]
+        blocks, signal, counts = topk_blocks(as_student, tokenizer, cfg.student.seq_len, cfg.sampling.top_logprobs)
+        if counts["used"] == 0:
+            raise DataError(f"token_kd: no kept response could be aligned with the student's tokens ({counts}); "
+                            "the teacher must return logprobs and share the student's tokenizer.")
+        loss = LMLossConfig(ratio=cfg.logit_ratio, kind=cfg.logit_loss)
+    else:
+        rows = ex.task_rows(train_examples, kind, cfg.rationale_weight)
+        blocks = ex.encode_weighted(rows, tokenizer, cfg.student.seq_len, source=f"{kind} training rows")
     train = cfg.train.model_copy(update={"seed": seed})
-    out = fit_lm(student, blocks, train=train, loss=LMLossConfig(ratio=0.0), vocab=len(tokenizer),
+    out = fit_lm(student, blocks, train=train, loss=loss, teacher=signal, vocab=len(tokenizer),
                  pad_id=tokenizer.pad_token_id, checkpoint_dir=stage, resume=True, device=cfg.device,
                  quiet=cfg.quiet, name=f"{kind} s{seed}")
     save_pretrained_atomic(out.model, tokenizer, stage / "model")
