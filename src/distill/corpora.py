@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,8 +76,11 @@ def stratified_split(items: list[LabelledText], sizes: dict[str, int], seed: int
     return out
 
 
-def read_json_lines(path: str | Path, key: str) -> list[dict]:
-    """Rows of a JSONL file (objects); a bad line is an error naming the file, line and config key."""
+def read_json_lines(path: str | Path, key: str, problem: Callable[[dict], str | None] | None = None) -> list[dict]:
+    """Rows of a JSONL file (objects); a bad line is an error naming the file and line.
+
+    `problem(row)` may describe what is wrong with a row (None when it is fine).
+    """
     import json
 
     path = Path(path)
@@ -90,7 +94,9 @@ def read_json_lines(path: str | Path, key: str) -> list[dict]:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}, line {n}: not valid JSON ({exc.msg}).") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{path}, line {n}: expected a JSON object, got {type(row).__name__}.")
+        wrong = f"expected a JSON object, got {type(row).__name__}" if not isinstance(row, dict) else (
+            problem(row) if problem else None)
+        if wrong:
+            raise DataError(f"{path}, line {n}: {wrong}.")
         rows.append(row)
     return rows

@@ -15,7 +15,6 @@ one per block, or packed end to end with `packing: true`.
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -90,21 +89,14 @@ def read_kjv(path: Path | None = None) -> list[str]:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    if not Path(path).is_file():
-        raise DataError(f"`data.path`: {path} does not exist.")
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}, line {n}: not valid JSON ({exc.msg}).") from None
-        if not isinstance(row, dict) or not ({"text"} <= row.keys() or {"prompt", "response"} <= row.keys()
-                                             or "messages" in row):
-            raise DataError(f"{path}, line {n}: expected {{'text'}}, {{'prompt', 'response'}} or "
-                            f"{{'messages'}}, got keys {sorted(row) if isinstance(row, dict) else type(row).__name__}.")
-        rows.append(row)
+    from distill.corpora import read_json_lines
+
+    def problem(row: dict[str, Any]) -> str | None:
+        if {"text"} <= row.keys() or {"prompt", "response"} <= row.keys() or "messages" in row:
+            return None
+        return f"expected {{'text'}}, {{'prompt', 'response'}} or {{'messages'}}, got keys {sorted(row)}"
+
+    rows = read_json_lines(path, "data.path", problem)
     if not rows:
         raise DataError(f"{path} has no rows.")
     return rows
