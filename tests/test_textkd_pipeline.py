@@ -31,11 +31,14 @@ def job(tmp_path):
                  "data.train_examples=6", "data.eval_examples=3", "prompt.shots=[]", "prompt.system=null",
                  "train.steps=3", "train.batch_size=4", "train.eval_every=3", "train.save_every=3",
                  "device=cpu", "quiet=true", "teacher.price_prompt=1.0", "teacher.price_completion=0", "concurrency=2"]
-    yield overrides
-    server.shutdown()
+    endpoint = {"server": server}
+    yield overrides, endpoint
+    if endpoint["server"] is not None:
+        server.shutdown()
 
 
 def test_textkd_trains_three_ways_scores_them_and_resumes(job, tmp_path):
+    job, endpoint = job
     run_dir = run_textkd(load_textkd_config(None, job))
     report = json.loads((run_dir / "report.json").read_text())
     assert report["filter"]["total"] == 6 and report["filter"]["kept"] == 6 and report["examples"] == 6
@@ -48,6 +51,9 @@ def test_textkd_trains_three_ways_scores_them_and_resumes(job, tmp_path):
     assert "| step_by_step |" in (run_dir / "report.md").read_text()
     generated = (run_dir / "generated" / "train.jsonl").read_text()
     assert generated.count("\n") == 6 and "Reason: it is about" in generated
+    endpoint["server"].shutdown()  # resuming a finished run needs no teacher at all
+    endpoint["server"].server_close()
+    endpoint["server"] = None
     assert main(["textkd", *job, "--resume"]) == 0  # every stage is found done
     assert (run_dir / "generated" / "train.jsonl").read_text() == generated
 

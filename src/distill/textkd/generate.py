@@ -56,9 +56,7 @@ def generate(teacher: TextTeacher, prompts: list[PromptRow], output: Path, *, sa
     _check_unique(prompts)
     output.parent.mkdir(parents=True, exist_ok=True)
     _check_meta(output, {"teacher": teacher.identity, "template": template, "sampling": sampling.as_dict()})
-    done = completed_keys(output)
-    todo = [(p, [s for s in range(sampling.n) if (p.id, s) not in done]) for p in prompts]
-    todo = [(p, missing) for p, missing in todo if missing]
+    todo = pending(prompts, output, sampling.n)
     stats = GenerateStats(len(prompts), len(prompts) - len(todo), 0, 0.0, 0, 0)
     start = time.perf_counter()
     bar = tqdm(total=len(prompts), initial=stats.already_done, desc="generate", unit="prompt", disable=quiet)
@@ -83,6 +81,13 @@ def generate(teacher: TextTeacher, prompts: list[PromptRow], output: Path, *, sa
             bar.close()
             stats.wall_s = time.perf_counter() - start
     return stats
+
+
+def pending(prompts: list[PromptRow], output: Path, n: int) -> list[tuple[PromptRow, list[int]]]:
+    """The prompts with samples not yet in `output`, each with its missing sample numbers."""
+    done = completed_keys(output)
+    todo = [(p, [s for s in range(n) if (p.id, s) not in done]) for p in prompts]
+    return [(p, missing) for p, missing in todo if missing]
 
 
 def ask_all(teacher: TextTeacher, requests: list[tuple[Any, list[dict[str, str]]]], sampling: Sampling,

@@ -24,7 +24,7 @@ from distill.textkd import examples as ex
 from distill.textkd.config import PromptConfig, TextKDConfig, TextTeacherConfig
 from distill.textkd.evaluate import EvalItem, Prices, metrics_of, retention, score
 from distill.textkd.filters import filter_records, load_check
-from distill.textkd.generate import GenerateStats, PromptRow, generate, read_records, stats_dict
+from distill.textkd.generate import GenerateStats, PromptRow, generate, pending, read_records, stats_dict
 from distill.textkd.prompts import render
 from distill.textkd.teachers import LocalTextTeacher, Sampling, TextTeacher
 
@@ -39,11 +39,7 @@ def run_textkd(cfg: TextKDConfig, resume: bool = False) -> Path:
     run_dir = open_run_dir(cfg, resume)  # type: ignore[arg-type]  (uses name, output_dir, device only)
     splits = load_examples(cfg, run_dir)
     labels = sorted({e["label"] for e in splits["train"] + splits["eval"]})
-    sampling = Sampling(**cfg.sampling.model_dump())
-    with open_teacher(cfg.teacher) as teacher:
-        gen = {split: generate(teacher, prompt_rows(cfg.prompt, splits[split], split), _gen_path(run_dir, split),
-                               sampling=sampling, template=_template(cfg.prompt, split), concurrency=cfg.concurrency,
-                               quiet=cfg.quiet) for split in ("train", "eval")}
+    gen = generate_splits(cfg, splits, run_dir)
     check = load_check(cfg.check, "check") if cfg.check else None
     kept = filter_records(read_records(_gen_path(run_dir, "train")), labels=labels, check=check)
     if not kept.kept:
@@ -58,6 +54,19 @@ def run_textkd(cfg: TextKDConfig, resume: bool = False) -> Path:
     atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2))
     atomic_write_text(run_dir / "report.md", render_textkd_report(report))
     return run_dir
+
+
+def generate_splits(cfg: TextKDConfig, splits: dict[str, list[dict[str, Any]]],
+                    run_dir: Path) -> dict[str, GenerateStats]:
+    """Teacher responses for both splits; the teacher is not even started when all are on disk."""
+    sampling = Sampling(**cfg.sampling.model_dump())
+    prompts = {split: prompt_rows(cfg.prompt, splits[split], split) for split in ("train", "eval")}
+    if not any(pending(rows, _gen_path(run_dir, split), sampling.n) for split, rows in prompts.items()):
+        return {split: GenerateStats(len(rows), len(rows), 0, 0.0, 0, 0) for split, rows in prompts.items()}
+    with open_teacher(cfg.teacher) as teacher:
+        return {split: generate(teacher, rows, _gen_path(run_dir, split), sampling=sampling,
+                                template=_template(cfg.prompt, split), concurrency=cfg.concurrency, quiet=cfg.quiet)
+                for split, rows in prompts.items()}
 
 
 def load_examples(cfg: TextKDConfig, run_dir: Path) -> dict[str, list[dict[str, Any]]]:
