@@ -34,6 +34,85 @@ def soft_target_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                             temperature=temperature) * temperature**2
 
 
+# --------------------------------------------------------------------------- features and relations
+
+
+def hint_loss(student_features: torch.Tensor, teacher_features: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+    """FitNets hint (Romero et al. 2015): match an intermediate representation.
+
+    `mse`: mean((s − t)²). `cosine`: mean over positions of 1 − cos(s, t) along the feature dim
+    (dim 1 for (B, C, H, W) maps, the last dim otherwise). Shapes must already agree (see
+    `distill.taps.make_adapter`).
+    """
+    s, t = student_features.float(), teacher_features.float()
+    if kind == "mse":
+        return F.mse_loss(s, t)
+    if kind == "cosine":
+        return (1 - F.cosine_similarity(s, t, dim=1 if s.dim() == 4 else -1, eps=1e-8)).mean()
+    raise ValueError(f"hint loss kind {kind!r}: use 'mse' or 'cosine'")
+
+
+def attention_map(features: torch.Tensor, p: float = 2.0) -> torch.Tensor:
+    """Spatial attention of a (B, C, H, W) map: mean over channels of |f|^p, flattened, L2-normalised."""
+    return F.normalize(features.float().abs().pow(p).mean(1).flatten(1), dim=1)  # (B, H·W)
+
+
+def attention_transfer(student_features: torch.Tensor, teacher_features: torch.Tensor, p: float = 2.0) -> torch.Tensor:
+    """Attention transfer (Zagoruyko & Komodakis 2017): mean squared difference of the normalised
+    spatial attention maps; channel counts may differ, spatial sizes must match."""
+    return (attention_map(student_features, p) - attention_map(teacher_features, p)).pow(2).mean()
+
+
+def _pairwise_distances(e: torch.Tensor) -> torch.Tensor:
+    d = torch.cdist(e, e)  # (B, B)
+    mean = d[d > 0].mean() if (d > 0).any() else d.new_tensor(1.0)
+    return d / mean  # scale-free: normalised by the mean distance (Park et al.)
+
+
+def rkd_distance(student_embeddings: torch.Tensor, teacher_embeddings: torch.Tensor) -> torch.Tensor:
+    """RKD distance (Park et al. 2019): Huber loss between the mean-normalised pairwise distance
+    matrices of student and teacher embeddings (B, D) and (B, D'); widths may differ."""
+    s, t = student_embeddings.float().flatten(1), teacher_embeddings.float().flatten(1)
+    with torch.no_grad():
+        target = _pairwise_distances(t)
+    return F.smooth_l1_loss(_pairwise_distances(s), target)
+
+
+def _angles(e: torch.Tensor) -> torch.Tensor:
+    diff = F.normalize(e.unsqueeze(0) - e.unsqueeze(1), p=2, dim=2)  # (B, B, D): unit e_i − e_j
+    return torch.bmm(diff, diff.transpose(1, 2)).flatten()  # cos of the angle at j, every triple
+
+
+def rkd_angle(student_embeddings: torch.Tensor, teacher_embeddings: torch.Tensor) -> torch.Tensor:
+    """RKD angle (Park et al. 2019): Huber loss between the cosines of the angles that every
+    triplet of embeddings forms, student vs teacher."""
+    s, t = student_embeddings.float().flatten(1), teacher_embeddings.float().flatten(1)
+    with torch.no_grad():
+        target = _angles(t)
+    return F.smooth_l1_loss(_angles(s), target)
+
+
+def dkd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, *,
+        alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0) -> torch.Tensor:
+    """Decoupled KD (Zhao et al. 2022): α·TCKD + β·NCKD, both × T², batch mean.
+
+    TCKD: KL between teacher and student binary distributions [p(target), 1 − p(target)].
+    NCKD: KL between their distributions over the non-target classes (target masked out).
+    Classic KD is TCKD + (1 − p_t(target))·NCKD; DKD frees the NCKD weight from p_t(target).
+    """
+    s, t = student_logits.float() / temperature, teacher_logits.float() / temperature
+    gt = F.one_hot(targets, s.shape[1]).bool()  # (B, C)
+    p_s, p_t = s.softmax(1), t.softmax(1)
+    b_s = torch.stack([p_s[gt], 1 - p_s[gt]], 1).clamp_min(1e-12)  # (B, 2)
+    b_t = torch.stack([p_t[gt], 1 - p_t[gt]], 1).clamp_min(1e-12)
+    tckd = (b_t * (b_t.log() - b_s.log())).sum(1).mean()
+    masked = torch.finfo(torch.float32).min
+    log_q_s = s.masked_fill(gt, masked).log_softmax(1)
+    log_q_t = t.masked_fill(gt, masked).log_softmax(1)
+    nckd = (log_q_t.exp() * (log_q_t - log_q_s)).masked_fill(gt, 0).sum(1).mean()
+    return (alpha * tckd + beta * nckd) * temperature**2
+
+
 def scheduled(value: float | Schedule, progress: float) -> float:
     """A constant, or a schedule evaluated at training progress in [0, 1]."""
     if not isinstance(value, Schedule):
