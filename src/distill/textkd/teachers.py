@@ -92,7 +92,7 @@ class LocalTextTeacher:
         self._engine = BatchedGenerator(model, self._tokenizer, max_batch=self.max_batch)
 
     def complete(self, messages: list[dict[str, str]], sampling: Sampling) -> list[Completion]:
-        from distill.lm.generation import GenerationParams
+        from distill.lm.generation import GenerationParams, logprob_rows
 
         self._load()
         prompt = chat_prompt_ids(self._tokenizer, messages)
@@ -107,7 +107,8 @@ class LocalTextTeacher:
             out.append(Completion(text=self._tokenizer.decode(g.token_ids, skip_special_tokens=True),
                                   finish_reason=g.finish_reason, prompt_tokens=g.prompt_tokens,
                                   completion_tokens=len(g.token_ids), latency_s=time.perf_counter() - start,
-                                  logprobs=_logprobs(self._tokenizer, g) if sampling.top_logprobs else None))
+                                  logprobs=logprob_rows(self._tokenizer, g, sampling.top_logprobs)
+                                  if sampling.top_logprobs else None))
         return out
 
     def close(self) -> None:
@@ -122,12 +123,3 @@ def chat_prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]
         return list(out["input_ids"] if hasattr(out, "keys") else out)
     text = "\n".join(m["content"] for m in messages)  # no template: the plain text of the turns
     return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def _logprobs(tokenizer: Any, generated: Any) -> list[dict[str, Any]]:
-    rows = []
-    for token, top in zip(generated.token_ids, generated.top_logprobs or []):
-        alts = [{"token": tokenizer.decode([i]), "logprob": lp} for i, lp in top]
-        chosen = next((lp for i, lp in top if i == token), None)
-        rows.append({"token": tokenizer.decode([token]), "logprob": chosen, "top_logprobs": alts})
-    return rows
