@@ -74,9 +74,9 @@ def test_import_distill_is_cheap():
 LM_MODULES = sorted(p.stem for p in (PACKAGE / "lm").glob("*.py") if p.stem != "__init__")
 
 
-def lm_imports(module: str) -> set[str]:
-    """The distill modules (`lm.x` for the LM package) that `distill/lm/<module>.py` imports."""
-    tree = ast.parse((PACKAGE / "lm" / f"{module}.py").read_text())
+def package_imports(path: str) -> set[str]:
+    """The distill modules (`lm.x` for subpackages) that `distill/<path>.py` imports with `from`."""
+    tree = ast.parse((PACKAGE / f"{path}.py").read_text())
     names = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     return {n.removeprefix("distill.") for n in names if n.startswith("distill.")}
 
@@ -90,17 +90,11 @@ def lm_imports(module: str) -> set[str]:
 ])
 def test_lm_import_direction(module, forbidden):
     assert module in LM_MODULES
-    wrong = lm_imports(module) & forbidden
+    wrong = package_imports(f"lm/{module}") & forbidden
     assert not wrong, f"distill.lm.{module} must not import {sorted(wrong)}"
 
 
 TEXTKD_MODULES = sorted(p.stem for p in (PACKAGE / "textkd").glob("*.py") if p.stem != "__init__")
-
-
-def textkd_imports(module: str) -> set[str]:
-    tree = ast.parse((PACKAGE / "textkd" / f"{module}.py").read_text())
-    names = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    return {n.removeprefix("distill.") for n in names if n.startswith("distill.")}
 
 
 @pytest.mark.parametrize(("module", "forbidden"), [
@@ -116,12 +110,10 @@ def textkd_imports(module: str) -> set[str]:
 ])
 def test_textkd_import_direction(module, forbidden):
     assert module in TEXTKD_MODULES
-    wrong = textkd_imports(module) & forbidden
+    wrong = package_imports(f"textkd/{module}") & forbidden
     assert not wrong, f"distill.textkd.{module} must not import {sorted(wrong)}"
 
 
 def test_serve_is_beside_the_flow_not_in_it():
     assert not distill_imports("serve") & {"training", "pipeline", "report", "evaluate", "api"}
-    tree = ast.parse((PACKAGE / "serve.py").read_text())
-    names = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    assert not {n for n in names if n.startswith(("distill.lm.train", "distill.textkd.pipeline"))}
+    assert not package_imports("serve") & {"lm.train", "textkd.pipeline"}
