@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from distill.losses import attention_transfer, dkd, hint_loss, rkd_angle, rkd_distance, soft_target_kl
+from distill.losses import (attention_map_loss, attention_transfer, contrastive_kd, dkd, hint_loss, rkd_angle,
+                            rkd_distance, soft_target_kl)
 
 
 def descends(loss_fn, student: torch.Tensor, *rest) -> bool:
@@ -72,3 +73,26 @@ def test_dkd_decomposes_classic_kd():
     assert dkd(t, t, y).item() == pytest.approx(0.0, abs=1e-6)
     assert descends(lambda z, tt, yy: dkd(z, tt, yy), torch.randn(4, 5), torch.randn(4, 5), torch.tensor([0, 1, 2, 3]))
     assert math.isfinite(dkd(torch.full((2, 3), 50.0), torch.zeros(2, 3), torch.tensor([0, 1])).item())
+
+
+def test_contrastive_kd_hand_value_and_descent():
+    s = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    t = torch.tensor([[2.0, 0.0], [0.0, 3.0]])  # scale does not matter: embeddings are normalised
+    # row 0: logits [1/τ, 0], target 0 → log(1 + e^{-1/τ}); same for row 1.
+    assert contrastive_kd(s, t, temperature=0.5).item() == pytest.approx(math.log(1 + math.exp(-2.0)), rel=1e-5)
+    swapped = contrastive_kd(s.flip(0), t, temperature=0.5)
+    assert swapped.item() > contrastive_kd(s, t, temperature=0.5).item()  # wrong pairings cost more
+    g = torch.Generator().manual_seed(0)
+    assert descends(contrastive_kd, torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g))
+
+
+def test_attention_map_loss_hand_values_and_head_averaging():
+    t = torch.tensor([[[[0.5, 0.5], [1.0, 0.0]]]])  # (B=1, H=1, L=2, L=2)
+    s = torch.tensor([[[[0.25, 0.75], [1.0, 0.0]]]])
+    kl_row0 = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    assert attention_map_loss(s, t, "kl").item() == pytest.approx(kl_row0 / 2, rel=1e-5)  # mean over 2 rows
+    assert attention_map_loss(s, t, "mse").item() == pytest.approx(2 * 0.25**2 / 4)  # 4 entries
+    two_heads = torch.cat([t, t], 1)
+    assert attention_map_loss(t, two_heads).item() == pytest.approx(0.0, abs=1e-6)  # heads averaged first
+    with pytest.raises(ValueError, match="different sequence lengths"):
+        attention_map_loss(torch.rand(1, 1, 3, 3), t)

@@ -7,7 +7,7 @@ wrong types, and files that do not exist.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -36,7 +36,7 @@ Scalar = Union[float, Schedule]
 
 
 class DataConfig(Strict):
-    name: Literal["digits", "mnist5k", "fashion_mnist", "csv"] = "digits"
+    name: Literal["digits", "mnist5k", "fashion_mnist", "spoken_digits", "csv"] = "digits"
     path: Path | None = Field(None, description="Directory (fashion_mnist) or file (csv).")
     label_column: str | int = Field(-1, description="CSV column holding the label.")
     val_fraction: float = Field(0.1, gt=0, lt=1)
@@ -88,6 +88,84 @@ class KDConfig(Strict):
     alpha: Scalar = 0.9
 
 
+# --------------------------------------------------------------------------- method terms
+# A method is a weighted sum of terms (`losses:` in a run config). Terms that read layers name
+# them by module path (`student:` / `teacher:`, e.g. `features.2`, `encoder.layer.3.output`);
+# leaving a path out means the model's logits.
+
+
+class _Term(Strict):
+    weight: Scalar = Field(1.0, description="Multiplier of this term in the sum (may be a schedule).")
+
+
+class CETerm(_Term):
+    """Cross-entropy on the labels."""
+
+    kind: Literal["ce"]
+
+
+class KDTerm(_Term):
+    """Soft targets (Hinton et al. 2015): T²·KL(teacher_T ‖ student_T)."""
+
+    kind: Literal["kd"]
+    temperature: Scalar = 4.0
+
+
+class DKDTerm(_Term):
+    """Decoupled KD (Zhao et al. 2022): α·TCKD + β·NCKD."""
+
+    kind: Literal["dkd"]
+    alpha: float = Field(1.0, ge=0)
+    beta: float = Field(8.0, ge=0)
+    temperature: float = Field(4.0, gt=0)
+
+
+class _Pair(_Term):
+    student: str | None = Field(None, description="Student module path; omitted: the logits.")
+    teacher: str | None = Field(None, description="Teacher module path; omitted: the logits.")
+
+
+class HintTerm(_Pair):
+    """FitNets hint (Romero et al. 2015): a learned adapter maps student features to the teacher's."""
+
+    kind: Literal["hint"]
+    loss: Literal["mse", "cosine"] = "mse"
+
+
+class AttentionTransferTerm(_Pair):
+    """Attention transfer (Zagoruyko & Komodakis 2017) between (B, C, H, W) feature maps."""
+
+    kind: Literal["attention_transfer"]
+    p: float = Field(2.0, gt=0)
+
+
+class RKDTerm(_Pair):
+    """Relational KD (Park et al. 2019): distance and angle structure of a batch of embeddings."""
+
+    kind: Literal["rkd"]
+    distance: float = Field(1.0, ge=0, description="Weight of the distance loss inside the term.")
+    angle: float = Field(2.0, ge=0, description="Weight of the angle loss inside the term.")
+
+
+class ContrastiveTerm(_Pair):
+    """Contrastive representation distillation with in-batch negatives (CRD-style InfoNCE)."""
+
+    kind: Literal["contrastive"]
+    temperature: float = Field(0.1, gt=0)
+
+
+class AttentionMapTerm(_Term):
+    """Transformer attention maps (TinyBERT: MSE; MiniLM: KL), student layer i ↔ teacher layer j."""
+
+    kind: Literal["attention_maps"]
+    layers: list[tuple[int, int]] = Field(..., min_length=1, description="[[student_layer, teacher_layer], ...]")
+    loss: Literal["kl", "mse"] = "kl"
+
+
+Term = Annotated[Union[CETerm, KDTerm, DKDTerm, HintTerm, AttentionTransferTerm, RKDTerm, ContrastiveTerm,
+                       AttentionMapTerm], Field(discriminator="kind")]
+
+
 class TeacherConfig(ModelConfig):
     signal: Literal["live", "cached"] = Field(
         "cached",
@@ -114,6 +192,9 @@ class RunConfig(Strict):
     student: ModelConfig
     train: TrainConfig = Field(default_factory=TrainConfig, description="Student training (baseline and distilled).")
     kd: KDConfig = Field(default_factory=KDConfig)
+    losses: list[Term] = Field(
+        default_factory=list,
+        description="The distilled student's method as a weighted sum of terms; empty: the `kd` section.")
     baseline: bool = Field(True, description="Also train the student without the teacher.")
     bench: BenchConfig = Field(default_factory=BenchConfig)
     tracking: list[Literal["tensorboard", "mlflow"]] = Field(default_factory=list)
@@ -126,6 +207,31 @@ class RunConfig(Strict):
                 "train.augment.mixup needs the teacher on each mixed view: set teacher.signal=live"
             )
         return self
+
+    @model_validator(mode="after")
+    def _losses_are_usable(self) -> RunConfig:
+        check_term_weights(self.losses)
+        layered = [i for i, t in enumerate(self.losses) if needs_live_teacher(t)]
+        if layered and self.teacher.signal == "cached":
+            raise ValueError(f"losses[{layered[0]}] reads teacher layers, which a logit cache does not hold: "
+                             "set teacher.signal=live")
+        return self
+
+
+def check_term_weights(terms: list[Any]) -> None:
+    """Weights must be finite and ≥ 0, and not all 0 (a sum of nothing learns nothing)."""
+    fixed = [(i, float(t.weight)) for i, t in enumerate(terms) if not isinstance(t.weight, Schedule)]
+    for i, w in fixed:
+        if not (w >= 0 and w != float("inf")):
+            raise ValueError(f"losses[{i}].weight must be a finite number ≥ 0 (got {w})")
+    if terms and len(fixed) == len(terms) and not any(w > 0 for _, w in fixed):
+        raise ValueError("losses: every term has weight 0, so nothing would be learned; give one term a "
+                         "positive weight")
+
+
+def needs_live_teacher(term: Any) -> bool:
+    """Whether a term reads teacher layers or attention maps (not only the teacher's logits)."""
+    return isinstance(term, AttentionMapTerm) or getattr(term, "teacher", None) is not None
 
 
 # --------------------------------------------------------------------------- loading
@@ -201,18 +307,37 @@ def _explain(err: dict[str, Any], model: type[BaseModel] = BaseModel) -> str:
         return f"`{key}`: required key is missing."
     got = err.get("input")
     shown = repr(got) if not isinstance(got, dict) else "a mapping"
-    return f"`{key}`: {err['msg']} (got {shown})." if key else f"{err['msg']}."
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"`{key}`: {msg} (got {shown})." if key else f"{msg}."
 
 
 def _fields_at(model: type[BaseModel], path: list[str]) -> list[str]:
-    """Valid key names of the config section at `path` (for 'did you mean')."""
+    """Valid key names of the config section at `path` (for 'did you mean'), through lists and
+    sections chosen by `kind` (e.g. `losses.0.hint`)."""
+    node: Any = model
     for part in path:
-        field = model.model_fields.get(part)
-        sub = getattr(field, "annotation", None) if field else None
-        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
+        node = _step(node, part)
+        if node is None:
             return []
-        model = sub
-    return list(model.model_fields)
+    return list(node.model_fields) if isinstance(node, type) and issubclass(node, BaseModel) else []
+
+
+def _step(node: Any, part: str) -> Any:
+    """The type one key below `node`: a field, a list item (`part` is an index) or a `kind` variant."""
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        field = node.model_fields.get(part)
+        return field.annotation if field else None
+    options = [a for a in get_args(node) if a is not type(None)]
+    if part.isdigit() and get_origin(node) is list:
+        return options[0] if options else None
+    for option in options:
+        kind = getattr(option, "model_fields", {}).get("kind")
+        if kind is not None and part in get_args(kind.annotation):
+            return option
+        found = _step(option, part) if not isinstance(option, type) else None
+        if found is not None:
+            return found
+    return None
 
 
 def _check_files(cfg: RunConfig) -> None:

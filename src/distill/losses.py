@@ -92,6 +92,41 @@ def rkd_angle(student_embeddings: torch.Tensor, teacher_embeddings: torch.Tensor
     return F.smooth_l1_loss(_angles(s), target)
 
 
+def contrastive_kd(student_embeddings: torch.Tensor, teacher_embeddings: torch.Tensor,
+                   temperature: float = 0.1) -> torch.Tensor:
+    """Contrastive representation distillation (Tian et al. 2020, CRD) with in-batch negatives.
+
+    InfoNCE: each student embedding must pick its own teacher embedding among the batch's,
+    −mean_i log softmax_j(cos(s_i, t_j) / τ)[i]. CRD draws negatives from a memory bank of the
+    whole dataset; here they are the other examples of the batch (as in CLIP-style objectives), so
+    nothing is kept between steps. Widths must agree (map the student through an adapter first).
+    """
+    s = F.normalize(student_embeddings.float().flatten(1), dim=1)
+    t = F.normalize(teacher_embeddings.float().flatten(1), dim=1)
+    logits = s @ t.T / temperature  # (B, B): row i scores student i against every teacher row
+    return F.cross_entropy(logits, torch.arange(len(s), device=s.device))
+
+
+def attention_map_loss(student_attention: torch.Tensor, teacher_attention: torch.Tensor,
+                       kind: str = "kl") -> torch.Tensor:
+    """Transformer self-attention distillation between maps (B, H, L, L) of one layer each.
+
+    `kl` (MiniLM, Wang et al. 2020): KL(teacher row ‖ student row) summed over keys, averaged over
+    batch, heads and queries. `mse` (TinyBERT, Jiao et al. 2020): mean squared difference.
+    When the head counts differ, both sides are first averaged over heads (one map per layer).
+    """
+    s, t = student_attention.float(), teacher_attention.float()
+    if s.shape[-2:] != t.shape[-2:]:
+        raise ValueError(f"attention maps over different sequence lengths: {tuple(s.shape)} vs {tuple(t.shape)}")
+    if s.shape[1] != t.shape[1]:
+        s, t = s.mean(1, keepdim=True), t.mean(1, keepdim=True)
+    if kind == "mse":
+        return F.mse_loss(s, t)
+    if kind == "kl":
+        return (t * (t.clamp_min(1e-12).log() - s.clamp_min(1e-12).log())).sum(-1).mean()
+    raise ValueError(f"attention map loss kind {kind!r}: use 'kl' or 'mse'")
+
+
 def dkd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, *,
         alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0) -> torch.Tensor:
     """Decoupled KD (Zhao et al. 2022): α·TCKD + β·NCKD, both × T², batch mean.

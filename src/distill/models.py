@@ -143,8 +143,11 @@ def logits_of(output: Any) -> torch.Tensor:
     """Logits from a model output: a tensor, an object with `.logits` (Hugging Face), or a tuple."""
     if isinstance(output, torch.Tensor):
         return output
+    if isinstance(output, dict) and isinstance(output.get("logits"), torch.Tensor):
+        return output["logits"]
     if hasattr(output, "logits"):
         return output.logits
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
         return output[0]
-    raise ModelError(f"Model returned {type(output).__name__}; return logits, or an object with `.logits`.")
+    raise ModelError(f"Model returned {type(output).__name__}; return logits, a dict with a 'logits' tensor, "
+                     "or an object with `.logits`.")

@@ -24,6 +24,7 @@ from distill.data import DataSplits, check_labels, labels_of, load_data
 from distill.errors import ConfigError
 from distill.evaluate import classification_metrics, predict
 from distill.losses import CE, KD
+from distill.methods import Method
 from distill.models import build_model
 from distill.signals import CachedTeacher, LiveTeacher, TeacherSignal, freeze
 from distill.training import fit, process_state
@@ -110,12 +111,17 @@ def train_student(cfg: RunConfig, data: DataSplits, stage_dir: Path, signal: Tea
     if cfg.student.checkpoint is not None:
         load_weights(cfg.student.checkpoint, student)
     check_labels(data.train, data.num_classes, "data (student training)")
-    objective = KD(cfg.kd.temperature, cfg.kd.alpha) if signal is not None else CE()
+    objective = distillation_method(cfg) if signal is not None else CE()
     out = fit(student, data.train, objective=objective, config=cfg.train, num_classes=data.num_classes,
               teacher=signal, val_data=data.val, checkpoint_dir=stage_dir, resume=resume,
               device=cfg.device, quiet=cfg.quiet, tracking=cfg.tracking, name=stage_dir.name)
     _save_stage(done, out.model)
     return out.model
+
+
+def distillation_method(cfg: RunConfig) -> KD | Method:
+    """The distilled student's objective: the `losses` terms when given, else the `kd` section."""
+    return Method(cfg.losses) if cfg.losses else KD(cfg.kd.temperature, cfg.kd.alpha)
 
 
 def evaluate_run(cfg: RunConfig, data: DataSplits, teacher: nn.Module,

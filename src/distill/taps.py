@@ -81,23 +81,6 @@ class Taps:
         return hook
 
 
-@torch.no_grad()
-def tap_shapes(model: nn.Module, paths: list[str], sample: Any, key: str = "taps") -> dict[str, tuple[int, ...]]:
-    """Shapes of the tapped outputs, from one dry forward pass on `sample` (a batch of inputs)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with Taps(model, paths, key) as taps:
-            model(**sample) if isinstance(sample, dict) else model(sample)
-    finally:
-        model.train(was_training)
-    missing = [p for p in paths if p not in taps.outputs]
-    if missing:
-        raise ModelError(f"`{key}`: {', '.join(missing)} did not run in a forward pass of "
-                         f"{type(model).__name__}; tap modules that forward() calls.")
-    return {p: tuple(taps.outputs[p].shape) for p in paths}
-
-
 def make_adapter(student_shape: tuple[int, ...], teacher_shape: tuple[int, ...], where: str) -> nn.Module:
     """A learned map from student features to the teacher's shape, or identity when they match.
 
@@ -122,9 +105,3 @@ def make_adapter(student_shape: tuple[int, ...], teacher_shape: tuple[int, ...],
                 "same sequence length")
     raise ModelError(f"{where}: student output {student_shape} cannot be mapped to teacher output "
                      f"{teacher_shape}; {need}.")
-
-
-def build_adapters(pairs: list[tuple[str, str]], student_shapes: dict[str, tuple[int, ...]],
-                   teacher_shapes: dict[str, tuple[int, ...]]) -> nn.ModuleList:
-    """One adapter per (student path, teacher path) pair, in order; identities where widths match."""
-    return nn.ModuleList(make_adapter(student_shapes[s], teacher_shapes[t], f"tap {s} → {t}") for s, t in pairs)

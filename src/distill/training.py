@@ -29,8 +29,9 @@ from distill.data import check_label_range, iter_batches, labels_of
 from distill.errors import CheckpointError, ModelError, TrainingDiverged
 from distill.evaluate import classification_metrics, predict
 from distill.losses import Objective
+from distill.methods import Method, Outputs, collect
 from distill.models import logits_of
-from distill.signals import TeacherSignal
+from distill.signals import LiveTeacher, TeacherSignal
 
 
 @dataclass
@@ -41,7 +42,7 @@ class FitResult:
     stopped_early: bool = False
 
 
-def fit(model: nn.Module, train_data: Dataset, *, objective: Objective, config: TrainConfig,
+def fit(model: nn.Module, train_data: Dataset, *, objective: Objective | Method, config: TrainConfig,
         num_classes: int, teacher: TeacherSignal | None = None, val_data: Dataset | None = None,
         checkpoint_dir: Path | None = None, resume: bool = False, device: str = "auto",
         quiet: bool = False, tracking: list[str] | None = None, name: str = "student") -> FitResult:
@@ -52,6 +53,8 @@ def fit(model: nn.Module, train_data: Dataset, *, objective: Objective, config: 
     acc = make_accelerator(device, config.precision, tracking, tracking_dir)
     torch.manual_seed(config.seed)
     model = model.to(acc.device)
+    if isinstance(objective, Method):
+        model = _bind(objective, model, teacher, train_data, config.seed, acc.device)
     steps_per_epoch = math.ceil(len(train_data) / (config.batch_size * acc.num_processes))
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config, steps_per_epoch)
@@ -81,8 +84,35 @@ def fit(model: nn.Module, train_data: Dataset, *, objective: Objective, config: 
             break
     if tracking:
         acc.end_training()
-    result.model = loop.best_model(checkpoint_dir, result)
+    best = loop.best_model(checkpoint_dir, result)
+    result.model = best.student if isinstance(best, WithAdapters) else best
     return result
+
+
+class WithAdapters(nn.Module):
+    """The student and its method's adapters as one trainable module; `forward` is the student's.
+
+    Optimised, checkpointed and (under DDP) synchronised together; only `.student` is returned
+    from `fit`, so adapters never reach an exported model.
+    """
+
+    def __init__(self, student: nn.Module, method: Method):
+        super().__init__()
+        self.student, self.method = student, method
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.student(*args, **kwargs)
+
+
+def _bind(method: Method, student: nn.Module, teacher: TeacherSignal | None, data: Dataset, seed: int,
+          device: torch.device) -> nn.Module:
+    """Dry-run both models to build the method's adapters; wrap the student with them if any learn."""
+    if method.reads_layers and not isinstance(teacher, LiveTeacher):
+        raise ModelError("This method reads teacher layers or attention maps, which only a live teacher has; "
+                         "pass teacher=LiveTeacher(model) (config: teacher.signal=live).")
+    sample = next(iter_batches(data, torch.arange(min(4, len(data))), 4))["inputs"].to(device)
+    method.bind(student, teacher.model if isinstance(teacher, LiveTeacher) else None, sample, seed)
+    return WithAdapters(student, method) if any(True for _ in method.parameters()) else student
 
 
 class _Loop:
@@ -95,6 +125,8 @@ class _Loop:
         self.objective, self.teacher, self.config = objective, teacher, config
         self.num_classes, self.quiet, self.name = num_classes, quiet, name
         self.best_state: dict[str, torch.Tensor] | None = None
+        inner = acc.unwrap_model(model)
+        self.student = inner.student if isinstance(inner, WithAdapters) else inner  # where taps attach
 
     def train_epoch(self, data: Dataset, epoch: int, steps_per_epoch: int) -> dict[str, float]:
         cfg, acc = self.config, self.acc
@@ -110,10 +142,8 @@ class _Loop:
             inputs = batch["inputs"].to(acc.device, non_blocking=True)
             labels = batch["labels"].to(acc.device, non_blocking=True)
             inputs, targets = augment_batch(inputs, labels, self.num_classes, cfg.augment, gen)
-            t_logits = self.teacher.logits(inputs, batch["index"]) if self.objective.needs_teacher else None
-            with acc.autocast():
-                parts = self.objective(logits_of(self.model(inputs)), t_logits, targets,
-                                       progress=(epoch * steps_per_epoch + step) / (cfg.epochs * steps_per_epoch))
+            progress = (epoch * steps_per_epoch + step) / (cfg.epochs * steps_per_epoch)
+            parts = self.loss(inputs, batch["index"], targets, progress)
             acc.backward(parts["loss"])
             if cfg.grad_clip:
                 acc.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -135,6 +165,24 @@ class _Loop:
             )
         n = max(1, math.ceil(len(order) / cfg.batch_size))
         return {f"train_{k}": float(acc.reduce(v, "mean")) / n for k, v in sums.items()}
+
+    def loss(self, inputs: torch.Tensor, index: torch.Tensor, targets: torch.Tensor,
+             progress: float) -> dict[str, torch.Tensor]:
+        """One step's loss parts: the objective applied to what it reads from the student and the teacher."""
+        objective, teacher = self.objective, self.teacher
+        if not isinstance(objective, Method):
+            t_logits = teacher.logits(inputs, index) if objective.needs_teacher else None  # type: ignore[union-attr]
+            with self.acc.autocast():
+                return objective(logits_of(self.model(inputs)), t_logits, targets, progress=progress)
+        t_out = None
+        if objective.reads_layers:
+            with torch.no_grad():
+                t_out = collect(objective, teacher.model, inputs, teacher=True)  # type: ignore[union-attr]
+        elif objective.needs_teacher:
+            t_out = Outputs(teacher.logits(inputs, index))  # type: ignore[union-attr]
+        with self.acc.autocast():
+            s_out = collect(objective, self.student, inputs, teacher=False, call=self.model)
+            return objective(s_out, t_out, targets, progress)
 
     def validate(self, val_data: Dataset | None) -> dict[str, float]:
         if val_data is None or len(val_data) == 0:
