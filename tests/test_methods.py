@@ -179,3 +179,22 @@ def test_distill_run_with_losses_exports_the_plain_student(tmp_path):
     student = build_model(cfg.student, (1, 8, 8), 10)
     load_weights(run_dir / "distilled" / "model.safetensors", student)  # loads: no adapter keys
     assert (run_dir / "report.md").is_file()
+
+
+def test_a_student_built_from_teacher_layers_trains_in_a_run(tmp_path):
+    from safetensors.torch import load_file as read
+
+    from distill.pipeline import run
+
+    cfg = load_config(None, [f"output_dir={tmp_path}", "quiet=true", "data.name=digits", "teacher.arch=resnet",
+                             "teacher.kwargs={depth: 14, width: 4}", "teacher.train.epochs=1", "train.epochs=1", "baseline=false",
+                             "student.arch=null", "student.kwargs={}", "student.from_teacher={path: features, "
+                             "layers: [0, 1, 3, 5]}", "bench.repeats=3", "bench.throughput_batch=8"])
+    run_dir = run(cfg)
+    teacher, student = (read(run_dir / s / "model.safetensors") for s in ("teacher", "distilled"))
+    assert "features.6.body.0.0.weight" in teacher and "features.6.body.0.0.weight" not in student
+    assert student["features.3.body.0.0.weight"].shape == teacher["features.5.body.0.0.weight"].shape
+    with pytest.raises(ConfigError, match="either `arch`.*or `from_teacher`"):
+        load_config(None, ["student.from_teacher={path: features, every: 2}"])
+    with pytest.raises(ConfigError, match="exactly one of `layers`"):
+        load_config(None, ["student.arch=null", "student.from_teacher={path: features}"])

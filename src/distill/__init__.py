@@ -8,6 +8,7 @@ from distill.api import Result, distill, train
 from distill.config import RunConfig, Schedule, TrainConfig, load_config
 from distill.errors import DistillError
 from distill.losses import CE, KD
+from distill.methods import Method
 
-__all__ = ["CE", "KD", "DistillError", "Result", "RunConfig", "Schedule", "TrainConfig", "distill", "load_config", "train"]
+__all__ = ["CE", "KD", "DistillError", "Method", "Result", "RunConfig", "Schedule", "TrainConfig", "distill", "load_config", "train"]
 __version__ = "0.1.0"

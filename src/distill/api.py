@@ -19,6 +19,7 @@ from distill.config import TrainConfig, validate_section
 from distill.data import as_indexed, iter_batches, labels_of
 from distill.evaluate import classification_metrics, predict
 from distill.losses import CE, KD, Objective
+from distill.methods import Method
 from distill.models import logits_of
 from distill.signals import CachedTeacher, LiveTeacher, TeacherSignal, freeze
 from distill.training import fit
@@ -34,7 +35,7 @@ class Result:
 
 
 def distill(teacher: nn.Module, student: nn.Module, train_data: Dataset | DataLoader, *,
-            loss: Objective = KD(), val_data: Dataset | DataLoader | None = None,
+            loss: Objective | Method = KD(), val_data: Dataset | DataLoader | None = None,
             signal: Literal["live", "cached"] = "live", cache_dir: str | Path = "cache/teacher",
             config: TrainConfig | None = None, checkpoint_dir: str | Path | None = None,
             resume: bool = False, quiet: bool = False, **train_options: Any) -> Result:
@@ -44,7 +45,10 @@ def distill(teacher: nn.Module, student: nn.Module, train_data: Dataset | DataLo
         teacher: any module returning logits (or an object with `.logits`); it is frozen.
         student: the module to train; must predict the same classes as the teacher.
         train_data: a Dataset of `(inputs, label)` / dicts, or a DataLoader over one.
-        loss: the objective, e.g. `KD(temperature=4, alpha=0.9)`; `CE()` trains without the teacher.
+        loss: the objective, e.g. `KD(temperature=4, alpha=0.9)`; `CE()` trains without the teacher;
+            `Method([{"kind": "kd"}, {"kind": "hint", "student": "layer2", "teacher": "layer3"}, ...])`
+            a weighted sum of terms over logits, layers and attention maps (needs signal="live"
+            when a term reads teacher layers).
         val_data: optional held-out data for early stopping and the returned metrics.
         signal: "live" runs the teacher on every batch (needed with augmentation);
             "cached" computes its logits once under `cache_dir` and reuses them.

@@ -188,6 +188,7 @@ def _models(args: argparse.Namespace):
     from distill.data import load_data
     from distill.errors import ConfigError
     from distill.models import build_model
+    from distill.pipeline import build_student
 
     cfg = _config(args)
     data = load_data(cfg.data)
@@ -196,7 +197,8 @@ def _models(args: argparse.Namespace):
         if spec.checkpoint is None:
             raise ConfigError(f"`{key}.checkpoint` is required here: the .safetensors weights to load "
                               "(e.g. runs/default/teacher/model.safetensors).")
-        models[key] = build_model(spec, data.input_shape, data.num_classes)
+        models[key] = (build_model(spec, data.input_shape, data.num_classes) if key == "teacher" else
+                       build_student(cfg, data, models["teacher"]))
         load_weights(spec.checkpoint, models[key])
     return cfg, data, models
 

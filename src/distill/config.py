@@ -36,12 +36,15 @@ Scalar = Union[float, Schedule]
 
 
 class DataConfig(Strict):
-    name: Literal["digits", "mnist5k", "fashion_mnist", "spoken_digits", "csv"] = "digits"
-    path: Path | None = Field(None, description="Directory (fashion_mnist) or file (csv).")
+    name: Literal["digits", "mnist5k", "fashion_mnist", "spoken_digits", "bbc_news", "csv"] = "digits"
+    path: Path | None = Field(None, description="Directory (fashion_mnist, bbc_news) or file (csv).")
     label_column: str | int = Field(-1, description="CSV column holding the label.")
     val_fraction: float = Field(0.1, gt=0, lt=1)
     test_fraction: float = Field(0.2, gt=0, lt=1, description="Used when no test split ships.")
     limit: int | None = Field(None, gt=0, description="Use only this many training examples.")
+    tokenizer: str | None = Field(None, description="Text data: tokenizer dir or hub id; default "
+                                  "sentence-transformers/all-MiniLM-L6-v2.")
+    max_length: int = Field(128, ge=2, description="Text data: tokens per example (padded or truncated).")
     seed: int = 0
 
 
@@ -49,6 +52,33 @@ class ModelConfig(Strict):
     arch: str = Field(..., description="Zoo name (mlp, cnn, resnet) or `module:Class` import path.")
     kwargs: dict[str, Any] = Field(default_factory=dict)
     checkpoint: Path | None = Field(None, description="Weights (.safetensors) to load.")
+
+
+class FromTeacher(Strict):
+    """Build the student as a copy of the trained teacher keeping some of its layers (DistilBERT's
+    initialisation): the layers are the children of the nn.ModuleList / nn.Sequential at `path`."""
+
+    path: str = Field(..., description="Module path of the layer list, e.g. `features`, `backbone.encoder.layer`.")
+    layers: list[int] | None = Field(None, description="Indices to keep, increasing.")
+    every: int | None = Field(None, ge=1, description="Keep every k-th layer: 0, k, 2k, …")
+
+    @model_validator(mode="after")
+    def _one_choice(self) -> FromTeacher:
+        if (self.layers is None) == (self.every is None):
+            raise ValueError("give exactly one of `layers` (indices) or `every` (a step)")
+        return self
+
+
+class StudentConfig(ModelConfig):
+    arch: str | None = Field(None, description="Zoo name or `module:Class`; omit with from_teacher.")
+    from_teacher: FromTeacher | None = None
+
+    @model_validator(mode="after")
+    def _arch_or_teacher(self) -> StudentConfig:
+        if (self.arch is None) == (self.from_teacher is None):
+            raise ValueError("give the student either `arch` (a model of its own) or `from_teacher` "
+                             "(a copy of the teacher with fewer layers), not both or neither")
+        return self
 
 
 class OptimizerConfig(Strict):
@@ -189,7 +219,7 @@ class RunConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig
-    student: ModelConfig
+    student: StudentConfig
     train: TrainConfig = Field(default_factory=TrainConfig, description="Student training (baseline and distilled).")
     kd: KDConfig = Field(default_factory=KDConfig)
     losses: list[Term] = Field(

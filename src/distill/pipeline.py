@@ -26,6 +26,8 @@ from distill.evaluate import classification_metrics, predict
 from distill.losses import CE, KD
 from distill.methods import Method
 from distill.models import build_model
+from distill.students import every_kth, keep_layers
+from distill.taps import resolve_module
 from distill.signals import CachedTeacher, LiveTeacher, TeacherSignal, freeze
 from distill.training import fit, process_state
 
@@ -36,9 +38,9 @@ def run(cfg: RunConfig, resume: bool = False) -> Path:
     teacher = load_or_train_teacher(cfg, data, run_dir, resume)
     students: dict[str, nn.Module] = {}
     if cfg.baseline:
-        students["baseline"] = train_student(cfg, data, run_dir / "baseline", None, resume)
+        students["baseline"] = train_student(cfg, data, run_dir / "baseline", None, resume, teacher)
     signal = teacher_signal(cfg, teacher, data)
-    students["distilled"] = train_student(cfg, data, run_dir / "distilled", signal, resume)
+    students["distilled"] = train_student(cfg, data, run_dir / "distilled", signal, resume, teacher)
     if process_state(cfg.device).is_main_process:  # under torchrun, one process evaluates and reports
         report = evaluate_run(cfg, data, teacher, students)
         atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2))
@@ -102,8 +104,8 @@ def teacher_signal(cfg: RunConfig, teacher: nn.Module, data: DataSplits) -> Teac
 
 
 def train_student(cfg: RunConfig, data: DataSplits, stage_dir: Path, signal: TeacherSignal | None,
-                  resume: bool) -> nn.Module:
-    student = build_model(cfg.student, data.input_shape, data.num_classes, seed=cfg.train.seed)
+                  resume: bool, teacher: nn.Module) -> nn.Module:
+    student = build_student(cfg, data, teacher)
     done = stage_dir / "model.safetensors"
     if done.is_file():
         load_weights(done, student)
@@ -117,6 +119,19 @@ def train_student(cfg: RunConfig, data: DataSplits, stage_dir: Path, signal: Tea
               device=cfg.device, quiet=cfg.quiet, tracking=cfg.tracking, name=stage_dir.name)
     _save_stage(done, out.model)
     return out.model
+
+
+def build_student(cfg: RunConfig, data: DataSplits, teacher: nn.Module) -> nn.Module:
+    """The student of the config: a model of its own, or the teacher with fewer layers (trainable)."""
+    spec = cfg.student.from_teacher
+    if spec is None:
+        return build_model(cfg.student, data.input_shape, data.num_classes, seed=cfg.train.seed)
+    container = resolve_module(teacher, spec.path, "student.from_teacher.path")
+    layers = spec.layers if spec.layers is not None else every_kth(len(container), spec.every or 1)
+    student = keep_layers(teacher, spec.path, layers)
+    for p in student.parameters():
+        p.requires_grad_(True)
+    return student.train()
 
 
 def distillation_method(cfg: RunConfig) -> KD | Method:

@@ -1,0 +1,102 @@
+"""Method table on one fixed Fashion-MNIST pair: CNN teacher -> small CNN student, 3 seeds per method.
+
+Run: .venv/bin/python benchmarks/methods_fmnist.py        (~45 min on 2 CPU cores; resumable)
+Needs Fashion-MNIST: bash scripts/get-fashion-mnist.sh
+
+Teacher: the Fashion-MNIST benchmark's CNN (benchmarks/fmnist_kd.py trains it once, ~20 min).
+Student: CNN widths 8/16, FC 32, trained on a fixed 10,000-image subset for the same epochs with
+every method; the teacher runs live (feature methods read its layers). Each method is a `losses`
+list, exactly what a run config would declare. Each (method, seed) is saved to
+benchmarks/work/methods_fmnist/<method>-<seed>.json, so an interrupted run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+from common import WORK, mean_std, write_result
+from fmnist_kd import CONFIG, teacher as teacher_weights
+
+from distill.checkpoint import load_weights
+from distill.config import ModelConfig, TrainConfig, load_config
+from distill.data import labels_of, load_data
+from distill.evaluate import classification_metrics, predict
+from distill.methods import Method
+from distill.models import build_model
+from distill.signals import LiveTeacher, freeze
+from distill.training import fit
+
+OUT = WORK / "methods_fmnist"
+STUDENT = ModelConfig(arch="cnn", kwargs={"widths": [8, 16], "convs": 1, "fc": 32})
+KD = [{"kind": "kd", "weight": 0.9, "temperature": 4.0}, {"kind": "ce", "weight": 0.1}]
+HINT = {"kind": "hint", "student": "features.2", "teacher": "features.2", "weight": 1.0}  # stage-2 maps, 14×14
+METHODS: dict[str, list[dict]] = {
+    "plain": [{"kind": "ce"}],
+    "kd": KD,
+    "fitnets": [{"kind": "ce"}, HINT],
+    "at": [{"kind": "ce"}, {"kind": "attention_transfer", "student": "features.2", "teacher": "features.2",
+                            "weight": 1000.0}],
+    "rkd": [{"kind": "ce"}, {"kind": "rkd", "student": "head.2", "teacher": "head.2", "weight": 1.0}],
+    "dkd": [{"kind": "ce"}, {"kind": "dkd", "alpha": 1.0, "beta": 8.0, "temperature": 4.0}],
+    "crd": [{"kind": "ce"}, {"kind": "contrastive", "student": "head.2", "teacher": "head.2", "weight": 0.8,
+                             "temperature": 0.1}],
+    "kd_feature": [*KD, HINT],
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--limit", type=int, default=10_000)
+    p.add_argument("--methods", nargs="*", default=list(METHODS))
+    args = p.parse_args()
+    cfg = load_config(CONFIG, [f"data.limit={args.limit}"])
+    data = load_data(cfg.data)
+    teacher = build_model(cfg.teacher, data.input_shape, data.num_classes)
+    load_weights(teacher_weights(), teacher)
+    teacher = freeze(teacher)
+    t_logits = predict(teacher, data.test)
+    teacher_acc = 100 * classification_metrics(t_logits, labels_of(data.test))["accuracy"]
+    rows = {m: [_run(m, seed, data, teacher, t_logits, args.epochs) for seed in range(args.seeds)]
+            for m in args.methods}
+    write_result("methods_fmnist", _metrics(rows, teacher_acc),
+                 {"per_seed": rows, "epochs": args.epochs, "train_images": len(data.train), "methods": METHODS})
+
+
+def _run(method: str, seed: int, data, teacher, t_logits, epochs: int) -> dict[str, float]:
+    done = OUT / f"{method}-e{epochs}-n{len(data.train)}-{seed}.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    torch.manual_seed(seed)
+    student = build_model(STUDENT, data.input_shape, data.num_classes, seed=seed)
+    config = TrainConfig(epochs=epochs, batch_size=128, optimizer={"name": "adamw", "lr": 3e-3}, seed=seed)
+    start = time.perf_counter()
+    out = fit(student, data.train, objective=Method(METHODS[method]), config=config, num_classes=data.num_classes,
+              teacher=LiveTeacher(teacher), val_data=data.val, quiet=True, name=method)
+    seconds = time.perf_counter() - start
+    m = classification_metrics(predict(out.model, data.test), labels_of(data.test), t_logits)
+    row = {"acc": 100 * m["accuracy"], "agreement": 100 * m["agreement"], "epoch_s": seconds / epochs}
+    OUT.mkdir(parents=True, exist_ok=True)
+    done.write_text(json.dumps(row))
+    print(method, seed, row, flush=True)
+    return row
+
+
+def _metrics(rows: dict[str, list[dict]], teacher_acc: float) -> dict[str, float]:
+    m: dict[str, float] = {"teacher_acc": teacher_acc}
+    plain = mean_std([r["acc"] for r in rows["plain"]])[0] if "plain" in rows else float("nan")
+    for method, runs in rows.items():
+        mean, std = mean_std([r["acc"] for r in runs])
+        m[f"{method}_acc_mean"], m[f"{method}_acc_std"] = mean, std
+        m[f"{method}_gap_closed"] = (mean - plain) / (teacher_acc - plain)
+        m[f"{method}_agreement_mean"] = mean_std([r["agreement"] for r in runs])[0]
+        m[f"{method}_epoch_s"] = sorted(r["epoch_s"] for r in runs)[len(runs) // 2]
+    return m
+
+
+if __name__ == "__main__":
+    main()
