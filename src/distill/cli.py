@@ -187,13 +187,19 @@ def _models(args: argparse.Namespace):
     from distill.checkpoint import load_weights
     from distill.data import load_data
     from distill.errors import ConfigError
+    from distill.ensemble import build_ensemble
     from distill.models import build_model
     from distill.pipeline import build_student
 
     cfg = _config(args)
     data = load_data(cfg.data)
     models = {}
+    if cfg.teacher.members:
+        t = cfg.teacher
+        models["teacher"] = build_ensemble(t.members, data.input_shape, data.num_classes, t.combine, t.weights)
     for key, spec in (("teacher", cfg.teacher), ("student", cfg.student)):
+        if key in models:
+            continue
         if spec.checkpoint is None:
             raise ConfigError(f"`{key}.checkpoint` is required here: the .safetensors weights to load "
                               "(e.g. runs/default/teacher/model.safetensors).")

@@ -197,6 +197,15 @@ Term = Annotated[Union[CETerm, KDTerm, DKDTerm, HintTerm, AttentionTransferTerm,
 
 
 class TeacherConfig(ModelConfig):
+    """One teacher (`arch`), or several (`members`) combined into one teaching signal."""
+
+    arch: str | None = Field(None, description="Zoo name or `module:Class`; omit with members.")
+    members: list[ModelConfig] = Field(default_factory=list, description="Trained teachers to combine "
+                                       "(any architectures, or one arch with several checkpoints).")
+    combine: Literal["mean", "weighted", "confidence", "correctness"] = Field(
+        "mean", description="mean: average log-probabilities; weighted: fixed `weights`; confidence / "
+        "correctness: per-example weights from each member's entropy / probability of the true class.")
+    weights: list[float] | None = Field(None, description="One weight per member (combine: weighted).")
     signal: Literal["live", "cached"] = Field(
         "cached",
         description="live: the teacher runs on every (augmented) batch, i.e. consistent teaching; "
@@ -205,6 +214,20 @@ class TeacherConfig(ModelConfig):
     cache_dir: Path = Path("cache/teacher")
     cache_rebuild: bool = Field(False, description="Rebuild cache shards that fail their checksum.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Used when no checkpoint is given.")
+
+    @model_validator(mode="after")
+    def _one_or_several(self) -> TeacherConfig:
+        if (self.arch is None) == (not self.members):
+            raise ValueError("give the teacher either `arch` (one model) or `members` (several), not both "
+                             "or neither")
+        if self.members and self.checkpoint is not None:
+            raise ValueError("`checkpoint` belongs to each of teacher.members, not to the teacher section")
+        if self.combine == "correctness" and self.signal == "cached":
+            raise ValueError("combine: correctness weighs members by the labels of each batch, which a "
+                             "logit cache cannot do: set teacher.signal=live")
+        if self.weights is not None and self.combine != "weighted":
+            raise ValueError(f"teacher.weights are used only with combine: weighted (got {self.combine})")
+        return self
 
 
 class BenchConfig(Strict):
@@ -375,6 +398,7 @@ def _check_files(cfg: RunConfig) -> None:
         ("data.path", cfg.data.path),
         ("teacher.checkpoint", cfg.teacher.checkpoint),
         ("student.checkpoint", cfg.student.checkpoint),
+        *((f"teacher.members[{i}].checkpoint", m.checkpoint) for i, m in enumerate(cfg.teacher.members)),
     ):
         if path is not None and not Path(path).exists():
             raise ConfigError(f"`{key}`: {path} does not exist. Fix the path or remove the key.")

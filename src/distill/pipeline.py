@@ -22,6 +22,7 @@ from distill.files import atomic_write_text
 from distill.config import RunConfig
 from distill.data import DataSplits, check_labels, labels_of, load_data
 from distill.errors import ConfigError
+from distill.ensemble import build_ensemble
 from distill.evaluate import classification_metrics, predict
 from distill.losses import CE, KD
 from distill.methods import Method
@@ -79,6 +80,10 @@ def open_run_dir(cfg: RunConfig, resume: bool) -> Path:
 
 
 def load_or_train_teacher(cfg: RunConfig, data: DataSplits, run_dir: Path, resume: bool) -> nn.Module:
+    t = cfg.teacher
+    if t.members:
+        ensemble = build_ensemble(t.members, data.input_shape, data.num_classes, t.combine, t.weights)
+        return _to_device(ensemble, cfg.device)
     teacher = build_model(cfg.teacher, data.input_shape, data.num_classes, seed=cfg.teacher.train.seed)
     if cfg.teacher.checkpoint is not None:
         load_weights(cfg.teacher.checkpoint, teacher)

@@ -28,8 +28,9 @@ CACHE_FORMAT = 1
 
 
 class TeacherSignal(Protocol):
-    def logits(self, inputs: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """Teacher logits (B, C) for a batch of inputs (B, ...) with dataset indices (B,)."""
+    def logits(self, inputs: torch.Tensor, index: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher logits (B, C) for a batch of inputs (B, ...) with dataset indices (B,) and, for
+        teachers that use them, the batch's targets."""
         ...
 
 
@@ -40,7 +41,10 @@ class LiveTeacher:
         self.model = freeze(model)
 
     @torch.no_grad()
-    def logits(self, inputs: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    def logits(self, inputs: torch.Tensor, index: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """The teacher's logits; `targets` reach teachers that weigh themselves by the labels (ensembles)."""
+        if targets is not None and getattr(self.model, "uses_targets", False):
+            return logits_of(self.model(inputs, targets=targets)).float()
         return logits_of(self.model(inputs)).float()
 
 
@@ -51,7 +55,7 @@ class CachedTeacher:
         self.table = table
         self.directory = directory
 
-    def logits(self, inputs: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    def logits(self, inputs: torch.Tensor, index: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         return self.table[index.cpu()].to(inputs.device, torch.float32)
 
     @classmethod

@@ -171,7 +171,7 @@ class _Loop:
         """One step's loss parts: the objective applied to what it reads from the student and the teacher."""
         objective, teacher = self.objective, self.teacher
         if not isinstance(objective, Method):
-            t_logits = teacher.logits(inputs, index) if objective.needs_teacher else None  # type: ignore[union-attr]
+            t_logits = teacher.logits(inputs, index, targets) if objective.needs_teacher else None  # type: ignore[union-attr]
             with self.acc.autocast():
                 return objective(logits_of(self.model(inputs)), t_logits, targets, progress=progress)
         t_out = None
@@ -179,7 +179,7 @@ class _Loop:
             with torch.no_grad():
                 t_out = collect(objective, teacher.model, inputs, teacher=True)  # type: ignore[union-attr]
         elif objective.needs_teacher:
-            t_out = Outputs(teacher.logits(inputs, index))  # type: ignore[union-attr]
+            t_out = Outputs(teacher.logits(inputs, index, targets))  # type: ignore[union-attr]
         with self.acc.autocast():
             s_out = collect(objective, self.student, inputs, teacher=False, call=self.model)
             return objective(s_out, t_out, targets, progress)
