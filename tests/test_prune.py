@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -98,3 +100,23 @@ def test_an_untraceable_model_gets_a_way_forward():
 
     with pytest.raises(ModelError, match="torch.fx.*keep_layers"):
         prune_channels(Branchy(), 0.5, torch.randn(2, 4))
+
+
+def test_distill_prune_recovers_and_saves_weights_that_reload(tmp_path, capsys):
+    from distill.cli import main
+    from distill.config import load_config
+    from distill.data import load_data
+
+    cfg = load_config(None, ["data.name=digits"])
+    data = load_data(cfg.data)
+    teacher = CNN(data.input_shape, 10, widths=[16, 32], convs=1, fc=128)  # the default config's teacher
+    save_weights(tmp_path / "t.safetensors", teacher)
+    code = main(["prune", "data.name=digits", f"teacher.checkpoint={tmp_path / 't.safetensors'}", "train.epochs=1",
+                 "--reduction", "0.6", "--out", str(tmp_path / "p"), "--quiet"])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0 and summary["reduction"] >= 0.6 and "recovered" in summary["accuracy"]
+    fresh = shrink_to(CNN(data.input_shape, 10, widths=[16, 32], convs=1, fc=128),
+                      read_metadata(tmp_path / "p" / "model.safetensors")["widths"], torch.zeros(2, 1, 8, 8))
+    load_weights(tmp_path / "p" / "model.safetensors", fresh)
+    assert main(["prune", "data.name=digits", "--reduction", "0.5", "--out", str(tmp_path / "q")]) == 2
+    assert "starts from a trained model" in capsys.readouterr().err

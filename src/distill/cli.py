@@ -5,6 +5,9 @@
     distill eval [CONFIG] [key=value ...] [--json]
     distill bench [CONFIG] [key=value ...] [--json]
     distill report RUN_DIR
+    distill export [CONFIG] student.checkpoint=S --format onnx|safetensors|hf --out PATH [--check] [--json]
+    distill prune [CONFIG] teacher.checkpoint=T --reduction 0.8 [--recover kd|ce|none] --out DIR
+    distill monitor [CONFIG] [key=value ...] --inputs FILE|- [--sample F] [--window N] [--json] ...
     distill lm [CONFIG] [key=value ...] [--resume] [--quiet]
     distill lm-cache [CONFIG] [key=value ...]
     distill serve MODEL_DIR [--host H] [--port P] [--api-key-env NAME]
@@ -67,6 +70,31 @@ def _parser() -> argparse.ArgumentParser:
             "the KJV Bible): CE baseline, distilled student, evaluation, report.").add_argument(
         "--resume", action="store_true", help="continue an interrupted run in the same directory")
     command("lm-cache", _lm_cache, "Build (or verify and complete) the top-k teacher cache of an LM config.")
+    exp = command("export", _export, "Export a trained checkpoint as ONNX, safetensors or a Hugging Face "
+                  "model directory; --check compares the ONNX file with PyTorch on the test split.")
+    exp.add_argument("--format", choices=["onnx", "safetensors", "hf"], required=True, help="what to write")
+    exp.add_argument("--out", type=Path, required=True, help="the file (onnx, safetensors) or directory (hf)")
+    exp.add_argument("--model", choices=["student", "teacher"], default="student",
+                     help="which checkpoint of the config to export (default: student)")
+    exp.add_argument("--check", action="store_true", help="ONNX parity check on the test split (fails loudly)")
+    exp.add_argument("--json", action="store_true", help="print JSON instead of text")
+    mon = command("monitor", _monitor, "Run teacher and student on a sample of production inputs and report "
+                  "agreement and KL per window; exit 3 when a window crosses a threshold.")
+    mon.add_argument("--inputs", required=True, metavar="FILE|-",
+                     help="JSON lines ({\"inputs\": [...]} or a bare nested list), .npy or .safetensors; - is stdin")
+    mon.add_argument("--sample", type=float, default=0.1, help="fraction of inputs checked (default 0.1)")
+    mon.add_argument("--window", type=int, default=1000, help="sampled inputs per window (default 1000)")
+    mon.add_argument("--max-disagreement", type=float, default=0.05, help="alert above this (default 0.05)")
+    mon.add_argument("--max-kl", type=float, default=0.1, help="alert above this KL(T‖S) in nats (default 0.1)")
+    mon.add_argument("--seed", type=int, default=0, help="sampling seed")
+    mon.add_argument("--fail-fast", action="store_true", help="stop at the first alerting window")
+    mon.add_argument("--json", action="store_true", help="one JSON line per window instead of a table")
+    prune = command("prune", _prune, "Prune the config's trained teacher (structured: fewer channels and "
+                    "neurons), recover it by distillation from the original, and save it.")
+    prune.add_argument("--reduction", type=float, required=True, help="fraction of parameters to remove, e.g. 0.8")
+    prune.add_argument("--recover", choices=["kd", "ce", "none"], default="kd",
+                       help="recovery training: distillation from the original (default), labels only, or none")
+    prune.add_argument("--out", type=Path, required=True, help="directory for model.safetensors and prune.json")
     rep = command("report", _report, "Re-render report.md and plots of a finished run.", with_config=False)
     rep.add_argument("run_dir", type=Path)
     gen = command("generate", _generate, "Ask a teacher (local model or OpenAI-compatible endpoint) to answer "
@@ -89,6 +117,14 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--max-request-bytes", type=int, default=1_000_000, help="largest request body")
     srv.add_argument("--max-batch", type=int, default=8, help="requests decoded together")
     return p
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from distill.compress import prune_and_recover
+
+    summary = prune_and_recover(_config(args), args.reduction, args.recover, args.out)
+    print(json.dumps(summary, indent=2))
+    return 0
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -226,6 +262,43 @@ def _bench(args: argparse.Namespace) -> int:
     out = measure_models(models, data.input_shape, threads=cfg.bench.threads,
                          batch=cfg.bench.throughput_batch, repeats=cfg.bench.repeats)
     _print(out, args.json)
+    return 0
+
+
+def _monitor(args: argparse.Namespace) -> int:
+    from distill.monitor import MonitorOptions, input_dtype, read_inputs, run_monitor
+
+    options = MonitorOptions(sample=args.sample, window=args.window, max_disagreement=args.max_disagreement,
+                             max_kl=args.max_kl, seed=args.seed, fail_fast=args.fail_fast)
+    cfg, data, models = _models(args)
+    inputs = read_inputs(args.inputs, data.input_shape, where=f"data.name={cfg.data.name}",
+                         dtype=input_dtype(data))
+    return run_monitor(models["teacher"], models["student"], inputs, options, as_json=args.json)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from distill.checkpoint import load_weights
+    from distill.data import load_data
+    from distill.errors import ConfigError
+    from distill.export import export_model
+    from distill.models import build_model
+    from distill.pipeline import build_student
+
+    cfg = _config(args)
+    spec = getattr(cfg, args.model)
+    if spec.checkpoint is None:
+        raise ConfigError(f"`{args.model}.checkpoint` is required: the .safetensors weights to export.")
+    data = load_data(cfg.data)
+    teacher = (build_model(cfg.teacher, data.input_shape, data.num_classes)
+               if args.model == "teacher" or cfg.student.from_teacher else None)
+    model = teacher if args.model == "teacher" else build_student(cfg, data, teacher)
+    load_weights(spec.checkpoint, model)
+    result = export_model(model, args.format, args.out, data.test, check=args.check,
+                          meta={"config": cfg.name, "model": args.model})
+    parity = result.get("parity")
+    print(json.dumps(result, indent=2) if args.json else f"Wrote {args.out}" + (
+        f"; parity on {parity['n']} test inputs: top-1 agreement {parity['top1_agreement']:.2%}, "
+        f"max |logit diff| {parity['max_abs_diff']:.2g}" if parity else ""))
     return 0
 
 

@@ -1,0 +1,71 @@
+"""The `distill prune` job: prune the config's trained teacher, recover by distillation, measure, save.
+
+    distill prune CONFIG.yaml teacher.checkpoint=T.safetensors --reduction 0.8 --recover kd --out DIR
+
+The saved weights carry the pruned widths in their metadata, so they reload into the config's
+architecture with `distill.prune.shrink_to`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from distill.checkpoint import load_weights, save_weights
+from distill.config import RunConfig
+from distill.data import DataSplits, iter_batches, labels_of, load_data
+from distill.errors import ConfigError
+from distill.evaluate import classification_metrics, predict
+from distill.files import atomic_write_text
+from distill.losses import CE, KD
+from distill.models import build_model
+from distill.prune import prune_to_size
+from distill.signals import LiveTeacher, freeze
+from distill.training import fit
+
+
+def prune_and_recover(cfg: RunConfig, reduction: float, recover: Literal["kd", "ce", "none"],
+                      out: Path) -> dict[str, Any]:
+    """Prune to `reduction` fewer parameters, recover for `cfg.train` epochs, write `out/model.safetensors`
+    and `out/prune.json` (accuracy of the original, the pruned and the recovered model)."""
+    if cfg.teacher.checkpoint is None or cfg.teacher.arch is None:
+        raise ConfigError("`teacher.checkpoint`: distill prune starts from a trained model; give its arch and "
+                          "weights (e.g. teacher.checkpoint=runs/default/teacher/model.safetensors).")
+    data = load_data(cfg.data)
+    original = build_model(cfg.teacher, data.input_shape, data.num_classes)
+    load_weights(cfg.teacher.checkpoint, original)
+    original = freeze(original)
+    example = next(iter_batches(data.train, torch.arange(2), 2))["inputs"]
+    pruned, report = prune_to_size(original, reduction, example)
+    summary: dict[str, Any] = {"reduction": report.reduction, "params_before": report.params_before,
+                               "params_after": report.params_after,
+                               "widths": {k: list(v) for k, v in report.widths.items()},
+                               "accuracy": {"original": _accuracy(original, data), "pruned": _accuracy(pruned, data)}}
+    if recover != "none":
+        recovered = _recover(cfg, data, pruned, original, recover)
+        summary["accuracy"]["recovered"] = _accuracy(recovered, data)
+        pruned = recovered
+    out.mkdir(parents=True, exist_ok=True)
+    widths = {k: v[1] for k, v in report.widths.items()}
+    save_weights(out / "model.safetensors", pruned, {"widths": widths, "pruned_from": str(cfg.teacher.checkpoint)})
+    atomic_write_text(out / "prune.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def _recover(cfg: RunConfig, data: DataSplits, pruned: nn.Module, original: nn.Module, how: str) -> nn.Module:
+    model = copy.deepcopy(pruned).train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    objective = KD(cfg.kd.temperature, cfg.kd.alpha) if how == "kd" else CE()
+    return fit(model, data.train, objective=objective, config=cfg.train, num_classes=data.num_classes,
+               teacher=LiveTeacher(original) if how == "kd" else None, val_data=data.val, device=cfg.device,
+               quiet=cfg.quiet, name=f"recover-{how}").model
+
+
+def _accuracy(model: nn.Module, data: DataSplits) -> float:
+    return classification_metrics(predict(model, data.test), labels_of(data.test))["accuracy"]
