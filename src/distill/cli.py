@@ -6,6 +6,7 @@
     distill bench [CONFIG] [key=value ...] [--json]
     distill report RUN_DIR
     distill export [CONFIG] student.checkpoint=S --format onnx|safetensors|hf --out PATH [--check] [--json]
+    distill search SEARCH.yaml [key=value ...] [--resume]
     distill prune [CONFIG] teacher.checkpoint=T --reduction 0.8 [--recover kd|ce|none] --out DIR
     distill monitor [CONFIG] [key=value ...] --inputs FILE|- [--sample F] [--window N] [--json] ...
     distill lm [CONFIG] [key=value ...] [--resume] [--quiet]
@@ -81,14 +82,22 @@ def _parser() -> argparse.ArgumentParser:
     mon = command("monitor", _monitor, "Run teacher and student on a sample of production inputs and report "
                   "agreement and KL per window; exit 3 when a window crosses a threshold.")
     mon.add_argument("--inputs", required=True, metavar="FILE|-",
-                     help="JSON lines ({\"inputs\": [...]} or a bare nested list), .npy or .safetensors; - is stdin")
-    mon.add_argument("--sample", type=float, default=0.1, help="fraction of inputs checked (default 0.1)")
-    mon.add_argument("--window", type=int, default=1000, help="sampled inputs per window (default 1000)")
-    mon.add_argument("--max-disagreement", type=float, default=0.05, help="alert above this (default 0.05)")
-    mon.add_argument("--max-kl", type=float, default=0.1, help="alert above this KL(T‖S) in nats (default 0.1)")
-    mon.add_argument("--seed", type=int, default=0, help="sampling seed")
+                     help="JSON lines ({\"inputs\": [...]} or a bare nested list), .npy or "
+                     ".safetensors; - is stdin")
+    mon.add_argument("--sample", type=float, default=0.1, metavar="F",
+                     help="fraction of inputs checked (default 0.1)")
+    mon.add_argument("--window", type=int, default=1000, metavar="N",
+                     help="sampled inputs per window (default 1000)")
+    mon.add_argument("--max-disagreement", type=float, default=0.05, metavar="F",
+                     help="alert above this share of disagreements (default 0.05)")
+    mon.add_argument("--max-kl", type=float, default=0.1, metavar="NATS",
+                     help="alert above this mean KL(T‖S) (default 0.1)")
+    mon.add_argument("--seed", type=int, default=0, metavar="N", help="sampling seed")
     mon.add_argument("--fail-fast", action="store_true", help="stop at the first alerting window")
     mon.add_argument("--json", action="store_true", help="one JSON line per window instead of a table")
+    command("search", _search, "Train candidate students over a space of sizes and settings, draw the "
+            "Pareto front and recommend the smallest that meets the requirements.").add_argument(
+        "--resume", action="store_true", help="continue an interrupted search")
     prune = command("prune", _prune, "Prune the config's trained teacher (structured: fewer channels and "
                     "neurons), recover it by distillation from the original, and save it.")
     prune.add_argument("--reduction", type=float, required=True, help="fraction of parameters to remove, e.g. 0.8")
@@ -117,6 +126,20 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--max-request-bytes", type=int, default=1_000_000, help="largest request body")
     srv.add_argument("--max-batch", type=int, default=8, help="requests decoded together")
     return p
+
+
+def _search(args: argparse.Namespace) -> int:
+    from distill.search import load_search_config, run_search
+
+    if not args.args or "=" in args.args[0]:
+        raise DistillError("distill search needs a search config first, e.g. configs/search_fmnist.yaml.")
+    cfg = load_search_config(args.args[0], args.args[1:])
+    root = run_search(cfg, resume=args.resume)
+    report = json.loads((root / "search.json").read_text())
+    best = report["recommended"]
+    print(f"{root / 'search.md'}: " + (f"recommended {best['name']} ({best['values']})" if best else
+                                       f"no candidate meets the requirements (shortfalls: {report['unmet']})"))
+    return 0
 
 
 def _prune(args: argparse.Namespace) -> int:
