@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from distill.errors import DistillError
 from distill.report import markdown, render
+from distill.validate import validate
 
 
 def _model(acc: float, params: int, latency: float) -> dict:
@@ -51,6 +53,38 @@ def test_render_writes_report_and_plots(tmp_path: Path):
     assert out == tmp_path / "report.md" and out.read_text().startswith("# distill report: unit")
     for png in ("learning_curves.png", "accuracy_vs_cost.png"):
         assert (tmp_path / "plots" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def _with_validation(report: dict) -> dict:
+    teacher = torch.tensor([[3.0, 0.0], [3.0, 0.0], [0.0, 3.0], [0.0, 3.0]])
+    student = torch.tensor([[2.0, 0.0], [0.0, 1.0], [0.0, 2.0], [0.0, 1.0]])  # wrong on example 1
+    section = validate(teacher, student, torch.tensor([0, 0, 1, 1])).to_dict()
+    return {**report, "validation": {"baseline": section, "distilled": section}}
+
+
+def test_markdown_shows_where_the_student_lost_and_the_largest_disagreements():
+    text = markdown(_with_validation(_report(250)), [])
+    lost = text.split("## Where the student lost most")[1].split("##")[0]
+    assert "| a | 2 | 100.0% | 50.0% | -50.0 pts |" in lost  # class names, worst class first
+    assert lost.index("| a |") < lost.index("| b |")
+    biggest = text.split("## Largest disagreements")[1]
+    assert "on **1** of 4 test examples" in biggest
+    assert "| 1 | a | a (95.3%) | b (73.1%) | 26.9% |" in biggest
+
+
+def test_a_report_without_validation_still_renders():
+    text = markdown(_report(250), [])  # a run made before validation existed
+    assert "Where the student lost most" not in text and "Largest disagreements" not in text
+
+
+def test_render_draws_reliability_and_confusion_plots(tmp_path: Path):
+    (tmp_path / "report.json").write_text(json.dumps(_with_validation(_report(250))))
+    (tmp_path / "distilled").mkdir()
+    row = {"epoch": 0, "train_loss": 1.0, "val_accuracy": 0.5}
+    (tmp_path / "distilled" / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    text = render(tmp_path).read_text()
+    for png in ("reliability.png", "confusion.png"):
+        assert (tmp_path / "plots" / png).read_bytes()[:4] == b"\x89PNG" and f"plots/{png}" in text
 
 
 def test_render_without_a_report_json_says_what_is_missing(tmp_path: Path):

@@ -42,9 +42,14 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor,
         "ece": expected_calibration_error(probs, labels, n_bins),
     }
     if teacher_logits is not None:
-        out["agreement"] = float((teacher_logits.argmax(-1) == pred).float().mean())
+        out["agreement"] = agreement(teacher_logits, logits)
         out["kl_teacher"] = kl_divergence(teacher_logits, logits)
     return out
+
+
+def agreement(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> float:
+    """Share of examples where teacher and student predict the same class (top-1)."""
+    return float((teacher_logits.argmax(-1) == student_logits.argmax(-1)).float().mean())
 
 
 def kl_divergence(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> float:
@@ -54,15 +59,26 @@ def kl_divergence(teacher_logits: torch.Tensor, student_logits: torch.Tensor) ->
 
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
     """ECE (Guo et al. 2017): |accuracy − confidence| per equal-width confidence bin, weighted by bin size."""
+    confidence, accuracy, count = calibration_bins(probs, labels, n_bins)
+    weight = count / count.sum().clamp_min(1)
+    return float((weight * (accuracy - confidence).abs()).sum())
+
+
+def calibration_bins(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean confidence, accuracy and count (each (n_bins,)) of the top-1 predictions per bin.
+
+    Bin b holds confidences in [b/n_bins, (b+1)/n_bins), the last one including 1; an empty bin
+    has confidence and accuracy 0. These are the points of a reliability diagram.
+    """
     conf, pred = probs.max(-1)
-    correct = (pred == labels).float()
+    correct = (pred == labels).to(conf.dtype)
     bins = torch.clamp((conf * n_bins).long(), max=n_bins - 1)
-    ece = torch.zeros(())
-    for b in range(n_bins):
-        mask = bins == b
-        if mask.any():
-            ece += mask.float().mean() * (correct[mask].mean() - conf[mask].mean()).abs()
-    return float(ece)
+    count = torch.bincount(bins, minlength=n_bins)
+    per_bin = count.clamp_min(1).to(conf.dtype)
+    confidence = conf.new_zeros(n_bins).index_add_(0, bins, conf) / per_bin
+    accuracy = conf.new_zeros(n_bins).index_add_(0, bins, correct) / per_bin
+    return confidence, accuracy, count
 
 
 def evaluate_model(model: nn.Module, dataset: Dataset, teacher_logits: torch.Tensor | None = None,

@@ -31,6 +31,7 @@ from distill.students import every_kth, keep_layers
 from distill.taps import resolve_module
 from distill.signals import CachedTeacher, LiveTeacher, TeacherSignal, freeze
 from distill.training import fit, process_state
+from distill.validate import validate
 
 def run(cfg: RunConfig, resume: bool = False) -> Path:
     """Run the whole job; returns the run directory (which holds report.md)."""
@@ -146,7 +147,8 @@ def distillation_method(cfg: RunConfig) -> KD | Method:
 
 def evaluate_run(cfg: RunConfig, data: DataSplits, teacher: nn.Module,
                  students: dict[str, nn.Module]) -> dict[str, Any]:
-    """Test metrics and costs of every model, and the ratios that summarise them."""
+    """Test metrics and costs of every model, the ratios that summarise them, and each student's
+    validation against the teacher (`distill.validate`)."""
     t_logits = predict(teacher, data.test)
     everyone = {"teacher": teacher, **students}
     costs = measure_models({k: _cpu_copy(m) for k, m in everyone.items()}, data.input_shape,
@@ -154,11 +156,14 @@ def evaluate_run(cfg: RunConfig, data: DataSplits, teacher: nn.Module,
                            repeats=cfg.bench.repeats)
     labels = labels_of(data.test)
     models: dict[str, Any] = {}
+    validation: dict[str, Any] = {}
     for name, model in everyone.items():
         if name == "teacher":
             metrics = classification_metrics(t_logits, labels)
         else:
-            metrics = classification_metrics(predict(model, data.test), labels, t_logits)
+            s_logits = predict(model, data.test)
+            metrics = classification_metrics(s_logits, labels, t_logits)
+            validation[name] = validate(t_logits, s_logits, labels).to_dict()
         models[name] = {**metrics, **costs[name]}
     return {
         "name": cfg.name,
@@ -168,6 +173,7 @@ def evaluate_run(cfg: RunConfig, data: DataSplits, teacher: nn.Module,
                     "test": len(data.test), "classes": data.class_names},
         "models": models,
         "summary": summarise(models),
+        "validation": validation,
     }
 
 

@@ -22,6 +22,10 @@ def render(run_dir: Path) -> Path:
     report = json.loads(path.read_text())
     histories = {s: _history(run_dir / s / "metrics.jsonl") for s in report["models"]}
     plots = [_learning_curves(run_dir, histories), _accuracy_vs_cost(run_dir, report["models"])]
+    if report.get("validation"):  # runs made before validation was added have none
+        classes = report["dataset"]["classes"]
+        plots += [_reliability(run_dir, report["validation"]),
+                  _confusion(run_dir, report["validation"], classes)]
     text = markdown(report, [p.relative_to(run_dir).as_posix() for p in plots])
     out = run_dir / "report.md"
     atomic_write_text(out, text)
@@ -43,6 +47,8 @@ def markdown(report: dict[str, Any], plots: list[str]) -> str:
                      "teacher–baseline accuracy gap.")
     lines += ["", "## Teacher, baseline and distilled student (test set)", "", _table(models), ""]
     lines += ["## Per-class accuracy", "", _per_class(models, report["dataset"]["classes"]), ""]
+    if "distilled" in report.get("validation", {}):
+        lines += _validation(report["validation"]["distilled"], report["dataset"]["classes"])
     lines += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots] + [""]
     lines += ["Accuracy, agreement and KL are on the test split; KL(teacher‖student) is in nats at T=1; "
               "ECE uses 15 equal-width bins. Latency is the median (p50) and 95th percentile of "
@@ -77,6 +83,46 @@ def _per_class(models: dict[str, Any], classes: list[str]) -> str:
     for i, c in enumerate(classes):
         rows.append(f"| {c} | " + " | ".join(f"{m['per_class_accuracy'][i]:.1%}" for m in models.values()) + " |")
     return "\n".join(rows)
+
+
+def _validation(v: dict[str, Any], classes: list[str]) -> list[str]:
+    lines = ["## Where the student lost most", "",
+             f"Classes where the distilled student's test accuracy fell furthest below the teacher's "
+             f"(worst {min(5, len(v['per_class']))} of {len(v['per_class'])}).", "",
+             _regressions(v["per_class"][:5], "class", lambda g: _class(classes, g)), ""]
+    if v.get("per_slice"):
+        lines += ["### Slices", "", _regressions(v["per_slice"][:5], "slice", str), ""]
+    lines += ["## Largest disagreements", "",
+              f"Teacher and distilled student predict different classes on "
+              f"**{v['n_disagreements']}** of {v['n']} test examples; those with the largest symmetric KL between their output "
+              "distributions (confidence: each model's probability of its own prediction):", "",
+              _disagreements(v["disagreements"][:10], classes), ""]
+    return lines
+
+
+def _regressions(rows: list[dict[str, Any]], what: str, name: Any) -> str:
+    out = [f"| {what} | examples | teacher | distilled | change |", "|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {name(r['group'])} | {r['n']} | {r['teacher_accuracy']:.1%} | "
+                   f"{r['student_accuracy']:.1%} | {100 * r['delta']:+.1f} pts |")
+    return "\n".join(out)
+
+
+def _disagreements(rows: list[dict[str, Any]], classes: list[str]) -> str:
+    out = ["| example | label | teacher (confidence) | distilled (confidence) "
+           "| distilled P(teacher's class) | symmetric KL |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['index']} | {_class(classes, r['label'])} | "
+                   f"{_class(classes, r['teacher_prediction'])} ({r['teacher_confidence']:.1%}) | "
+                   f"{_class(classes, r['student_prediction'])} ({r['student_confidence']:.1%}) | "
+                   f"{r['student_prob_of_teacher']:.1%} | {r['symmetric_kl']:.3f} |")
+    if not rows:
+        out.append("| – | – | – | – | – | – |")
+    return "\n".join(out)
+
+
+def _class(classes: list[str], i: int) -> str:
+    return classes[i] if 0 <= i < len(classes) else str(i)
 
 
 def _history(path: Path) -> list[dict[str, float]]:
@@ -123,6 +169,57 @@ def _accuracy_vs_cost(run_dir: Path, models: dict[str, Any]) -> Path:
     return _save(fig, run_dir / "plots" / "accuracy_vs_cost.png")
 
 
+def _reliability(run_dir: Path, validation: dict[str, Any]) -> Path:
+    """Reliability diagram (accuracy against confidence per bin) and the predictions per bin."""
+    plt = _pyplot()
+    fig, (ax_rel, ax_count) = plt.subplots(1, 2, figsize=(10, 3.8))
+    curves = {"teacher": next(iter(validation.values()))["calibration"]["teacher"],
+              **{name: v["calibration"]["student"] for name, v in validation.items()}}
+    ax_rel.plot([0, 1], [0, 1], "--", color="grey", label="perfectly calibrated")
+    width = 1 / len(next(iter(curves.values()))["bins"]) / (len(curves) + 1)
+    for k, (name, cal) in enumerate(curves.items()):
+        used = [b for b in cal["bins"] if b["count"] > 0]
+        ax_rel.plot([b["confidence"] for b in used], [b["accuracy"] for b in used], "o-", ms=4,
+                    label=f"{name} (ECE {cal['ece']:.3f})")
+        ax_count.bar([b["lower"] + (k + 0.5) * width for b in cal["bins"]],
+                     [b["count"] for b in cal["bins"]], width=width, align="edge", label=name)
+    ax_rel.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top-1 probability)", ylabel="accuracy",
+               title="Reliability (test set)")
+    ax_count.set(xlim=(0, 1), yscale="log", xlabel="confidence (top-1 probability)",
+                 ylabel="test examples (log)", title="Confidence histogram")
+    for ax in (ax_rel, ax_count):
+        ax.grid(alpha=0.3)
+    ax_rel.legend(fontsize="small", loc="best")
+    ax_count.legend(fontsize="small", loc="upper left")
+    return _save(fig, run_dir / "plots" / "reliability.png")
+
+
+def _confusion(run_dir: Path, validation: dict[str, Any], classes: list[str]) -> Path:
+    """One confusion-matrix heatmap per student: true class down, predicted class across."""
+    plt = _pyplot()
+    names = sorted(validation, key=lambda n: n != "distilled")  # the distilled student first
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4.6), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        counts = validation[name]["confusion"]
+        n = len(counts)
+        image = ax.imshow(counts, cmap="Blues")
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+        labels = [_class(classes, i) for i in range(n)]
+        ticks = range(n) if n <= 30 else range(0, n, max(1, n // 15))
+        upright = n <= 10 and max(len(t) for t in labels) <= 2  # longer names would overlap
+        ax.set_xticks(list(ticks), [labels[i] for i in ticks], rotation=0 if upright else 90)
+        ax.set_yticks(list(ticks), [labels[i] for i in ticks])
+        ax.set(xlabel=f"{name} prediction", ylabel="true class", title=f"Confusion: {name}")
+        if n <= 15:
+            top = max(max(row) for row in counts) or 1
+            for i, row in enumerate(counts):
+                for j, c in enumerate(row):
+                    if c:
+                        ax.text(j, i, str(c), ha="center", va="center", fontsize=7,
+                                color="white" if c > top / 2 else "black")
+    return _save(fig, run_dir / "plots" / "confusion.png")
+
+
 def _pyplot():
     import matplotlib
 
@@ -141,3 +238,64 @@ def _save(fig: Any, path: Path) -> Path:
     _pyplot().close(fig)
     atomic_write_bytes(path, buf.getvalue())
     return path
+
+
+# --------------------------------------------------------------------------- distill search
+
+
+def render_search(root: Path, report: dict[str, Any]) -> Path:
+    """search.md and plots/pareto.png for a finished `distill search`."""
+    plot = _pareto_plot(root, report)
+    atomic_write_text(root / "search.md", _search_markdown(report, plot.relative_to(root)))
+    return root / "search.md"
+
+
+def _search_markdown(report: dict[str, Any], plot: Path) -> str:
+    req = {k: v for k, v in report["requirements"].items() if v is not None and k != "threads"}
+    t, best = report["teacher"], report["recommended"]
+    lines = [f"# Student search: {report['name']}", "",
+             "Requirements: " + (", ".join(f"`{k}` = {v}" for k, v in req.items()) or "none"), ""]
+    if best:
+        lines += [f"**Recommended: `{best['name']}`** ({_values(best['values'])}): accuracy "
+                  f"{best['accuracy']:.2f}% (drop {best['drop']:.2f} points), {best['speedup']:.2f}× faster, "
+                  f"{best['params']:,} parameters, {best['size_mb']:.2f} MB.", ""]
+    else:
+        lines += ["**No candidate meets every requirement.** Smallest shortfall per unmet requirement: " +
+                  ", ".join(f"`{k}` by {v:.3g}" for k, v in report["unmet"].items()) + ". Closest candidates:", ""]
+    shown = report["candidates"] if best else report["closest"]
+    lines += ["| candidate | values | accuracy % | drop | speed-up | params | size MB | p95 ms | Pareto | meets |",
+              "|---|---|---|---|---|---|---|---|---|---|",
+              f"| teacher | — | {t['accuracy']:.2f} | — | 1.00× | {t['params']:,} | {t['size_mb']:.2f} | "
+              f"{t['latency_p95_ms']:.2f} | | |"]
+    for c in sorted(shown, key=lambda c: c["params"]):
+        lines.append(f"| {c['name']} | {_values(c['values'])} | {c['accuracy']:.2f} | {c['drop']:.2f} | "
+                     f"{c['speedup']:.2f}× | {c['params']:,} | {c['size_mb']:.2f} | {c['latency_p95_ms']:.2f} | "
+                     f"{'yes' if c['pareto'] else ''} | {'yes' if c['meets'] else ''} |")
+    return "\n".join(lines + ["", f"![Pareto front]({plot})", ""])
+
+
+def _values(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in values.items())
+
+
+def _pareto_plot(root: Path, report: dict[str, Any]) -> Path:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    cands, t, best = report["candidates"], report["teacher"], report["recommended"]
+    for ax, cost, label in ((axes[0], "latency_p50_ms", "batch-1 latency, ms (p50)"),
+                            (axes[1], "size_mb", "size, MB")):
+        ax.scatter([c[cost] for c in cands], [c["accuracy"] for c in cands], c="tab:gray", label="candidate")
+        front = sorted((c for c in cands if c["pareto"]), key=lambda c: c[cost])
+        ax.plot([c[cost] for c in front], [c["accuracy"] for c in front], "o-", c="tab:blue", label="Pareto front")
+        ax.scatter([t[cost]], [t["accuracy"]], marker="*", s=150, c="tab:orange", label="teacher")
+        if best:
+            ax.scatter([best[cost]], [best["accuracy"]], s=160, facecolors="none", edgecolors="tab:green",
+                       linewidths=2, label="recommended")
+        drop = report["requirements"].get("max_accuracy_drop")
+        if drop is not None:
+            ax.axhline(t["accuracy"] - drop, ls="--", c="tab:red", lw=1, label="accuracy floor")
+        ax.set(xlabel=label, ylabel="test accuracy, %", xscale="log")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Student search: {report['name']}")
+    return _save(fig, root / "plots" / "pareto.png")
