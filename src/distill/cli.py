@@ -8,6 +8,7 @@
     distill export [CONFIG] student.checkpoint=S --format onnx|safetensors|hf --out PATH [--check] [--json]
     distill search SEARCH.yaml [key=value ...] [--resume]
     distill prune [CONFIG] teacher.checkpoint=T --reduction 0.8 [--recover kd|ce|none] --out DIR
+    distill quantize [CONFIG] student.checkpoint=S --method dynamic|static [--backend x86] [--out PATH] [--json]
     distill monitor [CONFIG] [key=value ...] --inputs FILE|- [--sample F] [--window N] [--json] ...
     distill lm [CONFIG] [key=value ...] [--resume] [--quiet]
     distill lm-cache [CONFIG] [key=value ...]
@@ -104,6 +105,13 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--recover", choices=["kd", "ce", "none"], default="kd",
                        help="recovery training: distillation from the original (default), labels only, or none")
     prune.add_argument("--out", type=Path, required=True, help="directory for model.safetensors and prune.json")
+    qz = command("quantize", _quantize, "Quantize a trained student to int8 and compare it with fp32 on the "
+                 "test split: accuracy, size, CPU latency and throughput.")
+    qz.add_argument("--method", choices=["dynamic", "static"], default="static",
+                    help="static: conv + linear, calibrated on training data (default); dynamic: Linear only")
+    qz.add_argument("--backend", default="x86", help="int8 engine: x86 (default), fbgemm, onednn, qnnpack (ARM)")
+    qz.add_argument("--out", type=Path, help="write the int8 state dict here (reload: distill.quantize.load_int8)")
+    qz.add_argument("--json", action="store_true", help="print JSON instead of a table")
     rep = command("report", _report, "Re-render report.md and plots of a finished run.", with_config=False)
     rep.add_argument("run_dir", type=Path)
     gen = command("generate", _generate, "Ask a teacher (local model or OpenAI-compatible endpoint) to answer "
@@ -317,11 +325,42 @@ def _export(args: argparse.Namespace) -> int:
     model = teacher if args.model == "teacher" else build_student(cfg, data, teacher)
     load_weights(spec.checkpoint, model)
     result = export_model(model, args.format, args.out, data.test, check=args.check,
-                          meta={"config": cfg.name, "model": args.model})
+                          meta={"config": cfg.name, "model": args.model}, tokenizer=cfg.data.tokenizer)
     parity = result.get("parity")
     print(json.dumps(result, indent=2) if args.json else f"Wrote {args.out}" + (
         f"; parity on {parity['n']} test inputs: top-1 agreement {parity['top1_agreement']:.2%}, "
         f"max |logit diff| {parity['max_abs_diff']:.2g}" if parity else ""))
+    return 0
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    from distill import quantize as q
+    from distill.checkpoint import load_weights
+    from distill.data import labels_of, load_data
+    from distill.errors import ConfigError
+    from distill.evaluate import classification_metrics
+    from distill.models import build_model
+    from distill.pipeline import build_student
+
+    cfg = _config(args)
+    if cfg.student.checkpoint is None:
+        raise ConfigError("`student.checkpoint` is required: the trained student's .safetensors weights.")
+    q.check_backend(args.backend)
+    data = load_data(cfg.data)
+    teacher = build_model(cfg.teacher, data.input_shape, data.num_classes) if cfg.student.from_teacher else None
+    fp32 = build_student(cfg, data, teacher).eval()
+    load_weights(cfg.student.checkpoint, fp32)
+    int8 = (q.quantize_dynamic_int8(fp32, backend=args.backend) if args.method == "dynamic" else
+            q.quantize_static_int8(fp32, data.train, backend=args.backend))
+    out = q.measure_cpu({"fp32": fp32, "int8": int8}, data.input_shape, threads=cfg.bench.threads,
+                        batch=cfg.bench.throughput_batch, repeats=cfg.bench.repeats)
+    for name, model in (("fp32", fp32), ("int8", int8)):
+        logits = q.predict_cpu(model, data.test)
+        out[name] = {"accuracy": classification_metrics(logits, labels_of(data.test))["accuracy"], **out[name]}
+    _print(out, args.json)
+    if args.out:
+        q.save_int8(int8, args.out)
+        print(f"int8 weights: {args.out}", file=sys.stderr)
     return 0
 
 

@@ -30,6 +30,14 @@ class TrainingDiverged(DistillError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+class ExportError(DistillError):
+    """An exported model (e.g. ONNX) disagrees with its PyTorch original beyond the tolerance."""
+
+
+class OutputError(DistillError):
+    """A result file cannot be written: the disk is full, or the directory is not writable."""
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """Return ' Did you mean `x`?' for the closest choice, or ''."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)

@@ -1,0 +1,210 @@
+"""Export: ONNX (atomic, dynamic batch, parity, unsupported operators), safetensors, Hugging Face layout.
+
+Tiny random models only; ONNX Runtime and transformers are part of the dev install (scripts/setup.sh).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+ort = pytest.importorskip("onnxruntime")
+transformers = pytest.importorskip("transformers")
+
+from distill.checkpoint import load_weights, save_weights  # noqa: E402
+from distill.cli import main  # noqa: E402
+from distill.config import ModelConfig  # noqa: E402
+from distill.data import ArrayDataset  # noqa: E402
+from distill.encoders import EncoderClassifier  # noqa: E402
+from distill.errors import ExportError, ModelError  # noqa: E402
+from distill.export import (bench_onnx, check_parity, export_hf, export_onnx, export_safetensors,  # noqa: E402
+                            ort_session, unsupported_operator)
+from distill.models import CNN, MLP, ResNet, build_model  # noqa: E402
+
+SHAPE = (1, 12, 12)
+
+
+def _held_out(n: int = 300, shape: tuple[int, ...] = SHAPE) -> ArrayDataset:
+    torch.manual_seed(1)
+    return ArrayDataset(torch.randn(n, *shape), torch.randint(0, 5, (n,)))
+
+
+class Spectral(nn.Module):
+    """Uses torch.fft.rfft, which the TorchScript ONNX exporter has no conversion for."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(7, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.fft.rfft(x.flatten(1)[:, :12]).abs())  # (B, 7)
+
+
+def _tiny_bert(seed: int = 0) -> nn.Module:
+    cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=64)
+    torch.manual_seed(seed)
+    return transformers.BertModel(cfg).eval()
+
+
+@pytest.mark.parametrize("make", [lambda: MLP(SHAPE, 5, [32]), lambda: CNN(SHAPE, 5, [4, 8], fc=16),
+                                  lambda: ResNet((3, 8, 8), 5, depth=8, width=4)], ids=["mlp", "cnn", "resnet"])
+def test_zoo_models_export_with_parity(make, tmp_path):
+    torch.manual_seed(0)
+    model = make()
+    shape = (3, 8, 8) if isinstance(model, ResNet) else SHAPE
+    data = _held_out(shape=shape)
+    path = export_onnx(model, data.inputs[:2], tmp_path / "m.onnx")
+    report = check_parity(model, path, data, batch_size=64)
+    assert report.n == 300 and report.top1_agreement == 1.0 and report.max_abs_diff < 1e-5
+    assert model.training  # check_parity restores the mode it found
+
+
+def test_exported_file_has_a_dynamic_batch_axis(tmp_path):
+    model = CNN(SHAPE, 5, [4, 8], fc=16).eval()
+    path = export_onnx(model, torch.randn(1, *SHAPE), tmp_path / "m.onnx")  # exported from one example
+    session = ort_session(path)
+    assert [i.name for i in session.get_inputs()] == ["inputs"]
+    assert [o.name for o in session.get_outputs()] == ["logits"]
+    for batch in (1, 7):
+        x = torch.randn(batch, *SHAPE)
+        got = session.run(None, {"inputs": x.numpy()})[0]
+        assert got.shape == (batch, 5)
+        torch.testing.assert_close(torch.from_numpy(got), model(x).detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_check_parity_accepts_tensors_and_batches(tmp_path):
+    model = MLP(SHAPE, 5, [16])
+    path = export_onnx(model, torch.randn(2, *SHAPE), tmp_path / "m.onnx")
+    x = torch.randn(10, *SHAPE)
+    assert check_parity(model, path, x).n == 10
+    assert check_parity(model, path, [x[:3], x[3:]]).n == 10
+
+
+def test_unsupported_operator_is_named(tmp_path):
+    target = tmp_path / "spectral.onnx"
+    with pytest.raises(ModelError) as err:
+        export_onnx(Spectral(), torch.randn(2, *SHAPE), target)
+    msg = str(err.value)
+    assert "aten::fft_rfft" in msg and "Spectral" in msg and "opset" in msg and "dynamo=True" in msg
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_operator_is_parsed_from_either_exporter_message():
+    assert unsupported_operator("Exporting the operator 'aten::linalg_svd' to ONNX opset version 17 is "
+                                "not supported") == "aten::linalg_svd"
+    assert unsupported_operator("No ONNX function found for <OpOverload(op='aten._linalg_eigh', "
+                                "overload='default')>") == "aten._linalg_eigh"
+    assert unsupported_operator("something else broke") is None
+
+
+def test_failed_export_leaves_an_existing_file_untouched(tmp_path, monkeypatch):
+    target = tmp_path / "m.onnx"
+    target.write_bytes(b"previous export")
+
+    def half_write(model, args, f, **kwargs):  # the exporter dies after writing part of its file
+        Path(f).write_bytes(b"\x08\x07half")
+        raise RuntimeError("exporter crashed")
+
+    monkeypatch.setattr(torch.onnx, "export", half_write)
+    with pytest.raises(ModelError, match="exporter crashed"):
+        export_onnx(MLP(SHAPE, 5, [8]), torch.randn(2, *SHAPE), target)
+    assert target.read_bytes() == b"previous export"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # no temp file left beside it
+
+
+def test_parity_failure_raises_with_numbers_and_keeps_the_file(tmp_path):
+    torch.manual_seed(0)
+    exported, other = MLP(SHAPE, 5, [16]), MLP(SHAPE, 5, [16])
+    path = export_onnx(exported, torch.randn(2, *SHAPE), tmp_path / "m.onnx")
+    with pytest.raises(ExportError) as err:
+        check_parity(other, path, _held_out(50))
+    msg = str(err.value)
+    assert "max |logit difference|" in msg and "top-1 agreement" in msg and "kept for inspection" in msg
+    assert path.is_file() and ort_session(path) is not None
+
+
+def test_parity_tolerance_is_enforced_on_the_difference_alone(tmp_path, monkeypatch):
+    model = MLP(SHAPE, 5, [16])
+    path = export_onnx(model, torch.randn(2, *SHAPE), tmp_path / "m.onnx")
+    import distill.export as export
+
+    real = export._run_ort
+    monkeypatch.setattr(export, "_run_ort", lambda s, x: real(s, x) + 0.01)  # same classes, shifted logits
+    with pytest.raises(ExportError, match=r"0\.01 \(tolerance 0\.001\), top-1 agreement 100\.0000%"):
+        check_parity(model, path, torch.randn(20, *SHAPE))
+    assert check_parity(model, path, torch.randn(20, *SHAPE), atol=0.02).top1_agreement == 1.0
+    monkeypatch.setattr(export, "_run_ort", lambda s, x: real(s, x) * float("nan"))
+    with pytest.raises(ExportError, match="nan"):
+        check_parity(model, path, torch.randn(20, *SHAPE), atol=1.0, min_top1=0.0)
+
+
+def test_bench_onnx_reports_both_runtimes(tmp_path):
+    model = MLP(SHAPE, 5, [16])
+    path = export_onnx(model, torch.randn(2, *SHAPE), tmp_path / "m.onnx")
+    out = bench_onnx(model, path, torch.randn(8, *SHAPE), batch=16, repeats=10, rounds=2)
+    for key in ("eager_latency_b1_p50_ms", "ort_latency_b1_p50_ms", "eager_throughput", "ort_throughput"):
+        assert out[key] > 0
+    assert out["ort_speedup"] == pytest.approx(out["eager_latency_b1_p50_ms"] / out["ort_latency_b1_p50_ms"])
+
+
+def test_safetensors_export_round_trips(tmp_path):
+    model = CNN(SHAPE, 5, [4, 8], fc=16)
+    path = export_safetensors(model, tmp_path / "w.safetensors", {"note": "x"})
+    fresh = CNN(SHAPE, 5, [4, 8], fc=16)
+    assert load_weights(path, fresh) == {"note": "x"}
+    x = torch.randn(3, *SHAPE)
+    torch.testing.assert_close(fresh.eval()(x), model.eval()(x))
+
+
+def test_hf_export_reloads_with_plain_transformers(tmp_path):
+    bert = _tiny_bert()
+    directory = export_hf(bert, tmp_path / "bert")
+    reloaded = transformers.AutoModel.from_pretrained(directory).eval()
+    ids = torch.randint(0, 100, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids).last_hidden_state, bert(input_ids=ids).last_hidden_state,
+                                   atol=0, rtol=0)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the temp dir is gone
+
+
+def test_encoder_classifier_exports_backbone_and_head_and_onnx(tmp_path):
+    model = EncoderClassifier(_tiny_bert(), 3).eval()
+    directory = export_hf(model, tmp_path / "enc")
+    backbone = transformers.AutoModel.from_pretrained(directory).eval()
+    head = nn.Linear(32, 3)
+    load_weights(directory / "distill_head.safetensors", head)
+    torch.testing.assert_close(head.weight, model.head.weight)
+    ids = torch.randint(0, 100, (4, 10))
+    mask = torch.ones_like(ids)
+    mask[0, 6:] = 0
+    x = torch.stack([ids, mask], 1)  # (B, 2, L)
+    with torch.no_grad():
+        torch.testing.assert_close(backbone(input_ids=ids, attention_mask=mask).last_hidden_state,
+                                   model.backbone(input_ids=ids, attention_mask=mask).last_hidden_state)
+    path = export_onnx(model, x, tmp_path / "enc.onnx")
+    assert check_parity(model, path, x).top1_agreement == 1.0
+
+
+def test_hf_export_refuses_a_plain_module(tmp_path):
+    with pytest.raises(ModelError, match="not a Hugging Face model"):
+        export_hf(MLP(SHAPE, 5, [8]), tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_export_onnx_with_check(tmp_path, capsys):
+    student = build_model(ModelConfig(arch="mlp", kwargs={"hidden": [128]}), (1, 8, 8), 10)
+    save_weights(tmp_path / "s.safetensors", student)
+    out = tmp_path / "s.onnx"
+    args = ["export", "data.name=digits", f"student.checkpoint={tmp_path / 's.safetensors'}", "--format", "onnx",
+            "--out", str(out), "--check", "--json"]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["parity"]["top1_agreement"] == 1.0 and result["parity"]["n"] > 0
+    assert out.is_file()
+    assert main(args[:4] + ["hf", "--out", str(tmp_path / "hf")]) == 2
+    assert "not a Hugging Face model" in capsys.readouterr().err
