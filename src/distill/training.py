@@ -26,7 +26,7 @@ from distill.checkpoint import load_training_state, load_weights, save_training_
 from distill.files import atomic_write_text
 from distill.config import TrainConfig
 from distill.data import check_label_range, iter_batches, labels_of
-from distill.errors import CheckpointError, ModelError, TrainingDiverged
+from distill.errors import CheckpointError, DataError, ModelError, TrainingDiverged
 from distill.evaluate import classification_metrics, predict
 from distill.losses import Objective
 from distill.methods import Method, Outputs, collect
@@ -49,6 +49,8 @@ def fit(model: nn.Module, train_data: Dataset, *, objective: Objective | Method,
     """Train `model` on `train_data` with `objective`, validating and checkpointing every epoch."""
     if objective.needs_teacher and teacher is None:
         raise ModelError(f"{type(objective).__name__} needs a teacher signal; pass teacher=...")
+    if len(train_data) == 0:  # type: ignore[arg-type]
+        raise DataError(f"{name}: the training data is empty; give it at least one example.")
     tracking_dir = checkpoint_dir.parent / "tracking" if checkpoint_dir else Path("tracking")
     acc = make_accelerator(device, config.precision, tracking, tracking_dir)
     torch.manual_seed(config.seed)
@@ -66,6 +68,7 @@ def fit(model: nn.Module, train_data: Dataset, *, objective: Objective | Method,
     result = FitResult(model=model)
     fingerprint = _fingerprint(config, objective)
     start = loop.restore(checkpoint_dir, result, fingerprint) if resume else 0
+    _align_schedule(scheduler, start * steps_per_epoch)
     epochs = tqdm(range(start, config.epochs), desc=name, unit="epoch", initial=start, total=config.epochs,
                   disable=quiet or not acc.is_main_process)
     for epoch in epochs:
@@ -196,8 +199,13 @@ class _Loop:
         batch = next(iter_batches(data, torch.arange(min(2, len(data))), 2))
         inputs = batch["inputs"].to(self.acc.device)
         self.model.eval()
-        with torch.no_grad():
-            out = logits_of(self.model(inputs)).shape[-1]
+        try:
+            with torch.no_grad():
+                out = logits_of(self.model(inputs)).shape[-1]
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            raise ModelError(f"{self.name} cannot run on the data's inputs (a batch of shape "
+                             f"{tuple(inputs.shape)}, {inputs.dtype}): {exc}. Build the model for inputs of "
+                             "that shape and dtype, or reshape / convert the data.") from exc
         self.model.train()
         if out != self.num_classes:
             raise ModelError(f"{self.name} outputs {out} classes but the data has {self.num_classes}; "
@@ -216,10 +224,12 @@ class _Loop:
                  "best_epoch": result.best_epoch, "fingerprint": fingerprint}
         if improved:
             save_weights(ckpt_dir / "best.safetensors", model, {"epoch": result.best_epoch})
-        save_training_state(ckpt_dir / "last.safetensors", model=model, optimizer=self.optimizer,
-                            scheduler=self.scheduler, state=state)
+        # metrics before the checkpoint: a kill between the two repeats this epoch on resume (and
+        # rewrites its row); the other order could leave a finished run's last row missing
         lines = "".join(json.dumps(r) + "\n" for r in result.history)
         atomic_write_text(ckpt_dir / "metrics.jsonl", lines)
+        save_training_state(ckpt_dir / "last.safetensors", model=model, optimizer=self.optimizer,
+                            scheduler=self.scheduler, state=state)
 
     def restore(self, ckpt_dir: Path | None, result: FitResult, fingerprint: str) -> int:
         path = ckpt_dir / "last.safetensors" if ckpt_dir else None
@@ -300,6 +310,14 @@ def warmup_schedule(optimizer: torch.optim.Optimizer, *, total: int, warmup: int
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _align_schedule(scheduler: Any, step: int) -> None:
+    """After a resume, put the learning-rate schedule at `step` (epochs done × steps per epoch): on
+    another number of processes an epoch has another number of steps than the checkpoint counted."""
+    if 0 < step != scheduler.last_epoch:
+        scheduler.last_epoch = step - 1
+        scheduler.step()
 
 
 def _shard(order: torch.Tensor, rank: int, world: int) -> torch.Tensor:

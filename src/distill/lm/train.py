@@ -23,7 +23,7 @@ from distill.files import atomic_write_text
 from distill.lm.config import LMLossConfig, LMTrainConfig, OnPolicyConfig
 from distill.lm.evaluate import evaluate_lm
 from distill.lm.loss import lm_loss
-from distill.lm.signals import TokenTeacher
+from distill.lm.signals import TokenSignal, TokenTeacher
 from distill.lm.text import TokenBlocks
 from distill.training import make_accelerator, make_optimizer, warmup_schedule
 
@@ -45,7 +45,9 @@ def fit_lm(model: nn.Module, data: TokenBlocks, *, train: LMTrainConfig, loss: L
     model = model.to(acc.device)
     optimizer = make_optimizer(model, train)  # type: ignore[arg-type]  (reads .optimizer only)
     scheduler = warmup_schedule(optimizer, total=train.steps, warmup=train.warmup_steps, kind=train.scheduler)
-    model, optimizer = acc.prepare(model, optimizer)
+    # The loss is the prepared module's forward: under DDP, gradients are all-reduced only for a
+    # forward through the wrapper, and the chunked loss calls the decoder and output layer directly.
+    step_loss, optimizer = acc.prepare(_StepLoss(model), optimizer)
     result = LMFitResult(model=model)
     fingerprint = _fingerprint(train, loss, on_policy, teacher is not None, data)
     start = _restore(checkpoint_dir, acc.unwrap_model(model), optimizer, scheduler, result, fingerprint) if resume else 0
@@ -61,7 +63,7 @@ def fit_lm(model: nn.Module, data: TokenBlocks, *, train: LMTrainConfig, loss: L
             batch = sample_continuations(acc.unwrap_model(model), batch, sampling, pad_id)
         signal = teacher.signal(batch) if teacher is not None else None
         with acc.autocast():
-            parts = lm_loss(model, batch, signal, loss, vocab)
+            parts = step_loss(batch, signal, loss, vocab)
         acc.backward(parts["loss"])
         if train.grad_clip:
             acc.clip_grad_norm_(model.parameters(), train.grad_clip)
@@ -73,7 +75,8 @@ def fit_lm(model: nn.Module, data: TokenBlocks, *, train: LMTrainConfig, loss: L
         done = step + 1
         evaluate = done % train.eval_every == 0 or done == train.steps
         save = checkpoint_dir is not None and (done % train.save_every == 0 or done == train.steps)
-        if evaluate or save:
+        if evaluate or save:  # the mean over processes is linear, so partial sums may be reduced again
+            sums = {k: acc.reduce(v, "mean") for k, v in sums.items()}
             _check_finite(sums["loss"], name, done)  # before a checkpoint could keep bad weights
         if evaluate:
             row = {"step": done, **{f"train_{k}": float(v) / _since(done, train.eval_every) for k, v in sums.items()}}
@@ -111,6 +114,18 @@ def sample_continuations(model: nn.Module, batch: dict[str, torch.Tensor], cfg: 
     loss_mask = torch.zeros_like(batch["loss_mask"])
     loss_mask[:, cfg.prompt_tokens - 1: out.shape[1] - 1] = True  # positions predicting sampled tokens
     return {"input_ids": ids, "attention_mask": attention, "loss_mask": loss_mask, "index": batch["index"]}
+
+
+class _StepLoss(nn.Module):
+    """`lm_loss` of the student as a module's forward, so that DDP can wrap it."""
+
+    def __init__(self, student: nn.Module):
+        super().__init__()
+        self.student = student
+
+    def forward(self, batch: dict[str, torch.Tensor], signal: TokenSignal | None, cfg: LMLossConfig,
+                vocab: int) -> dict[str, torch.Tensor]:
+        return lm_loss(self.student, batch, signal, cfg, vocab)
 
 
 class _BatchOrder:
