@@ -260,9 +260,13 @@ def _search_markdown(report: dict[str, Any], plot: Path) -> str:
                   f"{best['accuracy']:.2f}% (drop {best['drop']:.2f} points), {best['speedup']:.2f}× faster, "
                   f"{best['params']:,} parameters, {best['size_mb']:.2f} MB.", ""]
     else:
-        lines += ["**No candidate meets every requirement.** Smallest shortfall per unmet requirement: " +
-                  ", ".join(f"`{k}` by {v:.3g}" for k, v in report["unmet"].items()) + ". Closest candidates:", ""]
-    shown = report["candidates"] if best else report["closest"]
+        lines += ["**No candidate meets every requirement.** " + (
+            "No candidate meets " + ", ".join(f"`{k}` (smallest shortfall {v:.3g})" for k, v in report["unmet"].items())
+            if report["unmet"] else "Each requirement is met by some candidate, but none meets all at once") + ".",
+            "Closest: " + "; ".join(f"`{c['name']}` misses " + ", ".join(f"`{k}` by {v:.3g}" for k, v in
+                                                                         c["shortfalls"].items())
+                                   for c in report["closest"]) + ".", ""]
+    shown = report["candidates"]
     lines += ["| candidate | values | accuracy % | drop | speed-up | params | size MB | p95 ms | Pareto | meets |",
               "|---|---|---|---|---|---|---|---|---|---|",
               f"| teacher | — | {t['accuracy']:.2f} | — | 1.00× | {t['params']:,} | {t['size_mb']:.2f} | "

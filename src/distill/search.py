@@ -45,6 +45,7 @@ class Requirements(Strict):
     max_size_mb: float | None = Field(None, gt=0)
     max_latency_ms_p95: float | None = Field(None, gt=0, description="Student batch-1 latency, 95th percentile.")
     threads: int = Field(1, ge=1, description="CPU threads used to time every model.")
+    device: Literal["cpu", "cuda"] = Field("cpu", description="Where latency is measured (the deployment target).")
 
 
 class SearchConfig(Strict):
@@ -142,16 +143,23 @@ def recommend(candidates: list[Candidate]) -> Candidate | None:
 
 
 def summary(cfg: SearchConfig, teacher: dict[str, float], candidates: list[Candidate]) -> dict[str, Any]:
+    """The search's result: every candidate, the recommendation, or why there is none.
+
+    `unmet` names each requirement that *no* candidate meets, with the smallest shortfall any had;
+    when it is empty but nothing is recommended, each requirement is met by some candidate but none
+    meets all at once. `closest` ranks candidates by their summed relative shortfalls.
+    """
     best = recommend(candidates)
+    misses = [shortfalls(c, cfg.requirements) for c in candidates]
+    unmet = {} if best else {k: min(m.get(k, 0.0) for m in misses) for k in set().union(*misses)}
     closest = sorted(candidates, key=lambda c: sum(_relative(k, v, cfg.requirements)
                                                      for k, v in shortfalls(c, cfg.requirements).items()))
-    unmet = {} if best else {k: min(shortfalls(c, cfg.requirements).get(k, 0) for c in candidates)
-                              for k in shortfalls(closest[0], cfg.requirements)}
     return {"name": cfg.name, "requirements": cfg.requirements.model_dump(), "teacher": teacher,
             "candidates": [asdict(c) for c in candidates], "recommended": asdict(best) if best else None,
             "requirement_met": best is not None,
-            "unmet": unmet,  # requirement -> the smallest shortfall any candidate had
-            "closest": [asdict(c) for c in closest[:3]] if not best else []}
+            "unmet": {k: v for k, v in unmet.items() if v > 0},
+            "closest": [{**asdict(c), "shortfalls": shortfalls(c, cfg.requirements)} for c in closest[:3]]
+            if not best else []}
 
 
 # --------------------------------------------------------------------------- internals
@@ -166,14 +174,15 @@ def measure(cfg: SearchConfig, base: dict[str, Any], shared: dict[str, Any],
     first = validate_config(_with(base, {**shared, "name": _name(choices[0])}))
     data = load_data(first.data)
     teacher = load_or_train_teacher(first, data, Path(shared["output_dir"]), resume=True)
-    models, candidates = {"teacher": teacher.cpu()}, []
+    device = _timing_device(cfg.requirements)
+    models, candidates = {"teacher": teacher.to(device)}, []
     for values in choices:
         run_cfg = validate_config(_with(base, {**shared, **values, "name": _name(values)}))
         run_dir = Path(run_cfg.output_dir) / run_cfg.name
         report = json.loads((run_dir / "report.json").read_text())
         student = build_student(run_cfg, data, teacher)
         load_weights(run_dir / "distilled" / "model.safetensors", student)
-        models[run_cfg.name] = student.cpu().eval()
+        models[run_cfg.name] = student.to(device).eval()
         candidates.append(Candidate(run_cfg.name, values, accuracy=100 * report["models"]["distilled"]["accuracy"]))
         teacher_acc = 100 * report["models"]["teacher"]["accuracy"]
     costs = measure_models(models, data.input_shape, threads=cfg.requirements.threads,
@@ -188,6 +197,13 @@ def measure(cfg: SearchConfig, base: dict[str, Any], shared: dict[str, Any],
         c.latency_p50_ms, c.latency_p95_ms = s["latency_b1_p50_ms"], s["latency_b1_p95_ms"]
         c.speedup = t["latency_b1_p50_ms"] / s["latency_b1_p50_ms"]
     return row, candidates
+
+
+def _timing_device(req: Requirements) -> torch.device:
+    if req.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("requirements.device: cuda, but no CUDA device is visible here; measure on the "
+                          "deployment machine, or set requirements.device=cpu.")
+    return torch.device(req.device)
 
 
 def _open(cfg: SearchConfig, resume: bool) -> Path:
