@@ -295,9 +295,13 @@ def _pareto_plot(root: Path, report: dict[str, Any]) -> Path:
         if best:
             ax.scatter([best[cost]], [best["accuracy"]], s=160, facecolors="none", edgecolors="tab:green",
                        linewidths=2, label="recommended")
-        drop = report["requirements"].get("max_accuracy_drop")
-        if drop is not None:
-            ax.axhline(t["accuracy"] - drop, ls="--", c="tab:red", lw=1, label="accuracy floor")
+        req = report["requirements"]
+        if req.get("max_accuracy_drop") is not None:
+            ax.axhline(t["accuracy"] - req["max_accuracy_drop"], ls="--", c="tab:red", lw=1, label="accuracy floor")
+        limit = (t[cost] / req["min_speedup"] if cost == "latency_p50_ms" and req.get("min_speedup")
+                 else req.get("max_size_mb") if cost == "size_mb" else None)
+        if limit:
+            ax.axvline(limit, ls=":", c="tab:red", lw=1, label="speed / size limit")
         ax.set(xlabel=label, ylabel="test accuracy, %", xscale="log")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
