@@ -25,12 +25,14 @@ FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
 
 
 class ArrayDataset(Dataset):
-    """In-memory examples `inputs` (N, ...) float and integer `labels` (N,)."""
+    """In-memory examples `inputs` (N, ...) and integer `labels` (N,); inputs are float, except
+    integer ones wider than a byte (token ids), kept as int64."""
 
     def __init__(self, inputs: torch.Tensor, labels: torch.Tensor):
         if len(inputs) != len(labels):
             raise DataError(f"inputs has {len(inputs)} rows but labels has {len(labels)}; they must match.")
-        self.inputs = inputs.float()
+        token_ids = inputs.dtype in (torch.int16, torch.int32, torch.int64)  # uint8 stays image-like: float
+        self.inputs = inputs.long() if token_ids else inputs.float()
         self.labels = labels.long()
 
     def __len__(self) -> int:
@@ -80,10 +82,29 @@ class DataSplits:
 def from_arrays(inputs: Any, labels: Any, *, val_fraction: float = 0.1, test_fraction: float = 0.2,
                 seed: int = 0, class_names: list[str] | None = None) -> DataSplits:
     """Split NumPy arrays or tensors into stratified, deterministic train/val/test sets."""
-    x = torch.as_tensor(np.asarray(inputs), dtype=torch.float32)
-    y = torch.as_tensor(np.asarray(labels)).long()
+    x_np, y_np = np.asarray(inputs), np.asarray(labels)
+    _check_arrays(x_np, y_np)
+    x = torch.as_tensor(x_np, dtype=torch.float32)
+    y = torch.as_tensor(y_np).long()
     train_i, val_i, test_i = stratified_split(y, (val_fraction, test_fraction), seed)
     return _splits(x, y, train_i, val_i, test_i, class_names)
+
+
+def _check_arrays(x: np.ndarray, y: np.ndarray) -> None:
+    """Numeric inputs (N, ...) and integer class ids (N,), N >= 1; said clearly before torch fails."""
+    if x.dtype.kind not in "biuf":
+        raise DataError(f"inputs must be numbers (bool, int or float), not {x.dtype}; convert them first, "
+                        "e.g. np.asarray(inputs, dtype=np.float32).")
+    if x.ndim < 1 or y.ndim != 1 or len(x) != len(y) or len(y) == 0:
+        raise DataError(f"inputs have shape {x.shape} and labels {y.shape}; give one label per input: "
+                        "inputs (N, ...) and labels (N,), with N >= 1.")
+    if y.dtype.kind == "f":
+        bad = y[~(np.isfinite(y) & (y == np.round(y)))]  # NaN, inf, 0.5
+    else:
+        bad = y[:0] if y.dtype.kind in "biu" else y
+    if len(bad):
+        raise DataError(f"labels must be integer class ids 0..C-1, not {y.dtype} values such as {bad[0]!r}; "
+                        "map them to ids, e.g. np.unique(labels, return_inverse=True)[1].")
 
 
 def stratified_split(labels: torch.Tensor, fractions: tuple[float, float], seed: int
@@ -109,6 +130,14 @@ def load_data(cfg: DataConfig) -> DataSplits:
         splits = _mnist5k(cfg)
     elif cfg.name == "fashion_mnist":
         splits = _fashion_mnist(cfg)
+    elif cfg.name == "spoken_digits":
+        from distill.speech import load_spoken_digits  # audio code is loaded only when asked for
+
+        splits = load_spoken_digits(cfg)
+    elif cfg.name == "bbc_news":
+        from distill.text_data import load_bbc_news  # transformers is loaded only for text
+
+        splits = load_bbc_news(cfg)
     else:
         splits = _csv(cfg)
     if cfg.limit is not None and cfg.limit < len(splits.train):
@@ -205,9 +234,17 @@ def _splits(x: torch.Tensor, y: torch.Tensor, train_i: torch.Tensor, val_i: torc
             test_i: torch.Tensor, class_names: list[str] | None) -> DataSplits:
     if (y < 0).any():
         raise DataError("labels must be integers >= 0 (class ids); found negative values.")
+    if len(train_i) == 0:
+        raise DataError(f"val_fraction + test_fraction leave none of the {len(y)} examples for training; "
+                        "lower them, or give more examples.")
     mean, std = x[train_i].mean(), x[train_i].std().clamp_min(1e-8)
     x = (x - mean) / std
     num_classes = int(y.max()) + 1
+    distinct = len(torch.unique(y))
+    if num_classes > max(10_000, 100 * distinct):  # a model with that many outputs would not fit in memory
+        raise DataError(f"labels go up to {num_classes - 1} but only {distinct} distinct values occur: they "
+                        "look like ids, not class indices 0..C-1. Map them, e.g. "
+                        "np.unique(labels, return_inverse=True)[1].")
     return DataSplits(
         train=ArrayDataset(x[train_i], y[train_i]),
         val=ArrayDataset(x[val_i], y[val_i]),
