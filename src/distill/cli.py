@@ -360,7 +360,7 @@ def _quantize(args: argparse.Namespace) -> int:
     _print(out, args.json)
     if args.out:
         q.save_int8(int8, args.out)
-        print(f"int8 weights: {args.out}", file=sys.stderr)
+        print(f"int8 weights: {args.out}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
