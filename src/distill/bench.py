@@ -101,6 +101,11 @@ def measure_models(models: dict[str, nn.Module], input_shape: tuple[int, ...], *
 
 
 def _inputs(model: nn.Module, input_shape: tuple[int, ...], batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs of batch 1 and `batch`: the model's own `example_inputs(batch, input_shape)` when it has
+    one (token models need valid ids), else standard normal values."""
+    make = getattr(model, "example_inputs", None)
+    if callable(make):
+        return make(1, input_shape), make(batch, input_shape)
     device = next(model.parameters()).device
     return torch.randn(1, *input_shape, device=device), torch.randn(batch, *input_shape, device=device)
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from distill.config import ModelConfig
+from distill.encoders import hf_encoder  # transformers itself is imported only when one is built
 from distill.errors import ModelError, did_you_mean
 
 
@@ -95,7 +96,8 @@ class ResNet(nn.Module):
         return self.head(self.features(x))
 
 
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "cnn": CNN, "resnet": ResNet}
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"mlp": MLP, "cnn": CNN, "resnet": ResNet,
+                                                      "hf_encoder": hf_encoder}
 
 
 def build_model(spec: ModelConfig, input_shape: tuple[int, ...], num_classes: int,
