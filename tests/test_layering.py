@@ -47,7 +47,7 @@ def test_the_parser_sees_imports_inside_functions():
     ("losses", set(MODULES) - {"config", "divergences"}),
     ("config", set(MODULES) - {"errors"}),
     ("errors", set(MODULES)),
-    ("files", set(MODULES)),
+    ("files", set(MODULES) - {"errors"}),  # OutputError: a full disk or no permission, said clearly
     ("divergences", set(MODULES)),
     ("taps", set(MODULES) - {"errors"}),
     ("data", {"signals", "losses", "training", "evaluate", "bench", "report", "pipeline", "api", "cli"}),

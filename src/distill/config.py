@@ -328,7 +328,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"Config file {path} does not exist; pass the path of a YAML file.")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"Config file {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                          "pass a YAML file.") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"Config file {path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
@@ -347,7 +350,12 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"Override `{item}`: `{part}` holds a value, not a section of keys.")
         node = child
-    node[leaf] = yaml.safe_load(value) if value else None
+    try:
+        node[leaf] = yaml.safe_load(value) if value else None
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or exc
+        raise ConfigError(f"Override `{item}`: the value is not valid YAML ({problem}); quote it to "
+                          f"pass it as text, e.g. {key}='...'.") from None
 
 
 def _explain(err: dict[str, Any], model: type[BaseModel] = BaseModel) -> str:
@@ -400,7 +408,15 @@ def _check_files(cfg: RunConfig) -> None:
         ("student.checkpoint", cfg.student.checkpoint),
         *((f"teacher.members[{i}].checkpoint", m.checkpoint) for i, m in enumerate(cfg.teacher.members)),
     ):
-        if path is not None and not Path(path).exists():
+        if path is not None and not _exists(Path(path)):
             raise ConfigError(f"`{key}`: {path} does not exist. Fix the path or remove the key.")
     if cfg.data.name == "csv" and cfg.data.path is None:
         raise ConfigError("`data.path`: required when data.name is csv (the CSV file to read).")
+
+
+def _exists(path: Path) -> bool:
+    """Whether `path` exists; a name the system cannot even look up (too long, a NUL byte) does not."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False

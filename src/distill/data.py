@@ -98,6 +98,10 @@ def _check_arrays(x: np.ndarray, y: np.ndarray) -> None:
     if x.ndim < 1 or y.ndim != 1 or len(x) != len(y) or len(y) == 0:
         raise DataError(f"inputs have shape {x.shape} and labels {y.shape}; give one label per input: "
                         "inputs (N, ...) and labels (N,), with N >= 1.")
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        where = tuple(int(i) for i in np.argwhere(~np.isfinite(x))[0])
+        raise DataError(f"inputs hold NaN or inf values (the first at index {where}); clean or impute "
+                        "them first.")
     if y.dtype.kind == "f":
         bad = y[~(np.isfinite(y) & (y == np.round(y)))]  # NaN, inf, 0.5
     else:
@@ -238,7 +242,11 @@ def _splits(x: torch.Tensor, y: torch.Tensor, train_i: torch.Tensor, val_i: torc
         raise DataError(f"val_fraction + test_fraction leave none of the {len(y)} examples for training; "
                         "lower them, or give more examples.")
     mean, std = x[train_i].mean(), x[train_i].std().clamp_min(1e-8)
-    x = (x - mean) / std
+    z = (x - mean) / std
+    if not bool(torch.isfinite(z).all()):
+        raise DataError(f"inputs are too large to standardise in float32 (largest |value| "
+                        f"{float(x.abs().max()):.3g}); rescale them first.")
+    x = z
     num_classes = int(y.max()) + 1
     distinct = len(torch.unique(y))
     if num_classes > max(10_000, 100 * distinct):  # a model with that many outputs would not fit in memory

@@ -2,28 +2,36 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import re
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
+
+from distill.errors import OutputError
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old file or the new one, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(path)
-    try:
-        with os.fdopen(_create(tmp), "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _temp_path(path)
+        try:
+            with os.fdopen(_create(tmp), "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -31,17 +39,51 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(path)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _temp_path(path)
+        try:
+            os.close(_create(tmp))
+            mode = os.stat(tmp).st_mode & 0o777
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+            os.chmod(tmp, mode)  # safetensors writes 0o600 files; keep the mode a new file gets here
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turn the system refusing to write `path` (disk full, no permission) into an OutputError
+    that names the file and the fix, instead of a traceback from deep inside a save."""
     try:
-        os.close(_create(tmp))
-        mode = os.stat(tmp).st_mode & 0o777
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.chmod(tmp, mode)  # safetensors writes 0o600 files; keep the mode a new file gets here
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        yield
+    except (OSError, SafetensorError) as exc:
+        code = exc.errno if isinstance(exc, OSError) else _os_error_code(str(exc))
+        if code not in _FULL and code not in _DENIED:
+            raise
+        where = f"Cannot write {path}"
+        if code in _FULL:
+            raise OutputError(
+                f"{where}: the disk is full or a quota/size limit was reached ({os.strerror(code)}). "
+                "Free space on that disk, or write somewhere else (output_dir=..., teacher.cache_dir=..., "
+                "--output ...), then run the same command again (with --resume where it has one): "
+                "finished work is kept.") from exc
+        raise OutputError(
+            f"{where}: permission denied ({os.strerror(code)}). Make {path.parent} writable by this "
+            "user (chmod/chown), or write somewhere else (output_dir=..., teacher.cache_dir=..., "
+            "--output ...).") from exc
+
+
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_DENIED = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def _os_error_code(message: str) -> int | None:
+    """The errno inside a safetensors error message ("... (os error 28)"), if any."""
+    found = re.search(r"os error (\d+)", message)
+    return int(found.group(1)) if found else None
 
 
 def _temp_path(path: Path) -> Path:

@@ -18,6 +18,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import math
 import os
 import queue
 import signal
@@ -243,7 +244,7 @@ def parse_chat(body: bytes, app: Server) -> ChatRequest:
 
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         raise HTTPError(400, f"The request body is not valid JSON ({exc}); send an object such as "
                         '{"messages": [{"role": "user", "content": "Hello"}]}.') from None
     if not isinstance(data, dict):
@@ -263,7 +264,7 @@ def parse_chat(body: bytes, app: Server) -> ChatRequest:
         raise HTTPError(400, "`top_p` must be above 0; for greedy decoding set temperature to 0.",
                         code="top_p")
     n = _number(data, "n", int, 1, app.limits.max_n, default=1)
-    seed = _number(data, "seed", int)
+    seed = _number(data, "seed", int, -(2**63), 2**63 - n)  # torch's seed range, for seed + i per choice
     logprobs, stream = _flag(data, "logprobs"), _flag(data, "stream")
     top_logprobs = _number(data, "top_logprobs", int, 0, MAX_TOP_LOGPROBS, default=0)
     if top_logprobs and not logprobs:
@@ -289,8 +290,8 @@ def _messages(value: Any) -> list[dict[str, str]]:
     for i, m in enumerate(value):
         content = m.get("content") if isinstance(m, dict) else None
         if isinstance(content, list):  # content parts: keep the text ones
-            content = "".join(p.get("text", "") for p in content
-                              if isinstance(p, dict) and p.get("type") == "text")
+            texts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+            content = "".join(texts) if all(isinstance(t, str) for t in texts) else None
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(content, str):
             raise HTTPError(400, f"messages[{i}] needs a string `role` and a string `content`.",
                             code="messages")
@@ -303,7 +304,8 @@ def _number(data: dict, key: str, kind: type, low: float | None = None, high: fl
     value = data.get(key)
     if value is None:
         return default
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        (isinstance(value, int) or math.isfinite(value))  # JSON may carry NaN and Infinity
     if not ok or (kind is int and value != int(value)) or (low is not None and value < low) \
             or (high is not None and value > high):
         bounds = f" from {low} to {high}" if high is not None else f" >= {low}" if low is not None else ""

@@ -174,11 +174,15 @@ def _step(rows: list[_Row], logits: torch.Tensor, pad_id: int, eos_ids: set[int]
 
 def _sample(logits: torch.Tensor, row: _Row) -> int:
     """Sample from softmax(logits / T), restricted to the smallest set of tokens holding `top_p` mass."""
-    probs = torch.softmax(logits / row.params.temperature, dim=-1)  # (V,)
+    # The max subtracted and T kept above float32's underflow: a tiny T gives a one-hot, not NaN.
+    scaled = (logits - logits.max()).float() / max(row.params.temperature, 1e-30)
+    probs = torch.softmax(scaled, dim=-1)  # (V,)
     if row.params.top_p < 1:
         sorted_probs, order = probs.sort(descending=True)
         before = sorted_probs.cumsum(-1) - sorted_probs  # mass of the more likely tokens
-        sorted_probs[before >= row.params.top_p] = 0  # the first token is always kept
+        drop = before >= row.params.top_p
+        drop[0] = False  # the first token is always kept (a top_p below float32's resolution too)
+        sorted_probs[drop] = 0
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
     return int(torch.multinomial(probs, 1, generator=row.generator))
 

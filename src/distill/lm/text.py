@@ -107,9 +107,11 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def pack_text(texts: list[str], tokenizer: Any, seq_len: int, max_blocks: int | None = None) -> TokenBlocks:
     """Concatenate documents (separated by EOS) and cut them into full blocks of `seq_len` tokens."""
-    eos = tokenizer.eos_token_id
+    eos = special_id(tokenizer, "eos")
     ids: list[int] = []
-    for text in texts:
+    for n, text in enumerate(texts, 1):
+        if not isinstance(text, str):
+            raise DataError(f"Document {n} of the corpus is a {type(text).__name__}, not text.")
         ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
         ids.append(eos)
         if max_blocks is not None and len(ids) >= max_blocks * seq_len:
@@ -117,7 +119,7 @@ def pack_text(texts: list[str], tokenizer: Any, seq_len: int, max_blocks: int | 
     n = len(ids) // seq_len if max_blocks is None else min(len(ids) // seq_len, max_blocks)
     if n == 0:
         raise DataError(f"The corpus has {len(ids)} tokens, fewer than one block of data.seq_len={seq_len}.")
-    input_ids = torch.tensor(ids[: n * seq_len], dtype=torch.int64).view(n, seq_len)
+    input_ids = id_tensor(ids[: n * seq_len], "the corpus").view(n, seq_len)
     attention = torch.ones_like(input_ids, dtype=torch.bool)
     loss = attention.clone()
     loss[:, -1] = False  # the last position has no next token inside the block
@@ -127,6 +129,9 @@ def pack_text(texts: list[str], tokenizer: Any, seq_len: int, max_blocks: int | 
 def encode_rows(rows: list[dict[str, Any]], tokenizer: Any, seq_len: int, *, response_only: bool,
                 packing: bool, source: str) -> TokenBlocks:
     """Prompt/response or chat rows → blocks; `response_only` trains on response tokens only."""
+    if not rows:
+        raise DataError(f"{source} has no rows to train on.")
+    pad_id = special_id(tokenizer, "pad")
     pieces = [_encode_row(row, tokenizer, response_only, f"{source}, row {n}") for n, row in enumerate(rows, 1)]
     for n, (ids, targets) in enumerate(pieces, 1):
         if len(ids) > seq_len and not packing:
@@ -136,14 +141,40 @@ def encode_rows(rows: list[dict[str, Any]], tokenizer: Any, seq_len: int, *, res
             raise DataError(f"{source}, row {n}: {what}, longer than the context data.seq_len={seq_len}. "
                             "Raise data.seq_len, shorten or drop the row, or set data.packing=true.")
     if packing:
-        return _pack_rows(pieces, tokenizer.pad_token_id, seq_len)
-    return _pad_rows(pieces, tokenizer.pad_token_id, seq_len)
+        return _pack_rows(pieces, pad_id, seq_len)
+    return _pad_rows(pieces, pad_id, seq_len)
+
+
+def special_id(tokenizer: Any, kind: str) -> int:
+    """The tokenizer's EOS or padding token id, which every block needs."""
+    value = getattr(tokenizer, f"{kind}_token_id", None)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
+        raise DataError(f"The tokenizer has no {kind.upper()} token ({kind}_token_id is "
+                        f"{value!r}); set tokenizer.{kind}_token, or use a tokenizer that has one.")
+    return value
+
+
+def id_tensor(ids: list[Any], where: str) -> torch.Tensor:
+    """Token ids as an int64 tensor; ids no tokenizer gives (negative, not integers) are refused."""
+    try:
+        t = torch.tensor(ids, dtype=torch.int64)
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        t = None
+    if t is None or bool((t < 0).any()):
+        bad = next((i for i in ids if not isinstance(i, int) or not 0 <= i < 2**63), ids)
+        raise DataError(f"{where}: the tokenizer gave the token id {bad!r}; ids are integers >= 0. "
+                        "Check the tokenizer (data.tokenizer, teacher.model).")
+    return t
 
 
 def _encode_row(row: dict[str, Any], tokenizer: Any, response_only: bool, where: str) -> tuple[list[int], list[bool]]:
     """Token ids and, per token, whether it counts as a target."""
+    problem = _row_problem(row)
+    if problem:
+        raise DataError(f"{where}: {problem}.")
+    eos = special_id(tokenizer, "eos")
     if "text" in row:
-        ids = tokenizer(row["text"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids = tokenizer(row["text"], add_special_tokens=False)["input_ids"] + [eos]
         return ids, [True] * len(ids)
     response = row["messages"][-1].get("content", "") if row.get("messages") else row.get("response", "")
     if not str(response).strip():
@@ -162,7 +193,7 @@ def _encode_row(row: dict[str, Any], tokenizer: Any, response_only: bool, where:
             full = _chat(tokenizer, prompt_msgs + [{"role": "assistant", "content": row["response"]}], False)
         else:
             prompt = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
-            full = prompt + tokenizer(row["response"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            full = prompt + tokenizer(row["response"], add_special_tokens=False)["input_ids"] + [eos]
     if full[: len(prompt)] != prompt:
         prompt = full[: _common_prefix(prompt, full)]
     targets = [not response_only or i >= len(prompt) for i in range(len(full))]
@@ -170,6 +201,24 @@ def _encode_row(row: dict[str, Any], tokenizer: Any, response_only: bool, where:
         raise DataError(f"{where}: the response is empty, so no token would be trained on; "
                         "drop the row or fill its response.")
     return full, targets
+
+
+def _row_problem(row: dict[str, Any]) -> str | None:
+    """What is wrong with the shape of a row's values, if anything (JSONL rows are the user's)."""
+    if "text" in row:
+        text = row["text"]
+        return None if isinstance(text, str) else f"`text` must be a string, not {text!r:.40}"
+    if "messages" in row:
+        m = row["messages"]
+        ok = isinstance(m, list) and bool(m) and all(map(_is_message, m))
+        return None if ok else "`messages` must be a non-empty list of {role, content} string pairs"
+    if not isinstance(row.get("prompt"), str) or not isinstance(row.get("response"), str):
+        return "a row needs a string `text`, string `prompt` and `response`, or `messages`"
+    return None
+
+
+def _is_message(x: Any) -> bool:
+    return isinstance(x, dict) and all(isinstance(x.get(k), str) for k in ("role", "content"))
 
 
 def _chat(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> list[int]:
@@ -193,7 +242,7 @@ def _pad_rows(pieces: list[tuple[list[int], list[bool]]], pad_id: int, seq_len: 
     attention = torch.zeros((n, seq_len), dtype=torch.bool)
     loss = torch.zeros((n, seq_len), dtype=torch.bool)
     for i, (ids, targets) in enumerate(pieces):
-        input_ids[i, : len(ids)] = torch.tensor(ids)
+        input_ids[i, : len(ids)] = id_tensor(ids, f"row {i + 1}")
         attention[i, : len(ids)] = True
         loss[i, : len(ids) - 1] = torch.tensor(targets[1:])  # position t predicts token t+1
     return TokenBlocks(input_ids, attention, loss)
@@ -204,7 +253,7 @@ def _pack_rows(pieces: list[tuple[list[int], list[bool]]], pad_id: int, seq_len:
     targets = [c for _, cs in pieces for c in cs]
     n = -(-len(ids) // seq_len)
     pad = n * seq_len - len(ids)
-    input_ids = torch.tensor(ids + [pad_id] * pad, dtype=torch.int64).view(n, seq_len)
+    input_ids = id_tensor(ids + [pad_id] * pad, "the rows").view(n, seq_len)
     attention = torch.tensor([True] * len(ids) + [False] * pad).view(n, seq_len)
     shifted = torch.tensor(targets[1:] + [False] * (pad + 1)).view(n, seq_len)
     shifted[:, -1] = False  # the next token of a block's last position lies in the next block

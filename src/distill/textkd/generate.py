@@ -23,7 +23,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from distill.errors import CheckpointError, DataError
-from distill.files import atomic_write_text
+from distill.files import atomic_write_text, writing
 from distill.textkd.teachers import Completion, Sampling, TeacherUnavailable, TextTeacher
 
 
@@ -61,7 +61,9 @@ def generate(teacher: TextTeacher, prompts: list[PromptRow], output: Path, *, sa
     start = time.perf_counter()
     bar = tqdm(total=len(prompts), initial=stats.already_done, desc="generate", unit="prompt", disable=quiet)
     finished = stats.already_done
-    with open(output, "a", encoding="utf-8") as out:
+    with writing(output):  # a read-only file or full disk: a clear OutputError, not a traceback
+        out = open(output, "a", encoding="utf-8")
+    with out:
         try:
             requests = [((p, missing), p.messages) for p, missing in todo]
             for (prompt, missing), completions in ask_all(teacher, requests, sampling, concurrency):
@@ -134,9 +136,10 @@ def _record(prompt: PromptRow, sample: int, c: Completion) -> dict[str, Any]:
 
 def _append(out: Any, record: dict[str, Any]) -> None:
     """One whole line, on disk before the next is started (a crash cuts at most this line)."""
-    out.write(json.dumps(record, ensure_ascii=False) + "\n")
-    out.flush()
-    os.fsync(out.fileno())
+    with writing(Path(out.name)):
+        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        out.flush()
+        os.fsync(out.fileno())
 
 
 # --------------------------------------------------------------------------- reading back
