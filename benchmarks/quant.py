@@ -36,6 +36,7 @@ from distill.checkpoint import load_weights, save_weights
 from distill.config import DataConfig, ModelConfig, TrainConfig, load_config
 from distill.data import DataSplits, load_data
 from distill.errors import CheckpointError
+from distill.evaluate import predict
 from distill.losses import KD
 from distill.models import build_model
 from distill.signals import LiveTeacher, freeze
@@ -133,7 +134,7 @@ def _trained(model: nn.Module, seed: int, data: DataSplits, teacher: nn.Module, 
 
 
 def _accuracy(model: nn.Module, data: DataSplits) -> float:
-    return 100 * float((q.predict_cpu(model, data.test).argmax(-1) == data.test.labels).float().mean())
+    return 100 * float((predict(model, data.test).argmax(-1) == data.test.labels).float().mean())
 
 
 def _llm(backend: str) -> dict[str, float]:

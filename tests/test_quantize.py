@@ -11,6 +11,7 @@ from torch import nn
 from distill import quantize as q
 from distill.config import ModelConfig, TrainConfig
 from distill.errors import ConfigError
+from distill.evaluate import predict
 from distill.losses import CE, KD
 from distill.models import build_model
 from distill.signals import LiveTeacher
@@ -31,14 +32,14 @@ def cnn(digits) -> nn.Module:
 
 
 def _accuracy(model: nn.Module, data) -> float:
-    return float((q.predict_cpu(model, data).argmax(-1) == data.labels).float().mean())
+    return float((predict(model, data).argmax(-1) == data.labels).float().mean())
 
 
 def test_dynamic_int8_mlp_agrees_with_fp32_and_is_smaller(digits):
     mlp = _trained(digits, "mlp", {"hidden": [64]}, epochs=5)
     int8 = q.quantize_dynamic_int8(mlp)
-    fp32_pred = q.predict_cpu(mlp, digits.test).argmax(-1)
-    int8_pred = q.predict_cpu(int8, digits.test).argmax(-1)
+    fp32_pred = predict(mlp, digits.test).argmax(-1)
+    int8_pred = predict(int8, digits.test).argmax(-1)
     assert (fp32_pred == int8_pred).float().mean() >= 0.95
     assert _accuracy(mlp, digits.test) > 0.6  # a real model, not a constant one
     assert set(q.int8_layers(int8)) == {"net.1", "net.3"}  # both Linear layers
@@ -55,7 +56,7 @@ def test_static_int8_cnn_stores_int8_conv_weights(digits, cnn):
     assert conv.weight().dtype == torch.qint8
     assert set(q.int8_layers(int8)) == {"features.0.0", "head.1", "head.4"}
     assert not any(isinstance(m, (nn.BatchNorm2d, nn.Conv2d, nn.Linear)) for m in int8.modules())
-    agree = (q.predict_cpu(cnn, digits.test).argmax(-1) == q.predict_cpu(int8, digits.test).argmax(-1))
+    agree = (predict(cnn, digits.test).argmax(-1) == predict(int8, digits.test).argmax(-1))
     assert agree.float().mean() >= 0.9
 
 
@@ -76,7 +77,7 @@ def test_saved_static_int8_model_loads_back_identical(digits, cnn, tmp_path):
     other = build_model(ModelConfig(arch="cnn", kwargs={"widths": [8], "fc": 16, "convs": 1}),
                         digits.input_shape, 10, seed=1)  # same architecture, other weights
     back = q.load_int8(other, tmp_path / "int8.pt", method="static", example=digits.train.inputs[:4])
-    assert torch.equal(q.predict_cpu(back, digits.test), q.predict_cpu(int8, digits.test))
+    assert torch.equal(predict(back, digits.test), predict(int8, digits.test))
 
 
 def test_unavailable_backend_names_it_the_available_ones_and_the_fix(monkeypatch, cnn, digits):

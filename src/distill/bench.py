@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from distill.checkpoint import save_weights
+from distill.models import device_of
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -106,7 +107,7 @@ def _inputs(model: nn.Module, input_shape: tuple[int, ...], batch: int) -> tuple
     make = getattr(model, "example_inputs", None)
     if callable(make):
         return make(1, input_shape), make(batch, input_shape)
-    device = next(model.parameters()).device
+    device = device_of(model)
     return torch.randn(1, *input_shape, device=device), torch.randn(batch, *input_shape, device=device)
 
 

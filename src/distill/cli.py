@@ -338,7 +338,7 @@ def _quantize(args: argparse.Namespace) -> int:
     from distill.checkpoint import load_weights
     from distill.data import labels_of, load_data
     from distill.errors import ConfigError
-    from distill.evaluate import classification_metrics
+    from distill.evaluate import classification_metrics, predict
     from distill.models import build_model
     from distill.pipeline import build_student
 
@@ -355,7 +355,7 @@ def _quantize(args: argparse.Namespace) -> int:
     out = q.measure_cpu({"fp32": fp32, "int8": int8}, data.input_shape, threads=cfg.bench.threads,
                         batch=cfg.bench.throughput_batch, repeats=cfg.bench.repeats)
     for name, model in (("fp32", fp32), ("int8", int8)):
-        logits = q.predict_cpu(model, data.test)
+        logits = predict(model, data.test)
         out[name] = {"accuracy": classification_metrics(logits, labels_of(data.test))["accuracy"], **out[name]}
     _print(out, args.json)
     if args.out:

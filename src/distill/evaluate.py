@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from distill.data import iter_batches, labels_of
 from distill.divergences import token_divergence
-from distill.models import logits_of
+from distill.models import device_of, logits_of
 
 
 @torch.no_grad()
@@ -20,7 +20,7 @@ def predict(model: nn.Module, dataset: Dataset, batch_size: int = 512) -> torch.
     """Logits (N, C) on CPU for every example of `dataset`, in order, with the model in eval mode."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = device_of(model)
     out = [logits_of(model(b["inputs"].to(device))).float().cpu()
            for b in iter_batches(dataset, torch.arange(len(dataset)), batch_size)]  # type: ignore[arg-type]
     model.train(was_training)

@@ -141,6 +141,12 @@ def _resolve(arch: str) -> Callable[..., nn.Module]:
     return getattr(module, attr)
 
 
+def device_of(model: nn.Module) -> torch.device:
+    """Where the model's parameters live; the CPU for models with none (e.g. int8-quantized ones)."""
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
 def logits_of(output: Any) -> torch.Tensor:
     """Logits from a model output: a tensor, an object with `.logits` (Hugging Face), or a tuple."""
     if isinstance(output, torch.Tensor):

@@ -183,15 +183,6 @@ def int8_layers(model: nn.Module) -> dict[str, str]:
 
 
 @torch.no_grad()
-def predict_cpu(model: nn.Module, dataset: Dataset, batch_size: int = 512) -> torch.Tensor:
-    """Logits (N, C) of every example, in order: `distill.evaluate.predict` for models that may have
-    no parameters left to tell their device (quantized models run on the CPU)."""
-    model.eval()
-    order = torch.arange(len(dataset))  # type: ignore[arg-type]
-    batches = iter_batches(dataset, order, batch_size)
-    return torch.cat([logits_of(model(b["inputs"].cpu())).float() for b in batches])
-
-
 def serialized_size_mb(model: nn.Module) -> float:
     """Bytes of the model's state dict as `torch.save` writes it (packed int8 weights included), in MB.
 
