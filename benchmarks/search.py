@@ -31,6 +31,10 @@ def main() -> None:
         from fmnist_kd import teacher
 
         cfg.overrides.append(f"teacher.checkpoint={teacher()}")
+    if args.which == "bbc":  # reuse benchmarks/bbc_encoder.py's fine-tuned MiniLM when it exists
+        bbc_teacher = WORK / "bbc_encoder" / "teacher-L128-n600-e2.safetensors"
+        if bbc_teacher.is_file():
+            cfg.overrides.append(f"teacher.checkpoint={bbc_teacher}")
     root = run_search(cfg, resume=True)
     report = json.loads((root / "search.json").read_text())
     best = report["recommended"] or report["closest"][0]

@@ -159,12 +159,9 @@ def _accuracy_vs_cost(run_dir: Path, models: dict[str, Any]) -> Path:
                title="Accuracy vs latency")
     ax_size.set(xscale="log", xlabel="size on disk (MB, log)", ylabel="test accuracy (%)",
                 title="Accuracy vs size")
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
-
     for ax in (ax_lat, ax_size):
         ax.grid(alpha=0.3)
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.xaxis.set_minor_formatter(NullFormatter())  # log-axis minor labels overlap
+        _plain_log_ticks(ax)
         ax.margins(x=0.25, y=0.15)
     return _save(fig, run_dir / "plots" / "accuracy_vs_cost.png")
 
@@ -243,6 +240,14 @@ def _save(fig: Any, path: Path) -> Path:
 # --------------------------------------------------------------------------- distill search
 
 
+def _plain_log_ticks(ax: Any) -> None:
+    """Plain numbers on a log x-axis (5, 10, 20), and no minor labels, which overlap."""
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def render_search(root: Path, report: dict[str, Any]) -> Path:
     """search.md and plots/pareto.png for a finished `distill search`."""
     plot = _pareto_plot(root, report)
@@ -303,6 +308,7 @@ def _pareto_plot(root: Path, report: dict[str, Any]) -> Path:
         if limit:
             ax.axvline(limit, ls=":", c="tab:red", lw=1, label="speed / size limit")
         ax.set(xlabel=label, ylabel="test accuracy, %", xscale="log")
+        _plain_log_ticks(ax)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle(f"Student search: {report['name']}")
