@@ -22,7 +22,7 @@ from distill.data import ArrayDataset  # noqa: E402
 from distill.encoders import EncoderClassifier  # noqa: E402
 from distill.errors import ExportError, ModelError  # noqa: E402
 from distill.export import (bench_onnx, check_parity, export_hf, export_onnx, export_safetensors,  # noqa: E402
-                            ort_session, unsupported_operator)
+                            ort_session, quantize_onnx, unsupported_operator)
 from distill.models import CNN, MLP, ResNet, build_model  # noqa: E402
 
 SHAPE = (1, 12, 12)
@@ -208,3 +208,44 @@ def test_cli_export_onnx_with_check(tmp_path, capsys):
     assert out.is_file()
     assert main(args[:4] + ["hf", "--out", str(tmp_path / "hf")]) == 2
     assert "not a Hugging Face model" in capsys.readouterr().err
+
+
+def test_quantize_onnx_writes_int8_weights_that_keep_the_class(tmp_path):
+    import onnx
+
+    torch.manual_seed(0)
+    model = MLP(SHAPE, 5, [256, 256]).eval()
+    fp32 = export_onnx(model, torch.randn(2, *SHAPE), tmp_path / "m.onnx")
+    int8 = quantize_onnx(fp32, tmp_path / "m-int8.onnx")
+    ops = {node.op_type for node in onnx.load(str(int8)).graph.node}
+    assert "MatMulInteger" in ops and "DynamicQuantizeLinear" in ops
+    assert int8.stat().st_size < 0.4 * fp32.stat().st_size  # int8 weights: about a quarter
+    report = check_parity(model, int8, _held_out(), atol=float("inf"), min_top1=0.95)
+    assert 0 < report.max_abs_diff < 0.5  # quantization changes the logits a little, not the classes
+
+
+def test_quantize_onnx_failure_leaves_the_destination_untouched(tmp_path):
+    bad, dst = tmp_path / "bad.onnx", tmp_path / "out.onnx"
+    bad.write_bytes(b"not an onnx model")
+    dst.write_bytes(b"previous")
+    with pytest.raises(ModelError, match="could not quantize .*bad.onnx.*unchanged"):
+        quantize_onnx(bad, dst)
+    assert dst.read_bytes() == b"previous"
+    with pytest.raises(ModelError, match="does not exist"):
+        quantize_onnx(tmp_path / "missing.onnx", dst)
+
+
+def test_cli_export_int8_onnx_with_check(tmp_path, capsys):
+    student = build_model(ModelConfig(arch="mlp", kwargs={"hidden": [128]}), (1, 8, 8), 10)
+    save_weights(tmp_path / "s.safetensors", student)
+    out = tmp_path / "s-int8.onnx"
+    common = ["export", "data.name=digits", f"student.checkpoint={tmp_path / 's.safetensors'}"]
+    # An untrained MLP's logits are near ties, so int8 flips many of its classes: the check must say so.
+    assert main([*common, "--format", "onnx", "--out", str(out), "--int8", "--check"]) == 2
+    err = capsys.readouterr().err
+    assert "top-1 agreement" in err and "required 99.00%" in err and "ship the fp32 ONNX file" in err
+    assert out.is_file()  # kept for inspection
+    assert main([*common, "--format", "onnx", "--out", str(out), "--int8", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["path"] == str(out)
+    assert main([*common, "--format", "safetensors", "--out", str(tmp_path / "x"), "--int8"]) == 2
+    assert "does not apply to --format safetensors" in capsys.readouterr().err

@@ -6,10 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 import distill.pipeline
 from distill.config import validate_config
-from distill.pipeline import run, summarise
+from distill.errors import ConfigError
+from distill.pipeline import open_run_dir, run, summarise
 from distill.training import _Loop
 
 
@@ -107,3 +109,16 @@ def test_distillation_quality_on_full_digits(run_config):
     assert models["distilled"]["accuracy"] > 0.85
     assert models["distilled"]["agreement"] > 0.85
     assert models["distilled"]["params"] * 5 < models["teacher"]["params"]
+
+
+def test_resume_accepts_a_run_saved_before_settings_were_added(run_config):
+    """A run written by an older version lacks keys added since; at their defaults they match."""
+    cfg = validate_config(run_config)
+    run_dir = open_run_dir(cfg, resume=False)
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    del saved["tracking"], saved["train"]["grad_clip"]  # as if these settings did not exist yet
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert open_run_dir(cfg, resume=True) == run_dir
+    changed = validate_config({**run_config, "train": {**run_config["train"], "epochs": 7}})
+    with pytest.raises(ConfigError, match="differs .*sections: train"):
+        open_run_dir(changed, resume=True)

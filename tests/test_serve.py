@@ -239,11 +239,32 @@ def test_smollm2_answers_a_chat():
     assert status == 200 and body["choices"][0]["message"]["content"].strip()
 
 
-def test_a_busy_port_and_an_open_host_are_reported(model_dir, capsys):
+def test_a_busy_port_and_an_open_host_are_reported(model_dir):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
         with pytest.raises(DistillError, match="another --port"):
-            serve.make_server(str(model_dir), host="0.0.0.0", port=port)  # refused: nothing listens
-    assert "without an API key" in capsys.readouterr().err
+            serve.make_server(str(model_dir), port=port)
+    with pytest.raises(DistillError, match="Refusing to serve on 0.0.0.0"):  # more in test_security.py
+        serve.make_server(str(model_dir), host="0.0.0.0", port=0)
+
+
+def test_cli_reads_the_key_from_a_file(model_dir, tmp_path, monkeypatch, capsys):
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY + "\n")
+    key_file.chmod(0o600)
+    real_start = serve.Server.start_background
+    statuses = []
+
+    def start_then_terminate(self):
+        thread = real_start(self)
+        url = f"{self.url}/v1/chat/completions"
+        statuses.extend(post(url, chat("Hi", max_tokens=2), key=k)[0] for k in (None, "wrong", KEY))
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        return thread
+
+    monkeypatch.setattr(serve.Server, "start_background", start_then_terminate)
+    assert main(["serve", str(model_dir), "--port", "0", "--api-key-file", str(key_file)]) == 0
+    assert statuses == [401, 401, 200]
+    assert KEY not in capsys.readouterr().out

@@ -251,3 +251,16 @@ def test_bad_settings_name_the_field(bad):
     options = {"base_url": "http://127.0.0.1:1/v1", **bad}
     with pytest.raises(ConfigError, match=next(iter(bad))):
         teacher(**options)
+
+
+def test_the_key_file_is_sent_and_a_rejected_one_is_named_not_shown(server, tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    path = tmp_path / "key"
+    path.write_text(KEY + "\n")
+    path.chmod(0o600)
+    teacher(server.base_url, api_key_env=None, api_key_file=path).complete(MESSAGES, Sampling())
+    assert server.requests[-1]["headers"]["Authorization"] == f"Bearer {KEY}"
+    server.script = lambda i, r: Reply(401, {"error": {"message": f"bad key {KEY}"}})
+    with pytest.raises(TeacherUnavailable, match="refused the credentials") as info:
+        teacher(server.base_url, api_key_env=None, api_key_file=path).complete(MESSAGES, Sampling())
+    assert str(path) in str(info.value) and KEY not in str(info.value)

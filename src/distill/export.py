@@ -3,6 +3,7 @@
     export_onnx(student, example, "student.onnx")              # atomic, dynamic batch axis
     report = check_parity(student, "student.onnx", data.test)  # ExportError past the tolerance
     costs = bench_onnx(student, "student.onnx", inputs)        # eager vs ONNX Runtime, 1 thread
+    quantize_onnx("student.onnx", "student-int8.onnx")         # ONNX Runtime dynamic int8 weights
 
 ONNX needs `pip install 'distill[export]'` (onnx, onnxruntime, onnxscript); they are imported
 inside the functions that use them, so `import distill` stays cheap.
@@ -10,11 +11,13 @@ inside the functions that use them, so `import distill` stays cheap.
 
 from __future__ import annotations
 
+import logging
 import re
 import statistics
 import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,7 @@ from distill.files import atomic_write_bytes
 from distill.models import logits_of
 
 FORMATS = ("onnx", "safetensors", "hf")
+INT8_MIN_TOP1 = 0.99  # an int8 file may change a few close calls, not more
 
 
 @dataclass
@@ -138,6 +142,45 @@ def export_onnx(model: nn.Module, example_inputs: torch.Tensor, path: Path | str
                              "distill exports single-file ONNX models only.")
         atomic_write_bytes(path, out.read_bytes())
     return path
+
+
+def quantize_onnx(src: Path | str, dst: Path | str, *, per_channel: bool = False) -> Path:
+    """ONNX Runtime post-training *dynamic* quantization of `src` into `dst`: int8 weights for
+    MatMul/Gemm/Conv, activations quantized on the fly per batch (no calibration data).
+
+    Written through a temp directory and `atomic_write_bytes`, like `export_onnx`: a failure leaves
+    `dst` absent or untouched. `check_parity(model, dst, test, atol=inf, min_top1=...)` then measures
+    how often the int8 file still picks the fp32 model's class.
+    """
+    try:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError:
+        raise ModelError("ONNX Runtime is not installed: pip install 'distill[export]'") from None
+    src, dst = Path(src), Path(dst)
+    if not src.is_file():
+        raise ModelError(f"quantize_onnx: {src} does not exist; export the model first (export_onnx).")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / dst.name
+        try:
+            with _quiet("root"):  # ORT logs a generic "consider pre-processing" warning on every call
+                quantize_dynamic(src, out, per_channel=per_channel, weight_type=QuantType.QInt8)
+        except Exception as exc:  # ORT raises many types (onnx checker, shape inference, ValueError)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"ONNX Runtime could not quantize {src}: {first}. The fp32 file is unchanged; "
+                             "serve it as is, or quantize in PyTorch instead (distill quantize).") from exc
+        atomic_write_bytes(dst, out.read_bytes())
+    return dst
+
+
+@contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -264,15 +307,21 @@ def bench_onnx(model: nn.Module, onnx_path: Path | str, inputs: torch.Tensor, *,
 
 
 def export_model(model: nn.Module, fmt: str, out: Path | str, test: Dataset, *, check: bool = False,
-                 meta: dict[str, Any] | None = None, tokenizer: str | None = None) -> dict[str, Any]:
+                 meta: dict[str, Any] | None = None, tokenizer: str | None = None,
+                 int8: bool = False) -> dict[str, Any]:
     """What `distill export` does: write `model` as `fmt` to `out`; for ONNX with `check`, run the
     parity check on `test` (whose first examples also serve as the export's example input).
     `meta` goes into a safetensors file's metadata; the `tokenizer` named (a text config's
-    `data.tokenizer`) is saved into an HF directory."""
+    `data.tokenizer`) is saved into an HF directory. `int8` (ONNX only) writes the ONNX Runtime
+    dynamically quantized model; its check requires INT8_MIN_TOP1 agreement with the fp32 model
+    and reports, without bounding, the logit difference that quantization brings."""
     if fmt not in FORMATS:
         raise ModelError(f"Unknown export format `{fmt}`; choose one of {list(FORMATS)}.")
     if check and fmt != "onnx":
         raise ModelError(f"--check compares an ONNX export with PyTorch; it does not apply to --format {fmt}.")
+    if int8 and fmt != "onnx":
+        raise ModelError(f"--int8 quantizes an ONNX export with ONNX Runtime; it does not apply to --format {fmt} "
+                         "(for PyTorch int8 use `distill quantize`).")
     result: dict[str, Any] = {"format": fmt, "path": str(out)}
     if fmt == "safetensors":
         export_safetensors(model, out, meta)
@@ -282,7 +331,21 @@ def export_model(model: nn.Module, fmt: str, out: Path | str, test: Dataset, *, 
         export_hf(model, out, load_tokenizer(tokenizer) if tokenizer else None)
     else:
         example = next(_batches(test, 2))
-        export_onnx(model, example, out)
+        if int8:
+            with tempfile.TemporaryDirectory() as tmp:
+                quantize_onnx(export_onnx(model, example, Path(tmp) / "fp32.onnx"), out)
+        else:
+            export_onnx(model, example, out)
         if check:
-            result["parity"] = check_parity(model, out, test).as_dict()
+            result["parity"] = (_int8_parity(model, out, test) if int8 else check_parity(model, out, test)).as_dict()
     return result
+
+
+def _int8_parity(model: nn.Module, path: Path | str, test: Dataset) -> ParityReport:
+    try:
+        return check_parity(model, path, test, atol=float("inf"), min_top1=INT8_MIN_TOP1)
+    except ExportError as exc:
+        raise ExportError(f"{str(exc).split(' The file is kept')[0]} The int8 file is kept for inspection. "
+                          "Dynamic int8 changes too many of this model's decisions: ship the fp32 ONNX file, "
+                          "or train with quantization in the loop (distill.quantize.prepare_qat, then fit with "
+                          "the teacher).") from None

@@ -1,4 +1,5 @@
-"""Atomic file writes: readers see the old file or the new one, never a half-written mix."""
+"""Atomic file writes (readers see the old file or the new one, never a half-written mix) and
+private output directories (only their owner can read what distill writes there)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import errno
 import hashlib
 import os
 import re
+import stat
 import uuid
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,6 +35,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        _fsync_dir(path.parent)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -46,11 +50,40 @@ def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: 
             os.close(_create(tmp))
             mode = os.stat(tmp).st_mode & 0o777
             save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+            _fsync_file(tmp)
             os.chmod(tmp, mode)  # safetensors writes 0o600 files; keep the mode a new file gets here
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        _fsync_dir(path.parent)
+
+
+def make_private_dir(path: Path) -> Path:
+    """Create directory `path` (and missing parents) with the leaf readable by its owner only (0o700).
+
+    Files inside keep the mode any new file gets; the private directory is what keeps other users
+    out. An existing directory keeps its mode, with a warning if anyone may replace files in it.
+    """
+    path = Path(path)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            if not path.is_dir():
+                raise
+            warn_if_world_writable(path)
+    warn_if_world_writable(path.parent)
+    return path
+
+
+def warn_if_world_writable(directory: Path) -> None:
+    """Warn when every user may create, rename or delete files in `directory` (no sticky bit, as /tmp has)."""
+    mode = directory.stat().st_mode
+    if os.name != "nt" and mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+        warnings.warn(f"{directory} is writable by every user (mode {oct(mode & 0o7777)}), so another user "
+                      f"could replace what distill writes there. Fix: chmod o-w {directory}", stacklevel=3)
 
 
 @contextmanager
@@ -97,6 +130,29 @@ def _create(path: Path) -> int:
     tempfile.mkstemp would force 0o600, leaving reports and checkpoints readable by their owner only.
     """
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDWR | getattr(os, "O_BINARY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename inside `directory` survive a power cut. Some systems cannot open a directory
+    (Windows) or fsync one (some network filesystems); the rename itself has happened either way."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def sha256_file(path: Path) -> str:

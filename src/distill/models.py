@@ -117,10 +117,14 @@ def build_model(spec: ModelConfig, input_shape: tuple[int, ...], num_classes: in
         if name in params and name not in kwargs:
             kwargs[name] = value
     try:
-        return factory(**kwargs)
+        model = factory(**kwargs)
     except TypeError as exc:
         raise ModelError(f"Cannot build `{spec.arch}` with kwargs {spec.kwargs}: {exc}. "
                          f"Accepted arguments: {list(params)}.") from None
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"arch `{spec.arch}` returned a {type(model).__name__}, not a torch.nn.Module; "
+                         "name your model class (`package.module:Class`) or a function returning one.")
+    return model
 
 
 def _resolve(arch: str) -> Callable[..., nn.Module]:
@@ -138,7 +142,46 @@ def _resolve(arch: str) -> Callable[..., nn.Module]:
     if not hasattr(module, attr):
         names = [n for n in dir(module) if not n.startswith("_")]
         raise ModelError(f"`{module_name}` has no `{attr}`.{did_you_mean(attr, names)}")
-    return getattr(module, attr)
+    return _model_factory(arch, getattr(module, attr))
+
+
+def _model_factory(arch: str, found: Any) -> Callable[..., nn.Module]:
+    """`found` if it can build a model: an nn.Module class, or a Python function (checked on return).
+
+    Anything else (another class, a builtin such as `os:system`, a constant) is refused before it
+    is called, so a config cannot use `arch` to run arbitrary library code.
+    """
+    if inspect.isclass(found) and issubclass(found, nn.Module):
+        return found
+    if inspect.isfunction(found):
+        return found
+    what = f"class {found.__name__}" if inspect.isclass(found) else type(found).__name__
+    raise ModelError(f"arch `{arch}` names a {what}, not a torch.nn.Module class; give your model as "
+                     "`package.module:Class` (an nn.Module subclass) or a Python function returning one.")
+
+
+def channels_last(model: nn.Module, example: torch.Tensor) -> bool:
+    """Store a convolutional model's 4-D weights channels-last (NHWC), the layout oneDNN and cuDNN
+    run fastest: on this CPU the Fashion-MNIST CNN's forward takes half the time, its max-pooling a
+    tenth. Values and the state dict are unchanged (checkpoints are written contiguous).
+
+    Left as they are, returning False: models without `nn.Conv2d`, inputs that are not 4-D, and
+    models whose forward needs the default layout (e.g. `.view` on a convolution's output), found
+    by one dry forward of `example` in eval mode.
+    """
+    if example.dim() != 4 or not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        return False
+    was_training = model.training
+    model.to(memory_format=torch.channels_last)
+    try:
+        with torch.no_grad():
+            model.eval()(example[:2])
+        return True
+    except RuntimeError:
+        model.to(memory_format=torch.contiguous_format)
+        return False
+    finally:
+        model.train(was_training)
 
 
 def device_of(model: nn.Module) -> torch.device:

@@ -14,11 +14,12 @@ from typing import Any
 
 import torch
 import yaml
+from pydantic import ValidationError
 from torch import nn
 
 from distill.bench import measure_models
 from distill.checkpoint import load_weights, save_weights
-from distill.files import atomic_write_text
+from distill.files import atomic_write_text, make_private_dir
 from distill.config import RunConfig
 from distill.data import DataSplits, check_labels, labels_of, load_data
 from distill.errors import ConfigError
@@ -61,7 +62,7 @@ def open_run_dir(cfg: RunConfig, resume: bool) -> Path:
             raise ConfigError(f"Run directory {run_dir} already exists; pass --resume to continue it, "
                               "or choose another run with name=NEW_NAME (nothing was overwritten).")
         # `quiet` only changes what is printed, so `--resume` may add or drop `--quiet`.
-        previous = yaml.safe_load(saved.read_text()) or {}
+        previous = _with_defaults(yaml.safe_load(saved.read_text()) or {})
         if {**previous, "quiet": None} != {**current, "quiet": None}:
             changed = sorted(k for k in set(previous) | set(current)
                              if k != "quiet" and previous.get(k) != current.get(k))
@@ -74,10 +75,19 @@ def open_run_dir(cfg: RunConfig, resume: bool) -> Path:
     state = process_state(cfg.device)
     state.wait_for_everyone()  # every process has checked before the main one writes
     if state.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(run_dir)  # 0o700: configs, data and weights are the owner's alone
         atomic_write_text(saved, yaml.safe_dump(current, sort_keys=False))
     state.wait_for_everyone()
     return run_dir
+
+
+def _with_defaults(raw: dict[str, Any]) -> dict[str, Any]:
+    """A saved run config with the defaults of this version filled in, so that settings added since
+    it was written (at their defaults) do not block `--resume`; as saved if it no longer validates."""
+    try:
+        return RunConfig.model_validate(raw).model_dump(mode="json")
+    except ValidationError:
+        return raw
 
 
 def load_or_train_teacher(cfg: RunConfig, data: DataSplits, run_dir: Path, resume: bool) -> nn.Module:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import io
+import pickle
 import statistics
 import warnings
 from contextlib import contextmanager
@@ -45,7 +46,8 @@ from torch.utils.data import Dataset
 
 from distill.bench import time_calls
 from distill.data import ArrayDataset, iter_batches
-from distill.errors import ConfigError, ModelError
+from distill.errors import CheckpointError, ConfigError, ModelError
+from distill.files import atomic_write_bytes
 from distill.models import logits_of
 
 _DEPRECATION = "torch.ao.quantization is deprecated"
@@ -194,9 +196,14 @@ def serialized_size_mb(model: nn.Module) -> float:
 
 
 def save_int8(model: nn.Module, path: Path) -> None:
-    """Write a quantized model's state dict (rebuild it with `load_int8`)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), path)
+    """Write a quantized model's state dict atomically (rebuild it with `load_int8`).
+
+    safetensors cannot hold packed int8 weights, so this is `torch.save`'s format, which `load_int8`
+    reads back with `weights_only=True`: tensors and plain containers only, never arbitrary objects.
+    """
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    atomic_write_bytes(Path(path), buffer.getvalue())
 
 
 def load_int8(model: nn.Module, path: Path, *, method: str, example: torch.Tensor,
@@ -206,14 +213,41 @@ def load_int8(model: nn.Module, path: Path, *, method: str, example: torch.Tenso
     saved int8 state."""
     if method not in ("dynamic", "static", "qat"):
         raise ConfigError(f"load_int8: method {method!r} is not one of dynamic, static, qat.")
+    state = _read_int8(Path(path))
     if method == "dynamic":
         shell = quantize_dynamic_int8(model, backend=backend)
     else:  # static and QAT convert to the same modules; the saved state replaces these ranges
         shell = quantize_static_int8(model, ArrayDataset(example.cpu(), torch.zeros(len(example))),
                                      batches=1, backend=backend)
-    with _quiet():
-        shell.load_state_dict(torch.load(path, weights_only=True))
+    try:
+        with _quiet():
+            shell.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path} does not fit this model quantized with method={method} ({exc}). Pass "
+                              "the fp32 architecture and method it was saved from.") from None
     return shell
+
+
+def _read_int8(path: Path) -> dict[str, Any]:
+    """The state dict `save_int8` wrote; anything else is refused without being run."""
+    if not path.is_file():
+        raise CheckpointError(f"int8 checkpoint {path} does not exist.")
+    try:
+        with _quiet():
+            state = torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError:
+        # torch's own message suggests weights_only=False, which would run whatever the file holds
+        raise CheckpointError(
+            f"{path} is not a distill int8 checkpoint: it holds objects that torch.load(weights_only=True) "
+            "refuses (anything but tensors and plain containers), and loading those could run code, so "
+            "distill never does. Re-create it with `distill quantize ... --out` from weights you trust.") from None
+    except (RuntimeError, EOFError, KeyError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a distill int8 checkpoint ({type(exc).__name__}); it may be "
+                              "truncated or another format. Re-create it with `distill quantize ... --out`.") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not a distill int8 checkpoint: it holds a {type(state).__name__}, "
+                              "not a state dict. Re-create it with `distill quantize ... --out`.")
+    return state
 
 
 def measure_cpu(models: dict[str, nn.Module], input_shape: tuple[int, ...], *, threads: int = 1,

@@ -33,7 +33,7 @@ from distill.checkpoint import load_weights
 from distill.config import Strict, default_config_dict, read_raw, validate_config, validate_section
 from distill.data import load_data
 from distill.errors import ConfigError
-from distill.files import atomic_write_text
+from distill.files import atomic_write_text, make_private_dir
 from distill.pipeline import build_student, load_or_train_teacher, open_run_dir, run
 
 
@@ -219,7 +219,7 @@ def _open(cfg: SearchConfig, resume: bool) -> Path:
                 {k: v for k, v in current.items() if k != "requirements"}:
             raise ConfigError(f"--resume: the search config differs from {saved} beyond `requirements`; resume "
                               "with the same space and base, or start a new search with name=NEW_NAME.")
-    root.mkdir(parents=True, exist_ok=True)
+    make_private_dir(root)
     atomic_write_text(saved, yaml.safe_dump(current, sort_keys=False))
     return root
 

@@ -1,10 +1,11 @@
 """An OpenAI-compatible chat-completions server for a Hugging Face causal LM, on the standard library.
 
-    distill serve MODEL_DIR [--host 127.0.0.1] [--port 8000] [--api-key-env NAME]
+    distill serve MODEL_DIR [--host 127.0.0.1] [--port 8000] [--api-key-env NAME | --api-key-file PATH]
     curl localhost:8000/v1/chat/completions -d '{"messages": [{"role": "user", "content": "Hi"}]}'
 
 Endpoints: `POST /v1/chat/completions` (JSON, or Server-Sent Events with `stream: true`),
-`GET /v1/models`, and `GET /health`, the one endpoint open without the API key. Concurrent
+`GET /v1/models`, and `GET /health`, the one endpoint open without the API key. The server listens
+on 127.0.0.1 unless told otherwise, and refuses any other address without a key. Concurrent
 requests are decoded together by `distill.lm.generation.BatchedGenerator`. Errors have OpenAI's
 shape, `{"error": {"message", "type", "code"}}`, so OpenAI clients show our message.
 
@@ -19,7 +20,6 @@ import ipaddress
 import json
 import logging
 import math
-import os
 import queue
 import signal
 import socket
@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from distill.credentials import env_key, one_source, open_key_file
 from distill.errors import DistillError
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ class Server:
         scheme, _, token = (header or "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self._key):
             raise HTTPError(401, "Missing or wrong API key: send `Authorization: Bearer KEY` with the key "
-                            "the server was started with (--api-key-env).", "authentication_error",
+                            "the server was started with (--api-key-env/--api-key-file).", "authentication_error",
                             "invalid_api_key")
 
     def track(self, delta: int) -> None:
@@ -158,13 +159,17 @@ class Server:
 def make_server(model_dir_or_source: str, *, host: str = "127.0.0.1", port: int = 8000,
                 api_key: str | None = None, max_request_bytes: int = 1_000_000,
                 max_tokens_limit: int = 512, max_batch: int = 8, model_name: str | None = None) -> Server:
-    """Bind `host:port` (0 = any free port), then load the model (a directory, hub id or `builtin:`)."""
+    """Bind `host:port` (0 = any free port), then load the model (a directory, hub id or `builtin:`).
+
+    An address other machines can reach needs `api_key`: the server would otherwise answer anyone.
+    """
+    if not _is_loopback(host) and not api_key:
+        raise DistillError(f"Refusing to serve on {host}, which other machines can reach, without an API key: "
+                           "require one with --api-key-env NAME or --api-key-file PATH, or keep the default "
+                           "--host 127.0.0.1.")
     from distill.lm.generation import BatchedGenerator
     from distill.lm.models import load_causal_lm, load_tokenizer
 
-    if not _is_loopback(host) and api_key is None:
-        print(f"warning: serving on {host}, reachable from other machines, without an API key; "
-              "require one with --api-key-env NAME", file=sys.stderr)
     try:  # bind first: a busy port should not cost a model load
         httpd = _HTTPServer((host, port), _Handler)
     except OSError as exc:
@@ -184,14 +189,10 @@ def make_server(model_dir_or_source: str, *, host: str = "127.0.0.1", port: int 
     return Server(httpd, engine, tokenizer, model_name=name, api_key=api_key, limits=limits)
 
 
-def run(model_dir: str, *, host: str, port: int, api_key_env: str | None, **limits: Any) -> int:
+def run(model_dir: str, *, host: str, port: int, api_key_env: str | None = None,
+        api_key_file: Path | None = None, **limits: Any) -> int:
     """`distill serve`: serve until Ctrl-C or SIGTERM, then shut down cleanly."""
-    api_key = None
-    if api_key_env:
-        api_key = os.environ.get(api_key_env)
-        if not api_key:
-            raise DistillError(f"--api-key-env {api_key_env}: the environment variable {api_key_env} "
-                               f"is not set; export {api_key_env}=... first, or leave out --api-key-env.")
+    api_key = _server_key(api_key_env, api_key_file)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     server = make_server(model_dir, host=host, port=port, api_key=api_key, **limits)
     stop = threading.Event()
@@ -208,6 +209,14 @@ def run(model_dir: str, *, host: str, port: int, api_key_env: str | None, **limi
         signal.signal(signal.SIGTERM, previous)
     print("Server stopped.", file=sys.stderr)
     return 0
+
+
+def _server_key(env: str | None, file: Path | None) -> str | None:
+    """The key clients must send: from environment variable `env` or from `file` (one of them), or None."""
+    one_source(env, file, "--api-key-env", "--api-key-file")
+    if file is not None:
+        return open_key_file(file, "--api-key-file")
+    return env_key(env, "--api-key-env") if env else None
 
 
 def _is_loopback(host: str) -> bool:

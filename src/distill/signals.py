@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from distill.files import atomic_save_tensors, atomic_write_text, sha256_file
+from distill.files import atomic_save_tensors, atomic_write_text, make_private_dir, sha256_file
 from distill.errors import CheckpointError
 from distill.models import logits_of
 
@@ -118,6 +118,7 @@ def verify(directory: Path) -> list[str]:
 @torch.no_grad()
 def _build(teacher: nn.Module, dataset: Dataset, directory: Path, key: str, batch_size: int,
            dtype: torch.dtype, quiet: bool) -> None:
+    make_private_dir(directory)
     teacher = freeze(teacher)
     device = next(teacher.parameters()).device
     n = len(dataset)  # type: ignore[arg-type]

@@ -68,9 +68,26 @@ def load_causal_lm(source: str, key: str = "teacher.model", dtype: torch.dtype =
 
     where = resolve_source(source, key)
     try:
-        return AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
+        # safetensors only: a pytorch_model.bin is a pickle; remote code stays off (the default)
+        return AutoModelForCausalLM.from_pretrained(where, dtype=dtype, use_safetensors=True)
     except OSError as exc:
-        raise ModelError(_not_found(source, key, exc)) from None
+        raise ModelError(_no_safetensors(source, key) if _lacks_safetensors(where, exc)
+                         else _not_found(source, key, exc)) from None
+
+
+def _lacks_safetensors(where: str, exc: OSError) -> bool:
+    path = Path(where)
+    if path.is_dir():
+        return not any(path.glob("*.safetensors")) and any(path.glob("*.bin"))
+    return ".safetensors" in str(exc)
+
+
+def _no_safetensors(source: str, key: str) -> str:
+    return (f"`{key}`: {source} has no safetensors weights (only pytorch_model.bin, a pickle). distill loads "
+            "models only from safetensors, since unpickling a file can run code. Convert a model you trust "
+            "once: `python -c \"from transformers import AutoModelForCausalLM as M; "
+            f"M.from_pretrained('{source}').save_pretrained('DIR')\"` (writes model.safetensors), "
+            "then pass DIR.")
 
 
 def load_tokenizer(source: str, key: str = "teacher.model") -> Any:

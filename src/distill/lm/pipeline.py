@@ -135,7 +135,7 @@ def train_stage(cfg: LMRunConfig, stage: str, template: nn.Module, tokenizer: An
 
     done = run_dir / stage / "model"
     if (done / "config.json").is_file():
-        return AutoModelForCausalLM.from_pretrained(done).eval()
+        return AutoModelForCausalLM.from_pretrained(done, use_safetensors=True).eval()
     student = copy.deepcopy(template)  # same initial weights for the baseline and the distilled student
     out = fit_lm(student, data.train, train=cfg.train, loss=cfg.loss, vocab=vocab, teacher=signal,
                  on_policy=cfg.on_policy if signal is not None else None, val_data=data.val,

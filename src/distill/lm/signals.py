@@ -30,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from distill.errors import CheckpointError
-from distill.files import atomic_save_tensors, atomic_write_text, sha256_file
+from distill.files import atomic_save_tensors, atomic_write_text, make_private_dir, sha256_file
 from distill.lm.text import TokenBlocks
 
 CACHE_FORMAT = 1
@@ -188,6 +188,7 @@ def _verified_shards(directory: Path, manifest: dict[str, Any], rebuild: bool) -
 
 def _build_missing(teacher: nn.Module, data: TokenBlocks, directory: Path, manifest: dict[str, Any],
                    good: list[dict[str, Any]], batch_size: int, quiet: bool, device: Any) -> list[dict[str, Any]]:
+    make_private_dir(directory)
     teacher = teacher.eval().requires_grad_(False).to(device)
     k, vocab, offset = manifest["k"], manifest["vocab"], manifest["index_offset"]
     index_dtype = torch.int16 if vocab <= 65536 else torch.int32

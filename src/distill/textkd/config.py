@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from distill.config import Strict, read_raw, validate_section
+from distill.credentials import one_source
 from distill.divergences import Kind
 from distill.errors import ConfigError
 from distill.lm.config import LMTrainConfig
@@ -21,6 +22,8 @@ class TextTeacherConfig(Strict):
                        "the endpoint's model name (openai).")
     base_url: str | None = Field(None, description="openai: e.g. http://127.0.0.1:8000/v1")
     api_key_env: str | None = Field("OPENAI_API_KEY", description="Env var holding the API key (never the key).")
+    api_key_file: Path | None = Field(None, description="File holding only the API key (e.g. a Docker/Kubernetes "
+                                      "secret), instead of api_key_env.")
     timeout_s: float = Field(120.0, gt=0)
     max_retries: int = Field(4, ge=0)
     requests_per_s: float | None = Field(None, gt=0, description="Client-side rate limit.")
@@ -32,6 +35,15 @@ class TextTeacherConfig(Strict):
     def _url(self) -> TextTeacherConfig:
         if self.backend == "openai" and not self.base_url:
             raise ValueError("teacher.base_url is required with teacher.backend=openai")
+        return self
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> TextTeacherConfig:
+        """A key file replaces the default variable; naming both explicitly is an error."""
+        if self.api_key_file is not None:
+            explicit_env = self.api_key_env if "api_key_env" in self.model_fields_set else None
+            one_source(explicit_env, self.api_key_file, "teacher.api_key_env", "teacher.api_key_file")
+            self.api_key_env = None
         return self
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from distill.errors import CheckpointError, DataError
-from distill.files import atomic_write_text, writing
+from distill.files import atomic_write_text, make_private_dir, writing
 from distill.textkd.teachers import Completion, Sampling, TeacherUnavailable, TextTeacher
 
 
@@ -54,7 +54,7 @@ def generate(teacher: TextTeacher, prompts: list[PromptRow], output: Path, *, sa
              template: str | None = None, concurrency: int = 4, quiet: bool = False) -> GenerateStats:
     """Ask `teacher` for `sampling.n` responses to every prompt not yet in `output`."""
     _check_unique(prompts)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(output.parent)
     _check_meta(output, {"teacher": teacher.identity, "template": template, "sampling": sampling.as_dict()})
     todo = pending(prompts, output, sampling.n)
     stats = GenerateStats(len(prompts), len(prompts) - len(todo), 0, 0.0, 0, 0)

@@ -144,8 +144,8 @@ def open_teacher(t: TextTeacherConfig) -> Iterator[TextTeacher]:
     """The configured teacher; `serve` starts `distill serve` on loopback for the duration."""
     from distill.textkd.remote import OpenAITeacher
 
-    common = {"api_key_env": t.api_key_env, "timeout_s": t.timeout_s, "max_retries": t.max_retries,
-              "requests_per_s": t.requests_per_s}
+    common = {"api_key_env": t.api_key_env, "api_key_file": t.api_key_file, "timeout_s": t.timeout_s,
+              "max_retries": t.max_retries, "requests_per_s": t.requests_per_s}
     if t.backend == "openai":
         yield OpenAITeacher(base_url=t.base_url, model=t.model, **common)  # type: ignore[arg-type]
     elif t.backend == "local":
@@ -160,7 +160,8 @@ def open_teacher(t: TextTeacherConfig) -> Iterator[TextTeacher]:
         server = make_server(t.model, port=0, max_batch=t.max_batch, model_name=t.model)
         server.start_background()
         try:
-            yield _Served(OpenAITeacher(base_url=f"{server.url}/v1", model=t.model, **{**common, "api_key_env": None}))
+            keyless = {**common, "api_key_env": None, "api_key_file": None}  # our own loopback server
+            yield _Served(OpenAITeacher(base_url=f"{server.url}/v1", model=t.model, **keyless))
         finally:
             server.shutdown()
 

@@ -6,8 +6,9 @@
 OpenAI, vLLM, llama.cpp and `distill serve` all speak this protocol. Transient failures (connection
 refused, timeouts, 429, 5xx, bodies that are not a chat completion) are retried with jittered
 exponential backoff, honouring `Retry-After`; other refusals fail at once, since retrying a bad
-request only wastes the budget. The API key is read from the environment on every call and is never
-stored, recorded in `identity`, logged or put in an error message.
+request only wastes the budget. The API key is read from the environment variable `api_key_env` or
+the file `api_key_file` (e.g. a Docker/Kubernetes secret) on every call and is never stored,
+recorded in `identity`, logged or put in an error message.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from distill.credentials import one_source, open_key_file, read_key_file
 from distill.errors import ConfigError
 from distill.textkd.teachers import Completion, Sampling, TeacherUnavailable
 
@@ -60,18 +63,28 @@ class _Retryable(Exception):
         self.retry_after_s = retry_after_s
 
 
+class _Default(str):
+    """The default `api_key_env`, told apart from the same name given explicitly."""
+
+
+DEFAULT_KEY_ENV = _Default("OPENAI_API_KEY")
+
+
 @dataclass
 class OpenAITeacher:
     """A chat model behind `{base_url}/chat/completions`, safe to call from many threads at once.
 
     `base_url` includes the API prefix (`.../v1`), as in the `openai` client. `api_key_env` names
     the environment variable holding the key (None: send no key); a missing variable is not an
-    error because local servers need none. `max_retries` counts retries after the first attempt.
+    error because local servers need none. `api_key_file` is a file holding only the key, read
+    instead of the default variable; it must exist and not be empty. `max_retries` counts retries
+    after the first attempt.
     """
 
     base_url: str
     model: str
-    api_key_env: str | None = "OPENAI_API_KEY"
+    api_key_env: str | None = DEFAULT_KEY_ENV
+    api_key_file: Path | None = None
     timeout_s: float = 60.0
     max_retries: int = 4
     backoff_s: float = 1.0
@@ -91,6 +104,11 @@ class OpenAITeacher:
                               f"backoff_s={self.backoff_s} must be >= 0.")
         if self.requests_per_s is not None:
             self._limiter = RateLimiter(self.requests_per_s)
+        if self.api_key_file is not None and isinstance(self.api_key_env, _Default):
+            self.api_key_env = None  # a key file replaces the default variable, not one named explicitly
+        one_source(self.api_key_env, self.api_key_file, "api_key_env", "api_key_file")
+        if self.api_key_file is not None:
+            open_key_file(self.api_key_file, "api_key_file")  # fail now, and warn if others can read it
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -108,7 +126,7 @@ class OpenAITeacher:
                 attempt failed; the message names the URL and the last problem, never the key.
         """
         body = json.dumps(_request_body(self.model, messages, sampling)).encode()
-        key = os.environ.get(self.api_key_env) if self.api_key_env else None
+        key = self._key()
         attempts = self.max_retries + 1
         problem = ""
         for attempt in range(attempts):
@@ -126,6 +144,12 @@ class OpenAITeacher:
             f"Teacher endpoint {self.url} failed {attempts} attempt(s); last problem: {problem}. "
             "Is the server running and reachable at base_url? `distill serve MODEL_DIR` starts a "
             "local one; raise timeout_s or max_retries if it is only slow or busy.")
+
+    def _key(self) -> str | None:
+        """Read on every call, so a rotated secret is picked up and the key is never kept."""
+        if self.api_key_file is not None:
+            return read_key_file(self.api_key_file, "api_key_file")
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
 
     def _delay(self, attempt: int, retry_after_s: float | None) -> float:
         """Seconds to wait before retry `attempt + 1`: the server's hint, else jittered backoff."""
@@ -156,15 +180,20 @@ class OpenAITeacher:
         if status in (408, 429) or status >= 500:
             return _Retryable(f"HTTP {status}: {text}", _retry_after(err.headers))
         if status in (401, 403):
-            unset = "" if key else " (it is not set now)"
-            fix = (f"set the environment variable {self.api_key_env} to a key it accepts{unset}"
-                   if self.api_key_env else
-                   "set api_key_env to the name of the environment variable holding the key")
             return TeacherUnavailable(f"Teacher endpoint {self.url} refused the credentials "
-                                      f"(HTTP {status}: {text}); {fix}.")
+                                      f"(HTTP {status}: {text}); {self._key_fix(key)}.")
         hint = " Check base_url (it includes the API prefix, e.g. /v1)." if status == 404 else ""
         return TeacherUnavailable(f"Teacher endpoint {self.url} rejected the request for model "
                                   f"{self.model!r} (HTTP {status}): {text}.{hint}")
+
+    def _key_fix(self, key: str | None) -> str:
+        """What to change when the endpoint refuses the key: where it comes from, never what it is."""
+        if self.api_key_file is not None:
+            return f"put a key it accepts in {self.api_key_file}"
+        if self.api_key_env:
+            unset = "" if key else " (it is not set now)"
+            return f"set the environment variable {self.api_key_env} to a key it accepts{unset}"
+        return "set api_key_env (an environment variable) or api_key_file (a file) to where the key is"
 
     def _transport_problem(self, err: BaseException) -> str:
         reason = getattr(err, "reason", err)  # URLError wraps the socket error in .reason
