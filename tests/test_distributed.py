@@ -175,3 +175,33 @@ def test_distill_run_under_two_processes_writes_each_file_from_one_process(run_c
     assert not [p for p in run_dir.rglob("*") if p.name.endswith(".tmp")]  # no half-written files
     for stage in ("teacher", "baseline", "distilled"):
         assert (run_dir / stage / "model.safetensors").is_file()
+
+
+def test_lm_trainer_sharded_with_fsdp_matches_one_process_and_its_checkpoint_loads_in_one(tmp_path):
+    """train.shard=fsdp: the student's weights and optimizer state split over 2 processes (FSDP2 on
+    gloo) train like 1 process with the whole batch; the checkpoint holds the whole model and
+    optimizer state, and loads without FSDP."""
+    pytest.importorskip("transformers")
+    from distill.checkpoint import load_training_state
+    from distill.config import OptimizerConfig
+    from distill.training import make_optimizer
+
+    rank0, rank1 = torchrun("lm_fsdp", tmp_path / "two", 8)
+    job = _job()
+    one = job.lm(tmp_path / "one", 8)
+    for run in ("topk", "ce"):
+        assert rank0[run]["history"] == rank1[run]["history"], run
+        assert rank0[run]["weights"] == rank1[run]["weights"], run  # both handed back the whole model
+        assert rank0[run]["sharded"] == ["_StepLoss"] and one[run]["sharded"] == []  # FSDP in 2 processes only
+        assert rank0[run]["returned"] == "LlamaForCausalLM"  # handed back whole, not as FSDP shards
+        assert_same_run(rank0[run], one[run], val_size=1)
+    from lm_helpers import make_llama, make_tokenizer
+
+    tok = make_tokenizer(tmp_path / "tok")
+    fresh = make_llama(tmp_path / "fresh", tok, layers=1, seed=7)
+    optimizer = make_optimizer(fresh, type("T", (), {"optimizer": OptimizerConfig(lr=5e-4)})())
+    state = load_training_state(tmp_path / "two" / "lm-topk" / "last.safetensors", model=fresh,
+                                optimizer=optimizer, scheduler=None)
+    assert state["step"] == 4 and job.weights_hash(fresh) == rank0["topk"]["weights"]
+    moments = [s["exp_avg"] for s in optimizer.state.values()]
+    assert len(moments) == len(list(fresh.parameters())) and all(m.abs().sum() > 0 for m in moments)

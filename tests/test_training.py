@@ -11,7 +11,7 @@ from torch import nn
 from distill.checkpoint import load_weights, read_metadata
 from distill.config import ModelConfig, TrainConfig
 from distill.data import ArrayDataset
-from distill.errors import CheckpointError, ModelError, TrainingDiverged
+from distill.errors import CheckpointError, ConfigError, ModelError, TrainingDiverged
 from distill.losses import CE, KD
 from distill.models import build_model
 from distill.signals import LiveTeacher
@@ -248,3 +248,12 @@ def test_tensorboard_tracking_writes_event_files_beside_the_checkpoints(digits, 
         tracking=["tensorboard"], name="student")
     events = list((tmp_path / "tracking" / "student").rglob("events.out.tfevents.*"))
     assert events and all(e.stat().st_size > 0 for e in events)
+
+
+@pytest.mark.parametrize("var, engine", [("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")])
+def test_sharded_engines_are_refused_before_training(digits, tmp_path: Path, monkeypatch, var, engine):
+    monkeypatch.setenv(var, "true")  # what `accelerate launch --use_fsdp / --use_deepspeed` sets
+    with pytest.raises(ConfigError, match=f"selected {engine}.*Use data parallelism \\(DDP\\)"):
+        fit(_student(digits), digits.train, objective=CE(), config=_config(epochs=1), num_classes=10,
+            checkpoint_dir=tmp_path / "ckpt", quiet=True)
+    assert not (tmp_path / "ckpt").exists()  # nothing written

@@ -83,6 +83,8 @@ def match_param_layout(optimizer: torch.optim.Optimizer) -> None:
     """Give each per-parameter state tensor (Adam's moments, SGD's momentum) its parameter's memory
     layout. Checkpoints store them contiguous; a channels-last parameter with contiguous moments
     silently gets wrong updates from PyTorch's fused optimizers."""
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        return  # e.g. sharding.WholeOptimizer: the sharded optimizer lays out its own state
     for group in optimizer.param_groups:
         for p in group["params"]:
             state = optimizer.state.get(p, {})

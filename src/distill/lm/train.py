@@ -8,17 +8,20 @@ scheduler + RNG go atomically to `last.safetensors`; `resume=True` continues bit
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from distill.checkpoint import load_training_state, save_training_state
-from distill.errors import CheckpointError, TrainingDiverged
+from distill import sharding
+from distill.errors import CheckpointError, ConfigError, TrainingDiverged
 from distill.files import atomic_write_text
 from distill.lm.config import LMLossConfig, LMTrainConfig, OnPolicyConfig
 from distill.lm.evaluate import evaluate_lm
@@ -42,15 +45,23 @@ def fit_lm(model: nn.Module, data: TokenBlocks, *, train: LMTrainConfig, loss: L
     """Train `model` for `train.steps` steps; with `teacher` None, plain next-token CE."""
     acc = make_accelerator(device, train.precision, None, None)
     torch.manual_seed(train.seed)
+    sharded = train.shard == "fsdp" and acc.num_processes > 1
+    template = _check_shardable(model, on_policy) if sharded else None  # the whole model, handed back at the end
     model = model.to(acc.device)
+    # The loss is a module's forward (`_StepLoss`): under DDP, gradients are all-reduced only for a
+    # forward through the wrapper, and under FSDP the wrapper is the root whose forward gathers the
+    # embedding and output layer, since the chunked loss calls the decoder and output layer directly.
+    step_loss = sharding.shard(_StepLoss(model), acc.device) if sharded else _StepLoss(model)
     optimizer = make_optimizer(model, train)  # type: ignore[arg-type]  (reads .optimizer only)
     scheduler = warmup_schedule(optimizer, total=train.steps, warmup=train.warmup_steps, kind=train.scheduler)
-    # The loss is the prepared module's forward: under DDP, gradients are all-reduced only for a
-    # forward through the wrapper, and the chunked loss calls the decoder and output layer directly.
-    step_loss, optimizer = acc.prepare(_StepLoss(model), optimizer)
+    if sharded:  # FSDP reduces the sharded gradients itself: only the optimizer is prepared
+        optimizer = acc.prepare(optimizer)
+    else:
+        step_loss, optimizer = acc.prepare(step_loss, optimizer)
     result = LMFitResult(model=model)
     fingerprint = _fingerprint(train, loss, on_policy, teacher is not None, data)
-    start = _restore(checkpoint_dir, acc.unwrap_model(model), optimizer, scheduler, result, fingerprint) if resume else 0
+    views = _Views(acc.unwrap_model(model), optimizer, sharded)
+    start = _restore(checkpoint_dir, *views.loading(), scheduler, result, fingerprint) if resume else 0
     order = _BatchOrder(len(data), train.batch_size, acc.num_processes, acc.process_index, train.seed)
     sampling = on_policy if on_policy is not None and on_policy.fraction > 0 else None
     sums: dict[str, torch.Tensor] = {}  # summed on the device: the loop never waits for the host
@@ -81,15 +92,47 @@ def fit_lm(model: nn.Module, data: TokenBlocks, *, train: LMTrainConfig, loss: L
         if evaluate:
             row = {"step": done, **{f"train_{k}": float(v) / _since(done, train.eval_every) for k, v in sums.items()}}
             if val_data is not None:
-                row.update({f"val_{k}": v for k, v in evaluate_lm(acc.unwrap_model(model), val_data, vocab,
-                                                                  teacher=val_teacher).items()})
+                with sharding.gathered_root(step_loss if sharded else None):
+                    row.update({f"val_{k}": v for k, v in evaluate_lm(acc.unwrap_model(model), val_data, vocab,
+                                                                      teacher=val_teacher).items()})
             result.history.append(row)
             bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k in ("train_loss", "val_ppl")})
             sums = {}
-        if save and acc.is_main_process:
-            _save(checkpoint_dir, acc.unwrap_model(model), optimizer, scheduler, result, done, fingerprint)
-    result.model = acc.unwrap_model(model).eval()
+        if save:
+            whole = views.saving()  # under FSDP, every process gathers; the main one writes
+            if acc.is_main_process:
+                _save(checkpoint_dir, *whole, scheduler, result, done, fingerprint)
+    result.model = (sharding.gather(model, template) if sharded else acc.unwrap_model(model)).eval()
     return result
+
+
+class _Views:
+    """What checkpoints read and write: the model and optimizer, or under FSDP their whole states."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, sharded: bool):
+        self.model, self.optimizer, self.sharded = model, optimizer, sharded
+
+    def loading(self) -> tuple[Any, Any]:
+        if not self.sharded:
+            return self.model, self.optimizer
+        return sharding.Whole(self.model, gather=False), sharding.WholeOptimizer(self.model, self.optimizer, gather=False)
+
+    def saving(self) -> tuple[Any, Any]:
+        if not self.sharded:
+            return self.model, self.optimizer
+        return sharding.Whole(self.model), sharding.WholeOptimizer(self.model, self.optimizer)
+
+
+def _check_shardable(model: nn.Module, on_policy: OnPolicyConfig | None) -> nn.Module:
+    """Refuse what FSDP cannot run here; return an unsharded copy of `model` to hand back at the end."""
+    if on_policy is not None and on_policy.fraction > 0:
+        raise ConfigError("train.shard=fsdp with on_policy.fraction > 0: sampling from a sharded student needs "
+                          "every process to generate in lockstep, which is not supported; set "
+                          "on_policy.fraction=0 or train.shard=none.")
+    if hasattr(model, "peft_config"):
+        raise ConfigError("train.shard=fsdp with a LoRA student (student.lora) is not supported; LoRA trains few "
+                          "parameters, so train.shard=none (DDP) holds them on every process cheaply.")
+    return copy.deepcopy(model).cpu()
 
 
 def sample_continuations(model: nn.Module, batch: dict[str, torch.Tensor], cfg: OnPolicyConfig,
