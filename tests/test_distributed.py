@@ -203,5 +203,10 @@ def test_lm_trainer_sharded_with_fsdp_matches_one_process_and_its_checkpoint_loa
     state = load_training_state(tmp_path / "two" / "lm-topk" / "last.safetensors", model=fresh,
                                 optimizer=optimizer, scheduler=None)
     assert state["step"] == 4 and job.weights_hash(fresh) == rank0["topk"]["weights"]
+    resumed = torchrun("lm_fsdp_resume", tmp_path / "resumed", 8)[0]  # stopped after step 2, resumed sharded
+    for run in ("topk", "ce"):
+        assert resumed[run]["stopped"] and not rank0[run]["stopped"]
+        assert resumed[run]["weights"] == rank0[run]["weights"], run
+        assert resumed[run]["history"] == rank0[run]["history"], run
     moments = [s["exp_avg"] for s in optimizer.state.values()]
     assert len(moments) == len(list(fresh.parameters())) and all(m.abs().sum() > 0 for m in moments)

@@ -112,9 +112,11 @@ def classic(out: Path, global_batch: int, epochs: int = 2, limit: int = 256) -> 
     return record
 
 
-def lm(out: Path, global_batch: int, steps: int = 4, shard: str = "none") -> dict[str, Any]:
+def lm(out: Path, global_batch: int, steps: int = 4, shard: str = "none", interrupt: bool = False) -> dict[str, Any]:
     """Token-level KD from a top-k cache, and plain CE (what sequence-level KD trains with) on a tiny Llama;
-    with shard="fsdp", the student's weights and optimizer state are split across the processes."""
+    with shard="fsdp", the student's weights and optimizer state are split across the processes; with
+    `interrupt`, each run stops after its step-2 checkpoint and is resumed from it."""
+    import distill.lm.train as lm_train
     from distill.lm.config import LMLossConfig, LMTrainConfig
     from distill.lm.models import tokenizer_fingerprint
     from distill.lm.signals import TopKCache
@@ -138,15 +140,39 @@ def lm(out: Path, global_batch: int, steps: int = 4, shard: str = "none") -> dic
     shards, real_shard = [], sharding.shard
     sharding.shard = lambda module, device: shards.append(type(module).__name__) or real_shard(module, device)
     for name, signal in (("topk", cache), ("ce", None)):
-        student = make_llama(assets / f"student-{name}", tok, layers=1, seed=1)
-        r = fit_lm(student, blocks, train=train, loss=LMLossConfig(), vocab=len(tok), teacher=signal,
-                   checkpoint_dir=out / f"lm-{name}", quiet=True, device="cpu")
+        def train_once(resume: bool) -> Any:
+            student = make_llama(assets / f"student-{name}", tok, layers=1, seed=1)
+            return fit_lm(student, blocks, train=train, loss=LMLossConfig(), vocab=len(tok), teacher=signal,
+                          checkpoint_dir=out / f"lm-{name}", resume=resume, quiet=True, device="cpu")
+
+        if interrupt:  # the finiteness check runs on every process before each evaluation and save
+            real_check, calls = lm_train._check_finite, []
+
+            def stop_at_step_4(loss_sum, run_name, step):
+                calls.append(step)
+                if step == 4 and calls.count(4) == 1:
+                    raise _Stop
+                return real_check(loss_sum, run_name, step)
+
+            lm_train._check_finite, stopped = stop_at_step_4, False
+            try:
+                train_once(resume=False)
+            except _Stop:
+                stopped = True
+            r = train_once(resume=True)
+            lm_train._check_finite = real_check
+        else:
+            r, stopped = train_once(resume=False), False
         record[name] = {"history": r.history, "weights": weights_hash(r.model), "returned": type(r.model).__name__,
-                        "sharded": shards[:]}
+                        "sharded": shards[:], "stopped": stopped}
         shards.clear()
     sharding.shard = real_shard
     record["topk"]["rows"] = cache.rows
     return record
+
+
+class _Stop(Exception):
+    """A simulated crash."""
 
 
 def run(out: Path, config: str) -> dict[str, Any]:
@@ -175,7 +201,8 @@ def main() -> None:
     if job == "run":
         record = run(out, sys.argv[3])
     else:
-        jobs = {"classic": classic, "lm": lm, "lm_fsdp": lambda *a: lm(*a, shard="fsdp")}
+        jobs = {"classic": classic, "lm": lm, "lm_fsdp": lambda *a: lm(*a, shard="fsdp"),
+                "lm_fsdp_resume": lambda *a: lm(*a, shard="fsdp", interrupt=True)}
         record = jobs[job](out, *map(int, sys.argv[3:]))
     (out / f"{job}-rank{process_state('cpu').process_index}.json").write_text(json.dumps(record))
 
