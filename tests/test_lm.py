@@ -368,3 +368,17 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(lm, tmp_pa
     state = load_training_state(tmp_path / "last.safetensors", model=fresh, optimizer=opt, scheduler=None)
     assert state["step"] == 4
     assert all(torch.isfinite(p).all() for p in fresh.parameters())
+
+
+def test_fsdp_refuses_what_a_sharded_student_cannot_run(tmp_path):
+    from distill.lm.train import _check_shardable
+
+    tok = make_tokenizer(tmp_path / "tok")
+    student = make_llama(tmp_path / "s", tok, layers=1)
+    with pytest.raises(ConfigError, match="on_policy.fraction > 0.*train.shard=none"):
+        _check_shardable(student, OnPolicyConfig(fraction=0.5))
+    copy = _check_shardable(student, OnPolicyConfig(fraction=0.0))  # the whole model, handed back at the end
+    assert copy is not student and torch.equal(copy.lm_head.weight, student.lm_head.weight)
+    student.peft_config = {"default": None}  # what a PEFT (LoRA) model carries
+    with pytest.raises(ConfigError, match="LoRA student"):
+        _check_shardable(student, None)

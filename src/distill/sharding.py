@@ -1,8 +1,9 @@
 """FSDP for the LM trainer: a student's weights, gradients and optimizer state split across processes.
 
     template = copy.deepcopy(student)                 # the whole model, to hand back at the end
-    root = shard(Wrapper(student), device)            # FSDP2 `fully_shard`: each decoder layer, then the root
-    ...train...
+    root = shard(step_module, device)                 # FSDP2: each decoder layer, then the module whose
+                                                      # forward computes the loss (it holds the student)
+    ...train; evaluate inside `with gathered_root(root):`...
     model_view, optim_view = Whole(student), WholeOptimizer(student, optimizer)   # every rank
     save_training_state(path, model=model_view, optimizer=optim_view, ...)       # main rank writes
     gather(student, template)                         # every rank: the trained model, whole
@@ -22,20 +23,14 @@ import torch
 from torch import nn
 
 
-def available_world() -> int:
-    """Processes in the default process group (1 when there is none)."""
-    import torch.distributed as dist
-
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
 def shard(model: nn.Module, device: torch.device) -> nn.Module:
     """Apply FSDP2 in place: every block of the model's layer list (a Hugging Face decoder's
     `layers`), then the root, over all processes; parameters become DTensor shards."""
+    import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    mesh = init_device_mesh(device.type, (available_world(),))
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     for block in _blocks(model):
         fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)

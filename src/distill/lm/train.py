@@ -115,7 +115,8 @@ class _Views:
     def loading(self) -> tuple[Any, Any]:
         if not self.sharded:
             return self.model, self.optimizer
-        return sharding.Whole(self.model, gather=False), sharding.WholeOptimizer(self.model, self.optimizer, gather=False)
+        return (sharding.Whole(self.model, gather=False),
+                sharding.WholeOptimizer(self.model, self.optimizer, gather=False))
 
     def saving(self) -> tuple[Any, Any]:
         if not self.sharded:
