@@ -128,3 +128,27 @@ def test_untraceable_model_points_to_dynamic(digits):
     with pytest.raises(ModelError, match="method=dynamic"):
         q.quantize_static_int8(_Branchy(), digits.train, batches=1)
     assert q.int8_layers(q.quantize_dynamic_int8(_Branchy())) == {"fc": "Linear"}
+
+
+def test_cli_quantize_qat_distils_from_the_teacher_and_reloads(digits, tmp_path, capsys):
+    from distill.checkpoint import save_weights
+    from distill.cli import main
+
+    save_weights(tmp_path / "student.safetensors", _trained(digits, "mlp", {"hidden": [32]}, epochs=2))
+    save_weights(tmp_path / "teacher.safetensors", _trained(digits, "mlp", {"hidden": [64]}, epochs=3))
+    config = tmp_path / "job.yaml"
+    config.write_text("data: {name: digits, limit: 300}\nteacher: {arch: mlp, kwargs: {hidden: [64]}}\n"
+                      "student: {arch: mlp, kwargs: {hidden: [32]}}\nbench: {repeats: 3, throughput_batch: 8}\n"
+                      "quiet: true\n")
+    common = ["quantize", str(config), f"student.checkpoint={tmp_path / 'student.safetensors'}", "--method", "qat"]
+    assert main(common) == 2
+    assert "give the trained teacher as teacher.checkpoint" in capsys.readouterr().err
+    argv = [*common, f"teacher.checkpoint={tmp_path / 'teacher.safetensors'}", "--qat-epochs", "1",
+            "--out", str(tmp_path / "qat.pt"), "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["int8"]["int8_layers"] == 2 and out["int8"]["size_mb"] < out["fp32"]["size_mb"]
+    assert out["int8"]["accuracy"] > 0.5  # fine-tuned from a trained student, not from scratch
+    shell = build_model(ModelConfig(arch="mlp", kwargs={"hidden": [32]}), digits.input_shape, 10, seed=3)
+    reloaded = q.load_int8(shell, tmp_path / "qat.pt", method="qat", example=digits.train.inputs[:8])
+    assert _accuracy(reloaded, digits.test) == pytest.approx(out["int8"]["accuracy"])  # the same int8 model

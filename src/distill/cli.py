@@ -109,8 +109,11 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--out", type=Path, required=True, help="directory for model.safetensors and prune.json")
     qz = command("quantize", _quantize, "Quantize a trained student to int8 and compare it with fp32 on the "
                  "test split: accuracy, size, CPU latency and throughput.")
-    qz.add_argument("--method", choices=["dynamic", "static"], default="static",
-                    help="static: conv + linear, calibrated on training data (default); dynamic: Linear only")
+    qz.add_argument("--method", choices=["dynamic", "static", "qat"], default="static",
+                    help="static: conv + linear, calibrated on training data (default); dynamic: Linear only; "
+                    "qat: fine-tune with fake quantization, distilling from teacher.checkpoint")
+    qz.add_argument("--qat-epochs", type=int, default=2, metavar="N", help="qat: fine-tuning epochs (default 2)")
+    qz.add_argument("--qat-lr", type=float, default=3e-4, metavar="LR", help="qat: AdamW learning rate (default 3e-4)")
     qz.add_argument("--backend", default="x86", help="int8 engine: x86 (default), fbgemm, onednn, qnnpack (ARM)")
     qz.add_argument("--out", type=Path, help="write the int8 state dict here (reload: distill.quantize.load_int8)")
     qz.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -346,19 +349,31 @@ def _quantize(args: argparse.Namespace) -> int:
     from distill.data import labels_of, load_data
     from distill.errors import ConfigError
     from distill.evaluate import classification_metrics, predict
+    from distill.losses import KD
     from distill.models import build_model
     from distill.pipeline import build_student
 
     cfg = _config(args)
     if cfg.student.checkpoint is None:
         raise ConfigError("`student.checkpoint` is required: the trained student's .safetensors weights.")
+    if args.method == "qat" and cfg.teacher.checkpoint is None:
+        raise ConfigError("--method qat distils from the teacher while it fine-tunes: give the trained teacher "
+                          "as teacher.checkpoint=T.safetensors (or use --method static, which needs none).")
     q.check_backend(args.backend)
     data = load_data(cfg.data)
-    teacher = build_model(cfg.teacher, data.input_shape, data.num_classes) if cfg.student.from_teacher else None
+    needs_teacher = cfg.student.from_teacher or args.method == "qat"
+    teacher = build_model(cfg.teacher, data.input_shape, data.num_classes) if needs_teacher else None
     fp32 = build_student(cfg, data, teacher).eval()
     load_weights(cfg.student.checkpoint, fp32)
-    int8 = (q.quantize_dynamic_int8(fp32, backend=args.backend) if args.method == "dynamic" else
-            q.quantize_static_int8(fp32, data.train, backend=args.backend))
+    if args.method == "qat":
+        load_weights(cfg.teacher.checkpoint, teacher)
+        int8 = q.qat_with_teacher(fp32, teacher, data.train, num_classes=data.num_classes,
+                                  objective=KD(cfg.kd.temperature, cfg.kd.alpha), epochs=args.qat_epochs,
+                                  lr=args.qat_lr, batch_size=cfg.train.batch_size, backend=args.backend,
+                                  seed=cfg.train.seed, quiet=cfg.quiet)
+    else:
+        int8 = (q.quantize_dynamic_int8(fp32, backend=args.backend) if args.method == "dynamic" else
+                q.quantize_static_int8(fp32, data.train, backend=args.backend))
     out = q.measure_cpu({"fp32": fp32, "int8": int8}, data.input_shape, threads=cfg.bench.threads,
                         batch=cfg.bench.throughput_batch, repeats=cfg.bench.repeats)
     for name, model in (("fp32", fp32), ("int8", int8)):

@@ -152,6 +152,24 @@ def prepare_qat(model: nn.Module, example: torch.Tensor, backend: str = "x86") -
                       qconfig, example.cpu())
 
 
+def qat_with_teacher(model: nn.Module, teacher: nn.Module, data: Dataset, *, num_classes: int, objective: Any,
+                     epochs: int, lr: float, batch_size: int = 128, backend: str = "x86", seed: int = 0,
+                     quiet: bool = True) -> nn.Module:
+    """Distillation-aware QAT, start to finish: fake-quantize a copy of the trained fp32 `model`,
+    fine-tune it for `epochs` with `objective` (e.g. KD) against the live `teacher` at learning rate
+    `lr` on the CPU, and return the converted int8 model. `model` and `teacher` are not changed."""
+    from distill.config import TrainConfig
+    from distill.signals import LiveTeacher
+    from distill.training import fit
+
+    example = next(iter_batches(data, torch.arange(min(8, len(data))), 8))["inputs"]  # type: ignore[arg-type]
+    fake = prepare_qat(model, example, backend)
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, optimizer={"name": "adamw", "lr": lr}, seed=seed)
+    trained = fit(fake, data, objective=objective, config=config, num_classes=num_classes,
+                  teacher=LiveTeacher(copy.deepcopy(teacher).cpu()), device="cpu", quiet=quiet, name="qat").model
+    return convert_qat(trained)
+
+
 def freeze_qat(model: nn.Module) -> nn.Module:
     """Stop updating activation ranges and BatchNorm statistics (usual for the last QAT epochs)."""
     model.apply(torch.ao.quantization.disable_observer)
