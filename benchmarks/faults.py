@@ -1,19 +1,21 @@
-"""SIGKILL at random moments of training, teacher-cache building, generation and search; resume;
-count what was lost.
+"""SIGKILL at random moments of training, teacher-cache building, generation, search and LM training;
+resume; count what was lost.
 
-    python benchmarks/faults.py              # 3 min on 2 idle CPU cores, 6 when they are busy
-    python benchmarks/faults.py --quick      # one loop per fork-mode job (about a minute)
+    python benchmarks/faults.py              # about 5 min on 2 idle CPU cores, 9 when they are busy
+    python benchmarks/faults.py --quick      # one loop per fork-mode job (a minute or two)
 
 For each job, an uninterrupted reference run, then loops in fresh directories: start the job,
 SIGKILL it after a seeded random delay, start it again (resuming), up to --kills times, then let it
 finish. After every kill each file must be whole; at the end the result must equal the reference
-(weights, metrics, cache shards, generated records, search candidates: exactly). The kill loop and
-the checks are those of tests/test_faults.py, whose fast version runs in the default test suite.
+(weights, optimizer state, metrics, cache shards, generated records, search candidates: exactly).
+The kill loop and the checks are those of tests/test_faults.py, whose fast version runs in the
+default test suite.
 
 Jobs: `distill run` on digits (teacher → baseline → teacher cache → distilled → evaluation → report),
 a 32-shard teacher-logit cache, `distill generate` of 500 prompts against a local fake endpoint,
-and `distill search` over two students. Most loops fork this process per attempt (imports done
-once); the `exec` loops start real `python -m distill.cli` processes.
+`distill search` over two students, and `fit_lm` of a tiny Llama for 40 steps from a top-k teacher
+cache it builds first (checkpoint and evaluation every 2 steps). Most loops fork this process per
+attempt (imports done once); the `exec` loops start real `python` processes.
 
 Writes benchmarks/results/faults.json: kills, resumed (runs killed at least once that finished
 equal to the reference), records_lost, half_written_files, and the same per job with the points
@@ -39,7 +41,7 @@ from textkd_helpers import start_fake_endpoint  # noqa: E402
 
 # (job, mode, loops, kills per loop); --quick keeps the first loop of each fork-mode job
 PLAN = [("run", "fork", 4, 5), ("cache", "fork", 6, 6), ("generate", "fork", 6, 6), ("search", "fork", 2, 5),
-        ("run", "exec", 2, 5), ("generate", "exec", 1, 5)]
+        ("lm", "fork", 4, 6), ("run", "exec", 2, 5), ("generate", "exec", 1, 5), ("lm", "exec", 1, 6)]
 
 
 def main() -> None:
@@ -53,7 +55,7 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     server, url = start_fake_endpoint()
     jobs = {"run": tf.run_job(teacher_epochs=30, student_epochs=20), "cache": tf.cache_job(),
-            "generate": tf.generate_job(url), "search": tf.search_job()}
+            "generate": tf.generate_job(url), "search": tf.search_job(), "lm": tf.lm_job(steps=40)}
     plan = [(j, m, 1, k) for j, m, _, k in PLAN if m == "fork"] if args.quick else PLAN
     start, per_job = time.monotonic(), {}
     try:

@@ -256,10 +256,8 @@ def _compare_runs(ref: Path, root: Path) -> tuple[list[str], int]:
     a, b = ref / "runs" / "job", root / "runs" / "job"
     for stage in ("teacher", "baseline", "distilled"):
         diffs += _same_tensors(a / stage / "model.safetensors", b / stage / "model.safetensors")
-        rows_a, rows_b = _jsonl(a / stage / "metrics.jsonl"), _jsonl(b / stage / "metrics.jsonl")
-        lost += sum(1 for r in rows_a if r not in rows_b)
-        if rows_a != rows_b:
-            diffs.append(f"{stage}/metrics.jsonl differs")
+        rows_diffs, rows_lost = _same_rows(a / stage / "metrics.jsonl", b / stage / "metrics.jsonl")
+        diffs, lost = diffs + rows_diffs, lost + rows_lost
     ra, rb = (_without_timing(json.loads((d / "report.json").read_text())) for d in (a, b))
     if json.dumps(ra, sort_keys=True) != json.dumps(rb, sort_keys=True):
         diffs.append("report.json differs beyond timings")
@@ -314,12 +312,10 @@ def cache_job() -> Job:
         mb = mb / ma.parent.name / "manifest.json"
         if not mb.is_file():
             return ["no manifest"], 4096
-        shards_a, shards_b = json.loads(ma.read_text())["shards"], json.loads(mb.read_text())["shards"]
-        lost = sum(s["stop"] - s["start"] for s in shards_a if s not in shards_b)
-        table = torch.cat([load_file(str(mb.parent / s["file"]))["logits"] for s in shards_b])
-        ref_table = torch.cat([load_file(str(ma.parent / s["file"]))["logits"] for s in shards_a])
-        diffs = [] if shards_a == shards_b and torch.equal(table, ref_table) else ["cache shards differ"]
-        return diffs, lost
+        diffs, lost = _same_shards(ma, mb)
+        table = torch.cat([load_file(str(mb.parent / s["file"]))["logits"] for s in _shards(mb)])
+        ref_table = torch.cat([load_file(str(ma.parent / s["file"]))["logits"] for s in _shards(ma)])
+        return diffs if torch.equal(table, ref_table) else [*diffs, "cache tensors differ"], lost
 
     return Job("cache", argv, point, compare)
 
@@ -390,12 +386,112 @@ def search_job() -> Job:
     return Job("search", argv, point, compare)
 
 
+LM_SCRIPT = """
+import json, sys, time, torch
+from pathlib import Path
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+from distill.checkpoint import save_weights
+from distill.files import atomic_write_text
+from distill.lm import signals
+from distill.lm.config import LMLossConfig, LMTrainConfig
+from distill.lm.models import tokenizer_fingerprint
+from distill.lm.text import blocks_subset, pack_text
+from distill.lm.train import fit_lm
+root, steps, resume = Path(sys.argv[1]), int(sys.argv[2]), "--resume" in sys.argv
+inputs, out = root / "inputs", root / "train"
+signals.SHARD_ROWS = 8  # 7 shards, so kills land between and inside shard writes
+tok = PreTrainedTokenizerFast.from_pretrained(inputs)
+blocks = pack_text(json.loads((inputs / "corpus.json").read_text()), tok, seq_len=16)
+teacher, student = (LlamaForCausalLM.from_pretrained(inputs / n) for n in ("teacher", "student"))
+for model, pause in ((teacher, 0.05), (student, 0.1)):  # a job slow enough to be caught in every stage:
+    model.model.register_forward_pre_hook(lambda *_, s=pause: time.sleep(s))  # caching, training, evaluation
+identity = {"teacher": "tiny", "tokenizer": tokenizer_fingerprint(tok), "k": 8, "vocab": len(tok)}
+cache = signals.TopKCache.build_or_open(teacher, blocks, root / "cache", identity=identity, quiet=True)
+train = LMTrainConfig(steps=steps, batch_size=4, warmup_steps=2, eval_every=2, save_every=2, precision="no")
+result = fit_lm(student, blocks, train=train, loss=LMLossConfig(), vocab=len(tok), teacher=cache,
+                val_data=blocks_subset(blocks, torch.arange(8)), val_teacher=cache, checkpoint_dir=out,
+                resume=resume, device="cpu", quiet=True)
+save_weights(out / "model.safetensors", result.model)
+atomic_write_text(out / "history.json", json.dumps(result.history))
+"""
+
+
+def lm_job(steps: int = 16) -> Job:
+    """`fit_lm` of a 1-layer Llama student for `steps` steps from a top-k cache of a 2-layer teacher, both
+    built in the killed process (the cache in 7 shards), checkpointing and evaluating every 2 steps; then
+    the final weights and history. The tokenizer, the two random models and the corpus are inputs,
+    written before the first attempt."""
+
+    def argv(root: Path, resume: bool) -> list[str]:
+        _lm_inputs(root / "inputs")
+        return ["-c", LM_SCRIPT, str(root), str(steps), *(["--resume"] if resume else [])]
+
+    def point(root: Path) -> str:
+        from distill.checkpoint import read_metadata
+
+        manifest, last = root / "cache" / "manifest.json", root / "train" / "last.safetensors"
+        if not manifest.is_file():
+            return "startup"
+        if not json.loads(manifest.read_text())["complete"]:
+            return f"teacher cache ({len(_shards(manifest))}/7 shards)"
+        if not last.is_file():
+            return "training (no checkpoint yet)"
+        done = read_metadata(last)["state"]["step"]
+        return f"training (checkpoint at step {done}/{steps})" if done < steps else "writing the final model"
+
+    def compare(ref: Path, root: Path) -> tuple[list[str], int]:
+        from distill.checkpoint import read_metadata
+
+        a, b = ref / "train", root / "train"
+        diffs, lost = _same_shards(ref / "cache" / "manifest.json", root / "cache" / "manifest.json")
+        rows_diffs, rows_lost = _same_rows(a / "metrics.jsonl", b / "metrics.jsonl")
+        diffs += rows_diffs + _same_tensors(a / "model.safetensors", b / "model.safetensors")
+        diffs += _same_tensors(a / "last.safetensors", b / "last.safetensors")  # + optimizer state, RNG
+        if read_metadata(a / "last.safetensors") != read_metadata(b / "last.safetensors"):
+            diffs.append("last.safetensors metadata (step, history, optimizer, scheduler) differs")
+        if json.loads((a / "history.json").read_text()) != json.loads((b / "history.json").read_text()):
+            diffs.append("history.json differs")
+        return diffs, lost + rows_lost
+
+    return Job("lm", argv, point, compare)
+
+
+def _lm_inputs(directory: Path) -> None:
+    """A word-level tokenizer, a random 2-layer teacher and 1-layer student, and the corpus; once per root."""
+    if (directory / "corpus.json").is_file():
+        return
+    import distill.lm.train  # noqa: F401  (here, so that forked attempts start with it imported)
+    from lm_helpers import TEXT, make_llama, make_tokenizer
+
+    tok = make_tokenizer(directory)
+    make_llama(directory / "teacher", tok, layers=2, seed=0)
+    make_llama(directory / "student", tok, layers=1, seed=1)
+    (directory / "corpus.json").write_text(json.dumps([TEXT] * 4))  # last: it marks the inputs complete
+
+
 def _records(path: Path) -> list[tuple[tuple[str, int], str]]:
     return [((r["id"], r["sample"]), r["response"]) for r in _jsonl(path)]
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def _same_rows(a: Path, b: Path) -> tuple[list[str], int]:
+    """A .jsonl file against the reference's: the differences, and how many reference rows are missing."""
+    rows_a, rows_b = _jsonl(a), _jsonl(b)
+    return ([] if rows_a == rows_b else [f"{b} differs from {a}"]), sum(1 for r in rows_a if r not in rows_b)
+
+
+def _shards(manifest: Path) -> list[dict[str, Any]]:
+    return json.loads(manifest.read_text())["shards"] if manifest.is_file() else []
+
+
+def _same_shards(a: Path, b: Path) -> tuple[list[str], int]:
+    """A cache manifest's shards (file, rows, sha256) against the reference's: differences, rows missing."""
+    shards_a, shards_b = _shards(a), _shards(b)
+    lost = sum(s["stop"] - s["start"] for s in shards_a if s not in shards_b)
+    return ([] if shards_a == shards_b else [f"{b} shards differ from {a}"]), lost
 
 
 def _same_tensors(a: Path, b: Path) -> list[str]:
@@ -535,6 +631,37 @@ def test_generate_killed_at_random_moments_keeps_every_record_exactly_once(tmp_p
         server.shutdown()
 
 
+def test_lm_training_killed_at_random_moments_resumes_to_the_same_weights_and_metrics(tmp_path):
+    pytest.importorskip("transformers")
+    _loop(lm_job(), tmp_path, kills=4, seed=4)
+
+
+KILL_BEFORE_FINAL_METRICS = """
+import os, signal, sys
+import distill.lm.train
+write = distill.lm.train.atomic_write_text
+def killing(path, text):  # SIGKILL itself as it is about to write the last save's metrics.jsonl
+    if path.name == "metrics.jsonl" and f'"step": {sys.argv[2]},' in text:
+        os.kill(os.getpid(), signal.SIGKILL)
+    write(path, text)
+distill.lm.train.atomic_write_text = killing
+"""
+
+
+def test_lm_training_killed_inside_its_final_save_still_ends_with_every_metrics_row(tmp_path):
+    """A kill the random ones seldom hit: inside the last save, as metrics.jsonl is written. When the
+    checkpoint was written first, the resumed run found nothing left to do and its last row was lost."""
+    pytest.importorskip("transformers")
+    job, root = lm_job(steps=4), tmp_path / "killed"
+    reference_run(job, tmp_path / "ref", "fork")
+    argv, log = job.argv(root, False), root / LOGS / "log.txt"
+    killed = launch([argv[0], KILL_BEFORE_FINAL_METRICS + argv[1], *argv[2:]], "fork", log)
+    assert killed.wait(120) == -signal.SIGKILL
+    assert launch(job.argv(root, True), "fork", log).wait(120) == 0, _tail(log)
+    assert not check_files(root)["half_written"]
+    assert job.compare(tmp_path / "ref", root) == ([], 0)
+
+
 def test_the_file_checker_finds_cut_files(tmp_path):
     (tmp_path / "a.json").write_text('{"a": 1')
     (tmp_path / "b.jsonl").write_text('{"a": 1}\n{"a"')
@@ -567,6 +694,12 @@ def test_cache_and_generate_survive_many_kills_in_real_processes(tmp_path):
         _loop(generate_job(url, prompts=1500), tmp_path / "generate", kills=8, seed=22, mode="exec")
     finally:
         server.shutdown()
+
+
+@pytest.mark.slow
+def test_lm_training_survives_many_kills_in_real_processes(tmp_path):
+    pytest.importorskip("transformers")
+    _loop(lm_job(steps=40), tmp_path, kills=6, seed=31, mode="exec")
 
 
 @pytest.mark.slow

@@ -205,9 +205,11 @@ def _since(done: int, every: int) -> int:
 def _save(ckpt_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: object,
           result: LMFitResult, step: int, fingerprint: str) -> None:
     state = {"epoch": step, "step": step, "history": result.history, "fingerprint": fingerprint}
+    # metrics before the checkpoint: a kill between the two repeats these steps on resume (and rewrites
+    # their rows); the other order could leave a finished run's last rows missing for good
+    atomic_write_text(ckpt_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in result.history))
     save_training_state(ckpt_dir / "last.safetensors", model=model, optimizer=optimizer, scheduler=scheduler,
                         state=state)
-    atomic_write_text(ckpt_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in result.history))
 
 
 def _restore(ckpt_dir: Path | None, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: object,
