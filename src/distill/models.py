@@ -177,7 +177,7 @@ def channels_last(model: nn.Module, example: torch.Tensor) -> bool:
         with torch.no_grad():
             model.eval()(example[:2])
         return True
-    except RuntimeError:
+    except Exception:  # any failure here is reported, clearly, by the caller's own checks
         model.to(memory_format=torch.contiguous_format)
         return False
     finally:
