@@ -44,6 +44,9 @@ METHODS: dict[str, list[dict]] = {
     "crd": [{"kind": "ce"}, {"kind": "contrastive", "student": "head.2", "teacher": "head.2", "weight": 0.8,
                              "temperature": 0.1}],
     "kd_feature": [*KD, HINT],
+    # KD's weight against the labels (α): 0.9 above, as in configs/fashion_mnist.yaml; lower here
+    "kd_a05": [{"kind": "kd", "weight": 0.5, "temperature": 4.0}, {"kind": "ce", "weight": 0.5}],
+    "kd_a01": [{"kind": "kd", "weight": 0.1, "temperature": 4.0}, {"kind": "ce", "weight": 0.9}],
 }
 
 
