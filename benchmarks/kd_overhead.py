@@ -23,7 +23,7 @@ from common import write_result
 from distill.config import DataConfig, ModelConfig, TrainConfig, load_config
 from distill.data import ArrayDataset, iter_batches, load_data
 from distill.losses import CE, KD
-from distill.models import build_model
+from distill.models import build_model, channels_last
 from distill.signals import CachedTeacher, LiveTeacher, freeze
 from distill.training import fit
 
@@ -38,6 +38,7 @@ def main() -> None:
     cfg = load_config(CONFIG)
     data = load_data(DataConfig(name="fashion_mnist", limit=args.examples))
     teacher = freeze(build_model(cfg.teacher, data.input_shape, data.num_classes, seed=0))
+    channels_last(teacher, data.train.inputs[:2])  # the layout `fit` gives a live teacher, for the forward-only arm too
     train_cfg = TrainConfig(epochs=1, batch_size=cfg.train.batch_size, optimizer=cfg.train.optimizer)
     with tempfile.TemporaryDirectory() as tmp:
         cached = CachedTeacher.build_or_load(teacher, data.train, Path(tmp), quiet=True)
