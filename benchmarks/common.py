@@ -57,3 +57,29 @@ def publish_run(run_dir: Path, dest: Path) -> None:
         if (run_dir / stage / "metrics.jsonl").is_file():
             (dest / stage).mkdir()
             shutil.copy(run_dir / stage / "metrics.jsonl", dest / stage / "metrics.jsonl")
+
+
+def teacher_once(config: Path, overrides: list[str]) -> Path:
+    """The weights of `config`'s teacher, trained once as the resumable run `teacher` (overrides must
+    set output_dir) and reused as they are afterwards: student settings may change later without
+    retraining it."""
+    from distill.config import load_config
+    from distill.data import load_data
+    from distill.pipeline import load_or_train_teacher, open_run_dir
+
+    cfg = load_config(config, [*overrides, "name=teacher"])
+    done = Path(cfg.output_dir) / "teacher" / "teacher" / "model.safetensors"
+    if done.is_file():
+        return done
+    run_dir = open_run_dir(cfg, resume=True)
+    load_or_train_teacher(cfg, load_data(cfg.data), run_dir, resume=True)
+    return done
+
+
+def run_report(config: Path, overrides: list[str]) -> dict:
+    """`distill run` of `config` with `overrides`, resumed (a re-run skips finished stages); its report.json."""
+    from distill.config import load_config
+    from distill.pipeline import run
+
+    run_dir = run(load_config(config, overrides), resume=True)
+    return json.loads((run_dir / "report.json").read_text())

@@ -16,15 +16,11 @@ Interrupted? Run it again: finished runs and stages are reused.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 
-from common import WORK, mean_std, publish_run, write_result
+from common import WORK, mean_std, publish_run, run_report, teacher_once, write_result
 
-from distill.config import load_config
-from distill.data import load_data
-from distill.pipeline import load_or_train_teacher, open_run_dir, run
 from distill.report import render
 
 CONFIG = Path(__file__).parents[1] / "configs" / "fashion_mnist.yaml"
@@ -44,9 +40,10 @@ def main() -> None:
     arms: dict[str, list[float]] = {k: [] for k in ("plain", "kd_cached", "plain_aug", "kd_consistent")}
     reports = []
     for seed in [args.only_seed] if args.only_seed is not None else range(args.seeds):
-        consistent = _run(common + [f"name=consistent-{seed}", f"train.seed={seed}", "teacher.signal=live"])
-        cached = _run(common + [f"name=cached-{seed}", f"train.seed={seed}", "teacher.signal=cached",
-                                f"teacher.cache_dir={OUT}/cache", *NO_AUG])
+        seeded = [*common, f"train.seed={seed}"]
+        consistent = run_report(CONFIG, [*seeded, f"name=consistent-{seed}", "teacher.signal=live"])
+        cached = run_report(CONFIG, [*seeded, f"name=cached-{seed}", "teacher.signal=cached",
+                                     f"teacher.cache_dir={OUT}/cache", *NO_AUG])
         arms["plain_aug"].append(consistent["models"]["baseline"]["accuracy"])
         arms["kd_consistent"].append(consistent["models"]["distilled"]["accuracy"])
         arms["plain"].append(cached["models"]["baseline"]["accuracy"])
@@ -67,20 +64,8 @@ def _publish(run_dir: Path) -> None:
 
 
 def teacher() -> Path:
-    """Train the teacher once (resumable) and return its weights."""
-    done = OUT / "teacher" / "teacher" / "model.safetensors"
-    if done.is_file():  # student settings may change later without retraining the teacher
-        return done
-    cfg = load_config(CONFIG, [f"output_dir={OUT}", "name=teacher", "quiet=true"])
-    run_dir = open_run_dir(cfg, resume=True)
-    load_or_train_teacher(cfg, load_data(cfg.data), run_dir, resume=True)
-    return run_dir / "teacher" / "model.safetensors"
-
-
-def _run(overrides: list[str]) -> dict:
-    cfg = load_config(CONFIG, overrides)
-    run_dir = run(cfg, resume=True)  # resume: a re-run after an interruption skips finished stages
-    return json.loads((run_dir / "report.json").read_text())
+    """The Fashion-MNIST teacher, trained once (resumable); its weights."""
+    return teacher_once(CONFIG, [f"output_dir={OUT}", "quiet=true"])
 
 
 def _metrics(arms: dict[str, list[float]], reports: list[dict]) -> dict[str, float]:

@@ -12,15 +12,11 @@ Interrupted? Run it again: finished runs and stages are reused.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
-from common import WORK, mean_std, write_result
+from common import WORK, mean_std, run_report, teacher_once, write_result
 
-from distill.config import load_config
-from distill.data import load_data
-from distill.pipeline import load_or_train_teacher, open_run_dir, run
 
 CONFIG = Path(__file__).parents[1] / "configs" / "spoken_digits.yaml"
 OUT = WORK / "spoken_digits"
@@ -33,32 +29,15 @@ def main() -> None:
     p.add_argument("overrides", nargs="*", help="key=value overrides for every run (e.g. data.path=DIR)")
     args = p.parse_args()
     common = [f"output_dir={OUT}", "quiet=true", *args.overrides]
-    teacher_weights = teacher(common)
+    teacher_weights = teacher_once(CONFIG, common)
     shared = [f"teacher.checkpoint={teacher_weights}", f"teacher.cache_dir={OUT}/cache"]
-    reports = [_run(common + shared + [f"name=seed-{seed}", f"train.seed={seed}"])
+    reports = [run_report(CONFIG, common + shared + [f"name=seed-{seed}", f"train.seed={seed}"])
                for seed in range(args.seeds)]
     per_seed = {arm: [100 * r["models"][key]["accuracy"] for r in reports]
                 for arm, key in (("plain", "baseline"), ("kd", "distilled"))}
     per_seed["speedup_b1"] = [r["summary"]["speedup_b1"] for r in reports]
     dataset = reports[0]["dataset"] | {"classes": len(reports[0]["dataset"]["classes"])}
     write_result("spoken_digits", _metrics(reports), {"per_seed": per_seed, "dataset": dataset})
-
-
-def teacher(common: list[str]) -> Path:
-    """Train the teacher once (resumable) and return its weights."""
-    done = OUT / "teacher" / "teacher" / "model.safetensors"
-    if done.is_file():  # student settings may change later without retraining the teacher
-        return done
-    cfg = load_config(CONFIG, common + ["name=teacher"])
-    run_dir = open_run_dir(cfg, resume=True)
-    load_or_train_teacher(cfg, load_data(cfg.data), run_dir, resume=True)
-    return run_dir / "teacher" / "model.safetensors"
-
-
-def _run(overrides: list[str]) -> dict:
-    cfg = load_config(CONFIG, overrides)
-    run_dir = run(cfg, resume=True)  # resume: a re-run after an interruption skips finished stages
-    return json.loads((run_dir / "report.json").read_text())
 
 
 def _metrics(reports: list[dict]) -> dict[str, float]:
