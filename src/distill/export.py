@@ -35,6 +35,10 @@ from distill.models import logits_of
 
 FORMATS = ("onnx", "safetensors", "hf")
 INT8_MIN_TOP1 = 0.99  # an int8 file may change a few close calls, not more
+EXPORT_ADVICE = ("Re-export with another opset or exporter (dynamo=True/False), or look for an operation that "
+                 "behaves differently in eval mode or in ONNX (e.g. custom ops, in-place updates).")
+INT8_ADVICE = ("Dynamic int8 changes too many of this model's decisions: ship the fp32 ONNX file, or train with "
+               "quantization in the loop (distill quantize --method qat).")
 
 
 @dataclass
@@ -238,7 +242,8 @@ def _batches(inputs: Dataset | torch.Tensor | Iterable[torch.Tensor], batch_size
 
 @torch.no_grad()
 def check_parity(model: nn.Module, onnx_path: Path | str, inputs: Dataset | torch.Tensor | Iterable[torch.Tensor],
-                 *, atol: float = 1e-3, min_top1: float = 0.999, batch_size: int = 512) -> ParityReport:
+                 *, atol: float = 1e-3, min_top1: float = 0.999, batch_size: int = 512,
+                 advice: str = EXPORT_ADVICE) -> ParityReport:
     """Run PyTorch (eval mode) and ONNX Runtime on the same held-out inputs; compare the logits.
 
     Args:
@@ -246,6 +251,7 @@ def check_parity(model: nn.Module, onnx_path: Path | str, inputs: Dataset | torc
             or an iterable of input batches.
         atol: Largest allowed |logit difference| over every example and class.
         min_top1: Smallest allowed fraction of examples with the same predicted class.
+        advice: What the error tells the user to do when a bound is broken.
 
     Raises ExportError with both numbers when either bound is broken; the file is never deleted.
     """
@@ -270,9 +276,7 @@ def check_parity(model: nn.Module, onnx_path: Path | str, inputs: Dataset | torc
         raise ExportError(
             f"ONNX model {onnx_path} disagrees with {type(model).__name__} on {n} held-out inputs: "
             f"max |logit difference| {report.max_abs_diff:.3g} (tolerance {atol:g}), top-1 agreement "
-            f"{report.top1_agreement:.4%} (required {min_top1:.2%}). The file is kept for inspection. "
-            "Re-export with another opset or exporter (dynamo=True/False), or look for an operation "
-            "that behaves differently in eval mode or in ONNX (e.g. custom ops, in-place updates).")
+            f"{report.top1_agreement:.4%} (required {min_top1:.2%}). The file is kept for inspection. {advice}")
     return report
 
 
@@ -339,15 +343,7 @@ def export_model(model: nn.Module, fmt: str, out: Path | str, test: Dataset, *, 
         else:
             export_onnx(model, example, out)
         if check:
-            result["parity"] = (_int8_parity(model, out, test) if int8 else check_parity(model, out, test)).as_dict()
+            bounds = {"atol": float("inf"), "min_top1": INT8_MIN_TOP1, "advice": INT8_ADVICE} if int8 else {}
+            result["parity"] = check_parity(model, out, test, **bounds).as_dict()
     return result
 
-
-def _int8_parity(model: nn.Module, path: Path | str, test: Dataset) -> ParityReport:
-    try:
-        return check_parity(model, path, test, atol=float("inf"), min_top1=INT8_MIN_TOP1)
-    except ExportError as exc:
-        raise ExportError(f"{str(exc).split(' The file is kept')[0]} The int8 file is kept for inspection. "
-                          "Dynamic int8 changes too many of this model's decisions: ship the fp32 ONNX file, "
-                          "or train with quantization in the loop (distill.quantize.prepare_qat, then fit with "
-                          "the teacher).") from None
