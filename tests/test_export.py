@@ -236,11 +236,14 @@ def test_quantize_onnx_failure_leaves_the_destination_untouched(tmp_path):
 
 
 def test_cli_export_int8_onnx_with_check(tmp_path, capsys):
-    student = build_model(ModelConfig(arch="mlp", kwargs={"hidden": [128]}), (1, 8, 8), 10)
+    student = build_model(ModelConfig(arch="mlp", kwargs={"hidden": [128]}), (1, 8, 8), 10, seed=0)
+    with torch.no_grad():  # rows of the output layer alike up to 1e-4: int8 rounding flips the near ties
+        last = [m for m in student.modules() if isinstance(m, torch.nn.Linear)][-1]
+        last.weight.copy_(last.weight[:1] + 1e-4 * last.weight)
+        last.bias.zero_()
     save_weights(tmp_path / "s.safetensors", student)
     out = tmp_path / "s-int8.onnx"
     common = ["export", "data.name=digits", f"student.checkpoint={tmp_path / 's.safetensors'}"]
-    # An untrained MLP's logits are near ties, so int8 flips many of its classes: the check must say so.
     assert main([*common, "--format", "onnx", "--out", str(out), "--int8", "--check"]) == 2
     err = capsys.readouterr().err
     assert "top-1 agreement" in err and "required 99.00%" in err and "ship the fp32 ONNX file" in err

@@ -25,7 +25,7 @@ def test_run_with_default_relative_paths_and_a_cached_teacher(run_config, in_tmp
     assert json.loads(manifests[0].read_text())["rows"] == 200  # the (limited) training split
     report = json.loads((run_dir / "report.json").read_text())
     assert report["dataset"] == {"name": "digits", "train": 200, "val": 179, "test": 359,
-                                 "classes": [str(i) for i in range(10)]}
+                                 "classes": [str(i) for i in range(10)], "unlabeled": 0}
 
 
 class _Interrupt(Exception):

@@ -17,12 +17,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from distill.config import TrainConfig, validate_section
 from distill.data import as_indexed, iter_batches, labels_of
+from distill.errors import ConfigError
 from distill.evaluate import classification_metrics, predict
 from distill.losses import CE, KD, Objective
 from distill.methods import Method
 from distill.models import logits_of
 from distill.signals import CachedTeacher, LiveTeacher, TeacherSignal, freeze
 from distill.training import fit
+from distill.transfer import as_unlabeled, with_transfer_set
 
 
 @dataclass
@@ -38,7 +40,7 @@ def distill(teacher: nn.Module, student: nn.Module, train_data: Dataset | DataLo
             loss: Objective | Method = KD(), val_data: Dataset | DataLoader | None = None,
             signal: Literal["live", "cached"] = "live", cache_dir: str | Path = "cache/teacher",
             config: TrainConfig | None = None, checkpoint_dir: str | Path | None = None,
-            resume: bool = False, quiet: bool = False, **train_options: Any) -> Result:
+            resume: bool = False, quiet: bool = False, unlabeled: Any = None, **train_options: Any) -> Result:
     """Train `student` to match the frozen `teacher` on `train_data`.
 
     Args:
@@ -54,8 +56,16 @@ def distill(teacher: nn.Module, student: nn.Module, train_data: Dataset | DataLo
             "cached" computes its logits once under `cache_dir` and reuses them.
         config: full training settings; `train_options` (epochs=, batch_size=, ...) override them.
         checkpoint_dir: where to write atomic per-epoch checkpoints (needed for `resume`).
+        unlabeled: extra inputs without labels (a tensor (N, ...), or a Dataset / DataLoader of inputs)
+            that the teacher scores: the transfer set. The student learns the teacher's soft targets
+            on labelled and unlabelled inputs, the labels' cross-entropy on the labelled ones.
     """
     train_ds, config = _prepare(train_data, config, train_options)
+    if unlabeled is not None:
+        if not loss.needs_teacher:
+            raise ConfigError("unlabeled inputs are taught by the teacher, which this loss does not use; "
+                              "pass a distillation loss (e.g. KD()) or drop unlabeled=.")
+        train_ds = with_transfer_set(train_ds, as_unlabeled(unlabeled))
     val_ds = _dataset(val_data) if val_data is not None else None
     teacher = freeze(teacher)
     source: TeacherSignal = (LiveTeacher(teacher) if signal == "live" else

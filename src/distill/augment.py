@@ -47,5 +47,10 @@ def mixup(x: torch.Tensor, labels: torch.Tensor, num_classes: int, alpha: float,
         g1, g2 = gamma.sample()
     lam = float(g1 / (g1 + g2))
     perm = torch.randperm(len(x), generator=generator).to(x.device)
-    onehot = labels if labels.dim() == 2 else F.one_hot(labels, num_classes).float()
+    onehot = labels if labels.dim() == 2 else one_hot(labels, num_classes)
     return lam * x + (1 - lam) * x[perm], lam * onehot + (1 - lam) * onehot[perm]
+
+
+def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """One-hot rows for class ids; an unlabelled example (-1) gets a row of zeros."""
+    return F.one_hot(labels.clamp_min(0), num_classes).float() * (labels >= 0).unsqueeze(1)

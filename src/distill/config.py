@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from distill.errors import ConfigError, did_you_mean
 
@@ -35,6 +35,28 @@ class Schedule(Strict):
 Scalar = Union[float, Schedule]
 
 
+def _values(v: Scalar) -> list[float]:
+    return [v.start, v.end] if isinstance(v, Schedule) else [float(v)]
+
+
+def positive_scalar(v: Scalar, what: str) -> Scalar:
+    """A temperature: finite and > 0 (a schedule at both ends). T = 0 divides the logits by zero."""
+    bad = [x for x in _values(v) if not (0 < x < float("inf"))]
+    if bad:
+        raise ValueError(f"{what} must be a finite number > 0 (the logits are divided by it); typical "
+                         f"values are 1 to 8")
+    return v
+
+
+def unit_scalar(v: Scalar, what: str) -> Scalar:
+    """A mixing weight in [0, 1] (a schedule at both ends)."""
+    bad = [x for x in _values(v) if not (0 <= x <= 1)]
+    if bad:
+        raise ValueError(f"{what} must lie in [0, 1]: it is the share of the loss given to the teacher "
+                         f"(1: teacher only, 0: labels only)")
+    return v
+
+
 class DataConfig(Strict):
     name: Literal["digits", "mnist5k", "fashion_mnist", "spoken_digits", "bbc_news", "csv"] = "digits"
     path: Path | None = Field(None, description="Directory (fashion_mnist, bbc_news) or file (csv).")
@@ -42,6 +64,12 @@ class DataConfig(Strict):
     val_fraction: float = Field(0.1, gt=0, lt=1)
     test_fraction: float = Field(0.2, gt=0, lt=1, description="Used when no test split ships.")
     limit: int | None = Field(None, gt=0, description="Use only this many training examples.")
+    label_fraction: float = Field(1.0, gt=0, le=1, description=(
+        "Keep labels on this stratified share of the training and validation splits; the rest of the "
+        "training split becomes unlabelled inputs that the teacher scores (a transfer set)."))
+    unlabeled: Path | None = Field(None, description=(
+        "Extra inputs without labels, scored by the teacher (a transfer set): .npy / .npz (array "
+        "`inputs`) in the units of the dataset's files, or .txt with one text per line for text data."))
     tokenizer: str | None = Field(None, description="Text data: tokenizer dir or hub id; default "
                                   "sentence-transformers/all-MiniLM-L6-v2.")
     max_length: int = Field(128, ge=2, description="Text data: tokens per example (padded or truncated).")
@@ -117,6 +145,16 @@ class KDConfig(Strict):
     temperature: Scalar = 4.0
     alpha: Scalar = 0.9
 
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, v: Scalar) -> Scalar:
+        return positive_scalar(v, "the temperature")
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha(cls, v: Scalar) -> Scalar:
+        return unit_scalar(v, "alpha")
+
 
 # --------------------------------------------------------------------------- method terms
 # A method is a weighted sum of terms (`losses:` in a run config). Terms that read layers name
@@ -139,6 +177,11 @@ class KDTerm(_Term):
 
     kind: Literal["kd"]
     temperature: Scalar = 4.0
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, v: Scalar) -> Scalar:
+        return positive_scalar(v, "the temperature")
 
 
 class DKDTerm(_Term):
@@ -404,6 +447,7 @@ def _step(node: Any, part: str) -> Any:
 def _check_files(cfg: RunConfig) -> None:
     for key, path in (
         ("data.path", cfg.data.path),
+        ("data.unlabeled", cfg.data.unlabeled),
         ("teacher.checkpoint", cfg.teacher.checkpoint),
         ("student.checkpoint", cfg.student.checkpoint),
         *((f"teacher.members[{i}].checkpoint", m.checkpoint) for i, m in enumerate(cfg.teacher.members)),

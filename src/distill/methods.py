@@ -133,6 +133,8 @@ class Method(nn.Module):
             return soft_target_kl(s.logits, t.logits, scheduled(term.temperature, progress))
         if isinstance(term, DKDTerm):
             hard = targets.argmax(1) if targets.dim() == 2 else targets  # mixup gives class probabilities
+            if targets.dim() == 2:
+                hard = torch.where(targets.sum(1) > 0, hard, -1)  # an all-zero row: unlabelled
             return dkd(s.logits, t.logits, hard, alpha=term.alpha, beta=term.beta, temperature=term.temperature)
         if isinstance(term, AttentionMapTerm):
             pairs = [attention_map_loss(s.attentions[a], t.attentions[b], term.loss) for a, b in term.layers]

@@ -7,6 +7,7 @@ finished stages and continues an interrupted one from its last epoch checkpoint.
 from __future__ import annotations
 
 import json
+import math
 import platform
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,23 +17,26 @@ import torch
 import yaml
 from pydantic import ValidationError
 from torch import nn
+from torch.utils.data import Dataset
 
 from distill.bench import measure_models
 from distill.checkpoint import load_weights, save_weights
-from distill.files import atomic_write_text, make_private_dir
-from distill.config import RunConfig
+from distill.config import RunConfig, TrainConfig
 from distill.data import DataSplits, check_labels, labels_of, load_data
-from distill.errors import ConfigError
 from distill.ensemble import build_ensemble
+from distill.errors import ConfigError
 from distill.evaluate import classification_metrics, predict
+from distill.files import atomic_write_text, make_private_dir
 from distill.losses import CE, KD
 from distill.methods import Method
 from distill.models import build_model
+from distill.signals import CachedTeacher, LiveTeacher, TeacherSignal, freeze
 from distill.students import every_kth, keep_layers
 from distill.taps import resolve_module
-from distill.signals import CachedTeacher, LiveTeacher, TeacherSignal, freeze
 from distill.training import fit, process_state
+from distill.transfer import with_transfer_set
 from distill.validate import validate
+
 
 def run(cfg: RunConfig, resume: bool = False) -> Path:
     """Run the whole job; returns the run directory (which holds report.md)."""
@@ -115,8 +119,13 @@ def teacher_signal(cfg: RunConfig, teacher: nn.Module, data: DataSplits) -> Teac
     if cfg.teacher.signal == "live":
         return LiveTeacher(teacher)
     with process_state(cfg.device).main_process_first():  # one process builds the cache, the others read it
-        return CachedTeacher.build_or_load(teacher, data.train, cfg.teacher.cache_dir,
+        return CachedTeacher.build_or_load(teacher, distillation_set(data), cfg.teacher.cache_dir,
                                            rebuild=cfg.teacher.cache_rebuild, quiet=cfg.quiet)
+
+
+def distillation_set(data: DataSplits) -> Dataset:
+    """What the distilled student trains on: the labelled training split and the transfer set."""
+    return with_transfer_set(data.train, data.unlabeled)
 
 
 def train_student(cfg: RunConfig, data: DataSplits, stage_dir: Path, signal: TeacherSignal | None,
@@ -128,13 +137,28 @@ def train_student(cfg: RunConfig, data: DataSplits, stage_dir: Path, signal: Tea
         return _to_device(student, cfg.device).eval()
     if cfg.student.checkpoint is not None:
         load_weights(cfg.student.checkpoint, student)
-    check_labels(data.train, data.num_classes, "data (student training)")
+    train_data = distillation_set(data) if signal is not None else data.train
+    check_labels(train_data, data.num_classes, "data (student training)", unlabeled_ok=signal is not None)
     objective = distillation_method(cfg) if signal is not None else CE()
-    out = fit(student, data.train, objective=objective, config=cfg.train, num_classes=data.num_classes,
+    budget = cfg.train if signal is not None else baseline_budget(cfg.train, data)
+    out = fit(student, train_data, objective=objective, config=budget, num_classes=data.num_classes,
               teacher=signal, val_data=data.val, checkpoint_dir=stage_dir, resume=resume,
               device=cfg.device, quiet=cfg.quiet, tracking=cfg.tracking, name=stage_dir.name)
     _save_stage(done, out.model)
     return out.model
+
+
+def baseline_budget(train: TrainConfig, data: DataSplits) -> TrainConfig:
+    """The plain student's training settings: as many optimizer steps as the distilled student takes.
+    With a transfer set, an epoch over the labelled examples alone is shorter, so the baseline gets
+    proportionally more epochs (its best validation epoch is kept, so a longer run cannot hurt it)."""
+    n_all, n_labelled = len(distillation_set(data)), len(data.train)  # type: ignore[arg-type]
+    steps = train.epochs * math.ceil(n_all / train.batch_size)
+    per_epoch = math.ceil(n_labelled / train.batch_size)
+    epochs = math.ceil(steps / per_epoch)
+    if epochs == train.epochs:
+        return train
+    return train.model_copy(update={"epochs": epochs, "warmup_epochs": train.warmup_epochs * epochs / train.epochs})
 
 
 def build_student(cfg: RunConfig, data: DataSplits, teacher: nn.Module) -> nn.Module:
@@ -180,7 +204,8 @@ def evaluate_run(cfg: RunConfig, data: DataSplits, teacher: nn.Module,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_description(cfg.bench.threads),
         "dataset": {"name": cfg.data.name, "train": len(data.train), "val": len(data.val),
-                    "test": len(data.test), "classes": data.class_names},
+                    "test": len(data.test), "classes": data.class_names,
+                    "unlabeled": len(data.unlabeled) if data.unlabeled is not None else 0},  # type: ignore[arg-type]
         "models": models,
         "summary": summarise(models),
         "validation": validation,

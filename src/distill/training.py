@@ -151,7 +151,8 @@ class _Loop:
         bar = tqdm(iter_batches(data, order, cfg.batch_size), total=steps_per_epoch, leave=False,
                    desc=f"epoch {epoch + 1}", disable=self.quiet or not acc.is_main_process)
         for step, batch in enumerate(bar):
-            check_label_range(batch["labels"], self.num_classes, f"{self.name}, epoch {epoch + 1}, batch {step}")
+            check_label_range(batch["labels"], self.num_classes, f"{self.name}, epoch {epoch + 1}, batch {step}",
+                              unlabeled_ok=self.objective.needs_teacher)
             inputs = batch["inputs"].to(acc.device, non_blocking=True)
             labels = batch["labels"].to(acc.device, non_blocking=True)
             inputs, targets = augment_batch(inputs, labels, self.num_classes, cfg.augment, gen)
