@@ -10,7 +10,7 @@ import pytest
 import distill.pipeline
 from distill.cli import main
 
-TINY = ["data.limit=200", "teacher.train.epochs=1", "train.epochs=1", "bench.repeats=3",
+TINY = ["data.limit=200", "data.label_fraction=1", "teacher.train.epochs=1", "train.epochs=1", "bench.repeats=3",
         "bench.throughput_batch=32", "--quiet"]
 
 

@@ -128,7 +128,7 @@ def test_invalid_yaml_and_missing_file(tmp_path: Path):
 def test_validate_config_reports_every_error_at_once():
     raw = default_config_dict()
     raw["train"]["epochs"] = 0
-    raw["kd"]["alhpa"] = 0.5
+    raw.setdefault("kd", {})["alhpa"] = 0.5
     with pytest.raises(ConfigError) as exc:
         validate_config(raw, source="job.yaml")
     msg = str(exc.value)

@@ -215,7 +215,7 @@ class Job:
     journal: Callable[[Path], Path | None] = lambda root: None
 
 
-RUN_ARGS = ["device=cpu", "data.name=digits", "data.limit=200", "teacher.arch=cnn",
+RUN_ARGS = ["device=cpu", "data.name=digits", "data.limit=200", "data.label_fraction=1", "teacher.arch=cnn",
             "teacher.kwargs={widths: [4], convs: 1, fc: 16}", "teacher.train.batch_size=32",
             "student.arch=mlp", "student.kwargs={hidden: [16]}", "train.batch_size=32", "bench.repeats=3",
             "bench.throughput_batch=16"]

@@ -133,7 +133,7 @@ def test_bad_methods_are_clear_errors(terms, message):
 
 def test_run_configs_check_terms_before_any_compute():
     with pytest.raises(ConfigError, match=r"losses\[0\] reads teacher layers.*set teacher.signal=live"):
-        load_config(None, ["losses=[{kind: hint, student: features.0, teacher: features.0}]"])
+        load_config(None, ["teacher.signal=cached", "losses=[{kind: hint, student: features.0, teacher: features.0}]"])
     with pytest.raises(ConfigError, match="`losses.0.rkd.angel`: unknown key. Did you mean `angle`"):
         load_config(None, ["teacher.signal=live", "losses=[{kind: rkd, angel: 1}]"])
 

@@ -18,7 +18,7 @@ from distill.pipeline import run
 from distill.signals import LiveTeacher
 from distill.training import fit
 
-SMALL = ["data.name=digits", "train.epochs=1", "bench.repeats=3", "bench.throughput_batch=8", "quiet=true"]
+SMALL = ["data.name=digits", "data.label_fraction=1", "train.epochs=1", "bench.repeats=3", "bench.throughput_batch=8", "quiet=true"]
 CNN = {"arch": "cnn", "kwargs": {"widths": [8], "convs": 1, "fc": 16}}
 MLP = {"arch": "mlp", "kwargs": {"hidden": [32]}}
 

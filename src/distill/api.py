@@ -19,9 +19,10 @@ from distill.config import TrainConfig, validate_section
 from distill.data import as_indexed, iter_batches, labels_of
 from distill.errors import ConfigError
 from distill.evaluate import classification_metrics, predict
-from distill.losses import CE, KD, Objective
+from distill.losses import CE, Objective
 from distill.methods import Method
 from distill.models import logits_of
+from distill.recipes import resolve
 from distill.signals import CachedTeacher, LiveTeacher, TeacherSignal, freeze
 from distill.training import fit
 from distill.transfer import as_unlabeled, with_transfer_set
@@ -37,7 +38,7 @@ class Result:
 
 
 def distill(teacher: nn.Module, student: nn.Module, train_data: Dataset | DataLoader, *,
-            loss: Objective | Method = KD(), val_data: Dataset | DataLoader | None = None,
+            loss: Objective | Method | None = None, val_data: Dataset | DataLoader | None = None,
             signal: Literal["live", "cached"] = "live", cache_dir: str | Path = "cache/teacher",
             config: TrainConfig | None = None, checkpoint_dir: str | Path | None = None,
             resume: bool = False, quiet: bool = False, unlabeled: Any = None, **train_options: Any) -> Result:
@@ -48,12 +49,16 @@ def distill(teacher: nn.Module, student: nn.Module, train_data: Dataset | DataLo
         student: the module to train; must predict the same classes as the teacher.
         train_data: a Dataset of `(inputs, label)` / dicts, or a DataLoader over one.
         loss: the objective, e.g. `KD(temperature=4, alpha=0.9)`; `CE()` trains without the teacher;
+            None (default): the recipe that won our benchmarks (`distill.recipes`): for images,
+            function matching (the live teacher scores the same shifted, mixed view; pure KD, T = 1,
+            with `augment` defaulting to shifts + mixup), else KD(temperature=2, alpha=0.5);
             `Method([{"kind": "kd"}, {"kind": "hint", "student": "layer2", "teacher": "layer3"}, ...])`
             a weighted sum of terms over logits, layers and attention maps (needs signal="live"
             when a term reads teacher layers).
         val_data: optional held-out data for early stopping and the returned metrics.
         signal: "live" runs the teacher on every batch (needed with augmentation);
-            "cached" computes its logits once under `cache_dir` and reuses them.
+            "cached" computes its logits once under `cache_dir` and reuses them (not with the
+            default recipe on images, which shows the teacher each augmented view).
         config: full training settings; `train_options` (epochs=, batch_size=, ...) override them.
         checkpoint_dir: where to write atomic per-epoch checkpoints (needed for `resume`).
         unlabeled: extra inputs without labels (a tensor (N, ...), or a Dataset / DataLoader of inputs)
@@ -61,6 +66,11 @@ def distill(teacher: nn.Module, student: nn.Module, train_data: Dataset | DataLo
             on labelled and unlabelled inputs, the labels' cross-entropy on the labelled ones.
     """
     train_ds, config = _prepare(train_data, config, train_options)
+    example = torch.as_tensor(train_ds[0]["inputs"])
+    recipe = resolve("auto" if loss is None else "soft_targets", signal, config.augment, tuple(example.shape),
+                     example.is_floating_point(), method=loss if isinstance(loss, Method) else None)
+    loss = recipe.objective if loss is None else loss
+    config = config.model_copy(update={"augment": recipe.augment})
     if unlabeled is not None:
         if not loss.needs_teacher:
             raise ConfigError("unlabeled inputs are taught by the teacher, which this loss does not use; "
@@ -68,7 +78,7 @@ def distill(teacher: nn.Module, student: nn.Module, train_data: Dataset | DataLo
         train_ds = with_transfer_set(train_ds, as_unlabeled(unlabeled))
     val_ds = _dataset(val_data) if val_data is not None else None
     teacher = freeze(teacher)
-    source: TeacherSignal = (LiveTeacher(teacher) if signal == "live" else
+    source: TeacherSignal = (LiveTeacher(teacher) if recipe.signal == "live" else
                              CachedTeacher.build_or_load(teacher, train_ds, Path(cache_dir), quiet=quiet))
     num_classes = _num_classes(teacher, train_ds)
     out = fit(student, train_ds, objective=loss, config=config, num_classes=num_classes, teacher=source,

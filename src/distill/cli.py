@@ -238,7 +238,6 @@ def _lm_cache(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from distill.pipeline import run
-
     from distill.training import process_state
 
     cfg = _config(args)
@@ -262,8 +261,8 @@ def _train_teacher(args: argparse.Namespace) -> int:
 def _models(args: argparse.Namespace):
     from distill.checkpoint import load_weights
     from distill.data import load_data
-    from distill.errors import ConfigError
     from distill.ensemble import build_ensemble
+    from distill.errors import ConfigError
     from distill.models import build_model
     from distill.pipeline import build_student
 
@@ -349,9 +348,9 @@ def _quantize(args: argparse.Namespace) -> int:
     from distill.data import labels_of, load_data
     from distill.errors import ConfigError
     from distill.evaluate import classification_metrics, predict
-    from distill.losses import KD
     from distill.models import build_model
     from distill.pipeline import build_student
+    from distill.recipes import kd_objective
 
     cfg = _config(args)
     if cfg.student.checkpoint is None:
@@ -368,7 +367,7 @@ def _quantize(args: argparse.Namespace) -> int:
     if args.method == "qat":
         load_weights(cfg.teacher.checkpoint, teacher)
         int8 = q.qat_with_teacher(fp32, teacher, data.train, num_classes=data.num_classes,
-                                  objective=KD(cfg.kd.temperature, cfg.kd.alpha), epochs=args.qat_epochs,
+                                  objective=kd_objective(cfg.kd.temperature, cfg.kd.alpha), epochs=args.qat_epochs,
                                   lr=args.qat_lr, batch_size=cfg.train.batch_size, backend=args.backend,
                                   seed=cfg.train.seed, quiet=cfg.quiet)
     else:

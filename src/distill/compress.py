@@ -22,9 +22,10 @@ from distill.data import DataSplits, iter_batches, labels_of, load_data
 from distill.errors import ConfigError
 from distill.evaluate import classification_metrics, predict
 from distill.files import atomic_write_text, make_private_dir
-from distill.losses import CE, KD
+from distill.losses import CE
 from distill.models import build_model
 from distill.prune import prune_to_size
+from distill.recipes import kd_objective
 from distill.signals import LiveTeacher, freeze
 from distill.training import fit
 
@@ -61,7 +62,7 @@ def _recover(cfg: RunConfig, data: DataSplits, pruned: nn.Module, original: nn.M
     model = copy.deepcopy(pruned).train()
     for p in model.parameters():
         p.requires_grad_(True)
-    objective = KD(cfg.kd.temperature, cfg.kd.alpha) if how == "kd" else CE()
+    objective = kd_objective(cfg.kd.temperature, cfg.kd.alpha) if how == "kd" else CE()
     return fit(model, data.train, objective=objective, config=cfg.train, num_classes=data.num_classes,
                teacher=LiveTeacher(original) if how == "kd" else None, val_data=data.val, device=cfg.device,
                quiet=cfg.quiet, name=f"recover-{how}").model

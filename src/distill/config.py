@@ -140,20 +140,22 @@ class TrainConfig(Strict):
 
 
 class KDConfig(Strict):
-    """Soft-target distillation (Hinton et al. 2015): α·T²·KL(teacher_T ‖ student_T) + (1−α)·CE."""
+    """Soft-target distillation (Hinton et al. 2015): α·T²·KL(teacher_T ‖ student_T) + (1−α)·CE.
+    Left out (null), each is the recipe's choice (`distill.recipes`)."""
 
-    temperature: Scalar = 4.0
-    alpha: Scalar = 0.9
+    temperature: Scalar | None = Field(None, description="Softening temperature T > 0; null: the recipe's.")
+    alpha: Scalar | None = Field(None, description="Share of the loss given to the teacher, in [0, 1]; null: "
+                                 "the recipe's.")
 
     @field_validator("temperature")
     @classmethod
-    def _temperature(cls, v: Scalar) -> Scalar:
-        return positive_scalar(v, "the temperature")
+    def _temperature(cls, v: Scalar | None) -> Scalar | None:
+        return v if v is None else positive_scalar(v, "the temperature")
 
     @field_validator("alpha")
     @classmethod
-    def _alpha(cls, v: Scalar) -> Scalar:
-        return unit_scalar(v, "alpha")
+    def _alpha(cls, v: Scalar | None) -> Scalar | None:
+        return v if v is None else unit_scalar(v, "alpha")
 
 
 # --------------------------------------------------------------------------- method terms
@@ -249,10 +251,11 @@ class TeacherConfig(ModelConfig):
         "mean", description="mean: average log-probabilities; weighted: fixed `weights`; confidence / "
         "correctness: per-example weights from each member's entropy / probability of the true class.")
     weights: list[float] | None = Field(None, description="One weight per member (combine: weighted).")
-    signal: Literal["live", "cached"] = Field(
-        "cached",
+    signal: Literal["auto", "live", "cached"] = Field(
+        "auto",
         description="live: the teacher runs on every (augmented) batch, i.e. consistent teaching; "
-        "cached: its logits on the clean training set are computed once and reused.",
+        "cached: its logits on the clean training set are computed once and reused; auto: live when the "
+        "recipe, mixup or a layer term needs it, else cached.",
     )
     cache_dir: Path = Path("cache/teacher")
     cache_rebuild: bool = Field(False, description="Rebuild cache shards that fail their checksum.")
@@ -291,6 +294,10 @@ class RunConfig(Strict):
     losses: list[Term] = Field(
         default_factory=list,
         description="The distilled student's method as a weighted sum of terms; empty: the `kd` section.")
+    recipe: Literal["auto", "function_matching", "soft_targets"] = Field(
+        "auto", description="How the distilled student is taught (distill.recipes): function_matching "
+        "(the live teacher on the same augmented, mixed view; pure KD), soft_targets (the kd section or "
+        "losses as given), or auto (function matching for images and spectrograms, else soft targets).")
     baseline: bool = Field(True, description="Also train the student without the teacher.")
     bench: BenchConfig = Field(default_factory=BenchConfig)
     tracking: list[Literal["tensorboard", "mlflow"]] = Field(default_factory=list)
@@ -302,6 +309,14 @@ class RunConfig(Strict):
             raise ValueError(
                 "train.augment.mixup needs the teacher on each mixed view: set teacher.signal=live"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _recipe_fits_signal(self) -> RunConfig:
+        if self.recipe == "function_matching" and self.teacher.signal == "cached":
+            raise ValueError("recipe: function_matching shows the teacher each augmented, mixed view, which a "
+                             "logit cache cannot do: set teacher.signal=live (or auto), or choose "
+                             "recipe: soft_targets")
         return self
 
     @model_validator(mode="after")

@@ -27,9 +27,9 @@ from distill.ensemble import build_ensemble
 from distill.errors import ConfigError
 from distill.evaluate import classification_metrics, predict
 from distill.files import atomic_write_text, make_private_dir
-from distill.losses import CE, KD
-from distill.methods import Method
+from distill.losses import CE
 from distill.models import build_model
+from distill.recipes import Plan, plan
 from distill.signals import CachedTeacher, LiveTeacher, TeacherSignal, freeze
 from distill.students import every_kth, keep_layers
 from distill.taps import resolve_module
@@ -42,14 +42,19 @@ def run(cfg: RunConfig, resume: bool = False) -> Path:
     """Run the whole job; returns the run directory (which holds report.md)."""
     run_dir = open_run_dir(cfg, resume)
     data = load_data(cfg.data)
+    recipe = plan_of(cfg, data)
     teacher = load_or_train_teacher(cfg, data, run_dir, resume)
     students: dict[str, nn.Module] = {}
     if cfg.baseline:
-        students["baseline"] = train_student(cfg, data, run_dir / "baseline", None, resume, teacher)
-    signal = teacher_signal(cfg, teacher, data)
-    students["distilled"] = train_student(cfg, data, run_dir / "distilled", signal, resume, teacher)
+        students["baseline"] = train_student(cfg, data, run_dir / "baseline", None, resume, teacher, recipe)
+    signal = teacher_signal(cfg, teacher, data, recipe)
+    students["distilled"] = train_student(cfg, data, run_dir / "distilled", signal, resume, teacher, recipe)
     if process_state(cfg.device).is_main_process:  # under torchrun, one process evaluates and reports
+        # a live teacher ran channels-last (`training._fast_layout`); evaluate it in the layout it has
+        # when the distilled stage is skipped on --resume, so a resumed run reports the same numbers
+        teacher.to(memory_format=torch.contiguous_format)
         report = evaluate_run(cfg, data, teacher, students)
+        report["recipe"] = describe(recipe, cfg, data)
         atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2))
         from distill.report import render  # matplotlib is imported only when a report is drawn
 
@@ -115,8 +120,21 @@ def load_or_train_teacher(cfg: RunConfig, data: DataSplits, run_dir: Path, resum
     return freeze(out.model)
 
 
-def teacher_signal(cfg: RunConfig, teacher: nn.Module, data: DataSplits) -> TeacherSignal:
-    if cfg.teacher.signal == "live":
+def plan_of(cfg: RunConfig, data: DataSplits) -> Plan:
+    """The run's recipe resolved for its data (`distill.recipes`)."""
+    example = data.train[0]["inputs"]
+    return plan(cfg, data.input_shape, float_inputs=torch.as_tensor(example).is_floating_point())
+
+
+def describe(recipe: Plan, cfg: RunConfig, data: DataSplits) -> dict[str, Any]:
+    """The recipe as the report shows it."""
+    return {"recipe": recipe.recipe, "why": recipe.why, "signal": recipe.signal,
+            "augment": recipe.augment.model_dump(), "objective": repr(recipe.objective),
+            "distilled_epochs": cfg.train.epochs, "baseline_epochs": baseline_budget(cfg.train, data).epochs}
+
+
+def teacher_signal(cfg: RunConfig, teacher: nn.Module, data: DataSplits, recipe: Plan) -> TeacherSignal:
+    if recipe.signal == "live":
         return LiveTeacher(teacher)
     with process_state(cfg.device).main_process_first():  # one process builds the cache, the others read it
         return CachedTeacher.build_or_load(teacher, distillation_set(data), cfg.teacher.cache_dir,
@@ -129,7 +147,7 @@ def distillation_set(data: DataSplits) -> Dataset:
 
 
 def train_student(cfg: RunConfig, data: DataSplits, stage_dir: Path, signal: TeacherSignal | None,
-                  resume: bool, teacher: nn.Module) -> nn.Module:
+                  resume: bool, teacher: nn.Module, recipe: Plan) -> nn.Module:
     student = build_student(cfg, data, teacher)
     done = stage_dir / "model.safetensors"
     if done.is_file():
@@ -139,8 +157,9 @@ def train_student(cfg: RunConfig, data: DataSplits, stage_dir: Path, signal: Tea
         load_weights(cfg.student.checkpoint, student)
     train_data = distillation_set(data) if signal is not None else data.train
     check_labels(train_data, data.num_classes, "data (student training)", unlabeled_ok=signal is not None)
-    objective = distillation_method(cfg) if signal is not None else CE()
-    budget = cfg.train if signal is not None else baseline_budget(cfg.train, data)
+    objective = recipe.objective if signal is not None else CE()
+    train = cfg.train.model_copy(update={"augment": recipe.augment})
+    budget = train if signal is not None else baseline_budget(train, data)
     out = fit(student, train_data, objective=objective, config=budget, num_classes=data.num_classes,
               teacher=signal, val_data=data.val, checkpoint_dir=stage_dir, resume=resume,
               device=cfg.device, quiet=cfg.quiet, tracking=cfg.tracking, name=stage_dir.name)
@@ -172,11 +191,6 @@ def build_student(cfg: RunConfig, data: DataSplits, teacher: nn.Module) -> nn.Mo
     for p in student.parameters():
         p.requires_grad_(True)
     return student.train()
-
-
-def distillation_method(cfg: RunConfig) -> KD | Method:
-    """The distilled student's objective: the `losses` terms when given, else the `kd` section."""
-    return Method(cfg.losses) if cfg.losses else KD(cfg.kd.temperature, cfg.kd.alpha)
 
 
 def evaluate_run(cfg: RunConfig, data: DataSplits, teacher: nn.Module,

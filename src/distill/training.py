@@ -373,12 +373,15 @@ def _shard(order: torch.Tensor, rank: int, world: int) -> torch.Tensor:
 
 
 def _is_best(result: FitResult, row: dict[str, float]) -> bool:
-    key = "val_accuracy" if "val_accuracy" in row else "train_loss"
-    sign = 1 if key == "val_accuracy" else -1
+    """Higher validation accuracy wins, ties broken by lower validation NLL (a small validation set
+    ties often, and the first of the tied epochs is rarely the best); without validation data, the
+    lower training loss."""
     if result.best_epoch < 0:
         return True
     best = next(r for r in result.history if r["epoch"] == result.best_epoch)
-    return sign * row[key] > sign * best[key]
+    if "val_accuracy" not in row:
+        return row["train_loss"] < best["train_loss"]
+    return (row["val_accuracy"], -row["val_nll"]) > (best["val_accuracy"], -best["val_nll"])
 
 
 def _patience_over(result: FitResult, patience: int | None, epoch: int) -> bool:

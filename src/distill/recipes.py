@@ -1,0 +1,89 @@
+"""Recipes: how the distilled student is taught (teacher signal, augmentation, objective), chosen from
+the config and the data where the config leaves them open (`recipe: auto`, `teacher.signal: auto`,
+`kd.temperature` / `kd.alpha` left out).
+
+- **function_matching** (Beyer et al. 2022, "a good teacher is patient and consistent"): the live
+  teacher scores exactly the view the student sees (random shifts, mixup between inputs), and the
+  student matches it with pure KD at T = 1. Each epoch the teacher labels new inputs, so its dark
+  knowledge is not limited to the (memorised) training examples. Needs float inputs.
+- **soft_targets** (Hinton et al. 2015): α·KD + (1 − α)·CE on the inputs as they are, the teacher's
+  logits cached once unless something needs it live.
+
+`auto` picks function matching for images and spectrograms (float (C, H, W) inputs) and soft targets
+otherwise (token ids, tabular rows). Both use the transfer set (`data.unlabeled`,
+`data.label_fraction`) when there is one. The plain baseline gets the same augmentation, so a win is
+the teacher's and not the augmentation's. What each recipe measured is in BENCHMARKS.md (kd_wins).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from distill.config import AugmentConfig, RunConfig, Scalar, needs_live_teacher
+from distill.errors import ConfigError
+from distill.losses import KD
+from distill.methods import Method
+
+FUNCTION_MATCHING_SHIFT = 2  # pixels (or spectrogram bins)
+FUNCTION_MATCHING_MIXUP = 1.0  # Beta(1, 1): mixing weights uniform in [0, 1]
+KD_DEFAULTS = {"function_matching": (1.0, 1.0), "soft_targets": (2.0, 0.5)}  # (temperature, alpha)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run's distilled student is taught with, and why (shown in the report)."""
+
+    recipe: str  # function_matching | soft_targets
+    signal: str  # live | cached
+    augment: AugmentConfig  # for the distilled and the plain student alike
+    objective: KD | Method
+    why: str
+
+
+def plan(cfg: RunConfig, input_shape: tuple[int, ...], float_inputs: bool) -> Plan:
+    """The recipe of `cfg` for data whose examples have `input_shape`, resolved to concrete settings."""
+    live_needed = cfg.teacher.combine == "correctness" or any(needs_live_teacher(t) for t in cfg.losses)
+    return resolve(cfg.recipe, cfg.teacher.signal, cfg.train.augment, input_shape, float_inputs,
+                   method=Method(cfg.losses) if cfg.losses else None, temperature=cfg.kd.temperature,
+                   alpha=cfg.kd.alpha, live_needed=live_needed)
+
+
+def resolve(recipe: str, signal: str, augment: AugmentConfig, input_shape: tuple[int, ...], float_inputs: bool,
+            *, method: Method | None = None, temperature: Scalar | None = None, alpha: Scalar | None = None,
+            live_needed: bool = False) -> Plan:
+    """A recipe name (`auto` included) and a signal (`auto` included) made concrete for the data."""
+    chosen, why = _choose(recipe, signal, input_shape, float_inputs)
+    if chosen == "function_matching":
+        augment = augment.model_copy(update={
+            "shift": augment.shift or (FUNCTION_MATCHING_SHIFT if len(input_shape) == 3 else 0),
+            "mixup": augment.mixup or FUNCTION_MATCHING_MIXUP})
+    objective = method if method is not None else kd_objective(temperature, alpha, chosen)
+    if signal == "auto":
+        signal = "live" if chosen == "function_matching" or augment.enabled or live_needed else "cached"
+    return Plan(chosen, signal, augment, objective, why)
+
+
+def kd_objective(temperature: Scalar | None, alpha: Scalar | None, recipe: str = "soft_targets") -> KD:
+    """KD with the config's temperature and α, each defaulting to the recipe's."""
+    t, a = KD_DEFAULTS[recipe]
+    return KD(t if temperature is None else temperature, a if alpha is None else alpha)
+
+
+def _choose(recipe: str, signal: str, input_shape: tuple[int, ...], float_inputs: bool) -> tuple[str, str]:
+    if recipe == "function_matching":
+        if not float_inputs:
+            raise ConfigError("recipe: function_matching mixes inputs, and these are token ids (integers), "
+                              "which cannot be mixed: choose recipe: soft_targets.")
+        if signal == "cached":
+            raise ConfigError("recipe: function_matching shows the teacher each augmented, mixed view, which "
+                              "a logit cache cannot do: use the live teacher (signal live or auto).")
+        return "function_matching", "function matching (chosen in the config)"
+    if recipe == "soft_targets":
+        return "soft_targets", "soft targets (chosen in the config)"
+    if not float_inputs:
+        return "soft_targets", "soft targets (auto: token inputs cannot be shifted or mixed)"
+    if signal == "cached":
+        return "soft_targets", "soft targets (auto: the teacher signal is cached; function matching needs it live)"
+    if len(input_shape) != 3:
+        return "soft_targets", f"soft targets (auto: inputs of shape {tuple(input_shape)} are not images)"
+    return "function_matching", "function matching (auto: image-like inputs can be shifted and mixed)"
