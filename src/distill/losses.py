@@ -164,6 +164,25 @@ def dkd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: tor
     return (alpha * tckd + beta * nckd) * temperature**2
 
 
+def term_scales(sums: dict[str, float], weights: dict[str, tuple[float, str]], steps: int,
+                ratio: float = 100.0) -> list[str]:
+    """Warnings for terms whose weighted mean magnitude over the first `steps` steps dwarfs another's by
+    more than `ratio` (one term then decides the gradient alone), each naming the weight to change."""
+    scale = {k: abs(sums[k]) / steps * w for k, (w, _) in weights.items() if k in sums and w > 0}
+    if len(scale) < 2:
+        return []
+    big = max(scale, key=scale.__getitem__)
+    notes = []
+    for small, value in scale.items():
+        if small != big and scale[big] > ratio * max(value, 1e-12):
+            factor = scale[big] / max(value, 1e-12)
+            key_big, key_small = weights[big][1], weights[small][1]
+            notes.append(f"loss scale: `{big}` is {factor:,.0f}× larger than `{small}` over the first {steps} "
+                         f"steps (weighted means {scale[big]:.3g} vs {value:.3g}), so `{small}` barely "
+                         f"teaches; lower {key_big} or raise {key_small} to bring them within {ratio:.0f}×.")
+    return notes
+
+
 def scheduled(value: float | Schedule, progress: float) -> float:
     """A constant, or a schedule evaluated at training progress in [0, 1]."""
     if not isinstance(value, Schedule):
@@ -201,6 +220,11 @@ class KD:
         ce = cross_entropy(student_logits, targets)
         return {"loss": a * kd + (1 - a) * ce, "kd": kd, "ce": ce}
 
+    def term_weights(self, progress: float) -> dict[str, tuple[float, str]]:
+        """Each logged term's weight at `progress` and the config key that sets it."""
+        a = scheduled(self.alpha, progress)
+        return {"kd": (a, "kd.alpha"), "ce": (1 - a, "kd.alpha")}
+
 
 @dataclass(frozen=True)
 class CE:
@@ -212,6 +236,9 @@ class CE:
                  targets: torch.Tensor, progress: float = 0.0) -> dict[str, torch.Tensor]:
         ce = cross_entropy(student_logits, targets)
         return {"loss": ce, "ce": ce}
+
+    def term_weights(self, progress: float) -> dict[str, tuple[float, str]]:
+        return {"ce": (1.0, "")}
 
 
 Objective = KD | CE

@@ -21,14 +21,35 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill.config import (AttentionMapTerm, AttentionTransferTerm, CETerm, ContrastiveTerm, DKDTerm, HintTerm,
-                            KDTerm, RKDTerm, Strict, Term, check_term_weights, validate_section)
+from distill.config import (
+    AttentionMapTerm,
+    AttentionTransferTerm,
+    CETerm,
+    ContrastiveTerm,
+    DKDTerm,
+    HintTerm,
+    KDTerm,
+    RKDTerm,
+    Strict,
+    Term,
+    check_term_weights,
+    validate_section,
+)
 from distill.errors import ConfigError, ModelError
-from distill.losses import (attention_map_loss, attention_transfer, contrastive_kd, cross_entropy, dkd, hint_loss,
-                            rkd_angle, rkd_distance, scheduled, soft_target_kl)
+from distill.losses import (
+    attention_map_loss,
+    attention_transfer,
+    contrastive_kd,
+    cross_entropy,
+    dkd,
+    hint_loss,
+    rkd_angle,
+    rkd_distance,
+    scheduled,
+    soft_target_kl,
+)
 from distill.models import logits_of
 from distill.taps import Taps, make_adapter
-
 
 
 class _Terms(Strict):
@@ -67,6 +88,14 @@ class Method(nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{t.kind}×{t.weight}" for t in self.terms)
+
+    def term_weights(self, progress: float) -> dict[str, tuple[float, str]]:
+        """Each logged term's weight at `progress` and the config key that sets it."""
+        out = {}
+        for i, term in enumerate(self.terms):
+            name = term.kind if sum(t.kind == term.kind for t in self.terms) == 1 else f"{term.kind}_{i}"
+            out[name] = (scheduled(term.weight, progress), f"losses[{i}].weight")
+        return out
 
     # ----------------------------------------------------------------------------------- setup
 

@@ -23,6 +23,7 @@ from distill.bench import measure_models
 from distill.checkpoint import load_weights, save_weights
 from distill.config import RunConfig, TrainConfig
 from distill.data import DataSplits, check_labels, labels_of, load_data
+from distill.doctor import diagnose
 from distill.ensemble import build_ensemble
 from distill.errors import ConfigError
 from distill.evaluate import classification_metrics, predict
@@ -54,7 +55,10 @@ def run(cfg: RunConfig, resume: bool = False) -> Path:
         # when the distilled stage is skipped on --resume, so a resumed run reports the same numbers
         teacher.to(memory_format=torch.contiguous_format)
         report = evaluate_run(cfg, data, teacher, students)
-        report["recipe"] = describe(recipe, cfg, data)
+        report["recipe"] = describe(recipe, cfg, data, run_dir)
+        report["teacher_signal"] = teacher_confidence(teacher, data)
+        report["loss_scale"] = _notes(run_dir / "distilled")
+        report["doctor"] = diagnose(report)
         atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2))
         from distill.report import render  # matplotlib is imported only when a report is drawn
 
@@ -126,11 +130,40 @@ def plan_of(cfg: RunConfig, data: DataSplits) -> Plan:
     return plan(cfg, data.input_shape, float_inputs=torch.as_tensor(example).is_floating_point())
 
 
-def describe(recipe: Plan, cfg: RunConfig, data: DataSplits) -> dict[str, Any]:
-    """The recipe as the report shows it."""
+def describe(recipe: Plan, cfg: RunConfig, data: DataSplits, run_dir: Path) -> dict[str, Any]:
+    """The recipe as the report shows it, with each student's budget and best epoch."""
     return {"recipe": recipe.recipe, "why": recipe.why, "signal": recipe.signal,
             "augment": recipe.augment.model_dump(), "objective": repr(recipe.objective),
-            "distilled_epochs": cfg.train.epochs, "baseline_epochs": baseline_budget(cfg.train, data).epochs}
+            "distilled_epochs": cfg.train.epochs, "baseline_epochs": baseline_budget(cfg.train, data).epochs,
+            "distilled_best_epoch": _best_epoch(run_dir / "distilled")}
+
+
+def teacher_confidence(teacher: nn.Module, data: DataSplits) -> dict[str, float]:
+    """How soft the teacher's targets are where it was trained and where it was not: mean top-1
+    probability and entropy (nats) on the labelled training and the validation examples."""
+    out: dict[str, float] = {}
+    for split, ds in (("train", data.train), ("val", data.val)):
+        probs = predict(teacher, ds).float().softmax(-1)
+        out[f"{split}_confidence"] = float(probs.max(-1).values.mean())
+        out[f"{split}_entropy"] = float(-(probs * probs.clamp_min(1e-12).log()).sum(-1).mean())
+    return out
+
+
+def _notes(stage_dir: Path) -> list[str]:
+    path = stage_dir / "notes.json"
+    return json.loads(path.read_text()).get("loss_scale", []) if path.is_file() else []
+
+
+def _best_epoch(stage_dir: Path) -> int | None:
+    """The epoch whose weights a finished stage kept (its best validation epoch)."""
+    path = stage_dir / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not rows or "val_accuracy" not in rows[0]:
+        return None
+    best = max(rows, key=lambda r: (r["val_accuracy"], -r["val_nll"]))
+    return int(best["epoch"])
 
 
 def teacher_signal(cfg: RunConfig, teacher: nn.Module, data: DataSplits, recipe: Plan) -> TeacherSignal:

@@ -38,7 +38,7 @@ def markdown(report: dict[str, Any], plots: list[str]) -> str:
              f"Dataset **{report['dataset']['name']}** (train {report['dataset']['train']}, "
              f"val {report['dataset']['val']}, test {report['dataset']['test']}). "
              f"Measured {report['date']} on {report['machine']}.", "",
-             "## Summary", "",
+             "## Summary", "", *_doctor(report),
              f"- Distilled student keeps **{100 * summary['retention']:.1f}%** of the teacher's accuracy, "
              f"{_size_phrase(summary['compression'])} and is **{summary['speedup_b1']:.1f}×** "
              f"{'faster' if summary['speedup_b1'] >= 1 else 'slower'} at batch 1."]
@@ -54,6 +54,26 @@ def markdown(report: dict[str, Any], plots: list[str]) -> str:
               "ECE uses 15 equal-width bins. Latency is the median (p50) and 95th percentile of "
               "single-example forwards after warm-up; throughput is examples/s at the larger batch.", ""]
     return "\n".join(lines)
+
+
+def _doctor(report: dict[str, Any]) -> list[str]:
+    """The verdict first (never a success line over a loss), then the likely causes and what to try."""
+    doctor = report.get("doctor")
+    if not doctor:  # runs made before the doctor existed
+        return []
+    lines = [f"**{doctor['verdict']}**", ""]
+    if doctor["causes"]:
+        lines += ["Likely causes, from this run's measurements:", ""]
+        lines += [f"- {c}" for c in doctor["causes"]] + ["", "Try:", ""]
+        lines += [f"- {r}" for r in doctor["try"]] + [""]
+    recipe = report.get("recipe")
+    if recipe:
+        lines += [f"Recipe: **{recipe['why']}**; teacher signal {recipe['signal']}; the distilled student "
+                  f"trained {recipe['distilled_epochs']} epochs"
+                  + (f" over {report['dataset']['train']:,} labelled and {report['dataset']['unlabeled']:,} "
+                     "unlabelled examples" if report["dataset"].get("unlabeled") else "")
+                  + f", the plain one {recipe['baseline_epochs']} epochs (as many steps, same augmentation).", ""]
+    return lines
 
 
 def _size_phrase(compression: float) -> str:

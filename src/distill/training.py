@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,12 @@ from tqdm.auto import tqdm
 
 from distill.augment import augment_batch
 from distill.checkpoint import load_training_state, load_weights, save_training_state, save_weights
-from distill.files import atomic_write_text
 from distill.config import TrainConfig
 from distill.data import check_label_range, iter_batches, labels_of
 from distill.errors import CheckpointError, ConfigError, DataError, ModelError, TrainingDiverged
 from distill.evaluate import classification_metrics, predict
-from distill.losses import Objective
+from distill.files import atomic_write_text
+from distill.losses import Objective, term_scales
 from distill.methods import Method, Outputs, collect
 from distill.models import channels_last, device_of, logits_of
 from distill.signals import LiveTeacher, TeacherSignal
@@ -40,6 +41,7 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = -1
     stopped_early: bool = False
+    notes: list[str] = field(default_factory=list)  # the loss-scale guard's warnings
 
 
 def fit(model: nn.Module, train_data: Dataset, *, objective: Objective | Method, config: TrainConfig,
@@ -88,6 +90,9 @@ def fit(model: nn.Module, train_data: Dataset, *, objective: Objective | Method,
             break
     if tracking:
         acc.end_training()
+    result.notes = loop.scale_notes
+    if checkpoint_dir is not None and loop.scale_notes and acc.is_main_process:
+        atomic_write_text(checkpoint_dir / "notes.json", json.dumps({"loss_scale": loop.scale_notes}))
     best = loop.best_model(checkpoint_dir, result)
     result.model = best.student if isinstance(best, WithAdapters) else best
     return result
@@ -138,6 +143,7 @@ class _Loop:
         self.objective, self.teacher, self.config = objective, teacher, config
         self.num_classes, self.quiet, self.name = num_classes, quiet, name
         self.best_state: dict[str, torch.Tensor] | None = None
+        self.scale_notes: list[str] = []
         inner = acc.unwrap_model(model)
         self.student = inner.student if isinstance(inner, WithAdapters) else inner  # where taps attach
 
@@ -169,6 +175,8 @@ class _Loop:
             first_bad = torch.where(bad, torch.full_like(first_bad, global_step), first_bad)
             for k, v in parts.items():
                 sums[k] = sums.get(k, torch.zeros((), device=acc.device)) + v.detach().float()
+            if global_step + 1 == SCALE_STEPS or (epoch == 0 and step + 1 == steps_per_epoch < SCALE_STEPS):
+                self.check_scales(sums, step + 1, progress)
             if step % 50 == 0 and bar.disable is False:
                 bar.set_postfix(loss=f"{float(parts['loss'].detach()):.4f}")
         if int(first_bad) >= 0:
@@ -179,6 +187,15 @@ class _Loop:
             )
         n = max(1, math.ceil(len(order) / cfg.batch_size))
         return {f"train_{k}": float(acc.reduce(v, "mean")) / n for k, v in sums.items()}
+
+    def check_scales(self, sums: dict[str, torch.Tensor], steps: int, progress: float) -> None:
+        """The loss-scale guard: warn, once, when one term dwarfs another over the first steps
+        (`losses.term_scales`), and keep the warnings for the report (`scale_notes`)."""
+        means = {k: float(v) for k, v in sums.items() if k != "loss"}
+        self.scale_notes = term_scales(means, self.objective.term_weights(progress), steps)
+        for note in self.scale_notes:
+            if self.acc.is_main_process:
+                warnings.warn(f"{self.name}: {note}", stacklevel=2)
 
     def loss(self, inputs: torch.Tensor, index: torch.Tensor, targets: torch.Tensor,
              progress: float) -> dict[str, torch.Tensor]:
@@ -273,6 +290,9 @@ class _Loop:
         elif self.best_state is not None:
             model.load_state_dict(self.best_state)
         return model.eval()
+
+
+SCALE_STEPS = 20  # the loss-scale guard reads the first steps
 
 
 def use_cuda(device: str) -> bool:

@@ -1,0 +1,192 @@
+"""Recipes, the transfer set, the loss-scale guard and the report's doctor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from distill import CE, KD, distill
+from distill.config import TrainConfig, load_config
+from distill.data import UNLABELED, ArrayDataset, load_data
+from distill.doctor import diagnose
+from distill.errors import ConfigError, DataError
+from distill.losses import cross_entropy, term_scales
+from distill.pipeline import baseline_budget, plan_of
+from distill.training import FitResult, _is_best
+
+DIGITS = ["data.name=digits", "data.label_fraction=1"]
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("kd.alpha=1.5", "`kd.alpha`: alpha must lie in \\[0, 1\\].*got 1.5"),
+    ("kd.alpha=-0.1", "`kd.alpha`: alpha must lie in \\[0, 1\\]"),
+    ("kd.temperature=-1", "`kd.temperature`: the temperature must be a finite number > 0.*got -1"),
+    ("kd.temperature=0", "`kd.temperature`: the temperature must be a finite number > 0"),
+    ("kd.temperature={start: 4, end: 0}", "`kd.temperature`: the temperature must be"),
+    ("losses=[{kind: kd, temperature: 0}]", "`losses.0.kd.temperature`: the temperature must be"),
+])
+def test_kd_settings_out_of_range_are_refused_when_read(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_kd_refuses_out_of_range_values_in_python():
+    with pytest.raises(ConfigError, match="temperature.*> 0"):
+        KD(temperature=0)
+    with pytest.raises(ConfigError, match=r"alpha.*\[0, 1\]"):
+        KD(alpha=1.5)
+
+
+def test_a_recipe_that_needs_a_live_teacher_refuses_a_cache_before_any_compute():
+    with pytest.raises(ConfigError, match="function_matching .* a logit cache cannot do"):
+        load_config(None, ["recipe=function_matching", "teacher.signal=cached"])
+
+
+def test_auto_recipe_is_function_matching_for_images_with_a_live_teacher():
+    cfg = load_config(None, DIGITS)
+    recipe = plan_of(cfg, load_data(cfg.data))
+    assert (recipe.recipe, recipe.signal) == ("function_matching", "live")
+    assert (recipe.augment.shift, recipe.augment.mixup) == (2, 1.0)
+    assert (recipe.objective.temperature, recipe.objective.alpha) == (1.0, 1.0)
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    (["teacher.signal=cached"], ("soft_targets", "cached", 2.0, 0.5)),
+    (["recipe=soft_targets"], ("soft_targets", "cached", 2.0, 0.5)),
+    (["recipe=soft_targets", "kd.alpha=0.9", "train.augment.shift=1"], ("soft_targets", "live", 2.0, 0.9)),
+])
+def test_soft_targets_keep_the_config_and_cache_unless_something_needs_the_teacher_live(overrides, expected):
+    cfg = load_config(None, [*DIGITS, *overrides])
+    r = plan_of(cfg, load_data(cfg.data))
+    assert (r.recipe, r.signal, r.objective.temperature, r.objective.alpha) == expected
+
+
+def test_label_fraction_keeps_a_stratified_share_and_makes_the_rest_unlabelled():
+    full = load_data(load_config(None, DIGITS).data)
+    cfg = load_config(None, [*DIGITS, "data.label_fraction=0.2"])
+    few = load_data(cfg.data)
+    assert len(few.train) + len(few.unlabeled) == len(full.train)
+    assert abs(len(few.train) - 0.2 * len(full.train)) <= 10 and len(few.val) < len(full.val)
+    assert len(few.test) == len(full.test)
+    assert bool((few.unlabeled.labels == UNLABELED).all())
+    counts = torch.bincount(few.train.labels, minlength=10)
+    assert int(counts.max()) - int(counts.min()) <= 2  # stratified (digits classes differ in size by a few)
+
+
+def test_unlabeled_array_file_is_prepared_like_the_dataset_inputs(tmp_path):
+    from sklearn.datasets import load_digits
+
+    raw = load_digits().images[:30]  # the dataset's own units (0..16)
+    np.save(tmp_path / "extra.npy", raw.reshape(30, -1))  # flat rows are reshaped to (1, 8, 8)
+    cfg = load_config(None, [*DIGITS, f"data.unlabeled={tmp_path / 'extra.npy'}"])
+    data = load_data(cfg.data)
+    assert data.unlabeled.inputs.shape == (30, 1, 8, 8)
+    everything = torch.cat([data.train.inputs, data.val.inputs, data.test.inputs]).flatten(1)
+    nearest = torch.cdist(data.unlabeled.inputs.flatten(1), everything).min(1).values
+    assert float(nearest.max()) < 1e-4  # each one is exactly a dataset image, standardised the same way
+
+
+def test_unlabeled_inputs_of_another_shape_name_both_shapes(tmp_path):
+    np.save(tmp_path / "bad.npy", np.zeros((5, 3, 8, 8), dtype=np.float32))
+    cfg = load_config(None, [*DIGITS, f"data.unlabeled={tmp_path / 'bad.npy'}"])
+    with pytest.raises(DataError, match=r"data.unlabeled.*\(3, 8, 8\).*\(1, 8, 8\)"):
+        load_data(cfg.data)
+    with pytest.raises(ConfigError, match="`data.unlabeled`: .*missing.npy does not exist"):
+        load_config(None, [*DIGITS, f"data.unlabeled={tmp_path / 'missing.npy'}"])
+
+
+def test_cross_entropy_counts_labelled_examples_only():
+    logits = torch.randn(4, 3)
+    labels = torch.tensor([0, UNLABELED, 2, UNLABELED])
+    expected = nn.functional.cross_entropy(logits[[0, 2]], labels[[0, 2]])
+    assert torch.allclose(cross_entropy(logits, labels), expected)
+    assert float(cross_entropy(logits, torch.full((4,), UNLABELED))) == 0.0
+    soft = torch.tensor([[1.0, 0, 0], [0, 0, 0], [0, 0.5, 0.5], [0, 0, 0]])  # zero rows: unlabelled
+    manual = -(soft * logits.log_softmax(1)).sum() / 2
+    assert torch.allclose(cross_entropy(logits, soft), manual)
+
+
+def _blobs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 3, (n,), generator=g)
+    return torch.randn(n, 6, generator=g) + 2 * nn.functional.one_hot(y, 6)[:, :6].float(), y
+
+
+def test_distill_learns_from_unlabelled_inputs_and_refuses_them_without_a_teacher():
+    torch.manual_seed(0)
+    x, y = _blobs(300, 0)
+    teacher = nn.Sequential(nn.Linear(6, 3))
+    with torch.no_grad():
+        teacher[0].weight.copy_(torch.eye(6)[:3] * 4)
+        teacher[0].bias.zero_()
+    labelled = ArrayDataset(x[:10], y[:10])
+    student = nn.Sequential(nn.Linear(6, 3))
+    result = distill(teacher, student, labelled, unlabeled=x[10:], epochs=20, batch_size=32, lr=0.05, quiet=True,
+                     val_data=ArrayDataset(x[:10], y[:10]))
+    agree = (result.model(x[10:]).argmax(1) == teacher(x[10:]).argmax(1)).float().mean()
+    assert float(agree) > 0.9  # taught on 290 unlabelled inputs it never saw a label for
+    with pytest.raises(ConfigError, match="unlabeled inputs are taught by the teacher"):
+        distill(teacher, nn.Linear(6, 3), labelled, loss=CE(), unlabeled=x[10:], epochs=1, quiet=True)
+
+
+def test_the_plain_student_gets_as_many_steps_as_the_distilled_one():
+    cfg = load_config(None, [*DIGITS, "data.label_fraction=0.1", "train.epochs=4", "train.batch_size=32"])
+    data = load_data(cfg.data)
+    plain = baseline_budget(cfg.train, data)
+    steps = lambda n, e: e * -(-n // 32)  # noqa: E731
+    assert steps(len(data.train), plain.epochs) >= steps(len(data.train) + len(data.unlabeled), 4)
+    assert steps(len(data.train), plain.epochs - 1) < steps(len(data.train) + len(data.unlabeled), 4)
+    assert baseline_budget(cfg.train, load_data(load_config(None, DIGITS).data)) == cfg.train  # no transfer set
+
+
+def test_tied_validation_accuracy_is_broken_by_lower_nll():
+    result = FitResult(model=nn.Linear(1, 1), best_epoch=0,
+                       history=[{"epoch": 0, "val_accuracy": 0.9, "val_nll": 0.5}])
+    assert _is_best(result, {"epoch": 1, "val_accuracy": 0.9, "val_nll": 0.4})
+    assert not _is_best(result, {"epoch": 1, "val_accuracy": 0.9, "val_nll": 0.6})
+    assert not _is_best(result, {"epoch": 1, "val_accuracy": 0.88, "val_nll": 0.1})
+
+
+def test_loss_scale_guard_names_the_weight_to_change():
+    weights = {"kd": (0.9, "losses[0].weight"), "hint": (1.0, "losses[1].weight")}
+    notes = term_scales({"kd": 2.0, "hint": 500.0}, weights, steps=10)
+    assert len(notes) == 1 and "`hint` is 278× larger than `kd`" in notes[0]
+    assert "lower losses[1].weight or raise losses[0].weight" in notes[0]
+    assert term_scales({"kd": 2.0, "hint": 50.0}, weights, steps=10) == []
+    assert term_scales({"kd": 2.0, "ce": 900.0}, {"kd": (1.0, "kd.alpha"), "ce": (0.0, "kd.alpha")}, 10) == []
+
+
+def _report(teacher: float, baseline: float, distilled: float, **extra):
+    models = {k: {"accuracy": v} for k, v in (("teacher", teacher), ("baseline", baseline),
+                                             ("distilled", distilled))}
+    return {"models": models, "dataset": {"unlabeled": 0}, **extra}
+
+
+def test_doctor_says_a_loss_first_and_names_the_one_hot_teacher():
+    report = _report(0.98, 0.93, 0.92, teacher_signal={"train_confidence": 0.995, "train_entropy": 0.02,
+                                                        "val_entropy": 0.09},
+                     recipe={"recipe": "soft_targets", "distilled_epochs": 10, "distilled_best_epoch": 4})
+    d = diagnose(report)
+    assert d["won"] is False and d["verdict"].startswith("Distillation did NOT beat the plain student")
+    assert any("near one-hot" in c and "99.5%" in c for c in d["causes"])
+    assert any("function_matching" in r for r in d["try"])
+
+
+def test_doctor_names_a_weak_teacher_and_late_improvement_and_stays_quiet_on_a_win():
+    d = diagnose(_report(0.90, 0.91, 0.89, recipe={"distilled_epochs": 10, "distilled_best_epoch": 9}))
+    assert any("no more accurate than the plain student" in c for c in d["causes"])
+    assert any("still improving at its last epoch" in c for c in d["causes"])
+    win = diagnose(_report(0.95, 0.91, 0.94))
+    assert win["won"] and win["causes"] == [] and "beats the plain one" in win["verdict"]
+
+
+def test_plain_training_on_unlabelled_rows_is_a_clear_error():
+    from distill.api import train
+
+    x, y = _blobs(20, 1)
+    y[3] = UNLABELED
+    with pytest.raises(DataError, match="unlabelled .* only a teacher can teach from them"):
+        train(nn.Linear(6, 3), ArrayDataset(x, y), num_classes=3, epochs=1, quiet=True)
+    assert isinstance(TrainConfig().augment.mixup, float)
