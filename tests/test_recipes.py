@@ -190,3 +190,54 @@ def test_plain_training_on_unlabelled_rows_is_a_clear_error():
     with pytest.raises(DataError, match="unlabelled .* only a teacher can teach from them"):
         train(nn.Linear(6, 3), ArrayDataset(x, y), num_classes=3, epochs=1, quiet=True)
     assert isinstance(TrainConfig().augment.mixup, float)
+
+
+@pytest.mark.parametrize(("modality", "shape", "reason"), [
+    ("audio", (1, 40, 101), "spectrograms"), ("text", (2, 16), "token inputs"), ("features", (6,), "feature rows")])
+def test_auto_keeps_soft_targets_where_shifts_and_mixup_do_not_apply(modality, shape, reason):
+    from distill.config import AugmentConfig
+    from distill.recipes import resolve
+
+    r = resolve("auto", "auto", AugmentConfig(), modality, shape)
+    assert (r.recipe, r.signal, r.augment.enabled) == ("soft_targets", "cached", False)
+    assert reason in r.why
+    with pytest.raises(ConfigError, match="token ids"):
+        resolve("function_matching", "live", AugmentConfig(), "text", (2, 16))
+
+
+def test_the_modality_of_built_in_and_array_data():
+    from distill.data import from_arrays
+
+    assert load_data(load_config(None, DIGITS).data).modality == "images"
+    assert from_arrays(np.random.rand(40, 5), np.arange(40) % 2).modality == "features"
+
+
+def test_kd_tune_chooses_temperature_and_alpha_on_validation_and_resumes(tmp_path, monkeypatch):
+    pytest.importorskip("optuna")
+    import json
+
+    from distill.pipeline import run
+
+    args = [*DIGITS, "data.limit=200", "recipe=soft_targets", "kd.tune={trials: 3, epochs: 0.5}", "train.epochs=2",
+            "teacher.train.epochs=1", "student.kwargs={hidden: [16]}", "bench.repeats=3", "bench.throughput_batch=8",
+            f"output_dir={tmp_path}", f"teacher.cache_dir={tmp_path / 'cache'}", "quiet=true", "device=cpu"]
+    run_dir = run(load_config(None, args))
+    sweep = json.loads((run_dir / "distilled" / "kd_tune.json").read_text())
+    assert len(sweep["trials"]) == 3 and sweep["proxy_epochs"] == 1
+    assert all(1 <= t["temperature"] <= 8 and 0 <= t["alpha"] <= 1 for t in sweep["trials"])
+    report = json.loads((run_dir / "report.json").read_text())
+    best = max(sweep["trials"], key=lambda t: t["score"])
+    assert f"temperature={best['temperature']:.3g}" in report["recipe"]["objective"]
+    from distill.config import KDTune
+    from distill.tune import tune_kd
+
+    def must_not_train():
+        raise AssertionError("a finished sweep is read back, not trained again")
+
+    again = tune_kd(KDTune(trials=3, epochs=0.5), must_not_train, None, None, config=TrainConfig(epochs=2),
+                    num_classes=10, teacher=None, stage_dir=run_dir / "distilled")
+    assert (again.temperature, again.alpha) == (best["temperature"], best["alpha"])
+    with pytest.raises(ConfigError, match="kd.tune chooses the temperature and alpha"):
+        load_config(None, [*DIGITS, "kd.tune={trials: 3}", "kd.alpha=0.5"])
+    with pytest.raises(ConfigError, match="kd.tune tunes the soft-target KD"):
+        load_config(None, [*DIGITS, "kd.tune={trials: 3}", "recipe=function_matching"])

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from distill.config import TrainConfig, validate_section
-from distill.data import as_indexed, iter_batches, labels_of
+from distill.data import as_indexed, iter_batches, labels_of, modality_of
 from distill.errors import ConfigError
 from distill.evaluate import classification_metrics, predict
 from distill.losses import CE, Objective
@@ -67,8 +67,8 @@ def distill(teacher: nn.Module, student: nn.Module, train_data: Dataset | DataLo
     """
     train_ds, config = _prepare(train_data, config, train_options)
     example = torch.as_tensor(train_ds[0]["inputs"])
-    recipe = resolve("auto" if loss is None else "soft_targets", signal, config.augment, tuple(example.shape),
-                     example.is_floating_point(), method=loss if isinstance(loss, Method) else None)
+    recipe = resolve("auto" if loss is None else "soft_targets", signal, config.augment, modality_of(example),
+                     tuple(example.shape), method=loss if isinstance(loss, Method) else None)
     loss = recipe.objective if loss is None else loss
     config = config.model_copy(update={"augment": recipe.augment})
     if unlabeled is not None:

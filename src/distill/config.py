@@ -139,9 +139,19 @@ class TrainConfig(Strict):
     seed: int = 0
 
 
+class KDTune(Strict):
+    """A short proxy sweep choosing T and α on the validation split (`distill.tune`)."""
+
+    trials: int = Field(6, ge=2, description="Proxy trainings (Optuna TPE over T in [1, 8], α in [0, 1]).")
+    epochs: float = Field(0.25, gt=0, le=1, description="Share of train.epochs each proxy trains for.")
+
+
 class KDConfig(Strict):
     """Soft-target distillation (Hinton et al. 2015): α·T²·KL(teacher_T ‖ student_T) + (1−α)·CE.
-    Left out (null), each is the recipe's choice (`distill.recipes`)."""
+    Left out (null), each is the recipe's choice (`distill.recipes`), or the tuner's with `tune`."""
+
+    tune: KDTune | None = Field(None, description="Choose T and α on the validation split by a short sweep "
+                                "(soft_targets recipe; needs optuna).")
 
     temperature: Scalar | None = Field(None, description="Softening temperature T > 0; null: the recipe's.")
     alpha: Scalar | None = Field(None, description="Share of the loss given to the teacher, in [0, 1]; null: "
@@ -156,6 +166,13 @@ class KDConfig(Strict):
     @classmethod
     def _alpha(cls, v: Scalar | None) -> Scalar | None:
         return v if v is None else unit_scalar(v, "alpha")
+
+    @model_validator(mode="after")
+    def _tune_chooses_both(self) -> KDConfig:
+        if self.tune is not None and (self.temperature is not None or self.alpha is not None):
+            raise ValueError("kd.tune chooses the temperature and alpha: remove kd.temperature / kd.alpha, or "
+                             "kd.tune")
+        return self
 
 
 # --------------------------------------------------------------------------- method terms
@@ -309,6 +326,13 @@ class RunConfig(Strict):
             raise ValueError(
                 "train.augment.mixup needs the teacher on each mixed view: set teacher.signal=live"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _tune_fits_recipe(self) -> RunConfig:
+        if self.kd.tune is not None and (self.recipe == "function_matching" or self.losses):
+            raise ValueError("kd.tune tunes the soft-target KD of the kd section: it applies with recipe "
+                             "soft_targets (or auto on non-image data) and no losses list")
         return self
 
     @model_validator(mode="after")

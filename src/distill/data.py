@@ -104,6 +104,14 @@ class DataSplits:
     class_names: list[str] = field(default_factory=list)
     unlabeled: Dataset | None = None
     prepare: Callable[[Any], torch.Tensor] | None = None
+    modality: str = "features"  # images | audio | text | features: what augmentations make sense
+
+
+def modality_of(example: torch.Tensor) -> str:
+    """What a single example looks like: float (C, H, W) → images, token ids → text, else features."""
+    if not example.is_floating_point():
+        return "text"
+    return "images" if example.dim() == 3 else "features"
 
 
 def from_arrays(inputs: Any, labels: Any, *, val_fraction: float = 0.1, test_fraction: float = 0.2,
@@ -348,6 +356,7 @@ def _splits(x: torch.Tensor, y: torch.Tensor, train_i: torch.Tensor, val_i: torc
         input_shape=tuple(x.shape[1:]),
         class_names=class_names or [str(i) for i in range(num_classes)],
         prepare=Standardise(tuple(x.shape[1:]), scale, float(mean), float(std)),
+        modality=modality_of(x[0]),
     )
 
 

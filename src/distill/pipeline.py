@@ -126,8 +126,7 @@ def load_or_train_teacher(cfg: RunConfig, data: DataSplits, run_dir: Path, resum
 
 def plan_of(cfg: RunConfig, data: DataSplits) -> Plan:
     """The run's recipe resolved for its data (`distill.recipes`)."""
-    example = data.train[0]["inputs"]
-    return plan(cfg, data.input_shape, float_inputs=torch.as_tensor(example).is_floating_point())
+    return plan(cfg, data.modality, data.input_shape)
 
 
 def describe(recipe: Plan, cfg: RunConfig, data: DataSplits, run_dir: Path) -> dict[str, Any]:
@@ -135,7 +134,18 @@ def describe(recipe: Plan, cfg: RunConfig, data: DataSplits, run_dir: Path) -> d
     return {"recipe": recipe.recipe, "why": recipe.why, "signal": recipe.signal,
             "augment": recipe.augment.model_dump(), "objective": repr(recipe.objective),
             "distilled_epochs": cfg.train.epochs, "baseline_epochs": baseline_budget(cfg.train, data).epochs,
-            "distilled_best_epoch": _best_epoch(run_dir / "distilled")}
+            "distilled_best_epoch": _best_epoch(run_dir / "distilled"), **_tuned(run_dir / "distilled")}
+
+
+def _tuned(stage_dir: Path) -> dict[str, Any]:
+    """The tuner's sweep and choice, when `kd.tune` ran."""
+    path = stage_dir / "kd_tune.json"
+    if not path.is_file():
+        return {}
+    trials = json.loads(path.read_text())["trials"]
+    best = max(trials, key=lambda r: r["score"])
+    return {"objective": f"KD(temperature={best['temperature']:.3g}, alpha={best['alpha']:.3g}) (kd.tune)",
+            "kd_tune": trials}
 
 
 def teacher_confidence(teacher: nn.Module, data: DataSplits) -> dict[str, float]:
@@ -192,6 +202,12 @@ def train_student(cfg: RunConfig, data: DataSplits, stage_dir: Path, signal: Tea
     check_labels(train_data, data.num_classes, "data (student training)", unlabeled_ok=signal is not None)
     objective = recipe.objective if signal is not None else CE()
     train = cfg.train.model_copy(update={"augment": recipe.augment})
+    if signal is not None and cfg.kd.tune is not None and recipe.recipe == "soft_targets":
+        from distill.tune import tune_kd  # optuna is imported only when asked for
+
+        objective = tune_kd(cfg.kd.tune, lambda: build_student(cfg, data, teacher), train_data, data.val,
+                            config=train, num_classes=data.num_classes, teacher=signal, stage_dir=stage_dir,
+                            device=cfg.device, quiet=cfg.quiet)
     budget = train if signal is not None else baseline_budget(train, data)
     out = fit(student, train_data, objective=objective, config=budget, num_classes=data.num_classes,
               teacher=signal, val_data=data.val, checkpoint_dir=stage_dir, resume=resume,

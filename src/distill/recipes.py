@@ -9,8 +9,9 @@ the config and the data where the config leaves them open (`recipe: auto`, `teac
 - **soft_targets** (Hinton et al. 2015): α·KD + (1 − α)·CE on the inputs as they are, the teacher's
   logits cached once unless something needs it live.
 
-`auto` picks function matching for images and spectrograms (float (C, H, W) inputs) and soft targets
-otherwise (token ids, tabular rows). Both use the transfer set (`data.unlabeled`,
+`auto` picks function matching for images and soft targets otherwise: token ids and feature rows
+cannot be shifted, and on spectrograms (spoken digits) shifts + mixup cost the small student far
+more than the teacher gave back. Both use the transfer set (`data.unlabeled`,
 `data.label_fraction`) when there is one. The plain baseline gets the same augmentation, so a win is
 the teacher's and not the augmentation's. What each recipe measured is in BENCHMARKS.md (kd_wins).
 """
@@ -40,19 +41,20 @@ class Plan:
     why: str
 
 
-def plan(cfg: RunConfig, input_shape: tuple[int, ...], float_inputs: bool) -> Plan:
-    """The recipe of `cfg` for data whose examples have `input_shape`, resolved to concrete settings."""
+def plan(cfg: RunConfig, modality: str, input_shape: tuple[int, ...]) -> Plan:
+    """The recipe of `cfg` for data of `modality` (`data.modality_of`) whose examples have
+    `input_shape`, resolved to concrete settings."""
     live_needed = cfg.teacher.combine == "correctness" or any(needs_live_teacher(t) for t in cfg.losses)
-    return resolve(cfg.recipe, cfg.teacher.signal, cfg.train.augment, input_shape, float_inputs,
+    return resolve(cfg.recipe, cfg.teacher.signal, cfg.train.augment, modality, input_shape,
                    method=Method(cfg.losses) if cfg.losses else None, temperature=cfg.kd.temperature,
                    alpha=cfg.kd.alpha, live_needed=live_needed)
 
 
-def resolve(recipe: str, signal: str, augment: AugmentConfig, input_shape: tuple[int, ...], float_inputs: bool,
+def resolve(recipe: str, signal: str, augment: AugmentConfig, modality: str, input_shape: tuple[int, ...],
             *, method: Method | None = None, temperature: Scalar | None = None, alpha: Scalar | None = None,
             live_needed: bool = False) -> Plan:
     """A recipe name (`auto` included) and a signal (`auto` included) made concrete for the data."""
-    chosen, why = _choose(recipe, signal, input_shape, float_inputs)
+    chosen, why = _choose(recipe, signal, modality)
     if chosen == "function_matching":
         augment = augment.model_copy(update={
             "shift": augment.shift or (FUNCTION_MATCHING_SHIFT if len(input_shape) == 3 else 0),
@@ -69,9 +71,9 @@ def kd_objective(temperature: Scalar | None, alpha: Scalar | None, recipe: str =
     return KD(t if temperature is None else temperature, a if alpha is None else alpha)
 
 
-def _choose(recipe: str, signal: str, input_shape: tuple[int, ...], float_inputs: bool) -> tuple[str, str]:
+def _choose(recipe: str, signal: str, modality: str) -> tuple[str, str]:
     if recipe == "function_matching":
-        if not float_inputs:
+        if modality == "text":
             raise ConfigError("recipe: function_matching mixes inputs, and these are token ids (integers), "
                               "which cannot be mixed: choose recipe: soft_targets.")
         if signal == "cached":
@@ -80,10 +82,16 @@ def _choose(recipe: str, signal: str, input_shape: tuple[int, ...], float_inputs
         return "function_matching", "function matching (chosen in the config)"
     if recipe == "soft_targets":
         return "soft_targets", "soft targets (chosen in the config)"
-    if not float_inputs:
-        return "soft_targets", "soft targets (auto: token inputs cannot be shifted or mixed)"
+    if modality != "images":
+        return "soft_targets", f"soft targets (auto: {AUTO_REASON.get(modality, modality + ' inputs')})"
     if signal == "cached":
         return "soft_targets", "soft targets (auto: the teacher signal is cached; function matching needs it live)"
-    if len(input_shape) != 3:
-        return "soft_targets", f"soft targets (auto: inputs of shape {tuple(input_shape)} are not images)"
-    return "function_matching", "function matching (auto: image-like inputs can be shifted and mixed)"
+    return "function_matching", "function matching (auto: images can be shifted and mixed)"
+
+
+AUTO_REASON = {
+    "text": "token inputs cannot be shifted or mixed",
+    "audio": "on spectrograms, shifts + mixup cost the small student far more than the teacher gave back "
+             "(BENCHMARKS.md, kd_wins)",
+    "features": "feature rows have no shift to apply",
+}

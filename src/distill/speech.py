@@ -200,6 +200,7 @@ def load_spoken_digits(cfg: DataConfig) -> DataSplits:
     splits = _splits(x, t["labels"].long(), train_i, val_i, test_i, DIGITS)
     splits.num_classes = len(DIGITS)  # ten words, even in a cache that lacks the last ones
     splits.prepare = WavesToInputs(splits.prepare)  # type: ignore[arg-type]
+    splits.modality = "audio"
     return splits
 
 

@@ -36,7 +36,7 @@ def labelled_splits(x: torch.Tensor, labels: list[str], cfg: DataConfig) -> Data
     train_i, val_i, test_i = stratified_split(y, (cfg.val_fraction, cfg.test_fraction), cfg.seed)
     return DataSplits(train=ArrayDataset(x[train_i], y[train_i]), val=ArrayDataset(x[val_i], y[val_i]),
                       test=ArrayDataset(x[test_i], y[test_i]), num_classes=len(names),
-                      input_shape=tuple(x.shape[1:]), class_names=names)
+                      input_shape=tuple(x.shape[1:]), class_names=names, modality="text")
 
 
 def load_bbc_news(cfg: DataConfig, tokenizer: Any = None) -> DataSplits:
