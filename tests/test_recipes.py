@@ -241,3 +241,31 @@ def test_kd_tune_chooses_temperature_and_alpha_on_validation_and_resumes(tmp_pat
         load_config(None, [*DIGITS, "kd.tune={trials: 3}", "kd.alpha=0.5"])
     with pytest.raises(ConfigError, match="kd.tune tunes the soft-target KD"):
         load_config(None, [*DIGITS, "kd.tune={trials: 3}", "recipe=function_matching"])
+
+
+def test_unlabeled_datasets_of_any_item_form_become_unlabelled_examples():
+    from distill.transfer import as_unlabeled, with_transfer_set
+
+    x = torch.randn(6, 4)
+    for given in (x, [x[i] for i in range(6)], [(x[i], 1) for i in range(6)], [{"inputs": x[i]} for i in range(6)]):
+        u = as_unlabeled(given)
+        assert len(u) == 6 and u[2]["labels"] == UNLABELED and torch.equal(torch.as_tensor(u[2]["inputs"]), x[2])
+    union = with_transfer_set([(x[i], i % 2) for i in range(3)], as_unlabeled([x[i] for i in range(6)]))
+    assert len(union) == 9 and union[1]["labels"] == 1 and union[4]["labels"] == UNLABELED
+    assert torch.equal(union[4]["inputs"], x[1]) and union[4]["index"] == 4
+
+
+def test_the_loss_scale_guard_warns_once_even_when_epochs_are_shorter_than_its_window():
+    import warnings
+
+    from distill.methods import Method
+
+    torch.manual_seed(0)
+    x, y = _blobs(48, 2)
+    teacher, student = nn.Sequential(nn.Linear(6, 3)), nn.Sequential(nn.Linear(6, 3))
+    method = Method([{"kind": "kd", "weight": 1.0}, {"kind": "hint", "weight": 1e6}])  # logits vs logits, MSE
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        distill(teacher, student, ArrayDataset(x, y), loss=method, epochs=3, batch_size=16, quiet=True)
+    notes = [str(w.message) for w in caught if "loss scale" in str(w.message)]
+    assert len(notes) == 1 and "`hint` is" in notes[0] and "over the first 3 steps" in notes[0]

@@ -144,6 +144,7 @@ class _Loop:
         self.num_classes, self.quiet, self.name = num_classes, quiet, name
         self.best_state: dict[str, torch.Tensor] | None = None
         self.scale_notes: list[str] = []
+        self.scales_checked = False
         inner = acc.unwrap_model(model)
         self.student = inner.student if isinstance(inner, WithAdapters) else inner  # where taps attach
 
@@ -175,8 +176,8 @@ class _Loop:
             first_bad = torch.where(bad, torch.full_like(first_bad, global_step), first_bad)
             for k, v in parts.items():
                 sums[k] = sums.get(k, torch.zeros((), device=acc.device)) + v.detach().float()
-            if global_step + 1 == SCALE_STEPS or (epoch == 0 and step + 1 == steps_per_epoch < SCALE_STEPS):
-                self.check_scales(sums, step + 1, progress)
+            if not self.scales_checked and (global_step + 1 == SCALE_STEPS or step + 1 == steps_per_epoch):
+                self.check_scales(sums, step + 1, progress)  # sums restart each epoch: step + 1 steps
             if step % 50 == 0 and bar.disable is False:
                 bar.set_postfix(loss=f"{float(parts['loss'].detach()):.4f}")
         if int(first_bad) >= 0:
@@ -191,6 +192,7 @@ class _Loop:
     def check_scales(self, sums: dict[str, torch.Tensor], steps: int, progress: float) -> None:
         """The loss-scale guard: warn, once, when one term dwarfs another over the first steps
         (`losses.term_scales`), and keep the warnings for the report (`scale_notes`)."""
+        self.scales_checked = True
         means = {k: float(v) for k, v in sums.items() if k != "loss"}
         self.scale_notes = term_scales(means, self.objective.term_weights(progress), steps)
         for note in self.scale_notes:

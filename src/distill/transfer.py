@@ -15,7 +15,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from distill.data import UNLABELED, ArrayDataset, as_indexed, check_compatible, concat_arrays
+from distill.data import (
+    UNLABELED,
+    ArrayDataset,
+    IndexedDataset,
+    as_indexed,
+    check_compatible,
+    concat_arrays,
+)
 
 
 def with_transfer_set(labelled: Dataset, unlabeled: Dataset | None) -> Dataset:
@@ -40,22 +47,13 @@ def as_unlabeled(data: Any) -> Dataset:
     return _Unlabeled(data)
 
 
-class _Unlabeled(Dataset):
-    """Any dataset's inputs, served as unlabelled examples."""
-
-    def __init__(self, data: Dataset):
-        self.data = data
-
-    def __len__(self) -> int:
-        return len(self.data)  # type: ignore[arg-type]
+class _Unlabeled(IndexedDataset):
+    """Any dataset's inputs (bare tensors, pairs or dicts), served as unlabelled examples."""
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        item = self.data[i]
-        if isinstance(item, dict):
-            item = item["inputs"]
-        elif isinstance(item, (tuple, list)):
-            item = item[0]
-        return {"inputs": item, "labels": UNLABELED, "index": i}
+        item = self.dataset[i]
+        inputs = item if isinstance(item, torch.Tensor) else super().__getitem__(i)["inputs"]
+        return {"inputs": inputs, "labels": UNLABELED, "index": i}
 
 
 class _Union(Dataset):
