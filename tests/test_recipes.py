@@ -269,3 +269,16 @@ def test_the_loss_scale_guard_warns_once_even_when_epochs_are_shorter_than_its_w
         distill(teacher, student, ArrayDataset(x, y), loss=method, epochs=3, batch_size=16, quiet=True)
     notes = [str(w.message) for w in caught if "loss scale" in str(w.message)]
     assert len(notes) == 1 and "`hint` is" in notes[0] and "over the first 3 steps" in notes[0]
+
+
+def test_distill_without_a_loss_uses_function_matching_on_images():
+    torch.manual_seed(0)
+    x = torch.randn(64, 1, 8, 8)
+    y = torch.randint(0, 10, (64,))
+    teacher = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    result = distill(teacher, nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), ArrayDataset(x, y), epochs=1,
+                     batch_size=16, quiet=True)
+    row = result.history[0]
+    assert "train_kd" in row and "train_ce" not in row  # pure KD (alpha 1), on shifted, mixed views
+    flat = distill(teacher, nn.Linear(64, 10), ArrayDataset(x.flatten(1), y), epochs=1, batch_size=16, quiet=True)
+    assert {"train_kd", "train_ce"} <= set(flat.history[0])  # feature rows: soft targets, alpha 0.5

@@ -220,7 +220,8 @@ def baseline_budget(train: TrainConfig, data: DataSplits) -> TrainConfig:
     """The plain student's training settings: as many optimizer steps as the distilled student takes.
     With a transfer set, an epoch over the labelled examples alone is shorter, so the baseline gets
     proportionally more epochs (its best validation epoch is kept, so a longer run cannot hurt it)."""
-    n_all, n_labelled = len(distillation_set(data)), len(data.train)  # type: ignore[arg-type]
+    n_labelled = len(data.train)  # type: ignore[arg-type]
+    n_all = n_labelled + (len(data.unlabeled) if data.unlabeled is not None else 0)  # type: ignore[arg-type]
     steps = train.epochs * math.ceil(n_all / train.batch_size)
     per_epoch = math.ceil(n_labelled / train.batch_size)
     epochs = math.ceil(steps / per_epoch)
