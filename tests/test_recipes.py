@@ -189,7 +189,6 @@ def test_plain_training_on_unlabelled_rows_is_a_clear_error():
     y[3] = UNLABELED
     with pytest.raises(DataError, match="unlabelled .* only a teacher can teach from them"):
         train(nn.Linear(6, 3), ArrayDataset(x, y), num_classes=3, epochs=1, quiet=True)
-    assert isinstance(TrainConfig().augment.mixup, float)
 
 
 @pytest.mark.parametrize(("modality", "shape", "reason"), [

@@ -238,6 +238,7 @@ def _lm_cache(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from distill.pipeline import run
+
     from distill.training import process_state
 
     cfg = _config(args)
@@ -261,8 +262,8 @@ def _train_teacher(args: argparse.Namespace) -> int:
 def _models(args: argparse.Namespace):
     from distill.checkpoint import load_weights
     from distill.data import load_data
-    from distill.ensemble import build_ensemble
     from distill.errors import ConfigError
+    from distill.ensemble import build_ensemble
     from distill.models import build_model
     from distill.pipeline import build_student
 

