@@ -225,8 +225,8 @@ def test_an_interrupted_cache_build_resumes_without_recomputing_finished_shards(
 
 
 def _train(steps=12, **kw):
-    return LMTrainConfig(steps=steps, batch_size=2, eval_every=steps, save_every=4, warmup_steps=0, precision="no",
-                         **kw)
+    return LMTrainConfig(**{"steps": steps, "batch_size": 2, "eval_every": steps, "save_every": 4, "warmup_steps": 0,
+                            "precision": "no", **kw})
 
 
 def test_distillation_brings_the_student_closer_to_the_teacher(lm):
@@ -294,6 +294,22 @@ def test_on_policy_batches_train_only_on_the_students_samples(lm):
     assert seen == [12, 12, 12]
 
 
+def test_the_teacher_is_asked_only_after_the_warm_start(lm):
+    blocks, vocab = lm["blocks"], lm["vocab"]
+    asked = []
+
+    class Recording:
+        def signal(self, batch):
+            asked.append(len(asked))
+            return LiveLMTeacher(lm["teacher"], vocab).signal(batch)
+
+    student = lm_models.student_from_teacher(lm["teacher"], layers=[0])
+    out = fit_lm(student, blocks, train=_train(steps=5, eval_every=1), loss=LMLossConfig(ratio=0.5, warm_start=3),
+                 vocab=vocab, teacher=Recording(), quiet=True, device="cpu")
+    assert len(asked) == 2  # steps 4 and 5
+    assert ["train_kd" in row for row in out.history] == [False, False, False, True, True]
+
+
 # --------------------------------------------------------------------------- config and the job
 
 
@@ -304,6 +320,10 @@ def test_lm_config_errors_name_the_key(tmp_path):
         load_lm_config(None, ["student.config={hidden_size: 64}"])
     with pytest.raises(ConfigError, match=r"`loss.knd`: unknown key. Did you mean `kind`"):
         load_lm_config(None, ["loss.knd=jsd"])
+    with pytest.raises(ConfigError, match=r"loss.warm_start \(200\) must be below train.steps \(200\)"):
+        load_lm_config(None, ["loss.warm_start=200", "train.steps=200"])
+    with pytest.raises(ConfigError, match="teacher.adapt.lr"):
+        load_lm_config(None, ["teacher.adapt={lr: 0}"])
     with pytest.raises(ConfigError, match="`data.path`: required when data.corpus is jsonl"):
         load_lm_config(None, ["data.corpus=jsonl"])
     assert load_lm_config(None, ["loss.kind=jsd"]).loss.kind == "jsd"
@@ -331,6 +351,33 @@ def test_the_lm_job_trains_evaluates_reports_and_exports(lm, tmp_path):
     exported = AutoModelForCausalLM.from_pretrained(run_dir / "distilled" / "model")
     assert exported.config.num_hidden_layers == 1 and not hasattr(exported, "peft_config")
     assert (run_dir / "teacher_cache" / "train" / "manifest.json").is_file()
+
+
+def test_an_adapted_teacher_is_trained_once_then_teaches_and_is_reported(lm, tmp_path):
+    from distill.lm.pipeline import run_lm
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT * 3)
+    common = [f"teacher.model={lm['root'] / 'teacher'}", f"output_dir={tmp_path / 'runs'}", "data.corpus=text",
+              f"data.path={corpus}", "data.seq_len=16", "data.val_fraction=0.2", "student.layers=[0]",
+              "train.steps=4", "train.batch_size=2", "teacher.top_k=8", "quiet=true", "device=cpu",
+              f"teacher.cache_dir={tmp_path / 'cache'}", "baseline=false"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tiny teacher's unknown licence
+        run_dir = run_lm(load_lm_config(None, [*common, "name=a", "teacher.adapt={steps: 6, lr: 0.003}"]))
+        (adapted,) = (tmp_path / "cache").glob("adapted-*")
+        report = json.loads((run_dir / "report.json").read_text())
+        assert list(report["models"]) == ["teacher", "teacher_adapted", "distilled"]
+        assert report["models"]["teacher_adapted"]["ppl"] < report["models"]["teacher"]["ppl"]
+        assert report["models"]["teacher_adapted"]["kl_teacher"] < 1e-2  # the caches are the adapted teacher's
+        assert (adapted / "model" / "config.json").is_file() and (adapted / "train" / "manifest.json").is_file()
+        assert not (adapted / "last.safetensors").exists()  # its training state is not kept
+        assert "fine-tuned on the training blocks (6 steps" in (run_dir / "report.md").read_text()
+        stamp = (adapted / "model" / "model.safetensors").stat().st_mtime_ns
+        run_lm(load_lm_config(None, [*common, "name=b", "teacher.adapt={steps: 6, lr: 0.003}"]))
+        assert (adapted / "model" / "model.safetensors").stat().st_mtime_ns == stamp  # shared, not retrained
+        run_lm(load_lm_config(None, [*common, "name=c", "teacher.adapt={steps: 5, lr: 0.003}"]))
+        assert len(list((tmp_path / "cache").glob("adapted-*"))) == 2  # other settings: another teacher
 
 
 def test_the_lm_command_reports_bad_input_without_a_traceback(capsys, tmp_path):

@@ -12,6 +12,23 @@ from distill.divergences import Kind
 from distill.errors import ConfigError
 
 
+class LoraConfig(Strict):
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | None = Field(None, description="Default: all linear layers.")
+
+
+class TeacherAdaptConfig(Strict):
+    """Fine-tune the teacher on the training blocks (next-token CE) before it teaches: the task-specific
+    stage of DistilBERT and TinyBERT. A teacher that knows the corpus gives targets closer to it."""
+
+    steps: int = Field(60, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    lora: LoraConfig | None = Field(None, description="Train adapters only (merged afterwards).")
+    seed: int = Field(0, description="Fixed apart from train.seed, so students of every seed share one teacher.")
+
+
 class LMTeacherConfig(Strict):
     model: str = Field("builtin:smollm2-135m-instruct", description="Model dir, hub id, or builtin:NAME.")
     signal: Literal["live", "cached"] = Field("cached", description="cached: top-k log-probs computed once.")
@@ -19,13 +36,7 @@ class LMTeacherConfig(Strict):
     cache_dir: Path | None = Field(None, description="Default: <output_dir>/<name>/teacher_cache.")
     cache_rebuild: bool = Field(False, description="Replace a mismatched cache / recompute bad shards.")
     batch_size: int = Field(8, ge=1, description="Blocks per teacher forward when caching and evaluating.")
-
-
-class LoraConfig(Strict):
-    r: int = Field(8, ge=1)
-    alpha: int = Field(16, ge=1)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] | None = Field(None, description="Default: all linear layers.")
+    adapt: TeacherAdaptConfig | None = Field(None, description="Fine-tune the teacher on the corpus first.")
 
 
 class LMStudentConfig(Strict):
@@ -65,6 +76,8 @@ class LMLossConfig(Strict):
     beta: float = Field(0.5, ge=0, le=1, description="JSD interpolation.")
     alpha: float = Field(0.1, ge=0, lt=1, description="Skew of skew_kl / skew_reverse_kl.")
     chunk_tokens: int = Field(4096, ge=1, description="Logits are computed this many tokens at a time.")
+    warm_start: int = Field(0, ge=0, description="First steps with next-token CE only, before the divergence "
+                            "starts: the supervised start MiniLLM and GKD give reverse KL and JSD.")
 
 
 class OnPolicyConfig(Strict):
@@ -111,6 +124,9 @@ class LMRunConfig(Strict):
         if self.on_policy.fraction > 0 and self.teacher.signal == "cached":
             raise ValueError("on_policy.fraction > 0 needs the teacher to score student samples: "
                              "set teacher.signal=live")
+        if self.loss.warm_start >= self.train.steps:
+            raise ValueError(f"loss.warm_start ({self.loss.warm_start}) must be below train.steps "
+                             f"({self.train.steps}), or the divergence never starts")
         if self.on_policy.fraction > 0 and self.on_policy.prompt_tokens >= self.data.seq_len:
             raise ValueError("on_policy.prompt_tokens must be shorter than data.seq_len")
         return self

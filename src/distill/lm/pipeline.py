@@ -4,12 +4,15 @@ held-out evaluation → report, each stage resumable.
 Run directory:
   config.yaml, report.json, report.md
   teacher_cache/train, teacher_cache/val   top-k caches (unless teacher.cache_dir says elsewhere)
+  teacher_cache/adapted-<id>/              with teacher.adapt: the fine-tuned teacher (model/, metrics.jsonl)
+                                           and its own train/val caches; <id> names the settings and corpus
   baseline/, distilled/                    last.safetensors (resume), metrics.jsonl, model/ (HF format)
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import shutil
 import uuid
@@ -24,7 +27,7 @@ from distill.bench import time_calls
 from distill.errors import ModelError
 from distill.files import atomic_write_text
 from distill.lm import models as lm_models
-from distill.lm.config import LMRunConfig
+from distill.lm.config import LMLossConfig, LMRunConfig, LMTrainConfig
 from distill.lm.evaluate import evaluate_lm
 from distill.lm.signals import LiveLMTeacher, TokenTeacher, TopKCache
 from distill.lm.text import TextSplits, blocks_subset, encode_rows, pack_text, read_jsonl, read_kjv, split_blocks
@@ -51,11 +54,15 @@ def run_lm(cfg: LMRunConfig, resume: bool = False) -> Path:
     students: dict[str, nn.Module] = {}
     template = build_student(cfg, teacher, tokenizer)  # built (and checked) once; each stage trains a copy
     vocab = lm_models.shared_vocab(tokenizer, teacher, template)
-    signal, val_signal = teacher_signals(cfg, teacher, data, tokenizer, vocab, run_dir)
+    root = teacher_root(cfg, data, run_dir)
+    adapted = adapt_teacher(cfg, teacher, tokenizer, data, vocab, root, resume)
+    signal, val_signal = teacher_signals(cfg, adapted, data, tokenizer, vocab, root)
     stages = (["baseline"] if cfg.baseline else []) + ["distilled"]
     for stage in stages:
         students[stage] = train_stage(cfg, stage, template, tokenizer, data, vocab,
                                       signal if stage == "distilled" else None, val_signal, run_dir, resume)
+    if adapted is not teacher:
+        students = {"teacher_adapted": adapted, **students}
     if process_state(cfg.device).is_main_process:
         report = evaluate_lm_run(cfg, teacher, students, data, vocab, val_signal, licence)
         atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2))
@@ -70,14 +77,51 @@ def build_caches(cfg: LMRunConfig) -> dict[str, TopKCache]:
     teacher = lm_models.load_causal_lm(cfg.teacher.model, "teacher.model")
     data = load_text(cfg, tokenizer)
     vocab = lm_models.shared_vocab(tokenizer, teacher)
-    root = cfg.teacher.cache_dir or Path(cfg.output_dir) / cfg.name / "teacher_cache"
-    return {split: _cache(cfg, teacher, getattr(data, split), tokenizer, vocab, Path(root) / split)
+    root = teacher_root(cfg, data, Path(cfg.output_dir) / cfg.name)
+    teacher = adapt_teacher(cfg, teacher, tokenizer, data, vocab, root, resume=True)
+    return {split: _cache(cfg, teacher, getattr(data, split), tokenizer, vocab, root / split)
             for split in ("train", "val")}
+
+
+def teacher_root(cfg: LMRunConfig, data: TextSplits, run_dir: Path) -> Path:
+    """Where the teacher's products live: the caches, and with `teacher.adapt` the adapted teacher, in a
+    folder named after the adaptation settings and the training corpus (so runs sharing `teacher.cache_dir`
+    share one adapted teacher, and other settings never read its caches)."""
+    root = Path(cfg.teacher.cache_dir or run_dir / "teacher_cache")
+    return root / f"adapted-{_adapt_id(cfg, data)}" if cfg.teacher.adapt is not None else root
+
+
+def _adapt_id(cfg: LMRunConfig, data: TextSplits) -> str:
+    a = cfg.teacher.adapt
+    parts = [cfg.teacher.model, a.model_dump(mode="json") if a else None, cfg.train.batch_size, cfg.train.precision,
+             data.train.fingerprint()]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def adapt_teacher(cfg: LMRunConfig, teacher: nn.Module, tokenizer: Any, data: TextSplits, vocab: int,
+                  root: Path, resume: bool) -> nn.Module:
+    """The teacher fine-tuned on the training blocks with next-token CE (`teacher.adapt`), trained once
+    into `root`/model and read back from there; the teacher as given when `teacher.adapt` is unset."""
+    a = cfg.teacher.adapt
+    if a is None:
+        return teacher
+    model = copy.deepcopy(teacher)
+    if a.lora is not None:
+        model = lm_models.add_lora(model, a.lora.r, a.lora.alpha, a.lora.dropout, a.lora.target_modules)
+    train = LMTrainConfig(steps=a.steps, batch_size=cfg.train.batch_size, warmup_steps=min(10, a.steps // 10),
+                          eval_every=a.steps, save_every=max(1, a.steps // 4), precision=cfg.train.precision,
+                          seed=a.seed, optimizer=cfg.train.optimizer.model_copy(update={"lr": a.lr}))
+    loss = LMLossConfig(ratio=0.0, chunk_tokens=cfg.loss.chunk_tokens)
+    adapted = _fit_and_save(cfg, model, tokenizer, data, vocab, train, loss, None, None, root, "adapt teacher",
+                            resume=True)  # its own folder, keyed by its settings: always safe to continue
+    (root / "last.safetensors").unlink(missing_ok=True)  # the teacher's training state is not needed again
+    return adapted.to(next(teacher.parameters()).device).requires_grad_(False)
 
 
 def _cache(cfg: LMRunConfig, teacher: nn.Module, blocks: Any, tokenizer: Any, vocab: int,
            directory: Path) -> TopKCache:
-    identity = {"teacher": cfg.teacher.model, "tokenizer": lm_models.tokenizer_fingerprint(tokenizer),
+    adapted = f" adapted {directory.parent.name}" if cfg.teacher.adapt is not None else ""
+    identity = {"teacher": cfg.teacher.model + adapted, "tokenizer": lm_models.tokenizer_fingerprint(tokenizer),
                 "k": cfg.teacher.top_k, "vocab": vocab}
     return TopKCache.build_or_open(teacher, blocks, directory, identity=identity, batch_size=cfg.teacher.batch_size,
                                    rebuild=cfg.teacher.cache_rebuild, quiet=cfg.quiet,
@@ -115,12 +159,11 @@ def build_student(cfg: LMRunConfig, teacher: nn.Module, tokenizer: Any) -> nn.Mo
 
 
 def teacher_signals(cfg: LMRunConfig, teacher: nn.Module, data: TextSplits, tokenizer: Any, vocab: int,
-                    run_dir: Path) -> tuple[TokenTeacher, TokenTeacher]:
-    """Training signal (live, or the top-k cache) and the validation signal (cached the same way)."""
+                    root: Path) -> tuple[TokenTeacher, TokenTeacher]:
+    """Training signal (live, or the top-k cache) and the validation signal (cached the same way), in `root`."""
     live = LiveLMTeacher(teacher, vocab)
     if cfg.teacher.signal == "live" and cfg.on_policy.fraction > 0:
         return live, live
-    root = Path(cfg.teacher.cache_dir or run_dir / "teacher_cache")
     caches = {}
     with process_state(cfg.device).main_process_first():  # one process builds, the others open it
         for split in ("train", "val"):
@@ -131,16 +174,24 @@ def teacher_signals(cfg: LMRunConfig, teacher: nn.Module, data: TextSplits, toke
 
 def train_stage(cfg: LMRunConfig, stage: str, template: nn.Module, tokenizer: Any, data: TextSplits, vocab: int,
                 signal: TokenTeacher | None, val_signal: TokenTeacher, run_dir: Path, resume: bool) -> nn.Module:
+    student = copy.deepcopy(template)  # same initial weights for the baseline and the distilled student
+    return _fit_and_save(cfg, student, tokenizer, data, vocab, cfg.train, cfg.loss, signal, val_signal,
+                         run_dir / stage, stage, resume)
+
+
+def _fit_and_save(cfg: LMRunConfig, model: nn.Module, tokenizer: Any, data: TextSplits, vocab: int,
+                  train: LMTrainConfig, loss: LMLossConfig, signal: TokenTeacher | None,
+                  val_signal: TokenTeacher | None, stage_dir: Path, name: str, resume: bool) -> nn.Module:
+    """One training stage into `stage_dir` (resumable); its model/ (Hugging Face format) once finished."""
     from transformers import AutoModelForCausalLM
 
-    done = run_dir / stage / "model"
+    done = stage_dir / "model"
     if (done / "config.json").is_file():
         return AutoModelForCausalLM.from_pretrained(done, use_safetensors=True).eval()
-    student = copy.deepcopy(template)  # same initial weights for the baseline and the distilled student
-    out = fit_lm(student, data.train, train=cfg.train, loss=cfg.loss, vocab=vocab, teacher=signal,
+    out = fit_lm(model, data.train, train=train, loss=loss, vocab=vocab, teacher=signal,
                  on_policy=cfg.on_policy if signal is not None else None, val_data=data.val,
-                 val_teacher=val_signal, pad_id=tokenizer.pad_token_id, checkpoint_dir=run_dir / stage,
-                 resume=resume, device=cfg.device, quiet=cfg.quiet, name=stage)
+                 val_teacher=val_signal, pad_id=tokenizer.pad_token_id, checkpoint_dir=stage_dir,
+                 resume=resume, device=cfg.device, quiet=cfg.quiet, name=name)
     model = out.model.merge_and_unload() if hasattr(out.model, "merge_and_unload") else out.model
     if process_state(cfg.device).is_main_process:
         save_pretrained_atomic(model, tokenizer, done)
@@ -166,7 +217,7 @@ def evaluate_lm_run(cfg: LMRunConfig, teacher: nn.Module, students: dict[str, nn
     models: dict[str, Any] = {"teacher": {**evaluate_lm(teacher, data.val, vocab), **_costs(teacher, data)}}
     for name, model in students.items():
         models[name] = {**evaluate_lm(model, data.val, vocab, teacher=val_signal), **_costs(model, data)}
-    t, s = models["teacher"], models["distilled"]
+    t, s = models.get("teacher_adapted", models["teacher"]), models["distilled"]  # the teacher that taught
     summary = {"params_ratio": s["params"] / t["params"], "speedup": t["forward_ms"] / s["forward_ms"],
                "ppl_ratio": s["ppl"] / t["ppl"]}
     if "baseline" in models:
@@ -181,6 +232,7 @@ def evaluate_lm_run(cfg: LMRunConfig, teacher: nn.Module, students: dict[str, nn
                  "val_blocks": len(data.val), "train_tokens": data.train.num_tokens,
                  "tokens_seen": cfg.train.steps * cfg.train.batch_size * data.train.seq_len},
         "loss": cfg.loss.model_dump(mode="json"),
+        "teacher_adapt": cfg.teacher.adapt.model_dump(mode="json") if cfg.teacher.adapt else None,
         "teacher_signal": cfg.teacher.signal, "top_k": cfg.teacher.top_k,
         "kl_over": "full vocabulary" if isinstance(val_signal, LiveLMTeacher) else f"top-{cfg.teacher.top_k} + tail",
         "models": models, "summary": summary,
@@ -206,8 +258,11 @@ def render_lm_report(report: dict[str, Any]) -> str:
     lines += ["", f"Data: {d['corpus']}, {d['train_blocks']} training blocks of {d['seq_len']} tokens "
               f"({d['tokens_seen']:,} tokens seen per student), {d['val_blocks']} held-out blocks.",
               f"Loss: {loss['ratio']:g} × {loss['kind']} (T={loss['temperature']:g}) + "
-              f"{1 - loss['ratio']:g} × CE; teacher signal: {report['teacher_signal']}"
+              f"{1 - loss['ratio']:g} × CE"
+              + (f", CE only for the first {loss['warm_start']} steps" if loss.get("warm_start") else "")
+              + f"; teacher signal: {report['teacher_signal']}"
               + (f" (top-{report['top_k']})" if report["teacher_signal"] == "cached" else "") + ".", "",
+              *_adapt_line(report.get("teacher_adapt")),
               "| model | params | held-out ppl | KL to teacher | top-1 agreement | forward ms (1 block) |",
               "|---|---:|---:|---:|---:|---:|"]
     for name, m in report["models"].items():
@@ -224,6 +279,14 @@ def render_lm_report(report: dict[str, Any]) -> str:
         lines += ["", f"KL to the teacher is measured over the teacher's cached {report['kl_over']} bin "
                   "(a lower bound of the full-vocabulary KL)."]
     return "\n".join(lines) + "\n"
+
+
+def _adapt_line(adapt: dict[str, Any] | None) -> list[str]:
+    if not adapt:
+        return []
+    how = f"LoRA r={adapt['lora']['r']}" if adapt.get("lora") else "every weight"
+    return [f"The teacher was first fine-tuned on the training blocks ({adapt['steps']} steps of next-token CE "
+            f"at lr {adapt['lr']:g}, {how}): `teacher_adapted` below, which taught the students.", ""]
 
 
 def require_transformers() -> None:

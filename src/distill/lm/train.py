@@ -42,7 +42,8 @@ def fit_lm(model: nn.Module, data: TokenBlocks, *, train: LMTrainConfig, loss: L
            val_data: TokenBlocks | None = None, val_teacher: TokenTeacher | None = None,
            pad_id: int = 0, checkpoint_dir: Path | None = None, resume: bool = False,
            device: str = "auto", quiet: bool = False, name: str = "student") -> LMFitResult:
-    """Train `model` for `train.steps` steps; with `teacher` None, plain next-token CE."""
+    """Train `model` for `train.steps` steps; with `teacher` None (or before `loss.warm_start`), plain
+    next-token CE."""
     acc = make_accelerator(device, train.precision, None, None)
     torch.manual_seed(train.seed)
     sharded = train.shard == "fsdp" and acc.num_processes > 1
@@ -72,7 +73,7 @@ def fit_lm(model: nn.Module, data: TokenBlocks, *, train: LMTrainConfig, loss: L
         batch = {k: v.to(acc.device, non_blocking=True) for k, v in data.batch(order.indices(step)).items()}
         if sampling is not None and _on_policy_step(train.seed, step, sampling.fraction):
             batch = sample_continuations(acc.unwrap_model(model), batch, sampling, pad_id)
-        signal = teacher.signal(batch) if teacher is not None else None
+        signal = teacher.signal(batch) if teacher is not None and step >= loss.warm_start else None
         with acc.autocast():
             parts = step_loss(batch, signal, loss, vocab)
         acc.backward(parts["loss"])
