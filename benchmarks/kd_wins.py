@@ -10,6 +10,12 @@ Arms of a scenario, same student, same number of optimizer steps:
   kd          the default recipe (`recipe: auto`), with the transfer set where the scenario has one
 The plain arm a win is measured against is the better of plain and plain_aug. A scenario is won when
 kd − plain > 2 × the larger of their standard deviations. Gap closed = (kd − plain) / (teacher − plain).
+
+Language-model scenarios (`distill lm`, `job="lm"`) compare held-out perplexity (lower is better) of
+  plain       the same student, next-token CE only, the same tokens
+  kd          the `distill lm` defaults
+so there a win is plain − kd > 2 × the larger std, and gap closed = (plain − kd) / (plain − teacher),
+where the teacher is the one that taught (the domain-adapted teacher when the defaults adapt it).
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ class Scenario:
     shared_teacher: bool = False  # one teacher for every seed (trained once); else one per seed
     variant_of: str | None = None  # another setting of a scenario: reported, not counted in `scenarios`
     inputs: Callable[[], list[str]] | None = None  # overrides naming inputs made on first use
+    job: str = "run"  # "run": `distill run` (accuracy); "lm": `distill lm` (held-out perplexity)
 
 
 UNHEARD_VARIANTS = ["m2", "m4", "m6", "m7", "f3", "f5"]  # espeak-ng variants the dataset's 64 voices lack
@@ -58,6 +65,19 @@ def unheard_voices() -> list[str]:
         np.save(npy, load_file(out / DATA_FILE)["waves"].numpy())
     return [f"data.unlabeled={npy}"]
 
+
+def bbc_text() -> list[str]:
+    """The 2,225 BBC News articles as one text file: a corpus the teacher's pretraining knows (news)."""
+    out = OUT / "bbc_news.txt"
+    if not out.is_file():
+        from distill.corpora import read_bbc_news
+
+        OUT.mkdir(parents=True, exist_ok=True)
+        out.write_text("\n\n".join(row.text for row in read_bbc_news()))
+    return ["data.corpus=text", f"data.path={out}"]
+
+
+LM_BUDGET = ["train.steps=150", "data.max_blocks=632", "data.val_blocks=32", "train.eval_every=150"]
 
 SCENARIOS: dict[str, Scenario] = {
     "mnist5k_10pct": Scenario(None, [], "MNIST-5k, labels on 10% (350 images), the other 3,150 unlabelled; CNN "
@@ -89,6 +109,10 @@ SCENARIOS: dict[str, Scenario] = {
         *RECIPE_DEFAULTS, "train.epochs=30", "train.optimizer.lr=1.0e-3", "recipe=function_matching"],
         "spoken_digits with function matching forced (shifts + mixup on spectrograms)", shared_teacher=True,
         variant_of="spoken_digits"),
+    "lm_kjv": Scenario(None, LM_BUDGET, "KJV Bible, SmolLM2-135M-Instruct → 1-layer student (0.24× the "
+                       "parameters), 150 steps × 4 × 128 tokens (76,800), `distill lm` defaults", job="lm"),
+    "lm_bbc": Scenario(None, LM_BUDGET, "BBC News articles as a corpus, same teacher, student and budget as "
+                       "lm_kjv", job="lm", inputs=bbc_text),
     "mnist5k_full": Scenario(None, ["data.label_fraction=1", "teacher.train.epochs=30", "train.epochs=25"],
                              "MNIST-5k with every label (3,500); CNN → MLP 128, 25 epochs", variant_of="mnist5k_10pct"),
 }
@@ -113,6 +137,8 @@ def main() -> None:
 
 def run_seed(name: str, seed: int) -> None:
     scenario = SCENARIOS[name]
+    if scenario.job == "lm":
+        return run_lm_seed(name, seed)
     config = scenario.config
     common = [f"output_dir={OUT / 'runs'}", "quiet=true", f"teacher.cache_dir={OUT / 'cache'}", *scenario.overrides,
               *(scenario.inputs() if scenario.inputs else [])]
@@ -137,11 +163,54 @@ def run_seed(name: str, seed: int) -> None:
     (OUT / f"{name}-{seed}.json").write_text(json.dumps(row, indent=2))
 
 
+def run_lm_seed(name: str, seed: int) -> None:
+    """`distill lm` with its defaults (baseline included), one student seed; teacher products shared."""
+    from distill.lm.config import load_lm_config
+    from distill.lm.pipeline import run_lm
+
+    scenario = SCENARIOS[name]
+    overrides = [f"output_dir={OUT / 'runs'}", "quiet=true", f"teacher.cache_dir={OUT / 'lm_cache' / name}",
+                 *scenario.overrides, *(scenario.inputs() if scenario.inputs else []), f"train.seed={seed}",
+                 f"name={name}-{seed}"]
+    start = time.perf_counter()
+    run_dir = run_lm(load_lm_config(None, overrides), resume=True)
+    report = json.loads((run_dir / "report.json").read_text())
+    models = report["models"]
+    row = {"metric": "ppl", "teacher": models.get("teacher_adapted", models["teacher"])["ppl"],
+           "teacher_as_given": models["teacher"]["ppl"], "plain": models["baseline"]["ppl"],
+           "kd": models["distilled"]["ppl"], "loss": report["loss"], "teacher_adapt": report.get("teacher_adapt"),
+           "tokens": report["data"]["tokens_seen"], "wall_s_auto_run": time.perf_counter() - start}
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"{name}-{seed}.json").write_text(json.dumps(row, indent=2))
+
+
+def lm_metrics(name: str, rows: list[dict], m: dict[str, float]) -> float:
+    """Per-scenario keys of an LM scenario (perplexities: lower is better); returns the gap closed."""
+    stats = {arm: mean_std([r[arm] for r in rows]) for arm in ("teacher", "teacher_as_given", "plain", "kd")}
+    (plain, _), (kd, _), teacher = stats["plain"], stats["kd"], stats["teacher"][0]
+    for arm, (mean, std) in stats.items():
+        m[f"{name}_{arm}_mean"], m[f"{name}_{arm}_std"] = mean, std
+    m[f"{name}_gap_closed"] = gap = (plain - kd) / (plain - teacher) if plain > teacher else float("nan")
+    m[f"{name}_tokens"] = rows[0]["tokens"]
+    m[f"{name}_wall_s_auto_run"] = mean_std([r["wall_s_auto_run"] for r in rows])[0]
+    return gap
+
+
+def lm_won(name: str, m: dict[str, float]) -> bool:
+    return m[f"{name}_plain_mean"] - m[f"{name}_kd_mean"] > 2 * max(m[f"{name}_plain_std"], m[f"{name}_kd_std"])
+
+
 def metrics(names: list[str], seeds: int) -> dict[str, float]:
     m: dict[str, float] = {}
     won, gaps = 0, []
     for name in names:
         rows = [json.loads((OUT / f"{name}-{s}.json").read_text()) for s in range(seeds)]
+        if SCENARIOS[name].job == "lm":
+            gap = lm_metrics(name, rows, m)
+            if SCENARIOS[name].variant_of is None:
+                won += lm_won(name, m)
+                gaps.append(gap)
+            continue
         stats = {arm: mean_std([100 * r[arm] for r in rows])
                  for arm in ("teacher", "plain", "plain_aug", "kd", "soft_targets")}
         best_plain = max(("plain", "plain_aug"), key=lambda a: stats[a][0])

@@ -74,7 +74,7 @@ def llm(steps: int, signal: str) -> dict[str, float]:
     train = LMTrainConfig(steps=steps + 4, batch_size=BATCH, optimizer=OptimizerConfig(lr=5e-4, weight_decay=0.01),
                           scheduler="none", warmup_steps=0, grad_clip=1.0, eval_every=10**9, save_every=10**9,
                           precision="no")
-    fit_lm(student, blocks, train=train, loss=LMLossConfig(kind="forward_kl"), vocab=vocab, teacher=source,
+    fit_lm(student, blocks, train=train, loss=LMLossConfig(kind="forward_kl", ratio=1.0), vocab=vocab, teacher=source,
            device="cpu", quiet=True)
     return _rate(stamps, BATCH * SEQ_LEN, "tokens_per_s")
 

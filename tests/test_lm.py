@@ -340,7 +340,7 @@ def test_the_lm_job_trains_evaluates_reports_and_exports(lm, tmp_path):
                                 "name=t", "data.corpus=text", f"data.path={corpus}", "data.seq_len=16",
                                 "data.val_fraction=0.2", "student.layers=[0]", "train.steps=4",
                                 "train.batch_size=2", "teacher.top_k=8", "quiet=true", "device=cpu",
-                                "student.lora={r: 2}"])
+                                "student.lora={r: 2}", "teacher.adapt=null"])
     with pytest.warns(UserWarning, match="licence is unknown"):
         run_dir = run_lm(cfg)
     report = json.loads((run_dir / "report.json").read_text())
