@@ -236,7 +236,8 @@ def test_distillation_brings_the_student_closer_to_the_teacher(lm):
     before = evaluate_lm(student, blocks, vocab, teacher=live)["kl_teacher"]
     cfg = _train(steps=20)
     cfg.optimizer.lr = 3e-3
-    out = fit_lm(student, blocks, train=cfg, loss=LMLossConfig(), vocab=vocab, teacher=live, quiet=True, device="cpu")
+    out = fit_lm(student, blocks, train=cfg, loss=LMLossConfig(ratio=1.0), vocab=vocab, teacher=live, quiet=True,
+                 device="cpu")
     after = evaluate_lm(out.model, blocks, vocab, teacher=live)["kl_teacher"]
     assert after < 0.5 * before
 
@@ -378,6 +379,20 @@ def test_an_adapted_teacher_is_trained_once_then_teaches_and_is_reported(lm, tmp
         assert (adapted / "model" / "model.safetensors").stat().st_mtime_ns == stamp  # shared, not retrained
         run_lm(load_lm_config(None, [*common, "name=c", "teacher.adapt={steps: 5, lr: 0.003}"]))
         assert len(list((tmp_path / "cache").glob("adapted-*"))) == 2  # other settings: another teacher
+
+
+def test_a_frozen_teacher_is_adapted_and_the_given_one_left_untouched(lm, tmp_path):
+    from distill.lm.config import LMRunConfig, LMTeacherConfig, TeacherAdaptConfig
+    from distill.lm.pipeline import adapt_teacher
+    from distill.lm.text import split_blocks
+
+    teacher = LiveLMTeacher(lm["teacher"], lm["vocab"]).model  # frozen in place, as a live signal leaves it
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    cfg = LMRunConfig(teacher=LMTeacherConfig(adapt=TeacherAdaptConfig(steps=3, lr=1e-3)), device="cpu", quiet=True,
+                      train=LMTrainConfig(batch_size=2, precision="no"))
+    adapted = adapt_teacher(cfg, teacher, lm["tok"], split_blocks(lm["blocks"], 0.25), lm["vocab"], tmp_path, False)
+    assert any(not torch.equal(a, before[k]) for k, a in adapted.state_dict().items())
+    assert all(torch.equal(v, before[k]) for k, v in teacher.state_dict().items())
 
 
 def test_the_lm_command_reports_bad_input_without_a_traceback(capsys, tmp_path):

@@ -155,7 +155,9 @@ def test_loss_scale_guard_names_the_weight_to_change():
     assert len(notes) == 1 and "`hint` is 278× larger than `kd`" in notes[0]
     assert "lower losses[1].weight or raise losses[0].weight" in notes[0]
     assert term_scales({"kd": 2.0, "hint": 50.0}, weights, steps=10) == []
-    assert term_scales({"kd": 2.0, "ce": 900.0}, {"kd": (1.0, "kd.alpha"), "ce": (0.0, "kd.alpha")}, 10) == []
+    assert term_scales({"kd": 2.0, "ce": 900.0}, {"kd": (1.0, "kd.alpha"), "ce": (0.0, "-kd.alpha")}, 10) == []
+    (note,) = term_scales({"kd": 0.004, "ce": 1.2}, KD(temperature=1.0, alpha=0.5).term_weights(0.0), 1)
+    assert note.endswith("; raise kd.alpha to bring them within 100×.")  # one advice, not "lower … or raise …"
 
 
 def _report(teacher: float, baseline: float, distilled: float, **extra):

@@ -160,6 +160,13 @@ def dkd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: tor
     return (alpha * tckd + beta * nckd) * temperature**2
 
 
+def _turn(key: str, way: str) -> str:
+    """"lower KEY" / "raise KEY"; a key written "-KEY" is a weight that falls as KEY rises (CE's 1 − α)."""
+    if key.startswith("-"):
+        return f"{'raise' if way == 'lower' else 'lower'} {key[1:]}"
+    return f"{way} {key}"
+
+
 def term_scales(sums: dict[str, float], weights: dict[str, tuple[float, str]], steps: int,
                 ratio: float = 100.0) -> list[str]:
     """Warnings for terms whose weighted mean magnitude over the first `steps` steps dwarfs another's by
@@ -172,10 +179,10 @@ def term_scales(sums: dict[str, float], weights: dict[str, tuple[float, str]], s
     for small, value in scale.items():
         if small != big and scale[big] > ratio * max(value, 1e-12):
             factor = scale[big] / max(value, 1e-12)
-            key_big, key_small = weights[big][1], weights[small][1]
+            fixes = dict.fromkeys([_turn(weights[big][1], "lower"), _turn(weights[small][1], "raise")])
             notes.append(f"loss scale: `{big}` is {factor:,.0f}× larger than `{small}` over the first {steps} "
                          f"steps (weighted means {scale[big]:.3g} vs {value:.3g}), so `{small}` barely "
-                         f"teaches; lower {key_big} or raise {key_small} to bring them within {ratio:.0f}×.")
+                         f"teaches; {' or '.join(fixes)} to bring them within {ratio:.0f}×.")
     return notes
 
 
@@ -219,7 +226,7 @@ class KD:
     def term_weights(self, progress: float) -> dict[str, tuple[float, str]]:
         """Each logged term's weight at `progress` and the config key that sets it."""
         a = scheduled(self.alpha, progress)
-        return {"kd": (a, "kd.alpha"), "ce": (1 - a, "kd.alpha")}
+        return {"kd": (a, "kd.alpha"), "ce": (1 - a, "-kd.alpha")}  # CE's weight falls as kd.alpha rises
 
 
 @dataclass(frozen=True)

@@ -105,7 +105,7 @@ def adapt_teacher(cfg: LMRunConfig, teacher: nn.Module, tokenizer: Any, data: Te
     a = cfg.teacher.adapt
     if a is None:
         return teacher
-    model = copy.deepcopy(teacher)
+    model = copy.deepcopy(teacher).requires_grad_(True)  # a teacher may arrive frozen
     if a.lora is not None:
         model = lm_models.add_lora(model, a.lora.r, a.lora.alpha, a.lora.dropout, a.lora.target_modules)
     train = LMTrainConfig(steps=a.steps, batch_size=cfg.train.batch_size, warmup_steps=min(10, a.steps // 10),
