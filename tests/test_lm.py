@@ -348,7 +348,9 @@ def test_the_lm_job_trains_evaluates_reports_and_exports(lm, tmp_path):
     assert set(report["models"]) == {"teacher", "baseline", "distilled"}
     assert report["teacher"]["licence"] is None
     assert json.loads((run_dir / "manifest.json").read_text())["licence_warning"].startswith("the teacher's licence is unknown")
-    assert "KL to teacher" in (run_dir / "report.md").read_text()
+    markdown = (run_dir / "report.md").read_text()
+    assert "KL to teacher" in markdown
+    assert markdown.index(report["doctor"]["verdict"]) < markdown.index("Teacher `")  # the verdict first
     exported = AutoModelForCausalLM.from_pretrained(run_dir / "distilled" / "model")
     assert exported.config.num_hidden_layers == 1 and not hasattr(exported, "peft_config")
     assert (run_dir / "teacher_cache" / "train" / "manifest.json").is_file()

@@ -10,7 +10,7 @@ from torch import nn
 from distill import CE, KD, distill
 from distill.config import TrainConfig, load_config
 from distill.data import UNLABELED, ArrayDataset, load_data
-from distill.doctor import diagnose
+from distill.doctor import diagnose, diagnose_lm
 from distill.errors import ConfigError, DataError
 from distill.losses import cross_entropy, term_scales
 from distill.pipeline import baseline_budget, plan_of
@@ -283,3 +283,14 @@ def test_distill_without_a_loss_uses_function_matching_on_images():
     assert "train_kd" in row and "train_ce" not in row  # pure KD (alpha 1), on shifted, mixed views
     flat = distill(teacher, nn.Linear(64, 10), ArrayDataset(x.flatten(1), y), epochs=1, batch_size=16, quiet=True)
     assert {"train_kd", "train_ce"} <= set(flat.history[0])  # feature rows: soft targets, alpha 0.5
+
+
+def test_the_lm_doctor_names_pure_kd_an_unadapted_teacher_and_a_cold_reverse_kl():
+    models = {"teacher": {"ppl": 35.0}, "baseline": {"ppl": 94.0}, "distilled": {"ppl": 115.0}}
+    lost = diagnose_lm({"models": models, "loss": {"kind": "reverse_kl", "ratio": 1.0, "warm_start": 0},
+                        "teacher_adapt": None})
+    assert not lost["won"] and lost["verdict"].startswith("Distillation did NOT beat")
+    assert [r.split(" ")[1] for r in lost["try"]] == ["teacher.adapt:", "loss.ratio:", "loss.warm_start"]
+    won = diagnose_lm({"models": {**models, "teacher_adapted": {"ppl": 15.0}, "distilled": {"ppl": 79.0}},
+                       "loss": {"kind": "forward_kl", "ratio": 0.5}, "teacher_adapt": {"steps": 60}})
+    assert won["won"] and "79.00 vs 94.00 (teacher 15.00)" in won["verdict"] and won["causes"] == []

@@ -66,3 +66,40 @@ def _causes(report: dict[str, Any], t: float, b: float) -> tuple[list[str], list
         remedies.append("Repeat with other train.seed values before concluding; see BENCHMARKS.md (kd_wins) "
                         "for what won where.")
     return causes, remedies
+
+
+def diagnose_lm(report: dict[str, Any]) -> dict[str, Any]:
+    """The doctor of a `distill lm` report: held-out perplexities (lower is better) and the loss settings."""
+    models, loss = report["models"], report["loss"]
+    if "baseline" not in models:
+        return {"won": None, "verdict": "No CE student was trained (baseline: false), so no comparison.",
+                "causes": [], "try": []}
+    t = models.get("teacher_adapted", models["teacher"])["ppl"]
+    b, d = models["baseline"]["ppl"], models["distilled"]["ppl"]
+    won = d < b
+    verdict = (f"The distilled student beats the same student trained with CE alone: held-out perplexity "
+               f"{d:.2f} vs {b:.2f} (teacher {t:.2f})." if won else
+               f"Distillation did NOT beat the same student trained with CE alone: held-out perplexity {d:.2f} vs "
+               f"{b:.2f} (teacher {t:.2f}).")
+    causes: list[str] = []
+    remedies: list[str] = []
+    if not won:
+        if t >= b:
+            causes.append(f"The teacher's perplexity on this corpus ({t:.2f}) is no better than the CE student's.")
+            remedies.append("Adapt the teacher to the corpus first (teacher.adapt), or choose a stronger teacher.")
+        elif not report.get("teacher_adapt"):
+            causes.append(f"The teacher was not adapted to the corpus (perplexity {t:.2f}): its targets follow its "
+                          "pretraining text, not this one.")
+            remedies.append("Set teacher.adapt: {steps: 60, lr: 1.0e-4} (it won on the KJV in BENCHMARKS.md).")
+        if loss["ratio"] >= 1:
+            causes.append("loss.ratio is 1: the student never sees the gold next token, only the teacher's guess.")
+            remedies.append("Set loss.ratio: 0.5 (the measured default).")
+        if loss["kind"] in ("reverse_kl", "jsd", "skew_reverse_kl") and not loss.get("warm_start"):
+            causes.append(f"{loss['kind']} from an untrained start: its gradients are tiny while the student "
+                          "spreads its mass over the whole vocabulary.")
+            remedies.append("Set loss.warm_start (e.g. a quarter of train.steps) or use loss.kind: forward_kl.")
+        if not causes:
+            causes.append("None of the measured causes applies; the budget (train.steps) may be too short for "
+                          "the teacher's targets to pay off, or the difference within seed noise.")
+            remedies.append("Raise train.steps, or repeat with other train.seed values.")
+    return {"won": won, "verdict": verdict, "causes": causes, "try": remedies}

@@ -56,16 +56,22 @@ def markdown(report: dict[str, Any], plots: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _doctor(report: dict[str, Any]) -> list[str]:
-    """The verdict first (never a success line over a loss), then the likely causes and what to try."""
-    doctor = report.get("doctor")
-    if not doctor:  # runs made before the doctor existed
-        return []
+def doctor_lines(doctor: dict[str, Any]) -> list[str]:
+    """Markdown of `distill.doctor`'s answer: the verdict in bold, then causes and what to try."""
     lines = [f"**{doctor['verdict']}**", ""]
     if doctor["causes"]:
         lines += ["Likely causes, from this run's measurements:", ""]
         lines += [f"- {c}" for c in doctor["causes"]] + ["", "Try:", ""]
         lines += [f"- {r}" for r in doctor["try"]] + [""]
+    return lines
+
+
+def _doctor(report: dict[str, Any]) -> list[str]:
+    """The verdict first (never a success line over a loss), then the likely causes and what to try."""
+    doctor = report.get("doctor")
+    if not doctor:  # runs made before the doctor existed
+        return []
+    lines = doctor_lines(doctor)
     recipe = report.get("recipe")
     if recipe:
         lines += [f"Recipe: **{recipe['why']}**; teacher signal {recipe['signal']}; the distilled student "

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from distill.bench import time_calls
+from distill.doctor import diagnose_lm
 from distill.errors import ModelError
 from distill.files import atomic_write_text
 from distill.lm import models as lm_models
@@ -33,6 +34,7 @@ from distill.lm.signals import LiveLMTeacher, TokenTeacher, TopKCache
 from distill.lm.text import TextSplits, blocks_subset, encode_rows, pack_text, read_jsonl, read_kjv, split_blocks
 from distill.lm.train import fit_lm
 from distill.pipeline import machine_description, open_run_dir
+from distill.report import doctor_lines
 from distill.training import process_state
 
 
@@ -222,7 +224,7 @@ def evaluate_lm_run(cfg: LMRunConfig, teacher: nn.Module, students: dict[str, nn
                "ppl_ratio": s["ppl"] / t["ppl"]}
     if "baseline" in models:
         summary["ppl_gain_vs_baseline"] = models["baseline"]["ppl"] / s["ppl"]
-    return {
+    report = {
         "name": cfg.name, "kind": "lm",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_description(torch.get_num_threads()),
@@ -237,6 +239,8 @@ def evaluate_lm_run(cfg: LMRunConfig, teacher: nn.Module, students: dict[str, nn
         "kl_over": "full vocabulary" if isinstance(val_signal, LiveLMTeacher) else f"top-{cfg.teacher.top_k} + tail",
         "models": models, "summary": summary,
     }
+    report["doctor"] = diagnose_lm(report)
+    return report
 
 
 def _costs(model: nn.Module, data: TextSplits) -> dict[str, float]:
@@ -251,6 +255,7 @@ def render_lm_report(report: dict[str, Any]) -> str:
     t = report["teacher"]
     lines = [f"# LM distillation report: {report['name']}", "",
              f"{report['date']} · {report['machine']}", "",
+             *(doctor_lines(report["doctor"]) if report.get("doctor") else []),
              f"Teacher `{t['model']}`, licence **{t['licence'] or 'unknown'}**."]
     if t["licence_warning"]:
         lines += ["", f"> ⚠ Licence: {t['licence_warning']}."]
