@@ -47,10 +47,11 @@ TEACHER, K, SEQ, BATCH = "builtin:smollm2-135m-instruct", 64, 128, 4
 ADAPT = TeacherAdaptConfig(steps=60, lr=1e-4)
 # arm → loss settings, and whether the adapted teacher teaches; None: plain CE
 ARMS: dict[str, dict | None] = {
-    "ce": None, "forward_kl": {"kind": "forward_kl"}, "reverse_kl": {"kind": "reverse_kl"}, "jsd": {"kind": "jsd"},
-    "mix": {"kind": "forward_kl", "ratio": 0.5},
-    "reverse_kl_warm": {"kind": "reverse_kl", "warm_start": 40}, "jsd_warm": {"kind": "jsd", "warm_start": 40},
-    "adapted_forward_kl": {"kind": "forward_kl", "adapted": True},
+    "ce": None, "forward_kl": {"kind": "forward_kl", "ratio": 1.0}, "reverse_kl": {"kind": "reverse_kl", "ratio": 1.0},
+    "jsd": {"kind": "jsd", "ratio": 1.0}, "mix": {"kind": "forward_kl", "ratio": 0.5},
+    "reverse_kl_warm": {"kind": "reverse_kl", "ratio": 1.0, "warm_start": 40},
+    "jsd_warm": {"kind": "jsd", "ratio": 1.0, "warm_start": 40},
+    "adapted_forward_kl": {"kind": "forward_kl", "ratio": 1.0, "adapted": True},
     "adapted_mix": {"kind": "forward_kl", "ratio": 0.5, "adapted": True},
 }
 
@@ -88,7 +89,7 @@ def main() -> None:
     for arm, seed in runs:
         if (arm, seed) in done:
             continue
-        spec = dict(ARMS.get(arm) or {"kind": "forward_kl"})
+        spec = dict(ARMS.get(arm) or {"kind": "forward_kl", "ratio": 1.0})
         if spec.pop("adapted", False) and not adapted:
             adapted.update(_adapted_caches(teacher, tok, TextSplits(train, val), vocab, work, identity))
         source = adapted if (ARMS.get(arm) or {}).get("adapted") else caches
