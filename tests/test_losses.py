@@ -99,6 +99,11 @@ def test_scheduled_values(kind, expected):
         assert scheduled(sched, progress) == pytest.approx(value)
 
 
+def test_a_schedule_with_until_ramps_then_holds():
+    warmup = Schedule(start=0.0, end=1.0, until=0.1)  # DKD's warm-up: the first tenth of training
+    assert [scheduled(warmup, p) for p in (0.0, 0.05, 0.1, 0.5, 1.0)] == pytest.approx([0, 0.5, 1, 1, 1])
+
+
 def test_scheduled_constant_is_float():
     assert scheduled(4, 0.7) == 4.0
     assert isinstance(scheduled(4, 0.7), float)

@@ -30,6 +30,8 @@ class Schedule(Strict):
     start: float
     end: float
     kind: Literal["linear", "cosine"] = "linear"
+    until: float = Field(1.0, gt=0, le=1, description="Progress at which `end` is reached and then held: "
+                         "0.1 ramps over the first tenth of training (DKD's warm-up).")
 
 
 Scalar = Union[float, Schedule]

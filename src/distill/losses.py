@@ -190,10 +190,11 @@ def scheduled(value: float | Schedule, progress: float) -> float:
     """A constant, or a schedule evaluated at training progress in [0, 1]."""
     if not isinstance(value, Schedule):
         return float(value)
+    x = min(1.0, progress / value.until)
     if value.kind == "linear":
-        w = progress
+        w = x
     else:
-        w = 0.5 * (1 - math.cos(math.pi * progress))
+        w = 0.5 * (1 - math.cos(math.pi * x))
     return value.start + (value.end - value.start) * w
 
 
