@@ -279,6 +279,9 @@ class TeacherConfig(ModelConfig):
     cache_dir: Path = Path("cache/teacher")
     cache_rebuild: bool = Field(False, description="Rebuild cache shards that fail their checksum.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Used when no checkpoint is given.")
+    out_of_fold: int | None = Field(None, ge=2, description="k: each training example's soft target comes from "
+                                    "one of k extra teachers that did not train on it (distill.out_of_fold); "
+                                    "an answer to a teacher near one-hot on its own training examples.")
 
     @model_validator(mode="after")
     def _one_or_several(self) -> TeacherConfig:
@@ -290,6 +293,10 @@ class TeacherConfig(ModelConfig):
         if self.combine == "correctness" and self.signal == "cached":
             raise ValueError("combine: correctness weighs members by the labels of each batch, which a "
                              "logit cache cannot do: set teacher.signal=live")
+        if self.out_of_fold is not None and (self.members or self.signal == "live"):
+            raise ValueError("teacher.out_of_fold computes each training example's target once, from the fold "
+                             "teacher that did not see it: it needs one teacher (`arch`) and a cached signal "
+                             "(teacher.signal: auto or cached)")
         if self.weights is not None and self.combine != "weighted":
             raise ValueError(f"teacher.weights are used only with combine: weighted (got {self.combine})")
         return self
@@ -328,6 +335,9 @@ class RunConfig(Strict):
             raise ValueError(
                 "train.augment.mixup needs the teacher on each mixed view: set teacher.signal=live"
             )
+        if self.teacher.out_of_fold is not None and self.train.augment.mixup > 0:
+            raise ValueError("train.augment.mixup needs the teacher on each mixed view, and teacher.out_of_fold "
+                             "gives fixed targets per training example: remove one of them")
         return self
 
     @model_validator(mode="after")
@@ -339,6 +349,10 @@ class RunConfig(Strict):
 
     @model_validator(mode="after")
     def _recipe_fits_signal(self) -> RunConfig:
+        if self.recipe == "function_matching" and self.teacher.out_of_fold is not None:
+            raise ValueError("recipe: function_matching runs the teacher live on augmented views; "
+                             "teacher.out_of_fold gives fixed targets per training example: choose one "
+                             "(recipe: soft_targets with out_of_fold)")
         if self.recipe == "function_matching" and self.teacher.signal == "cached":
             raise ValueError("recipe: function_matching shows the teacher each augmented, mixed view, which a "
                              "logit cache cannot do: set teacher.signal=live (or auto), or choose "
@@ -349,7 +363,7 @@ class RunConfig(Strict):
     def _losses_are_usable(self) -> RunConfig:
         check_term_weights(self.losses)
         layered = [i for i, t in enumerate(self.losses) if needs_live_teacher(t)]
-        if layered and self.teacher.signal == "cached":
+        if layered and (self.teacher.signal == "cached" or self.teacher.out_of_fold is not None):
             raise ValueError(f"losses[{layered[0]}] reads teacher layers, which a logit cache does not hold: "
                              "set teacher.signal=live")
         return self

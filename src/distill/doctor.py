@@ -46,7 +46,8 @@ def _causes(report: dict[str, Any], t: float, b: float) -> tuple[list[str], list
         remedies.append("Give the teacher what the labels lack: unlabelled inputs (data.unlabeled), or a "
                         "smaller student.")
     conf = signal.get("train_confidence")
-    if conf is not None and conf > ONE_HOT_CONFIDENCE and recipe.get("recipe") != "function_matching" and not unlabeled:
+    if conf is not None and conf > ONE_HOT_CONFIDENCE and recipe.get("recipe") != "function_matching" and \
+            not unlabeled and not recipe.get("out_of_fold"):
         causes.append(f"The teacher is near one-hot on its own training examples (mean confidence "
                       f"{100 * conf:.1f}%, entropy {signal['train_entropy']:.3f} nats vs "
                       f"{signal['val_entropy']:.3f} on validation): its soft targets there carry little "

@@ -31,6 +31,7 @@ from distill.files import atomic_write_text, make_private_dir
 from distill.losses import CE
 from distill.models import build_model
 from distill.recipes import Plan, plan
+from distill.out_of_fold import out_of_fold_signal
 from distill.signals import CachedTeacher, LiveTeacher, TeacherSignal, freeze
 from distill.students import every_kth, keep_layers
 from distill.taps import resolve_module
@@ -50,7 +51,8 @@ def run(cfg: RunConfig, resume: bool = False) -> Path:
         students["baseline"] = train_student(cfg, data, data.train, run_dir / "baseline", None, resume, teacher,
                                              recipe)
     taught = with_transfer_set(data.train, data.unlabeled)  # labelled ∪ unlabelled, built once
-    signal = teacher_signal(cfg, teacher, taught, recipe)
+    signal = (out_of_fold_signal(cfg, data, teacher, taught, run_dir, resume) if cfg.teacher.out_of_fold
+              else teacher_signal(cfg, teacher, taught, recipe))
     students["distilled"] = train_student(cfg, data, taught, run_dir / "distilled", signal, resume, teacher,
                                           recipe)
     if process_state(cfg.device).is_main_process:  # under torchrun, one process evaluates and reports
@@ -137,7 +139,8 @@ def describe(recipe: Plan, cfg: RunConfig, data: DataSplits, run_dir: Path) -> d
     return {"recipe": recipe.recipe, "why": recipe.why, "signal": recipe.signal,
             "augment": recipe.augment.model_dump(), "objective": repr(recipe.objective),
             "distilled_epochs": cfg.train.epochs, "baseline_epochs": baseline_budget(cfg.train, data).epochs,
-            "distilled_best_epoch": _best_epoch(run_dir / "distilled"), **_tuned(run_dir / "distilled")}
+            "distilled_best_epoch": _best_epoch(run_dir / "distilled"), "out_of_fold": cfg.teacher.out_of_fold,
+            **_tuned(run_dir / "distilled")}
 
 
 def _tuned(stage_dir: Path) -> dict[str, Any]:

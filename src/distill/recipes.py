@@ -45,7 +45,8 @@ def plan(cfg: RunConfig, modality: str, input_shape: tuple[int, ...]) -> Plan:
     """The recipe of `cfg` for data of `modality` (`data.modality_of`) whose examples have
     `input_shape`, resolved to concrete settings."""
     live_needed = cfg.teacher.combine == "correctness" or any(needs_live_teacher(t) for t in cfg.losses)
-    return resolve(cfg.recipe, cfg.teacher.signal, cfg.train.augment, modality, input_shape,
+    signal = "cached" if cfg.teacher.out_of_fold is not None else cfg.teacher.signal  # fixed targets per example
+    return resolve(cfg.recipe, signal, cfg.train.augment, modality, input_shape,
                    method=Method(cfg.losses) if cfg.losses else None, temperature=cfg.kd.temperature,
                    alpha=cfg.kd.alpha, live_needed=live_needed)
 

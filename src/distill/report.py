@@ -74,7 +74,9 @@ def _doctor(report: dict[str, Any]) -> list[str]:
     lines = doctor_lines(doctor)
     recipe = report.get("recipe")
     if recipe:
-        lines += [f"Recipe: **{recipe['why']}**; teacher signal {recipe['signal']}; the distilled student "
+        signal = (f"out-of-fold targets from {recipe['out_of_fold']} fold teachers" if recipe.get("out_of_fold")
+                  else f"teacher signal {recipe['signal']}")
+        lines += [f"Recipe: **{recipe['why']}**; {signal}; the distilled student "
                   f"trained {recipe['distilled_epochs']} epochs"
                   + (f" over {report['dataset']['train']:,} labelled and {report['dataset']['unlabeled']:,} "
                      "unlabelled examples" if report["dataset"].get("unlabeled") else "")
