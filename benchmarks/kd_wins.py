@@ -100,13 +100,13 @@ SCENARIOS: dict[str, Scenario] = {
                               "(the built-in default job)"),
     "spoken_digits": Scenario(CONFIGS / "spoken_digits.yaml", [
         *RECIPE_DEFAULTS, "train.epochs=30", "train.optimizer.lr=1.0e-3"],
-        "spoken digits, full labels (45 voices) and 2,880 unlabelled clips of 48 other voices, tested on 13 "
+        "spoken digits, full labels (45 voices) and 8,640 unlabelled clips of 144 other voices, tested on 13 "
         "unheard voices; CNN teacher (16/32/64) → CNN student (8/16, FC 32), 30 epochs at lr 1e-3",
-        shared_teacher=True, inputs=unheard_voices),
-    "spoken_digits_more_voices": Scenario(CONFIGS / "spoken_digits.yaml", [
+        shared_teacher=True, inputs=more_unheard_voices),
+    "spoken_digits_48_voices": Scenario(CONFIGS / "spoken_digits.yaml", [
         *RECIPE_DEFAULTS, "train.epochs=30", "train.optimizer.lr=1.0e-3"],
-        "spoken_digits with a transfer set three times larger: 8,640 unlabelled clips of 144 voices the dataset "
-        "lacks", shared_teacher=True, inputs=more_unheard_voices, variant_of="spoken_digits"),
+        "spoken_digits with a transfer set a third the size: 2,880 clips of 48 voices",
+        shared_teacher=True, inputs=unheard_voices, variant_of="spoken_digits"),
     "spoken_digits_no_transfer": Scenario(CONFIGS / "spoken_digits.yaml", [
         *RECIPE_DEFAULTS, "train.epochs=30", "train.optimizer.lr=1.0e-3"],
         "spoken_digits without the unlabelled clips (at the config's 15 epochs and lr 2e-3 the plain student "
@@ -134,6 +134,10 @@ SCENARIOS: dict[str, Scenario] = {
                        "lm_kjv", job="lm", inputs=bbc_text),
     "mnist5k_full": Scenario(None, ["data.label_fraction=1", "teacher.train.epochs=30", "train.epochs=25"],
                              "MNIST-5k with every label (3,500); CNN → MLP 128, 25 epochs", variant_of="mnist5k_10pct"),
+    "mnist5k_full_oof": Scenario(None, ["data.label_fraction=1", "teacher.train.epochs=30", "train.epochs=25",
+                                        "recipe=soft_targets", "teacher.out_of_fold=5"],
+                                 "mnist5k_full with soft targets from 5 out-of-fold teachers (teacher.out_of_fold)",
+                                 variant_of="mnist5k_10pct"),
 }
 
 
