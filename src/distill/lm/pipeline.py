@@ -96,7 +96,7 @@ def teacher_root(cfg: LMRunConfig, data: TextSplits, run_dir: Path) -> Path:
 def _adapt_id(cfg: LMRunConfig, data: TextSplits) -> str:
     a = cfg.teacher.adapt
     parts = [cfg.teacher.model, a.model_dump(mode="json") if a else None, cfg.train.batch_size, cfg.train.precision,
-             data.train.fingerprint()]
+             cfg.train.optimizer.model_dump(mode="json", exclude={"lr"}), data.train.fingerprint()]  # what it trains with
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
 
