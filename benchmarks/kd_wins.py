@@ -128,6 +128,10 @@ SCENARIOS: dict[str, Scenario] = {
         *RECIPE_DEFAULTS, "train.epochs=30", "train.optimizer.lr=1.0e-3", "recipe=function_matching"],
         "spoken_digits with function matching forced (shifts + mixup on spectrograms)", shared_teacher=True,
         variant_of="spoken_digits"),
+    "fmnist_full": Scenario(CONFIGS / "fashion_mnist.yaml", [
+        *RECIPE_DEFAULTS, "recipe=auto", "student.arch=cnn", "student.kwargs={widths: [8, 16], convs: 1, fc: 32}"],
+        "Fashion-MNIST, every label (54,000 training images); the fmnist_kd CNN teacher (32/64, FC 256) → the "
+        "method table's small CNN (8/16, FC 32), 15 epochs", shared_teacher=True),
     "lm_kjv": Scenario(None, LM_BUDGET, "KJV Bible, SmolLM2-135M-Instruct → 1-layer student (0.24× the "
                        "parameters), 150 steps × 4 × 128 tokens (76,800), `distill lm` defaults", job="lm"),
     "lm_bbc": Scenario(None, LM_BUDGET, "BBC News articles as a corpus, same teacher, student and budget as "
