@@ -41,6 +41,9 @@ METHODS: dict[str, list[dict]] = {
                             "weight": 1000.0}],
     "rkd": [{"kind": "ce"}, {"kind": "rkd", "student": "head.2", "teacher": "head.2", "weight": 1.0}],
     "dkd": [{"kind": "ce"}, {"kind": "dkd", "alpha": 1.0, "beta": 8.0, "temperature": 4.0}],
+    # DKD's published schedule: its weight ramps from 0 over the first 20 of 240 epochs, then holds
+    "dkd_warmup": [{"kind": "ce"}, {"kind": "dkd", "alpha": 1.0, "beta": 8.0, "temperature": 4.0,
+                                    "weight": {"start": 0.0, "end": 1.0, "until": 20 / 240}}],
     "crd": [{"kind": "ce"}, {"kind": "contrastive", "student": "head.2", "teacher": "head.2", "weight": 0.8,
                              "temperature": 0.1}],
     "kd_feature": [*KD, HINT],
