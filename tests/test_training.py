@@ -257,3 +257,43 @@ def test_sharded_engines_are_refused_before_training(digits, tmp_path: Path, mon
         fit(_student(digits), digits.train, objective=CE(), config=_config(epochs=1), num_classes=10,
             checkpoint_dir=tmp_path / "ckpt", quiet=True)
     assert not (tmp_path / "ckpt").exists()  # nothing written
+
+
+def test_normalized_loss_divides_each_term_by_its_mean_before_weighting():
+    from distill.training import normalized_loss
+
+    parts = {"loss": torch.tensor(0.0), "kd": torch.tensor(0.02), "ce": torch.tensor(3.0)}
+    weights = KD(temperature=1.0, alpha=0.5).term_weights(0.0)
+    assert float(normalized_loss(parts, weights, {"kd": 1 / 0.01, "ce": 1 / 1.5})) == pytest.approx(0.5 * 2 + 0.5 * 2)
+
+
+def test_normalized_terms_are_recorded_once_and_kept_on_resume(digits, tmp_path: Path, monkeypatch):
+    torch.manual_seed(0)
+    teacher = LiveTeacher(_student(digits, seed=5).eval())
+    cfg = _config(epochs=3, normalize_terms=True)
+
+    def run(directory: str, resume: bool = False):
+        return fit(_student(digits), digits.train, objective=KD(temperature=1.0, alpha=0.5), config=cfg,
+                   num_classes=10, teacher=teacher, val_data=digits.val, checkpoint_dir=tmp_path / directory,
+                   resume=resume, quiet=True)
+
+    full = run("full")
+    assert len(full.notes) == 1 and full.notes[0].startswith("terms normalised after 10 steps")  # the first epoch: 10 steps
+    scale = read_metadata(tmp_path / "full" / "last.safetensors")["state"]["term_scale"]
+    assert set(scale) == {"kd", "ce"} and all(v > 0 for v in scale.values())
+    real_epoch = _Loop.train_epoch
+
+    def crash_in_third_epoch(self, data, epoch, steps):
+        if epoch == 2:
+            raise _Interrupt
+        return real_epoch(self, data, epoch, steps)
+
+    with monkeypatch.context() as m:
+        m.setattr(_Loop, "train_epoch", crash_in_third_epoch)
+        with pytest.raises(_Interrupt):
+            run("split")
+    resumed = run("split", resume=True)
+    assert resumed.history == full.history  # the resumed epoch used the divisors of the first
+    plain = fit(_student(digits), digits.train, objective=KD(temperature=1.0, alpha=0.5), config=_config(epochs=3),
+                num_classes=10, teacher=teacher, val_data=digits.val, quiet=True)
+    assert plain.history[-1]["train_loss"] != full.history[-1]["train_loss"]  # the option changes training

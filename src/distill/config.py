@@ -139,6 +139,8 @@ class TrainConfig(Strict):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     seed: int = 0
+    normalize_terms: bool = Field(False, description="After the loss-scale guard's first steps, divide each loss "
+                                  "term by its mean magnitude over them, so each term then weighs about its weight.")
 
 
 class KDTune(Strict):

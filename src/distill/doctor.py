@@ -55,7 +55,8 @@ def _causes(report: dict[str, Any], t: float, b: float) -> tuple[list[str], list
         remedies.append("Let the teacher score new inputs: recipe: function_matching (shifted, mixed views "
                         "through the live teacher), or a transfer set (data.unlabeled / data.label_fraction).")
     for note in report.get("loss_scale", []):
-        causes.append(note)
+        if note.startswith("loss scale:"):  # a warning, not train.normalize_terms' record of its divisors
+            causes.append(note)
     if recipe.get("distilled_best_epoch") is not None and \
             recipe["distilled_best_epoch"] + 1 >= recipe.get("distilled_epochs", 0):
         causes.append(f"The distilled student was still improving at its last epoch "

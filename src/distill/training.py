@@ -145,6 +145,7 @@ class _Loop:
         self.best_state: dict[str, torch.Tensor] | None = None
         self.scale_notes: list[str] = []
         self.scales_checked = False
+        self.term_scale: dict[str, float] | None = None  # train.normalize_terms: each term's divisor, once set
         inner = acc.unwrap_model(model)
         self.student = inner.student if isinstance(inner, WithAdapters) else inner  # where taps attach
 
@@ -165,6 +166,8 @@ class _Loop:
             inputs, targets = augment_batch(inputs, labels, self.num_classes, cfg.augment, gen)
             progress = (epoch * steps_per_epoch + step) / (cfg.epochs * steps_per_epoch)
             parts = self.loss(inputs, batch["index"], targets, progress)
+            if self.term_scale is not None:
+                parts["loss"] = normalized_loss(parts, self.objective.term_weights(progress), self.term_scale)
             acc.backward(parts["loss"])
             if cfg.grad_clip:
                 acc.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -193,6 +196,12 @@ class _Loop:
         """The loss-scale guard: warn, once, when one term dwarfs another over the first steps
         (`losses.term_scales`), and keep the warnings for the report (`scale_notes`)."""
         self.scales_checked = True
+        if self.config.normalize_terms:  # every process gets the same divisors: means over all of them
+            means = {k: float(self.acc.reduce(v.clone(), "mean")) / steps for k, v in sums.items() if k != "loss"}
+            self.term_scale = {k: 1 / m if abs(m) > 1e-12 else 1.0 for k, m in means.items()}
+            self.scale_notes = [f"terms normalised after {steps} steps (train.normalize_terms): " + ", ".join(
+                f"`{k}` ÷ {abs(m):.3g}" for k, m in means.items())]
+            return
         means = {k: float(v) for k, v in sums.items() if k != "loss"}
         self.scale_notes = term_scales(means, self.objective.term_weights(progress), steps)
         for note in self.scale_notes:
@@ -251,7 +260,7 @@ class _Loop:
             return
         model = self.acc.unwrap_model(self.model)
         state = {"epoch": result.history[-1]["epoch"], "history": result.history,
-                 "best_epoch": result.best_epoch, "fingerprint": fingerprint}
+                 "best_epoch": result.best_epoch, "fingerprint": fingerprint, "term_scale": self.term_scale}
         if improved:
             save_weights(ckpt_dir / "best.safetensors", model, {"epoch": result.best_epoch})
         # metrics before the checkpoint: a kill between the two repeats this epoch on resume (and
@@ -271,6 +280,8 @@ class _Loop:
             raise CheckpointError(f"{path} was written with different training settings; resume with the "
                                   "same config, or start a new run (another name / output_dir).")
         result.history, result.best_epoch = state["history"], state["best_epoch"]
+        if state.get("term_scale") is not None:  # normalised terms keep the divisors they started with
+            self.term_scale, self.scales_checked = state["term_scale"], True
         if _patience_over(result, self.config.early_stopping_patience, state["epoch"]):
             result.stopped_early = True  # it had stopped early: resuming must not train further
             return self.config.epochs
@@ -295,6 +306,13 @@ class _Loop:
 
 
 SCALE_STEPS = 20  # the loss-scale guard reads the first steps
+
+
+def normalized_loss(parts: dict[str, torch.Tensor], weights: dict[str, tuple[float, str]],
+                    scale: dict[str, float]) -> torch.Tensor:
+    """Σ weight · term / (the term's mean magnitude over the guard's first steps)."""
+    terms = [w * scale.get(k, 1.0) * parts[k] for k, (w, _) in weights.items() if k in parts and w > 0]
+    return torch.stack(terms).sum()
 
 
 def use_cuda(device: str) -> bool:
@@ -417,7 +435,8 @@ def _patience_over(result: FitResult, patience: int | None, epoch: int) -> bool:
 
 
 def _fingerprint(config: TrainConfig, objective: Objective) -> str:
-    text = json.dumps(config.model_dump(mode="json"), sort_keys=True) + repr(objective)
+    off = {"normalize_terms"} if not config.normalize_terms else None  # runs from before it existed still resume
+    text = json.dumps(config.model_dump(mode="json", exclude=off), sort_keys=True) + repr(objective)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
