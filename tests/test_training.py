@@ -61,23 +61,29 @@ class _Interrupt(Exception):
     pass
 
 
-def test_resume_continues_bit_for_bit(digits, tmp_path: Path, monkeypatch):
-    cfg = _config(epochs=4, augment={"shift": 1}, warmup_epochs=1)
-    full = fit(_student(digits, dropout=0.2), digits.train, objective=CE(), config=cfg, num_classes=10,
-               val_data=digits.val, checkpoint_dir=tmp_path / "full", quiet=True)
-
+def _crash_in_third_epoch(monkeypatch, train) -> None:
+    """Run `train()` with training interrupted as the third epoch starts (its checkpoint: epoch 2)."""
     real_epoch = _Loop.train_epoch
 
-    def crash_in_third_epoch(self, data, epoch, steps):
+    def crash(self, data, epoch, steps):
         if epoch == 2:
             raise _Interrupt
         return real_epoch(self, data, epoch, steps)
 
     with monkeypatch.context() as m:
-        m.setattr(_Loop, "train_epoch", crash_in_third_epoch)
+        m.setattr(_Loop, "train_epoch", crash)
         with pytest.raises(_Interrupt):
-            fit(_student(digits, dropout=0.2), digits.train, objective=CE(), config=cfg, num_classes=10,
-                val_data=digits.val, checkpoint_dir=tmp_path / "split", quiet=True)
+            train()
+
+
+def test_resume_continues_bit_for_bit(digits, tmp_path: Path, monkeypatch):
+    cfg = _config(epochs=4, augment={"shift": 1}, warmup_epochs=1)
+    full = fit(_student(digits, dropout=0.2), digits.train, objective=CE(), config=cfg, num_classes=10,
+               val_data=digits.val, checkpoint_dir=tmp_path / "full", quiet=True)
+
+    _crash_in_third_epoch(monkeypatch, lambda: fit(
+        _student(digits, dropout=0.2), digits.train, objective=CE(), config=cfg, num_classes=10,
+        val_data=digits.val, checkpoint_dir=tmp_path / "split", quiet=True))
     assert read_metadata(tmp_path / "split" / "last.safetensors")["state"]["epoch"] == 1
 
     torch.manual_seed(12345)  # the resumed process starts from another global RNG state
@@ -278,20 +284,11 @@ def test_normalized_terms_are_recorded_once_and_kept_on_resume(digits, tmp_path:
                    resume=resume, quiet=True)
 
     full = run("full")
-    assert len(full.notes) == 1 and full.notes[0].startswith("terms normalised after 10 steps")  # the first epoch: 10 steps
+    # the guard reads the first epoch (10 steps): shorter than its 20
+    assert len(full.notes) == 1 and full.notes[0].startswith("terms normalised after 10 steps")
     scale = read_metadata(tmp_path / "full" / "last.safetensors")["state"]["term_scale"]
     assert set(scale) == {"kd", "ce"} and all(v > 0 for v in scale.values())
-    real_epoch = _Loop.train_epoch
-
-    def crash_in_third_epoch(self, data, epoch, steps):
-        if epoch == 2:
-            raise _Interrupt
-        return real_epoch(self, data, epoch, steps)
-
-    with monkeypatch.context() as m:
-        m.setattr(_Loop, "train_epoch", crash_in_third_epoch)
-        with pytest.raises(_Interrupt):
-            run("split")
+    _crash_in_third_epoch(monkeypatch, lambda: run("split"))
     resumed = run("split", resume=True)
     assert resumed.history == full.history  # the resumed epoch used the divisors of the first
     plain = fit(_student(digits), digits.train, objective=KD(temperature=1.0, alpha=0.5), config=_config(epochs=3),
