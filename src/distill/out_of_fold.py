@@ -24,8 +24,9 @@ from distill.checkpoint import load_weights, save_weights
 from distill.config import RunConfig
 from distill.data import ArrayDataset, DataSplits
 from distill.errors import DataError
+from distill.evaluate import predict
 from distill.losses import CE
-from distill.models import build_model, logits_of
+from distill.models import build_model
 from distill.signals import CachedTeacher, freeze
 from distill.training import fit, process_state
 
@@ -47,11 +48,11 @@ def out_of_fold_signal(cfg: RunConfig, data: DataSplits, teacher: nn.Module, tau
         raise DataError("teacher.out_of_fold needs an in-memory dataset (a built-in one, csv or arrays).")
     k = cfg.teacher.out_of_fold or 0
     device = next(teacher.parameters()).device
-    table = _logits(teacher, taught.inputs, cfg.train.batch_size)
+    table = predict(teacher, taught)
     for i, fold in enumerate(fold_indices(len(train), k, cfg.teacher.train.seed)):
         member = _fold_teacher(cfg, data, fold, run_dir / "teacher_folds" / f"fold-{i}", resume,
                                f"teacher fold {i + 1}/{k}").to(device)
-        table[fold] = _logits(member, train.inputs[fold], cfg.train.batch_size)
+        table[fold] = predict(member, ArrayDataset(train.inputs[fold], train.labels[fold]))
     return CachedTeacher(table, run_dir / "teacher_folds")
 
 
@@ -73,12 +74,3 @@ def _fold_teacher(cfg: RunConfig, data: DataSplits, fold: torch.Tensor, stage: P
         save_weights(done, out.model, {"stage": stage.name})
     process_state(cfg.device).wait_for_everyone()
     return freeze(out.model)
-
-
-@torch.no_grad()
-def _logits(model: nn.Module, inputs: torch.Tensor, batch_size: int) -> torch.Tensor:
-    model = freeze(model)
-    device = next(model.parameters()).device
-    rows = [logits_of(model(inputs[i:i + batch_size].to(device))).float().cpu()
-            for i in range(0, len(inputs), batch_size)]
-    return torch.cat(rows)
