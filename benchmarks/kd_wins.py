@@ -92,23 +92,21 @@ def bbc_text() -> list[str]:
     return ["data.corpus=text", f"data.path={out}"]
 
 
+SPEECH = [*RECIPE_DEFAULTS, "train.epochs=30", "train.optimizer.lr=1.0e-3"]  # the plain student trained well
 LM_BUDGET = ["train.steps=150", "data.max_blocks=632", "data.val_blocks=32", "train.eval_every=150"]
 
 SCENARIOS: dict[str, Scenario] = {
     "mnist5k_10pct": Scenario(None, [], "MNIST-5k, labels on 10% (350 images), the other 3,150 unlabelled; CNN "
                               "teacher trained on the 350, MLP 128 student; 60 epochs over labelled ∪ unlabelled "
                               "(the built-in default job)"),
-    "spoken_digits": Scenario(CONFIGS / "spoken_digits.yaml", [
-        *RECIPE_DEFAULTS, "train.epochs=30", "train.optimizer.lr=1.0e-3"],
+    "spoken_digits": Scenario(CONFIGS / "spoken_digits.yaml", SPEECH,
         "spoken digits, full labels (45 voices) and 8,640 unlabelled clips of 144 other voices, tested on 13 "
         "unheard voices; CNN teacher (16/32/64) → CNN student (8/16, FC 32), 30 epochs at lr 1e-3",
         shared_teacher=True, inputs=more_unheard_voices),
-    "spoken_digits_48_voices": Scenario(CONFIGS / "spoken_digits.yaml", [
-        *RECIPE_DEFAULTS, "train.epochs=30", "train.optimizer.lr=1.0e-3"],
+    "spoken_digits_48_voices": Scenario(CONFIGS / "spoken_digits.yaml", SPEECH,
         "spoken_digits with a transfer set a third the size: 2,880 clips of 48 voices",
         shared_teacher=True, inputs=unheard_voices, variant_of="spoken_digits"),
-    "spoken_digits_no_transfer": Scenario(CONFIGS / "spoken_digits.yaml", [
-        *RECIPE_DEFAULTS, "train.epochs=30", "train.optimizer.lr=1.0e-3"],
+    "spoken_digits_no_transfer": Scenario(CONFIGS / "spoken_digits.yaml", SPEECH,
         "spoken_digits without the unlabelled clips (at the config's 15 epochs and lr 2e-3 the plain student "
         "stalls on one seed in three: spoken_digits_config)", shared_teacher=True, variant_of="spoken_digits"),
     "bbc_10pct": Scenario(CONFIGS / "bbc_encoder.yaml", [
@@ -117,15 +115,13 @@ SCENARIOS: dict[str, Scenario] = {
         "intermediate_size: 512}", "train.epochs=12", "train.optimizer.lr=1.0e-3"],
         "BBC News, labels on 10% (~130 articles), the rest unlabelled; all-MiniLM-L6-v2 fine-tuned on the "
         "labelled articles → a scratch 2-layer encoder (width 128), 12 epochs", shared_teacher=True),
-    "spoken_digits_tuned": Scenario(CONFIGS / "spoken_digits.yaml", [
-        *RECIPE_DEFAULTS, "train.epochs=30", "train.optimizer.lr=1.0e-3", "kd.tune={trials: 6, epochs: 0.25}"],
+    "spoken_digits_tuned": Scenario(CONFIGS / "spoken_digits.yaml", [*SPEECH, "kd.tune={trials: 6, epochs: 0.25}"],
         "spoken_digits with T and α chosen on the validation voices by kd.tune (6 proxy trainings of 8 epochs)",
         shared_teacher=True, variant_of="spoken_digits"),
     "spoken_digits_config": Scenario(CONFIGS / "spoken_digits.yaml", RECIPE_DEFAULTS,
                                      "spoken_digits at the config's own 15 epochs and lr 2e-3",
                                      shared_teacher=True, variant_of="spoken_digits"),
-    "spoken_digits_fm": Scenario(CONFIGS / "spoken_digits.yaml", [
-        *RECIPE_DEFAULTS, "train.epochs=30", "train.optimizer.lr=1.0e-3", "recipe=function_matching"],
+    "spoken_digits_fm": Scenario(CONFIGS / "spoken_digits.yaml", [*SPEECH, "recipe=function_matching"],
         "spoken_digits with function matching forced (shifts + mixup on spectrograms)", shared_teacher=True,
         variant_of="spoken_digits"),
     "fmnist_full": Scenario(CONFIGS / "fashion_mnist.yaml", [
