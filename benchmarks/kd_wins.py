@@ -5,8 +5,9 @@ Each (scenario, seed) runs in its own process and is saved to benchmarks/work/kd
 so an interrupted benchmark continues where it stopped; a final pass gathers every saved seed.
 
 Arms of a scenario, same student, same number of optimizer steps:
-  plain       labels only, no augmentation          (the recipe soft_targets' baseline)
-  plain_aug   labels only, the recipe's augmentation (the default recipe's baseline)
+  plain       labels only, the config's augmentation (the recipe soft_targets' baseline)
+  plain_aug   labels only, the recipe's augmentation (the default recipe's baseline; the same run as
+              plain when `auto` chooses cached soft targets)
   kd          the default recipe (`recipe: auto`), with the transfer set where the scenario has one
 The plain arm a win is measured against is the better of plain and plain_aug. A scenario is won when
 kd − plain > 2 × the larger of their standard deviations. Gap closed = (kd − plain) / (teacher − plain).
@@ -93,6 +94,7 @@ def bbc_text() -> list[str]:
 
 
 SPEECH = [*RECIPE_DEFAULTS, "train.epochs=30", "train.optimizer.lr=1.0e-3"]  # the plain student trained well
+FMNIST_FULL = [*RECIPE_DEFAULTS, "recipe=auto", "student.arch=cnn", "student.kwargs={widths: [8, 16], convs: 1, fc: 32}"]
 LM_BUDGET = ["train.steps=150", "data.max_blocks=632", "data.val_blocks=32", "train.eval_every=150"]
 
 SCENARIOS: dict[str, Scenario] = {
@@ -124,10 +126,14 @@ SCENARIOS: dict[str, Scenario] = {
     "spoken_digits_fm": Scenario(CONFIGS / "spoken_digits.yaml", [*SPEECH, "recipe=function_matching"],
         "spoken_digits with function matching forced (shifts + mixup on spectrograms)", shared_teacher=True,
         variant_of="spoken_digits"),
-    "fmnist_full": Scenario(CONFIGS / "fashion_mnist.yaml", [
-        *RECIPE_DEFAULTS, "recipe=auto", "student.arch=cnn", "student.kwargs={widths: [8, 16], convs: 1, fc: 32}"],
+    "fmnist_full": Scenario(CONFIGS / "fashion_mnist.yaml", [*FMNIST_FULL, "train.optimizer.lr=3.0e-3"],
         "Fashion-MNIST, every label (54,000 training images); the fmnist_kd CNN teacher (32/64, FC 256) → the "
-        "method table's small CNN (8/16, FC 32), 15 epochs", shared_teacher=True),
+        "method table's small CNN (8/16, FC 32), 15 epochs at lr 3e-3 (the plain student's 90.76% beat its "
+        "90.39% at the config's 1e-3 on seed 0)", shared_teacher=True),
+    "fmnist_full_fm": Scenario(CONFIGS / "fashion_mnist.yaml", [*FMNIST_FULL, "recipe=function_matching"],
+        "fmnist_full with function matching forced (shifts + mixup through the live teacher), at the config's "
+        "lr 1e-3 (auto's choice before it measured the teacher's confidence)", shared_teacher=True,
+        variant_of="fmnist_full"),
     "lm_kjv": Scenario(None, LM_BUDGET, "KJV Bible, SmolLM2-135M-Instruct → 1-layer student (0.24× the "
                        "parameters), 150 steps × 4 × 128 tokens (76,800), `distill lm` defaults", job="lm"),
     "lm_bbc": Scenario(None, LM_BUDGET, "BBC News articles as a corpus, same teacher, student and budget as "
@@ -175,7 +181,7 @@ def run_seed(name: str, seed: int) -> None:
     auto = run_report(config, [*common, f"name={name}-auto-{seed}"])
     auto_s = time.perf_counter() - start
     recipe = auto["recipe"]
-    same = recipe["recipe"] == "soft_targets" and recipe["signal"] == "cached" and not any(recipe["augment"].values())
+    same = recipe["recipe"] == "soft_targets" and recipe["signal"] == "cached"  # the plain arm's very settings
     plain = auto if same else run_report(config, [*common, f"name={name}-plain-{seed}", "recipe=soft_targets",
                                                   "teacher.signal=cached"])  # the same run when auto chose it
     row = {"teacher": auto["models"]["teacher"]["accuracy"], "plain": plain["models"]["baseline"]["accuracy"],

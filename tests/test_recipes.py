@@ -8,12 +8,13 @@ import torch
 from torch import nn
 
 from distill import CE, KD, distill
-from distill.config import TrainConfig, load_config
+from distill.config import AugmentConfig, TrainConfig, load_config
 from distill.data import UNLABELED, ArrayDataset, load_data
 from distill.doctor import diagnose, diagnose_lm
 from distill.errors import ConfigError, DataError
 from distill.losses import cross_entropy, term_scales
 from distill.pipeline import baseline_budget, plan_of
+from distill.recipes import resolve
 from distill.training import FitResult, _is_best
 
 DIGITS = ["data.name=digits", "data.label_fraction=1"]
@@ -196,9 +197,6 @@ def test_plain_training_on_unlabelled_rows_is_a_clear_error():
 @pytest.mark.parametrize(("modality", "shape", "reason"), [
     ("audio", (1, 40, 101), "spectrograms"), ("text", (2, 16), "token inputs"), ("features", (6,), "feature rows")])
 def test_auto_keeps_soft_targets_where_shifts_and_mixup_do_not_apply(modality, shape, reason):
-    from distill.config import AugmentConfig
-    from distill.recipes import resolve
-
     r = resolve("auto", "auto", AugmentConfig(), modality, shape)
     assert (r.recipe, r.signal, r.augment.enabled) == ("soft_targets", "cached", False)
     assert reason in r.why
@@ -272,15 +270,22 @@ def test_the_loss_scale_guard_warns_once_even_when_epochs_are_shorter_than_its_w
     assert len(notes) == 1 and "`hint` is" in notes[0] and "over the first 3 steps" in notes[0]
 
 
-def test_distill_without_a_loss_uses_function_matching_on_images():
+def test_distill_without_a_loss_uses_function_matching_on_images_its_teacher_is_sure_of():
     torch.manual_seed(0)
     x = torch.randn(64, 1, 8, 8)
     y = torch.randint(0, 10, (64,))
     teacher = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    with torch.no_grad():
+        teacher[1].weight.mul_(100)  # near one-hot on these images
     result = distill(teacher, nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), ArrayDataset(x, y), epochs=1,
                      batch_size=16, quiet=True)
     row = result.history[0]
     assert "train_kd" in row and "train_ce" not in row  # pure KD (alpha 1), on shifted, mixed views
+    with torch.no_grad():
+        teacher[1].weight.mul_(1e-4)  # unsure: its soft targets teach as they are
+    soft = distill(teacher, nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), ArrayDataset(x, y), epochs=1,
+                   batch_size=16, quiet=True)
+    assert {"train_kd", "train_ce"} <= set(soft.history[0])  # soft targets, alpha 0.5
     flat = distill(teacher, nn.Linear(64, 10), ArrayDataset(x.flatten(1), y), epochs=1, batch_size=16, quiet=True)
     assert {"train_kd", "train_ce"} <= set(flat.history[0])  # feature rows: soft targets, alpha 0.5
 
@@ -294,3 +299,31 @@ def test_the_lm_doctor_names_pure_kd_an_unadapted_teacher_and_a_cold_reverse_kl(
     won = diagnose_lm({"models": {**models, "teacher_adapted": {"ppl": 15.0}, "distilled": {"ppl": 79.0}},
                        "loss": {"kind": "forward_kl", "ratio": 0.5}, "teacher_adapt": {"steps": 60}})
     assert won["won"] and "79.00 vs 94.00 (teacher 15.00)" in won["verdict"] and won["causes"] == []
+
+
+@pytest.mark.parametrize(("confidence", "transfer_set", "expected"), [
+    (0.99, False, "function_matching"),  # near one-hot on its training images: only new views teach
+    (0.93, False, "soft_targets"),  # soft targets already carry dark knowledge (fmnist_full)
+    (0.93, True, "function_matching"),  # a transfer set: new inputs are there to be shifted and mixed
+])
+def test_auto_on_images_follows_the_teachers_confidence_on_its_training_images(confidence, transfer_set, expected):
+    calls = []
+    r = resolve("auto", "auto", AugmentConfig(), "images", (1, 8, 8), transfer_set=transfer_set,
+                confidence=lambda: calls.append(1) or confidence)
+    assert r.recipe == expected
+    assert (r.signal, r.augment.mixup > 0) == (("live", True) if expected == "function_matching" else ("cached", False))
+    assert f"{100 * confidence:.1f}%" in r.why or transfer_set
+    assert len(calls) == (0 if transfer_set else 1)  # measured only when the choice needs it
+
+
+def test_a_run_measures_its_teachers_confidence_to_choose_the_recipe():
+    cfg = load_config(None, DIGITS)
+    data = load_data(cfg.data)
+    torch.manual_seed(0)
+    unsure = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))  # untrained: near-uniform outputs
+    with torch.no_grad():
+        unsure[1].weight.mul_(0.01)
+    assert plan_of(cfg, data, unsure).recipe == "soft_targets"
+    assert plan_of(cfg, data).recipe == "function_matching"  # before the teacher exists: provisional
+    explicit = load_config(None, [*DIGITS, "recipe=function_matching"])
+    assert plan_of(explicit, data, unsure).recipe == "function_matching"  # a choice in the config stands

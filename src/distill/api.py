@@ -18,11 +18,11 @@ from torch.utils.data import DataLoader, Dataset
 from distill.config import TrainConfig, validate_section
 from distill.data import as_indexed, iter_batches, labels_of, modality_of
 from distill.errors import ConfigError
-from distill.evaluate import classification_metrics, predict
+from distill.evaluate import classification_metrics, mean_confidence, predict
 from distill.losses import CE, Objective
 from distill.methods import Method
 from distill.models import logits_of
-from distill.recipes import resolve
+from distill.recipes import CONFIDENCE_SAMPLE, resolve
 from distill.signals import CachedTeacher, LiveTeacher, TeacherSignal, freeze
 from distill.training import fit
 from distill.transfer import as_unlabeled, with_transfer_set
@@ -49,9 +49,10 @@ def distill(teacher: nn.Module, student: nn.Module, train_data: Dataset | DataLo
         student: the module to train; must predict the same classes as the teacher.
         train_data: a Dataset of `(inputs, label)` / dicts, or a DataLoader over one.
         loss: the objective, e.g. `KD(temperature=4, alpha=0.9)`; `CE()` trains without the teacher;
-            None (default): the recipe that won our benchmarks (`distill.recipes`): for images,
-            function matching (the live teacher scores the same shifted, mixed view; pure KD, T = 1,
-            with `augment` defaulting to shifts + mixup), else KD(temperature=2, alpha=0.5);
+            None (default): the recipe that won our benchmarks (`distill.recipes`): for images with
+            a transfer set or a teacher near one-hot on `train_data`, function matching (the live
+            teacher scores the same shifted, mixed view; pure KD, T = 1, with `augment` defaulting
+            to shifts + mixup), else KD(temperature=2, alpha=0.5);
             `Method([{"kind": "kd"}, {"kind": "hint", "student": "layer2", "teacher": "layer3"}, ...])`
             a weighted sum of terms over logits, layers and attention maps (needs signal="live"
             when a term reads teacher layers).
@@ -68,7 +69,8 @@ def distill(teacher: nn.Module, student: nn.Module, train_data: Dataset | DataLo
     train_ds, config = _prepare(train_data, config, train_options)
     example = torch.as_tensor(train_ds[0]["inputs"])
     recipe = resolve("auto" if loss is None else "soft_targets", signal, config.augment, modality_of(example),
-                     tuple(example.shape), method=loss if isinstance(loss, Method) else None)
+                     tuple(example.shape), method=loss if isinstance(loss, Method) else None,
+                     transfer_set=unlabeled is not None, confidence=lambda: mean_confidence(teacher, train_ds, CONFIDENCE_SAMPLE))
     loss = recipe.objective if loss is None else loss
     config = config.model_copy(update={"augment": recipe.augment})
     if unlabeled is not None:

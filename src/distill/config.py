@@ -325,7 +325,8 @@ class RunConfig(Strict):
     recipe: Literal["auto", "function_matching", "soft_targets"] = Field(
         "auto", description="How the distilled student is taught (distill.recipes): function_matching "
         "(the live teacher on the same augmented, mixed view; pure KD), soft_targets (the kd section or "
-        "losses as given), or auto (function matching for images, else soft targets).")
+        "losses as given), or auto (function matching for images with a transfer set or a teacher near "
+        "one-hot on its training images, else soft targets).")
     baseline: bool = Field(True, description="Also train the student without the teacher.")
     bench: BenchConfig = Field(default_factory=BenchConfig)
     tracking: list[Literal["tensorboard", "mlflow"]] = Field(default_factory=list)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-ONE_HOT_CONFIDENCE = 0.98  # mean top-1 probability above which targets carry little dark knowledge
+from distill.recipes import ONE_HOT_CONFIDENCE
+
 SMALL_GAP = 0.005  # a plain student this close to the teacher leaves little to close
 
 

@@ -16,15 +16,23 @@ from distill.models import device_of, logits_of
 
 
 @torch.no_grad()
-def predict(model: nn.Module, dataset: Dataset, batch_size: int = 512) -> torch.Tensor:
-    """Logits (N, C) on CPU for every example of `dataset`, in order, with the model in eval mode."""
+def predict(model: nn.Module, dataset: Dataset, batch_size: int = 512,
+            indices: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits (N, C) on CPU for every example of `dataset` (or those at `indices`), in order, with the
+    model in eval mode."""
     was_training = model.training
     model.eval()
     device = device_of(model)
-    out = [logits_of(model(b["inputs"].to(device))).float().cpu()
-           for b in iter_batches(dataset, torch.arange(len(dataset)), batch_size)]  # type: ignore[arg-type]
+    rows = torch.arange(len(dataset)) if indices is None else indices  # type: ignore[arg-type]
+    out = [logits_of(model(b["inputs"].to(device))).float().cpu() for b in iter_batches(dataset, rows, batch_size)]
     model.train(was_training)
     return torch.cat(out)
+
+
+def mean_confidence(model: nn.Module, dataset: Dataset, limit: int | None = None) -> float:
+    """The model's mean top-1 probability on the first `limit` examples of `dataset` (all if None)."""
+    n = len(dataset) if limit is None else min(limit, len(dataset))  # type: ignore[arg-type]
+    return float(predict(model, dataset, indices=torch.arange(n)).softmax(-1).max(-1).values.mean())
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor,

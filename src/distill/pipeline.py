@@ -26,11 +26,11 @@ from distill.data import DataSplits, check_labels, labels_of, load_data
 from distill.doctor import diagnose
 from distill.ensemble import build_ensemble
 from distill.errors import ConfigError
-from distill.evaluate import classification_metrics, predict
+from distill.evaluate import classification_metrics, mean_confidence, predict
 from distill.files import atomic_write_text, make_private_dir
 from distill.losses import CE
 from distill.models import build_model
-from distill.recipes import Plan, plan
+from distill.recipes import CONFIDENCE_SAMPLE, Plan, plan
 from distill.out_of_fold import out_of_fold_signal
 from distill.signals import CachedTeacher, LiveTeacher, TeacherSignal, freeze
 from distill.students import every_kth, keep_layers
@@ -44,8 +44,9 @@ def run(cfg: RunConfig, resume: bool = False) -> Path:
     """Run the whole job; returns the run directory (which holds report.md)."""
     run_dir = open_run_dir(cfg, resume)
     data = load_data(cfg.data)
-    recipe = plan_of(cfg, data)
+    plan_of(cfg, data)  # a recipe the config cannot have is refused before any compute
     teacher = load_or_train_teacher(cfg, data, run_dir, resume)
+    recipe = plan_of(cfg, data, teacher)
     students: dict[str, nn.Module] = {}
     if cfg.baseline:
         students["baseline"] = train_student(cfg, data, data.train, run_dir / "baseline", None, resume, teacher,
@@ -129,9 +130,10 @@ def load_or_train_teacher(cfg: RunConfig, data: DataSplits, run_dir: Path, resum
     return freeze(out.model)
 
 
-def plan_of(cfg: RunConfig, data: DataSplits) -> Plan:
-    """The run's recipe resolved for its data (`distill.recipes`)."""
-    return plan(cfg, data.modality, data.input_shape)
+def plan_of(cfg: RunConfig, data: DataSplits, teacher: nn.Module | None = None) -> Plan:
+    """The run's recipe resolved for its data (`distill.recipes`) and, where `auto` asks, its teacher."""
+    measure = (lambda: mean_confidence(teacher, data.train, CONFIDENCE_SAMPLE)) if teacher is not None else None
+    return plan(cfg, data.modality, data.input_shape, transfer_set=data.unlabeled is not None, confidence=measure)
 
 
 def describe(recipe: Plan, cfg: RunConfig, data: DataSplits, run_dir: Path) -> dict[str, Any]:

@@ -9,15 +9,21 @@ the config and the data where the config leaves them open (`recipe: auto`, `teac
 - **soft_targets** (Hinton et al. 2015): α·KD + (1 − α)·CE on the inputs as they are, the teacher's
   logits cached once unless something needs it live.
 
-`auto` picks function matching for images and soft targets otherwise: token ids and feature rows
-cannot be shifted, and on spectrograms (spoken digits) shifts + mixup cost the small student far
-more than the teacher gave back. Both use the transfer set (`data.unlabeled`,
-`data.label_fraction`) when there is one. The plain baseline gets the same augmentation, so a win is
+`auto` picks soft targets except on images whose teacher has little to say on the training images
+as they are: token ids and feature rows cannot be shifted, and on spectrograms (spoken digits) shifts
++ mixup cost the small student far more than the teacher gave back. On images it picks function
+matching when there is a transfer set, or when the teacher is near one-hot on its own training images
+(mean top-1 probability above ONE_HOT_CONFIDENCE, measured on up to CONFIDENCE_SAMPLE of them): then
+only new views carry dark knowledge (MNIST-5k: function matching won, its teacher at 99%). Where the
+teacher's targets are already soft (Fashion-MNIST with every label, its teacher at 93%), the
+small student learns more from them on the clean images than from shifted, mixed views (kd_wins:
+fmnist_full). Both use the transfer set (`data.unlabeled`, `data.label_fraction`) when there is one. The plain baseline gets the same augmentation, so a win is
 the teacher's and not the augmentation's. What each recipe measured is in BENCHMARKS.md (kd_wins).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from distill.config import AugmentConfig, RunConfig, Scalar, needs_live_teacher
@@ -27,6 +33,8 @@ from distill.methods import Method
 
 FUNCTION_MATCHING_SHIFT = 2  # pixels (or spectrogram bins)
 FUNCTION_MATCHING_MIXUP = 1.0  # Beta(1, 1): mixing weights uniform in [0, 1]
+ONE_HOT_CONFIDENCE = 0.98  # mean top-1 probability above which targets carry little dark knowledge
+CONFIDENCE_SAMPLE = 4096  # training examples the teacher scores to measure it (the first ones)
 KD_DEFAULTS = {"function_matching": (1.0, 1.0), "soft_targets": (2.0, 0.5)}  # (temperature, alpha)
 
 
@@ -41,21 +49,28 @@ class Plan:
     why: str
 
 
-def plan(cfg: RunConfig, modality: str, input_shape: tuple[int, ...]) -> Plan:
+def plan(cfg: RunConfig, modality: str, input_shape: tuple[int, ...], *, transfer_set: bool = False,
+         confidence: Callable[[], float] | None = None) -> Plan:
     """The recipe of `cfg` for data of `modality` (`data.modality_of`) whose examples have
-    `input_shape`, resolved to concrete settings."""
+    `input_shape`, resolved to concrete settings. `confidence` measures the teacher's mean top-1
+    probability on its training examples; it is called only when `auto` needs it (images, a live
+    signal, no transfer set); without it such a plan is provisional (function matching)."""
     live_needed = cfg.teacher.combine == "correctness" or any(needs_live_teacher(t) for t in cfg.losses)
     signal = "cached" if cfg.teacher.out_of_fold is not None else cfg.teacher.signal  # fixed targets per example
     return resolve(cfg.recipe, signal, cfg.train.augment, modality, input_shape,
                    method=Method(cfg.losses) if cfg.losses else None, temperature=cfg.kd.temperature,
-                   alpha=cfg.kd.alpha, live_needed=live_needed)
+                   alpha=cfg.kd.alpha, live_needed=live_needed, transfer_set=transfer_set, confidence=confidence)
 
 
 def resolve(recipe: str, signal: str, augment: AugmentConfig, modality: str, input_shape: tuple[int, ...],
             *, method: Method | None = None, temperature: Scalar | None = None, alpha: Scalar | None = None,
-            live_needed: bool = False) -> Plan:
-    """A recipe name (`auto` included) and a signal (`auto` included) made concrete for the data."""
+            live_needed: bool = False, transfer_set: bool = False,
+            confidence: Callable[[], float] | None = None) -> Plan:
+    """A recipe name (`auto` included) and a signal (`auto` included) made concrete for the data
+    (`plan` says what `transfer_set` and `confidence` change)."""
     chosen, why = _choose(recipe, signal, modality)
+    if chosen == "function_matching" and recipe == "auto" and not transfer_set and confidence is not None:
+        chosen, why = _by_confidence(confidence())
     if chosen == "function_matching":
         augment = augment.model_copy(update={
             "shift": augment.shift or (FUNCTION_MATCHING_SHIFT if len(input_shape) == 3 else 0),
@@ -70,6 +85,17 @@ def kd_objective(temperature: Scalar | None, alpha: Scalar | None, recipe: str =
     """KD with the config's temperature and α, each defaulting to the recipe's."""
     t, a = KD_DEFAULTS[recipe]
     return KD(t if temperature is None else temperature, a if alpha is None else alpha)
+
+
+def _by_confidence(confidence: float) -> tuple[str, str]:
+    """Auto's choice on images without a transfer set, from the teacher's confidence on its training images."""
+    if confidence > ONE_HOT_CONFIDENCE:
+        return "function_matching", (f"function matching (auto: the teacher is near one-hot on its training "
+                                     f"images, mean top-1 {100 * confidence:.1f}%; shifted, mixed views carry "
+                                     "the dark knowledge those lack)")
+    return "soft_targets", (f"soft targets (auto: the teacher's targets on its training images are already soft, "
+                            f"mean top-1 {100 * confidence:.1f}%; on such data shifts + mixup cost the small "
+                            "student more than they teach, BENCHMARKS.md kd_wins fmnist_full)")
 
 
 def _choose(recipe: str, signal: str, modality: str) -> tuple[str, str]:
@@ -87,7 +113,7 @@ def _choose(recipe: str, signal: str, modality: str) -> tuple[str, str]:
         return "soft_targets", f"soft targets (auto: {AUTO_REASON.get(modality, modality + ' inputs')})"
     if signal == "cached":
         return "soft_targets", "soft targets (auto: the teacher signal is cached; function matching needs it live)"
-    return "function_matching", "function matching (auto: images can be shifted and mixed)"
+    return "function_matching", "function matching (auto: images can be shifted and mixed, and new views teach)"
 
 
 AUTO_REASON = {
