@@ -1,14 +1,16 @@
-"""Hinton-style distillation on Fashion-MNIST: CNN teacher -> MLP student, 3 seeds.
+"""Hinton-style distillation on Fashion-MNIST: CNN teacher -> small MLP student, 3 seeds.
 
-Run: .venv/bin/python benchmarks/fmnist_kd.py   (teacher ~20 min once, then ~10 min per seed, 2 CPU cores)
+Run: .venv/bin/python benchmarks/fmnist_kd.py   (teacher ~20 min once, then ~6 min per seed, 2 CPU cores)
 Needs Fashion-MNIST: bash scripts/get-fashion-mnist.sh
 
-The teacher (configs/fashion_mnist.yaml) is trained once and shared. Arms per seed, same student,
+The teacher (configs/fashion_mnist.yaml) is trained once and shared. The student is an MLP small
+enough to answer ≥ 5× faster than the teacher at batch 1 (STUDENT). Arms per seed, same student,
 same epochs:
-  plain          labels only, no augmentation                                   (headline "plain")
-  kd_cached      KD from teacher logits cached once on the clean images, no aug  (headline "kd")
-  plain_aug      labels only, with the config's augmentation
-  kd_consistent  KD with the teacher run live on the same augmented view (Beyer et al. 2022)
+  plain      labels only, no augmentation
+  kd_cached  KD from teacher logits cached once on the clean images, no aug (Hinton 2015's setting)
+  plain_aug  labels only, with the config's augmentation (flips)
+  kd         the default recipe (`recipe: auto`, its T and α), with the config's augmentation
+Headline: kd against the better plain arm.
 Writes benchmarks/results/fmnist_kd.json and the seed-0 report to docs/reports/fashion_mnist/.
 Interrupted? Run it again: finished runs and stages are reused.
 """
@@ -27,6 +29,8 @@ CONFIG = Path(__file__).parents[1] / "configs" / "fashion_mnist.yaml"
 REPORT_DIR = Path(__file__).parents[1] / "docs" / "reports" / "fashion_mnist"
 OUT = WORK / "fmnist"
 NO_AUG = ["train.augment.shift=0", "train.augment.flip=false", "train.augment.mixup=0"]
+STUDENT = ["student.kwargs={hidden: [256]}"]
+AUTO = ["recipe=auto", "teacher.signal=auto", "kd.temperature=null", "kd.alpha=null"]
 
 
 def main() -> None:
@@ -36,21 +40,21 @@ def main() -> None:
                    "across processes); a final plain run then gathers every seed")
     p.add_argument("overrides", nargs="*", help="key=value overrides for every student run")
     args = p.parse_args()
-    common = [f"output_dir={OUT}", "quiet=true", f"teacher.checkpoint={teacher()}", *args.overrides]
-    arms: dict[str, list[float]] = {k: [] for k in ("plain", "kd_cached", "plain_aug", "kd_consistent")}
+    common = [f"output_dir={OUT}", "quiet=true", f"teacher.checkpoint={teacher()}", f"teacher.cache_dir={OUT}/cache",
+              *STUDENT, *args.overrides]
+    arms: dict[str, list[float]] = {k: [] for k in ("plain", "kd_cached", "plain_aug", "kd")}
     reports = []
     for seed in [args.only_seed] if args.only_seed is not None else range(args.seeds):
         seeded = [*common, f"train.seed={seed}"]
-        consistent = run_report(CONFIG, [*seeded, f"name=consistent-{seed}", "teacher.signal=live"])
-        cached = run_report(CONFIG, [*seeded, f"name=cached-{seed}", "teacher.signal=cached",
-                                     f"teacher.cache_dir={OUT}/cache", *NO_AUG])
-        arms["plain_aug"].append(consistent["models"]["baseline"]["accuracy"])
-        arms["kd_consistent"].append(consistent["models"]["distilled"]["accuracy"])
+        auto = run_report(CONFIG, [*seeded, f"name=auto-{seed}", *AUTO])
+        cached = run_report(CONFIG, [*seeded, f"name=cached-{seed}", "teacher.signal=cached", *NO_AUG])
+        arms["plain_aug"].append(auto["models"]["baseline"]["accuracy"])
+        arms["kd"].append(auto["models"]["distilled"]["accuracy"])
         arms["plain"].append(cached["models"]["baseline"]["accuracy"])
         arms["kd_cached"].append(cached["models"]["distilled"]["accuracy"])
-        reports.append(consistent)
+        reports.append(auto)
         if seed == 0 and args.only_seed is None:
-            _publish(OUT / "consistent-0")
+            _publish(OUT / "auto-0")
     if args.only_seed is None:
         write_result("fmnist_kd", _metrics(arms, reports), {"per_seed": arms})
 
@@ -74,14 +78,13 @@ def _metrics(arms: dict[str, list[float]], reports: list[dict]) -> dict[str, flo
     for arm, accs in arms.items():
         mean, std = mean_std([100 * a for a in accs])
         m[f"{arm}_acc_mean"], m[f"{arm}_acc_std"] = mean, std
-    # Headline keys: "plain" and "kd" see the same clean images (Hinton 2015's setting); the
-    # consistent-teaching lever is reported against the plain student given the same augmentation.
-    m["kd_acc_mean"], m["kd_acc_std"] = m["kd_cached_acc_mean"], m["kd_cached_acc_std"]
-    m["gap_closed"] = (m["kd_acc_mean"] - m["plain_acc_mean"]) / (m["teacher_acc"] - m["plain_acc_mean"])
-    m["gap_closed_consistent"] = (m["kd_consistent_acc_mean"] - m["plain_aug_acc_mean"]) / (
-        m["teacher_acc"] - m["plain_aug_acc_mean"])
-    m["kd_minus_plain_in_std"] = (m["kd_acc_mean"] - m["plain_acc_mean"]) / max(
-        m["kd_acc_std"], m["plain_acc_std"])
+    # Headline: the default recipe against the better plain arm (so a win is the teacher's, not the flips')
+    best = max(("plain", "plain_aug"), key=lambda a: m[f"{a}_acc_mean"])
+    m["best_plain_acc_mean"], m["best_plain_acc_std"] = m[f"{best}_acc_mean"], m[f"{best}_acc_std"]
+    m["gap_closed"] = (m["kd_acc_mean"] - m["best_plain_acc_mean"]) / (m["teacher_acc"] - m["best_plain_acc_mean"])
+    m["gap_closed_cached"] = (m["kd_cached_acc_mean"] - m["plain_acc_mean"]) / (m["teacher_acc"] - m["plain_acc_mean"])
+    m["kd_minus_plain_in_std"] = (m["kd_acc_mean"] - m["best_plain_acc_mean"]) / max(
+        m["kd_acc_std"], m["best_plain_acc_std"])
     speed = [r["summary"]["speedup_b1"] for r in reports]
     m["speedup_b1"] = sorted(speed)[len(speed) // 2]
     m["compression"] = reports[0]["summary"]["compression"]

@@ -77,7 +77,7 @@ def _recover(tag: str, arm: str, seed: int, pruned, objective, original, data, e
         p.requires_grad_(True)
     config = TrainConfig(epochs=epochs, batch_size=128, optimizer={"name": "adamw", "lr": 1e-3}, seed=seed)
     out = fit(model, data.train, objective=objective, config=config, num_classes=data.num_classes,
-              teacher=LiveTeacher(original) if arm == "kd" else None, val_data=data.val, quiet=True,
+              teacher=LiveTeacher(original) if objective.needs_teacher else None, val_data=data.val, quiet=True,
               name=f"{tag}-{arm}")
     acc = _acc(predict(out.model, data.test), labels)
     OUT.mkdir(parents=True, exist_ok=True)
