@@ -68,3 +68,40 @@ def test_a_search_trains_measures_recommends_and_resumes(tmp_path, capsys):
     assert "No candidate meets every requirement" in (tmp_path / "s" / "search.md").read_text()
     assert "no candidate meets the requirements" in capsys.readouterr().out
     assert main(["search", str(path)]) == 2  # exists, no --resume: refused, nothing overwritten
+
+
+def test_latency_can_be_measured_in_onnx_runtime(tmp_path):
+    pytest.importorskip("onnxruntime")
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "s", "output_dir": str(tmp_path),
+        "overrides": ["data.name=digits", "teacher.train.epochs=1", "train.epochs=1", "bench.repeats=3",
+                      "bench.throughput_batch=8", f"teacher.cache_dir={tmp_path / 'cache'}"],
+        "space": {"student.kwargs.hidden": [[8]]},
+        "requirements": {"min_speedup": 0.01, "runtime": "onnxruntime"}}))
+    assert main(["search", str(path)]) == 0
+    report = json.loads((tmp_path / "s" / "search.json").read_text())
+    assert report["requirements"]["runtime"] == "onnxruntime"
+    exported = sorted(p.name for p in (tmp_path / "s" / "candidates" / "onnx").iterdir())
+    assert exported == sorted(["teacher.onnx", f"{report['candidates'][0]['name']}.onnx"])
+    assert report["candidates"][0]["params"] == 64 * 8 + 8 + 8 * 10 + 10  # the PyTorch model's own count
+
+
+def test_onnx_runtime_model_answers_like_the_pytorch_one(tmp_path):
+    pytest.importorskip("onnxruntime")
+    import torch
+    from torch import nn
+
+    from distill.export import as_onnxruntime
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+    x = torch.randn(5, 1, 4, 4)
+    ort_model = as_onnxruntime(model, x[:1], tmp_path / "m.onnx")
+    assert torch.allclose(ort_model(x), model(x), atol=1e-5)
+    assert sum(p.numel() for p in ort_model.parameters()) == sum(p.numel() for p in model.parameters())
+
+
+def test_onnx_runtime_timing_is_refused_on_a_gpu():
+    with pytest.raises(ValueError, match="runtime: onnxruntime times models on the CPU"):
+        Requirements(runtime="onnxruntime", device="cuda")

@@ -226,6 +226,28 @@ def ort_session(path: Path | str, threads: int | None = None) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+class OnnxRuntimeModel(nn.Module):
+    """`model` answered by ONNX Runtime from its exported file, for timing a model in the runtime it
+    ships in (`distill search` with `requirements.runtime: onnxruntime`). The PyTorch model is kept
+    as a submodule, so parameter and size counts are its own."""
+
+    def __init__(self, model: nn.Module, onnx_path: Path | str, threads: int | None = 1):
+        super().__init__()
+        self.model = model
+        self.session = ort_session(onnx_path, threads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _run_ort(self.session, x)
+
+
+def as_onnxruntime(model: nn.Module, example_inputs: torch.Tensor, path: Path | str,
+                   threads: int | None = 1) -> OnnxRuntimeModel:
+    """Export `model` to ONNX at `path` (CPU, eval mode) and answer it with ONNX Runtime."""
+    model = model.cpu().eval()
+    export_onnx(model, example_inputs.cpu(), path)
+    return OnnxRuntimeModel(model, path, threads)
+
+
 def _run_ort(session: Any, x: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.cpu().numpy()})[0])
 

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import torch
 import yaml
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from distill.bench import measure_models
 from distill.checkpoint import load_weights
@@ -46,6 +46,15 @@ class Requirements(Strict):
     max_latency_ms_p95: float | None = Field(None, gt=0, description="Student batch-1 latency, 95th percentile.")
     threads: int = Field(1, ge=1, description="CPU threads used to time every model.")
     device: Literal["cpu", "cuda"] = Field("cpu", description="Where latency is measured (the deployment target).")
+    runtime: Literal["torch", "onnxruntime"] = Field(
+        "torch", description="What answers when latency is measured: PyTorch eager, or ONNX Runtime on the CPU from "
+        "each model's ONNX export (the runtime a student often ships in).")
+
+    @model_validator(mode="after")
+    def _runtime_on_its_device(self) -> Requirements:
+        if self.runtime == "onnxruntime" and self.device != "cpu":
+            raise ValueError("runtime: onnxruntime times models on the CPU; set device: cpu (or runtime: torch)")
+        return self
 
 
 class SearchConfig(Strict):
@@ -185,6 +194,13 @@ def measure(cfg: SearchConfig, base: dict[str, Any], shared: dict[str, Any],
         models[run_cfg.name] = student.to(device).eval()
         candidates.append(Candidate(run_cfg.name, values, accuracy=100 * report["models"]["distilled"]["accuracy"]))
         teacher_acc = 100 * report["models"]["teacher"]["accuracy"]
+    if cfg.requirements.runtime == "onnxruntime":
+        from distill.export import as_onnxruntime  # onnx is imported only when asked for
+
+        example = torch.as_tensor(data.test[0]["inputs"]).unsqueeze(0)
+        onnx_dir = Path(shared["output_dir"]) / "onnx"
+        models = {k: as_onnxruntime(m, example, onnx_dir / f"{k}.onnx", cfg.requirements.threads)
+                  for k, m in models.items()}
     costs = measure_models(models, data.input_shape, threads=cfg.requirements.threads,
                            batch=first.bench.throughput_batch, repeats=first.bench.repeats)
     t = costs["teacher"]
