@@ -2,8 +2,9 @@
 
 Run: .venv/bin/python benchmarks/search.py fmnist   (Fashion-MNIST, CNN students; ~30 min on 2 cores)
      .venv/bin/python benchmarks/search.py bbc      (BBC News, MiniLM teacher, layer-initialised students)
-Both resume when interrupted. Writes benchmarks/results/search_<name>.json and copies search.md and
-the Pareto plot to docs/reports/search_<name>/.
+     .venv/bin/python benchmarks/search.py fmnist requirements.runtime=onnxruntime   (re-times in ONNX Runtime)
+Both resume when interrupted. Writes benchmarks/results/search_<name>.json (search_<name>_onnxruntime.json
+when timed in ONNX Runtime) and copies search.md and the Pareto plot to docs/reports/ under the same name.
 """
 
 from __future__ import annotations
@@ -42,9 +43,10 @@ def main() -> None:
                "requirement_met": float(report["requirement_met"]), "recommended_accuracy": best["accuracy"],
                "teacher_accuracy": report["teacher"]["accuracy"], "candidates": len(report["candidates"]),
                "recommended_params": best["params"], "teacher_params": report["teacher"]["params"]}
-    write_result(f"search_{args.which}", metrics, {"requirements": report["requirements"],
-                                                   "recommended": best, "unmet": report["unmet"]})
-    dest = ROOT / "docs" / "reports" / f"search_{args.which}"
+    # timed in ONNX Runtime (requirements.runtime=onnxruntime): same candidates, re-measured, own files
+    name = f"search_{args.which}" + ("" if cfg.requirements.runtime == "torch" else f"_{cfg.requirements.runtime}")
+    write_result(name, metrics, {"requirements": report["requirements"], "recommended": best, "unmet": report["unmet"]})
+    dest = ROOT / "docs" / "reports" / name
     (dest / "plots").mkdir(parents=True, exist_ok=True)
     shutil.copy(root / "search.md", dest / "search.md")
     shutil.copy(root / "plots" / "pareto.png", dest / "plots" / "pareto.png")
