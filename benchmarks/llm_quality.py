@@ -16,6 +16,10 @@ final norm and tied output layer): 0.24× the teacher's parameters. Same token b
   adapted_forward_kl, adapted_mix   forward_kl and mix taught by the teacher fine-tuned on the training
                blocks first (teacher.adapt: 60 steps of CE at lr 1e-4, the `distill lm` stage)
   adapted_mix is the recipe of the built-in `distill lm` job: its perplexity is `kd_student_ppl`.
+  adapted_mix_live   adapted_mix with the adapted teacher run live (full logits), the reference of
+  adapted_mix_on_policy_late   the same, plus on-policy rounds in the second half of training
+               (on_policy: fraction 0.5, start 0.5: half the batches of steps 60–119 are continuations
+               the student samples from a 32-token prompt, scored by the teacher)
 
 Held-out: perplexity, KL(teacher ‖ student) over the top-64 + tail bins of a validation cache, and
 top-1 agreement. Writes benchmarks/results/llm_quality.json and llm_cache.json (bytes per token, and
@@ -36,7 +40,8 @@ import torch
 
 from common import WORK, mean_std, write_result
 from distill.lm import models as lm_models
-from distill.lm.config import LMLossConfig, LMRunConfig, LMTeacherConfig, LMTrainConfig, TeacherAdaptConfig
+from distill.lm.config import (LMLossConfig, LMRunConfig, LMTeacherConfig, LMTrainConfig, OnPolicyConfig,
+                               TeacherAdaptConfig)
 from distill.lm.evaluate import evaluate_lm
 from distill.lm.pipeline import adapt_teacher
 from distill.lm.signals import LiveLMTeacher, TopKCache, teacher_logits
@@ -53,6 +58,9 @@ ARMS: dict[str, dict | None] = {
     "jsd_warm": {"kind": "jsd", "ratio": 1.0, "warm_start": 40},
     "adapted_forward_kl": {"kind": "forward_kl", "ratio": 1.0, "adapted": True},
     "adapted_mix": {"kind": "forward_kl", "ratio": 0.5, "adapted": True},
+    "adapted_mix_live": {"kind": "forward_kl", "ratio": 0.5, "adapted": True, "live": True},
+    "adapted_mix_on_policy_late": {"kind": "forward_kl", "ratio": 0.5, "adapted": True, "live": True,
+                                   "on_policy": OnPolicyConfig(fraction=0.5, start=0.5)},
 }
 
 
@@ -85,23 +93,25 @@ def main() -> None:
     # The baseline and the headline arm first, then the cache-vs-full check, then the other divergences.
     runs = ([(arm, seed) for seed in range(args.seeds) for arm in ("ce", "forward_kl")] + [("forward_kl_full", 0)]
             + [(arm, seed) for arm in ("jsd", "reverse_kl", "adapted_mix", "mix", "adapted_forward_kl",
-                                       "reverse_kl_warm", "jsd_warm") for seed in range(args.seeds)])
+                                       "reverse_kl_warm", "jsd_warm") for seed in range(args.seeds)]
+            + [(arm, seed) for seed in range(args.seeds) for arm in ("adapted_mix_live", "adapted_mix_on_policy_late")])
     for arm, seed in runs:
         if (arm, seed) in done:
             continue
         spec = dict(ARMS.get(arm) or {"kind": "forward_kl", "ratio": 1.0})
+        live, on_policy = spec.pop("live", False), spec.pop("on_policy", None)
         if spec.pop("adapted", False) and not adapted:
             adapted.update(_adapted_caches(teacher, tok, TextSplits(train, val), vocab, work, identity))
         source = adapted if (ARMS.get(arm) or {}).get("adapted") else caches
         signal = (LiveLMTeacher(teacher, vocab) if arm == "forward_kl_full" else
-                  source["train"] if ARMS[arm] else None)
+                  LiveLMTeacher(source["model"], vocab) if live else source["train"] if ARMS[arm] else None)
         start = time.perf_counter()
         student = lm_models.student_from_teacher(teacher, layers=[0])
         cfg = LMTrainConfig(steps=args.steps, batch_size=BATCH, eval_every=10**9, save_every=10**9,
                             warmup_steps=10, seed=seed, precision="no")
         cfg.optimizer.lr = args.lr
         out = fit_lm(student, train, train=cfg, loss=LMLossConfig(**spec), vocab=vocab, teacher=signal,
-                     device="cpu", name=f"{arm} seed {seed}")
+                     on_policy=on_policy, pad_id=tok.pad_token_id, device="cpu", name=f"{arm} seed {seed}")
         metrics = evaluate_lm(out.model, val, vocab, teacher=caches["val"])  # KL to the teacher as given
         row = {"arm": arm, "seed": seed, **metrics, "seconds": time.perf_counter() - start}
         with open(work / "runs.jsonl", "a") as f:
@@ -110,14 +120,14 @@ def main() -> None:
     write_quality_result(teacher, lm_models.student_from_teacher(teacher, layers=[0]), val, vocab, done, args)
 
 
-def _adapted_caches(teacher, tok, splits: TextSplits, vocab: int, work: Path, identity: dict) -> dict[str, TopKCache]:
-    """The `distill lm` adaptation stage (trained once into work/adapted), and its top-k caches."""
+def _adapted_caches(teacher, tok, splits: TextSplits, vocab: int, work: Path, identity: dict) -> dict:
+    """The `distill lm` adaptation stage (trained once into work/adapted): the model, and its top-k caches."""
     cfg = LMRunConfig(teacher=LMTeacherConfig(model=TEACHER, adapt=ADAPT),
                       train=LMTrainConfig(batch_size=BATCH, precision="no"), device="cpu")
     model = adapt_teacher(cfg, teacher, tok, splits, vocab, work / "adapted", resume=True)
     ident = {**identity, "teacher": f"{TEACHER} adapted"}
-    return {name: TopKCache.build_or_open(model, blocks, work / f"cache_adapted_{name}", identity=ident)
-            for name, blocks in (("train", splits.train), ("val", splits.val))}
+    return {"model": model, **{name: TopKCache.build_or_open(model, blocks, work / f"cache_adapted_{name}", identity=ident)
+                               for name, blocks in (("train", splits.train), ("val", splits.val))}}
 
 
 def write_cache_result(teacher: torch.nn.Module, val, cache: TopKCache, vocab: int) -> None:

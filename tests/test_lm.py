@@ -19,7 +19,7 @@ from distill.lm.evaluate import evaluate_lm  # noqa: E402
 from distill.lm.loss import lm_loss  # noqa: E402
 from distill.lm.signals import LiveLMTeacher, TopKCache, topk_of  # noqa: E402
 from distill.lm.text import pack_text  # noqa: E402
-from distill.lm.train import fit_lm, sample_continuations  # noqa: E402
+from distill.lm.train import _on_policy_key, fit_lm, sample_continuations  # noqa: E402
 from lm_helpers import TEXT, make_llama, make_tokenizer  # noqa: E402
 
 
@@ -293,6 +293,24 @@ def test_on_policy_batches_train_only_on_the_students_samples(lm):
     fit_lm(student, blocks, train=_train(steps=3), loss=LMLossConfig(), vocab=vocab, teacher=Recording(),
            on_policy=cfg, pad_id=tok.pad_token_id, quiet=True, device="cpu")
     assert seen == [12, 12, 12]
+
+
+def test_on_policy_rounds_can_start_late_in_training(lm):
+    blocks, vocab, tok = lm["blocks"], lm["vocab"], lm["tok"]
+    student = lm_models.student_from_teacher(lm["teacher"], layers=[0])
+    seen = []
+
+    class Recording:
+        def signal(self, batch):
+            seen.append(batch["loss_mask"].sum().item())
+            return LiveLMTeacher(lm["teacher"], vocab).signal(batch)
+
+    late = OnPolicyConfig(fraction=1.0, start=0.5, prompt_tokens=4, max_new_tokens=6)
+    fit_lm(student, blocks, train=_train(steps=4), loss=LMLossConfig(), vocab=vocab, teacher=Recording(),
+           on_policy=late, pad_id=tok.pad_token_id, quiet=True, device="cpu")
+    assert seen[2:] == [12, 12] and 12 not in seen[:2]  # the corpus's blocks first, the student's samples after
+    assert "start" not in _on_policy_key(OnPolicyConfig(fraction=0.5))  # earlier runs keep their fingerprint
+    assert _on_policy_key(late)["start"] == 0.5
 
 
 def test_the_teacher_is_asked_only_after_the_warm_start(lm):

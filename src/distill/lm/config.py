@@ -87,6 +87,9 @@ class OnPolicyConfig(Strict):
     """GKD-style rounds: a fraction of batches are continuations sampled from the student."""
 
     fraction: float = Field(0.0, ge=0, le=1, description="λ: share of batches sampled from the student.")
+    start: float = Field(0.0, ge=0, lt=1, description=(
+        "Share of train.steps before the first sampled batch: on-policy rounds late in training, once "
+        "the student writes text worth scoring (0: from the first step)."))
     prompt_tokens: int = Field(32, ge=1, description="Tokens of each block kept as the prompt.")
     max_new_tokens: int = Field(64, ge=1)
     temperature: float = Field(1.0, gt=0)

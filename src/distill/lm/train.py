@@ -71,7 +71,8 @@ def fit_lm(model: nn.Module, data: TokenBlocks, *, train: LMTrainConfig, loss: L
     for step in bar:
         model.train()
         batch = {k: v.to(acc.device, non_blocking=True) for k, v in data.batch(order.indices(step)).items()}
-        if sampling is not None and _on_policy_step(train.seed, step, sampling.fraction):
+        if sampling is not None and step >= sampling.start * train.steps and \
+                _on_policy_step(train.seed, step, sampling.fraction):
             batch = sample_continuations(acc.unwrap_model(model), batch, sampling, pad_id)
         signal = teacher.signal(batch) if teacher is not None and step >= loss.warm_start else None
         with acc.autocast():
@@ -226,8 +227,15 @@ def _restore(ckpt_dir: Path | None, model: nn.Module, optimizer: torch.optim.Opt
     return int(state["step"])
 
 
+def _on_policy_key(on_policy: OnPolicyConfig | None) -> dict | None:
+    """The on-policy settings in the fingerprint; `start` only when set, so runs from before it keep theirs."""
+    if on_policy is None:
+        return None
+    return on_policy.model_dump(mode="json", exclude={"start"} if on_policy.start == 0 else None)
+
+
 def _fingerprint(train: LMTrainConfig, loss: LMLossConfig, on_policy: OnPolicyConfig | None,
                  has_teacher: bool, data: TokenBlocks) -> str:
     parts = [train.model_dump(mode="json"), loss.model_dump(mode="json"),
-             on_policy.model_dump(mode="json") if on_policy else None, has_teacher, data.fingerprint()]
+             _on_policy_key(on_policy), has_teacher, data.fingerprint()]
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
