@@ -63,6 +63,7 @@ def test_a_search_trains_measures_recommends_and_resumes(tmp_path, capsys):
     path.write_text(yaml.safe_dump(strict))
     stamp = (tmp_path / "s" / "candidates").stat().st_mtime_ns
     assert main(["search", str(path), "--resume"]) == 0  # nothing retrained: only the ranking changes
+    assert (tmp_path / "s" / "candidates").stat().st_mtime_ns == stamp
     report = json.loads((tmp_path / "s" / "search.json").read_text())
     assert not report["requirement_met"] and "min_speedup" in report["unmet"] and len(report["closest"]) == 2
     assert "No candidate meets every requirement" in (tmp_path / "s" / "search.md").read_text()

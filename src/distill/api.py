@@ -70,7 +70,8 @@ def distill(teacher: nn.Module, student: nn.Module, train_data: Dataset | DataLo
     example = torch.as_tensor(train_ds[0]["inputs"])
     recipe = resolve("auto" if loss is None else "soft_targets", signal, config.augment, modality_of(example),
                      tuple(example.shape), method=loss if isinstance(loss, Method) else None,
-                     transfer_set=unlabeled is not None, confidence=lambda: mean_confidence(teacher, train_ds, CONFIDENCE_SAMPLE))
+                     transfer_set=unlabeled is not None,
+                     confidence=lambda: mean_confidence(teacher, train_ds, CONFIDENCE_SAMPLE))
     loss = recipe.objective if loss is None else loss
     config = config.model_copy(update={"augment": recipe.augment})
     if unlabeled is not None:

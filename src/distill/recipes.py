@@ -9,16 +9,16 @@ the config and the data where the config leaves them open (`recipe: auto`, `teac
 - **soft_targets** (Hinton et al. 2015): α·KD + (1 − α)·CE on the inputs as they are, the teacher's
   logits cached once unless something needs it live.
 
-`auto` picks soft targets except on images whose teacher has little to say on the training images
-as they are: token ids and feature rows cannot be shifted, and on spectrograms (spoken digits) shifts
+`auto` picks soft targets except on images where function matching has measured to pay: token ids and feature rows cannot be shifted, and on spectrograms (spoken digits) shifts
 + mixup cost the small student far more than the teacher gave back. On images it picks function
 matching when there is a transfer set, or when the teacher is near one-hot on its own training images
 (mean top-1 probability above ONE_HOT_CONFIDENCE, measured on up to CONFIDENCE_SAMPLE of them): then
 only new views carry dark knowledge (MNIST-5k: function matching won, its teacher at 99%). Where the
 teacher's targets are already soft (Fashion-MNIST with every label, its teacher at 93%), the
 small student learns more from them on the clean images than from shifted, mixed views (kd_wins:
-fmnist_full). Both use the transfer set (`data.unlabeled`, `data.label_fraction`) when there is one. The plain baseline gets the same augmentation, so a win is
-the teacher's and not the augmentation's. What each recipe measured is in BENCHMARKS.md (kd_wins).
+fmnist_full). Both use the transfer set (`data.unlabeled`, `data.label_fraction`) when there is
+one. The plain baseline gets the same augmentation, so a win is the teacher's and not the
+augmentation's. What each recipe measured is in BENCHMARKS.md (kd_wins).
 """
 
 from __future__ import annotations
