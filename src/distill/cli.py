@@ -45,6 +45,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished epochs are checkpointed; continue with --resume", file=sys.stderr)
         return 130
+    finally:
+        close_process_group()
+
+
+def close_process_group() -> None:
+    """Under torchrun / accelerate launch, end the process group before the interpreter exits: gloo's
+    threads left running at exit abort the process now and then ("terminate called without an
+    active exception")."""
+    dist = sys.modules.get("torch.distributed")  # never imported here: a command without torch stays light
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -205,6 +205,8 @@ def main() -> None:
                 "lm_fsdp_resume": lambda *a: lm(*a, shard="fsdp", interrupt=True)}
         record = jobs[job](out, *map(int, sys.argv[3:]))
     (out / f"{job}-rank{process_state('cpu').process_index}.json").write_text(json.dumps(record))
+    if torch.distributed.is_initialized():  # gloo's threads left running at exit abort now and then
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
