@@ -47,10 +47,31 @@ def _job():
     return module
 
 
+GLOO_EXIT_ABORT = "terminate called without an active exception"  # upstream: a gloo thread destroyed while joinable
+
+
 def torchrun(job: str, out: Path, *args: object, timeout: int = 300) -> list[dict]:
-    """Run `job` in 2 CPU processes; the records of rank 0 and rank 1. Fails with both outputs' tails."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Run `job` in 2 CPU processes; the records of rank 0 and rank 1. Fails with both outputs' tails.
+
+    A worker killed by gloo's own abort (GLOO_EXIT_ABORT, SIGABRT from a C++ thread of torch's gloo
+    backend, seen now and then on this 2-core machine in a full test run and never alone) is
+    retried once in a clean directory; any other failure fails at once."""
     cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", str(SCRIPT), job, str(out), *map(str, args)]
+    for attempt in range(2):
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        code, stdout, stderr = _launch(cmd, job, timeout)
+        if code == 0 or GLOO_EXIT_ABORT not in stderr:
+            break
+    if code != 0:
+        pytest.fail(f"torchrun {job} exited {code} (attempt {attempt + 1}): {' '.join(cmd)}\n--- stdout\n"
+                    f"{stdout[-3000:]}\n--- stderr\n{stderr[-5000:]}")
+    records = [json.loads((out / f"{job}-rank{r}.json").read_text()) for r in (0, 1)]
+    records[0]["stdout"] = stdout
+    return records
+
+
+def _launch(cmd: list[str], job: str, timeout: int) -> tuple[int, str, str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)  # its own process group: a timeout ends the workers too
@@ -61,12 +82,7 @@ def torchrun(job: str, out: Path, *args: object, timeout: int = 300) -> list[dic
         stdout, stderr = proc.communicate()
         pytest.fail(f"torchrun {job} took over {timeout} s\n--- stdout\n{stdout[-3000:]}"
                     f"\n--- stderr\n{stderr[-3000:]}")
-    if proc.returncode != 0:
-        pytest.fail(f"torchrun {job} exited {proc.returncode}: {' '.join(cmd)}\n--- stdout\n{stdout[-3000:]}"
-                    f"\n--- stderr\n{stderr[-5000:]}")
-    records = [json.loads((out / f"{job}-rank{r}.json").read_text()) for r in (0, 1)]
-    records[0]["stdout"] = stdout
-    return records
+    return proc.returncode, stdout, stderr
 
 
 def assert_same_run(two: dict, one: dict, val_size: int) -> float:
