@@ -69,7 +69,9 @@ def resolve(recipe: str, signal: str, augment: AugmentConfig, modality: str, inp
     """A recipe name (`auto` included) and a signal (`auto` included) made concrete for the data
     (`plan` says what `transfer_set` and `confidence` change)."""
     chosen, why = _choose(recipe, signal, modality)
-    if chosen == "function_matching" and recipe == "auto" and not transfer_set and confidence is not None:
+    if chosen == "function_matching" and recipe == "auto" and transfer_set:
+        why = "function matching (auto: images and a transfer set; the teacher scores shifted, mixed views of both)"
+    elif chosen == "function_matching" and recipe == "auto" and confidence is not None:
         chosen, why = _by_confidence(confidence())
     if chosen == "function_matching":
         augment = augment.model_copy(update={
