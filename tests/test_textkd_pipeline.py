@@ -8,7 +8,7 @@ import json
 import pytest
 
 from distill.cli import main
-from distill.errors import ConfigError
+from distill.errors import ConfigError, DataError
 from distill.textkd.config import load_textkd_config
 from distill.textkd.pipeline import run_textkd
 from lm_helpers import make_llama, make_tokenizer
@@ -101,3 +101,76 @@ def test_token_kd_needs_the_teachers_logprobs():
     with pytest.raises(ConfigError, match="set sampling.top_logprobs"):
         load_textkd_config(None, ["kinds=[seq_kd, token_kd]"])
     assert load_textkd_config(None, ["kinds=[token_kd]", "sampling.top_logprobs=5"]).kinds == ["token_kd"]
+
+
+def test_the_teachers_answers_on_an_unlabelled_pool_train_every_kind_but_label_only(job, tmp_path):
+    job, _ = job
+    pool = [{"id": f"p{i}", "input": f"night Topic: {LABELS[i % 3]} {i}", "label": LABELS[(i + 1) % 3]}
+            for i in range(4)] + [{"id": "p-none", "input": "nothing to say"}]  # last: no answer
+    (tmp_path / "pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pool))
+    cfg = load_textkd_config(None, [*job, f"data.unlabeled_path={tmp_path / 'pool.jsonl'}",
+                                    "kinds=[label_only, pseudo_label]"])
+    run_dir = run_textkd(cfg)
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["train_examples"] == {"label_only": 6, "pseudo_label": 10}  # 6 labelled + 4 answered pool rows
+    assert report["pool"]["counts"]["kept"] == 4 and report["pool"]["counts"]["unparsable"] == 1
+    assert report["pool"]["label_accuracy"] == 0.0  # the fake teacher's topics are never the file's labels
+    prompts = [json.loads(line)["messages"][-1]["content"]
+               for line in (run_dir / "generated" / "pool.jsonl").read_text().splitlines()]
+    assert all(p.endswith("Topic:") for p in prompts)  # the eval template: the pool's labels are never shown
+    assert "labels match the held-back gold labels" in (run_dir / "report.md").read_text()
+
+
+def test_pseudo_label_without_a_pool_and_finetune_of_an_endpoint_are_refused():
+    with pytest.raises(ConfigError, match="data.unlabeled_examples"):
+        load_textkd_config(None, ["kinds=[label_only, pseudo_label]"])
+    with pytest.raises(ConfigError, match="teacher.finetune needs the teacher's weights"):
+        load_textkd_config(None, ["teacher.backend=openai", "teacher.base_url=http://127.0.0.1:1/v1",
+                                  "teacher.finetune={steps: 2}"])
+    with pytest.raises(ConfigError, match="keep one"):
+        load_textkd_config(None, ["data.unlabeled_examples=5", "data.unlabeled_path=pool.jsonl"])
+
+
+def test_a_random_pool_is_drawn_from_the_examples_no_split_holds(tmp_path):
+    from distill.textkd.pipeline import _sample
+
+    rows = [{"id": f"r{i}", "input": f"text {i}", "label": LABELS[i % 3]} for i in range(30)]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    base = ["data.source=jsonl", f"data.path={tmp_path / 'rows.jsonl'}", "data.train_examples=6",
+            "data.eval_examples=6"]
+    without = _sample(load_textkd_config(None, base))
+    out = _sample(load_textkd_config(None, [*base, "data.unlabeled_examples=10"]))
+    assert out["train"] == without["train"] and out["eval"] == without["eval"]  # adding a pool moves nothing
+    ids = {r["id"] for r in out["train"] + out["eval"]}
+    assert len(out["pool"]) == 10 and not ids & {r["id"] for r in out["pool"]}
+    assert all("label" not in r and r["gold"] in LABELS for r in out["pool"])
+    with pytest.raises(DataError, match="only 18 examples are left"):
+        _sample(load_textkd_config(None, [*base, "data.unlabeled_examples=19"]))
+
+
+def test_the_finetuned_teacher_learns_the_reply_format_and_is_reused(tmp_path):
+    import torch
+
+    from distill.lm.models import load_causal_lm
+    from distill.textkd.finetune import finetune_rows, finetuned_teacher
+
+    words = tuple(LABELS) + ("Reason:", "Answer:", "it", "is", "about", "Article:", "Topic:")
+    tok = make_tokenizer(tmp_path / "teacher", extra_words=words)
+    make_llama(tmp_path / "teacher", tok, layers=2)
+    cfg = load_textkd_config(None, ["teacher.backend=local", f"teacher.model={tmp_path / 'teacher'}",
+                                    "student.seq_len=64", "prompt.system=null", "device=cpu", "quiet=true",
+                                    "teacher.finetune={steps: 4, batch_size: 2, warmup_steps: 0, "
+                                    "eval_every: 4, save_every: 4, optimizer: {lr: 0.01}}"])
+    examples = [{"id": f"r{i}", "input": f"it is {LABELS[i % 3]}", "label": LABELS[i % 3],
+                 "rationale": "it is about it"} for i in range(4)]
+    row = finetune_rows(cfg.prompt, examples)[0]["messages"]
+    assert row[-1] == {"role": "assistant", "content": "Reason: it is about it\nAnswer: business"}
+    assert row[0]["content"] == "Article: it is business\nTopic:"  # asked as at eval: no gold topic, no shots
+    torch.manual_seed(0)
+    tuned = finetuned_teacher(cfg, examples, tmp_path / "run")
+    before = load_causal_lm(str(tmp_path / "teacher")).state_dict()
+    after = load_causal_lm(tuned).state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    stamp = (tmp_path / "run" / "teacher" / "model" / "config.json").stat().st_mtime_ns
+    assert finetuned_teacher(cfg, examples, tmp_path / "run") == tuned  # found done: not trained again
+    assert (tmp_path / "run" / "teacher" / "model" / "config.json").stat().st_mtime_ns == stamp

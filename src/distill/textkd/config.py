@@ -30,6 +30,16 @@ class TextTeacherConfig(Strict):
     max_batch: int = Field(8, ge=1, description="local/serve: requests decoded together.")
     price_prompt: float = Field(0.0, ge=0, description="Price per 1M prompt tokens.")
     price_completion: float = Field(0.0, ge=0, description="Price per 1M completion tokens.")
+    finetune: LMTrainConfig | None = Field(
+        None, description="Fine-tune the teacher (local weights) on the kept labelled examples before it "
+        "answers the eval set and the unlabelled pool: e.g. {steps: 60, batch_size: 8}. None: as it is.")
+
+    @model_validator(mode="after")
+    def _finetune_needs_weights(self) -> TextTeacherConfig:
+        if self.finetune is not None and self.backend == "openai":
+            raise ValueError("teacher.finetune needs the teacher's weights, which an openai endpoint does not "
+                             "give: use backend local or serve with a local model, or drop teacher.finetune")
+        return self
 
     @model_validator(mode="after")
     def _url(self) -> TextTeacherConfig:
@@ -79,7 +89,19 @@ class TextDataConfig(Strict):
     train_examples: int = Field(150, ge=1)
     eval_examples: int = Field(100, ge=1)
     max_words: int = Field(40, ge=1, description="Inputs are cut to their first N words.")
+    unlabeled_examples: int = Field(0, ge=0, description="A pool of further inputs, drawn at random from the "
+                                    "rest of the source, whose labels no student sees: the teacher labels "
+                                    "(and rationalises) them. Their gold labels only score the teacher's.")
+    unlabeled_path: Path | None = Field(None, description="A pool from a JSONL file of rows with `id` and "
+                                        "`input` (no labels needed), instead of unlabeled_examples.")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_pool(self) -> TextDataConfig:
+        if self.unlabeled_path is not None and self.unlabeled_examples:
+            raise ValueError("data.unlabeled_examples and data.unlabeled_path both name an unlabelled pool; "
+                             "keep one")
+        return self
 
 
 class TextStudentConfig(Strict):
@@ -106,9 +128,11 @@ class TextKDConfig(Strict):
     check: str | None = Field(None, description="module:function deciding if a record is kept (default: "
                               "the parsed answer equals the gold label).")
     student: TextStudentConfig = Field(default_factory=TextStudentConfig)
-    kinds: list[Literal["label_only", "seq_kd", "step_by_step", "token_kd"]] = Field(
+    kinds: list[Literal["label_only", "pseudo_label", "seq_kd", "step_by_step", "token_kd"]] = Field(
         default_factory=lambda: ["label_only", "seq_kd", "step_by_step"],
-        description="token_kd: seq_kd plus a divergence to the teacher's top-k log-probs (needs "
+        description="label_only: the gold labels of the labelled examples alone; pseudo_label: those and the "
+        "teacher's answers on the unlabelled pool; seq_kd, step_by_step and token_kd learn from the teacher's "
+        "text on both. token_kd: seq_kd plus a divergence to the teacher's top-k log-probs (needs "
         "sampling.top_logprobs > 0 and a student sharing the teacher's tokenizer).")
     logit_loss: Kind = Field("forward_kl", description="token_kd: the divergence to the teacher's top-k.")
     logit_ratio: float = Field(0.5, ge=0, le=1, description="token_kd: weight of the divergence (rest: CE).")
@@ -117,6 +141,13 @@ class TextKDConfig(Strict):
     train: LMTrainConfig = Field(default_factory=LMTrainConfig)
     label_max_tokens: int = Field(8, ge=1, description="Tokens a [label]-task student may generate.")
     quiet: bool = False
+
+    @model_validator(mode="after")
+    def _pool_for_pseudo_label(self) -> TextKDConfig:
+        if "pseudo_label" in self.kinds and not (self.data.unlabeled_examples or self.data.unlabeled_path):
+            raise ValueError("kinds has pseudo_label, which learns from the teacher's answers on an unlabelled "
+                             "pool: set data.unlabeled_examples (e.g. 1000) or data.unlabeled_path")
+        return self
 
     @model_validator(mode="after")
     def _logprobs_for_token_kd(self) -> TextKDConfig:

@@ -4,6 +4,7 @@ transforms followed by ordinary training (`distill.lm.train.fit_lm` with plain C
 Each kind turns examples (`{"id", "input", "label", "response", "rationale"}`) into prompt/response
 rows for the student:
   label_only    "[label] <input>" → the label (plain fine-tuning: no teacher text);
+  pseudo_label  the same rows, where a pool example's label is the teacher's answer;
   seq_kd        "<input>" → the teacher's whole response (rationale and answer);
   step_by_step  "[label] <input>" → the label, and "[rationale] <input>" → the teacher's rationale
                 with weight λ: loss = L_label + λ·L_rationale (Hsieh et al., 2023). At inference only
@@ -22,14 +23,14 @@ import torch
 from distill.errors import ConfigError
 from distill.lm.text import TokenBlocks, encode_rows
 
-KINDS = ("label_only", "seq_kd", "step_by_step")  # token_kd: distill.textkd.logprobs
+KINDS = ("label_only", "pseudo_label", "seq_kd", "step_by_step")  # token_kd: distill.textkd.logprobs
 LABEL_TASK = "[label] "
 RATIONALE_TASK = "[rationale] "
 
 
 def task_rows(examples: list[dict[str, Any]], kind: str, rationale_weight: float = 1.0) -> list[dict[str, Any]]:
     """Prompt/response rows (with a `weight`) that train a student the `kind` way."""
-    if kind == "label_only":
+    if kind in ("label_only", "pseudo_label"):  # the same task; pseudo_label's examples include the pool
         return [label_row(e) for e in examples]
     if kind == "seq_kd":
         return [{"prompt": e["input"], "response": e["response"], "weight": 1.0} for e in examples]

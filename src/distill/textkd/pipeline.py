@@ -1,11 +1,14 @@
 """The `distill textkd` job: labelled data → teacher rationales and answers (over HTTP or in
-process) → filter → students trained label-only, sequence-level and step-by-step on the same
-kept examples → teacher and students scored on one eval set → report. Every stage is resumable.
+process) → filter → (optionally) the teacher fine-tuned on the kept examples → the teacher's answers
+on the eval set and on an unlabelled pool → students trained label-only (gold labels alone),
+pseudo-label, sequence-level and step-by-step → teacher and students scored on one eval set →
+report. Every stage is resumable.
 
 Run directory:
   config.yaml, manifest.json, report.json, report.md
-  data/{train,eval}.jsonl               the examples (id, input, label)
-  generated/{train,eval}.jsonl          teacher responses (+ .meta.json), appended as they arrive
+  data/{train,eval,pool}.jsonl          the examples (id, input, label; the pool's label as `gold`)
+  generated/{train,eval,pool}.jsonl     teacher responses (+ .meta.json), appended as they arrive
+  teacher/                              the fine-tuned teacher (teacher.finetune): model/ in HF format
   students/<kind>-s<seed>/              last.safetensors (resume), model/ (HF format), eval.json
 """
 
@@ -15,6 +18,7 @@ import contextlib
 import json
 import statistics
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,49 +43,93 @@ def run_textkd(cfg: TextKDConfig, resume: bool = False) -> Path:
     run_dir = open_run_dir(cfg, resume)  # type: ignore[arg-type]  (uses name, output_dir, device only)
     splits = load_examples(cfg, run_dir)
     labels = sorted({e["label"] for e in splits["train"] + splits["eval"]})
-    gen = generate_splits(cfg, splits, run_dir)
+    gen = {"train": _generate(cfg.teacher, {"train": prompt_rows(cfg.prompt, splits["train"], "train")}, cfg,
+                              run_dir)["train"]}
     check = load_check(cfg.check, "check") if cfg.check else None
     kept = filter_records(read_records(_gen_path(run_dir, "train")), labels=labels, check=check)
     if not kept.kept:
         raise DataError(f"The filter kept none of {kept.counts['total']} teacher responses ({kept.counts}); "
                         f"read {_gen_path(run_dir, 'train')} and fix the prompt (prompt.* keys).")
-    train_examples = [{"id": r["id"], "input": r["input"], "label": r["label"], "response": r["response"],
-                       "rationale": r["rationale"], "logprobs": r.get("logprobs")} for r in kept.kept]
+    labelled = [_example(r, r["label"], "labelled") for r in kept.kept]
+    answering, prompt = cfg.teacher, cfg.prompt
+    if cfg.teacher.finetune is not None:
+        from distill.textkd.finetune import finetuned_teacher
+
+        answering = cfg.teacher.model_copy(update={"model": finetuned_teacher(cfg, labelled, run_dir)})
+        prompt = cfg.prompt.model_copy(update={"shots": []})  # fine-tuning replaced the few-shot turns
+    asked = {split: prompt_rows(prompt, splits[split], split) for split in ("eval", "pool") if split in splits}
+    gen.update(_generate(answering, asked, cfg, run_dir))
+    pool = _pool_examples(run_dir, labels) if "pool" in splits else None
+    train_examples = labelled + (pool.kept if pool else [])
     teacher_eval, teacher_text = _teacher_eval(cfg, run_dir, labels)
-    students = {f"{kind}-s{seed}": train_and_score(cfg, kind, seed, train_examples, splits["eval"], labels, run_dir,
+    per_kind = {kind: _for_kind(kind, train_examples) for kind in cfg.kinds}
+    students = {f"{kind}-s{seed}": train_and_score(cfg, kind, seed, per_kind[kind], splits["eval"], labels, run_dir,
                                                    teacher_text) for kind in cfg.kinds for seed in cfg.seeds}
-    report = build_report(cfg, teacher_eval, students, kept.counts, gen, len(train_examples))
+    report = build_report(cfg, teacher_eval, students, kept.counts, gen, len(labelled), pool,
+                          {kind: len(rows) for kind, rows in per_kind.items()})
     atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2))
     atomic_write_text(run_dir / "report.md", render_textkd_report(report))
     return run_dir
 
 
-def generate_splits(cfg: TextKDConfig, splits: dict[str, list[dict[str, Any]]],
-                    run_dir: Path) -> dict[str, GenerateStats]:
-    """Teacher responses for both splits; the teacher is not even started when all are on disk."""
+def _example(rec: dict[str, Any], label: str, source: str) -> dict[str, Any]:
+    return {"id": rec["id"], "input": rec["input"], "label": label, "response": rec["response"],
+            "rationale": rec["rationale"], "logprobs": rec.get("logprobs"), "source": source}
+
+
+def _for_kind(kind: str, examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """label_only learns from the gold labels alone; every other kind also from the teacher's pool."""
+    return [e for e in examples if e["source"] == "labelled"] if kind == "label_only" else examples
+
+
+@dataclass
+class Pool:
+    """The teacher's answers on the unlabelled pool that parse to a label, and how good they are."""
+
+    kept: list[dict[str, Any]]
+    counts: dict[str, int]
+    label_accuracy: float | None  # of the kept answers against the held-back gold labels, when known
+
+
+def _pool_examples(run_dir: Path, labels: list[str]) -> Pool:
+    """Pool records whose answer names a label: that answer becomes the example's label."""
+    kept = filter_records(read_records(_gen_path(run_dir, "pool")), labels=labels)
+    examples = [_example(r, r["answer"], "pool") for r in kept.kept]
+    golds = [(r["answer"], r["gold"]) for r in kept.kept if r.get("gold") is not None]
+    accuracy = sum(a.lower() == str(g).lower() for a, g in golds) / len(golds) if golds else None
+    return Pool(examples, kept.counts, accuracy)
+
+
+def _generate(teacher_cfg: TextTeacherConfig, prompts: dict[str, list[PromptRow]], cfg: TextKDConfig,
+              run_dir: Path) -> dict[str, GenerateStats]:
+    """Teacher responses for each split; the teacher is not even started when all are on disk."""
     sampling = Sampling(**cfg.sampling.model_dump())
-    prompts = {split: prompt_rows(cfg.prompt, splits[split], split) for split in ("train", "eval")}
     if not any(pending(rows, _gen_path(run_dir, split), sampling.n) for split, rows in prompts.items()):
         return {split: GenerateStats(len(rows), len(rows), 0, 0.0, 0, 0) for split, rows in prompts.items()}
-    with open_teacher(cfg.teacher) as teacher:
+    with open_teacher(teacher_cfg) as teacher:
         return {split: generate(teacher, rows, _gen_path(run_dir, split), sampling=sampling,
                                 template=_template(cfg.prompt, split), concurrency=cfg.concurrency, quiet=cfg.quiet)
                 for split, rows in prompts.items()}
 
 
 def load_examples(cfg: TextKDConfig, run_dir: Path) -> dict[str, list[dict[str, Any]]]:
-    """Train/eval examples, written once to data/ so a resumed run reads the very same ones."""
+    """Train/eval (and pool) examples, written once to data/ so a resumed run reads the very same ones."""
+    names = ("train", "eval", "pool") if _has_pool(cfg) else ("train", "eval")
     out = {}
-    for split in ("train", "eval"):
+    for split in names:
         path = run_dir / "data" / f"{split}.jsonl"
         if path.is_file():
             out[split] = [json.loads(line) for line in path.read_text().splitlines()]
-    if len(out) == 2:
+    if len(out) == len(names):
         return out
     out = _sample(cfg)
     for split, rows in out.items():
         atomic_write_text(run_dir / "data" / f"{split}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     return out
+
+
+def _has_pool(cfg: TextKDConfig) -> bool:
+    return bool(cfg.data.unlabeled_examples) or cfg.data.unlabeled_path is not None
 
 
 def _sample(cfg: TextKDConfig) -> dict[str, list[dict[str, Any]]]:
@@ -100,9 +148,50 @@ def _sample(cfg: TextKDConfig) -> dict[str, list[dict[str, Any]]]:
         items = [(a.id, a.text, a.label) for a in read_bbc_news(d.path)]
     from distill.corpora import LabelledText, stratified_split
 
-    texts = [LabelledText(i, " ".join(t.split()[: d.max_words]), lab) for i, t, lab in items]
+    texts = [LabelledText(i, _cut(t, d.max_words), lab) for i, t, lab in items]
     parts = stratified_split(texts, {"train": d.train_examples, "eval": d.eval_examples}, seed=d.seed)
-    return {k: [{"id": x.id, "input": x.text, "label": x.label} for x in v] for k, v in parts.items()}
+    out = {k: [{"id": x.id, "input": x.text, "label": x.label} for x in v] for k, v in parts.items()}
+    if d.unlabeled_examples:
+        out["pool"] = _random_pool(texts, out, d.unlabeled_examples, d.seed)
+    elif d.unlabeled_path is not None:
+        out["pool"] = _pool_file(d.unlabeled_path, d.max_words, {r["id"] for rows in out.values() for r in rows})
+    return out
+
+
+def _cut(text: str, words: int) -> str:
+    return " ".join(text.split()[:words])
+
+
+def _random_pool(texts: list[Any], taken: dict[str, list[dict[str, Any]]], n: int, seed: int) -> list[dict[str, Any]]:
+    """`n` inputs drawn at random (not label-balanced: a real pool is not) from those no split holds."""
+    import random
+
+    used = {r["id"] for rows in taken.values() for r in rows}
+    rest = [x for x in texts if x.id not in used]
+    if n > len(rest):
+        raise DataError(f"data.unlabeled_examples={n}, but only {len(rest)} examples are left after the "
+                        f"{len(used)} labelled ones; lower it.")
+    picked = random.Random(seed + 1).sample(rest, n)
+    return [{"id": x.id, "input": x.text, "gold": x.label} for x in sorted(picked, key=lambda x: x.id)]
+
+
+def _pool_file(path: Path, words: int, labelled_ids: set[str]) -> list[dict[str, Any]]:
+    from distill.corpora import read_json_lines
+
+    rows = read_json_lines(path, "data.unlabeled_path")
+    out, seen = [], set()
+    for n, r in enumerate(rows, 1):
+        if "input" not in r or not str(r["input"]).strip():
+            raise DataError(f"{path}, row {n}: needs a non-empty `input` field (has {sorted(r)}).")
+        rid = str(r.get("id", f"pool-{n}"))
+        if rid in seen or rid in labelled_ids:
+            raise DataError(f"{path}, row {n}: id {rid!r} is already used (by an earlier pool row or a labelled "
+                            "example); give every row its own `id`.")
+        seen.add(rid)
+        out.append({"id": rid, "input": _cut(str(r["input"]), words), "gold": r.get("label")})
+    if not out:
+        raise DataError(f"{path} (data.unlabeled_path) has no rows.")
+    return out
 
 
 def prompts_for(cfg: TextKDConfig, path: Path | None, split: str) -> tuple[list[PromptRow], str]:
@@ -122,7 +211,8 @@ def prompts_for(cfg: TextKDConfig, path: Path | None, split: str) -> tuple[list[
 
 
 def _template(p: PromptConfig, split: str) -> str:
-    return p.eval_template if split == "eval" and p.eval_template else p.template
+    """The train template may name the gold label (rationalisation); eval and the pool never see it."""
+    return p.eval_template if split in ("eval", "pool") and p.eval_template else p.template
 
 
 def prompt_rows(p: PromptConfig, rows: list[dict[str, Any]], split: str) -> list[PromptRow]:
@@ -263,7 +353,8 @@ def _train_student(cfg: TextKDConfig, kind: str, seed: int, train_examples: list
 
 
 def build_report(cfg: TextKDConfig, teacher: dict[str, float], students: dict[str, dict[str, Any]],
-                 filter_counts: dict[str, int], gen: dict[str, GenerateStats], kept: int) -> dict[str, Any]:
+                 filter_counts: dict[str, int], gen: dict[str, GenerateStats], kept: int,
+                 pool: Pool | None = None, trained_on: dict[str, int] | None = None) -> dict[str, Any]:
     kinds: dict[str, Any] = {}
     for kind in cfg.kinds:
         runs = [s["metrics"] for s in students.values() if s["kind"] == kind]
@@ -271,7 +362,22 @@ def build_report(cfg: TextKDConfig, teacher: dict[str, float], students: dict[st
         kinds[kind]["retention"] = _mean_std([retention(r, teacher) for r in runs])
     return {"name": cfg.name, "kind": "textkd", "teacher": {"model": cfg.teacher.model, "backend": cfg.teacher.backend,
             "metrics": teacher}, "student_layers": cfg.student.layers, "examples": kept, "seeds": cfg.seeds,
-            "filter": filter_counts, "generation": {k: stats_dict(v) for k, v in gen.items()}, "students": kinds}
+            "filter": filter_counts, "generation": {k: stats_dict(v) for k, v in gen.items()}, "students": kinds,
+            "teacher_finetune_steps": cfg.teacher.finetune.steps if cfg.teacher.finetune else 0,
+            "pool": None if pool is None else {"counts": pool.counts, "label_accuracy": pool.label_accuracy},
+            "train_examples": trained_on or {kind: kept for kind in cfg.kinds}}
+
+
+def _setup_line(r: dict[str, Any]) -> str:
+    tuned = (f", fine-tuned {r['teacher_finetune_steps']} steps on the kept labelled examples"
+             if r.get("teacher_finetune_steps") else "")
+    counts = r.get("train_examples") or {}
+    data = (f"on the same {r['examples']} kept examples" if len(set(counts.values())) <= 1 else
+            "on " + ", ".join(f"{n} examples ({kind})" for kind, n in counts.items())
+            + f" — the {r['examples']} kept labelled ones, plus the teacher-labelled pool for every kind but "
+            "label_only")
+    return (f"Teacher `{r['teacher']['model']}` ({r['teacher']['backend']}{tuned}); students built from teacher "
+            f"layers {r['student_layers']}, trained {data}, seeds {r['seeds']}.")
 
 
 def _mean_std(values: list[float]) -> dict[str, float]:
@@ -284,9 +390,7 @@ def render_textkd_report(r: dict[str, Any]) -> str:
     cols = [("accuracy", "accuracy", 100, ".1f"), ("parsed", "answered", 100, ".0f"),
             ("completion_tokens_mean", "tokens out", 1, ".1f"),
             ("latency_p50_ms", "p50 latency ms", 1, ".0f"), ("cost_per_1k", "cost / 1k req", 1, ".4f")]
-    lines = [f"# Teacher-generated data: {r['name']}", "",
-             f"Teacher `{r['teacher']['model']}` ({r['teacher']['backend']}); students built from teacher layers "
-             f"{r['student_layers']}, trained on the same {r['examples']} kept examples, seeds {r['seeds']}.", "",
+    lines = [f"# Teacher-generated data: {r['name']}", "", _setup_line(r), "",
              "| model | " + " | ".join(c[1] for c in cols) + " | retention |", "|---" * (len(cols) + 2) + "|",
              "| teacher | " + " | ".join(format(t[k] * s, f) for k, _, s, f in cols) + " | 1.00 |"]
     for kind, m in r["students"].items():
@@ -297,6 +401,11 @@ def render_textkd_report(r: dict[str, Any]) -> str:
         lines += ["", "ROUGE-L F1 of the student's text against the teacher's on the same prompt: "
                   + ", ".join(f"{k} {v:.2f}" for k, v in similar.items()) + "."]
     f = r["filter"]
+    if r.get("pool"):
+        c, acc = r["pool"]["counts"], r["pool"]["label_accuracy"]
+        lines += ["", f"Unlabelled pool: the teacher's answer named a label for {c['kept']} of {c['total']} inputs"
+                  + (f"; {acc * 100:.1f}% of those labels match the held-back gold labels." if acc is not None
+                     else "; no gold labels to score them.")]
     lines += ["", f"Filter: kept {f['kept']} of {f['total']} teacher responses ("
               + ", ".join(f"{k}: {v}" for k, v in f.items() if k not in ("kept", "total")) + ").", ""]
     for split, g in r["generation"].items():
