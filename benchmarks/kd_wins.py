@@ -17,6 +17,12 @@ Language-model scenarios (`distill lm`, `job="lm"`) compare held-out perplexity 
   kd          the `distill lm` defaults
 so there a win is plain − kd > 2 × the larger std, and gap closed = (plain − kd) / (plain − teacher),
 where the teacher is the one that taught (the domain-adapted teacher when the defaults adapt it).
+
+The teacher-generated-data scenario (`job="textkd"`) reads the students of benchmarks/step_by_step.py's
+run (one run: the teacher is fine-tuned and labels the pool once, every seed's students reuse it):
+  plain       label_only: the student fine-tuned on the gold labels of the labelled articles alone
+  kd          step_by_step: the same, plus the fine-tuned teacher's labels and rationales on the pool
+  pseudo_label  reported beside them: the teacher's labels on the pool without its rationales
 """
 
 from __future__ import annotations
@@ -47,7 +53,8 @@ class Scenario:
     shared_teacher: bool = False  # one teacher for every seed (trained once); else one per seed
     variant_of: str | None = None  # another setting of a scenario: reported, not counted in `scenarios`
     inputs: Callable[[], list[str]] | None = None  # overrides naming inputs made on first use
-    job: str = "run"  # "run": `distill run` (accuracy); "lm": `distill lm` (held-out perplexity)
+    job: str = "run"  # "run": `distill run` (accuracy); "lm": `distill lm` (held-out perplexity);
+    # "textkd": the step_by_step benchmark's `distill textkd` run (accuracy of generated answers)
 
 
 UNHEARD_VARIANTS = ["m2", "m4", "m6", "m7", "f3", "f5"]  # espeak-ng variants the dataset's 64 voices lack
@@ -138,6 +145,10 @@ SCENARIOS: dict[str, Scenario] = {
                        "parameters), 150 steps × 4 × 128 tokens (76,800), `distill lm` defaults", job="lm"),
     "lm_bbc": Scenario(None, LM_BUDGET, "BBC News articles as a corpus, same teacher, student and budget as "
                        "lm_kjv", job="lm", inputs=bbc_text),
+    "bbc_generated": Scenario(None, [], "BBC News topics, 150 labelled articles and 1,000 unlabelled ones; "
+        "SmolLM2-135M-Instruct fine-tuned on the labelled ones labels and rationalises the pool; a 4-layer "
+        "student built from it, 100 steps × 8 rows, label-only vs step-by-step on labelled ∪ pool "
+        "(benchmarks/step_by_step.py's run)", job="textkd"),
     "mnist5k_full": Scenario(None, ["data.label_fraction=1", "teacher.train.epochs=30", "train.epochs=25"],
                              "MNIST-5k with every label (3,500); CNN → MLP 128, 25 epochs", variant_of="mnist5k_10pct"),
     "mnist5k_full_oof": Scenario(None, ["data.label_fraction=1", "teacher.train.epochs=30", "train.epochs=25",
@@ -168,6 +179,8 @@ def run_seed(name: str, seed: int) -> None:
     scenario = SCENARIOS[name]
     if scenario.job == "lm":
         return run_lm_seed(name, seed)
+    if scenario.job == "textkd":
+        return run_textkd_seed(name, seed)
     config = scenario.config
     common = [f"output_dir={OUT / 'runs'}", "quiet=true", f"teacher.cache_dir={OUT / 'cache'}", *scenario.overrides,
               *(scenario.inputs() if scenario.inputs else [])]
@@ -213,6 +226,37 @@ def run_lm_seed(name: str, seed: int) -> None:
     (OUT / f"{name}-{seed}.json").write_text(json.dumps(row, indent=2))
 
 
+def run_textkd_seed(name: str, seed: int) -> None:
+    """One seed's label-only, pseudo-label and step-by-step students of the step_by_step benchmark's
+    run (resumed; it trains every seed it is missing, so later seeds find theirs done)."""
+    import step_by_step
+    from distill.textkd.pipeline import run_textkd
+
+    cfg = step_by_step.job_config(seeds=[0, 1, 2])
+    if seed not in cfg.seeds:
+        raise SystemExit(f"{name}: the step_by_step run has seeds {cfg.seeds}; seed {seed} is not one of them")
+    run_dir = run_textkd(cfg, resume=(cfg.output_dir / cfg.name / "config.yaml").is_file())
+    report = json.loads((run_dir / "report.json").read_text())
+    acc = {kind: json.loads((run_dir / "students" / f"{kind}-s{seed}" / "eval.json").read_text())["metrics"]["accuracy"]
+           for kind in step_by_step.KINDS}
+    row = {"teacher": report["teacher"]["metrics"]["accuracy"], "plain": acc["label_only"], "kd": acc["step_by_step"],
+           "pseudo_label": acc["pseudo_label"], "student_steps": cfg.train.steps,
+           "train_examples": report["train_examples"]}
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"{name}-{seed}.json").write_text(json.dumps(row, indent=2))
+
+
+def textkd_metrics(name: str, rows: list[dict], m: dict[str, float]) -> tuple[float, bool]:
+    """Per-scenario keys of the teacher-generated-data scenario (accuracy, %); returns (gap closed, won)."""
+    stats = {arm: mean_std([100 * r[arm] for r in rows]) for arm in ("teacher", "plain", "kd", "pseudo_label")}
+    for arm, (mean, std) in stats.items():
+        m[f"{name}_{arm}_mean"], m[f"{name}_{arm}_std"] = mean, std
+    (plain, plain_std), (kd, kd_std), teacher = stats["plain"], stats["kd"], stats["teacher"][0]
+    m[f"{name}_gap_closed"] = gap = (kd - plain) / (teacher - plain) if teacher > plain else float("nan")
+    m[f"{name}_student_steps"] = rows[0]["student_steps"]
+    return gap, kd - plain > 2 * max(plain_std, kd_std)
+
+
 def lm_metrics(name: str, rows: list[dict], m: dict[str, float]) -> float:
     """Per-scenario keys of an LM scenario (perplexities: lower is better); returns the gap closed."""
     stats = {arm: mean_std([r[arm] for r in rows]) for arm in ("teacher", "teacher_as_given", "plain", "kd")}
@@ -234,6 +278,12 @@ def metrics(names: list[str], seeds: int) -> dict[str, float]:
     won, gaps = 0, []
     for name in names:
         rows = [json.loads((OUT / f"{name}-{s}.json").read_text()) for s in range(seeds)]
+        if SCENARIOS[name].job == "textkd":
+            gap, scenario_won = textkd_metrics(name, rows, m)
+            if SCENARIOS[name].variant_of is None:
+                won += scenario_won
+                gaps.append(gap)
+            continue
         if SCENARIOS[name].job == "lm":
             gap = lm_metrics(name, rows, m)
             if SCENARIOS[name].variant_of is None:

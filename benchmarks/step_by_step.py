@@ -46,10 +46,7 @@ def main() -> None:
     ap.add_argument("--pool", type=int, default=1000, help="unlabelled articles the teacher labels")
     ap.add_argument("--concurrency-prompts", type=int, default=24)
     args = ap.parse_args()
-    overrides = [f"output_dir={WORK}", f"name={NAME}", f"seeds={json.dumps(args.seeds)}", *RECIPE,
-                 f"data.train_examples={args.train_examples}", f"data.eval_examples={args.eval_examples}",
-                 f"data.unlabeled_examples={args.pool}"]
-    cfg = load_textkd_config(None, overrides)
+    cfg = job_config(args.seeds, args.train_examples, args.eval_examples, args.pool)
     run_dir = run_textkd(cfg, resume=(WORK / NAME / "config.yaml").is_file())
     report = json.loads((run_dir / "report.json").read_text())
     speed = concurrency_speed(cfg, run_dir, args.concurrency_prompts)
@@ -68,6 +65,13 @@ def main() -> None:
     for key in ("completion_tokens_mean", "latency_p50_ms", "cost_per_1k"):
         metrics[f"teacher_{key}"] = report["teacher"]["metrics"][key]
     write_result("step_by_step", metrics, {"filter": report["filter"], "report": str(run_dir / "report.md")})
+
+
+def job_config(seeds: list[int], train_examples: int = 150, eval_examples: int = 100, pool: int = 1000):
+    """The benchmark's `distill textkd` config (kd_wins' teacher-generated-data scenario reads its run)."""
+    return load_textkd_config(None, [f"output_dir={WORK}", f"name={NAME}", f"seeds={json.dumps(seeds)}", *RECIPE,
+                                     f"data.train_examples={train_examples}", f"data.eval_examples={eval_examples}",
+                                     f"data.unlabeled_examples={pool}"])
 
 
 def concurrency_speed(cfg, run_dir: Path, n: int) -> dict[str, float]:

@@ -174,3 +174,44 @@ def test_the_finetuned_teacher_learns_the_reply_format_and_is_reused(tmp_path):
     stamp = (tmp_path / "run" / "teacher" / "model" / "config.json").stat().st_mtime_ns
     assert finetuned_teacher(cfg, examples, tmp_path / "run") == tuned  # found done: not trained again
     assert (tmp_path / "run" / "teacher" / "model" / "config.json").stat().st_mtime_ns == stamp
+
+
+def test_a_finetuned_teacher_answers_the_eval_set_and_the_pool_without_shots(tmp_path, monkeypatch):
+    import contextlib
+
+    from distill.textkd import pipeline
+    from textkd_helpers import EchoTeacher
+
+    words = tuple(LABELS) + ("Reason:", "Answer:", "it", "is", "about", "[label]", "Article:", "Topic:")
+    tok = make_tokenizer(tmp_path / "teacher", extra_words=words)
+    make_llama(tmp_path / "teacher", tok, layers=2)
+    rows = [{"id": f"r{i}", "input": f"light Topic: {LABELS[i % 3]} {i}", "label": LABELS[i % 3]} for i in range(20)]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    asked: dict[str, list] = {}
+
+    @contextlib.contextmanager
+    def recording(t):  # the echo teacher, standing in for whichever model the job opens
+        teacher = EchoTeacher()
+        original = teacher.complete
+        teacher.complete = lambda messages, sampling: (asked.setdefault(t.model, []).append(messages),
+                                                       original(messages, sampling))[1]
+        yield teacher
+
+    monkeypatch.setattr(pipeline, "open_teacher", recording)
+    cfg = load_textkd_config(None, [
+        f"output_dir={tmp_path / 'runs'}", "teacher.backend=local", f"teacher.model={tmp_path / 'teacher'}",
+        "student.layers=[0]", "student.seq_len=64", "data.source=jsonl", f"data.path={tmp_path / 'rows.jsonl'}",
+        "data.train_examples=6", "data.eval_examples=3", "data.unlabeled_examples=4", "prompt.system=null",
+        "kinds=[label_only, pseudo_label]", "train.steps=2", "train.batch_size=4", "train.eval_every=2",
+        "train.save_every=2", "device=cpu", "quiet=true",
+        "teacher.finetune={steps: 2, batch_size: 2, warmup_steps: 0, eval_every: 2, save_every: 2}"])
+    run_dir = run_textkd(cfg)
+    tuned = str(run_dir / "teacher" / "model")
+    assert set(asked) == {str(tmp_path / "teacher"), tuned}
+    assert len(asked[str(tmp_path / "teacher")]) == 6  # the base model rationalises the labelled examples
+    assert len(asked[tuned]) == 3 + 4  # the fine-tuned one answers the eval set and the pool
+    assert all(len(m) == 1 and m[0]["content"].endswith("Topic:") for m in asked[tuned])  # no shots, no topic
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["teacher_finetune_steps"] == 2 and report["pool"]["label_accuracy"] == 1.0
+    assert report["train_examples"] == {"label_only": 6, "pseudo_label": 10}
+    assert "fine-tuned 2 steps" in (run_dir / "report.md").read_text()
