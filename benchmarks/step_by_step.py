@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -29,7 +30,8 @@ from distill.textkd.generate import generate
 from distill.textkd.pipeline import open_teacher, prompt_rows, run_textkd
 from distill.textkd.teachers import Sampling
 
-NAME = "step_by_step_pool"
+NAME = "step_by_step_pool"  # + the student steps: one run directory per student budget
+STEPS = 400  # 400 × 8 rows: ≈ 2.8 passes over labelled ∪ pool for pseudo_label (≈ 21 for label_only)
 KINDS = ("label_only", "pseudo_label", "step_by_step")
 # The teacher fine-tuned 60 steps of 8 (≈ 3 passes over the kept labelled articles) at lr 1e-4;
 # 8 requests in flight, so the served teacher decodes full batches of the pool.
@@ -44,10 +46,11 @@ def main() -> None:
     ap.add_argument("--train-examples", type=int, default=150)
     ap.add_argument("--eval-examples", type=int, default=100)
     ap.add_argument("--pool", type=int, default=1000, help="unlabelled articles the teacher labels")
+    ap.add_argument("--steps", type=int, default=STEPS, help="training steps of every student")
     ap.add_argument("--concurrency-prompts", type=int, default=24)
     args = ap.parse_args()
-    cfg = job_config(args.seeds, args.train_examples, args.eval_examples, args.pool)
-    run_dir = run_textkd(cfg, resume=(WORK / NAME / "config.yaml").is_file())
+    cfg = job_config(args.seeds, args.train_examples, args.eval_examples, args.pool, args.steps)
+    run_dir = run_textkd(cfg, resume=(cfg.output_dir / cfg.name / "config.yaml").is_file())
     report = json.loads((run_dir / "report.json").read_text())
     speed = concurrency_speed(cfg, run_dir, args.concurrency_prompts)
     metrics = {"teacher_acc": report["teacher"]["metrics"]["accuracy"],
@@ -67,11 +70,39 @@ def main() -> None:
     write_result("step_by_step", metrics, {"filter": report["filter"], "report": str(run_dir / "report.md")})
 
 
-def job_config(seeds: list[int], train_examples: int = 150, eval_examples: int = 100, pool: int = 1000):
-    """The benchmark's `distill textkd` config (kd_wins' teacher-generated-data scenario reads its run)."""
-    return load_textkd_config(None, [f"output_dir={WORK}", f"name={NAME}", f"seeds={json.dumps(seeds)}", *RECIPE,
-                                     f"data.train_examples={train_examples}", f"data.eval_examples={eval_examples}",
-                                     f"data.unlabeled_examples={pool}"])
+def job_config(seeds: list[int], train_examples: int = 150, eval_examples: int = 100, pool: int = 1000,
+               steps: int = STEPS):
+    """The benchmark's `distill textkd` config (kd_wins' teacher-generated-data scenario reads its run).
+
+    A run for a new student budget starts from the data, teacher text and fine-tuned teacher of an
+    earlier run with the same settings otherwise (they do not depend on the students' steps).
+    """
+    name = f"{NAME}_{steps}steps"
+    cfg = load_textkd_config(None, [f"output_dir={WORK}", f"name={name}", f"seeds={json.dumps(seeds)}", *RECIPE,
+                                    f"data.train_examples={train_examples}", f"data.eval_examples={eval_examples}",
+                                    f"data.unlabeled_examples={pool}", f"train.steps={steps}",
+                                    f"train.eval_every={steps}", f"train.save_every={steps // 4}"])
+    target = WORK / name
+    if not (target / "config.yaml").is_file():
+        for sibling in sorted(WORK.glob(f"{NAME}_*steps")):
+            if _same_job(sibling, cfg):
+                for part in ("data", "generated", "teacher"):
+                    if (sibling / part).is_dir() and not (target / part).exists():
+                        shutil.copytree(sibling / part, target / part, ignore=shutil.ignore_patterns("last*"))
+                break
+    return cfg
+
+
+def _same_job(run_dir: Path, cfg) -> bool:
+    """Whether an earlier run differs from `cfg` in nothing but the students' training and seeds."""
+    import yaml
+
+    saved = run_dir / "config.yaml"
+    if not saved.is_file() or not (run_dir / "teacher" / "model" / "config.json").is_file():
+        return False
+    old = yaml.safe_load(saved.read_text())
+    new = cfg.model_dump(mode="json")
+    return all(old.get(k) == new.get(k) for k in new if k not in ("name", "train", "seeds", "quiet"))
 
 
 def concurrency_speed(cfg, run_dir: Path, n: int) -> dict[str, float]:

@@ -180,7 +180,8 @@ def test_task_rows_per_kind():
     sbs = ex.task_rows(EXAMPLES, "step_by_step", rationale_weight=0.5)
     assert [(r["prompt"], r["response"], r["weight"]) for r in sbs] == [
         ("[label] Goals galore", "sports", 1.0), ("[rationale] Goals galore", "goals.", 0.5)]
-    with pytest.raises(ConfigError, match="label_only, seq_kd, step_by_step"):
+    assert ex.task_rows(EXAMPLES, "pseudo_label") == ex.task_rows(EXAMPLES, "label_only")  # its pool differs
+    with pytest.raises(ConfigError, match="label_only, pseudo_label, seq_kd, step_by_step"):
         ex.task_rows(EXAMPLES, "rationale_only")
 
 

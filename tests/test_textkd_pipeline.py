@@ -190,7 +190,7 @@ def test_a_finetuned_teacher_answers_the_eval_set_and_the_pool_without_shots(tmp
     asked: dict[str, list] = {}
 
     @contextlib.contextmanager
-    def recording(t):  # the echo teacher, standing in for whichever model the job opens
+    def recording(t, served_as=None):  # the echo teacher, standing in for whichever model the job opens
         teacher = EchoTeacher()
         original = teacher.complete
         teacher.complete = lambda messages, sampling: (asked.setdefault(t.model, []).append(messages),
@@ -215,3 +215,14 @@ def test_a_finetuned_teacher_answers_the_eval_set_and_the_pool_without_shots(tmp
     assert report["teacher_finetune_steps"] == 2 and report["pool"]["label_accuracy"] == 1.0
     assert report["train_examples"] == {"label_only": 6, "pseudo_label": 10}
     assert "fine-tuned 2 steps" in (run_dir / "report.md").read_text()
+
+
+def test_a_teacher_served_under_a_name_is_identified_by_it_not_by_its_path(tmp_path):
+    from distill.textkd.config import TextTeacherConfig
+    from distill.textkd.pipeline import open_teacher
+
+    t = TextTeacherConfig(backend="local", model=str(tmp_path / "run" / "teacher" / "model"))
+    with open_teacher(t, served_as="base fine-tuned") as teacher:  # local: nothing loads until asked
+        assert teacher.identity == {"backend": "local", "model": "base fine-tuned"}
+    with open_teacher(t) as teacher:
+        assert teacher.identity["model"] == t.model

@@ -58,7 +58,9 @@ def run_textkd(cfg: TextKDConfig, resume: bool = False) -> Path:
         answering = cfg.teacher.model_copy(update={"model": finetuned_teacher(cfg, labelled, run_dir)})
         prompt = cfg.prompt.model_copy(update={"shots": []})  # fine-tuning replaced the few-shot turns
     asked = {split: prompt_rows(prompt, splits[split], split) for split in ("eval", "pool") if split in splits}
-    gen.update(_generate(answering, asked, cfg, run_dir))
+    # named by what it is, not where it lies, so a moved or copied run directory still resumes
+    gen.update(_generate(answering, asked, cfg, run_dir, served_as=f"{cfg.teacher.model} fine-tuned"
+                         if cfg.teacher.finetune is not None else None))
     pool = _pool_examples(run_dir, labels) if "pool" in splits else None
     train_examples = labelled + (pool.kept if pool else [])
     teacher_eval, teacher_text = _teacher_eval(cfg, run_dir, labels)
@@ -101,12 +103,12 @@ def _pool_examples(run_dir: Path, labels: list[str]) -> Pool:
 
 
 def _generate(teacher_cfg: TextTeacherConfig, prompts: dict[str, list[PromptRow]], cfg: TextKDConfig,
-              run_dir: Path) -> dict[str, GenerateStats]:
+              run_dir: Path, served_as: str | None = None) -> dict[str, GenerateStats]:
     """Teacher responses for each split; the teacher is not even started when all are on disk."""
     sampling = Sampling(**cfg.sampling.model_dump())
     if not any(pending(rows, _gen_path(run_dir, split), sampling.n) for split, rows in prompts.items()):
         return {split: GenerateStats(len(rows), len(rows), 0, 0.0, 0, 0) for split, rows in prompts.items()}
-    with open_teacher(teacher_cfg) as teacher:
+    with open_teacher(teacher_cfg, served_as) as teacher:
         return {split: generate(teacher, rows, _gen_path(run_dir, split), sampling=sampling,
                                 template=_template(cfg.prompt, split), concurrency=cfg.concurrency, quiet=cfg.quiet)
                 for split, rows in prompts.items()}
@@ -230,8 +232,11 @@ def prompt_rows(p: PromptConfig, rows: list[dict[str, Any]], split: str) -> list
 
 
 @contextlib.contextmanager
-def open_teacher(t: TextTeacherConfig) -> Iterator[TextTeacher]:
-    """The configured teacher; `serve` starts `distill serve` on loopback for the duration."""
+def open_teacher(t: TextTeacherConfig, served_as: str | None = None) -> Iterator[TextTeacher]:
+    """The configured teacher; `serve` starts `distill serve` on loopback for the duration.
+
+    `served_as`: the model's name in requests and in the teacher's identity (default `t.model`).
+    """
     from distill.textkd.remote import OpenAITeacher
 
     common = {"api_key_env": t.api_key_env, "api_key_file": t.api_key_file, "timeout_s": t.timeout_s,
@@ -239,7 +244,7 @@ def open_teacher(t: TextTeacherConfig) -> Iterator[TextTeacher]:
     if t.backend == "openai":
         yield OpenAITeacher(base_url=t.base_url, model=t.model, **common)  # type: ignore[arg-type]
     elif t.backend == "local":
-        teacher = LocalTextTeacher(t.model, max_batch=t.max_batch)
+        teacher = LocalTextTeacher(t.model, max_batch=t.max_batch, name=served_as)
         try:
             yield teacher
         finally:
@@ -247,11 +252,12 @@ def open_teacher(t: TextTeacherConfig) -> Iterator[TextTeacher]:
     else:
         from distill.serve import make_server
 
-        server = make_server(t.model, port=0, max_batch=t.max_batch, model_name=t.model)
+        name = served_as or t.model
+        server = make_server(t.model, port=0, max_batch=t.max_batch, model_name=name)
         server.start_background()
         try:
             keyless = {**common, "api_key_env": None, "api_key_file": None}  # our own loopback server
-            yield _Served(OpenAITeacher(base_url=f"{server.url}/v1", model=t.model, **keyless))
+            yield _Served(OpenAITeacher(base_url=f"{server.url}/v1", model=name, **keyless))
         finally:
             server.shutdown()
 

@@ -70,13 +70,14 @@ class LocalTextTeacher:
     source: str
     max_batch: int = 8
     device: str = "cpu"
+    name: str | None = None  # the model's name in `identity` (default: source)
     _engine: Any = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _tokenizer: Any = field(default=None, init=False, repr=False)
 
     @property
     def identity(self) -> dict[str, Any]:
-        return {"backend": "local", "model": self.source}
+        return {"backend": "local", "model": self.name or self.source}
 
     def _load(self) -> None:
         with self._lock:  # callers arrive from a thread pool; loading a model is not thread-safe
