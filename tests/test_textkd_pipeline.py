@@ -29,6 +29,7 @@ def job(tmp_path):
                  "teacher.model=fake", f"student.model={tmp_path / 'student'}", "student.layers=[0,2]",
                  "student.seq_len=64", "data.source=jsonl", f"data.path={tmp_path / 'rows.jsonl'}",
                  "data.train_examples=6", "data.eval_examples=3", "prompt.shots=[]", "prompt.system=null",
+                 "teacher.finetune=null", "data.unlabeled_examples=0", "kinds=[label_only, seq_kd, step_by_step]",
                  "train.steps=3", "train.batch_size=4", "train.eval_every=3", "train.save_every=3",
                  "device=cpu", "quiet=true", "teacher.price_prompt=1.0", "teacher.price_completion=0", "concurrency=2"]
     endpoint = {"server": server}
@@ -60,7 +61,7 @@ def test_textkd_trains_three_ways_scores_them_and_resumes(job, tmp_path):
 
 def test_black_box_teacher_needs_a_student_source(tmp_path):
     cfg = load_textkd_config(None, ["teacher.backend=openai", "teacher.base_url=http://127.0.0.1:1/v1",
-                                    f"output_dir={tmp_path}"])
+                                    f"output_dir={tmp_path}", "teacher.finetune=null"])
     with pytest.raises(ConfigError, match="student.model is required"):
         run_textkd(cfg)
     assert not (tmp_path / cfg.name).exists()  # refused before anything was written
@@ -121,12 +122,14 @@ def test_the_teachers_answers_on_an_unlabelled_pool_train_every_kind_but_label_o
     assert "labels match the held-back gold labels" in (run_dir / "report.md").read_text()
 
 
-def test_pseudo_label_without_a_pool_and_finetune_of_an_endpoint_are_refused():
+def test_pseudo_label_without_a_pool_and_finetune_of_an_endpoint_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="data.unlabeled_examples"):
-        load_textkd_config(None, ["kinds=[label_only, pseudo_label]"])
+        load_textkd_config(None, ["kinds=[label_only, pseudo_label]", "data.unlabeled_examples=0"])
+    endpoint = load_textkd_config(None, ["teacher.backend=openai", "teacher.base_url=http://127.0.0.1:1/v1",
+                                         "student.model=x", f"output_dir={tmp_path}"])  # the built-in job fine-tunes
     with pytest.raises(ConfigError, match="teacher.finetune needs the teacher's weights"):
-        load_textkd_config(None, ["teacher.backend=openai", "teacher.base_url=http://127.0.0.1:1/v1",
-                                  "teacher.finetune={steps: 2}"])
+        run_textkd(endpoint)
+    assert not (tmp_path / endpoint.name).exists()  # refused before anything was written
     with pytest.raises(ConfigError, match="keep one"):
         load_textkd_config(None, ["data.unlabeled_examples=5", "data.unlabeled_path=pool.jsonl"])
 
@@ -137,7 +140,7 @@ def test_a_random_pool_is_drawn_from_the_examples_no_split_holds(tmp_path):
     rows = [{"id": f"r{i}", "input": f"text {i}", "label": LABELS[i % 3]} for i in range(30)]
     (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     base = ["data.source=jsonl", f"data.path={tmp_path / 'rows.jsonl'}", "data.train_examples=6",
-            "data.eval_examples=6"]
+            "data.eval_examples=6", "data.unlabeled_examples=0", "kinds=[label_only]"]
     without = _sample(load_textkd_config(None, base))
     out = _sample(load_textkd_config(None, [*base, "data.unlabeled_examples=10"]))
     assert out["train"] == without["train"] and out["eval"] == without["eval"]  # adding a pool moves nothing

@@ -35,13 +35,6 @@ class TextTeacherConfig(Strict):
         "answers the eval set and the unlabelled pool: e.g. {steps: 60, batch_size: 8}. None: as it is.")
 
     @model_validator(mode="after")
-    def _finetune_needs_weights(self) -> TextTeacherConfig:
-        if self.finetune is not None and self.backend == "openai":
-            raise ValueError("teacher.finetune needs the teacher's weights, which an openai endpoint does not "
-                             "give: use backend local or serve with a local model, or drop teacher.finetune")
-        return self
-
-    @model_validator(mode="after")
     def _url(self) -> TextTeacherConfig:
         if self.backend == "openai" and not self.base_url:
             raise ValueError("teacher.base_url is required with teacher.backend=openai")
@@ -155,6 +148,12 @@ class TextKDConfig(Strict):
             raise ValueError("kinds has token_kd, which trains on the teacher's log-probs: set "
                              "sampling.top_logprobs (e.g. 5)")
         return self
+
+    def check_finetune(self) -> None:
+        """`distill textkd` only (`distill generate` never fine-tunes): refused before any compute."""
+        if self.teacher.finetune is not None and self.teacher.backend == "openai":
+            raise ConfigError("teacher.finetune needs the teacher's weights, which an openai endpoint does not "
+                              "give: set teacher.finetune=null, or use backend local or serve with a local model.")
 
     @property
     def student_source(self) -> str:

@@ -40,6 +40,7 @@ def run_textkd(cfg: TextKDConfig, resume: bool = False) -> Path:
 
     require_transformers()
     cfg.student_source  # noqa: B018  (fails now, not after generation, when no student can be built)
+    cfg.check_finetune()
     run_dir = open_run_dir(cfg, resume)  # type: ignore[arg-type]  (uses name, output_dir, device only)
     splits = load_examples(cfg, run_dir)
     labels = sorted({e["label"] for e in splits["train"] + splits["eval"]})
@@ -134,7 +135,7 @@ def _has_pool(cfg: TextKDConfig) -> bool:
     return bool(cfg.data.unlabeled_examples) or cfg.data.unlabeled_path is not None
 
 
-def _sample(cfg: TextKDConfig) -> dict[str, list[dict[str, Any]]]:
+def _sample(cfg: TextKDConfig, with_pool: bool = True) -> dict[str, list[dict[str, Any]]]:
     d = cfg.data
     if d.source == "jsonl":
         from distill.corpora import read_json_lines
@@ -153,6 +154,8 @@ def _sample(cfg: TextKDConfig) -> dict[str, list[dict[str, Any]]]:
     texts = [LabelledText(i, _cut(t, d.max_words), lab) for i, t, lab in items]
     parts = stratified_split(texts, {"train": d.train_examples, "eval": d.eval_examples}, seed=d.seed)
     out = {k: [{"id": x.id, "input": x.text, "label": x.label} for x in v] for k, v in parts.items()}
+    if not with_pool:
+        return out
     if d.unlabeled_examples:
         out["pool"] = _random_pool(texts, out, d.unlabeled_examples, d.seed)
     elif d.unlabeled_path is not None:
@@ -201,7 +204,7 @@ def prompts_for(cfg: TextKDConfig, path: Path | None, split: str) -> tuple[list[
     split of the config's labelled dataset; and the template used."""
     template = _template(cfg.prompt, split)
     if path is None:
-        return prompt_rows(cfg.prompt, _sample(cfg)[split], split), template
+        return prompt_rows(cfg.prompt, _sample(cfg, with_pool=False)[split], split), template
     from distill.corpora import read_json_lines
 
     rows = [{**r, "id": str(r.get("id", f"row-{n}"))} for n, r in enumerate(read_json_lines(path, "--prompts"), 1)]
