@@ -147,7 +147,7 @@ SCENARIOS: dict[str, Scenario] = {
                        "lm_kjv", job="lm", inputs=bbc_text),
     "bbc_generated": Scenario(None, [], "BBC News topics, 150 labelled articles and 1,000 unlabelled ones; "
         "SmolLM2-135M-Instruct fine-tuned on the labelled ones labels and rationalises the pool; a 4-layer "
-        "student built from it, 100 steps × 8 rows, label-only vs step-by-step on labelled ∪ pool "
+        "student built from it, 400 steps × 8 rows, label-only vs step-by-step on labelled ∪ pool "
         "(benchmarks/step_by_step.py's run)", job="textkd"),
     "mnist5k_full": Scenario(None, ["data.label_fraction=1", "teacher.train.epochs=30", "train.epochs=25"],
                              "MNIST-5k with every label (3,500); CNN → MLP 128, 25 epochs", variant_of="mnist5k_10pct"),
