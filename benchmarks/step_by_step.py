@@ -8,11 +8,13 @@ again, labels and rationalises an unlabelled pool of 1,000 other articles and an
   step_by_step  those, plus the teacher's rationales as a second task (Hsieh et al., 2023);
 over 3 seeds. Also: generation requests/s with 1 vs 4 concurrent requests on the same server.
 
-    python benchmarks/step_by_step.py                 # ≈ 90 min on 2 CPU cores
+    python benchmarks/step_by_step.py                 # ≈ 60 min on 2 CPU cores
     python benchmarks/step_by_step.py --seeds 0 --train-examples 40 --pool 200   # a quick look
 
-Writes benchmarks/results/step_by_step.json; the run (report.md, generated JSONL) stays in
-benchmarks/work/step_by_step_pool and resumes if interrupted.
+The job is the built-in `distill textkd` job (src/distill/configs/bbc_step_by_step.yaml) with three
+seeds. Writes benchmarks/results/step_by_step.json; the run (report.md, generated JSONL, the
+fine-tuned teacher) stays in benchmarks/work/step_by_step_pool_<steps>steps and resumes if
+interrupted.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ from distill.textkd.teachers import Sampling
 NAME = "step_by_step_pool"  # + the student steps: one run directory per student budget
 STEPS = 400  # 400 × 8 rows: ≈ 2.8 passes over labelled ∪ pool for pseudo_label (≈ 21 for label_only)
 KINDS = ("label_only", "pseudo_label", "step_by_step")  # the built-in job's
-# the built-in job's recipe (src/distill/configs/bbc_step_by_step.yaml): fine-tuned teacher, 1,000-article pool
 
 
 def main() -> None:
