@@ -83,6 +83,8 @@ def test_a_missing_model_dir_and_an_offline_hub_id_are_explained(monkeypatch, tm
     with pytest.raises(ModelError, match="`teacher.model`: .*nowhere does not exist"):
         lm_models.load_causal_lm(str(tmp_path / "nowhere"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # the hub client read the variable when it was imported: tell it too, or it spends ~45 s on retries
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     with pytest.raises(ModelError, match="offline .* cannot be downloaded.*--local-dir DIR"):
         lm_models.load_causal_lm("no-such-org/no-such-model")
 
