@@ -377,6 +377,45 @@ def build_report(cfg: TextKDConfig, teacher: dict[str, float], students: dict[st
             "train_examples": trained_on or {kind: kept for kind in cfg.kinds}}
 
 
+def _verdict(r: dict[str, Any]) -> list[str]:
+    """The answer first: did any student that learnt from the teacher beat label-only training?
+
+    Won: ahead by more than twice the larger standard deviation (with one seed, only "ahead").
+    When none won, the likely cause from the measurements, and what to try.
+    """
+    students = r["students"]
+    if "label_only" not in students or len(students) < 2:
+        return []
+    base = students["label_only"]["accuracy"]
+    margins = {k: (m["accuracy"]["mean"] - base["mean"], 2 * max(m["accuracy"]["std"], base["std"]))
+               for k, m in students.items() if k != "label_only"}
+    best = max(margins, key=lambda k: margins[k][0])
+    gain, noise = margins[best]
+    one_seed = len(r["seeds"]) < 2
+    line = (f"{best} {students[best]['accuracy']['mean'] * 100:.1f}% vs label-only {base['mean'] * 100:.1f}% "
+            f"({gain * 100:+.1f} points")
+    if gain > noise and not one_seed:
+        return [f"**{best} beats label-only training**: {line}, more than twice the larger std).", ""]
+    if gain > 0 and one_seed:
+        return [f"**{best} is ahead of label-only training on one seed**: {line}); run more `seeds` to "
+                "know whether it wins.", ""]
+    where = f", within twice the larger std, {noise * 100:.1f}" if gain > 0 else ""
+    return [f"**No student that learnt from the teacher beats label-only training**: {line}{where}). "
+            f"{_likely_cause(r, base['mean'])}.", ""]
+
+
+def _likely_cause(r: dict[str, Any], label_only: float) -> str:
+    teacher = r["teacher"]["metrics"]["accuracy"]
+    if teacher <= label_only:
+        return (f"The teacher ({teacher * 100:.1f}%) is not better than label-only training, so what it writes "
+                "cannot teach more than the labels: fine-tune it on the labelled examples first (teacher.finetune)")
+    if not r.get("pool"):
+        return ("The teacher is better than label-only training, but its text covers only the labelled examples: "
+                "give it unlabelled inputs to label (data.unlabeled_examples or data.unlabeled_path)")
+    return ("The teacher is better than label-only training and labelled the pool: the students may need more "
+            "steps (train.steps), or more seeds to tell them from the noise")
+
+
 def _setup_line(r: dict[str, Any]) -> str:
     tuned = (f", fine-tuned {r['teacher_finetune_steps']} steps on the kept labelled examples"
              if r.get("teacher_finetune_steps") else "")
@@ -399,7 +438,7 @@ def render_textkd_report(r: dict[str, Any]) -> str:
     cols = [("accuracy", "accuracy", 100, ".1f"), ("parsed", "answered", 100, ".0f"),
             ("completion_tokens_mean", "tokens out", 1, ".1f"),
             ("latency_p50_ms", "p50 latency ms", 1, ".0f"), ("cost_per_1k", "cost / 1k req", 1, ".4f")]
-    lines = [f"# Teacher-generated data: {r['name']}", "", _setup_line(r), "",
+    lines = [f"# Teacher-generated data: {r['name']}", "", *_verdict(r), _setup_line(r), "",
              "| model | " + " | ".join(c[1] for c in cols) + " | retention |", "|---" * (len(cols) + 2) + "|",
              "| teacher | " + " | ".join(format(t[k] * s, f) for k, _, s, f in cols) + " | 1.00 |"]
     for kind, m in r["students"].items():
