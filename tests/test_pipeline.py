@@ -122,3 +122,20 @@ def test_resume_accepts_a_run_saved_before_settings_were_added(run_config):
     changed = validate_config({**run_config, "train": {**run_config["train"], "epochs": 7}})
     with pytest.raises(ConfigError, match="differs .*sections: train"):
         open_run_dir(changed, resume=True)
+
+
+def test_lm_and_textkd_runs_saved_before_settings_were_added_resume_too(tmp_path):
+    """Their saved configs are filled in by their own schemas, not the classic one."""
+    from distill.lm.config import load_lm_config
+    from distill.textkd.config import load_textkd_config
+
+    for cfg, dropped in ((load_lm_config(None, [f"output_dir={tmp_path}"]), ("on_policy", "start")),
+                         (load_textkd_config(None, [f"output_dir={tmp_path}"]), ("data", "unlabeled_path"))):
+        run_dir = open_run_dir(cfg, resume=False)
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+        del saved[dropped[0]][dropped[1]]  # as if the setting did not exist when the run started
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+        assert open_run_dir(cfg, resume=True) == run_dir
+        changed = cfg.model_copy(update={"seeds": [5]} if hasattr(cfg, "seeds") else {"baseline": False})
+        with pytest.raises(ConfigError, match="differs"):
+            open_run_dir(changed, resume=True)

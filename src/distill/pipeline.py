@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -72,7 +72,9 @@ def run(cfg: RunConfig, resume: bool = False) -> Path:
     return run_dir
 
 
-def open_run_dir(cfg: RunConfig, resume: bool) -> Path:
+def open_run_dir(cfg: BaseModel, resume: bool) -> Path:
+    """The run directory of any job's config (classic, lm, textkd: fields `name`, `output_dir`, `device`),
+    checked against the config saved there when resuming."""
     run_dir = Path(cfg.output_dir) / cfg.name
     current = cfg.model_dump(mode="json")
     saved = run_dir / "config.yaml"
@@ -81,7 +83,7 @@ def open_run_dir(cfg: RunConfig, resume: bool) -> Path:
             raise ConfigError(f"Run directory {run_dir} already exists; pass --resume to continue it, "
                               "or choose another run with name=NEW_NAME (nothing was overwritten).")
         # `quiet` only changes what is printed, so `--resume` may add or drop `--quiet`.
-        previous = _with_defaults(yaml.safe_load(saved.read_text()) or {})
+        previous = _with_defaults(yaml.safe_load(saved.read_text()) or {}, type(cfg))
         if {**previous, "quiet": None} != {**current, "quiet": None}:
             changed = sorted(k for k in set(previous) | set(current)
                              if k != "quiet" and previous.get(k) != current.get(k))
@@ -100,11 +102,12 @@ def open_run_dir(cfg: RunConfig, resume: bool) -> Path:
     return run_dir
 
 
-def _with_defaults(raw: dict[str, Any]) -> dict[str, Any]:
-    """A saved run config with the defaults of this version filled in, so that settings added since
-    it was written (at their defaults) do not block `--resume`; as saved if it no longer validates."""
+def _with_defaults(raw: dict[str, Any], schema: type[BaseModel]) -> dict[str, Any]:
+    """A saved run config with the defaults of this version filled in (by its own job's schema), so
+    that settings added since it was written (at their defaults) do not block `--resume`; as saved if
+    it no longer validates."""
     try:
-        return RunConfig.model_validate(raw).model_dump(mode="json")
+        return schema.model_validate(raw).model_dump(mode="json")
     except ValidationError:
         return raw
 

@@ -41,7 +41,7 @@ from distill.training import process_state
 def run_lm(cfg: LMRunConfig, resume: bool = False) -> Path:
     """Run the whole LM job; returns the run directory (which holds report.md)."""
     require_transformers()
-    run_dir = open_run_dir(cfg, resume)  # type: ignore[arg-type]  (uses name, output_dir, device only)
+    run_dir = open_run_dir(cfg, resume)
     tokenizer = lm_models.load_tokenizer(cfg.teacher.model, "teacher.model")
     licence = lm_models.licence_of(cfg.teacher.model)
     lm_models.warn_licence(licence)

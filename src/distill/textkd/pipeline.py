@@ -41,7 +41,7 @@ def run_textkd(cfg: TextKDConfig, resume: bool = False) -> Path:
     require_transformers()
     cfg.student_source  # noqa: B018  (fails now, not after generation, when no student can be built)
     cfg.check_finetune()
-    run_dir = open_run_dir(cfg, resume)  # type: ignore[arg-type]  (uses name, output_dir, device only)
+    run_dir = open_run_dir(cfg, resume)
     splits = load_examples(cfg, run_dir)
     labels = sorted({e["label"] for e in splits["train"] + splits["eval"]})
     gen = {"train": _generate(cfg.teacher, {"train": prompt_rows(cfg.prompt, splits["train"], "train")}, cfg,
