@@ -139,3 +139,16 @@ def test_lm_and_textkd_runs_saved_before_settings_were_added_resume_too(tmp_path
         changed = cfg.model_copy(update={"seeds": [5]} if hasattr(cfg, "seeds") else {"baseline": False})
         with pytest.raises(ConfigError, match="differs"):
             open_run_dir(changed, resume=True)
+
+
+@pytest.mark.parametrize("student", [{"arch": "nosuch"}, {"arch": "mlp", "kwargs": {"bogus": 3}},
+                                     {"from_teacher": {"path": "no.such.layers", "every": 2}}])
+def test_a_student_that_cannot_be_built_is_refused_before_any_compute_and_writes_nothing(run_config, student):
+    from distill.errors import DistillError
+
+    cfg = validate_config({**run_config, "student": student})
+    with pytest.raises(DistillError) as info:
+        run(cfg)
+    assert any(word in str(info.value) for word in ("nosuch", "bogus", "no.such.layers"))
+    assert not (Path(run_config["output_dir"]) / "tiny").exists()  # so the corrected command starts clean
+    assert run(validate_config(run_config)).is_dir()

@@ -42,10 +42,11 @@ from distill.validate import validate
 
 def run(cfg: RunConfig, resume: bool = False) -> Path:
     """Run the whole job; returns the run directory (which holds report.md)."""
-    run_dir = open_run_dir(cfg, resume)
     data = load_data(cfg.data)
     plan_of(cfg, data)  # a recipe the config cannot have is refused before any compute
-    teacher = load_or_train_teacher(cfg, data, run_dir, resume)
+    built = check_models(cfg, data)  # so is a wrong arch, kwargs or layer path
+    run_dir = open_run_dir(cfg, resume)  # written only once the config and models are known to work
+    teacher = load_or_train_teacher(cfg, data, run_dir, resume, built)
     recipe = plan_of(cfg, data, teacher)
     students: dict[str, nn.Module] = {}
     if cfg.baseline:
@@ -112,12 +113,26 @@ def _with_defaults(raw: dict[str, Any], schema: type[BaseModel]) -> dict[str, An
         return raw
 
 
-def load_or_train_teacher(cfg: RunConfig, data: DataSplits, run_dir: Path, resume: bool) -> nn.Module:
+def check_models(cfg: RunConfig, data: DataSplits) -> nn.Module | None:
+    """Build the (untrained) teacher and the student now, so that a wrong `arch`, `kwargs` or layer
+    path is reported before any training; returns the teacher built (None for an ensemble)."""
+    if cfg.teacher.members:
+        return None
+    teacher = build_model(cfg.teacher, data.input_shape, data.num_classes, seed=cfg.teacher.train.seed)
+    build_student(cfg, data, teacher)  # seeded: the global RNG is left as it was
+    return teacher
+
+
+def load_or_train_teacher(cfg: RunConfig, data: DataSplits, run_dir: Path, resume: bool,
+                          built: nn.Module | None = None) -> nn.Module:
+    """The teacher: an ensemble, given weights, this run's trained teacher, or trained now.
+    `built`: the untrained teacher `check_models` already built (not built again)."""
     t = cfg.teacher
     if t.members:
         ensemble = build_ensemble(t.members, data.input_shape, data.num_classes, t.combine, t.weights)
         return _to_device(ensemble, cfg.device)
-    teacher = build_model(cfg.teacher, data.input_shape, data.num_classes, seed=cfg.teacher.train.seed)
+    teacher = built if built is not None else build_model(cfg.teacher, data.input_shape, data.num_classes,
+                                                          seed=cfg.teacher.train.seed)
     if cfg.teacher.checkpoint is not None:
         load_weights(cfg.teacher.checkpoint, teacher)
         return freeze(_to_device(teacher, cfg.device))
