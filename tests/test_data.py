@@ -192,6 +192,26 @@ def test_csv_with_empty_cells_is_a_data_error(tmp_path: Path):
         load_data(DataConfig(name="csv", path=path))
 
 
+@pytest.mark.parametrize("label, message", [
+    ("99", r"line 5: label 99 is outside the class ids 0..3 .*ids \[3, 4, 5, 6, 7\] never occur"),
+    ("1.5", "line 5: label 1.5 is not a whole number"),
+    ("-1", "line 5: label -1 is outside the class ids"),
+])
+def test_csv_labels_that_are_not_class_ids_are_refused_naming_the_line_and_column(tmp_path: Path, label, message):
+    path = tmp_path / "t.csv"  # 3 classes, then one wrong label on line 5 (the header is line 1)
+    path.write_text(f"a,kind\n1,0\n2,1\n3,2\n4,{label}\n5,1\n")
+    with pytest.raises(DataError, match=message) as exc:
+        load_data(DataConfig(name="csv", path=path, label_column="kind"))
+    assert "column `kind` (data.label_column)" in str(exc.value) and str(path) in str(exc.value)
+
+
+def test_csv_empty_cell_names_its_line_and_column(tmp_path: Path):
+    path = tmp_path / "t.csv"
+    path.write_text("a,b,label\n1,2,0\n3,,1\n")
+    with pytest.raises(DataError, match="line 3, column `b`"):
+        load_data(DataConfig(name="csv", path=path))
+
+
 def test_negative_labels_are_rejected():
     with pytest.raises(DataError, match=">= 0"):
         from_arrays(np.zeros((20, 2)), np.array([-1, 0] * 10))

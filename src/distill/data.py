@@ -320,12 +320,35 @@ def _csv(cfg: DataConfig) -> DataSplits:
     label_name = names[col] if isinstance(col, int) and -len(names) <= col < len(names) else col
     if label_name not in names:
         raise DataError(f"data.label_column `{col}` is not a column of {path}; columns: {names}.")
-    y = table[label_name]
-    x = np.stack([table[n] for n in names if n != label_name], axis=1)
-    if np.isnan(x).any() or np.isnan(y).any():
-        raise DataError(f"{path} has empty or non-numeric cells; every cell must be a number.")
-    return from_arrays(x, y.astype(np.int64), val_fraction=cfg.val_fraction,
-                       test_fraction=cfg.test_fraction, seed=cfg.seed)
+    for name in names:
+        bad = np.flatnonzero(np.isnan(np.atleast_1d(table[name])))
+        if len(bad):
+            raise DataError(f"{path}, line {bad[0] + 2}, column `{name}`: the cell is empty or not a number; "
+                            "every cell must be a number.")
+    y = _csv_labels(np.atleast_1d(table[label_name]), path, label_name)
+    x = np.stack([np.atleast_1d(table[n]) for n in names if n != label_name], axis=1)
+    return from_arrays(x, y, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed)
+
+
+def _csv_labels(y: np.ndarray, path: Path, column: str) -> np.ndarray:
+    """Class ids 0..C-1 from a CSV column: a fraction, a negative id or an id beyond the classes that
+    occur (a model that wide would train classes with no example) is refused, naming the line."""
+    where = f"{path}, column `{column}` (data.label_column)"
+    fractional = np.flatnonzero(y != np.round(y))
+    if len(fractional):
+        i = fractional[0]
+        raise DataError(f"{where}, line {i + 2}: label {y[i]:g} is not a whole number; labels are class ids "
+                        "0..C-1.")
+    ids = y.astype(np.int64)
+    present = np.unique(ids)
+    if present[0] < 0 or present[-1] >= len(present):
+        i = int(np.flatnonzero((ids < 0) | (ids >= len(present)))[0])
+        missing = sorted(set(range(int(present[-1]) + 1)) - set(present.tolist()))[:5]
+        raise DataError(f"{where}, line {i + 2}: label {ids[i]} is outside the class ids 0..{len(present) - 1} of "
+                        f"the {len(present)} distinct labels" + (f" (ids {missing} never occur)" if missing and
+                                                                  ids[i] >= 0 else "")
+                        + ". Map the labels to 0..C-1, e.g. np.unique(labels, return_inverse=True)[1].")
+    return ids
 
 
 def _splits(x: torch.Tensor, y: torch.Tensor, train_i: torch.Tensor, val_i: torch.Tensor,
