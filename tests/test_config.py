@@ -133,3 +133,15 @@ def test_validate_config_reports_every_error_at_once():
         validate_config(raw, source="job.yaml")
     msg = str(exc.value)
     assert "job.yaml" in msg and "train.epochs" in msg and "kd.alhpa" in msg
+
+
+def test_an_invalid_value_from_an_override_names_the_override_not_only_the_file(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train: {epochs: 3}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(cfg, ["kd.alpha=1.5"])
+    assert str(cfg) in str(exc.value) and "set by the command-line override `kd.alpha=1.5`" in str(exc.value)
+    cfg.write_text("kd: {alpha: 1.5}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(cfg, ["train.epochs=4"])
+    assert "override" not in str(exc.value)  # the file's own value: the file is to blame

@@ -394,7 +394,7 @@ def needs_live_teacher(term: Any) -> bool:
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Read YAML (or the built-in default when `path` is None), apply `key=value` overrides, validate."""
     raw = read_raw(path, overrides, default_config_dict)
-    return validate_config(raw, source=str(path or "built-in default"))
+    return validate_config(raw, source=str(path or "built-in default"), overrides=overrides)
 
 
 def read_raw(path: str | Path | None, overrides: list[str] | None, default: Any) -> dict[str, Any]:
@@ -410,19 +410,31 @@ def default_config_dict() -> dict[str, Any]:
     return _read_yaml(Path(__file__).parent / "configs" / "default.yaml")
 
 
-def validate_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
-    cfg = validate_section(RunConfig, raw, source)
+def validate_config(raw: dict[str, Any], source: str = "config", overrides: list[str] | None = None) -> RunConfig:
+    cfg = validate_section(RunConfig, raw, source, overrides)
     _check_files(cfg)
     return cfg
 
 
-def validate_section(model: type[_Model], raw: dict[str, Any], source: str) -> _Model:
-    """Validate `raw` as `model`, turning pydantic's errors into one ConfigError naming each key."""
+def validate_section(model: type[_Model], raw: dict[str, Any], source: str,
+                     overrides: list[str] | None = None) -> _Model:
+    """Validate `raw` as `model`, turning pydantic's errors into one ConfigError naming each key (and
+    the command-line override that set it, when one did)."""
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        lines = [_explain(err, model) for err in exc.errors()]
+        lines = [_explain(err, model) + _set_by(err, overrides or []) for err in exc.errors()]
         raise ConfigError(f"Invalid {source}:\n  " + "\n  ".join(lines)) from None
+
+
+def _set_by(err: dict[str, Any], overrides: list[str]) -> str:
+    """" (set by the override `k=v`)" when an override wrote the key in error, or a section holding it."""
+    key = ".".join(_loc(err))
+    for item in reversed(overrides):  # the last override of a key is the one that counts
+        target = item.partition("=")[0]
+        if key == target or key.startswith(target + ".") or target.startswith(key + "."):
+            return f" It was set by the command-line override `{item}`."
+    return ""
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -459,8 +471,13 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
                           f"pass it as text, e.g. {key}='...'.") from None
 
 
+def _loc(err: dict[str, Any]) -> list[str]:
+    """The config keys of a pydantic error's location (union-member tags dropped)."""
+    return [str(p) for p in err["loc"] if not str(p).startswith(("float", "Schedule", "function"))]
+
+
 def _explain(err: dict[str, Any], model: type[BaseModel] = BaseModel) -> str:
-    loc = [str(p) for p in err["loc"] if not str(p).startswith(("float", "Schedule", "function"))]
+    loc = _loc(err)
     key = ".".join(loc)
     if err["type"] == "extra_forbidden":
         hint = did_you_mean(loc[-1], _fields_at(model, loc[:-1]))

@@ -87,7 +87,7 @@ class Candidate:
 
 def load_search_config(path: str | Path, overrides: list[str] | None = None) -> SearchConfig:
     raw = read_raw(path, overrides, lambda: {})
-    cfg = validate_section(SearchConfig, raw, str(path))
+    cfg = validate_section(SearchConfig, raw, str(path), overrides)
     base = base_raw(cfg)
     for key in cfg.space:  # every key of the space must be a key the run config accepts
         _ = validate_config(_with(base, {key: cfg.space[key][0]}), source=f"space.{key}")

@@ -144,7 +144,7 @@ def load_lm_config(path: str | Path | None = None, overrides: list[str] | None =
 
     default = Path(__file__).parent.parent / "configs" / "lm_kjv.yaml"
     raw = read_raw(path, overrides, lambda: yaml.safe_load(default.read_text()))
-    cfg = validate_section(LMRunConfig, raw, str(path or "built-in LM default"))
+    cfg = validate_section(LMRunConfig, raw, str(path or "built-in LM default"), overrides)
     if cfg.data.corpus in ("text", "jsonl") and cfg.data.path is None:
         raise ConfigError(f"`data.path`: required when data.corpus is {cfg.data.corpus}.")
     if cfg.data.path is not None and not Path(cfg.data.path).is_file():

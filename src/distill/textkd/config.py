@@ -169,4 +169,4 @@ def load_textkd_config(path: str | Path | None = None, overrides: list[str] | No
 
     default = Path(__file__).parent.parent / "configs" / "bbc_step_by_step.yaml"
     raw = read_raw(path, overrides, lambda: yaml.safe_load(default.read_text()))
-    return validate_section(TextKDConfig, raw, str(path or "built-in BBC News step-by-step job"))
+    return validate_section(TextKDConfig, raw, str(path or "built-in BBC News step-by-step job"), overrides)
