@@ -428,7 +428,8 @@ def validate_section(model: type[_Model], raw: dict[str, Any], source: str,
 
 
 def _set_by(err: dict[str, Any], overrides: list[str]) -> str:
-    """" (set by the override `k=v`)" when an override wrote the key in error, or a section holding it."""
+    """A sentence naming the command-line override that wrote the key in error (or a section holding
+    it); empty when the value came from the file."""
     key = ".".join(_loc(err))
     for item in reversed(overrides):  # the last override of a key is the one that counts
         target = item.partition("=")[0]

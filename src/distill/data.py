@@ -343,11 +343,11 @@ def _csv_labels(y: np.ndarray, path: Path, column: str) -> np.ndarray:
     present = np.unique(ids)
     if present[0] < 0 or present[-1] >= len(present):
         i = int(np.flatnonzero((ids < 0) | (ids >= len(present)))[0])
-        missing = sorted(set(range(int(present[-1]) + 1)) - set(present.tolist()))[:5]
+        never = sorted(set(range(int(present[-1]) + 1)) - set(present.tolist()))[:5]
+        gaps = f" (ids {never} never occur)" if never and ids[i] >= 0 else ""
         raise DataError(f"{where}, line {i + 2}: label {ids[i]} is outside the class ids 0..{len(present) - 1} of "
-                        f"the {len(present)} distinct labels" + (f" (ids {missing} never occur)" if missing and
-                                                                  ids[i] >= 0 else "")
-                        + ". Map the labels to 0..C-1, e.g. np.unique(labels, return_inverse=True)[1].")
+                        f"the {len(present)} distinct labels{gaps}. Map the labels to 0..C-1, e.g. "
+                        "np.unique(labels, return_inverse=True)[1].")
     return ids
 
 
