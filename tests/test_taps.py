@@ -30,6 +30,15 @@ def test_a_wrong_path_fails_before_any_compute_naming_the_nearest():
         resolve_module(DictNet(), "")
 
 
+def test_an_output_key_named_as_a_layer_is_explained_without_an_unrelated_suggestion():
+    model = DictNet()
+    assert "features" in model(torch.randn(1, 1, 6, 6))  # an output key, not a module
+    with pytest.raises(ConfigError) as exc:
+        Taps(model, ["features"], key="student.taps")
+    assert "not by a key of the model's output" in str(exc.value)
+    assert "Nearest" not in str(exc.value) and "Some valid paths: body" in str(exc.value)
+
+
 def test_first_tensor_reads_tuples_dicts_and_output_objects():
     t = torch.ones(1)
     assert first_tensor((None, {"a": t})) is t

@@ -30,10 +30,11 @@ def resolve_module(model: nn.Module, path: str, key: str = "taps") -> nn.Module:
     if path in modules and path:
         return modules[path]
     names = [n for n in modules if n]
-    close = difflib.get_close_matches(path, names, n=5, cutoff=0.4)
+    close = difflib.get_close_matches(path, names, n=5, cutoff=0.6)  # lower: unrelated names come up
     hint = f" Nearest: {', '.join(close)}." if close else f" Some valid paths: {', '.join(names[:8])}."
-    raise ConfigError(f"`{key}`: {type(model).__name__} has no module `{path}`.{hint} "
-                      "List them all with `[n for n, _ in model.named_modules()]`.")
+    raise ConfigError(f"`{key}`: {type(model).__name__} has no module `{path}`.{hint} Layers are named by "
+                      "module path, not by a key of the model's output: to use an output, name the module "
+                      "that computes it. List them all with `[n for n, _ in model.named_modules()]`.")
 
 
 def first_tensor(value: Any) -> torch.Tensor | None:
