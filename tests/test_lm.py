@@ -376,6 +376,21 @@ def test_the_lm_job_trains_evaluates_reports_and_exports(lm, tmp_path):
     assert (run_dir / "teacher_cache" / "train" / "manifest.json").is_file()
 
 
+def test_a_student_that_cannot_be_built_leaves_no_run_directory(lm, tmp_path):
+    from distill.errors import DistillError
+    from distill.lm.pipeline import run_lm
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT * 3)
+    cfg = load_lm_config(None, [f"teacher.model={lm['root'] / 'teacher'}", f"output_dir={tmp_path / 'runs'}",
+                                "name=t", "data.corpus=text", f"data.path={corpus}", "data.seq_len=16",
+                                "student.layers=[99]", "quiet=true", "device=cpu", "teacher.adapt=null"])
+    with warnings.catch_warnings(), pytest.raises(DistillError, match="student.layers"):
+        warnings.simplefilter("ignore")  # the tiny teacher's unknown licence
+        run_lm(cfg)
+    assert not (tmp_path / "runs" / "t").exists()  # so the corrected command starts clean
+
+
 def test_an_adapted_teacher_is_trained_once_then_teaches_and_is_reported(lm, tmp_path):
     from distill.lm.pipeline import run_lm
 

@@ -41,21 +41,21 @@ from distill.training import process_state
 def run_lm(cfg: LMRunConfig, resume: bool = False) -> Path:
     """Run the whole LM job; returns the run directory (which holds report.md)."""
     require_transformers()
-    run_dir = open_run_dir(cfg, resume)
     tokenizer = lm_models.load_tokenizer(cfg.teacher.model, "teacher.model")
     licence = lm_models.licence_of(cfg.teacher.model)
     lm_models.warn_licence(licence)
     teacher = lm_models.load_causal_lm(cfg.teacher.model, "teacher.model").to(process_state(cfg.device).device)
+    data = load_text(cfg, tokenizer)
+    template = build_student(cfg, teacher, tokenizer)  # built (and checked) once; each stage trains a copy
+    vocab = lm_models.shared_vocab(tokenizer, teacher, template)
+    run_dir = open_run_dir(cfg, resume)  # written only once the models and data are known to work
     if process_state(cfg.device).is_main_process:
         manifest = {"teacher": cfg.teacher.model, "licence": licence,
                     "licence_warning": lm_models.licence_warning(licence),
                     "tokenizer": lm_models.tokenizer_fingerprint(tokenizer),
                     "teacher_params": lm_models.count_parameters(teacher)}
         atomic_write_text(run_dir / "manifest.json", json.dumps(manifest, indent=2))
-    data = load_text(cfg, tokenizer)
     students: dict[str, nn.Module] = {}
-    template = build_student(cfg, teacher, tokenizer)  # built (and checked) once; each stage trains a copy
-    vocab = lm_models.shared_vocab(tokenizer, teacher, template)
     root = teacher_root(cfg, data, run_dir)
     adapted = adapt_teacher(cfg, teacher, tokenizer, data, vocab, root, resume)
     signal, val_signal = teacher_signals(cfg, adapted, data, tokenizer, vocab, root)
