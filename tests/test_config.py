@@ -145,3 +145,10 @@ def test_an_invalid_value_from_an_override_names_the_override_not_only_the_file(
     with pytest.raises(ConfigError) as exc:
         load_config(cfg, ["train.epochs=4"])
     assert "override" not in str(exc.value)  # the file's own value: the file is to blame
+
+
+def test_kd_settings_beside_a_losses_list_are_refused_not_ignored():
+    with pytest.raises(ConfigError, match="kd.temperature and a losses list are both given"):
+        load_config(None, ["kd.temperature=4", "losses=[{kind: ce}]"])
+    assert load_config(None, ["losses=[{kind: ce}]"]).losses  # a losses list alone is the method
+    assert load_config(None, ["kd.temperature=4"]).kd.temperature == 4  # and so is the kd section alone
