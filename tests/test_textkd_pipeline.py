@@ -59,6 +59,15 @@ def test_textkd_trains_three_ways_scores_them_and_resumes(job, tmp_path):
     assert (run_dir / "generated" / "train.jsonl").read_text() == generated
 
 
+def test_student_layers_the_model_lacks_are_refused_before_the_teacher_is_asked(job, tmp_path):
+    from distill.errors import ModelError
+
+    job, _ = job
+    with pytest.raises(ModelError, match=r"`student.layers`: \[9\] are not layers of .*\(0..3\)"):
+        run_textkd(load_textkd_config(None, [*job, "student.layers=[0, 9]"]))
+    assert not (tmp_path / "runs").exists()  # nothing generated, nothing written
+
+
 def test_black_box_teacher_needs_a_student_source(tmp_path):
     cfg = load_textkd_config(None, ["teacher.backend=openai", "teacher.base_url=http://127.0.0.1:1/v1",
                                     f"output_dir={tmp_path}", "teacher.finetune=null"])

@@ -63,6 +63,20 @@ def resolve_source(source: str, key: str = "teacher.model") -> str:
     return source  # a hub id
 
 
+def check_layers(source: str, layers: list[int], key: str = "student.layers") -> None:
+    """Refuse layer indices the model at `source` does not have, from its config alone (no weights
+    loaded); a source whose config cannot be read here is left to the loader to explain."""
+    from transformers import AutoConfig
+
+    try:
+        n = AutoConfig.from_pretrained(resolve_source(source)).num_hidden_layers
+    except (OSError, ValueError, AttributeError):
+        return
+    bad = [i for i in layers if not 0 <= i < n]
+    if bad or not layers:
+        raise ModelError(f"`{key}`: {bad or layers} are not layers of {source} (0..{n - 1}).")
+
+
 def load_causal_lm(source: str, key: str = "teacher.model", dtype: torch.dtype = torch.float32) -> nn.Module:
     from transformers import AutoModelForCausalLM
 

@@ -41,6 +41,9 @@ def run_textkd(cfg: TextKDConfig, resume: bool = False) -> Path:
     require_transformers()
     cfg.student_source  # noqa: B018  (fails now, not after generation, when no student can be built)
     cfg.check_finetune()
+    from distill.lm.models import check_layers
+
+    check_layers(cfg.student_source, cfg.student.layers)  # not after minutes of generation
     run_dir = open_run_dir(cfg, resume)
     splits = load_examples(cfg, run_dir)
     labels = sorted({e["label"] for e in splits["train"] + splits["eval"]})
