@@ -146,3 +146,49 @@ def test_labels_out_of_range_in_a_user_dataset_are_a_clear_error(teacher):
 
     with pytest.raises(DataError, match=r"labels in \[0, 7\].*labels must be in \[0, 2\]"):
         distill.distill(teacher, Student(), BadLabels(), loss=KD(), epochs=1, batch_size=4, quiet=True)
+
+
+def _bert(layers: int):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(layers)
+    return BertForSequenceClassification(BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=layers,
+                                                    num_attention_heads=2, intermediate_size=32, num_labels=3))
+
+
+def _token_rows(n: int = 24) -> list[tuple[dict, int]]:
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for i in range(n):
+        mask = torch.ones(8, dtype=torch.long)
+        mask[5 + i % 3:] = 0  # padded tails
+        rows.append(({"input_ids": torch.randint(1, 40, (8,), generator=g), "attention_mask": mask}, i % 3))
+    return rows
+
+
+@pytest.mark.parametrize("as_dicts", [False, True])
+def test_hugging_face_rows_and_models_distil_with_the_mask_reaching_both(as_dicts):
+    teacher, student = _bert(2), _bert(1)
+    rows = _token_rows()
+    data = [{**x, "labels": y} for x, y in rows] if as_dicts else rows
+    masks = []
+    for m in (teacher, student):  # record what each model's own forward receives
+        m.forward = (lambda m, f: lambda *a, **kw: (masks.append((m, kw.get("attention_mask"))), f(*a, **kw))[1])(
+            m, m.forward)
+    result = distill.distill(teacher, student, data, loss=KD(temperature=2, alpha=0.5), epochs=1, batch_size=8,
+                             val_data=data, quiet=True)
+    assert result.model is student and 0 <= result.metrics["accuracy"] <= 1
+    seen = {mod for mod, mask in masks if mask is not None and bool((mask == 0).any())}
+    assert seen == {teacher, student}  # both were called with the rows' padding mask
+    x = rows[0][0]
+    out = student(input_ids=x["input_ids"][None], attention_mask=x["attention_mask"][None])  # as before
+    assert out.logits.shape == (1, 3)
+    with pytest.raises(Exception):  # the (B, 2, L) adapter is gone once distill returns
+        student(torch.stack([x["input_ids"], x["attention_mask"]])[None])
+
+
+def test_a_dict_row_without_inputs_or_input_ids_names_its_keys():
+    from distill.errors import DataError
+
+    with pytest.raises(DataError, match=r"dataset item 0 is a dict with keys \['pixels', 'y'\]"):
+        distill.distill(_bert(1), _bert(1), [{"pixels": torch.zeros(3), "y": 0}], epochs=1, quiet=True)

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -67,28 +69,29 @@ def distill(teacher: nn.Module, student: nn.Module, train_data: Dataset | DataLo
             on labelled and unlabelled inputs, the labels' cross-entropy on the labelled ones.
     """
     train_ds, config = _prepare(train_data, config, train_options)
-    example = torch.as_tensor(train_ds[0]["inputs"])
-    recipe = resolve("auto" if loss is None else "soft_targets", signal, config.augment, modality_of(example),
-                     tuple(example.shape), method=loss if isinstance(loss, Method) else None,
-                     transfer_set=unlabeled is not None,
-                     confidence=lambda: mean_confidence(teacher, train_ds, CONFIDENCE_SAMPLE))
-    loss = recipe.objective if loss is None else loss
-    config = config.model_copy(update={"augment": recipe.augment})
-    if unlabeled is not None:
-        if not loss.needs_teacher:
-            raise ConfigError("unlabeled inputs are taught by the teacher, which this loss does not use; "
-                              "pass a distillation loss (e.g. KD()) or drop unlabeled=.")
-        train_ds = with_transfer_set(train_ds, as_unlabeled(unlabeled))
-    val_ds = _dataset(val_data) if val_data is not None else None
-    teacher = freeze(teacher)
-    source: TeacherSignal = (LiveTeacher(teacher) if recipe.signal == "live" else
-                             CachedTeacher.build_or_load(teacher, train_ds, Path(cache_dir), quiet=quiet))
-    num_classes = _num_classes(teacher, train_ds)
-    out = fit(student, train_ds, objective=loss, config=config, num_classes=num_classes, teacher=source,
-              val_data=val_ds, checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None,
-              resume=resume, quiet=quiet, name="distilled")
-    metrics = _val_metrics(out.model, val_ds, teacher) if val_ds is not None else {}
-    return Result(out.model, metrics, out.history)
+    with token_inputs(teacher, student):  # Hugging Face models take the (B, 2, L) text rows
+        example = torch.as_tensor(train_ds[0]["inputs"])
+        recipe = resolve("auto" if loss is None else "soft_targets", signal, config.augment, modality_of(example),
+                         tuple(example.shape), method=loss if isinstance(loss, Method) else None,
+                         transfer_set=unlabeled is not None,
+                         confidence=lambda: mean_confidence(teacher, train_ds, CONFIDENCE_SAMPLE))
+        loss = recipe.objective if loss is None else loss
+        config = config.model_copy(update={"augment": recipe.augment})
+        if unlabeled is not None:
+            if not loss.needs_teacher:
+                raise ConfigError("unlabeled inputs are taught by the teacher, which this loss does not use; "
+                                  "pass a distillation loss (e.g. KD()) or drop unlabeled=.")
+            train_ds = with_transfer_set(train_ds, as_unlabeled(unlabeled))
+        val_ds = _dataset(val_data) if val_data is not None else None
+        teacher = freeze(teacher)
+        source: TeacherSignal = (LiveTeacher(teacher) if recipe.signal == "live" else
+                                 CachedTeacher.build_or_load(teacher, train_ds, Path(cache_dir), quiet=quiet))
+        num_classes = _num_classes(teacher, train_ds)
+        out = fit(student, train_ds, objective=loss, config=config, num_classes=num_classes, teacher=source,
+                  val_data=val_ds, checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None,
+                  resume=resume, quiet=quiet, name="distilled")
+        metrics = _val_metrics(out.model, val_ds, teacher) if val_ds is not None else {}
+        return Result(out.model, metrics, out.history)
 
 
 def train(model: nn.Module, train_data: Dataset | DataLoader, *, num_classes: int | None = None,
@@ -97,13 +100,14 @@ def train(model: nn.Module, train_data: Dataset | DataLoader, *, num_classes: in
           **train_options: Any) -> Result:
     """Train `model` on labels alone (a teacher, or the no-teacher baseline)."""
     train_ds, config = _prepare(train_data, config, train_options)
-    val_ds = _dataset(val_data) if val_data is not None else None
-    num_classes = num_classes or _num_classes(model, train_ds)
-    out = fit(model, train_ds, objective=CE(), config=config, num_classes=num_classes,
-              val_data=val_ds, checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None,
-              resume=resume, quiet=quiet, name="model")
-    metrics = _val_metrics(out.model, val_ds, None) if val_ds is not None else {}
-    return Result(out.model, metrics, out.history)
+    with token_inputs(model):  # Hugging Face models take the (B, 2, L) text rows
+        val_ds = _dataset(val_data) if val_data is not None else None
+        num_classes = num_classes or _num_classes(model, train_ds)
+        out = fit(model, train_ds, objective=CE(), config=config, num_classes=num_classes,
+                  val_data=val_ds, checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None,
+                  resume=resume, quiet=quiet, name="model")
+        metrics = _val_metrics(out.model, val_ds, None) if val_ds is not None else {}
+        return Result(out.model, metrics, out.history)
 
 
 def _prepare(data: Dataset | DataLoader, config: TrainConfig | None,
@@ -114,6 +118,27 @@ def _prepare(data: Dataset | DataLoader, config: TrainConfig | None,
     if "lr" in options:
         base["optimizer"]["lr"] = options.pop("lr")
     return _dataset(data), validate_section(TrainConfig, {**base, **options}, "training options")
+
+
+@contextlib.contextmanager
+def token_inputs(*models: nn.Module) -> Iterator[None]:
+    """Let Hugging Face models take the toolkit's (B, 2, L) text batches: a forward pre-hook turns
+    them into `input_ids=` and `attention_mask=`, so module paths (taps) and the models returned stay
+    the user's own. Removed on exit; other models and other inputs are untouched."""
+    handles = [m.register_forward_pre_hook(_as_token_kwargs, with_kwargs=True) for m in models
+               if getattr(m, "main_input_name", None) == "input_ids"]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _as_token_kwargs(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+    x = args[0] if len(args) == 1 and not kwargs else None
+    if isinstance(x, torch.Tensor) and x.dim() == 3 and x.shape[1] == 2 and not x.is_floating_point():
+        return (), {"input_ids": x[:, 0], "attention_mask": x[:, 1]}
+    return None
 
 
 def _dataset(data: Dataset | DataLoader) -> Dataset:

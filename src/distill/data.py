@@ -57,13 +57,34 @@ class IndexedDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = self.dataset[i]
         if isinstance(item, dict):
-            return {"inputs": item["inputs"], "labels": item.get("labels", -1), "index": i}
+            if "inputs" in item:
+                return {"inputs": item["inputs"], "labels": item.get("labels", -1), "index": i}
+            if "input_ids" in item:  # a Hugging Face row: {"input_ids", "attention_mask", "labels"}
+                return {"inputs": token_row(item, i), "labels": item.get("labels", item.get("label", -1)),
+                        "index": i}
+            raise DataError(f"dataset item {i} is a dict with keys {sorted(item)}; give it `inputs` (or a "
+                            "tokenizer's `input_ids` and `attention_mask`) and `labels`.")
         if isinstance(item, (tuple, list)) and len(item) >= 2:
-            return {"inputs": item[0], "labels": item[1], "index": i}
+            x = token_row(item[0], i) if isinstance(item[0], dict) else item[0]
+            return {"inputs": x, "labels": item[1], "index": i}
         raise DataError(
             f"dataset item {i} is a {type(item).__name__}; return (inputs, label) or a dict "
             "with keys 'inputs' and 'labels'."
         )
+
+
+def token_row(row: dict[str, Any], i: int) -> torch.Tensor:
+    """A tokenizer's output for one text as the (2, L) int64 row the text models take:
+    [input_ids; attention_mask] (the mask all ones when the row has none)."""
+    if "input_ids" not in row:
+        raise DataError(f"dataset item {i}: its inputs are a dict with keys {sorted(row)}; a text row needs "
+                        "`input_ids` (and `attention_mask`), as a tokenizer returns them.")
+    ids = torch.as_tensor(row["input_ids"], dtype=torch.int64)
+    mask = torch.as_tensor(row.get("attention_mask", torch.ones_like(ids)), dtype=torch.int64)
+    if ids.dim() != 1 or mask.shape != ids.shape:
+        raise DataError(f"dataset item {i}: input_ids {tuple(ids.shape)} and attention_mask {tuple(mask.shape)} "
+                        "must be one row each, of the same length (tokenize one text per row).")
+    return torch.stack([ids, mask])
 
 
 def as_indexed(data: Dataset) -> Dataset:
