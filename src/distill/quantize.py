@@ -48,7 +48,6 @@ from distill.bench import time_calls
 from distill.data import ArrayDataset, iter_batches
 from distill.errors import CheckpointError, ConfigError, ModelError
 from distill.files import atomic_write_bytes
-from distill.models import logits_of
 
 _DEPRECATION = "torch.ao.quantization is deprecated"
 
