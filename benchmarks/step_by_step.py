@@ -64,7 +64,8 @@ def main() -> None:
             metrics[f"{kind}_{short}"], metrics[f"{kind}_{short}_std"] = m, s
     for key in ("completion_tokens_mean", "latency_p50_ms", "cost_per_1k"):
         metrics[f"teacher_{key}"] = report["teacher"]["metrics"][key]
-    write_result("step_by_step", metrics, {"filter": report["filter"], "report": str(run_dir / "report.md")})
+    name = "step_by_step" if args.steps == STEPS else f"step_by_step_{args.steps}steps"  # another budget
+    write_result(name, metrics, {"filter": report["filter"], "report": str(run_dir / "report.md")})
 
 
 def job_config(seeds: list[int], train_examples: int = 150, eval_examples: int = 100, pool: int = 1000,
