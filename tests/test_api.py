@@ -192,3 +192,16 @@ def test_a_dict_row_without_inputs_or_input_ids_names_its_keys():
 
     with pytest.raises(DataError, match=r"dataset item 0 is a dict with keys \['pixels', 'y'\]"):
         distill.distill(_bert(1), _bert(1), [{"pixels": torch.zeros(3), "y": 0}], epochs=1, quiet=True)
+
+
+def test_hugging_face_rows_of_different_lengths_are_padded_per_batch_like_a_tokenizer_would(tmp_path: Path):
+    from distill.data import iter_batches
+
+    rows = [({"input_ids": torch.arange(1, 1 + n), "attention_mask": torch.ones(n, dtype=torch.long)}, n % 3)
+            for n in (3, 5, 4, 6)]
+    (batch,) = list(iter_batches(rows, torch.arange(4), 4))
+    assert batch["inputs"].shape == (4, 2, 6)
+    assert batch["inputs"][0].tolist() == [[1, 2, 3, 0, 0, 0], [1, 1, 1, 0, 0, 0]]  # id 0 under mask 0
+    result = distill.distill(_bert(2), _bert(1), rows, loss=KD(), epochs=1, batch_size=2, signal="cached",
+                             cache_dir=tmp_path / "cache", quiet=True)  # the teacher cache batches them too
+    assert len(result.history) == 1 and (tmp_path / "cache").is_dir()

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from distill.files import atomic_save_tensors, atomic_write_text, make_private_dir, sha256_file
+from distill.data import collate_rows
 from distill.errors import CheckpointError
 from distill.models import logits_of
 
@@ -130,7 +131,7 @@ def _build(teacher: nn.Module, dataset: Dataset, directory: Path, key: str, batc
         if not path.is_file():  # shards written by an interrupted build are reused
             part = torch.utils.data.Subset(dataset, range(start, stop))
             rows = [logits_of(teacher(b["inputs"].to(device))).float().cpu()
-                    for b in DataLoader(part, batch_size=batch_size)]
+                    for b in DataLoader(part, batch_size=batch_size, collate_fn=collate_rows)]
             atomic_save_tensors(path, {"logits": torch.cat(rows).to(dtype)}, {"start": str(start)})
         shards.append({"file": name, "start": start, "stop": stop, "sha256": sha256_file(path)})
     manifest = {"format": CACHE_FORMAT, "key": key, "rows": n, "dtype": str(dtype),
