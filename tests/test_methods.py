@@ -107,6 +107,12 @@ def test_a_wrong_layer_path_fails_before_training_with_the_nearest_names():
         _fit(DictNet(4), method, _teacher())
 
 
+def test_a_layer_named_by_an_output_key_lists_the_outputs_keys():
+    method = Method([{"kind": "hint", "student": "features", "teacher": "body.2"}])
+    with pytest.raises(ConfigError, match=r"not by a key of the model's output.*mapping with the keys \['features', "):
+        method.bind(DictNet(4), DictNet(8), torch.randn(2, 1, 6, 6))
+
+
 def test_teachers_with_another_label_space_are_refused():
     with pytest.raises(ModelError, match="student predicts 3 classes and the teacher 5"):
         Method([{"kind": "kd"}]).bind(DictNet(4), DictNet(8, classes=5), torch.randn(2, 1, 6, 6))

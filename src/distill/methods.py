@@ -180,6 +180,11 @@ def dry_run(method: Method, model: nn.Module, sample: torch.Tensor, *, teacher: 
     model.eval()
     try:
         out = collect(method, model, sample, teacher=teacher)
+    except ConfigError as exc:  # a path that is no module: perhaps a key of the model's output
+        keys = _output_keys(model, sample)
+        if keys is None:
+            raise
+        raise ConfigError(f"{exc} Its forward returns a mapping with the keys {keys}.") from None
     finally:
         model.train(was_training)
     paths = method.teacher_paths if teacher else method.student_paths
@@ -188,6 +193,13 @@ def dry_run(method: Method, model: nn.Module, sample: torch.Tensor, *, teacher: 
         raise ModelError(f"{'teacher' if teacher else 'student'} module(s) {', '.join(missing)} did not run in a "
                          f"forward pass of {type(model).__name__}; tap modules that forward() calls.")
     return out
+
+
+@torch.no_grad()
+def _output_keys(model: nn.Module, sample: torch.Tensor) -> list[str] | None:
+    """The keys of what `model` returns, when it returns a mapping (a dict, a model-output object)."""
+    out = model(sample)
+    return sorted(out.keys()) if isinstance(out, dict) or callable(getattr(out, "keys", None)) else None
 
 
 def _attentions(output: Any, layers: list[int], model: nn.Module) -> dict[int, torch.Tensor]:
