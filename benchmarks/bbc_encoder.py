@@ -28,16 +28,20 @@ import torch.nn.functional as F
 from common import WORK, mean_std, write_result
 from torch import nn
 
-from distill.bench import measure_models
-from distill.checkpoint import load_weights, save_weights
-from distill.config import DataConfig, TrainConfig
-from distill.data import DataSplits, load_data
-from distill.encoders import MINILM, EncoderClassifier, hf_encoder
-from distill.evaluate import classification_metrics, predict
-from distill.losses import CE
-from distill.methods import Method
-from distill.signals import CachedTeacher, LiveTeacher, freeze
-from distill.training import fit
+from distill.core.checkpoint import load_weights, save_weights
+from distill.data.arrays import DataSplits
+from distill.data.config import DataConfig
+from distill.data.datasets import load_data
+from distill.data.tokenizers import MINILM
+from distill.eval.bench import measure_models
+from distill.eval.metrics import classification_metrics, predict
+from distill.losses.methods import Method
+from distill.losses.terms import CE
+from distill.models.encoders import EncoderClassifier, hf_encoder
+from distill.models.zoo import freeze
+from distill.teachers.signals import CachedTeacher, LiveTeacher
+from distill.training.config import TrainConfig
+from distill.training.engine import fit
 
 OUT = WORK / "bbc_encoder"
 LAYERS = [0, 2, 4]

@@ -63,9 +63,9 @@ def teacher_once(config: Path, overrides: list[str]) -> Path:
     """The weights of `config`'s teacher, trained once as the resumable run `teacher` (overrides must
     set output_dir) and reused as they are afterwards: student settings may change later without
     retraining it."""
-    from distill.config import load_config
-    from distill.data import load_data
-    from distill.pipeline import load_or_train_teacher, open_run_dir
+    from distill.data.datasets import load_data
+    from distill.recipes.classify.config import load_config
+    from distill.recipes.classify.pipeline import load_or_train_teacher, open_run_dir
 
     cfg = load_config(config, [*overrides, "name=teacher"])
     done = Path(cfg.output_dir) / "teacher" / "teacher" / "model.safetensors"
@@ -78,8 +78,8 @@ def teacher_once(config: Path, overrides: list[str]) -> Path:
 
 def run_report(config: Path, overrides: list[str]) -> dict:
     """`distill run` of `config` with `overrides`, resumed (a re-run skips finished stages); its report.json."""
-    from distill.config import load_config
-    from distill.pipeline import run
+    from distill.recipes.classify.config import load_config
+    from distill.recipes.classify.pipeline import run
 
     run_dir = run(load_config(config, overrides), resume=True)
     return json.loads((run_dir / "report.json").read_text())

@@ -36,13 +36,15 @@ HINT = [{"kind": "hint", "student": "net.2", "teacher": "net.2"}, {"kind": "kd",
 
 def worker(out: Path, epochs: int, seed: int) -> None:
     """One process of a run (under torchrun): train the three models, rank 0 writes what they ended as."""
-    from distill.config import DataConfig, ModelConfig, TrainConfig
-    from distill.data import load_data
-    from distill.losses import CE, KD
-    from distill.methods import Method
-    from distill.models import build_model
-    from distill.signals import LiveTeacher
-    from distill.training import fit, process_state
+    from distill.data.config import DataConfig
+    from distill.data.datasets import load_data
+    from distill.losses.methods import Method
+    from distill.losses.terms import CE, KD
+    from distill.models.config import ModelConfig
+    from distill.models.zoo import build_model
+    from distill.teachers.signals import LiveTeacher
+    from distill.training.config import TrainConfig
+    from distill.training.engine import fit, process_state
 
     torch.set_num_threads(1)
     state = process_state("cpu")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from common import WORK, publish_run, write_result
 
-from distill.config import load_config
-from distill.pipeline import run
+from distill.recipes.classify.config import load_config
+from distill.recipes.classify.pipeline import run
 
 REPORT_DIR = Path(__file__).parents[1] / "docs" / "reports" / "default"
 

@@ -32,7 +32,6 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-
 from common import WORK, write_result
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))

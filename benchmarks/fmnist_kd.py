@@ -23,7 +23,7 @@ from pathlib import Path
 
 from common import WORK, mean_std, publish_run, run_report, teacher_once, write_result
 
-from distill.report import render
+from distill.eval.report import render
 
 CONFIG = Path(__file__).parents[1] / "configs" / "fashion_mnist.yaml"
 REPORT_DIR = Path(__file__).parents[1] / "docs" / "reports" / "fashion_mnist"

@@ -20,12 +20,17 @@ from pathlib import Path
 import torch
 from common import write_result
 
-from distill.config import DataConfig, ModelConfig, TrainConfig, load_config
-from distill.data import ArrayDataset, iter_batches, load_data
-from distill.losses import CE, KD
-from distill.models import build_model, channels_last
-from distill.signals import CachedTeacher, LiveTeacher, freeze
-from distill.training import fit
+from distill.data.arrays import ArrayDataset
+from distill.data.batches import iter_batches
+from distill.data.config import DataConfig
+from distill.data.datasets import load_data
+from distill.losses.terms import CE, KD
+from distill.models.config import ModelConfig
+from distill.models.zoo import build_model, channels_last, freeze
+from distill.recipes.classify.config import load_config
+from distill.teachers.signals import CachedTeacher, LiveTeacher
+from distill.training.config import TrainConfig
+from distill.training.engine import fit
 
 CONFIG = Path(__file__).parents[1] / "configs" / "fashion_mnist.yaml"
 

@@ -82,7 +82,7 @@ def _voices(name: str, variants: list[str], seed: int) -> Path:
     out = OUT / name
     npy = out / "waves.npy"
     if not npy.is_file():
-        from distill.speech import DATA_FILE, synthesize
+        from distill.data.speech import DATA_FILE, synthesize
 
         synthesize(out, variants=variants, seed=seed)
         np.save(npy, load_file(out / DATA_FILE)["waves"].numpy())
@@ -93,7 +93,7 @@ def bbc_text() -> list[str]:
     """The 2,225 BBC News articles as one text file: a corpus the teacher's pretraining knows (news)."""
     out = OUT / "bbc_news.txt"
     if not out.is_file():
-        from distill.corpora import read_bbc_news
+        from distill.data.corpora import read_bbc_news
 
         OUT.mkdir(parents=True, exist_ok=True)
         out.write_text("\n\n".join(row.text for row in read_bbc_news()))
@@ -207,8 +207,8 @@ def run_seed(name: str, seed: int) -> None:
 
 def run_lm_seed(name: str, seed: int) -> None:
     """`distill lm` with its defaults (baseline included), one student seed; teacher products shared."""
-    from distill.lm.config import load_lm_config
-    from distill.lm.pipeline import run_lm
+    from distill.recipes.lm.config import load_lm_config
+    from distill.recipes.lm.pipeline import run_lm
 
     scenario = SCENARIOS[name]
     overrides = [f"output_dir={OUT / 'runs'}", "quiet=true", f"teacher.cache_dir={OUT / 'lm_cache' / name}",
@@ -230,7 +230,8 @@ def run_textkd_seed(name: str, seed: int) -> None:
     """One seed's label-only, pseudo-label and step-by-step students of the step_by_step benchmark's
     run (resumed; it trains every seed it is missing, so later seeds find theirs done)."""
     import step_by_step
-    from distill.textkd.pipeline import run_textkd
+
+    from distill.recipes.textkd.pipeline import run_textkd
 
     cfg = step_by_step.job_config(seeds=[0, 1, 2])
     if seed not in cfg.seeds:

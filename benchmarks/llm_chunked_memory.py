@@ -32,7 +32,7 @@ def _inputs(seed: int = 0) -> tuple[torch.Tensor, ...]:
 
 
 def _loss(variant: str, hidden, weight, t_lp, t_idx) -> torch.Tensor:
-    from distill.divergences import chunked_token_divergence, token_divergence
+    from distill.losses.divergences import chunked_token_divergence, token_divergence
 
     teacher = {"teacher_topk_logprobs": t_lp, "teacher_topk_indices": t_idx}
     if variant == "naive":

@@ -37,16 +37,17 @@ import time
 from pathlib import Path
 
 import torch
-
 from common import WORK, mean_std, write_result
-from distill.lm import models as lm_models
-from distill.lm.config import (LMLossConfig, LMRunConfig, LMTeacherConfig, LMTrainConfig, OnPolicyConfig,
-                               TeacherAdaptConfig)
-from distill.lm.evaluate import evaluate_lm
-from distill.lm.pipeline import adapt_teacher
-from distill.lm.signals import LiveLMTeacher, TopKCache, teacher_logits
-from distill.lm.text import TextSplits, pack_text, read_kjv, split_blocks
-from distill.lm.train import fit_lm
+
+from distill.data.tokens import TextSplits, pack_text, read_kjv, split_blocks
+from distill.eval.lm import evaluate_lm
+from distill.losses.tokens import LMLossConfig
+from distill.models import causal_lm as lm_models
+from distill.recipes.lm.config import LMRunConfig, LMTeacherConfig, TeacherAdaptConfig
+from distill.recipes.lm.pipeline import adapt_teacher
+from distill.teachers.tokens import LiveLMTeacher, TopKCache, teacher_logits
+from distill.training.config import LMTrainConfig, OnPolicyConfig
+from distill.training.lm import fit_lm
 
 TEACHER, K, SEQ, BATCH = "builtin:smollm2-135m-instruct", 64, 128, 4
 ADAPT = TeacherAdaptConfig(steps=60, lr=1e-4)

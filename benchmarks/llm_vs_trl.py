@@ -36,13 +36,18 @@ import common  # noqa: E402
 import torch  # noqa: E402
 from common import WORK, write_result  # noqa: E402
 
-from distill.config import OptimizerConfig  # noqa: E402
-from distill.lm import models as lm_models  # noqa: E402
-from distill.lm.config import LMLossConfig, LMTrainConfig  # noqa: E402
-from distill.lm.loss import lm_loss  # noqa: E402
-from distill.lm.signals import LiveLMTeacher, TopKCache  # noqa: E402
-from distill.lm.text import TokenBlocks, pack_text, read_kjv  # noqa: E402
-from distill.lm.train import fit_lm  # noqa: E402
+from distill.data.tokens import TokenBlocks, pack_text, read_kjv  # noqa: E402
+from distill.losses.tokens import (
+    LMLossConfig,
+    lm_loss,  # noqa: E402
+)
+from distill.models import causal_lm as lm_models  # noqa: E402
+from distill.teachers.tokens import LiveLMTeacher, TopKCache  # noqa: E402
+from distill.training.config import (
+    LMTrainConfig,  # noqa: E402
+    OptimizerConfig,  # noqa: E402
+)
+from distill.training.lm import fit_lm  # noqa: E402
 
 NAME, TEACHER, SEQ_LEN, BATCH, TOP_K, LR, WD = "llm_vs_trl", "builtin:smollm2-135m-instruct", 128, 4, 64, 5e-4, 0.01
 STUDENT = {"num_hidden_layers": 6, "hidden_size": 256, "intermediate_size": 768, "num_attention_heads": 4,

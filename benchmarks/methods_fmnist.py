@@ -25,17 +25,21 @@ import time
 
 import torch
 from common import WORK, mean_std, write_result
-from fmnist_kd import CONFIG, teacher as teacher_weights
+from fmnist_kd import CONFIG
+from fmnist_kd import teacher as teacher_weights
 
-from distill.checkpoint import load_weights
-from distill.config import ModelConfig, TrainConfig, load_config
-from distill.data import labels_of, load_data
-from distill.evaluate import classification_metrics, predict
-from distill.methods import Method
-from distill.models import build_model
-from distill.signals import LiveTeacher, freeze
-from distill.training import fit
-from distill.transfer import with_transfer_set
+from distill.core.checkpoint import load_weights
+from distill.data.arrays import labels_of
+from distill.data.datasets import load_data
+from distill.data.transfer import with_transfer_set
+from distill.eval.metrics import classification_metrics, predict
+from distill.losses.methods import Method
+from distill.models.config import ModelConfig
+from distill.models.zoo import build_model, freeze
+from distill.recipes.classify.config import load_config
+from distill.teachers.signals import LiveTeacher
+from distill.training.config import TrainConfig
+from distill.training.engine import fit
 
 OUT = WORK / "methods_fmnist"
 STUDENT = ModelConfig(arch="cnn", kwargs={"widths": [8, 16], "convs": 1, "fc": 32})

@@ -12,7 +12,7 @@ same number of optimizer steps by
   best_single  KD from the teacher with the best validation accuracy, over labelled ∪ unlabelled
   ensemble     KD from the `mean` ensemble of the three (normalised geometric mean)
   confidence   KD from the `confidence` ensemble (per-example, surer teachers count more)
-KD: the soft-targets recipe (`distill.recipes`: T = 2, α = 0.5; CE on the labelled rows only), the
+KD: the soft-targets recipe (`distill.recipes.classify.plan`: T = 2, α = 0.5; CE on the labelled rows only), the
 teacher's logits cached once. Test: the official 10,000 images.
 Writes benchmarks/results/multi_teacher.json (multi_teacher_<names>.json for another --teachers set).
 """
@@ -27,17 +27,21 @@ import time
 from common import WORK, mean_std, write_result
 from torch import nn
 
-from distill.checkpoint import load_weights, save_weights
-from distill.config import AugmentConfig, DataConfig, ModelConfig, OptimizerConfig, TrainConfig
-from distill.data import DataSplits, labels_of, load_data
-from distill.ensemble import Ensemble
-from distill.evaluate import predict
-from distill.losses import CE
-from distill.models import build_model
-from distill.recipes import kd_objective
-from distill.signals import CachedTeacher, freeze
-from distill.training import fit
-from distill.transfer import with_transfer_set
+from distill.core.checkpoint import load_weights, save_weights
+from distill.data.arrays import DataSplits, labels_of
+from distill.data.augment import AugmentConfig
+from distill.data.config import DataConfig
+from distill.data.datasets import load_data
+from distill.data.transfer import with_transfer_set
+from distill.eval.metrics import predict
+from distill.losses.terms import CE
+from distill.models.config import ModelConfig
+from distill.models.ensemble import Ensemble
+from distill.models.zoo import build_model, freeze
+from distill.recipes.classify.plan import kd_objective
+from distill.teachers.signals import CachedTeacher
+from distill.training.config import OptimizerConfig, TrainConfig
+from distill.training.engine import fit
 
 OUT = WORK / "multi_teacher"
 CNN = ModelConfig(arch="cnn", kwargs={"widths": [32, 64], "convs": 1, "fc": 256, "dropout": 0.25})

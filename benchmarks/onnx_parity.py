@@ -7,7 +7,7 @@ Needs: bash scripts/get-fashion-mnist.sh; pip install 'distill[export]' (part of
 Models: the CNN teacher of configs/fashion_mnist.yaml (benchmarks/work/fmnist/teacher/..., trained
 by benchmarks/fmnist_kd.py; if missing, a CNN of that shape is trained for 2 epochs here) and a
 small CNN student (widths [8, 16], fc 32), trained with cross-entropy for 3 epochs and cached
-under benchmarks/work/onnx_parity/. Each is exported with distill.export.export_onnx
+under benchmarks/work/onnx_parity/. Each is exported with distill.export.onnx.export_onnx
 (TorchScript exporter, default opset) and compared with PyTorch eager on the official
 10,000-image test set (check_parity: fails past max |Δlogit| 1e-3 or < 99.9% top-1 agreement).
 Speed (bench_onnx): 1 thread for both runtimes, batch-1 latency medians of interleaved rounds
@@ -28,14 +28,17 @@ import torch
 from common import WORK, write_result
 from torch import nn
 
-from distill.checkpoint import load_weights, save_weights
-from distill.config import DataConfig, ModelConfig, OptimizerConfig, TrainConfig
-from distill.data import DataSplits, labels_of, load_data
-from distill.evaluate import predict
-from distill.export import bench_onnx, check_parity, export_onnx, ort_session, quantize_onnx
-from distill.losses import CE
-from distill.models import build_model
-from distill.training import fit
+from distill.core.checkpoint import load_weights, save_weights
+from distill.data.arrays import DataSplits, labels_of
+from distill.data.config import DataConfig
+from distill.data.datasets import load_data
+from distill.eval.metrics import predict
+from distill.export.onnx import bench_onnx, check_parity, export_onnx, ort_session, quantize_onnx
+from distill.losses.terms import CE
+from distill.models.config import ModelConfig
+from distill.models.zoo import build_model
+from distill.training.config import OptimizerConfig, TrainConfig
+from distill.training.engine import fit
 
 OUT = WORK / "onnx_parity"
 TEACHER_CKPT = WORK / "fmnist" / "teacher" / "teacher" / "model.safetensors"
@@ -133,7 +136,7 @@ def int8(model: nn.Module, path: Path, x: torch.Tensor, labels: torch.Tensor | N
 
 def encoder(repeats: int) -> tuple[dict[str, float], str]:
     """all-MiniLM-L6-v2 + mean pooling + head on BBC News test articles (128 tokens)."""
-    from distill.encoders import hf_encoder
+    from distill.models.encoders import hf_encoder
 
     data = load_data(DataConfig(name="bbc_news", tokenizer="all-MiniLM-L6-v2", max_length=128))
     torch.manual_seed(0)

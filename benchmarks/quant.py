@@ -9,7 +9,7 @@ Per seed: a small CNN student (widths 16/32, FC 64) is distilled from the teache
   ptq_static   post-training static int8 (conv + linear), calibrated on 1,024 training images
   ptq_dynamic  post-training dynamic int8 (Linear layers only; the convolutions stay fp32)
   qat          distillation-aware QAT: the fp32 student, fake-quantized, trained 2 more epochs
-               with the same KD objective and live teacher through `distill.training.fit`
+               with the same KD objective and live teacher through `distill.training.engine.fit`
   ptq_static_onednn  the same static int8 with weights packed for oneDNN instead of the x86 default
   fp32_more    control for QAT: the fp32 student trained the same 2 more epochs without quantization
 Accuracy on the 10,000 official test images. Costs (seed 0's models, one thread, x86 engine):
@@ -30,17 +30,21 @@ from common import WORK, mean_std, write_result
 from torch import nn
 from torch.fx.experimental.optimization import fuse
 
-from distill import quantize as q
-from distill.bench import time_calls
-from distill.checkpoint import load_weights, save_weights
-from distill.config import DataConfig, ModelConfig, TrainConfig, load_config
-from distill.data import DataSplits, load_data
-from distill.errors import CheckpointError
-from distill.evaluate import predict
-from distill.losses import KD
-from distill.models import build_model
-from distill.signals import LiveTeacher, freeze
-from distill.training import fit
+from distill.compress import quantize as q
+from distill.core.checkpoint import load_weights, save_weights
+from distill.core.errors import CheckpointError
+from distill.data.arrays import DataSplits
+from distill.data.config import DataConfig
+from distill.data.datasets import load_data
+from distill.eval.bench import time_calls
+from distill.eval.metrics import predict
+from distill.losses.terms import KD
+from distill.models.config import ModelConfig
+from distill.models.zoo import build_model, freeze
+from distill.recipes.classify.config import load_config
+from distill.teachers.signals import LiveTeacher
+from distill.training.config import TrainConfig
+from distill.training.engine import fit
 
 CONFIG = Path(__file__).parents[1] / "configs" / "fashion_mnist.yaml"
 TEACHER = WORK / "fmnist" / "teacher" / "teacher" / "model.safetensors"
@@ -140,9 +144,9 @@ def _accuracy(model: nn.Module, data: DataSplits) -> float:
 def _llm(backend: str) -> dict[str, float]:
     """SmolLM2-135M-Instruct on 8 blocks of 128 KJV tokens: perplexity, size and the latency of one
     128-token forward (1 thread) in fp32, with every Linear dynamic-int8, and with only attention's."""
-    from distill.lm import models as lm
-    from distill.lm.evaluate import evaluate_lm
-    from distill.lm.text import pack_text, read_kjv
+    from distill.data.tokens import pack_text, read_kjv
+    from distill.eval.lm import evaluate_lm
+    from distill.models import causal_lm as lm
 
     tok = lm.load_tokenizer("builtin:smollm2-135m-instruct")
     fp32 = lm.load_causal_lm("builtin:smollm2-135m-instruct").eval()

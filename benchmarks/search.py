@@ -16,7 +16,7 @@ from pathlib import Path
 
 from common import WORK, write_result
 
-from distill.search import load_search_config, run_search
+from distill.recipes.search import load_search_config, run_search
 
 ROOT = Path(__file__).parents[1]
 CONFIGS = {"fmnist": ROOT / "configs" / "search_fmnist.yaml", "bbc": ROOT / "configs" / "search_bbc.yaml"}

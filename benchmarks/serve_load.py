@@ -19,7 +19,8 @@ import time
 import urllib.request
 
 from common import write_result
-from distill.serve import make_server
+
+from distill.serve.server import make_server
 
 PROMPTS = ["What is the capital of France?", "Name three primary colours.", "What is 12 times 7?",
            "Give me a synonym for happy.", "Why is the sky blue?", "Write a haiku about rain.",

@@ -25,12 +25,14 @@ ROOT = Path(__file__).parents[1]
 
 
 def fmnist(steps: int) -> dict[str, float]:
-    from distill.config import DataConfig, TrainConfig, load_config
-    from distill.data import load_data
-    from distill.losses import KD
-    from distill.models import build_model
-    from distill.signals import LiveTeacher, freeze
-    from distill.training import fit
+    from distill.data.config import DataConfig
+    from distill.data.datasets import load_data
+    from distill.losses.terms import KD
+    from distill.models.zoo import build_model, freeze
+    from distill.recipes.classify.config import load_config
+    from distill.teachers.signals import LiveTeacher
+    from distill.training.config import TrainConfig
+    from distill.training.engine import fit
 
     cfg = load_config(ROOT / "configs" / "fashion_mnist.yaml")
     batch = cfg.train.batch_size
@@ -52,12 +54,13 @@ def llm(steps: int, signal: str) -> dict[str, float]:
     from llm_vs_trl import BATCH, NAME, SEQ_LEN, STUDENT, TEACHER, TOP_K, WORK  # noqa: I001
     from transformers.utils import logging as hf_logging
 
-    from distill.config import OptimizerConfig
-    from distill.lm import models as lm_models
-    from distill.lm.config import LMLossConfig, LMTrainConfig
-    from distill.lm.signals import LiveLMTeacher, TopKCache
-    from distill.lm.text import pack_text, read_kjv
-    from distill.lm.train import fit_lm
+    from distill.training.config import OptimizerConfig
+    from distill.models import causal_lm as lm_models
+    from distill.losses.tokens import LMLossConfig
+    from distill.training.config import LMTrainConfig
+    from distill.teachers.tokens import LiveLMTeacher, TopKCache
+    from distill.data.tokens import pack_text, read_kjv
+    from distill.training.lm import fit_lm
 
     hf_logging.set_verbosity_error()
     teacher, tok = lm_models.load_causal_lm(TEACHER), lm_models.load_tokenizer(TEACHER)

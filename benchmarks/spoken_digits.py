@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 from common import WORK, mean_std, run_report, teacher_once, write_result
 
-
 CONFIG = Path(__file__).parents[1] / "configs" / "spoken_digits.yaml"
 OUT = WORK / "spoken_digits"
 

@@ -27,10 +27,10 @@ from pathlib import Path
 
 from common import WORK, mean_std, write_result
 
-from distill.textkd.config import load_textkd_config
-from distill.textkd.generate import generate
-from distill.textkd.pipeline import open_teacher, prompt_rows, run_textkd
-from distill.textkd.teachers import Sampling
+from distill.recipes.textkd.config import load_textkd_config
+from distill.recipes.textkd.pipeline import open_teacher, prompt_rows, run_textkd
+from distill.teachers.generate import generate
+from distill.teachers.text import Sampling
 
 NAME = "step_by_step_pool"  # + the student steps: one run directory per student budget
 STEPS = 400  # 400 × 8 rows: ≈ 2.8 passes over labelled ∪ pool for pseudo_label (≈ 21 for label_only)

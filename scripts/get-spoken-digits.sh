@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-DIR=${1:-$(.venv/bin/python -c "from distill.speech import default_dir; print(default_dir())")}
+DIR=${1:-$(.venv/bin/python -c "from distill.data.speech import default_dir; print(default_dir())")}
 if [ -f "$DIR/manifest.json" ] && [ -f "$DIR/spoken_digits.safetensors" ]; then
   echo "spoken digits: already in $DIR"; exit 0
 fi
@@ -15,4 +15,4 @@ if ! command -v espeak-ng >/dev/null; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq espeak-ng
 fi
-.venv/bin/python -m distill.speech --out "$DIR"
+.venv/bin/python -m distill.data.speech --out "$DIR"

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 import torch
 
-from distill.config import DataConfig
-from distill.data import DataSplits, load_data
+from distill.data.arrays import DataSplits
+from distill.data.config import DataConfig
+from distill.data.datasets import load_data
 
 
 @pytest.fixture(autouse=True, scope="session")

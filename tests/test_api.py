@@ -10,8 +10,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import distill
-from distill.errors import ConfigError, DataError
 from distill import CE, KD, TrainConfig
+from distill.core.errors import ConfigError, DataError
 
 
 class Blobs(Dataset):
@@ -188,14 +188,14 @@ def test_hugging_face_rows_and_models_distil_with_the_mask_reaching_both(as_dict
 
 
 def test_a_dict_row_without_inputs_or_input_ids_names_its_keys():
-    from distill.errors import DataError
+    from distill.core.errors import DataError
 
     with pytest.raises(DataError, match=r"dataset item 0 is a dict with keys \['pixels', 'y'\]"):
         distill.distill(_bert(1), _bert(1), [{"pixels": torch.zeros(3), "y": 0}], epochs=1, quiet=True)
 
 
 def test_hugging_face_rows_of_different_lengths_are_padded_per_batch_like_a_tokenizer_would(tmp_path: Path):
-    from distill.data import iter_batches
+    from distill.data.batches import iter_batches
 
     rows = [({"input_ids": torch.arange(1, 1 + n), "attention_mask": torch.ones(n, dtype=torch.long)}, n % 3)
             for n in (3, 5, 4, 6)]

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distill.augment import augment_batch, mixup, random_shift
-from distill.config import AugmentConfig
+from distill.data.augment import AugmentConfig, augment_batch, mixup, random_shift
 
 
 def _dots(batch: int, size: int = 9) -> torch.Tensor:

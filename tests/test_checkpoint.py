@@ -9,10 +9,15 @@ import pytest
 import torch
 from torch import nn
 
-import distill.files
-from distill.checkpoint import (load_training_state, load_weights, read_metadata, save_training_state,
-                                save_weights)
-from distill.errors import CheckpointError
+import distill.core.files
+from distill.core.checkpoint import (
+    load_training_state,
+    load_weights,
+    read_metadata,
+    save_training_state,
+    save_weights,
+)
+from distill.core.errors import CheckpointError
 
 
 def _mlp(seed: int, hidden: int = 6) -> nn.Module:
@@ -124,7 +129,7 @@ def test_failed_write_leaves_the_existing_file_intact(tmp_path: Path, monkeypatc
         Path(filename).write_bytes(b"half a file")  # a crash midway through writing
         raise OSError("disk full")
 
-    monkeypatch.setattr(distill.files, "save_file", broken_save_file)
+    monkeypatch.setattr(distill.core.files, "save_file", broken_save_file)
     with pytest.raises(OSError, match="disk full"):
         save_weights(path, _mlp(1))
     assert path.read_bytes() == before
@@ -134,10 +139,10 @@ def test_failed_write_leaves_the_existing_file_intact(tmp_path: Path, monkeypatc
 
 def test_atomic_write_text_replaces_whole_file(tmp_path: Path, monkeypatch):
     path = tmp_path / "notes.txt"
-    distill.files.atomic_write_text(path, "old")
-    monkeypatch.setattr(distill.files.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError("io")))
+    distill.core.files.atomic_write_text(path, "old")
+    monkeypatch.setattr(distill.core.files.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError("io")))
     with pytest.raises(OSError):
-        distill.files.atomic_write_text(path, "new text")
+        distill.core.files.atomic_write_text(path, "new text")
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
@@ -147,7 +152,7 @@ def test_written_files_follow_the_umask(tmp_path: Path, umask: int):
     previous = os.umask(umask)
     try:
         save_weights(tmp_path / "m.safetensors", _mlp(0))
-        distill.files.atomic_write_text(tmp_path / "report.md", "# report")
+        distill.core.files.atomic_write_text(tmp_path / "report.md", "# report")
     finally:
         os.umask(previous)
     for name in ("m.safetensors", "report.md"):

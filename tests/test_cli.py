@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import distill.pipeline
+import distill.recipes.classify.pipeline
 from distill.cli import main
 
 TINY = ["data.limit=200", "data.label_fraction=1", "teacher.train.epochs=1", "train.epochs=1", "bench.repeats=3",
@@ -64,7 +64,7 @@ def test_resume_of_a_finished_run_skips_every_stage(finished_run, monkeypatch, c
     run_dir, args = finished_run
     models = {s: (run_dir / s / "model.safetensors").read_bytes()
               for s in ("teacher", "baseline", "distilled")}
-    monkeypatch.setattr(distill.pipeline, "fit",
+    monkeypatch.setattr(distill.recipes.classify.pipeline, "fit",
                         lambda *a, **k: pytest.fail("a finished stage was retrained"))
     loud = [a for a in args if a != "--quiet"]  # display flags may change on resume
     assert main([*loud, "--resume"]) == 0

@@ -6,8 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from distill.config import RunConfig, default_config_dict, load_config, validate_config
-from distill.errors import ConfigError
+from distill.core.errors import ConfigError
+from distill.recipes.classify.config import (
+    RunConfig,
+    default_config_dict,
+    load_config,
+    validate_config,
+)
 
 
 def test_builtin_default_validates():

@@ -11,11 +11,20 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from distill.config import DataConfig
-from distill.data import (FASHION_CLASSES, ArrayDataset, IndexedDataset, as_indexed, check_labels,
-                          from_arrays, iter_batches, labels_of, load_data, read_idx,
-                          stratified_split)
-from distill.errors import DataError
+from distill.core.errors import DataError
+from distill.data.arrays import (
+    ArrayDataset,
+    IndexedDataset,
+    as_indexed,
+    check_labels,
+    labels_of,
+    stratified_split,
+)
+from distill.data.batches import iter_batches
+from distill.data.config import DataConfig
+from distill.data.datasets import load_data
+from distill.data.images import FASHION_CLASSES, read_idx
+from distill.data.tables import from_arrays
 
 
 def _rows(ds: ArrayDataset) -> set[bytes]:

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill.checkpoint import read_metadata
+from distill.core.checkpoint import read_metadata
 
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_fit.py"
 TORCHRUN = Path(sys.executable).parent / "torchrun"
@@ -198,9 +198,9 @@ def test_lm_trainer_sharded_with_fsdp_matches_one_process_and_its_checkpoint_loa
     gloo) train like 1 process with the whole batch; the checkpoint holds the whole model and
     optimizer state, and loads without FSDP."""
     pytest.importorskip("transformers")
-    from distill.checkpoint import load_training_state
-    from distill.config import OptimizerConfig
-    from distill.training import make_optimizer
+    from distill.core.checkpoint import load_training_state
+    from distill.training.config import OptimizerConfig
+    from distill.training.engine import make_optimizer
 
     rank0, rank1 = torchrun("lm_fsdp", tmp_path / "two", 8)
     job = _job()

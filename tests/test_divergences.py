@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from distill.divergences import KINDS, divergence, generalized_jsd, kl, token_divergence
+from distill.losses.divergences import KINDS, divergence, generalized_jsd, kl, token_divergence
 
 
 def _logits(*shape: int, seed: int = 0, scale: float = 3.0) -> torch.Tensor:
@@ -137,7 +137,7 @@ def test_bad_arguments_are_clear_errors():
 @pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl", "jsd", "tvd"])
 @pytest.mark.parametrize("sparse", [False, True])
 def test_chunked_loss_equals_the_naive_loss_and_its_gradients(kind, sparse):
-    from distill.divergences import chunked_token_divergence
+    from distill.losses.divergences import chunked_token_divergence
 
     g = torch.Generator().manual_seed(14)
     hidden = torch.randn(2, 7, 16, generator=g, requires_grad=True)  # (B, T, d)
@@ -158,7 +158,7 @@ def test_chunked_loss_equals_the_naive_loss_and_its_gradients(kind, sparse):
 
 
 def test_chunked_loss_with_everything_masked_is_zero_with_zero_gradient():
-    from distill.divergences import chunked_token_divergence
+    from distill.losses.divergences import chunked_token_divergence
 
     hidden = torch.randn(1, 5, 4, requires_grad=True)
     weight = torch.randn(9, 4)

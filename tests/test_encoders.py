@@ -15,17 +15,21 @@ from torch import nn
 
 transformers = pytest.importorskip("transformers")
 
-from distill.bench import measure  # noqa: E402
-from distill.config import DataConfig, ModelConfig, TrainConfig  # noqa: E402
-from distill.data import ArrayDataset, load_data  # noqa: E402
-from distill.encoders import MINILM, EncoderClassifier, hf_encoder, resolve_encoder  # noqa: E402
-from distill.errors import ModelError  # noqa: E402
-from distill.methods import Method  # noqa: E402
-from distill.models import CNN, build_model  # noqa: E402
-from distill.signals import LiveTeacher  # noqa: E402
-from distill.students import every_kth, keep_layers  # noqa: E402
-from distill.text_data import encode_texts  # noqa: E402
-from distill.training import fit  # noqa: E402
+from distill.core.errors import ModelError  # noqa: E402
+from distill.data.arrays import ArrayDataset  # noqa: E402
+from distill.data.config import DataConfig  # noqa: E402
+from distill.data.datasets import load_data
+from distill.data.text import encode_texts  # noqa: E402
+from distill.data.tokenizers import MINILM, resolve_encoder  # noqa: E402
+from distill.eval.bench import measure  # noqa: E402
+from distill.losses.methods import Method  # noqa: E402
+from distill.models.config import ModelConfig
+from distill.models.encoders import EncoderClassifier, hf_encoder
+from distill.models.students import every_kth, keep_layers  # noqa: E402
+from distill.models.zoo import CNN, build_model  # noqa: E402
+from distill.teachers.signals import LiveTeacher  # noqa: E402
+from distill.training.config import TrainConfig
+from distill.training.engine import fit  # noqa: E402
 
 VOCAB = 100
 

@@ -9,14 +9,20 @@ import pytest
 import torch
 from torch import nn
 
-from distill.checkpoint import save_weights
-from distill.config import ModelConfig
-from distill.data import ArrayDataset
-from distill.ensemble import Ensemble, build_ensemble, check_class_counts, combine, member_weights
-from distill.errors import ConfigError, ModelError
-from distill.losses import KD
-from distill.models import build_model
-from distill.signals import fingerprint
+from distill.core.checkpoint import save_weights
+from distill.core.errors import ConfigError, ModelError
+from distill.data.arrays import ArrayDataset
+from distill.losses.terms import KD
+from distill.models.config import ModelConfig
+from distill.models.ensemble import (
+    Ensemble,
+    build_ensemble,
+    check_class_counts,
+    combine,
+    member_weights,
+)
+from distill.models.zoo import build_model
+from distill.teachers.signals import fingerprint
 
 # Member 0 is sure of class 0 on both samples; member 1 is uniform on sample 0 and sure of
 # class 1 on sample 1. Logits are log-probabilities, so p_k can be read off directly.

@@ -8,10 +8,21 @@ import pytest
 import torch
 from torch import nn
 
-from distill.bench import count_parameters, measure, measure_models, peak_memory_mb, size_on_disk_mb
-from distill.data import ArrayDataset
-from distill.evaluate import (classification_metrics, evaluate_model, expected_calibration_error,
-                              kl_divergence, predict)
+from distill.data.arrays import ArrayDataset
+from distill.eval.bench import (
+    count_parameters,
+    measure,
+    measure_models,
+    peak_memory_mb,
+    size_on_disk_mb,
+)
+from distill.eval.metrics import (
+    classification_metrics,
+    evaluate_model,
+    expected_calibration_error,
+    kl_divergence,
+    predict,
+)
 
 
 def test_ece_matches_hand_computation():

@@ -15,15 +15,23 @@ from torch import nn
 ort = pytest.importorskip("onnxruntime")
 transformers = pytest.importorskip("transformers")
 
-from distill.checkpoint import load_weights, save_weights  # noqa: E402
 from distill.cli import main  # noqa: E402
-from distill.config import ModelConfig  # noqa: E402
-from distill.data import ArrayDataset  # noqa: E402
-from distill.encoders import EncoderClassifier  # noqa: E402
-from distill.errors import ExportError, ModelError  # noqa: E402
-from distill.export import (bench_onnx, check_parity, export_hf, export_onnx, export_safetensors,  # noqa: E402
-                            ort_session, quantize_onnx, unsupported_operator)
-from distill.models import CNN, MLP, ResNet, build_model  # noqa: E402
+from distill.core.checkpoint import load_weights, save_weights  # noqa: E402
+from distill.core.errors import ExportError, ModelError  # noqa: E402
+from distill.data.arrays import ArrayDataset  # noqa: E402
+from distill.export.onnx import (  # noqa: E402
+    bench_onnx,
+    check_parity,
+    export_hf,
+    export_onnx,
+    export_safetensors,
+    ort_session,
+    quantize_onnx,
+    unsupported_operator,
+)
+from distill.models.config import ModelConfig  # noqa: E402
+from distill.models.encoders import EncoderClassifier  # noqa: E402
+from distill.models.zoo import CNN, MLP, ResNet, build_model  # noqa: E402
 
 SHAPE = (1, 12, 12)
 
@@ -131,7 +139,7 @@ def test_parity_failure_raises_with_numbers_and_keeps_the_file(tmp_path):
 def test_parity_tolerance_is_enforced_on_the_difference_alone(tmp_path, monkeypatch):
     model = MLP(SHAPE, 5, [16])
     path = export_onnx(model, torch.randn(2, *SHAPE), tmp_path / "m.onnx")
-    import distill.export as export
+    import distill.export.onnx as export
 
     real = export._run_ort
     monkeypatch.setattr(export, "_run_ort", lambda s, x: real(s, x) + 0.01)  # same classes, shifted logits

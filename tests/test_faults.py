@@ -10,7 +10,7 @@ The result must equal an uninterrupted run's *exactly* (same code, seeds and one
 there is nothing for a tolerance to absorb; only timings and dates are left out of the
 comparison), and after every kill every file must be whole: each .safetensors loads, each
 .json / .yaml parses, each .jsonl line parses, each .png ends with its IEND chunk. Two leftovers
-are documented and allowed: the temp names of `distill.files` (`.NAME.<12 hex>.tmp`, left when a
+are documented and allowed: the temp names of `distill.core.files` (`.NAME.<12 hex>.tmp`, left when a
 kill lands inside an atomic write; never read, safe to delete), and a last line without its
 newline in a `distill generate` journal (trimmed by the next run).
 
@@ -43,9 +43,9 @@ import pytest
 import torch
 import yaml
 
-from distill.errors import OutputError
+from distill.core.errors import OutputError
 
-TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")  # distill.files._temp_path
+TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")  # distill.core.files._temp_path
 PNG_HEAD, PNG_TAIL = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"
 LOGS = "logs"  # each root's child output; not scanned
 
@@ -125,10 +125,10 @@ def _warm() -> None:
     import sklearn.datasets  # noqa: F401  (digits)
 
     import distill.cli  # noqa: F401
-    import distill.pipeline  # noqa: F401
-    import distill.search  # noqa: F401
+    import distill.recipes.classify.pipeline  # noqa: F401
+    import distill.recipes.search  # noqa: F401
 
-    matplotlib.use("Agg")  # as distill.report does
+    matplotlib.use("Agg")  # as distill.eval.report does
     import matplotlib.pyplot  # noqa: F401
 
     torch.optim.AdamW(torch.nn.Linear(1, 1).parameters())  # its first use imports torch._dynamo
@@ -195,7 +195,7 @@ def _not_whole(path: Path) -> str | None:
         elif path.suffix == ".md" and not path.read_text().strip():
             return "empty"
         elif path.suffix == ".tmp":
-            return "a temp file not named by distill.files"
+            return "a temp file not named by distill.core.files"
     except Exception as exc:  # noqa: BLE001  (any failure to read back is the finding)
         return f"{type(exc).__name__}: {exc}"
     return None
@@ -282,8 +282,8 @@ CACHE_SCRIPT = """
 import sys, time, torch
 from pathlib import Path
 from torch import nn
-from distill import signals
-from distill.data import ArrayDataset
+from distill.teachers import signals
+from distill.data.datasets import ArrayDataset
 signals.SHARD_ROWS = 128  # many small shards, so kills land between and inside shard writes
 g = torch.Generator().manual_seed(0)
 data = ArrayDataset(torch.randn(4096, 1, 8, 8, generator=g), torch.randint(0, 10, (4096,), generator=g))
@@ -390,13 +390,13 @@ LM_SCRIPT = """
 import json, sys, time, torch
 from pathlib import Path
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
-from distill.checkpoint import save_weights
-from distill.files import atomic_write_text
-from distill.lm import signals
-from distill.lm.config import LMLossConfig, LMTrainConfig
-from distill.lm.models import tokenizer_fingerprint
-from distill.lm.text import blocks_subset, pack_text
-from distill.lm.train import fit_lm
+from distill.core.checkpoint import save_weights
+from distill.core.files import atomic_write_text
+from distill.teachers import tokens as signals
+from distill.recipes.lm.config import LMLossConfig, LMTrainConfig
+from distill.models.causal_lm import tokenizer_fingerprint
+from distill.data.tokens import blocks_subset, pack_text
+from distill.training.lm import fit_lm
 root, steps, resume = Path(sys.argv[1]), int(sys.argv[2]), "--resume" in sys.argv
 inputs, out = root / "inputs", root / "train"
 signals.SHARD_ROWS = 8  # 7 shards, so kills land between and inside shard writes
@@ -427,7 +427,7 @@ def lm_job(steps: int = 16) -> Job:
         return ["-c", LM_SCRIPT, str(root), str(steps), *(["--resume"] if resume else [])]
 
     def point(root: Path) -> str:
-        from distill.checkpoint import read_metadata
+        from distill.core.checkpoint import read_metadata
 
         manifest, last = root / "cache" / "manifest.json", root / "train" / "last.safetensors"
         if not manifest.is_file():
@@ -440,7 +440,7 @@ def lm_job(steps: int = 16) -> Job:
         return f"training (checkpoint at step {done}/{steps})" if done < steps else "writing the final model"
 
     def compare(ref: Path, root: Path) -> tuple[list[str], int]:
-        from distill.checkpoint import read_metadata
+        from distill.core.checkpoint import read_metadata
 
         a, b = ref / "train", root / "train"
         diffs, lost = _same_shards(ref / "cache" / "manifest.json", root / "cache" / "manifest.json")
@@ -460,8 +460,9 @@ def _lm_inputs(directory: Path) -> None:
     """A word-level tokenizer, a random 2-layer teacher and 1-layer student, and the corpus; once per root."""
     if (directory / "corpus.json").is_file():
         return
-    import distill.lm.train  # noqa: F401  (here, so that forked attempts start with it imported)
     from lm_helpers import TEXT, make_llama, make_tokenizer
+
+    import distill.training.lm  # noqa: F401  (here, so that forked attempts start with it imported)
 
     tok = make_tokenizer(directory)
     make_llama(directory / "teacher", tok, layers=2, seed=0)
@@ -638,13 +639,13 @@ def test_lm_training_killed_at_random_moments_resumes_to_the_same_weights_and_me
 
 KILL_BEFORE_FINAL_METRICS = """
 import os, signal, sys
-import distill.lm.train
-write = distill.lm.train.atomic_write_text
+import distill.training.lm
+write = distill.training.lm.atomic_write_text
 def killing(path, text):  # SIGKILL itself as it is about to write the last save's metrics.jsonl
     if path.name == "metrics.jsonl" and f'"step": {sys.argv[2]},' in text:
         os.kill(os.getpid(), signal.SIGKILL)
     write(path, text)
-distill.lm.train.atomic_write_text = killing
+distill.training.lm.atomic_write_text = killing
 """
 
 
@@ -724,7 +725,7 @@ def _enospc(*args: Any, **kwargs: Any) -> None:
 
 
 def test_a_full_disk_during_an_atomic_write_names_the_file_and_the_fix(tmp_path, monkeypatch):
-    from distill import files
+    from distill.core import files
 
     target = tmp_path / "out" / "report.json"
     target.parent.mkdir()
@@ -739,7 +740,7 @@ def test_a_full_disk_during_an_atomic_write_names_the_file_and_the_fix(tmp_path,
 def test_a_full_disk_inside_safetensors_names_the_file(tmp_path, monkeypatch):
     from safetensors import SafetensorError
 
-    from distill import files
+    from distill.core import files
 
     def full(*args: Any, **kwargs: Any) -> None:  # the message safetensors gives for an OS write error
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
@@ -752,7 +753,7 @@ def test_a_full_disk_inside_safetensors_names_the_file(tmp_path, monkeypatch):
 
 def test_a_size_limit_in_the_kernel_gives_the_same_clear_error(tmp_path):
     """A real EFBIG from the kernel (RLIMIT_FSIZE), through Python's writes and safetensors' Rust ones."""
-    script = ("import sys, torch\nfrom pathlib import Path\nfrom distill.files import atomic_save_tensors\n"
+    script = ("import sys, torch\nfrom pathlib import Path\nfrom distill.core.files import atomic_save_tensors\n"
               "atomic_save_tensors(Path(sys.argv[1]), {'w': torch.zeros(100_000)}, {})\n")
     log = tmp_path / LOGS / "log.txt"
     proc = launch(["-c", script, str(tmp_path / "out" / "w.safetensors")], "fork", log, limit_bytes=10_000)
@@ -762,7 +763,7 @@ def test_a_size_limit_in_the_kernel_gives_the_same_clear_error(tmp_path):
 
 
 def test_no_permission_to_create_the_file_names_the_directory(tmp_path, monkeypatch):
-    from distill import files
+    from distill.core import files
 
     def denied(*args: Any, **kwargs: Any) -> None:
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
@@ -773,10 +774,11 @@ def test_no_permission_to_create_the_file_names_the_directory(tmp_path, monkeypa
 
 
 def test_generate_on_a_full_disk_says_what_to_do(tmp_path, monkeypatch):
-    from distill.textkd import generate as gen
-    from distill.textkd.generate import PromptRow, generate
-    from distill.textkd.teachers import Sampling
     from textkd_helpers import EchoTeacher
+
+    from distill.teachers import generate as gen
+    from distill.teachers.generate import PromptRow, generate
+    from distill.teachers.text import Sampling
 
     rows = [PromptRow(id="a", messages=[{"role": "user", "content": "Topic: x"}], fields={})]
     generate(EchoTeacher(), [], tmp_path / "out.jsonl", sampling=Sampling(), quiet=True)  # the sidecar
@@ -787,8 +789,8 @@ def test_generate_on_a_full_disk_says_what_to_do(tmp_path, monkeypatch):
 
 def test_cli_prints_the_error_not_a_traceback_when_the_disk_is_full(run_config, tmp_path, monkeypatch,
                                                                     capsys):
-    from distill import files
     from distill.cli import main
+    from distill.core import files
 
     monkeypatch.setattr(files.os, "fsync", _enospc)
     path = tmp_path / "c.yaml"
@@ -799,7 +801,7 @@ def test_cli_prints_the_error_not_a_traceback_when_the_disk_is_full(run_config, 
 
 
 def _read_only_attempt(directory: Path) -> BaseException | None:
-    from distill.files import atomic_write_text
+    from distill.core.files import atomic_write_text
 
     try:
         atomic_write_text(directory / "sub" / "report.json", "{}")

@@ -7,8 +7,16 @@ import math
 import pytest
 import torch
 
-from distill.losses import (attention_map_loss, attention_transfer, contrastive_kd, dkd, hint_loss, rkd_angle,
-                            rkd_distance, soft_target_kl)
+from distill.losses.terms import (
+    attention_map_loss,
+    attention_transfer,
+    contrastive_kd,
+    dkd,
+    hint_loss,
+    rkd_angle,
+    rkd_distance,
+    soft_target_kl,
+)
 
 
 def descends(loss_fn, student: torch.Tensor, *rest) -> bool:

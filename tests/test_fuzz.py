@@ -31,8 +31,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from distill.config import RunConfig, default_config_dict, load_config, validate_config
-from distill.errors import DistillError
+from distill.core.errors import DistillError
+from distill.recipes.classify.config import (
+    RunConfig,
+    default_config_dict,
+    load_config,
+    validate_config,
+)
 
 FAST = 25  # examples per property in the default suite; the slow suite runs MANY (default 400)
 MANY = int(os.environ.get("DISTILL_FUZZ_EXAMPLES", "400"))
@@ -160,8 +165,8 @@ def _nested(changes: list[tuple[str, Any]], whole: Any) -> None:
 
 
 def _yaml_file(content: bytes, overrides: list[str]) -> None:
-    from distill.lm.config import load_lm_config
-    from distill.textkd.config import load_textkd_config
+    from distill.recipes.lm.config import load_lm_config
+    from distill.recipes.textkd.config import load_textkd_config
 
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "c.yaml"
@@ -208,18 +213,18 @@ def array_data(draw: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _one_step(model: torch.nn.Module, train: Any, num_classes: int, val: Any = None) -> None:
-    from distill.config import TrainConfig
-    from distill.losses import CE
-    from distill.training import fit
+    from distill.losses.terms import CE
+    from distill.training.config import TrainConfig
+    from distill.training.engine import fit
 
     fit(model, train, objective=CE(), config=TrainConfig(epochs=1, batch_size=64, precision="no"),
         num_classes=num_classes, val_data=val, device="cpu", quiet=True)
 
 
 def _arrays_then_fit(data: tuple[np.ndarray, np.ndarray], fractions: tuple[float, float]) -> None:
-    from distill.config import ModelConfig
-    from distill.data import from_arrays
-    from distill.models import build_model
+    from distill.data.tables import from_arrays
+    from distill.models.config import ModelConfig
+    from distill.models.zoo import build_model
 
     def case() -> None:
         splits = from_arrays(*data, val_fraction=fractions[0], test_fraction=fractions[1])
@@ -232,9 +237,9 @@ def _arrays_then_fit(data: tuple[np.ndarray, np.ndarray], fractions: tuple[float
 
 def _dataset_into_a_model(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> None:
     """A user's tensors and a model built for digits (1×8×8, 10 classes): shapes and labels may not fit."""
-    from distill.config import ModelConfig
-    from distill.data import ArrayDataset
-    from distill.models import build_model
+    from distill.data.arrays import ArrayDataset
+    from distill.models.config import ModelConfig
+    from distill.models.zoo import build_model
 
     def case() -> None:
         model = build_model(ModelConfig(arch="mlp", kwargs={"hidden": [4]}), (1, 8, 8), num_classes)
@@ -316,8 +321,8 @@ ROWS = st.lists(GOOD_ROW, max_size=4) | st.lists(GOOD_ROW | ANY_ROW, max_size=4)
 
 def _token_helpers(ids: list[int], eos: Any, pad: Any, texts: list[Any], rows: list[dict[str, Any]],
                    seq_len: int, packing: bool, real: bool) -> None:
-    from distill.lm.text import encode_rows, pack_text, split_blocks
-    from distill.textkd.examples import encode_weighted
+    from distill.data.tokens import encode_rows, pack_text, split_blocks
+    from distill.recipes.textkd.examples import encode_weighted
 
     tok = _real_tokenizer() if real else FakeTokenizer(ids, eos, pad)
     expect_clear("tokens: pack_text", lambda: split_blocks(pack_text(texts, tok, seq_len), 0.2))
@@ -351,8 +356,9 @@ test_token_sequences, test_token_sequences_many = fuzz(
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     pytest.importorskip("transformers")
-    from distill import serve
     from lm_helpers import make_llama, make_tokenizer
+
+    from distill.serve import server as serve
 
     directory = tmp_path_factory.mktemp("fuzz_llama")
     make_llama(directory, make_tokenizer(directory), layers=1, hidden=16)

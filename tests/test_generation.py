@@ -11,15 +11,16 @@ import torch
 
 pytest.importorskip("transformers")
 
-from distill.lm import generation  # noqa: E402
-from distill.lm.generation import (  # noqa: E402
+from lm_helpers import make_llama, make_tokenizer  # noqa: E402
+
+from distill.models import generation  # noqa: E402
+from distill.models.generation import (  # noqa: E402
     BatchedGenerator,
     GenerationParams,
     GeneratorClosed,
     eos_ids_of,
     generate_batch,
 )
-from lm_helpers import make_llama, make_tokenizer  # noqa: E402
 
 GREEDY = GenerationParams(max_new_tokens=12)
 

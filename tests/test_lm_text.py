@@ -9,9 +9,10 @@ import torch
 
 pytest.importorskip("transformers")
 
-from distill.errors import DataError  # noqa: E402
-from distill.lm.text import encode_rows, pack_text, read_jsonl, read_kjv, split_blocks  # noqa: E402
 from lm_helpers import TEXT, make_tokenizer  # noqa: E402
+
+from distill.core.errors import DataError  # noqa: E402
+from distill.data.tokens import encode_rows, pack_text, read_jsonl, read_kjv, split_blocks  # noqa: E402
 
 
 @pytest.fixture(scope="module")

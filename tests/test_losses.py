@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distill.config import Schedule
-from distill.losses import CE, KD, cross_entropy, scheduled, soft_target_kl
+from distill.core.config import Schedule
+from distill.losses.terms import CE, KD, cross_entropy, scheduled, soft_target_kl
 
 
 def _softmax(xs: list[float]) -> list[float]:

@@ -8,14 +8,16 @@ from safetensors.torch import load_file
 from tiny_models import AttnNet, DictNet
 from torch import nn
 
-from distill.checkpoint import load_weights
-from distill.config import TrainConfig, load_config
-from distill.data import ArrayDataset
-from distill.errors import ConfigError, ModelError
-from distill.losses import cross_entropy, soft_target_kl
-from distill.methods import Method, Outputs
-from distill.signals import CachedTeacher, LiveTeacher, freeze
-from distill.training import _Loop, fit
+from distill.core.checkpoint import load_weights
+from distill.core.errors import ConfigError, ModelError
+from distill.data.arrays import ArrayDataset
+from distill.losses.methods import Method, Outputs
+from distill.losses.terms import cross_entropy, soft_target_kl
+from distill.models.zoo import freeze
+from distill.recipes.classify.config import load_config
+from distill.teachers.signals import CachedTeacher, LiveTeacher
+from distill.training.config import TrainConfig
+from distill.training.engine import _Loop, fit
 
 
 def _images(n: int = 48, seed: int = 0) -> ArrayDataset:
@@ -171,8 +173,8 @@ def test_adapters_checkpoint_with_the_student_and_resume_exactly(tmp_path, monke
 
 
 def test_distill_run_with_losses_exports_the_plain_student(tmp_path):
-    from distill.models import build_model
-    from distill.pipeline import run
+    from distill.models.zoo import build_model
+    from distill.recipes.classify.pipeline import run
 
     cfg = load_config(None, [f"output_dir={tmp_path}", "quiet=true", "baseline=false", "data.name=digits",
                              "teacher.train.epochs=1", "train.epochs=1", "teacher.signal=live",
@@ -190,7 +192,7 @@ def test_distill_run_with_losses_exports_the_plain_student(tmp_path):
 def test_a_student_built_from_teacher_layers_trains_in_a_run(tmp_path):
     from safetensors.torch import load_file as read
 
-    from distill.pipeline import run
+    from distill.recipes.classify.pipeline import run
 
     cfg = load_config(None, [f"output_dir={tmp_path}", "quiet=true", "data.name=digits", "teacher.arch=resnet",
                              "teacher.kwargs={depth: 14, width: 4}", "teacher.train.epochs=1", "train.epochs=1", "baseline=false",

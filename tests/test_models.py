@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from distill.config import ModelConfig
-from distill.errors import ModelError
-from distill.models import build_model, logits_of
+from distill.core.errors import ModelError
+from distill.models.config import ModelConfig
+from distill.models.zoo import build_model, logits_of
 
 ZOO = [
     ModelConfig(arch="mlp", kwargs={"hidden": [8, 8], "dropout": 0.1}),

@@ -11,12 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from distill.checkpoint import save_weights
 from distill.cli import main
-from distill.config import load_config
-from distill.errors import DataError
-from distill.models import build_model
-from distill.monitor import MonitorOptions, read_inputs, sample, window_stats, windows
+from distill.core.checkpoint import save_weights
+from distill.core.errors import DataError
+from distill.eval.monitor import MonitorOptions, read_inputs, sample, window_stats, windows
+from distill.models.zoo import build_model
+from distill.recipes.classify.config import load_config
 
 
 def _linear_identity() -> nn.Linear:

@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 
-from distill.checkpoint import load_weights
-from distill.config import load_config
-from distill.data import load_data
-from distill.errors import ConfigError
-from distill.models import build_model
-from distill.out_of_fold import fold_indices
-from distill.pipeline import plan_of
+from distill.core.checkpoint import load_weights
+from distill.core.errors import ConfigError
+from distill.data.datasets import load_data
+from distill.models.zoo import build_model
+from distill.recipes.classify.config import load_config
+from distill.recipes.classify.out_of_fold import fold_indices
+from distill.recipes.classify.pipeline import plan_of
 
 DIGITS = ["data.name=digits", "data.label_fraction=1"]
 
@@ -44,7 +44,7 @@ def test_auto_uses_soft_targets_from_a_cache_with_out_of_fold_targets():
 
 
 def test_each_training_row_is_taught_by_the_fold_teacher_that_did_not_see_it(tmp_path, monkeypatch):
-    from distill import pipeline
+    from distill.recipes.classify import pipeline
 
     args = ["data.name=digits", "data.label_fraction=0.5", "data.limit=300", "teacher.out_of_fold=3", "train.epochs=1", "teacher.train.epochs=2",
             "student.kwargs={hidden: [16]}", "bench.repeats=3", "bench.throughput_batch=8", "baseline=false",

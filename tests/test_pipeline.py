@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-import distill.pipeline
-from distill.config import validate_config
-from distill.errors import ConfigError
-from distill.pipeline import open_run_dir, run, summarise
-from distill.training import _Loop
+import distill.recipes.classify.pipeline
+from distill.core.errors import ConfigError
+from distill.recipes.classify.config import validate_config
+from distill.recipes.classify.pipeline import open_run_dir, run, summarise
+from distill.training.engine import _Loop
 
 
 def test_run_with_default_relative_paths_and_a_cached_teacher(run_config, in_tmp: Path):
@@ -72,8 +72,8 @@ def test_teacher_checkpoint_is_loaded_not_trained(run_config, monkeypatch, tmp_p
     run_config["name"] = "second"
     run_config["teacher"]["checkpoint"] = str(first / "teacher" / "model.safetensors")
     names = []
-    real_fit = distill.pipeline.fit
-    monkeypatch.setattr(distill.pipeline, "fit", lambda *a, **k: names.append(k["name"]) or real_fit(*a, **k))
+    real_fit = distill.recipes.classify.pipeline.fit
+    monkeypatch.setattr(distill.recipes.classify.pipeline, "fit", lambda *a, **k: names.append(k["name"]) or real_fit(*a, **k))
     second = run(validate_config(run_config))
     assert names == ["baseline", "distilled"]
     a = json.loads((first / "report.json").read_text())["models"]["teacher"]
@@ -126,8 +126,8 @@ def test_resume_accepts_a_run_saved_before_settings_were_added(run_config):
 
 def test_lm_and_textkd_runs_saved_before_settings_were_added_resume_too(tmp_path):
     """Their saved configs are filled in by their own schemas, not the classic one."""
-    from distill.lm.config import load_lm_config
-    from distill.textkd.config import load_textkd_config
+    from distill.recipes.lm.config import load_lm_config
+    from distill.recipes.textkd.config import load_textkd_config
 
     for cfg, dropped in ((load_lm_config(None, [f"output_dir={tmp_path}"]), ("on_policy", "start")),
                          (load_textkd_config(None, [f"output_dir={tmp_path}"]), ("data", "unlabeled_path"))):
@@ -144,7 +144,7 @@ def test_lm_and_textkd_runs_saved_before_settings_were_added_resume_too(tmp_path
 @pytest.mark.parametrize("student", [{"arch": "nosuch"}, {"arch": "mlp", "kwargs": {"bogus": 3}},
                                      {"from_teacher": {"path": "no.such.layers", "every": 2}}])
 def test_a_student_that_cannot_be_built_is_refused_before_any_compute_and_writes_nothing(run_config, student):
-    from distill.errors import DistillError
+    from distill.core.errors import DistillError
 
     cfg = validate_config({**run_config, "student": student})
     with pytest.raises(DistillError) as info:

@@ -8,10 +8,16 @@ import pytest
 import torch
 from torch import nn
 
-from distill.checkpoint import load_weights, read_metadata, save_weights
-from distill.errors import ModelError
-from distill.models import CNN, MLP, ResNet
-from distill.prune import magnitude_prune, prunable_groups, prune_channels, prune_to_size, shrink_to
+from distill.compress.prune import (
+    magnitude_prune,
+    prunable_groups,
+    prune_channels,
+    prune_to_size,
+    shrink_to,
+)
+from distill.core.checkpoint import load_weights, read_metadata, save_weights
+from distill.core.errors import ModelError
+from distill.models.zoo import CNN, MLP, ResNet
 
 X = torch.randn(4, 1, 12, 12, generator=torch.Generator().manual_seed(0))
 
@@ -104,8 +110,8 @@ def test_an_untraceable_model_gets_a_way_forward():
 
 def test_distill_prune_recovers_and_saves_weights_that_reload(tmp_path, capsys):
     from distill.cli import main
-    from distill.config import load_config
-    from distill.data import load_data
+    from distill.data.datasets import load_data
+    from distill.recipes.classify.config import load_config
 
     cfg = load_config(None, ["data.name=digits"])
     data = load_data(cfg.data)

@@ -8,14 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from distill import quantize as q
-from distill.config import ModelConfig, TrainConfig
-from distill.errors import ConfigError
-from distill.evaluate import predict
-from distill.losses import CE, KD
-from distill.models import build_model
-from distill.signals import LiveTeacher
-from distill.training import fit
+from distill.compress import quantize as q
+from distill.core.errors import ConfigError
+from distill.eval.metrics import predict
+from distill.losses.terms import CE, KD
+from distill.models.config import ModelConfig
+from distill.models.zoo import build_model
+from distill.teachers.signals import LiveTeacher
+from distill.training.config import TrainConfig
+from distill.training.engine import fit
 
 pytestmark = pytest.mark.skipif("x86" not in q.available_backends(), reason="needs the x86 int8 engine")
 
@@ -94,8 +95,8 @@ def test_unavailable_backend_names_it_the_available_ones_and_the_fix(monkeypatch
 
 
 def test_cli_quantize_prints_fp32_and_int8_and_writes_the_int8_model(digits, tmp_path, capsys):
-    from distill.checkpoint import save_weights
     from distill.cli import main
+    from distill.core.checkpoint import save_weights
 
     save_weights(tmp_path / "student.safetensors", _trained(digits, "mlp", {"hidden": [32]}, epochs=2))
     config = tmp_path / "job.yaml"
@@ -123,7 +124,7 @@ class _Branchy(nn.Module):
 
 
 def test_untraceable_model_points_to_dynamic(digits):
-    from distill.errors import ModelError
+    from distill.core.errors import ModelError
 
     with pytest.raises(ModelError, match="method=dynamic"):
         q.quantize_static_int8(_Branchy(), digits.train, batches=1)
@@ -131,8 +132,8 @@ def test_untraceable_model_points_to_dynamic(digits):
 
 
 def test_cli_quantize_qat_distils_from_the_teacher_and_reloads(digits, tmp_path, capsys):
-    from distill.checkpoint import save_weights
     from distill.cli import main
+    from distill.core.checkpoint import save_weights
 
     save_weights(tmp_path / "student.safetensors", _trained(digits, "mlp", {"hidden": [32]}, epochs=2))
     save_weights(tmp_path / "teacher.safetensors", _trained(digits, "mlp", {"hidden": [64]}, epochs=3))

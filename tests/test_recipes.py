@@ -8,14 +8,17 @@ import torch
 from torch import nn
 
 from distill import CE, KD, distill
-from distill.config import AugmentConfig, TrainConfig, load_config
-from distill.data import UNLABELED, ArrayDataset, load_data
-from distill.doctor import diagnose, diagnose_lm
-from distill.errors import ConfigError, DataError
-from distill.losses import cross_entropy, term_scales
-from distill.pipeline import baseline_budget, plan_of
-from distill.recipes import resolve
-from distill.training import FitResult, _is_best
+from distill.core.errors import ConfigError, DataError
+from distill.data.arrays import UNLABELED, ArrayDataset
+from distill.data.augment import AugmentConfig
+from distill.data.datasets import load_data
+from distill.eval.doctor import diagnose, diagnose_lm
+from distill.losses.terms import cross_entropy, term_scales
+from distill.recipes.classify.config import load_config
+from distill.recipes.classify.pipeline import baseline_budget, plan_of
+from distill.recipes.classify.plan import resolve
+from distill.training.config import TrainConfig
+from distill.training.engine import FitResult, _is_best
 
 DIGITS = ["data.name=digits", "data.label_fraction=1"]
 
@@ -205,7 +208,7 @@ def test_auto_keeps_soft_targets_where_shifts_and_mixup_do_not_apply(modality, s
 
 
 def test_the_modality_of_built_in_and_array_data():
-    from distill.data import from_arrays
+    from distill.data.tables import from_arrays
 
     assert load_data(load_config(None, DIGITS).data).modality == "images"
     assert from_arrays(np.random.rand(40, 5), np.arange(40) % 2).modality == "features"
@@ -215,7 +218,7 @@ def test_kd_tune_chooses_temperature_and_alpha_on_validation_and_resumes(tmp_pat
     pytest.importorskip("optuna")
     import json
 
-    from distill.pipeline import run
+    from distill.recipes.classify.pipeline import run
 
     args = [*DIGITS, "data.limit=200", "recipe=soft_targets", "kd.tune={trials: 3, epochs: 0.5}", "train.epochs=2",
             "teacher.train.epochs=1", "student.kwargs={hidden: [16]}", "bench.repeats=3", "bench.throughput_batch=8",
@@ -227,8 +230,8 @@ def test_kd_tune_chooses_temperature_and_alpha_on_validation_and_resumes(tmp_pat
     report = json.loads((run_dir / "report.json").read_text())
     best = max(sweep["trials"], key=lambda t: t["score"])
     assert f"temperature={best['temperature']:.3g}" in report["recipe"]["objective"]
-    from distill.config import KDTune
-    from distill.tune import tune_kd
+    from distill.losses.config import KDTune
+    from distill.recipes.classify.tune import tune_kd
 
     def must_not_train():
         raise AssertionError("a finished sweep is read back, not trained again")
@@ -243,7 +246,7 @@ def test_kd_tune_chooses_temperature_and_alpha_on_validation_and_resumes(tmp_pat
 
 
 def test_unlabeled_datasets_of_any_item_form_become_unlabelled_examples():
-    from distill.transfer import as_unlabeled, with_transfer_set
+    from distill.data.transfer import as_unlabeled, with_transfer_set
 
     x = torch.randn(6, 4)
     for given in (x, [x[i] for i in range(6)], [(x[i], 1) for i in range(6)], [{"inputs": x[i]} for i in range(6)]):
@@ -257,7 +260,7 @@ def test_unlabeled_datasets_of_any_item_form_become_unlabelled_examples():
 def test_the_loss_scale_guard_warns_once_even_when_epochs_are_shorter_than_its_window():
     import warnings
 
-    from distill.methods import Method
+    from distill.losses.methods import Method
 
     torch.manual_seed(0)
     x, y = _blobs(48, 2)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill.errors import DistillError
-from distill.report import markdown, render
-from distill.validate import validate
+from distill.core.errors import DistillError
+from distill.eval.report import markdown, render
+from distill.eval.validate import validate
 
 
 def _model(acc: float, params: int, latency: float) -> dict:

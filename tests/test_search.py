@@ -8,8 +8,16 @@ import pytest
 import yaml
 
 from distill.cli import main
-from distill.errors import ConfigError
-from distill.search import Candidate, Requirements, assignments, load_search_config, rank, recommend, shortfalls
+from distill.core.errors import ConfigError
+from distill.recipes.search import (
+    Candidate,
+    Requirements,
+    assignments,
+    load_search_config,
+    rank,
+    recommend,
+    shortfalls,
+)
 
 
 def _c(name: str, accuracy: float, latency: float, size: float, params: int, drop: float = 0.0,
@@ -93,7 +101,7 @@ def test_onnx_runtime_model_answers_like_the_pytorch_one(tmp_path):
     import torch
     from torch import nn
 
-    from distill.export import as_onnxruntime
+    from distill.export.onnx import as_onnxruntime
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))

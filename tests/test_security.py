@@ -25,17 +25,19 @@ from safetensors.torch import load_file
 from torch import nn
 
 import distill
-import distill.files
-from distill import quantize, serve
-from distill.checkpoint import load_weights, save_weights
-from distill.config import ModelConfig, load_config, validate_config
-from distill.errors import CheckpointError, ConfigError, DistillError, ModelError
-from distill.files import atomic_save_tensors, atomic_write_bytes, make_private_dir
-from distill.models import build_model
-from distill.pipeline import open_run_dir, run
-from distill.signals import CachedTeacher
-from distill.textkd.config import load_textkd_config
-from distill.textkd.remote import OpenAITeacher
+import distill.core.files
+from distill.compress import quantize
+from distill.core.checkpoint import load_weights, save_weights
+from distill.core.errors import CheckpointError, ConfigError, DistillError, ModelError
+from distill.core.files import atomic_save_tensors, atomic_write_bytes, make_private_dir
+from distill.models.config import ModelConfig
+from distill.models.zoo import build_model
+from distill.recipes.classify.config import load_config, validate_config
+from distill.recipes.classify.pipeline import open_run_dir, run
+from distill.recipes.textkd.config import load_textkd_config
+from distill.serve import server as serve
+from distill.teachers.remote import OpenAITeacher
+from distill.teachers.signals import CachedTeacher
 
 KEY = "sk-SECRET-do-not-print-0123"
 
@@ -118,7 +120,7 @@ def test_save_int8_is_atomic(tmp_path, monkeypatch):
     def crash(*args):
         raise OSError("killed mid-write")
 
-    monkeypatch.setattr(distill.files.os, "replace", crash)
+    monkeypatch.setattr(distill.core.files.os, "replace", crash)
     with pytest.raises(OSError, match="killed"):
         quantize.save_int8(nn.Linear(4, 3), path)
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["int8.pt"]
@@ -141,8 +143,9 @@ def test_a_pickle_as_a_run_checkpoint_is_refused_before_training(run_config, dig
 
 def test_hugging_face_models_load_only_from_safetensors(tmp_path):
     pytest.importorskip("transformers")
-    from distill.lm.models import load_causal_lm
     from lm_helpers import make_llama, make_tokenizer
+
+    from distill.models.causal_lm import load_causal_lm
 
     directory = tmp_path / "llama"
     make_llama(directory, make_tokenizer(directory), layers=1)
@@ -307,8 +310,8 @@ def test_the_server_refuses_an_open_address_without_a_key():
 def test_atomic_writes_fsync_the_file_before_the_rename_and_the_directory_after(tmp_path, monkeypatch):
     events = []
     real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(distill.files.os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
-    monkeypatch.setattr(distill.files.os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
+    monkeypatch.setattr(distill.core.files.os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(distill.core.files.os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
     atomic_save_tensors(tmp_path / "w.safetensors", {"w": torch.ones(3)}, {})
     assert events == ["fsync", "replace", "fsync"]
     events.clear()
@@ -325,7 +328,7 @@ def test_a_directory_that_refuses_fsync_still_gets_the_file(tmp_path, monkeypatc
             raise OSError(22, "Invalid argument")
         real_fsync(fd)
 
-    monkeypatch.setattr(distill.files.os, "fsync", no_dir_fsync)
+    monkeypatch.setattr(distill.core.files.os, "fsync", no_dir_fsync)
     atomic_write_bytes(tmp_path / "b.bin", b"data")
     assert (tmp_path / "b.bin").read_bytes() == b"data"
 

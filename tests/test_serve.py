@@ -18,12 +18,13 @@ import torch
 
 pytest.importorskip("transformers")
 
-from distill import serve  # noqa: E402
-from distill.cli import main  # noqa: E402
-from distill.errors import DistillError  # noqa: E402
-from distill.lm.generation import GenerationParams, generate_batch  # noqa: E402
-from distill.textkd.teachers import chat_prompt_ids  # noqa: E402
 from lm_helpers import make_llama, make_tokenizer  # noqa: E402
+
+from distill.cli import main  # noqa: E402
+from distill.core.errors import DistillError  # noqa: E402
+from distill.models.generation import GenerationParams, generate_batch  # noqa: E402
+from distill.serve import server as serve  # noqa: E402
+from distill.teachers.text import chat_prompt_ids  # noqa: E402
 
 KEY = "s3cret-test-key"
 

@@ -7,16 +7,18 @@ import json
 import pytest
 import torch
 
-from distill.checkpoint import save_weights
-from distill.config import ModelConfig, TrainConfig, load_config
-from distill.data import load_data
-from distill.ensemble import Ensemble
-from distill.errors import ConfigError
-from distill.losses import CE
-from distill.models import build_model
-from distill.pipeline import run
-from distill.signals import LiveTeacher
-from distill.training import fit
+from distill.core.checkpoint import save_weights
+from distill.core.errors import ConfigError
+from distill.data.datasets import load_data
+from distill.losses.terms import CE
+from distill.models.config import ModelConfig
+from distill.models.ensemble import Ensemble
+from distill.models.zoo import build_model
+from distill.recipes.classify.config import load_config
+from distill.recipes.classify.pipeline import run
+from distill.teachers.signals import LiveTeacher
+from distill.training.config import TrainConfig
+from distill.training.engine import fit
 
 SMALL = ["data.name=digits", "data.label_fraction=1", "train.epochs=1", "bench.repeats=3", "bench.throughput_batch=8", "quiet=true"]
 CNN = {"arch": "cnn", "kwargs": {"widths": [8], "convs": 1, "fc": 16}}

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-import distill.signals
-from distill.data import ArrayDataset
-from distill.errors import CheckpointError
-from distill.signals import CachedTeacher, LiveTeacher, fingerprint
+import distill.teachers.signals
+from distill.core.errors import CheckpointError
+from distill.data.arrays import ArrayDataset
+from distill.teachers.signals import CachedTeacher, LiveTeacher, fingerprint
 
 
 class CountingTeacher(nn.Module):
@@ -37,7 +37,7 @@ def dataset() -> ArrayDataset:
 
 @pytest.fixture
 def small_shards(monkeypatch):
-    monkeypatch.setattr(distill.signals, "SHARD_ROWS", 5)  # 23 rows → 5 shards
+    monkeypatch.setattr(distill.teachers.signals, "SHARD_ROWS", 5)  # 23 rows → 5 shards
 
 
 def _live(teacher: nn.Module, ds: ArrayDataset) -> torch.Tensor:
@@ -97,7 +97,7 @@ def test_rebuild_recomputes_only_the_corrupt_shard(tmp_path: Path, dataset, smal
     rebuilt = CachedTeacher.build_or_load(teacher, dataset, tmp_path, rebuild=True, quiet=True)
     assert teacher.rows_seen == 3
     torch.testing.assert_close(rebuilt.table, _live(teacher, dataset), rtol=0, atol=1e-6)
-    assert distill.signals.verify(rebuilt.directory) == []
+    assert distill.teachers.signals.verify(rebuilt.directory) == []
 
 
 def test_interrupted_build_resumes_with_existing_shards(tmp_path: Path, dataset, small_shards):

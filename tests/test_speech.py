@@ -9,11 +9,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill.config import DataConfig
-from distill.data import load_data
-from distill.errors import DataError
-from distill.speech import (DIGITS, add_noise, log_mel, mel_edges, mel_filterbank, resample, save_clips,
-                            synthesize, voice_split)
+from distill.core.errors import DataError
+from distill.data.config import DataConfig
+from distill.data.datasets import load_data
+from distill.data.speech import (
+    DIGITS,
+    add_noise,
+    log_mel,
+    mel_edges,
+    mel_filterbank,
+    resample,
+    save_clips,
+    synthesize,
+    voice_split,
+)
 
 
 def sine(freq: float, seconds: float = 1.0, rate: int = 16000) -> torch.Tensor:

@@ -7,13 +7,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-import distill.training as training
-from distill.checkpoint import load_training_state, save_training_state
-from distill.config import ModelConfig, TrainConfig
-from distill.losses import KD
-from distill.models import CNN, build_model, channels_last
-from distill.signals import LiveTeacher
-from distill.training import fit, make_optimizer
+import distill.training.engine as training
+from distill.core.checkpoint import load_training_state, save_training_state
+from distill.losses.terms import KD
+from distill.models.config import ModelConfig
+from distill.models.zoo import CNN, build_model, channels_last
+from distill.teachers.signals import LiveTeacher
+from distill.training.config import TrainConfig
+from distill.training.engine import fit, make_optimizer
 
 
 def _config(name: str = "adamw", **overrides) -> TrainConfig:

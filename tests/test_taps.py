@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import DictNet
 from torch import nn
 
-from distill.errors import ConfigError, ModelError
-from tiny_models import DictNet
-
-from distill.taps import Taps, first_tensor, make_adapter, resolve_module
+from distill.core.errors import ConfigError, ModelError
+from distill.models.taps import Taps, first_tensor, make_adapter, resolve_module
 
 
 def test_taps_keep_the_outputs_of_named_layers_of_a_dict_model():

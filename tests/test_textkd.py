@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from distill.errors import CheckpointError, ConfigError, DataError
-from distill.textkd import examples as ex
-from distill.textkd.evaluate import Prices, metrics_of, rouge_l
-from distill.textkd.filters import filter_records
-from distill.textkd.generate import PromptRow, completed_keys, generate, read_records
-from distill.textkd.prompts import match_label, parse_response, render
-from distill.textkd.teachers import Sampling, TeacherUnavailable
 from textkd_helpers import EchoTeacher
+
+from distill.core.errors import CheckpointError, ConfigError, DataError
+from distill.data.prompts import match_label, parse_response, render
+from distill.eval.text import Prices, metrics_of, rouge_l
+from distill.recipes.textkd import examples as ex
+from distill.recipes.textkd.filters import filter_records
+from distill.teachers.generate import PromptRow, completed_keys, generate, read_records
+from distill.teachers.text import Sampling, TeacherUnavailable
 
 LABELS = ["business", "entertainment", "politics", "sports", "tech"]
 
@@ -114,8 +114,8 @@ import sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from textkd_helpers import EchoTeacher
-from distill.textkd.generate import PromptRow, generate
-from distill.textkd.teachers import Sampling
+from distill.teachers.generate import PromptRow, generate
+from distill.teachers.text import Sampling
 rows = [PromptRow(id=f"p{{i}}", messages=[{{"role": "user", "content": f"Topic: sports {{i}}"}}], fields={{}})
         for i in range(40)]
 generate(EchoTeacher(delay_s=float(sys.argv[2])), rows, Path(sys.argv[1]), sampling=Sampling(n=2),
@@ -196,7 +196,7 @@ def test_encoded_rows_weigh_each_example_by_its_task_weight(tmp_path):
 
 
 def test_weighted_mask_makes_the_loss_a_weighted_mean_of_example_means():
-    from distill.divergences import chunked_token_sum
+    from distill.losses.divergences import chunked_token_sum
 
     hidden = torch.randn(2, 3, 4)
     weight = torch.randn(5, 4)

@@ -6,15 +6,16 @@ import math
 
 import pytest
 import torch
-
-from distill.lm.config import LMLossConfig, LMTrainConfig
-from distill.lm.train import fit_lm
-from distill.serve import make_server
-from distill.textkd.generate import PromptRow, generate, read_records
-from distill.textkd.logprobs import topk_blocks
-from distill.textkd.remote import OpenAITeacher
-from distill.textkd.teachers import Sampling, chat_prompt_ids
 from lm_helpers import make_llama, make_tokenizer
+
+from distill.losses.tokens import LMLossConfig
+from distill.serve.server import make_server
+from distill.teachers.generate import PromptRow, generate, read_records
+from distill.teachers.logprobs import topk_blocks
+from distill.teachers.remote import OpenAITeacher
+from distill.teachers.text import Sampling, chat_prompt_ids
+from distill.training.config import LMTrainConfig
+from distill.training.lm import fit_lm
 
 
 @pytest.fixture(scope="module")

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from distill.cli import main
-from distill.errors import ConfigError, DataError
-from distill.textkd.config import load_textkd_config
-from distill.textkd.pipeline import run_textkd
 from lm_helpers import make_llama, make_tokenizer
 from textkd_helpers import start_fake_endpoint
+
+from distill.cli import main
+from distill.core.errors import ConfigError, DataError
+from distill.recipes.textkd.config import load_textkd_config
+from distill.recipes.textkd.pipeline import run_textkd
 
 LABELS = ["business", "sports", "tech"]
 
@@ -60,7 +60,7 @@ def test_textkd_trains_three_ways_scores_them_and_resumes(job, tmp_path):
 
 
 def test_student_layers_the_model_lacks_are_refused_before_the_teacher_is_asked(job, tmp_path):
-    from distill.errors import ModelError
+    from distill.core.errors import ModelError
 
     job, _ = job
     with pytest.raises(ModelError, match=r"`student.layers`: \[9\] are not layers of .*\(0..3\)"):
@@ -144,7 +144,7 @@ def test_pseudo_label_without_a_pool_and_finetune_of_an_endpoint_are_refused(tmp
 
 
 def test_a_random_pool_is_drawn_from_the_examples_no_split_holds(tmp_path):
-    from distill.textkd.pipeline import _sample
+    from distill.recipes.textkd.pipeline import _sample
 
     rows = [{"id": f"r{i}", "input": f"text {i}", "label": LABELS[i % 3]} for i in range(30)]
     (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -163,8 +163,8 @@ def test_a_random_pool_is_drawn_from_the_examples_no_split_holds(tmp_path):
 def test_the_finetuned_teacher_learns_the_reply_format_and_is_reused(tmp_path):
     import torch
 
-    from distill.lm.models import load_causal_lm
-    from distill.textkd.finetune import finetune_rows, finetuned_teacher
+    from distill.models.causal_lm import load_causal_lm
+    from distill.recipes.textkd.finetune import finetune_rows, finetuned_teacher
 
     words = tuple(LABELS) + ("Reason:", "Answer:", "it", "is", "about", "Article:", "Topic:")
     tok = make_tokenizer(tmp_path / "teacher", extra_words=words)
@@ -191,8 +191,9 @@ def test_the_finetuned_teacher_learns_the_reply_format_and_is_reused(tmp_path):
 def test_a_finetuned_teacher_answers_the_eval_set_and_the_pool_without_shots(tmp_path, monkeypatch):
     import contextlib
 
-    from distill.textkd import pipeline
     from textkd_helpers import EchoTeacher
+
+    from distill.recipes.textkd import pipeline
 
     words = tuple(LABELS) + ("Reason:", "Answer:", "it", "is", "about", "[label]", "Article:", "Topic:")
     tok = make_tokenizer(tmp_path / "teacher", extra_words=words)
@@ -230,8 +231,8 @@ def test_a_finetuned_teacher_answers_the_eval_set_and_the_pool_without_shots(tmp
 
 
 def test_a_teacher_served_under_a_name_is_identified_by_it_not_by_its_path(tmp_path):
-    from distill.textkd.config import TextTeacherConfig
-    from distill.textkd.pipeline import open_teacher
+    from distill.recipes.textkd.config import TextTeacherConfig
+    from distill.recipes.textkd.pipeline import open_teacher
 
     t = TextTeacherConfig(backend="local", model=str(tmp_path / "run" / "teacher" / "model"))
     with open_teacher(t, served_as="base fine-tuned") as teacher:  # local: nothing loads until asked
@@ -250,7 +251,7 @@ def _report(teacher: float, accs: dict[str, list[float]], pool: bool) -> dict:
 
 
 def test_the_report_says_first_whether_the_teacher_helped_and_if_not_why():
-    from distill.textkd.pipeline import _verdict
+    from distill.recipes.textkd.pipeline import _verdict
 
     won = _verdict(_report(0.88, {"label_only": [0.80, 0.79, 0.82], "pseudo_label": [0.90, 0.86, 0.89],
                                   "step_by_step": [0.90, 0.85, 0.89]}, pool=True))[0]

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from distill.errors import ConfigError
-from distill.textkd.remote import OpenAITeacher
-from distill.textkd.teachers import Sampling, TeacherUnavailable
+from distill.core.errors import ConfigError
+from distill.teachers.remote import OpenAITeacher
+from distill.teachers.text import Sampling, TeacherUnavailable
 
 KEY_ENV = "DISTILL_TEST_OPENAI_KEY"
 KEY = "sk-test-SECRET-0123456789"

@@ -5,12 +5,12 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-
-from distill.serve import make_server
-from distill.textkd.generate import PromptRow, generate, read_records
-from distill.textkd.remote import OpenAITeacher
-from distill.textkd.teachers import LocalTextTeacher, Sampling
 from lm_helpers import make_llama, make_tokenizer
+
+from distill.serve.server import make_server
+from distill.teachers.generate import PromptRow, generate, read_records
+from distill.teachers.remote import OpenAITeacher
+from distill.teachers.text import LocalTextTeacher, Sampling
 
 
 @pytest.fixture(scope="module")

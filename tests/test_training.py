@@ -8,14 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from distill.checkpoint import load_weights, read_metadata
-from distill.config import ModelConfig, TrainConfig
-from distill.data import ArrayDataset
-from distill.errors import CheckpointError, ConfigError, ModelError, TrainingDiverged
-from distill.losses import CE, KD
-from distill.models import build_model
-from distill.signals import LiveTeacher
-from distill.training import _Loop, fit, make_optimizer, make_scheduler
+from distill.core.checkpoint import load_weights, read_metadata
+from distill.core.errors import CheckpointError, ConfigError, ModelError, TrainingDiverged
+from distill.data.arrays import ArrayDataset
+from distill.losses.terms import CE, KD
+from distill.models.config import ModelConfig
+from distill.models.zoo import build_model
+from distill.teachers.signals import LiveTeacher
+from distill.training.config import TrainConfig
+from distill.training.engine import _Loop, fit, make_optimizer, make_scheduler
 
 
 def _student(digits, seed: int = 0, dropout: float = 0.0) -> nn.Module:
@@ -266,7 +267,7 @@ def test_sharded_engines_are_refused_before_training(digits, tmp_path: Path, mon
 
 
 def test_normalized_loss_divides_each_term_by_its_mean_before_weighting():
-    from distill.training import normalized_loss
+    from distill.training.engine import normalized_loss
 
     parts = {"loss": torch.tensor(0.0), "kd": torch.tensor(0.02), "ce": torch.tensor(3.0)}
     weights = KD(temperature=1.0, alpha=0.5).term_weights(0.0)

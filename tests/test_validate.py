@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from distill.evaluate import calibration_bins, expected_calibration_error
-from distill.validate import confusion_matrix, top_disagreements, validate
+from distill.eval.metrics import calibration_bins, expected_calibration_error
+from distill.eval.validate import confusion_matrix, top_disagreements, validate
 
 
 def _onehot(classes: list[int], num_classes: int = 3, scale: float = 5.0) -> torch.Tensor:

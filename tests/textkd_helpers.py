@@ -6,7 +6,7 @@ import re
 import threading
 import time
 
-from distill.textkd.teachers import Completion, Sampling, TeacherUnavailable
+from distill.teachers.text import Completion, Sampling, TeacherUnavailable
 
 
 class EchoTeacher:

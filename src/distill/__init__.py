@@ -5,10 +5,12 @@
 """
 
 from distill.api import Result, distill, train
-from distill.config import RunConfig, Schedule, TrainConfig, load_config
-from distill.errors import DistillError
-from distill.losses import CE, KD
-from distill.methods import Method
+from distill.core.config import Schedule
+from distill.core.errors import DistillError
+from distill.losses.methods import Method
+from distill.losses.terms import CE, KD
+from distill.recipes.classify.config import RunConfig, load_config
+from distill.training.config import TrainConfig
 
 __all__ = ["CE", "KD", "DistillError", "Method", "Result", "RunConfig", "Schedule", "TrainConfig", "distill", "load_config", "train"]
 __version__ = "0.1.0"

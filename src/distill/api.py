@@ -17,17 +17,19 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from distill.config import TrainConfig, validate_section
-from distill.data import as_indexed, iter_batches, labels_of, modality_of
-from distill.errors import ConfigError
-from distill.evaluate import classification_metrics, mean_confidence, predict
-from distill.losses import CE, Objective
-from distill.methods import Method
-from distill.models import logits_of
-from distill.recipes import CONFIDENCE_SAMPLE, resolve
-from distill.signals import CachedTeacher, LiveTeacher, TeacherSignal, freeze
-from distill.training import fit
-from distill.transfer import as_unlabeled, with_transfer_set
+from distill.core.config import validate_section
+from distill.core.errors import ConfigError
+from distill.data.arrays import as_indexed, labels_of, modality_of
+from distill.data.batches import iter_batches
+from distill.data.transfer import as_unlabeled, with_transfer_set
+from distill.eval.metrics import classification_metrics, mean_confidence, predict
+from distill.losses.methods import Method
+from distill.losses.terms import CE, Objective
+from distill.models.zoo import freeze, logits_of
+from distill.recipes.classify.plan import CONFIDENCE_SAMPLE, resolve
+from distill.teachers.signals import CachedTeacher, LiveTeacher, TeacherSignal
+from distill.training.config import TrainConfig
+from distill.training.engine import fit
 
 
 @dataclass
@@ -51,7 +53,7 @@ def distill(teacher: nn.Module, student: nn.Module, train_data: Dataset | DataLo
         student: the module to train; must predict the same classes as the teacher.
         train_data: a Dataset of `(inputs, label)` / dicts, or a DataLoader over one.
         loss: the objective, e.g. `KD(temperature=4, alpha=0.9)`; `CE()` trains without the teacher;
-            None (default): the recipe that won our benchmarks (`distill.recipes`): for images with
+            None (default): the recipe that won our benchmarks (`distill.recipes.classify.plan`): for images with
             a transfer set or a teacher near one-hot on `train_data`, function matching (the live
             teacher scores the same shifted, mixed view; pure KD, T = 1, with `augment` defaulting
             to shifts + mixup), else KD(temperature=2, alpha=0.5);

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from distill.errors import DistillError
+from distill.core.errors import DistillError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     qz.add_argument("--qat-epochs", type=int, default=2, metavar="N", help="qat: fine-tuning epochs (default 2)")
     qz.add_argument("--qat-lr", type=float, default=3e-4, metavar="LR", help="qat: AdamW learning rate (default 3e-4)")
     qz.add_argument("--backend", default="x86", help="int8 engine: x86 (default), fbgemm, onednn, qnnpack (ARM)")
-    qz.add_argument("--out", type=Path, help="write the int8 state dict here (reload: distill.quantize.load_int8)")
+    qz.add_argument("--out", type=Path, help="write the int8 state dict here (reload: distill.compress.quantize.load_int8)")
     qz.add_argument("--json", action="store_true", help="print JSON instead of a table")
     rep = command("report", _report, "Re-render report.md and plots of a finished run.", with_config=False)
     rep.add_argument("run_dir", type=Path)
@@ -156,7 +156,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from distill.search import load_search_config, run_search
+    from distill.recipes.search import load_search_config, run_search
 
     if not args.args or "=" in args.args[0]:
         raise DistillError("distill search needs a search config first, e.g. configs/search_fmnist.yaml.")
@@ -170,7 +170,7 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _prune(args: argparse.Namespace) -> int:
-    from distill.compress import prune_and_recover
+    from distill.recipes.compress import prune_and_recover
 
     summary = prune_and_recover(_config(args), args.reduction, args.recover, args.out)
     print(json.dumps(summary, indent=2))
@@ -178,10 +178,10 @@ def _prune(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from distill.textkd.config import load_textkd_config
-    from distill.textkd.generate import generate
-    from distill.textkd.pipeline import open_teacher, prompts_for
-    from distill.textkd.teachers import Sampling
+    from distill.recipes.textkd.config import load_textkd_config
+    from distill.recipes.textkd.pipeline import open_teacher, prompts_for
+    from distill.teachers.generate import generate
+    from distill.teachers.text import Sampling
 
     cfg = _config(args, load_textkd_config)
     rows, template = prompts_for(cfg, args.prompts, args.split)
@@ -194,8 +194,8 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _textkd(args: argparse.Namespace) -> int:
-    from distill.textkd.config import load_textkd_config
-    from distill.textkd.pipeline import run_textkd
+    from distill.recipes.textkd.config import load_textkd_config
+    from distill.recipes.textkd.pipeline import run_textkd
 
     run_dir = run_textkd(_config(args, load_textkd_config), resume=args.resume)
     print(f"Report: {run_dir / 'report.md'}")
@@ -203,7 +203,7 @@ def _textkd(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from distill.serve import run
+    from distill.serve.server import run
 
     return run(args.model_dir, host=args.host, port=args.port, api_key_env=args.api_key_env,
                api_key_file=args.api_key_file,
@@ -212,7 +212,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace, loader: Any = None):
-    from distill.config import load_config
+    from distill.recipes.classify.config import load_config
 
     loader = loader or load_config
     files = [a for a in args.args if "=" not in a]
@@ -225,9 +225,9 @@ def _config(args: argparse.Namespace, loader: Any = None):
 
 
 def _lm(args: argparse.Namespace) -> int:
-    from distill.lm.config import load_lm_config
-    from distill.lm.pipeline import run_lm
-    from distill.training import process_state
+    from distill.recipes.lm.config import load_lm_config
+    from distill.recipes.lm.pipeline import run_lm
+    from distill.training.engine import process_state
 
     cfg = _config(args, load_lm_config)
     run_dir = run_lm(cfg, resume=args.resume)
@@ -237,8 +237,8 @@ def _lm(args: argparse.Namespace) -> int:
 
 
 def _lm_cache(args: argparse.Namespace) -> int:
-    from distill.lm.config import load_lm_config
-    from distill.lm.pipeline import build_caches
+    from distill.recipes.lm.config import load_lm_config
+    from distill.recipes.lm.pipeline import build_caches
 
     cfg = _config(args, load_lm_config)
     for split, cache in build_caches(cfg).items():
@@ -248,9 +248,8 @@ def _lm_cache(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from distill.pipeline import run
-
-    from distill.training import process_state
+    from distill.recipes.classify.pipeline import run
+    from distill.training.engine import process_state
 
     cfg = _config(args)
     run_dir = run(cfg, resume=args.resume)
@@ -260,8 +259,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _train_teacher(args: argparse.Namespace) -> int:
-    from distill.data import load_data
-    from distill.pipeline import load_or_train_teacher, open_run_dir
+    from distill.data.datasets import load_data
+    from distill.recipes.classify.pipeline import load_or_train_teacher, open_run_dir
 
     cfg = _config(args)
     run_dir = open_run_dir(cfg, resume=True)
@@ -271,12 +270,12 @@ def _train_teacher(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace):
-    from distill.checkpoint import load_weights
-    from distill.data import load_data
-    from distill.errors import ConfigError
-    from distill.ensemble import build_ensemble
-    from distill.models import build_model
-    from distill.pipeline import build_student
+    from distill.core.checkpoint import load_weights
+    from distill.core.errors import ConfigError
+    from distill.data.datasets import load_data
+    from distill.models.ensemble import build_ensemble
+    from distill.models.zoo import build_model
+    from distill.recipes.classify.pipeline import build_student
 
     cfg = _config(args)
     data = load_data(cfg.data)
@@ -297,7 +296,7 @@ def _models(args: argparse.Namespace):
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from distill.evaluate import evaluate_model
+    from distill.eval.metrics import evaluate_model
 
     _, data, models = _models(args)
     t_metrics, t_logits = evaluate_model(models["teacher"], data.test)
@@ -307,7 +306,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from distill.bench import measure_models
+    from distill.eval.bench import measure_models
 
     cfg, data, models = _models(args)
     out = measure_models(models, data.input_shape, threads=cfg.bench.threads,
@@ -317,7 +316,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _monitor(args: argparse.Namespace) -> int:
-    from distill.monitor import MonitorOptions, input_dtype, read_inputs, run_monitor
+    from distill.eval.monitor import MonitorOptions, input_dtype, read_inputs, run_monitor
 
     options = MonitorOptions(sample=args.sample, window=args.window, max_disagreement=args.max_disagreement,
                              max_kl=args.max_kl, seed=args.seed, fail_fast=args.fail_fast)
@@ -328,12 +327,12 @@ def _monitor(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from distill.checkpoint import load_weights
-    from distill.data import load_data
-    from distill.errors import ConfigError
-    from distill.export import export_model
-    from distill.models import build_model
-    from distill.pipeline import build_student
+    from distill.core.checkpoint import load_weights
+    from distill.core.errors import ConfigError
+    from distill.data.datasets import load_data
+    from distill.export.onnx import export_model
+    from distill.models.zoo import build_model
+    from distill.recipes.classify.pipeline import build_student
 
     cfg = _config(args)
     spec = getattr(cfg, args.model)
@@ -355,14 +354,15 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _quantize(args: argparse.Namespace) -> int:
-    from distill import quantize as q
-    from distill.checkpoint import load_weights
-    from distill.data import labels_of, load_data
-    from distill.errors import ConfigError
-    from distill.evaluate import classification_metrics, predict
-    from distill.models import build_model
-    from distill.pipeline import build_student
-    from distill.recipes import kd_objective
+    from distill.compress import quantize as q
+    from distill.core.checkpoint import load_weights
+    from distill.core.errors import ConfigError
+    from distill.data.arrays import labels_of
+    from distill.data.datasets import load_data
+    from distill.eval.metrics import classification_metrics, predict
+    from distill.models.zoo import build_model
+    from distill.recipes.classify.pipeline import build_student
+    from distill.recipes.classify.plan import kd_objective
 
     cfg = _config(args)
     if cfg.student.checkpoint is None:
@@ -398,7 +398,7 @@ def _quantize(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from distill.report import render
+    from distill.eval.report import render
 
     print(f"Report: {render(args.run_dir)}")
     return 0

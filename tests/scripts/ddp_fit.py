@@ -25,13 +25,15 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: lm_helpers
 
-from distill.config import DataConfig, ModelConfig, TrainConfig  # noqa: E402
-from distill.data import load_data  # noqa: E402
-from distill.losses import KD  # noqa: E402
-from distill.methods import Method  # noqa: E402
-from distill.models import build_model  # noqa: E402
-from distill.signals import CachedTeacher, LiveTeacher  # noqa: E402
-from distill.training import _Loop, fit, process_state  # noqa: E402
+from distill.data.config import DataConfig  # noqa: E402
+from distill.data.datasets import load_data  # noqa: E402
+from distill.losses.methods import Method  # noqa: E402
+from distill.losses.terms import KD  # noqa: E402
+from distill.models.config import ModelConfig
+from distill.models.zoo import build_model  # noqa: E402
+from distill.teachers.signals import CachedTeacher, LiveTeacher  # noqa: E402
+from distill.training.config import TrainConfig
+from distill.training.engine import _Loop, fit, process_state  # noqa: E402
 
 HINT = [{"kind": "hint", "student": "net.2", "teacher": "net.2"}, {"kind": "kd", "weight": 0.5},
         {"kind": "ce", "weight": 0.5}]  # a feature method: its learned adapter is trained under DDP too
@@ -116,13 +118,15 @@ def lm(out: Path, global_batch: int, steps: int = 4, shard: str = "none", interr
     """Token-level KD from a top-k cache, and plain CE (what sequence-level KD trains with) on a tiny Llama;
     with shard="fsdp", the student's weights and optimizer state are split across the processes; with
     `interrupt`, each run stops after its step-2 checkpoint and is resumed from it."""
-    import distill.lm.train as lm_train
-    from distill.lm.config import LMLossConfig, LMTrainConfig
-    from distill.lm.models import tokenizer_fingerprint
-    from distill.lm.signals import TopKCache
-    from distill.lm.text import pack_text
-    from distill.lm.train import fit_lm
     from lm_helpers import TEXT, make_llama, make_tokenizer
+
+    import distill.training.lm as lm_train
+    from distill.data.tokens import pack_text
+    from distill.losses.tokens import LMLossConfig
+    from distill.models.causal_lm import tokenizer_fingerprint
+    from distill.teachers.tokens import TopKCache
+    from distill.training.config import LMTrainConfig
+    from distill.training.lm import fit_lm
 
     state = process_state("cpu")
     assets = out / f"assets-rank{state.process_index}"  # each rank builds the same models (same seeds)
@@ -135,7 +139,7 @@ def lm(out: Path, global_batch: int, steps: int = 4, shard: str = "none", interr
     train = LMTrainConfig(steps=steps, batch_size=global_batch // state.num_processes, warmup_steps=0,
                           eval_every=2, save_every=2, precision="no", shard=shard)
     record: dict[str, Any] = {"world": state.num_processes, "rank": state.process_index, "blocks": len(blocks)}
-    from distill import sharding
+    from distill.training import sharding
 
     shards, real_shard = [], sharding.shard
     sharding.shard = lambda module, device: shards.append(type(module).__name__) or real_shard(module, device)

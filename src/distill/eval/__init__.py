@@ -1,0 +1,1 @@
+"""Metrics, validation, benchmarks of speed and size, monitoring, diagnosis; `report` renders only."""

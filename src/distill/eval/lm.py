@@ -1,0 +1,44 @@
+"""Held-out metrics of a causal LM: perplexity, and fidelity to a teacher (KL, top-1 agreement)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distill.data.tokens import TokenBlocks
+from distill.losses.divergences import per_token_divergence
+from distill.teachers.tokens import TokenTeacher
+
+
+@torch.no_grad()
+def evaluate_lm(model: nn.Module, data: TokenBlocks, vocab: int, *, teacher: TokenTeacher | None = None,
+                batch_size: int = 8) -> dict[str, float]:
+    """Mean next-token CE and perplexity over `loss_mask` tokens; with a teacher, also the forward
+    KL(teacher ‖ model) (over top-k + tail bins for a cached teacher) and top-1 agreement."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    totals = {"ce": 0.0, "kl_teacher": 0.0, "agreement": 0.0}
+    tokens = 0
+    for start in range(0, len(data), batch_size):
+        batch = {k: v.to(device) for k, v in data.batch(torch.arange(start, min(len(data), start + batch_size))).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[..., :vocab].float()
+        mask = batch["loss_mask"]
+        labels = torch.roll(batch["input_ids"], -1, dims=1)
+        totals["ce"] += float(F.cross_entropy(logits[mask], labels[mask], reduction="sum"))
+        tokens += int(mask.sum())
+        if teacher is not None:
+            signal = teacher.signal(batch)
+            kl = per_token_divergence(logits, kind="forward_kl", **signal.as_kwargs())
+            totals["kl_teacher"] += float(kl[mask].sum())
+            top1 = signal.logits.argmax(-1) if signal.logits is not None else signal.topk_indices[..., 0]
+            totals["agreement"] += float((logits.argmax(-1) == top1)[mask].sum())
+    model.train(was_training)
+    n = max(1, tokens)
+    out = {"ce": totals["ce"] / n, "ppl": math.exp(totals["ce"] / n)}
+    if teacher is not None:
+        out.update(kl_teacher=totals["kl_teacher"] / n, agreement=totals["agreement"] / n)
+    return out

@@ -1,0 +1,344 @@
+"""Render a run directory's report.json and metrics.jsonl files as report.md plus PNG plots.
+
+Renders only: every number shown was computed by `distill.eval.metrics` / `distill.eval.bench`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from distill.core.errors import DistillError
+from distill.core.files import atomic_write_bytes, atomic_write_text
+
+
+def render(run_dir: Path) -> Path:
+    """Write `report.md` and `plots/*.png` in `run_dir`; returns the report's path."""
+    run_dir = Path(run_dir)
+    path = run_dir / "report.json"
+    if not path.is_file():
+        raise DistillError(f"{path} not found: `distill report` needs a finished run directory "
+                           "(created by `distill run`).")
+    report = json.loads(path.read_text())
+    histories = {s: _history(run_dir / s / "metrics.jsonl") for s in report["models"]}
+    plots = [_learning_curves(run_dir, histories), _accuracy_vs_cost(run_dir, report["models"])]
+    if report.get("validation"):  # runs made before validation was added have none
+        classes = report["dataset"]["classes"]
+        plots += [_reliability(run_dir, report["validation"]),
+                  _confusion(run_dir, report["validation"], classes)]
+    text = markdown(report, [p.relative_to(run_dir).as_posix() for p in plots])
+    out = run_dir / "report.md"
+    atomic_write_text(out, text)
+    return out
+
+
+def markdown(report: dict[str, Any], plots: list[str]) -> str:
+    models, summary = report["models"], report["summary"]
+    lines = [f"# distill report: {report['name']}", "",
+             f"Dataset **{report['dataset']['name']}** (train {report['dataset']['train']}, "
+             f"val {report['dataset']['val']}, test {report['dataset']['test']}). "
+             f"Measured {report['date']} on {report['machine']}.", "",
+             "## Summary", "", *_doctor(report),
+             f"- Distilled student keeps **{100 * summary['retention']:.1f}%** of the teacher's accuracy, "
+             f"{_size_phrase(summary['compression'])} and is **{summary['speedup_b1']:.1f}×** "
+             f"{'faster' if summary['speedup_b1'] >= 1 else 'slower'} at batch 1."]
+    if "gap_closed" in summary:
+        lines.append(f"- Distillation closes **{100 * summary['gap_closed']:.0f}%** of the "
+                     "teacher–baseline accuracy gap.")
+    lines += ["", "## Teacher, baseline and distilled student (test set)", "", _table(models), ""]
+    lines += ["## Per-class accuracy", "", _per_class(models, report["dataset"]["classes"]), ""]
+    if "distilled" in report.get("validation", {}):
+        lines += _validation(report["validation"]["distilled"], report["dataset"]["classes"])
+    lines += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots] + [""]
+    lines += ["Accuracy, agreement and KL are on the test split; KL(teacher‖student) is in nats at T=1; "
+              "ECE uses 15 equal-width bins. Latency is the median (p50) and 95th percentile of "
+              "single-example forwards after warm-up; throughput is examples/s at the larger batch.", ""]
+    return "\n".join(lines)
+
+
+def doctor_lines(doctor: dict[str, Any]) -> list[str]:
+    """Markdown of `distill.eval.doctor`'s answer: the verdict in bold, then causes and what to try."""
+    lines = [f"**{doctor['verdict']}**", ""]
+    if doctor["causes"]:
+        lines += ["Likely causes, from this run's measurements:", ""]
+        lines += [f"- {c}" for c in doctor["causes"]] + ["", "Try:", ""]
+        lines += [f"- {r}" for r in doctor["try"]] + [""]
+    return lines
+
+
+def _doctor(report: dict[str, Any]) -> list[str]:
+    """The verdict first (never a success line over a loss), then the likely causes and what to try."""
+    doctor = report.get("doctor")
+    if not doctor:  # runs made before the doctor existed
+        return []
+    lines = doctor_lines(doctor)
+    recipe = report.get("recipe")
+    if recipe:
+        signal = (f"out-of-fold targets from {recipe['out_of_fold']} fold teachers" if recipe.get("out_of_fold")
+                  else f"teacher signal {recipe['signal']}")
+        lines += [f"Recipe: **{recipe['why']}**; {signal}; the distilled student "
+                  f"trained {recipe['distilled_epochs']} epochs"
+                  + (f" over {report['dataset']['train']:,} labelled and {report['dataset']['unlabeled']:,} "
+                     "unlabelled examples" if report["dataset"].get("unlabeled") else "")
+                  + f", the plain one {recipe['baseline_epochs']} epochs (as many steps, same augmentation).", ""]
+    return lines
+
+
+def _size_phrase(compression: float) -> str:
+    if compression >= 1:
+        return f"has **{compression:.1f}×** fewer parameters"
+    return f"has **{1 / compression:.1f}×** more parameters"
+
+
+COLUMNS = [("accuracy", "accuracy", "{:.2%}"), ("agreement", "agreement", "{:.2%}"),
+           ("kl_teacher", "KL(T‖S)", "{:.4f}"), ("ece", "ECE", "{:.4f}"), ("params", "params", "{:,}"),
+           ("size_mb", "size MB", "{:.3f}"), ("latency_b1_p50_ms", "p50 ms", "{:.3f}"),
+           ("latency_b1_p95_ms", "p95 ms", "{:.3f}"), ("throughput", "ex/s", "{:,.0f}"),
+           ("peak_memory_mb", "peak MB", "{:.2f}")]
+
+
+def _table(models: dict[str, Any]) -> str:
+    head = "| model | " + " | ".join(c[1] for c in COLUMNS) + " |"
+    rows = [head, "|" + "---|" * (len(COLUMNS) + 1)]
+    for name, m in models.items():
+        cells = [fmt.format(m[key]) if key in m else "–" for key, _, fmt in COLUMNS]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def _per_class(models: dict[str, Any], classes: list[str]) -> str:
+    rows = ["| class | " + " | ".join(models) + " |", "|" + "---|" * (len(models) + 1)]
+    for i, c in enumerate(classes):
+        rows.append(f"| {c} | " + " | ".join(f"{m['per_class_accuracy'][i]:.1%}" for m in models.values()) + " |")
+    return "\n".join(rows)
+
+
+def _validation(v: dict[str, Any], classes: list[str]) -> list[str]:
+    lines = ["## Where the student lost most", "",
+             f"Classes where the distilled student's test accuracy fell furthest below the teacher's "
+             f"(worst {min(5, len(v['per_class']))} of {len(v['per_class'])}).", "",
+             _regressions(v["per_class"][:5], "class", lambda g: _class(classes, g)), ""]
+    if v.get("per_slice"):
+        lines += ["### Slices", "", _regressions(v["per_slice"][:5], "slice", str), ""]
+    lines += ["## Largest disagreements", "",
+              f"Teacher and distilled student predict different classes on "
+              f"**{v['n_disagreements']}** of {v['n']} test examples; those with the largest symmetric KL between their output "
+              "distributions (confidence: each model's probability of its own prediction):", "",
+              _disagreements(v["disagreements"][:10], classes), ""]
+    return lines
+
+
+def _regressions(rows: list[dict[str, Any]], what: str, name: Any) -> str:
+    out = [f"| {what} | examples | teacher | distilled | change |", "|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {name(r['group'])} | {r['n']} | {r['teacher_accuracy']:.1%} | "
+                   f"{r['student_accuracy']:.1%} | {100 * r['delta']:+.1f} pts |")
+    return "\n".join(out)
+
+
+def _disagreements(rows: list[dict[str, Any]], classes: list[str]) -> str:
+    out = ["| example | label | teacher (confidence) | distilled (confidence) "
+           "| distilled P(teacher's class) | symmetric KL |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['index']} | {_class(classes, r['label'])} | "
+                   f"{_class(classes, r['teacher_prediction'])} ({r['teacher_confidence']:.1%}) | "
+                   f"{_class(classes, r['student_prediction'])} ({r['student_confidence']:.1%}) | "
+                   f"{r['student_prob_of_teacher']:.1%} | {r['symmetric_kl']:.3f} |")
+    if not rows:
+        out.append("| – | – | – | – | – | – |")
+    return "\n".join(out)
+
+
+def _class(classes: list[str], i: int) -> str:
+    return classes[i] if 0 <= i < len(classes) else str(i)
+
+
+def _history(path: Path) -> list[dict[str, float]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _learning_curves(run_dir: Path, histories: dict[str, list[dict[str, float]]]) -> Path:
+    plt = _pyplot()
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for stage, rows in histories.items():
+        if rows:
+            epochs = [r["epoch"] + 1 for r in rows]
+            ax_loss.plot(epochs, [r["train_loss"] for r in rows], label=stage)
+            if "val_accuracy" in rows[0]:
+                ax_acc.plot(epochs, [100 * r["val_accuracy"] for r in rows], label=stage)
+    ax_loss.set(xlabel="epoch", ylabel="training loss", title="Training loss")
+    ax_acc.set(xlabel="epoch", ylabel="validation accuracy (%)", title="Validation accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _save(fig, run_dir / "plots" / "learning_curves.png")
+
+
+def _accuracy_vs_cost(run_dir: Path, models: dict[str, Any]) -> Path:
+    plt = _pyplot()
+    fig, (ax_lat, ax_size) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for name, m in models.items():
+        for ax, key in ((ax_lat, "latency_b1_p50_ms"), (ax_size, "size_mb")):
+            ax.scatter(m[key], 100 * m["accuracy"], s=60)
+            ax.annotate(name, (m[key], 100 * m["accuracy"]), textcoords="offset points", xytext=(6, 4))
+    ax_lat.set(xscale="log", xlabel="latency at batch 1, p50 (ms, log)", ylabel="test accuracy (%)",
+               title="Accuracy vs latency")
+    ax_size.set(xscale="log", xlabel="size on disk (MB, log)", ylabel="test accuracy (%)",
+                title="Accuracy vs size")
+    for ax in (ax_lat, ax_size):
+        ax.grid(alpha=0.3)
+        _plain_log_ticks(ax)
+        ax.margins(x=0.25, y=0.15)
+    return _save(fig, run_dir / "plots" / "accuracy_vs_cost.png")
+
+
+def _reliability(run_dir: Path, validation: dict[str, Any]) -> Path:
+    """Reliability diagram (accuracy against confidence per bin) and the predictions per bin."""
+    plt = _pyplot()
+    fig, (ax_rel, ax_count) = plt.subplots(1, 2, figsize=(10, 3.8))
+    curves = {"teacher": next(iter(validation.values()))["calibration"]["teacher"],
+              **{name: v["calibration"]["student"] for name, v in validation.items()}}
+    ax_rel.plot([0, 1], [0, 1], "--", color="grey", label="perfectly calibrated")
+    width = 1 / len(next(iter(curves.values()))["bins"]) / (len(curves) + 1)
+    for k, (name, cal) in enumerate(curves.items()):
+        used = [b for b in cal["bins"] if b["count"] > 0]
+        ax_rel.plot([b["confidence"] for b in used], [b["accuracy"] for b in used], "o-", ms=4,
+                    label=f"{name} (ECE {cal['ece']:.3f})")
+        ax_count.bar([b["lower"] + (k + 0.5) * width for b in cal["bins"]],
+                     [b["count"] for b in cal["bins"]], width=width, align="edge", label=name)
+    ax_rel.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top-1 probability)", ylabel="accuracy",
+               title="Reliability (test set)")
+    ax_count.set(xlim=(0, 1), yscale="log", xlabel="confidence (top-1 probability)",
+                 ylabel="test examples (log)", title="Confidence histogram")
+    for ax in (ax_rel, ax_count):
+        ax.grid(alpha=0.3)
+    ax_rel.legend(fontsize="small", loc="best")
+    ax_count.legend(fontsize="small", loc="upper left")
+    return _save(fig, run_dir / "plots" / "reliability.png")
+
+
+def _confusion(run_dir: Path, validation: dict[str, Any], classes: list[str]) -> Path:
+    """One confusion-matrix heatmap per student: true class down, predicted class across."""
+    plt = _pyplot()
+    names = sorted(validation, key=lambda n: n != "distilled")  # the distilled student first
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4.6), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        counts = validation[name]["confusion"]
+        n = len(counts)
+        image = ax.imshow(counts, cmap="Blues")
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+        labels = [_class(classes, i) for i in range(n)]
+        ticks = range(n) if n <= 30 else range(0, n, max(1, n // 15))
+        upright = n <= 10 and max(len(t) for t in labels) <= 2  # longer names would overlap
+        ax.set_xticks(list(ticks), [labels[i] for i in ticks], rotation=0 if upright else 90)
+        ax.set_yticks(list(ticks), [labels[i] for i in ticks])
+        ax.set(xlabel=f"{name} prediction", ylabel="true class", title=f"Confusion: {name}")
+        if n <= 15:
+            top = max(max(row) for row in counts) or 1
+            for i, row in enumerate(counts):
+                for j, c in enumerate(row):
+                    if c:
+                        ax.text(j, i, str(c), ha="center", va="center", fontsize=7,
+                                color="white" if c > top / 2 else "black")
+    return _save(fig, run_dir / "plots" / "confusion.png")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import io
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=90)
+    _pyplot().close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+# --------------------------------------------------------------------------- distill search
+
+
+def _plain_log_ticks(ax: Any) -> None:
+    """Plain numbers on a log x-axis (5, 10, 20), and no minor labels, which overlap."""
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def render_search(root: Path, report: dict[str, Any]) -> Path:
+    """search.md and plots/pareto.png for a finished `distill search`."""
+    plot = _pareto_plot(root, report)
+    atomic_write_text(root / "search.md", _search_markdown(report, plot.relative_to(root)))
+    return root / "search.md"
+
+
+def _search_markdown(report: dict[str, Any], plot: Path) -> str:
+    req = {k: v for k, v in report["requirements"].items() if v is not None and k != "threads"}
+    t, best = report["teacher"], report["recommended"]
+    lines = [f"# Student search: {report['name']}", "",
+             "Requirements: " + (", ".join(f"`{k}` = {v}" for k, v in req.items()) or "none"), ""]
+    if best:
+        lines += [f"**Recommended: `{best['name']}`** ({_values(best['values'])}): accuracy "
+                  f"{best['accuracy']:.2f}% (drop {best['drop']:.2f} points), {best['speedup']:.2f}× faster, "
+                  f"{best['params']:,} parameters, {best['size_mb']:.2f} MB.", ""]
+    else:
+        lines += ["**No candidate meets every requirement.** " + (
+            "No candidate meets " + ", ".join(f"`{k}` (smallest shortfall {v:.3g})" for k, v in report["unmet"].items())
+            if report["unmet"] else "Each requirement is met by some candidate, but none meets all at once") + ".",
+            "Closest: " + "; ".join(f"`{c['name']}` misses " + ", ".join(f"`{k}` by {v:.3g}" for k, v in
+                                                                         c["shortfalls"].items())
+                                   for c in report["closest"]) + ".", ""]
+    shown = report["candidates"]
+    lines += ["| candidate | values | accuracy % | drop | speed-up | params | size MB | p95 ms | Pareto | meets |",
+              "|---|---|---|---|---|---|---|---|---|---|",
+              f"| teacher | — | {t['accuracy']:.2f} | — | 1.00× | {t['params']:,} | {t['size_mb']:.2f} | "
+              f"{t['latency_p95_ms']:.2f} | | |"]
+    for c in sorted(shown, key=lambda c: c["params"]):
+        lines.append(f"| {c['name']} | {_values(c['values'])} | {c['accuracy']:.2f} | {c['drop']:.2f} | "
+                     f"{c['speedup']:.2f}× | {c['params']:,} | {c['size_mb']:.2f} | {c['latency_p95_ms']:.2f} | "
+                     f"{'yes' if c['pareto'] else ''} | {'yes' if c['meets'] else ''} |")
+    return "\n".join(lines + ["", f"![Pareto front]({plot})", ""])
+
+
+def _values(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in values.items())
+
+
+def _pareto_plot(root: Path, report: dict[str, Any]) -> Path:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    cands, t, best = report["candidates"], report["teacher"], report["recommended"]
+    for ax, cost, label in ((axes[0], "latency_p50_ms", "batch-1 latency, ms (p50)"),
+                            (axes[1], "size_mb", "size, MB")):
+        ax.scatter([c[cost] for c in cands], [c["accuracy"] for c in cands], c="tab:gray", label="candidate")
+        front = sorted((c for c in cands if c["pareto"]), key=lambda c: c[cost])
+        ax.plot([c[cost] for c in front], [c["accuracy"] for c in front], "o-", c="tab:blue", label="Pareto front")
+        ax.scatter([t[cost]], [t["accuracy"]], marker="*", s=150, c="tab:orange", label="teacher")
+        if best:
+            ax.scatter([best[cost]], [best["accuracy"]], s=160, facecolors="none", edgecolors="tab:green",
+                       linewidths=2, label="recommended")
+        req = report["requirements"]
+        if req.get("max_accuracy_drop") is not None:
+            ax.axhline(t["accuracy"] - req["max_accuracy_drop"], ls="--", c="tab:red", lw=1, label="accuracy floor")
+        limit = (t[cost] / req["min_speedup"] if cost == "latency_p50_ms" and req.get("min_speedup")
+                 else req.get("max_size_mb") if cost == "size_mb" else None)
+        if limit:
+            ax.axvline(limit, ls=":", c="tab:red", lw=1, label="speed / size limit")
+        ax.set(xlabel=label, ylabel="test accuracy, %", xscale="log")
+        _plain_log_ticks(ax)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Student search: {report['name']}")
+    return _save(fig, root / "plots" / "pareto.png")

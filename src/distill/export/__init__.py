@@ -1,0 +1,1 @@
+"""Exports that load in their ecosystem's standard tools, with parity checks."""

@@ -1,0 +1,1 @@
+"""The jobs, each thin over the stack with its own config schema."""

@@ -1,0 +1,1 @@
+"""`distill run`: teacher → baseline and distilled student → validation → report."""

@@ -1,0 +1,181 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from distill.core.config import Strict, builtin_config, read_raw, read_yaml, validate_section
+from distill.core.errors import ConfigError
+from distill.data.config import DataConfig
+from distill.losses.config import KDConfig, Term, check_term_weights, needs_live_teacher
+from distill.models.config import FromTeacher, ModelConfig
+from distill.training.config import TrainConfig
+
+
+class StudentConfig(ModelConfig):
+    arch: str | None = Field(None, description="Zoo name or `module:Class`; omit with from_teacher.")
+    from_teacher: FromTeacher | None = None
+
+    @model_validator(mode="after")
+    def _arch_or_teacher(self) -> StudentConfig:
+        if (self.arch is None) == (self.from_teacher is None):
+            raise ValueError("give the student either `arch` (a model of its own) or `from_teacher` "
+                             "(a copy of the teacher with fewer layers), not both or neither")
+        return self
+
+
+class TeacherConfig(ModelConfig):
+    """One teacher (`arch`), or several (`members`) combined into one teaching signal."""
+
+    arch: str | None = Field(None, description="Zoo name or `module:Class`; omit with members.")
+    members: list[ModelConfig] = Field(default_factory=list, description="Trained teachers to combine "
+                                       "(any architectures, or one arch with several checkpoints).")
+    combine: Literal["mean", "weighted", "confidence", "correctness"] = Field(
+        "mean", description="mean: average log-probabilities; weighted: fixed `weights`; confidence / "
+        "correctness: per-example weights from each member's entropy / probability of the true class.")
+    weights: list[float] | None = Field(None, description="One weight per member (combine: weighted).")
+    signal: Literal["auto", "live", "cached"] = Field(
+        "auto",
+        description="live: the teacher runs on every (augmented) batch, i.e. consistent teaching; "
+        "cached: its logits on the clean training set are computed once and reused; auto: live when the "
+        "recipe, mixup or a layer term needs it, else cached.",
+    )
+    cache_dir: Path = Path("cache/teacher")
+    cache_rebuild: bool = Field(False, description="Rebuild cache shards that fail their checksum.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Used when no checkpoint is given.")
+    out_of_fold: int | None = Field(None, ge=2, description="k: each training example's soft target comes from "
+                                    "one of k extra teachers that did not train on it (distill.recipes.classify.out_of_fold); "
+                                    "an answer to a teacher near one-hot on its own training examples.")
+
+    @model_validator(mode="after")
+    def _one_or_several(self) -> TeacherConfig:
+        if (self.arch is None) == (not self.members):
+            raise ValueError("give the teacher either `arch` (one model) or `members` (several), not both "
+                             "or neither")
+        if self.members and self.checkpoint is not None:
+            raise ValueError("`checkpoint` belongs to each of teacher.members, not to the teacher section")
+        if self.combine == "correctness" and self.signal == "cached":
+            raise ValueError("combine: correctness weighs members by the labels of each batch, which a "
+                             "logit cache cannot do: set teacher.signal=live")
+        if self.out_of_fold is not None and (self.members or self.signal == "live"):
+            raise ValueError("teacher.out_of_fold computes each training example's target once, from the fold "
+                             "teacher that did not see it: it needs one teacher (`arch`) and a cached signal "
+                             "(teacher.signal: auto or cached)")
+        if self.weights is not None and self.combine != "weighted":
+            raise ValueError(f"teacher.weights are used only with combine: weighted (got {self.combine})")
+        return self
+
+
+class BenchConfig(Strict):
+    threads: int = Field(1, ge=1, description="CPU threads for latency/throughput.")
+    throughput_batch: int = Field(256, ge=1)
+    repeats: int = Field(50, ge=3)
+
+
+class RunConfig(Strict):
+    name: str = "default"
+    output_dir: Path = Path("runs")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    data: DataConfig = Field(default_factory=DataConfig)
+    teacher: TeacherConfig
+    student: StudentConfig
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Student training (baseline and distilled).")
+    kd: KDConfig = Field(default_factory=KDConfig)
+    losses: list[Term] = Field(
+        default_factory=list,
+        description="The distilled student's method as a weighted sum of terms; empty: the `kd` section.")
+    recipe: Literal["auto", "function_matching", "soft_targets"] = Field(
+        "auto", description="How the distilled student is taught (distill.recipes.classify.plan): function_matching "
+        "(the live teacher on the same augmented, mixed view; pure KD), soft_targets (the kd section or "
+        "losses as given), or auto (function matching for images with a transfer set or a teacher near "
+        "one-hot on its training images, else soft targets).")
+    baseline: bool = Field(True, description="Also train the student without the teacher.")
+    bench: BenchConfig = Field(default_factory=BenchConfig)
+    tracking: list[Literal["tensorboard", "mlflow"]] = Field(default_factory=list)
+    quiet: bool = False
+
+    @model_validator(mode="after")
+    def _teacher_signal_fits_augmentation(self) -> RunConfig:
+        if self.teacher.signal == "cached" and self.train.augment.mixup > 0:
+            raise ValueError(
+                "train.augment.mixup needs the teacher on each mixed view: set teacher.signal=live"
+            )
+        if self.teacher.out_of_fold is not None and self.train.augment.mixup > 0:
+            raise ValueError("train.augment.mixup needs the teacher on each mixed view, and teacher.out_of_fold "
+                             "gives fixed targets per training example: remove one of them")
+        return self
+
+    @model_validator(mode="after")
+    def _tune_fits_recipe(self) -> RunConfig:
+        if self.kd.tune is not None and (self.recipe == "function_matching" or self.losses):
+            raise ValueError("kd.tune tunes the soft-target KD of the kd section: it applies with recipe "
+                             "soft_targets (or auto on non-image data) and no losses list")
+        return self
+
+    @model_validator(mode="after")
+    def _recipe_fits_signal(self) -> RunConfig:
+        if self.recipe == "function_matching" and self.teacher.out_of_fold is not None:
+            raise ValueError("recipe: function_matching runs the teacher live on augmented views; "
+                             "teacher.out_of_fold gives fixed targets per training example: choose one "
+                             "(recipe: soft_targets with out_of_fold)")
+        if self.recipe == "function_matching" and self.teacher.signal == "cached":
+            raise ValueError("recipe: function_matching shows the teacher each augmented, mixed view, which a "
+                             "logit cache cannot do: set teacher.signal=live (or auto), or choose "
+                             "recipe: soft_targets")
+        return self
+
+    @model_validator(mode="after")
+    def _losses_are_usable(self) -> RunConfig:
+        check_term_weights(self.losses)
+        given = [f"kd.{k}" for k in ("temperature", "alpha") if getattr(self.kd, k) is not None]
+        if self.losses and given:
+            raise ValueError(f"{' and '.join(given)} and a losses list are both given, and the losses list is the "
+                             "whole method (the kd section would be ignored): set the temperature and weights "
+                             "in the losses terms (e.g. {kind: kd, weight: 0.9, temperature: 4}), or drop losses")
+        layered = [i for i, t in enumerate(self.losses) if needs_live_teacher(t)]
+        if layered and (self.teacher.signal == "cached" or self.teacher.out_of_fold is not None):
+            raise ValueError(f"losses[{layered[0]}] reads teacher layers, which a logit cache does not hold: "
+                             "set teacher.signal=live")
+        return self
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read YAML (or the built-in default when `path` is None), apply `key=value` overrides, validate."""
+    raw = read_raw(path, overrides, default_config_dict)
+    return validate_config(raw, source=str(path or "built-in default"), overrides=overrides)
+
+
+def default_config_dict() -> dict[str, Any]:
+    """The built-in default job: digits, a small CNN teacher, an MLP student."""
+    return read_yaml(builtin_config("default.yaml"))
+
+
+def validate_config(raw: dict[str, Any], source: str = "config", overrides: list[str] | None = None) -> RunConfig:
+    cfg = validate_section(RunConfig, raw, source, overrides)
+    _check_files(cfg)
+    return cfg
+
+
+def _check_files(cfg: RunConfig) -> None:
+    for key, path in (
+        ("data.path", cfg.data.path),
+        ("data.unlabeled", cfg.data.unlabeled),
+        ("teacher.checkpoint", cfg.teacher.checkpoint),
+        ("student.checkpoint", cfg.student.checkpoint),
+        *((f"teacher.members[{i}].checkpoint", m.checkpoint) for i, m in enumerate(cfg.teacher.members)),
+    ):
+        if path is not None and not _exists(Path(path)):
+            raise ConfigError(f"`{key}`: {path} does not exist. Fix the path or remove the key.")
+    if cfg.data.name == "csv" and cfg.data.path is None:
+        raise ConfigError("`data.path`: required when data.name is csv (the CSV file to read).")
+
+
+def _exists(path: Path) -> bool:
+    """Whether `path` exists; a name the system cannot even look up (too long, a NUL byte) does not."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False

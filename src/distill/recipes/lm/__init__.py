@@ -1,0 +1,1 @@
+"""`distill lm`: token-level distillation of a causal language model."""

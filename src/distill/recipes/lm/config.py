@@ -1,0 +1,108 @@
+"""Typed config of an LM distillation run (`distill lm`): YAML keys and `key=value` overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from distill.core.config import Strict, builtin_config, read_raw, validate_section
+from distill.core.errors import ConfigError
+from distill.losses.tokens import LMLossConfig
+from distill.training.config import LMTrainConfig, OnPolicyConfig
+
+
+class LoraConfig(Strict):
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | None = Field(None, description="Default: all linear layers.")
+
+
+class TeacherAdaptConfig(Strict):
+    """Fine-tune the teacher on the training blocks (next-token CE) before it teaches: the task-specific
+    stage of DistilBERT and TinyBERT. A teacher that knows the corpus gives targets closer to it."""
+
+    steps: int = Field(60, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    lora: LoraConfig | None = Field(None, description="Train adapters only (merged afterwards).")
+    seed: int = Field(0, description="Fixed apart from train.seed, so students of every seed share one teacher.")
+
+
+class LMTeacherConfig(Strict):
+    model: str = Field("builtin:smollm2-135m-instruct", description="Model dir, hub id, or builtin:NAME.")
+    signal: Literal["live", "cached"] = Field("cached", description="cached: top-k log-probs computed once.")
+    top_k: int = Field(64, ge=1, description="Tokens kept per position in the cache (4k + 2 bytes/token).")
+    cache_dir: Path | None = Field(None, description="Default: <output_dir>/<name>/teacher_cache.")
+    cache_rebuild: bool = Field(False, description="Replace a mismatched cache / recompute bad shards.")
+    batch_size: int = Field(8, ge=1, description="Blocks per teacher forward when caching and evaluating.")
+    adapt: TeacherAdaptConfig | None = Field(None, description="Fine-tune the teacher on the corpus first.")
+
+
+class LMStudentConfig(Strict):
+    model: str | None = Field(None, description="A model dir/id; default: built from the teacher.")
+    layers: list[int] | None = Field(None, description="Teacher layers to copy (DistilBERT-style init).")
+    config: dict[str, Any] = Field(default_factory=dict,
+                                   description="Teacher-config overrides for a student from scratch, "
+                                   "e.g. {num_hidden_layers: 4, hidden_size: 256}.")
+    lora: LoraConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_way(self) -> LMStudentConfig:
+        ways = [self.model is not None, self.layers is not None, bool(self.config)]
+        if sum(ways) != 1:
+            raise ValueError("give exactly one of student.model, student.layers or student.config")
+        return self
+
+
+class LMDataConfig(Strict):
+    corpus: Literal["kjv", "text", "jsonl"] = "kjv"
+    path: Path | None = Field(None, description="Text file (text, kjv) or JSONL file (jsonl).")
+    seq_len: int = Field(128, ge=8)
+    packing: bool = Field(False, description="jsonl: pack rows end to end instead of one row per block.")
+    response_only: bool = Field(True, description="jsonl prompt/response and chat: loss on responses only.")
+    val_fraction: float = Field(0.05, gt=0, lt=1)
+    max_blocks: int | None = Field(None, ge=2, description="Use at most this many blocks of the corpus.")
+    val_blocks: int | None = Field(64, ge=1, description="Evaluate on at most this many held-out blocks.")
+    seed: int = 0
+
+
+class LMRunConfig(Strict):
+    name: str = "lm"
+    output_dir: Path = Path("runs")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    teacher: LMTeacherConfig = Field(default_factory=LMTeacherConfig)
+    student: LMStudentConfig = Field(default_factory=lambda: LMStudentConfig(layers=[0]))
+    data: LMDataConfig = Field(default_factory=LMDataConfig)
+    loss: LMLossConfig = Field(default_factory=LMLossConfig)
+    on_policy: OnPolicyConfig = Field(default_factory=OnPolicyConfig)
+    train: LMTrainConfig = Field(default_factory=LMTrainConfig)
+    baseline: bool = Field(True, description="Also train the student with plain next-token CE.")
+    quiet: bool = False
+
+    @model_validator(mode="after")
+    def _checks(self) -> LMRunConfig:
+        if self.on_policy.fraction > 0 and self.teacher.signal == "cached":
+            raise ValueError("on_policy.fraction > 0 needs the teacher to score student samples: "
+                             "set teacher.signal=live")
+        if self.loss.warm_start >= self.train.steps:
+            raise ValueError(f"loss.warm_start ({self.loss.warm_start}) must be below train.steps "
+                             f"({self.train.steps}), or the divergence never starts")
+        if self.on_policy.fraction > 0 and self.on_policy.prompt_tokens >= self.data.seq_len:
+            raise ValueError("on_policy.prompt_tokens must be shorter than data.seq_len")
+        return self
+
+
+def load_lm_config(path: str | Path | None = None, overrides: list[str] | None = None) -> LMRunConfig:
+    """Read an LM YAML config (or the built-in KJV job), apply overrides, validate."""
+    import yaml
+
+    default = builtin_config("lm_kjv.yaml")
+    raw = read_raw(path, overrides, lambda: yaml.safe_load(default.read_text()))
+    cfg = validate_section(LMRunConfig, raw, str(path or "built-in LM default"), overrides)
+    if cfg.data.corpus in ("text", "jsonl") and cfg.data.path is None:
+        raise ConfigError(f"`data.path`: required when data.corpus is {cfg.data.corpus}.")
+    if cfg.data.path is not None and not Path(cfg.data.path).is_file():
+        raise ConfigError(f"`data.path`: {cfg.data.path} does not exist. Fix the path or remove the key.")
+    return cfg

@@ -1,0 +1,296 @@
+"""The `distill lm` job: teacher → data → teacher signal → CE baseline and distilled students →
+held-out evaluation → report, each stage resumable.
+
+Run directory:
+  config.yaml, report.json, report.md
+  teacher_cache/train, teacher_cache/val   top-k caches (unless teacher.cache_dir says elsewhere)
+  teacher_cache/adapted-<id>/              with teacher.adapt: the fine-tuned teacher (model/, metrics.jsonl)
+                                           and its own train/val caches; <id> names the settings and corpus
+  baseline/, distilled/                    last.safetensors (resume), metrics.jsonl, model/ (HF format)
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from distill.core.errors import ModelError
+from distill.core.files import atomic_write_text
+from distill.data.tokens import (
+    TextSplits,
+    blocks_subset,
+    encode_rows,
+    pack_text,
+    read_jsonl,
+    read_kjv,
+    split_blocks,
+)
+from distill.eval.bench import time_calls
+from distill.eval.doctor import diagnose_lm
+from distill.eval.lm import evaluate_lm
+from distill.eval.report import doctor_lines
+from distill.losses.tokens import LMLossConfig
+from distill.models import causal_lm as lm_models
+from distill.recipes.classify.pipeline import machine_description, open_run_dir
+from distill.recipes.lm.config import LMRunConfig
+from distill.teachers.tokens import LiveLMTeacher, TokenTeacher, TopKCache
+from distill.training.config import LMTrainConfig
+from distill.training.engine import process_state
+from distill.training.lm import fit_lm
+
+
+def run_lm(cfg: LMRunConfig, resume: bool = False) -> Path:
+    """Run the whole LM job; returns the run directory (which holds report.md)."""
+    require_transformers()
+    tokenizer = lm_models.load_tokenizer(cfg.teacher.model, "teacher.model")
+    licence = lm_models.licence_of(cfg.teacher.model)
+    lm_models.warn_licence(licence)
+    teacher = lm_models.load_causal_lm(cfg.teacher.model, "teacher.model").to(process_state(cfg.device).device)
+    data = load_text(cfg, tokenizer)
+    template = build_student(cfg, teacher, tokenizer)  # built (and checked) once; each stage trains a copy
+    vocab = lm_models.shared_vocab(tokenizer, teacher, template)
+    run_dir = open_run_dir(cfg, resume)  # written only once the models and data are known to work
+    if process_state(cfg.device).is_main_process:
+        manifest = {"teacher": cfg.teacher.model, "licence": licence,
+                    "licence_warning": lm_models.licence_warning(licence),
+                    "tokenizer": lm_models.tokenizer_fingerprint(tokenizer),
+                    "teacher_params": lm_models.count_parameters(teacher)}
+        atomic_write_text(run_dir / "manifest.json", json.dumps(manifest, indent=2))
+    students: dict[str, nn.Module] = {}
+    root = teacher_root(cfg, data, run_dir)
+    adapted = adapt_teacher(cfg, teacher, tokenizer, data, vocab, root, resume)
+    signal, val_signal = teacher_signals(cfg, adapted, data, tokenizer, vocab, root)
+    stages = (["baseline"] if cfg.baseline else []) + ["distilled"]
+    for stage in stages:
+        students[stage] = train_stage(cfg, stage, template, tokenizer, data, vocab,
+                                      signal if stage == "distilled" else None, val_signal, run_dir, resume)
+    if adapted is not teacher:
+        students = {"teacher_adapted": adapted, **students}
+    if process_state(cfg.device).is_main_process:
+        report = evaluate_lm_run(cfg, teacher, students, data, vocab, val_signal, licence)
+        atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2))
+        atomic_write_text(run_dir / "report.md", render_lm_report(report))
+    return run_dir
+
+
+def build_caches(cfg: LMRunConfig) -> dict[str, TopKCache]:
+    """Just the teacher caches of `cfg` (train and val), built or verified."""
+    require_transformers()
+    tokenizer = lm_models.load_tokenizer(cfg.teacher.model, "teacher.model")
+    teacher = lm_models.load_causal_lm(cfg.teacher.model, "teacher.model")
+    data = load_text(cfg, tokenizer)
+    vocab = lm_models.shared_vocab(tokenizer, teacher)
+    root = teacher_root(cfg, data, Path(cfg.output_dir) / cfg.name)
+    teacher = adapt_teacher(cfg, teacher, tokenizer, data, vocab, root, resume=True)
+    return {split: _cache(cfg, teacher, getattr(data, split), tokenizer, vocab, root / split)
+            for split in ("train", "val")}
+
+
+def teacher_root(cfg: LMRunConfig, data: TextSplits, run_dir: Path) -> Path:
+    """Where the teacher's products live: the caches, and with `teacher.adapt` the adapted teacher, in a
+    folder named after the adaptation settings and the training corpus (so runs sharing `teacher.cache_dir`
+    share one adapted teacher, and other settings never read its caches)."""
+    root = Path(cfg.teacher.cache_dir or run_dir / "teacher_cache")
+    return root / f"adapted-{_adapt_id(cfg, data)}" if cfg.teacher.adapt is not None else root
+
+
+def _adapt_id(cfg: LMRunConfig, data: TextSplits) -> str:
+    a = cfg.teacher.adapt
+    parts = [cfg.teacher.model, a.model_dump(mode="json") if a else None, cfg.train.batch_size, cfg.train.precision,
+             cfg.train.optimizer.model_dump(mode="json", exclude={"lr"}), data.train.fingerprint()]  # what it trains with
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def adapt_teacher(cfg: LMRunConfig, teacher: nn.Module, tokenizer: Any, data: TextSplits, vocab: int,
+                  root: Path, resume: bool) -> nn.Module:
+    """The teacher fine-tuned on the training blocks with next-token CE (`teacher.adapt`), trained once
+    into `root`/model and read back from there; the teacher as given when `teacher.adapt` is unset."""
+    a = cfg.teacher.adapt
+    if a is None:
+        return teacher
+    model = copy.deepcopy(teacher).requires_grad_(True)  # a teacher may arrive frozen
+    if a.lora is not None:
+        model = lm_models.add_lora(model, a.lora.r, a.lora.alpha, a.lora.dropout, a.lora.target_modules)
+    train = LMTrainConfig(steps=a.steps, batch_size=cfg.train.batch_size, warmup_steps=min(10, a.steps // 10),
+                          eval_every=a.steps, save_every=max(1, a.steps // 4), precision=cfg.train.precision,
+                          seed=a.seed, optimizer=cfg.train.optimizer.model_copy(update={"lr": a.lr}))
+    loss = LMLossConfig(ratio=0.0, chunk_tokens=cfg.loss.chunk_tokens)
+    adapted = _fit_and_save(cfg, model, tokenizer, data, vocab, train, loss, None, None, root, "adapt teacher",
+                            resume=True)  # its own folder, keyed by its settings: always safe to continue
+    (root / "last.safetensors").unlink(missing_ok=True)  # the teacher's training state is not needed again
+    return adapted.to(next(teacher.parameters()).device).requires_grad_(False)
+
+
+def _cache(cfg: LMRunConfig, teacher: nn.Module, blocks: Any, tokenizer: Any, vocab: int,
+           directory: Path) -> TopKCache:
+    adapted = f" adapted {directory.parent.name}" if cfg.teacher.adapt is not None else ""
+    identity = {"teacher": cfg.teacher.model + adapted, "tokenizer": lm_models.tokenizer_fingerprint(tokenizer),
+                "k": cfg.teacher.top_k, "vocab": vocab}
+    return TopKCache.build_or_open(teacher, blocks, directory, identity=identity, batch_size=cfg.teacher.batch_size,
+                                   rebuild=cfg.teacher.cache_rebuild, quiet=cfg.quiet,
+                                   device=process_state(cfg.device).device)
+
+
+def load_text(cfg: LMRunConfig, tokenizer: Any) -> TextSplits:
+    d = cfg.data
+    if d.corpus == "jsonl":
+        rows = read_jsonl(d.path)  # type: ignore[arg-type]
+        blocks = encode_rows(rows, tokenizer, d.seq_len, response_only=d.response_only, packing=d.packing,
+                             source=str(d.path))
+        if d.max_blocks:
+            blocks = blocks_subset(blocks, torch.arange(min(len(blocks), d.max_blocks)))
+    else:
+        texts = read_kjv(d.path) if d.corpus == "kjv" else [Path(d.path).read_text()]  # type: ignore[arg-type]
+        blocks = pack_text(texts, tokenizer, d.seq_len, d.max_blocks)
+    splits = split_blocks(blocks, d.val_fraction, d.seed)
+    if d.val_blocks is not None and len(splits.val) > d.val_blocks:
+        splits.val = blocks_subset(splits.val, torch.arange(d.val_blocks))
+    return splits
+
+
+def build_student(cfg: LMRunConfig, teacher: nn.Module, tokenizer: Any) -> nn.Module:
+    s = cfg.student
+    if s.model is not None:
+        student = lm_models.load_causal_lm(s.model, "student.model")
+        lm_models.check_same_tokenizer(tokenizer, lm_models.load_tokenizer(s.model, "student.model"),
+                                       cfg.teacher.model, s.model)
+    else:
+        student = lm_models.student_from_teacher(teacher, layers=s.layers, overrides=s.config, seed=cfg.train.seed)
+    if s.lora is not None:
+        student = lm_models.add_lora(student, s.lora.r, s.lora.alpha, s.lora.dropout, s.lora.target_modules)
+    return student
+
+
+def teacher_signals(cfg: LMRunConfig, teacher: nn.Module, data: TextSplits, tokenizer: Any, vocab: int,
+                    root: Path) -> tuple[TokenTeacher, TokenTeacher]:
+    """Training signal (live, or the top-k cache) and the validation signal (cached the same way), in `root`."""
+    live = LiveLMTeacher(teacher, vocab)
+    if cfg.teacher.signal == "live" and cfg.on_policy.fraction > 0:
+        return live, live
+    caches = {}
+    with process_state(cfg.device).main_process_first():  # one process builds, the others open it
+        for split in ("train", "val"):
+            if split == "val" or cfg.teacher.signal == "cached":
+                caches[split] = _cache(cfg, teacher, getattr(data, split), tokenizer, vocab, root / split)
+    return caches.get("train", live), caches["val"]
+
+
+def train_stage(cfg: LMRunConfig, stage: str, template: nn.Module, tokenizer: Any, data: TextSplits, vocab: int,
+                signal: TokenTeacher | None, val_signal: TokenTeacher, run_dir: Path, resume: bool) -> nn.Module:
+    student = copy.deepcopy(template)  # same initial weights for the baseline and the distilled student
+    return _fit_and_save(cfg, student, tokenizer, data, vocab, cfg.train, cfg.loss, signal, val_signal,
+                         run_dir / stage, stage, resume)
+
+
+def _fit_and_save(cfg: LMRunConfig, model: nn.Module, tokenizer: Any, data: TextSplits, vocab: int,
+                  train: LMTrainConfig, loss: LMLossConfig, signal: TokenTeacher | None,
+                  val_signal: TokenTeacher | None, stage_dir: Path, name: str, resume: bool) -> nn.Module:
+    """One training stage into `stage_dir` (resumable); its model/ (Hugging Face format) once finished."""
+    from transformers import AutoModelForCausalLM
+
+    done = stage_dir / "model"
+    if (done / "config.json").is_file():
+        return AutoModelForCausalLM.from_pretrained(done, use_safetensors=True).eval()
+    out = fit_lm(model, data.train, train=train, loss=loss, vocab=vocab, teacher=signal,
+                 on_policy=cfg.on_policy if signal is not None else None, val_data=data.val,
+                 val_teacher=val_signal, pad_id=tokenizer.pad_token_id, checkpoint_dir=stage_dir,
+                 resume=resume, device=cfg.device, quiet=cfg.quiet, name=name)
+    model = out.model.merge_and_unload() if hasattr(out.model, "merge_and_unload") else out.model
+    if process_state(cfg.device).is_main_process:
+        lm_models.save_pretrained_atomic(model, tokenizer, done)
+    process_state(cfg.device).wait_for_everyone()
+    return model.eval()
+
+
+def evaluate_lm_run(cfg: LMRunConfig, teacher: nn.Module, students: dict[str, nn.Module], data: TextSplits,
+                    vocab: int, val_signal: TokenTeacher, licence: str | None) -> dict[str, Any]:
+    models: dict[str, Any] = {"teacher": {**evaluate_lm(teacher, data.val, vocab), **_costs(teacher, data)}}
+    for name, model in students.items():
+        models[name] = {**evaluate_lm(model, data.val, vocab, teacher=val_signal), **_costs(model, data)}
+    t, s = models.get("teacher_adapted", models["teacher"]), models["distilled"]  # the teacher that taught
+    summary = {"params_ratio": s["params"] / t["params"], "speedup": t["forward_ms"] / s["forward_ms"],
+               "ppl_ratio": s["ppl"] / t["ppl"]}
+    if "baseline" in models:
+        summary["ppl_gain_vs_baseline"] = models["baseline"]["ppl"] / s["ppl"]
+    report = {
+        "name": cfg.name, "kind": "lm",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_description(torch.get_num_threads()),
+        "teacher": {"model": cfg.teacher.model, "licence": licence,
+                    "licence_warning": lm_models.licence_warning(licence)},
+        "data": {"corpus": cfg.data.corpus, "seq_len": data.train.seq_len, "train_blocks": len(data.train),
+                 "val_blocks": len(data.val), "train_tokens": data.train.num_tokens,
+                 "tokens_seen": cfg.train.steps * cfg.train.batch_size * data.train.seq_len},
+        "loss": cfg.loss.model_dump(mode="json"),
+        "teacher_adapt": cfg.teacher.adapt.model_dump(mode="json") if cfg.teacher.adapt else None,
+        "teacher_signal": cfg.teacher.signal, "top_k": cfg.teacher.top_k,
+        "kl_over": "full vocabulary" if isinstance(val_signal, LiveLMTeacher) else f"top-{cfg.teacher.top_k} + tail",
+        "models": models, "summary": summary,
+    }
+    report["doctor"] = diagnose_lm(report)
+    return report
+
+
+def _costs(model: nn.Module, data: TextSplits) -> dict[str, float]:
+    """Parameters and the median forward time of one block at batch 1, on this process's device."""
+    x = data.val.input_ids[:1].to(next(model.parameters()).device)
+    times = time_calls(model.eval(), x, repeats=5, warmup=1)
+    return {"params": lm_models.count_parameters(model), "forward_ms": 1000 * sorted(times)[len(times) // 2]}
+
+
+def render_lm_report(report: dict[str, Any]) -> str:
+    """Markdown for a person: what was distilled, how close the student is, at what cost."""
+    t = report["teacher"]
+    lines = [f"# LM distillation report: {report['name']}", "",
+             f"{report['date']} · {report['machine']}", "",
+             *(doctor_lines(report["doctor"]) if report.get("doctor") else []),
+             f"Teacher `{t['model']}`, licence **{t['licence'] or 'unknown'}**."]
+    if t["licence_warning"]:
+        lines += ["", f"> ⚠ Licence: {t['licence_warning']}."]
+    d, loss = report["data"], report["loss"]
+    lines += ["", f"Data: {d['corpus']}, {d['train_blocks']} training blocks of {d['seq_len']} tokens "
+              f"({d['tokens_seen']:,} tokens seen per student), {d['val_blocks']} held-out blocks.",
+              f"Loss: {loss['ratio']:g} × {loss['kind']} (T={loss['temperature']:g}) + "
+              f"{1 - loss['ratio']:g} × CE"
+              + (f", CE only for the first {loss['warm_start']} steps" if loss.get("warm_start") else "")
+              + f"; teacher signal: {report['teacher_signal']}"
+              + (f" (top-{report['top_k']})" if report["teacher_signal"] == "cached" else "") + ".", "",
+              *_adapt_line(report.get("teacher_adapt")),
+              "| model | params | held-out ppl | KL to teacher | top-1 agreement | forward ms (1 block) |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for name, m in report["models"].items():
+        kl = f"{m['kl_teacher']:.3f}" if "kl_teacher" in m else "–"
+        agree = f"{100 * m['agreement']:.1f}%" if "agreement" in m else "–"
+        lines.append(f"| {name} | {m['params'] / 1e6:.1f}M | {m['ppl']:.2f} | {kl} | {agree} | {m['forward_ms']:.1f} |")
+    s = report["summary"]
+    lines += ["", f"The distilled student has {s['params_ratio']:.2f}× the teacher's parameters and runs "
+              f"{s['speedup']:.1f}× faster; its perplexity is {s['ppl_ratio']:.2f}× the teacher's."]
+    if "ppl_gain_vs_baseline" in s:
+        lines.append(f"Against the same student trained with plain CE, distillation divides perplexity by "
+                     f"{s['ppl_gain_vs_baseline']:.2f}.")
+    if report["kl_over"] != "full vocabulary":
+        lines += ["", f"KL to the teacher is measured over the teacher's cached {report['kl_over']} bin "
+                  "(a lower bound of the full-vocabulary KL)."]
+    return "\n".join(lines) + "\n"
+
+
+def _adapt_line(adapt: dict[str, Any] | None) -> list[str]:
+    if not adapt:
+        return []
+    how = f"LoRA r={adapt['lora']['r']}" if adapt.get("lora") else "every weight"
+    return [f"The teacher was first fine-tuned on the training blocks ({adapt['steps']} steps of next-token CE "
+            f"at lr {adapt['lr']:g}, {how}): `teacher_adapted` below, which taught the students.", ""]
+
+
+def require_transformers() -> None:
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        raise ModelError("LM distillation needs transformers: pip install 'distill[lm]'") from None

@@ -1,0 +1,1 @@
+"""The training engine: resume, fingerprint, NaN guard, DDP/FSDP, tracking and progress."""
