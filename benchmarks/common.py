@@ -63,9 +63,10 @@ def teacher_once(config: Path, overrides: list[str]) -> Path:
     """The weights of `config`'s teacher, trained once as the resumable run `teacher` (overrides must
     set output_dir) and reused as they are afterwards: student settings may change later without
     retraining it."""
+    from distill.core.rundir import open_run_dir
     from distill.data.datasets import load_data
     from distill.recipes.classify.config import load_config
-    from distill.recipes.classify.pipeline import load_or_train_teacher, open_run_dir
+    from distill.recipes.classify.pipeline import load_or_train_teacher
 
     cfg = load_config(config, [*overrides, "name=teacher"])
     done = Path(cfg.output_dir) / "teacher" / "teacher" / "model.safetensors"

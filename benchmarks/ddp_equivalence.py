@@ -36,6 +36,7 @@ HINT = [{"kind": "hint", "student": "net.2", "teacher": "net.2"}, {"kind": "kd",
 
 def worker(out: Path, epochs: int, seed: int) -> None:
     """One process of a run (under torchrun): train the three models, rank 0 writes what they ended as."""
+    from distill.core.distributed import process_state
     from distill.data.config import DataConfig
     from distill.data.datasets import load_data
     from distill.losses.methods import Method
@@ -44,7 +45,7 @@ def worker(out: Path, epochs: int, seed: int) -> None:
     from distill.models.zoo import build_model
     from distill.teachers.signals import LiveTeacher
     from distill.training.config import TrainConfig
-    from distill.training.engine import fit, process_state
+    from distill.training.engine import fit
 
     torch.set_num_threads(1)
     state = process_state("cpu")

@@ -10,8 +10,9 @@ import yaml
 
 import distill.recipes.classify.pipeline
 from distill.core.errors import ConfigError
+from distill.core.rundir import open_run_dir
 from distill.recipes.classify.config import validate_config
-from distill.recipes.classify.pipeline import open_run_dir, run, summarise
+from distill.recipes.classify.pipeline import run, summarise
 from distill.training.engine import _Loop
 
 

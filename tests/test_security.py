@@ -30,10 +30,11 @@ from distill.compress import quantize
 from distill.core.checkpoint import load_weights, save_weights
 from distill.core.errors import CheckpointError, ConfigError, DistillError, ModelError
 from distill.core.files import atomic_save_tensors, atomic_write_bytes, make_private_dir
+from distill.core.rundir import open_run_dir
 from distill.models.config import ModelConfig
 from distill.models.zoo import build_model
 from distill.recipes.classify.config import load_config, validate_config
-from distill.recipes.classify.pipeline import open_run_dir, run
+from distill.recipes.classify.pipeline import run
 from distill.recipes.textkd.config import load_textkd_config
 from distill.serve import server as serve
 from distill.teachers.remote import OpenAITeacher

@@ -225,9 +225,9 @@ def _config(args: argparse.Namespace, loader: Any = None):
 
 
 def _lm(args: argparse.Namespace) -> int:
+    from distill.core.distributed import process_state
     from distill.recipes.lm.config import load_lm_config
     from distill.recipes.lm.pipeline import run_lm
-    from distill.training.engine import process_state
 
     cfg = _config(args, load_lm_config)
     run_dir = run_lm(cfg, resume=args.resume)
@@ -248,8 +248,8 @@ def _lm_cache(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from distill.core.distributed import process_state
     from distill.recipes.classify.pipeline import run
-    from distill.training.engine import process_state
 
     cfg = _config(args)
     run_dir = run(cfg, resume=args.resume)
@@ -259,8 +259,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _train_teacher(args: argparse.Namespace) -> int:
+    from distill.core.rundir import open_run_dir
     from distill.data.datasets import load_data
-    from distill.recipes.classify.pipeline import load_or_train_teacher, open_run_dir
+    from distill.recipes.classify.pipeline import load_or_train_teacher
 
     cfg = _config(args)
     run_dir = open_run_dir(cfg, resume=True)

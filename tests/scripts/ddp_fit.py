@@ -25,6 +25,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: lm_helpers
 
+from distill.core.distributed import process_state  # noqa: E402
 from distill.data.config import DataConfig  # noqa: E402
 from distill.data.datasets import load_data  # noqa: E402
 from distill.losses.methods import Method  # noqa: E402
@@ -33,7 +34,7 @@ from distill.models.config import ModelConfig
 from distill.models.zoo import build_model  # noqa: E402
 from distill.teachers.signals import CachedTeacher, LiveTeacher  # noqa: E402
 from distill.training.config import TrainConfig
-from distill.training.engine import _Loop, fit, process_state  # noqa: E402
+from distill.training.engine import _Loop, fit
 
 HINT = [{"kind": "hint", "student": "net.2", "teacher": "net.2"}, {"kind": "kd", "weight": 0.5},
         {"kind": "ce", "weight": 0.5}]  # a feature method: its learned adapter is trained under DDP too

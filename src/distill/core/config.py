@@ -24,6 +24,15 @@ class Strict(BaseModel):
 _Model = TypeVar("_Model", bound=BaseModel)
 
 
+class RunHeader(Strict):
+    """What every job's config begins with: its name, where its run directory goes, what it runs on."""
+
+    name: str = Field(..., description="The run directory's name under output_dir.")
+    output_dir: Path = Path("runs")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    quiet: bool = Field(False, description="Print no progress (a resumed run may change it).")
+
+
 class Schedule(Strict):
     """A value that moves from `start` to `end` over training (progress 0 → 1)."""
 

@@ -6,6 +6,7 @@ synchronised around every timed call.
 
 from __future__ import annotations
 
+import platform
 import statistics
 import tempfile
 import time
@@ -116,3 +117,9 @@ def _costs(model: nn.Module, many: torch.Tensor, lat: list[float], thr: list[flo
         "throughput": batch / statistics.median(thr),
         "peak_memory_mb": peak_memory_mb(model, many),
     }
+
+
+def machine_description(threads: int) -> str:
+    cpu = platform.processor() or platform.machine()
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{platform.system()} {cpu}, torch {torch.__version__}, {threads} CPU thread(s) for timing{gpu}"

@@ -32,15 +32,11 @@ from distill.core.checkpoint import load_weights
 from distill.core.config import Strict, read_raw, validate_section
 from distill.core.errors import ConfigError
 from distill.core.files import atomic_write_text, make_private_dir
+from distill.core.rundir import open_run_dir
 from distill.data.datasets import load_data
 from distill.eval.bench import measure_models
 from distill.recipes.classify.config import default_config_dict, validate_config
-from distill.recipes.classify.pipeline import (
-    build_student,
-    load_or_train_teacher,
-    open_run_dir,
-    run,
-)
+from distill.recipes.classify.pipeline import build_student, load_or_train_teacher, run
 
 
 class Requirements(Strict):

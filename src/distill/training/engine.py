@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, PartialState
+from accelerate.state import AcceleratorState
 from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
@@ -28,6 +28,7 @@ from distill.core.checkpoint import (
     save_training_state,
     save_weights,
 )
+from distill.core.distributed import use_cuda
 from distill.core.errors import (
     CheckpointError,
     ConfigError,
@@ -325,15 +326,6 @@ def normalized_loss(parts: dict[str, torch.Tensor], weights: dict[str, tuple[flo
     """Σ weight · term / (the term's mean magnitude over the guard's first steps)."""
     terms = [w * scale.get(k, 1.0) * parts[k] for k, (w, _) in weights.items() if k in parts and w > 0]
     return torch.stack(terms).sum()
-
-
-def use_cuda(device: str) -> bool:
-    return torch.cuda.is_available() and device != "cpu"
-
-
-def process_state(device: str = "auto") -> PartialState:
-    """This process's place in the run (rank, world size); initialises torch.distributed under torchrun."""
-    return PartialState(cpu=not use_cuda(device))
 
 
 def make_accelerator(device: str, precision: str, tracking: list[str] | None,

@@ -7,7 +7,14 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from distill.core.config import Strict, builtin_config, read_raw, read_yaml, validate_section
+from distill.core.config import (
+    RunHeader,
+    Strict,
+    builtin_config,
+    read_raw,
+    read_yaml,
+    validate_section,
+)
 from distill.core.errors import ConfigError
 from distill.data.config import DataConfig
 from distill.losses.config import KDConfig, Term, check_term_weights, needs_live_teacher
@@ -75,10 +82,8 @@ class BenchConfig(Strict):
     repeats: int = Field(50, ge=3)
 
 
-class RunConfig(Strict):
+class RunConfig(RunHeader):
     name: str = "default"
-    output_dir: Path = Path("runs")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig
     student: StudentConfig
@@ -95,7 +100,6 @@ class RunConfig(Strict):
     baseline: bool = Field(True, description="Also train the student without the teacher.")
     bench: BenchConfig = Field(default_factory=BenchConfig)
     tracking: list[Literal["tensorboard", "mlflow"]] = Field(default_factory=list)
-    quiet: bool = False
 
     @model_validator(mode="after")
     def _teacher_signal_fits_augmentation(self) -> RunConfig:

@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from distill.core.checkpoint import load_weights, save_weights
+from distill.core.distributed import process_state
 from distill.core.errors import DataError
 from distill.data.arrays import ArrayDataset, DataSplits
 from distill.eval.metrics import predict
@@ -28,7 +29,7 @@ from distill.losses.terms import CE
 from distill.models.zoo import build_model, freeze
 from distill.recipes.classify.config import RunConfig
 from distill.teachers.signals import CachedTeacher
-from distill.training.engine import fit, process_state
+from distill.training.engine import fit
 
 
 def fold_indices(n: int, k: int, seed: int) -> list[torch.Tensor]:

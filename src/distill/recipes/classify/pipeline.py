@@ -8,24 +8,22 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
-from pydantic import BaseModel, ValidationError
 from torch import nn
 from torch.utils.data import Dataset
 
 from distill.core.checkpoint import load_weights, save_weights
-from distill.core.errors import ConfigError
-from distill.core.files import atomic_write_text, make_private_dir
+from distill.core.distributed import process_state
+from distill.core.files import atomic_write_text
+from distill.core.rundir import open_run_dir
 from distill.data.arrays import DataSplits, check_labels, labels_of
 from distill.data.datasets import load_data
 from distill.data.transfer import with_transfer_set
-from distill.eval.bench import measure_models
+from distill.eval.bench import machine_description, measure_models
 from distill.eval.doctor import diagnose
 from distill.eval.metrics import classification_metrics, mean_confidence, predict
 from distill.eval.validate import validate
@@ -39,7 +37,7 @@ from distill.recipes.classify.out_of_fold import out_of_fold_signal
 from distill.recipes.classify.plan import CONFIDENCE_SAMPLE, Plan, plan
 from distill.teachers.signals import CachedTeacher, LiveTeacher, TeacherSignal
 from distill.training.config import TrainConfig
-from distill.training.engine import best_key, fit, process_state
+from distill.training.engine import best_key, fit
 
 
 def run(cfg: RunConfig, resume: bool = False) -> Path:
@@ -73,46 +71,6 @@ def run(cfg: RunConfig, resume: bool = False) -> Path:
 
         render(run_dir)
     return run_dir
-
-
-def open_run_dir(cfg: BaseModel, resume: bool) -> Path:
-    """The run directory of any job's config (classic, lm, textkd: fields `name`, `output_dir`, `device`),
-    checked against the config saved there when resuming."""
-    run_dir = Path(cfg.output_dir) / cfg.name
-    current = cfg.model_dump(mode="json")
-    saved = run_dir / "config.yaml"
-    if saved.is_file():
-        if not resume:
-            raise ConfigError(f"Run directory {run_dir} already exists; pass --resume to continue it, "
-                              "or choose another run with name=NEW_NAME (nothing was overwritten).")
-        # `quiet` only changes what is printed, so `--resume` may add or drop `--quiet`.
-        previous = _with_defaults(yaml.safe_load(saved.read_text()) or {}, type(cfg))
-        if {**previous, "quiet": None} != {**current, "quiet": None}:
-            changed = sorted(k for k in set(previous) | set(current)
-                             if k != "quiet" and previous.get(k) != current.get(k))
-            teacher = run_dir / "teacher" / "model.safetensors"
-            reuse = (f" To keep its trained teacher, start a new run with teacher.checkpoint={teacher}."
-                     if teacher.is_file() else "")
-            raise ConfigError(f"--resume: the config differs from the one saved in {saved} "
-                              f"(sections: {', '.join(changed)}); resume with the same config, or start "
-                              f"a new run with name=NEW_NAME.{reuse}")
-    state = process_state(cfg.device)
-    state.wait_for_everyone()  # every process has checked before the main one writes
-    if state.is_main_process:
-        make_private_dir(run_dir)  # 0o700: configs, data and weights are the owner's alone
-        atomic_write_text(saved, yaml.safe_dump(current, sort_keys=False))
-    state.wait_for_everyone()
-    return run_dir
-
-
-def _with_defaults(raw: dict[str, Any], schema: type[BaseModel]) -> dict[str, Any]:
-    """A saved run config with the defaults of this version filled in (by its own job's schema), so
-    that settings added since it was written (at their defaults) do not block `--resume`; as saved if
-    it no longer validates."""
-    try:
-        return schema.model_validate(raw).model_dump(mode="json")
-    except ValidationError:
-        return raw
 
 
 def check_models(cfg: RunConfig, data: DataSplits) -> nn.Module | None:
@@ -313,12 +271,6 @@ def summarise(models: dict[str, Any]) -> dict[str, float]:
         gap = t["accuracy"] - models["baseline"]["accuracy"]
         out["gap_closed"] = (s["accuracy"] - models["baseline"]["accuracy"]) / gap if gap > 0 else float("nan")
     return out
-
-
-def machine_description(threads: int) -> str:
-    cpu = platform.processor() or platform.machine()
-    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{platform.system()} {cpu}, torch {torch.__version__}, {threads} CPU thread(s) for timing{gpu}"
 
 
 def _save_stage(path: Path, model: nn.Module) -> None:

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from distill.core.config import Strict, builtin_config, read_raw, validate_section
+from distill.core.config import RunHeader, Strict, builtin_config, read_raw, validate_section
 from distill.core.errors import ConfigError
 from distill.losses.tokens import LMLossConfig
 from distill.training.config import LMTrainConfig, OnPolicyConfig
@@ -68,10 +68,8 @@ class LMDataConfig(Strict):
     seed: int = 0
 
 
-class LMRunConfig(Strict):
+class LMRunConfig(RunHeader):
     name: str = "lm"
-    output_dir: Path = Path("runs")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
     teacher: LMTeacherConfig = Field(default_factory=LMTeacherConfig)
     student: LMStudentConfig = Field(default_factory=lambda: LMStudentConfig(layers=[0]))
     data: LMDataConfig = Field(default_factory=LMDataConfig)
@@ -79,7 +77,6 @@ class LMRunConfig(Strict):
     on_policy: OnPolicyConfig = Field(default_factory=OnPolicyConfig)
     train: LMTrainConfig = Field(default_factory=LMTrainConfig)
     baseline: bool = Field(True, description="Also train the student with plain next-token CE.")
-    quiet: bool = False
 
     @model_validator(mode="after")
     def _checks(self) -> LMRunConfig:

@@ -21,8 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from distill.core.distributed import process_state
 from distill.core.errors import ModelError
 from distill.core.files import atomic_write_text
+from distill.core.rundir import open_run_dir
 from distill.data.tokens import (
     TextSplits,
     blocks_subset,
@@ -32,17 +34,15 @@ from distill.data.tokens import (
     read_kjv,
     split_blocks,
 )
-from distill.eval.bench import time_calls
+from distill.eval.bench import machine_description, time_calls
 from distill.eval.doctor import diagnose_lm
 from distill.eval.lm import evaluate_lm
 from distill.eval.report import doctor_lines
 from distill.losses.tokens import LMLossConfig
 from distill.models import causal_lm as lm_models
-from distill.recipes.classify.pipeline import machine_description, open_run_dir
 from distill.recipes.lm.config import LMRunConfig
 from distill.teachers.tokens import LiveLMTeacher, TokenTeacher, TopKCache
 from distill.training.config import LMTrainConfig
-from distill.training.engine import process_state
 from distill.training.lm import fit_lm
 
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from distill.core.config import Strict, builtin_config, read_raw, validate_section
+from distill.core.config import RunHeader, Strict, builtin_config, read_raw, validate_section
 from distill.core.credentials import one_source
 from distill.core.errors import ConfigError
 from distill.losses.divergences import Kind
@@ -107,12 +107,10 @@ class TextStudentConfig(Strict):
     price_completion: float = Field(0.0, ge=0)
 
 
-class TextKDConfig(Strict):
+class TextKDConfig(RunHeader):
     """The whole job; `distill generate` reads only teacher, data, prompt, sampling, concurrency."""
 
     name: str = "bbc-step-by-step"
-    output_dir: Path = Path("runs")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
     teacher: TextTeacherConfig = Field(default_factory=TextTeacherConfig)
     data: TextDataConfig = Field(default_factory=TextDataConfig)
     prompt: PromptConfig = Field(default_factory=PromptConfig)
@@ -133,7 +131,6 @@ class TextKDConfig(Strict):
     seeds: list[int] = Field(default_factory=lambda: [0])
     train: LMTrainConfig = Field(default_factory=LMTrainConfig)
     label_max_tokens: int = Field(8, ge=1, description="Tokens a [label]-task student may generate.")
-    quiet: bool = False
 
     @model_validator(mode="after")
     def _pool_for_pseudo_label(self) -> TextKDConfig:

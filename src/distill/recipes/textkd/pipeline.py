@@ -42,7 +42,7 @@ from distill.teachers.text import LocalTextTeacher, Sampling, TextTeacher
 
 def run_textkd(cfg: TextKDConfig, resume: bool = False) -> Path:
     """Run the whole job; returns the run directory (which holds report.md)."""
-    from distill.recipes.classify.pipeline import open_run_dir
+    from distill.core.rundir import open_run_dir
     from distill.recipes.lm.pipeline import require_transformers
 
     require_transformers()
