@@ -35,8 +35,7 @@ from distill.data.datasets import load_data
 from distill.data.tokenizers import MINILM
 from distill.eval.bench import measure_models
 from distill.eval.metrics import classification_metrics, predict
-from distill.losses.methods import Method
-from distill.losses.terms import CE
+from distill.losses.methods import CE, Method
 from distill.models.encoders import EncoderClassifier, hf_encoder
 from distill.models.zoo import freeze
 from distill.teachers.signals import CachedTeacher, LiveTeacher

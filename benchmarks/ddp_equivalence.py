@@ -39,8 +39,7 @@ def worker(out: Path, epochs: int, seed: int) -> None:
     from distill.core.distributed import process_state
     from distill.data.config import DataConfig
     from distill.data.datasets import load_data
-    from distill.losses.methods import Method
-    from distill.losses.terms import CE, KD
+    from distill.losses.methods import CE, KD, Method
     from distill.models.config import ModelConfig
     from distill.models.zoo import build_model
     from distill.teachers.signals import LiveTeacher

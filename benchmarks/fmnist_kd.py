@@ -30,7 +30,7 @@ REPORT_DIR = Path(__file__).parents[1] / "docs" / "reports" / "fashion_mnist"
 OUT = WORK / "fmnist"
 NO_AUG = ["train.augment.shift=0", "train.augment.flip=false", "train.augment.mixup=0"]
 STUDENT = ["student.kwargs={hidden: [256]}"]
-AUTO = ["recipe=auto", "teacher.signal=auto", "kd.temperature=null", "kd.alpha=null"]
+AUTO = ["recipe=auto", "teacher.signal=auto", "kd.temperature=null", "kd.ratio=null"]
 
 
 def main() -> None:

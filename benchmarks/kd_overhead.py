@@ -24,7 +24,7 @@ from distill.data.arrays import ArrayDataset
 from distill.data.batches import iter_batches
 from distill.data.config import DataConfig
 from distill.data.datasets import load_data
-from distill.losses.terms import CE, KD
+from distill.losses.methods import CE, KD
 from distill.models.config import ModelConfig
 from distill.models.zoo import build_model, channels_last, freeze
 from distill.recipes.classify.config import load_config

@@ -42,7 +42,7 @@ from safetensors.torch import load_file
 
 OUT = WORK / "kd_wins"
 CONFIGS = Path(__file__).parents[1] / "configs"
-RECIPE_DEFAULTS = ["teacher.signal=auto", "kd.temperature=null", "kd.alpha=null"]  # the config's own KD settings out
+RECIPE_DEFAULTS = ["teacher.signal=auto", "kd.temperature=null", "kd.ratio=null"]  # the config's own KD settings out
 
 
 @dataclass(frozen=True)
@@ -220,7 +220,7 @@ def run_lm_seed(name: str, seed: int) -> None:
     models = report["models"]
     row = {"metric": "ppl", "teacher": models.get("teacher_adapted", models["teacher"])["ppl"],
            "teacher_as_given": models["teacher"]["ppl"], "plain": models["baseline"]["ppl"],
-           "kd": models["distilled"]["ppl"], "loss": report["loss"], "teacher_adapt": report.get("teacher_adapt"),
+           "kd": models["distilled"]["ppl"], "kd": lm_kd_settings(report), "teacher_adapt": report.get("teacher_adapt"),
            "tokens": report["data"]["tokens_seen"], "wall_s_auto_run": time.perf_counter() - start}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"{name}-{seed}.json").write_text(json.dumps(row, indent=2))

@@ -7,12 +7,12 @@ final norm and tied output layer): 0.24× the teacher's parameters. Same token b
 (`--steps` × 4 × 128 tokens, one pass over the same training blocks), 3 seeds each:
 
   ce           plain next-token cross-entropy (no teacher)
-  forward_kl   KL(teacher ‖ student) from the top-64 cache (loss.ratio 1)
+  forward_kl   KL(teacher ‖ student) from the top-64 cache (kd.ratio 1)
   reverse_kl   KL(student ‖ teacher) from the cache
   jsd          generalized JSD(β = 0.5) from the cache
   forward_kl_full   forward KL from the live teacher's full logits (1 seed: the cache's cost in quality)
-  mix          0.5 × forward KL + 0.5 × CE (loss.ratio 0.5)
-  reverse_kl_warm, jsd_warm   the divergence after 40 steps of CE only (loss.warm_start 40)
+  mix          0.5 × forward KL + 0.5 × CE (kd.ratio 0.5)
+  reverse_kl_warm, jsd_warm   the divergence after 40 steps of CE only (kd.warm_start 40)
   adapted_forward_kl, adapted_mix   forward_kl and mix taught by the teacher fine-tuned on the training
                blocks first (teacher.adapt: 60 steps of CE at lr 1e-4, the `distill lm` stage)
   adapted_mix is the recipe of the built-in `distill lm` job: its perplexity is `kd_student_ppl`.
@@ -41,7 +41,7 @@ from common import WORK, mean_std, write_result
 
 from distill.data.tokens import TextSplits, pack_text, read_kjv, split_blocks
 from distill.eval.lm import evaluate_lm
-from distill.losses.tokens import LMLossConfig
+from distill.losses.config import TokenKDConfig
 from distill.models import causal_lm as lm_models
 from distill.recipes.lm.config import LMRunConfig, LMTeacherConfig, TeacherAdaptConfig
 from distill.recipes.lm.pipeline import adapt_teacher
@@ -111,7 +111,7 @@ def main() -> None:
         cfg = LMTrainConfig(steps=args.steps, batch_size=BATCH, eval_every=10**9, save_every=10**9,
                             warmup_steps=10, seed=seed, precision="no")
         cfg.optimizer.lr = args.lr
-        out = fit_lm(student, train, train=cfg, loss=LMLossConfig(**spec), vocab=vocab, teacher=signal,
+        out = fit_lm(student, train, train=cfg, kd=TokenKDConfig(**spec), vocab=vocab, teacher=signal,
                      on_policy=on_policy, pad_id=tok.pad_token_id, device="cpu", name=f"{arm} seed {seed}")
         metrics = evaluate_lm(out.model, val, vocab, teacher=caches["val"])  # KL to the teacher as given
         row = {"arm": arm, "seed": seed, **metrics, "seconds": time.perf_counter() - start}

@@ -38,7 +38,7 @@ from common import WORK, write_result  # noqa: E402
 
 from distill.data.tokens import TokenBlocks, pack_text, read_kjv  # noqa: E402
 from distill.losses.tokens import (
-    LMLossConfig,
+    TokenKDConfig,
     lm_loss,  # noqa: E402
 )
 from distill.models import causal_lm as lm_models  # noqa: E402
@@ -110,7 +110,7 @@ def run_ours(base, blocks: TokenBlocks, signal, kind: str, vocab: int, steps: in
     train = LMTrainConfig(steps=steps + 2, batch_size=BATCH, optimizer=OptimizerConfig(lr=LR, weight_decay=WD),
                           scheduler="none", warmup_steps=0, grad_clip=1.0, eval_every=10**9, save_every=10**9,
                           precision="no")
-    fit_lm(student, blocks, train=train, loss=LMLossConfig(kind=kind, beta=0.5, ratio=1.0), vocab=vocab, teacher=signal,
+    fit_lm(student, blocks, train=train, kd=TokenKDConfig(divergence=kind, jsd_beta=0.5, ratio=1.0), vocab=vocab, teacher=signal,
            device="cpu", quiet=True)
     return _window(stamps, steps)
 
@@ -126,8 +126,8 @@ def loss_check(base, teacher, tok, blocks, dataset, cache, vocab: int, out: Path
         trainer = trl_trainer(copy.deepcopy(base), teacher, tok, dataset, beta, 1, out)
         res[f"trl_{arm}"] = float(trainer.compute_loss(trainer.model, inputs))
         kind = "forward_kl" if arm == "fkl" else "jsd"
-        res[f"ours_{arm}"] = float(lm_loss(base, batch, live, LMLossConfig(kind=kind, beta=0.5, ratio=1.0), vocab)["loss"])
-    res["ours_fkl_cached"] = float(lm_loss(base, batch, cache.signal(batch), LMLossConfig(ratio=1.0), vocab)["loss"])
+        res[f"ours_{arm}"] = float(lm_loss(base, batch, live, TokenKDConfig(divergence=kind, jsd_beta=0.5, ratio=1.0), vocab)["loss"])
+    res["ours_fkl_cached"] = float(lm_loss(base, batch, cache.signal(batch), TokenKDConfig(ratio=1.0), vocab)["loss"])
     return res
 
 

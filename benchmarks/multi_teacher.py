@@ -27,6 +27,7 @@ import time
 from common import WORK, mean_std, write_result
 from torch import nn
 
+from distill.losses.config import KDConfig
 from distill.core.checkpoint import load_weights, save_weights
 from distill.data.arrays import DataSplits, labels_of
 from distill.data.augment import AugmentConfig
@@ -34,7 +35,7 @@ from distill.data.config import DataConfig
 from distill.data.datasets import load_data
 from distill.data.transfer import with_transfer_set
 from distill.eval.metrics import predict
-from distill.losses.terms import CE
+from distill.losses.methods import CE
 from distill.models.config import ModelConfig
 from distill.models.ensemble import Ensemble
 from distill.models.zoo import build_model, freeze
@@ -94,7 +95,7 @@ def main() -> None:
              "cpu_seconds": round(time.process_time()),  # wall time depends on what runs beside it
              "setup": {"labelled_images": len(data.train), "unlabelled_images": len(data.unlabeled),
                        "teacher_epochs": args.teacher_epochs, "student_epochs": args.student_epochs,
-                       "kd": repr(kd_objective(None, None)),
+                       "kd": kd_objective(KDConfig()).describe(),
                        "teachers": {n: {**POOL[n][0].model_dump(mode="json"), "seed": POOL[n][1]}
                                     for n in args.teachers},
                        "student": STUDENT.model_dump(mode="json")}}
@@ -132,7 +133,7 @@ def student(arm: str, signal: CachedTeacher | None, data: DataSplits, taught, se
     cfg = TrainConfig(epochs=epochs if signal is not None else plain_epochs, batch_size=128, precision="no",
                       seed=seed, optimizer=OptimizerConfig(name="adamw", lr=2e-3))
     result = fit(model, taught if signal is not None else data.train,
-                 objective=kd_objective(None, None) if signal is not None else CE(), config=cfg,
+                 objective=kd_objective(KDConfig()) if signal is not None else CE(), config=cfg,
                  num_classes=data.num_classes, teacher=signal, val_data=data.val, device="cpu", quiet=True,
                  name=f"{arm}-{seed}")
     acc = accuracy(result.model, data.test)

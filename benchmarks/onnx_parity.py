@@ -34,7 +34,7 @@ from distill.data.config import DataConfig
 from distill.data.datasets import load_data
 from distill.eval.metrics import predict
 from distill.export.onnx import bench_onnx, check_parity, export_onnx, ort_session, quantize_onnx
-from distill.losses.terms import CE
+from distill.losses.methods import CE
 from distill.models.config import ModelConfig
 from distill.models.zoo import build_model
 from distill.training.config import OptimizerConfig, TrainConfig

@@ -19,13 +19,14 @@ from common import WORK, mean_std, write_result
 from fmnist_kd import CONFIG
 from fmnist_kd import teacher as teacher_weights
 
+from distill.losses.config import KDConfig
 from distill.compress.prune import prune_to_size
 from distill.core.checkpoint import load_weights
 from distill.data.arrays import labels_of
 from distill.data.datasets import load_data
 from distill.eval.bench import time_calls
 from distill.eval.metrics import classification_metrics, predict
-from distill.losses.terms import CE, KD
+from distill.losses.methods import CE, KD
 from distill.models.zoo import build_model, freeze
 from distill.recipes.classify.config import load_config
 from distill.recipes.classify.plan import kd_objective
@@ -58,7 +59,7 @@ def main() -> None:
         pruned, report = prune_to_size(original, level, example)
         m[f"reduction_{tag}"] = report.reduction
         m[f"acc_{tag}_pruned"] = _acc(predict(pruned, data.test), labels)
-        arms = {"no_kd": CE(), "kd": kd_objective(None, None), "kd_pure": KD(temperature=1.0, alpha=1.0)}
+        arms = {"no_kd": CE(), "kd": kd_objective(KDConfig()), "kd_pure": KD(temperature=1.0, ratio=1.0)}
         for arm, objective in arms.items():
             accs = [_recover(tag, arm, seed, pruned, objective, original, data, args.epochs, labels)
                     for seed in range(args.seeds)]

@@ -38,7 +38,7 @@ from distill.data.config import DataConfig
 from distill.data.datasets import load_data
 from distill.eval.bench import time_calls
 from distill.eval.metrics import predict
-from distill.losses.terms import KD
+from distill.losses.methods import KD
 from distill.models.config import ModelConfig
 from distill.models.zoo import build_model, freeze
 from distill.recipes.classify.config import load_config
@@ -50,7 +50,7 @@ CONFIG = Path(__file__).parents[1] / "configs" / "fashion_mnist.yaml"
 TEACHER = WORK / "fmnist" / "teacher" / "teacher" / "model.safetensors"
 OUT = WORK / "quant"
 STUDENT = ModelConfig(arch="cnn", kwargs={"widths": [16, 32], "convs": 1, "fc": 64})
-OBJECTIVE = KD(temperature=4.0, alpha=0.9)
+OBJECTIVE = KD(temperature=4.0, ratio=0.9)
 
 
 def main() -> None:

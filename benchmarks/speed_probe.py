@@ -27,7 +27,7 @@ ROOT = Path(__file__).parents[1]
 def fmnist(steps: int) -> dict[str, float]:
     from distill.data.config import DataConfig
     from distill.data.datasets import load_data
-    from distill.losses.terms import KD
+    from distill.losses.methods import KD
     from distill.models.zoo import build_model, freeze
     from distill.recipes.classify.config import load_config
     from distill.teachers.signals import LiveTeacher
@@ -41,7 +41,7 @@ def fmnist(steps: int) -> dict[str, float]:
     student = build_model(cfg.student, data.input_shape, data.num_classes, seed=0)
     stamps = _stamp(student)
     train = TrainConfig(epochs=1, batch_size=batch, optimizer=cfg.train.optimizer, augment=cfg.train.augment)
-    fit(student, data.train, objective=KD(cfg.kd.temperature, cfg.kd.alpha), config=train,
+    fit(student, data.train, objective=KD(cfg.kd.temperature, cfg.kd.ratio), config=train,
         num_classes=data.num_classes, teacher=LiveTeacher(teacher), quiet=True, device="cpu")
     return _rate(stamps[1:], batch, "images_per_s")  # stamps[0]: the dry forward that checks shapes
 
@@ -56,7 +56,7 @@ def llm(steps: int, signal: str) -> dict[str, float]:
 
     from distill.training.config import OptimizerConfig
     from distill.models import causal_lm as lm_models
-    from distill.losses.tokens import LMLossConfig
+    from distill.losses.config import TokenKDConfig
     from distill.training.config import LMTrainConfig
     from distill.teachers.tokens import LiveLMTeacher, TopKCache
     from distill.data.tokens import pack_text, read_kjv
@@ -77,7 +77,7 @@ def llm(steps: int, signal: str) -> dict[str, float]:
     train = LMTrainConfig(steps=steps + 4, batch_size=BATCH, optimizer=OptimizerConfig(lr=5e-4, weight_decay=0.01),
                           scheduler="none", warmup_steps=0, grad_clip=1.0, eval_every=10**9, save_every=10**9,
                           precision="no")
-    fit_lm(student, blocks, train=train, loss=LMLossConfig(kind="forward_kl", ratio=1.0), vocab=vocab, teacher=source,
+    fit_lm(student, blocks, train=train, kd=TokenKDConfig(divergence="forward_kl", ratio=1.0), vocab=vocab, teacher=source,
            device="cpu", quiet=True)
     return _rate(stamps, BATCH * SEQ_LEN, "tokens_per_s")
 

@@ -50,7 +50,7 @@ def main() -> None:
     torch.manual_seed(0)
     teacher = distill.train(Teacher(), train, val_data=val, epochs=args.epochs, batch_size=32, lr=1e-2,
                             quiet=True).model
-    result = distill.distill(teacher, Student(), train, val_data=val, loss=KD(temperature=4, alpha=0.9),
+    result = distill.distill(teacher, Student(), train, val_data=val, loss=KD(temperature=4, ratio=0.9),
                              epochs=args.epochs, batch_size=32, lr=1e-2, quiet=True)
     m = result.metrics
     print(f"student accuracy {m['accuracy']:.3f}, agreement with teacher {m['agreement']:.3f}, "

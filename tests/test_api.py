@@ -73,7 +73,7 @@ def test_train_baseline_returns_metrics(blobs):
 
 def test_distill_with_user_modules_and_tuple_dataset(blobs, teacher):
     train, val = blobs
-    result = distill.distill(teacher, Student(), train, loss=KD(temperature=4, alpha=0.9), val_data=val,
+    result = distill.distill(teacher, Student(), train, loss=KD(temperature=4, ratio=0.9), val_data=val,
                              epochs=2, batch_size=16, lr=0.05, quiet=True)
     assert isinstance(result, distill.Result) and isinstance(result.model, Student)
     assert len(result.history) == 2
@@ -175,7 +175,7 @@ def test_hugging_face_rows_and_models_distil_with_the_mask_reaching_both(as_dict
     for m in (teacher, student):  # record what each model's own forward receives
         m.forward = (lambda m, f: lambda *a, **kw: (masks.append((m, kw.get("attention_mask"))), f(*a, **kw))[1])(
             m, m.forward)
-    result = distill.distill(teacher, student, data, loss=KD(temperature=2, alpha=0.5), epochs=1, batch_size=8,
+    result = distill.distill(teacher, student, data, loss=KD(temperature=2, ratio=0.5), epochs=1, batch_size=8,
                              val_data=data, quiet=True)
     assert result.model is student and 0 <= result.metrics["accuracy"] <= 1
     seen = {mod for mod, mask in masks if mask is not None and bool((mask == 0).any())}

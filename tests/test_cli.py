@@ -75,7 +75,7 @@ def test_resume_of_a_finished_run_skips_every_stage(finished_run, monkeypatch, c
 
 def test_resume_with_a_changed_config_is_refused(finished_run, capsys):
     run_dir, args = finished_run
-    assert main([*args, "kd.alpha=0.7", "--resume"]) == 2
+    assert main([*args, "kd.ratio=0.7", "--resume"]) == 2
     err = capsys.readouterr().err
     assert "config differs" in err and "(sections: kd)" in err
     assert f"teacher.checkpoint={run_dir / 'teacher' / 'model.safetensors'}" in err

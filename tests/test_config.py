@@ -64,11 +64,11 @@ def test_existing_checkpoint_file_is_accepted(tmp_path: Path):
 
 
 def test_overrides_are_parsed_as_yaml_values():
-    cfg = load_config(overrides=["train.epochs=3", "student.kwargs.hidden=[16,8]", "kd.alpha=0.5",
+    cfg = load_config(overrides=["train.epochs=3", "student.kwargs.hidden=[16,8]", "kd.ratio=0.5",
                                  "name=exp1", "train.grad_clip="])
     assert cfg.train.epochs == 3
     assert cfg.student.kwargs["hidden"] == [16, 8]
-    assert cfg.kd.alpha == 0.5
+    assert cfg.kd.ratio == 0.5
     assert cfg.name == "exp1"
     assert cfg.train.grad_clip is None
     # untouched keys keep the file's values
@@ -144,8 +144,8 @@ def test_an_invalid_value_from_an_override_names_the_override_not_only_the_file(
     cfg = tmp_path / "c.yaml"
     cfg.write_text("train: {epochs: 3}\n")
     with pytest.raises(ConfigError) as exc:
-        load_config(cfg, ["kd.alpha=1.5"])
-    assert str(cfg) in str(exc.value) and "set by the command-line override `kd.alpha=1.5`" in str(exc.value)
+        load_config(cfg, ["kd.ratio=1.5"])
+    assert str(cfg) in str(exc.value) and "set by the command-line override `kd.ratio=1.5`" in str(exc.value)
     cfg.write_text("kd: {alpha: 1.5}\n")
     with pytest.raises(ConfigError) as exc:
         load_config(cfg, ["train.epochs=4"])
@@ -153,7 +153,9 @@ def test_an_invalid_value_from_an_override_names_the_override_not_only_the_file(
 
 
 def test_kd_settings_beside_a_losses_list_are_refused_not_ignored():
-    with pytest.raises(ConfigError, match="kd.temperature and a losses list are both given"):
+    with pytest.raises(ConfigError, match=r"the kd section \(kd.temperature\) and a losses list are both given"):
         load_config(None, ["kd.temperature=4", "losses=[{kind: ce}]"])
+    with pytest.raises(ConfigError, match=r"kd section \(kd.divergence, kd.ratio\) and a losses list"):
+        load_config(None, ["kd.divergence=reverse_kl", "kd.ratio=0.5", "losses=[{kind: ce}]"])
     assert load_config(None, ["losses=[{kind: ce}]"]).losses  # a losses list alone is the method
     assert load_config(None, ["kd.temperature=4"]).kd.temperature == 4  # and so is the kd section alone

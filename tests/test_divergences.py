@@ -29,10 +29,10 @@ def test_tvd_and_skew_kl_hand_values():
     assert divergence(p.log(), q.log(), kind="tvd").item() == pytest.approx(0.2, rel=1e-6)
     m = 0.1 * p + 0.9 * q
     expected = float((p * (p / m).log()).sum())
-    assert divergence(p.log(), q.log(), kind="skew_kl", alpha=0.1).item() == pytest.approx(expected, rel=1e-6)
+    assert divergence(p.log(), q.log(), kind="skew_kl", skew=0.1).item() == pytest.approx(expected, rel=1e-6)
     m_rev = 0.1 * q + 0.9 * p
     expected = float((q * (q / m_rev).log()).sum())
-    assert divergence(p.log(), q.log(), kind="skew_reverse_kl", alpha=0.1).item() == pytest.approx(expected,
+    assert divergence(p.log(), q.log(), kind="skew_reverse_kl", skew=0.1).item() == pytest.approx(expected,
                                                                                                     rel=1e-6)
 
 
@@ -64,8 +64,8 @@ def test_jsd_at_one_half_is_symmetric_and_others_are_not():
 def test_skew_kls_with_no_skew_are_the_plain_kls():
     log_p = _logits(3, 7, seed=5).log_softmax(-1)
     log_q = _logits(3, 7, seed=6).log_softmax(-1)
-    assert torch.allclose(divergence(log_p, log_q, kind="skew_kl", alpha=0.0), kl(log_p, log_q))
-    assert torch.allclose(divergence(log_p, log_q, kind="skew_reverse_kl", alpha=0.0), kl(log_q, log_p))
+    assert torch.allclose(divergence(log_p, log_q, kind="skew_kl", skew=0.0), kl(log_p, log_q))
+    assert torch.allclose(divergence(log_p, log_q, kind="skew_reverse_kl", skew=0.0), kl(log_q, log_p))
 
 
 def test_masked_positions_are_ignored_and_all_masked_is_zero():
@@ -130,8 +130,8 @@ def test_bad_arguments_are_clear_errors():
         token_divergence(s)
     with pytest.raises(ValueError, match="Unknown divergence"):
         token_divergence(s, teacher_logits=s, kind="hellinger")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match=r"beta must be in \[0, 1\]"):
-        token_divergence(s, teacher_logits=s, kind="jsd", beta=1.5)
+    with pytest.raises(ValueError, match=r"jsd_beta must be in \[0, 1\]"):
+        token_divergence(s, teacher_logits=s, kind="jsd", jsd_beta=1.5)
 
 
 @pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl", "jsd", "tvd"])

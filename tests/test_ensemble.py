@@ -12,7 +12,7 @@ from torch import nn
 from distill.core.checkpoint import save_weights
 from distill.core.errors import ConfigError, ModelError
 from distill.data.arrays import ArrayDataset
-from distill.losses.terms import KD
+from distill.losses.methods import KD
 from distill.models.config import ModelConfig
 from distill.models.ensemble import (
     Ensemble,
@@ -172,12 +172,12 @@ def test_mixed_architectures_teach_a_student_through_kd():
     teacher_logits = ens(x)
     assert teacher_logits.shape == (5, 10) and ens.member_logits(x).shape == (5, 2, 10)
     student = _zoo("mlp", seed=1, hidden=[8])
-    parts = KD(temperature=4.0, alpha=0.9)(student(x), teacher_logits, torch.arange(5))
+    parts = KD(temperature=4.0, ratio=0.9)(student(x), teacher_logits, torch.arange(5))
     parts["loss"].backward()
     assert torch.isfinite(parts["loss"]) and parts["loss"] > 0
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in student.parameters())
     assert all(p.grad is None for p in ens.parameters())  # nothing flows into the frozen members
-    same = KD(temperature=4.0, alpha=1.0)(teacher_logits, teacher_logits, torch.arange(5))["loss"]
+    same = KD(temperature=4.0, ratio=1.0)(teacher_logits, teacher_logits, torch.arange(5))["loss"]
     assert same.item() == pytest.approx(0.0, abs=1e-6)  # a copy of the ensemble learns nothing
 
 

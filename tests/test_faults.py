@@ -393,7 +393,8 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 from distill.core.checkpoint import save_weights
 from distill.core.files import atomic_write_text
 from distill.teachers import tokens as signals
-from distill.recipes.lm.config import LMLossConfig, LMTrainConfig
+from distill.losses.config import TokenKDConfig
+from distill.training.config import LMTrainConfig
 from distill.models.causal_lm import tokenizer_fingerprint
 from distill.data.tokens import blocks_subset, pack_text
 from distill.training.lm import fit_lm
@@ -408,7 +409,7 @@ for model, pause in ((teacher, 0.05), (student, 0.1)):  # a job slow enough to b
 identity = {"teacher": "tiny", "tokenizer": tokenizer_fingerprint(tok), "k": 8, "vocab": len(tok)}
 cache = signals.TopKCache.build_or_open(teacher, blocks, root / "cache", identity=identity, quiet=True)
 train = LMTrainConfig(steps=steps, batch_size=4, warmup_steps=2, eval_every=2, save_every=2, precision="no")
-result = fit_lm(student, blocks, train=train, loss=LMLossConfig(), vocab=len(tok), teacher=cache,
+result = fit_lm(student, blocks, train=train, kd=TokenKDConfig(), vocab=len(tok), teacher=cache,
                 val_data=blocks_subset(blocks, torch.arange(8)), val_teacher=cache, checkpoint_dir=out,
                 resume=resume, device="cpu", quiet=True)
 save_weights(out / "model.safetensors", result.model)

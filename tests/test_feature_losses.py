@@ -76,7 +76,7 @@ def test_dkd_decomposes_classic_kd():
     temp = 2.0
     p_target = (t / temp).softmax(1)[0, 2].item()
     want = soft_target_kl(s, t, temp)
-    got = dkd(s, t, y, alpha=1.0, beta=1 - p_target, temperature=temp)
+    got = dkd(s, t, y, tckd_weight=1.0, nckd_weight=1 - p_target, temperature=temp)
     assert got.item() == pytest.approx(want.item(), rel=1e-4)
     assert dkd(t, t, y).item() == pytest.approx(0.0, abs=1e-6)
     assert descends(lambda z, tt, yy: dkd(z, tt, yy), torch.randn(4, 5), torch.randn(4, 5), torch.tensor([0, 1, 2, 3]))

@@ -213,7 +213,7 @@ def array_data(draw: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _one_step(model: torch.nn.Module, train: Any, num_classes: int, val: Any = None) -> None:
-    from distill.losses.terms import CE
+    from distill.losses.methods import CE
     from distill.training.config import TrainConfig
     from distill.training.engine import fit
 

@@ -17,7 +17,7 @@ from distill.core.errors import CheckpointError, ConfigError, ModelError  # noqa
 from distill.data.tokens import pack_text  # noqa: E402
 from distill.eval.lm import evaluate_lm  # noqa: E402
 from distill.losses.tokens import (
-    LMLossConfig,
+    TokenKDConfig,
     lm_loss,  # noqa: E402
 )
 from distill.models import causal_lm as lm_models  # noqa: E402
@@ -77,7 +77,7 @@ def test_padded_vocabularies_are_sliced_to_the_tokenizer(lm, tmp_path):
     padded = make_llama(tmp_path / "padded", lm["tok"], layers=1, vocab=lm["vocab"] + 24)
     assert lm_models.shared_vocab(lm["tok"], lm["teacher"], padded) == lm["vocab"]
     batch = lm["blocks"].batch(torch.arange(2))
-    parts = lm_loss(padded, batch, LiveLMTeacher(lm["teacher"], lm["vocab"]).signal(batch), LMLossConfig(), lm["vocab"])
+    parts = lm_loss(padded, batch, LiveLMTeacher(lm["teacher"], lm["vocab"]).signal(batch), TokenKDConfig(), lm["vocab"])
     assert torch.isfinite(parts["loss"])
     small = make_llama(tmp_path / "small", lm["tok"], layers=1, vocab=lm["vocab"] - 3)
     with pytest.raises(ModelError, match="cannot score every token"):
@@ -113,7 +113,7 @@ def test_the_licence_is_read_from_the_model_card_and_restrictive_ones_warn(lm, t
 def test_ce_part_equals_the_models_own_next_token_loss(lm):
     student = lm_models.student_from_teacher(lm["teacher"], layers=[1])
     batch = lm["blocks"].batch(torch.arange(3))
-    ours = lm_loss(student, batch, None, LMLossConfig(ratio=0.0), lm["vocab"])["loss"]
+    ours = lm_loss(student, batch, None, TokenKDConfig(ratio=0.0), lm["vocab"])["loss"]
     theirs = student(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss
     assert torch.allclose(ours, theirs, rtol=1e-5)
 
@@ -124,7 +124,7 @@ def test_chunked_objective_equals_one_chunk_in_value_and_gradient(lm):
     results = []
     for chunk in (5, 10_000):
         student = lm_models.student_from_teacher(lm["teacher"], layers=[2], seed=0)
-        loss = lm_loss(student, batch, signal, LMLossConfig(kind="jsd", ratio=0.7, chunk_tokens=chunk), lm["vocab"])
+        loss = lm_loss(student, batch, signal, TokenKDConfig(divergence="jsd", ratio=0.7, chunk_tokens=chunk), lm["vocab"])
         loss["loss"].backward()
         results.append((loss["loss"].detach(), student.model.embed_tokens.weight.grad.clone()))
     (a, ga), (b, gb) = results
@@ -136,7 +136,7 @@ def test_identical_teacher_and_student_give_zero_divergence(lm):
     batch = lm["blocks"].batch(torch.arange(2))
     signal = LiveLMTeacher(lm["teacher"], lm["vocab"]).signal(batch)
     for kind in ("forward_kl", "reverse_kl", "jsd", "tvd"):
-        kd = lm_loss(lm["teacher"], batch, signal, LMLossConfig(kind=kind), lm["vocab"])["kd"]
+        kd = lm_loss(lm["teacher"], batch, signal, TokenKDConfig(divergence=kind), lm["vocab"])["kd"]
         assert float(kd) == pytest.approx(0.0, abs=1e-5)
 
 
@@ -166,8 +166,8 @@ def test_a_cache_with_k_equal_vocab_gives_the_full_loss(lm, tmp_path, small_shar
     cache = TopKCache.build_or_open(lm["teacher"], blocks, tmp_path / "c", identity=_identity(lm, k=vocab), quiet=True)
     batch = blocks.batch(torch.arange(3))
     student = lm_models.student_from_teacher(lm["teacher"], layers=[0])
-    full = lm_loss(student, batch, LiveLMTeacher(lm["teacher"], vocab).signal(batch), LMLossConfig(), vocab)["kd"]
-    sparse = lm_loss(student, batch, cache.signal(batch), LMLossConfig(), vocab)["kd"]
+    full = lm_loss(student, batch, LiveLMTeacher(lm["teacher"], vocab).signal(batch), TokenKDConfig(), vocab)["kd"]
+    sparse = lm_loss(student, batch, cache.signal(batch), TokenKDConfig(), vocab)["kd"]
     assert float(sparse) == pytest.approx(float(full), rel=2e-3)
 
 
@@ -243,7 +243,7 @@ def test_distillation_brings_the_student_closer_to_the_teacher(lm):
     before = evaluate_lm(student, blocks, vocab, teacher=live)["kl_teacher"]
     cfg = _train(steps=20)
     cfg.optimizer.lr = 3e-3
-    out = fit_lm(student, blocks, train=cfg, loss=LMLossConfig(ratio=1.0), vocab=vocab, teacher=live, quiet=True,
+    out = fit_lm(student, blocks, train=cfg, kd=TokenKDConfig(ratio=1.0), vocab=vocab, teacher=live, quiet=True,
                  device="cpu")
     after = evaluate_lm(out.model, blocks, vocab, teacher=live)["kl_teacher"]
     assert after < 0.5 * before
@@ -256,7 +256,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(lm, tmp_path):
     def student():
         return lm_models.student_from_teacher(lm["teacher"], layers=[0, 1])
 
-    whole = fit_lm(student(), blocks, train=_train(), loss=LMLossConfig(), vocab=vocab, teacher=live, quiet=True,
+    whole = fit_lm(student(), blocks, train=_train(), kd=TokenKDConfig(), vocab=vocab, teacher=live, quiet=True,
                    device="cpu", checkpoint_dir=tmp_path / "a")
 
     class Crash:
@@ -269,14 +269,14 @@ def test_an_interrupted_run_resumes_to_the_same_weights(lm, tmp_path):
             return live.signal(batch)
 
     with pytest.raises(KeyboardInterrupt):
-        fit_lm(student(), blocks, train=_train(), loss=LMLossConfig(), vocab=vocab, teacher=Crash(), quiet=True,
+        fit_lm(student(), blocks, train=_train(), kd=TokenKDConfig(), vocab=vocab, teacher=Crash(), quiet=True,
                device="cpu", checkpoint_dir=tmp_path / "b")
-    resumed = fit_lm(student(), blocks, train=_train(), loss=LMLossConfig(), vocab=vocab, teacher=live, quiet=True,
+    resumed = fit_lm(student(), blocks, train=_train(), kd=TokenKDConfig(), vocab=vocab, teacher=live, quiet=True,
                      device="cpu", checkpoint_dir=tmp_path / "b", resume=True)
     for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
     with pytest.raises(CheckpointError, match="different training settings"):
-        fit_lm(student(), blocks, train=_train(), loss=LMLossConfig(kind="jsd"), vocab=vocab, teacher=live,
+        fit_lm(student(), blocks, train=_train(), kd=TokenKDConfig(divergence="jsd"), vocab=vocab, teacher=live,
                quiet=True, device="cpu", checkpoint_dir=tmp_path / "b", resume=True)
 
 
@@ -297,7 +297,7 @@ def test_on_policy_batches_train_only_on_the_students_samples(lm):
             seen.append(batch["loss_mask"].sum().item())
             return LiveLMTeacher(lm["teacher"], vocab).signal(batch)
 
-    fit_lm(student, blocks, train=_train(steps=3), loss=LMLossConfig(), vocab=vocab, teacher=Recording(),
+    fit_lm(student, blocks, train=_train(steps=3), kd=TokenKDConfig(), vocab=vocab, teacher=Recording(),
            on_policy=cfg, pad_id=tok.pad_token_id, quiet=True, device="cpu")
     assert seen == [12, 12, 12]
 
@@ -313,7 +313,7 @@ def test_on_policy_rounds_can_start_late_in_training(lm):
             return LiveLMTeacher(lm["teacher"], vocab).signal(batch)
 
     late = OnPolicyConfig(fraction=1.0, start=0.5, prompt_tokens=4, max_new_tokens=6)
-    fit_lm(student, blocks, train=_train(steps=4), loss=LMLossConfig(), vocab=vocab, teacher=Recording(),
+    fit_lm(student, blocks, train=_train(steps=4), kd=TokenKDConfig(), vocab=vocab, teacher=Recording(),
            on_policy=late, pad_id=tok.pad_token_id, quiet=True, device="cpu")
     assert seen[2:] == [12, 12] and 12 not in seen[:2]  # the corpus's blocks first, the student's samples after
     assert "start" not in _on_policy_key(OnPolicyConfig(fraction=0.5))  # earlier runs keep their fingerprint
@@ -330,7 +330,7 @@ def test_the_teacher_is_asked_only_after_the_warm_start(lm):
             return LiveLMTeacher(lm["teacher"], vocab).signal(batch)
 
     student = lm_models.student_from_teacher(lm["teacher"], layers=[0])
-    out = fit_lm(student, blocks, train=_train(steps=5, eval_every=1), loss=LMLossConfig(ratio=0.5, warm_start=3),
+    out = fit_lm(student, blocks, train=_train(steps=5, eval_every=1), kd=TokenKDConfig(ratio=0.5, warm_start=3),
                  vocab=vocab, teacher=Recording(), quiet=True, device="cpu")
     assert len(asked) == 2  # steps 4 and 5
     assert ["train_kd" in row for row in out.history] == [False, False, False, True, True]
@@ -344,15 +344,15 @@ def test_lm_config_errors_name_the_key(tmp_path):
         load_lm_config(None, ["on_policy.fraction=0.5"])
     with pytest.raises(ConfigError, match="exactly one of student.model, student.layers or student.config"):
         load_lm_config(None, ["student.config={hidden_size: 64}"])
-    with pytest.raises(ConfigError, match=r"`loss.knd`: unknown key. Did you mean `kind`"):
-        load_lm_config(None, ["loss.knd=jsd"])
-    with pytest.raises(ConfigError, match=r"loss.warm_start \(200\) must be below train.steps \(200\)"):
-        load_lm_config(None, ["loss.warm_start=200", "train.steps=200"])
+    with pytest.raises(ConfigError, match=r"`kd.divergnce`: unknown key. Did you mean `divergence`"):
+        load_lm_config(None, ["kd.divergnce=jsd"])
+    with pytest.raises(ConfigError, match=r"kd.warm_start \(200\) must be below train.steps \(200\)"):
+        load_lm_config(None, ["kd.warm_start=200", "train.steps=200"])
     with pytest.raises(ConfigError, match="teacher.adapt.lr"):
         load_lm_config(None, ["teacher.adapt={lr: 0}"])
     with pytest.raises(ConfigError, match="`data.path`: required when data.corpus is jsonl"):
         load_lm_config(None, ["data.corpus=jsonl"])
-    assert load_lm_config(None, ["loss.kind=jsd"]).loss.kind == "jsd"
+    assert load_lm_config(None, ["kd.divergence=jsd"]).kd.divergence == "jsd"
 
 
 def test_the_lm_job_trains_evaluates_reports_and_exports(lm, tmp_path):
@@ -440,8 +440,8 @@ def test_a_frozen_teacher_is_adapted_and_the_given_one_left_untouched(lm, tmp_pa
 def test_the_lm_command_reports_bad_input_without_a_traceback(capsys, tmp_path):
     from distill.cli import main
 
-    assert main(["lm", "loss.knd=jsd"]) == 2
-    assert "`loss.knd`: unknown key. Did you mean `kind`?" in capsys.readouterr().err
+    assert main(["lm", "kd.divergnce=jsd"]) == 2
+    assert "`kd.divergnce`: unknown key. Did you mean `divergence`?" in capsys.readouterr().err
     assert main(["lm", f"teacher.model={tmp_path / 'missing'}", f"output_dir={tmp_path}"]) == 2
     assert "does not exist" in capsys.readouterr().err
 
@@ -464,7 +464,7 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(lm, tmp_pa
 
     student = lm_models.student_from_teacher(lm["teacher"], layers=[0])
     with pytest.raises(TrainingDiverged, match="NaN/inf before step 8"):
-        fit_lm(student, blocks, train=_train(), loss=LMLossConfig(), vocab=vocab, teacher=Poisoned(), quiet=True,
+        fit_lm(student, blocks, train=_train(), kd=TokenKDConfig(), vocab=vocab, teacher=Poisoned(), quiet=True,
                device="cpu", checkpoint_dir=tmp_path)
     from distill.core.checkpoint import (
         load_training_state,  # the step-4 checkpoint is intact and finite

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from distill.core.config import Schedule
-from distill.losses.terms import CE, KD, cross_entropy, scheduled, soft_target_kl
+from distill.losses.methods import CE, KD
+from distill.losses.terms import cross_entropy, scheduled, soft_target_kl
 
 
 def _softmax(xs: list[float]) -> list[float]:
@@ -51,29 +52,29 @@ def test_temperature_squared_scaling():
         assert scaled.item() == pytest.approx(temp**2 * base.item(), rel=1e-5)
 
 
-def test_kd_with_alpha_zero_is_cross_entropy():
+def test_kd_with_ratio_zero_is_cross_entropy():
     g = torch.Generator().manual_seed(2)
     s, t = torch.randn(8, 5, generator=g), torch.randn(8, 5, generator=g)
     y = torch.randint(0, 5, (8,), generator=g)
-    out = KD(temperature=3.0, alpha=0.0)(s, t, y)
+    out = KD(temperature=3.0, ratio=0.0)(s, t, y)
     assert out["loss"].item() == pytest.approx(F.cross_entropy(s, y).item(), rel=1e-6)
-    assert out["kd"].item() > 0  # the KD term is still logged
+    assert "kd" not in out  # a term of weight 0 is not computed
 
 
-def test_kd_mixes_terms_with_alpha():
+def test_kd_mixes_terms_with_ratio():
     g = torch.Generator().manual_seed(3)
     s, t = torch.randn(8, 5, generator=g), torch.randn(8, 5, generator=g)
     y = torch.randint(0, 5, (8,), generator=g)
-    out = KD(temperature=2.0, alpha=0.25)(s, t, y)
+    out = KD(temperature=2.0, ratio=0.25)(s, t, y)
     expected = 0.25 * soft_target_kl(s, t, 2.0) + 0.75 * F.cross_entropy(s, y)
     assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
     assert set(out) == {"loss", "kd", "ce"}
 
 
-def test_kd_with_alpha_one_returns_only_the_kd_term_and_ignores_labels():
+def test_kd_with_ratio_one_returns_only_the_kd_term_and_ignores_labels():
     g = torch.Generator().manual_seed(4)
     s, t = torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g)
-    out = KD(temperature=4.0, alpha=1.0)(s, t, None)  # labels may be absent
+    out = KD(temperature=4.0, ratio=1.0)(s, t, None)  # labels may be absent
     assert set(out) == {"loss", "kd"}
     assert torch.equal(out["loss"], soft_target_kl(s, t, 4.0))
 
@@ -82,11 +83,13 @@ def test_kd_evaluates_schedules_at_progress():
     g = torch.Generator().manual_seed(5)
     s, t = torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g)
     y = torch.tensor([0, 1, 2])
-    kd = KD(temperature=Schedule(start=1.0, end=5.0), alpha=Schedule(start=1.0, end=0.0))
-    start, end = kd(s, t, y, progress=0.0), kd(s, t, y, progress=1.0)
+    kd = KD(temperature=Schedule(start=1.0, end=5.0), ratio=Schedule(start=1.0, end=0.0))
+    start, middle, end = (kd(s, t, y, progress=p) for p in (0.0, 0.5, 1.0))
     assert start["loss"].item() == pytest.approx(soft_target_kl(s, t, 1.0).item(), rel=1e-6)
+    assert middle["kd"].item() == pytest.approx(soft_target_kl(s, t, 3.0).item(), rel=1e-6)
+    assert middle["loss"].item() == pytest.approx((0.5 * middle["kd"] + 0.5 * F.cross_entropy(s, y)).item(), rel=1e-6)
     assert end["loss"].item() == pytest.approx(F.cross_entropy(s, y).item(), rel=1e-6)
-    assert end["kd"].item() == pytest.approx(soft_target_kl(s, t, 5.0).item(), rel=1e-6)
+    assert "kd" not in end  # its weight has reached 0
 
 
 @pytest.mark.parametrize(("kind", "expected"), [
@@ -113,7 +116,7 @@ def test_scheduled_constant_is_float():
 def test_gradients_stay_finite_with_extreme_logits(scale):
     teacher = torch.tensor([[scale, -scale, 0.0], [-scale, scale, 0.0]])
     student = torch.tensor([[-scale, scale, 0.0], [0.0, 0.0, 0.0]], requires_grad=True)
-    out = KD(temperature=4.0, alpha=0.9)(student, teacher, torch.tensor([0, 1]))
+    out = KD(temperature=4.0, ratio=0.9)(student, teacher, torch.tensor([0, 1]))
     out["loss"].backward()
     assert torch.isfinite(out["loss"])
     assert torch.isfinite(student.grad).all()
@@ -135,5 +138,39 @@ def test_cross_entropy_with_probability_targets():
 def test_ce_objective_needs_no_teacher():
     logits, y = torch.tensor([[2.0, 0.0]]), torch.tensor([0])
     out = CE()(logits, None, y)
-    assert not CE.needs_teacher and KD.needs_teacher
+    assert not CE().needs_teacher and KD().needs_teacher
     assert out["loss"].item() == pytest.approx(math.log(1 + math.exp(-2.0)), rel=1e-6)
+
+
+def test_every_registered_divergence_is_one_name_in_every_schema_and_in_kd():
+    """A divergence is one registry entry: the config schemas' names are the registry's, and each one
+    runs in the classic KD term, in `KD()` and in the token loss's config."""
+    from typing import get_args
+
+    from distill.losses.config import KDConfig, KDTerm, TokenKDConfig
+    from distill.losses.divergences import DIVERGENCES, Kind, token_divergence
+
+    assert get_args(Kind) == tuple(DIVERGENCES)
+    g = torch.Generator().manual_seed(6)
+    s, t = torch.randn(4, 5, generator=g), torch.randn(4, 5, generator=g)
+    for name in DIVERGENCES:
+        assert KDConfig(divergence=name).divergence == TokenKDConfig(divergence=name).divergence == name
+        expected = 4.0 * token_divergence(s, teacher_logits=t, kind=name, temperature=2.0, jsd_beta=0.3, skew=0.2)
+        out = KD(temperature=2.0, ratio=1.0, divergence=name, jsd_beta=0.3, skew=0.2)(s, t, None)
+        assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+        assert KDTerm(kind="kd", divergence=name).divergence == name
+    with pytest.raises(ValueError):
+        KDConfig(divergence="chi_squared")
+
+
+def test_the_kd_section_reaches_the_objective_and_dkd_names_its_weights():
+    from distill.losses.methods import Method
+    from distill.recipes.classify.config import load_config
+    from distill.recipes.classify.plan import kd_objective
+
+    cfg = load_config(None, ["kd.divergence=reverse_kl", "kd.temperature=3", "kd.ratio=0.8", "kd.skew=0.3"])
+    kd, ce = kd_objective(cfg.kd).terms
+    assert (kd.divergence, kd.temperature, kd.weight, kd.skew, ce.weight) == ("reverse_kl", 3.0, 0.8, 0.3,
+                                                                             pytest.approx(0.2))
+    dkd = Method([{"kind": "dkd", "tckd_weight": 2.0, "nckd_weight": 4.0}]).terms[0]
+    assert (dkd.tckd_weight, dkd.nckd_weight) == (2.0, 4.0)

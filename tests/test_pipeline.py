@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 import distill.recipes.classify.pipeline
+from distill.core.config import validate_section
 from distill.core.errors import ConfigError
 from distill.core.rundir import open_run_dir
 from distill.recipes.classify.config import validate_config
@@ -153,3 +154,47 @@ def test_a_student_that_cannot_be_built_is_refused_before_any_compute_and_writes
     assert any(word in str(info.value) for word in ("nosuch", "bogus", "no.such.layers"))
     assert not (Path(run_config["output_dir"]) / "tiny").exists()  # so the corrected command starts clean
     assert run(validate_config(run_config)).is_dir()
+
+
+def _rename_back(saved: dict, old_names: dict[str, str]) -> dict:
+    """`saved` as an earlier version wrote it: each new key (dotted) moved back under its old name."""
+    for new, old in old_names.items():
+        *parents, leaf = new.split(".")
+        node = saved
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        value = node.pop(leaf)
+        *old_parents, old_leaf = old.split(".")
+        target = saved
+        for part in old_parents:
+            target = target[int(part)] if isinstance(target, list) else target.setdefault(part, {})
+        target[old_leaf] = {**value, **target[old_leaf]} if isinstance(target.get(old_leaf), dict) else value
+    return saved
+
+
+def test_runs_saved_under_old_key_names_resume_and_old_names_in_a_config_are_refused(run_config, tmp_path):
+    """One name per concept: `kd.alpha`, `loss.*` (lm) and `logit_*` (textkd) became `kd.*`."""
+    from distill.recipes.lm.config import load_lm_config
+    from distill.recipes.textkd.config import load_textkd_config
+
+    classic = validate_config({**run_config, "kd": {"ratio": 0.7}})
+    lm = load_lm_config(None, [f"output_dir={tmp_path}", "kd.divergence=jsd", "kd.jsd_beta=0.3"])
+    textkd = load_textkd_config(None, [f"output_dir={tmp_path}", "kd.ratio=0.4"])
+    cases = [(classic, {"kd.ratio": "kd.alpha"}),
+             (lm, {"kd.divergence": "loss.kind", "kd.jsd_beta": "loss.beta", "kd.skew": "loss.alpha", "kd": "loss"}),
+             (textkd, {"kd.divergence": "logit_loss", "kd.ratio": "logit_ratio"})]
+    for cfg, old_names in cases:
+        run_dir = open_run_dir(cfg, resume=False)
+        saved = _rename_back(yaml.safe_load((run_dir / "config.yaml").read_text()), old_names)
+        if "kd" in saved and cfg is textkd:
+            saved.pop("kd")  # textkd had no kd section: its other settings were not configurable
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+        assert open_run_dir(cfg, resume=True) == run_dir  # the old names are read as the new ones
+        old = _rename_back(cfg.model_dump(mode="json"), old_names)
+        with pytest.raises(ConfigError, match=f"`{list(old_names.values())[0]}` is now "
+                                              f"`{list(old_names)[0]}` \\(same meaning\\): rename it"):
+            validate_section(type(cfg), old, "config")
+    dkd = {**run_config, "losses": [{"kind": "dkd", "alpha": 1.0, "beta": 4.0}]}
+    with pytest.raises(ConfigError, match=r"`losses.0.alpha` is now `losses.0.tckd_weight`[\s\S]*"
+                                          r"`losses.0.beta` is now `losses.0.nckd_weight`"):
+        validate_config(dkd)

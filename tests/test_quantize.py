@@ -11,7 +11,7 @@ from torch import nn
 from distill.compress import quantize as q
 from distill.core.errors import ConfigError
 from distill.eval.metrics import predict
-from distill.losses.terms import CE, KD
+from distill.losses.methods import CE, KD
 from distill.models.config import ModelConfig
 from distill.models.zoo import build_model
 from distill.teachers.signals import LiveTeacher
@@ -64,7 +64,7 @@ def test_static_int8_cnn_stores_int8_conv_weights(digits, cnn):
 def test_qat_with_kd_through_fit_converts_to_a_working_int8_model(digits, cnn):
     qat = q.prepare_qat(cnn, digits.train.inputs[:4])
     config = TrainConfig(epochs=1, batch_size=32, optimizer={"lr": 1e-3})
-    result = fit(qat, digits.train, objective=KD(temperature=2.0, alpha=0.9), config=config, num_classes=10,
+    result = fit(qat, digits.train, objective=KD(temperature=2.0, ratio=0.9), config=config, num_classes=10,
                  teacher=LiveTeacher(cnn), val_data=digits.val, quiet=True)
     assert {"train_kd", "train_ce"} <= set(result.history[0])
     int8 = q.convert_qat(q.freeze_qat(result.model))

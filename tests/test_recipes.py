@@ -24,8 +24,8 @@ DIGITS = ["data.name=digits", "data.label_fraction=1"]
 
 
 @pytest.mark.parametrize(("override", "message"), [
-    ("kd.alpha=1.5", "`kd.alpha`: alpha must lie in \\[0, 1\\].*got 1.5"),
-    ("kd.alpha=-0.1", "`kd.alpha`: alpha must lie in \\[0, 1\\]"),
+    ("kd.ratio=1.5", "`kd.ratio`: ratio must lie in \\[0, 1\\].*got 1.5"),
+    ("kd.ratio=-0.1", "`kd.ratio`: ratio must lie in \\[0, 1\\]"),
     ("kd.temperature=-1", "`kd.temperature`: the temperature must be a finite number > 0.*got -1"),
     ("kd.temperature=0", "`kd.temperature`: the temperature must be a finite number > 0"),
     ("kd.temperature={start: 4, end: 0}", "`kd.temperature`: the temperature must be"),
@@ -39,8 +39,8 @@ def test_kd_settings_out_of_range_are_refused_when_read(override, message):
 def test_kd_refuses_out_of_range_values_in_python():
     with pytest.raises(ConfigError, match="temperature.*> 0"):
         KD(temperature=0)
-    with pytest.raises(ConfigError, match=r"alpha.*\[0, 1\]"):
-        KD(alpha=1.5)
+    with pytest.raises(ConfigError, match=r"ratio.*\[0, 1\]"):
+        KD(ratio=1.5)
 
 
 def test_a_recipe_that_needs_a_live_teacher_refuses_a_cache_before_any_compute():
@@ -53,18 +53,18 @@ def test_auto_recipe_is_function_matching_for_images_with_a_live_teacher():
     recipe = plan_of(cfg, load_data(cfg.data))
     assert (recipe.recipe, recipe.signal) == ("function_matching", "live")
     assert (recipe.augment.shift, recipe.augment.mixup) == (2, 1.0)
-    assert (recipe.objective.temperature, recipe.objective.alpha) == (1.0, 1.0)
+    assert (recipe.objective.terms[0].temperature, recipe.objective.terms[0].weight) == (1.0, 1.0)
 
 
 @pytest.mark.parametrize(("overrides", "expected"), [
     (["teacher.signal=cached"], ("soft_targets", "cached", 2.0, 0.5)),
     (["recipe=soft_targets"], ("soft_targets", "cached", 2.0, 0.5)),
-    (["recipe=soft_targets", "kd.alpha=0.9", "train.augment.shift=1"], ("soft_targets", "live", 2.0, 0.9)),
+    (["recipe=soft_targets", "kd.ratio=0.9", "train.augment.shift=1"], ("soft_targets", "live", 2.0, 0.9)),
 ])
 def test_soft_targets_keep_the_config_and_cache_unless_something_needs_the_teacher_live(overrides, expected):
     cfg = load_config(None, [*DIGITS, *overrides])
     r = plan_of(cfg, load_data(cfg.data))
-    assert (r.recipe, r.signal, r.objective.temperature, r.objective.alpha) == expected
+    assert (r.recipe, r.signal, r.objective.terms[0].temperature, r.objective.terms[0].weight) == expected
 
 
 def test_label_fraction_keeps_a_stratified_share_and_makes_the_rest_unlabelled():
@@ -159,9 +159,9 @@ def test_loss_scale_guard_names_the_weight_to_change():
     assert len(notes) == 1 and "`hint` is 278× larger than `kd`" in notes[0]
     assert "lower losses[1].weight or raise losses[0].weight" in notes[0]
     assert term_scales({"kd": 2.0, "hint": 50.0}, weights, steps=10) == []
-    assert term_scales({"kd": 2.0, "ce": 900.0}, {"kd": (1.0, "kd.alpha"), "ce": (0.0, "-kd.alpha")}, 10) == []
-    (note,) = term_scales({"kd": 0.004, "ce": 1.2}, KD(temperature=1.0, alpha=0.5).term_weights(0.0), 1)
-    assert note.endswith("; raise kd.alpha to bring them within 100×.")  # one advice, not "lower … or raise …"
+    assert term_scales({"kd": 2.0, "ce": 900.0}, {"kd": (1.0, "kd.ratio"), "ce": (0.0, "-kd.ratio")}, 10) == []
+    (note,) = term_scales({"kd": 0.004, "ce": 1.2}, KD(temperature=1.0, ratio=0.5).term_weights(0.0), 1)
+    assert note.endswith("; raise kd.ratio to bring them within 100×.")  # one advice, not "lower … or raise …"
 
 
 def _report(teacher: float, baseline: float, distilled: float, **extra):
@@ -214,7 +214,7 @@ def test_the_modality_of_built_in_and_array_data():
     assert from_arrays(np.random.rand(40, 5), np.arange(40) % 2).modality == "features"
 
 
-def test_kd_tune_chooses_temperature_and_alpha_on_validation_and_resumes(tmp_path, monkeypatch):
+def test_kd_tune_chooses_temperature_and_ratio_on_validation_and_resumes(tmp_path, monkeypatch):
     pytest.importorskip("optuna")
     import json
 
@@ -226,7 +226,7 @@ def test_kd_tune_chooses_temperature_and_alpha_on_validation_and_resumes(tmp_pat
     run_dir = run(load_config(None, args))
     sweep = json.loads((run_dir / "distilled" / "kd_tune.json").read_text())
     assert len(sweep["trials"]) == 3 and sweep["proxy_epochs"] == 1
-    assert all(1 <= t["temperature"] <= 8 and 0 <= t["alpha"] <= 1 for t in sweep["trials"])
+    assert all(1 <= t["temperature"] <= 8 and 0 <= t["ratio"] <= 1 for t in sweep["trials"])
     report = json.loads((run_dir / "report.json").read_text())
     best = max(sweep["trials"], key=lambda t: t["score"])
     assert f"temperature={best['temperature']:.3g}" in report["recipe"]["objective"]
@@ -238,9 +238,9 @@ def test_kd_tune_chooses_temperature_and_alpha_on_validation_and_resumes(tmp_pat
 
     again = tune_kd(KDTune(trials=3, epochs=0.5), must_not_train, None, None, config=TrainConfig(epochs=2),
                     num_classes=10, teacher=None, stage_dir=run_dir / "distilled")
-    assert (again.temperature, again.alpha) == (best["temperature"], best["alpha"])
-    with pytest.raises(ConfigError, match="kd.tune chooses the temperature and alpha"):
-        load_config(None, [*DIGITS, "kd.tune={trials: 3}", "kd.alpha=0.5"])
+    assert (again.terms[0].temperature, again.terms[0].weight) == (best["temperature"], best["ratio"])
+    with pytest.raises(ConfigError, match="kd.tune chooses the temperature and ratio"):
+        load_config(None, [*DIGITS, "kd.tune={trials: 3}", "kd.ratio=0.5"])
     with pytest.raises(ConfigError, match="kd.tune tunes the soft-target KD"):
         load_config(None, [*DIGITS, "kd.tune={trials: 3}", "recipe=function_matching"])
 
@@ -298,7 +298,7 @@ def test_the_lm_doctor_names_pure_kd_an_unadapted_teacher_and_a_cold_reverse_kl(
     lost = diagnose_lm({"models": models, "loss": {"kind": "reverse_kl", "ratio": 1.0, "warm_start": 0},
                         "teacher_adapt": None})
     assert not lost["won"] and lost["verdict"].startswith("Distillation did NOT beat")
-    assert [r.split(" ")[1] for r in lost["try"]] == ["teacher.adapt:", "loss.ratio:", "loss.warm_start"]
+    assert [r.split(" ")[1] for r in lost["try"]] == ["teacher.adapt:", "kd.ratio:", "kd.warm_start"]
     won = diagnose_lm({"models": {**models, "teacher_adapted": {"ppl": 15.0}, "distilled": {"ppl": 79.0}},
                        "loss": {"kind": "forward_kl", "ratio": 0.5}, "teacher_adapt": {"steps": 60}})
     assert won["won"] and "79.00 vs 94.00 (teacher 15.00)" in won["verdict"] and won["causes"] == []

@@ -10,7 +10,7 @@ import torch
 from distill.core.checkpoint import save_weights
 from distill.core.errors import ConfigError
 from distill.data.datasets import load_data
-from distill.losses.terms import CE
+from distill.losses.methods import CE
 from distill.models.config import ModelConfig
 from distill.models.ensemble import Ensemble
 from distill.models.zoo import build_model

@@ -9,7 +9,7 @@ from torch import nn
 
 import distill.training.engine as training
 from distill.core.checkpoint import load_training_state, save_training_state
-from distill.losses.terms import KD
+from distill.losses.methods import KD
 from distill.models.config import ModelConfig
 from distill.models.zoo import CNN, build_model, channels_last
 from distill.teachers.signals import LiveTeacher

@@ -8,7 +8,7 @@ import pytest
 import torch
 from lm_helpers import make_llama, make_tokenizer
 
-from distill.losses.tokens import LMLossConfig
+from distill.losses.config import TokenKDConfig
 from distill.serve.server import make_server
 from distill.teachers.generate import PromptRow, generate, read_records
 from distill.teachers.logprobs import topk_blocks
@@ -75,5 +75,5 @@ def test_served_logprobs_train_a_student_with_forward_kl(tmp_path):
         assert signal.indices[i, p - 1: p - 1 + n, 0].tolist() == blocks.input_ids[i, p: p + n].tolist()
     student = make_llama(tmp_path / "student", tok, layers=1, seed=4)
     out = fit_lm(student, blocks, train=LMTrainConfig(steps=2, batch_size=2, eval_every=2, warmup_steps=0),
-                 loss=LMLossConfig(ratio=0.5), vocab=len(tok), teacher=signal, device="cpu", quiet=True)
+                 kd=TokenKDConfig(ratio=0.5), vocab=len(tok), teacher=signal, device="cpu", quiet=True)
     assert math.isfinite(out.history[-1]["train_kd"]) and out.history[-1]["train_kd"] > 0

@@ -11,7 +11,7 @@ from torch import nn
 from distill.core.checkpoint import load_weights, read_metadata
 from distill.core.errors import CheckpointError, ConfigError, ModelError, TrainingDiverged
 from distill.data.arrays import ArrayDataset
-from distill.losses.terms import CE, KD
+from distill.losses.methods import CE, KD
 from distill.models.config import ModelConfig
 from distill.models.zoo import build_model
 from distill.teachers.signals import LiveTeacher
@@ -45,7 +45,7 @@ def test_training_beats_chance_on_digits(digits):
 
 def test_distillation_from_a_live_teacher_logs_both_terms(digits):
     teacher = _student(digits, seed=5)
-    result = fit(_student(digits), digits.train, objective=KD(temperature=2.0, alpha=0.5),
+    result = fit(_student(digits), digits.train, objective=KD(temperature=2.0, ratio=0.5),
                  config=_config(epochs=1, augment={"shift": 1}), num_classes=10,
                  teacher=LiveTeacher(teacher), quiet=True)
     row = result.history[0]
@@ -270,7 +270,7 @@ def test_normalized_loss_divides_each_term_by_its_mean_before_weighting():
     from distill.training.engine import normalized_loss
 
     parts = {"loss": torch.tensor(0.0), "kd": torch.tensor(0.02), "ce": torch.tensor(3.0)}
-    weights = KD(temperature=1.0, alpha=0.5).term_weights(0.0)
+    weights = KD(temperature=1.0, ratio=0.5).term_weights(0.0)
     assert float(normalized_loss(parts, weights, {"kd": 1 / 0.01, "ce": 1 / 1.5})) == pytest.approx(0.5 * 2 + 0.5 * 2)
 
 
@@ -280,7 +280,7 @@ def test_normalized_terms_are_recorded_once_and_kept_on_resume(digits, tmp_path:
     cfg = _config(epochs=3, normalize_terms=True)
 
     def run(directory: str, resume: bool = False):
-        return fit(_student(digits), digits.train, objective=KD(temperature=1.0, alpha=0.5), config=cfg,
+        return fit(_student(digits), digits.train, objective=KD(temperature=1.0, ratio=0.5), config=cfg,
                    num_classes=10, teacher=teacher, val_data=digits.val, checkpoint_dir=tmp_path / directory,
                    resume=resume, quiet=True)
 
@@ -292,6 +292,6 @@ def test_normalized_terms_are_recorded_once_and_kept_on_resume(digits, tmp_path:
     _crash_in_third_epoch(monkeypatch, lambda: run("split"))
     resumed = run("split", resume=True)
     assert resumed.history == full.history  # the resumed epoch used the divisors of the first
-    plain = fit(_student(digits), digits.train, objective=KD(temperature=1.0, alpha=0.5), config=_config(epochs=3),
+    plain = fit(_student(digits), digits.train, objective=KD(temperature=1.0, ratio=0.5), config=_config(epochs=3),
                 num_classes=10, teacher=teacher, val_data=digits.val, quiet=True)
     assert plain.history[-1]["train_loss"] != full.history[-1]["train_loss"]  # the option changes training

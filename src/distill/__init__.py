@@ -1,14 +1,13 @@
 """distill: turn a large, accurate teacher into a small, fast student, and prove it with measurements.
 
     >>> import distill
-    >>> result = distill.distill(teacher, student, train_data, loss=distill.KD(temperature=4, alpha=0.9))
+    >>> result = distill.distill(teacher, student, train_data, loss=distill.KD(temperature=4, ratio=0.9))
 """
 
 from distill.api import Result, distill, train
 from distill.core.config import Schedule
 from distill.core.errors import DistillError
-from distill.losses.methods import Method
-from distill.losses.terms import CE, KD
+from distill.losses.methods import CE, KD, Method
 from distill.recipes.classify.config import RunConfig, load_config
 from distill.training.config import TrainConfig
 

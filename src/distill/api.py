@@ -1,7 +1,7 @@
 """Python API: distil any teacher/student `nn.Module` pair on any `Dataset` or `DataLoader`.
 
     >>> from distill import distill, KD
-    >>> result = distill(teacher, student, train_data, loss=KD(temperature=4, alpha=0.9))
+    >>> result = distill(teacher, student, train_data, loss=KD(temperature=4, ratio=0.9))
     >>> result.model, result.metrics
 """
 
@@ -23,8 +23,7 @@ from distill.data.arrays import as_indexed, labels_of, modality_of
 from distill.data.batches import iter_batches
 from distill.data.transfer import as_unlabeled, with_transfer_set
 from distill.eval.metrics import classification_metrics, mean_confidence, predict
-from distill.losses.methods import Method
-from distill.losses.terms import CE, Objective
+from distill.losses.methods import CE, Method
 from distill.models.zoo import freeze, logits_of
 from distill.recipes.classify.plan import CONFIDENCE_SAMPLE, resolve
 from distill.teachers.signals import CachedTeacher, LiveTeacher, TeacherSignal
@@ -42,7 +41,7 @@ class Result:
 
 
 def distill(teacher: nn.Module, student: nn.Module, train_data: Dataset | DataLoader, *,
-            loss: Objective | Method | None = None, val_data: Dataset | DataLoader | None = None,
+            loss: Method | None = None, val_data: Dataset | DataLoader | None = None,
             signal: Literal["live", "cached"] = "live", cache_dir: str | Path = "cache/teacher",
             config: TrainConfig | None = None, checkpoint_dir: str | Path | None = None,
             resume: bool = False, quiet: bool = False, unlabeled: Any = None, **train_options: Any) -> Result:
@@ -52,11 +51,11 @@ def distill(teacher: nn.Module, student: nn.Module, train_data: Dataset | DataLo
         teacher: any module returning logits (or an object with `.logits`); it is frozen.
         student: the module to train; must predict the same classes as the teacher.
         train_data: a Dataset of `(inputs, label)` / dicts, or a DataLoader over one.
-        loss: the objective, e.g. `KD(temperature=4, alpha=0.9)`; `CE()` trains without the teacher;
+        loss: the objective, e.g. `KD(temperature=4, ratio=0.9)`; `CE()` trains without the teacher;
             None (default): the recipe that won our benchmarks (`distill.recipes.classify.plan`): for images with
             a transfer set or a teacher near one-hot on `train_data`, function matching (the live
             teacher scores the same shifted, mixed view; pure KD, T = 1, with `augment` defaulting
-            to shifts + mixup), else KD(temperature=2, alpha=0.5);
+            to shifts + mixup), else KD(temperature=2, ratio=0.5);
             `Method([{"kind": "kd"}, {"kind": "hint", "student": "layer2", "teacher": "layer3"}, ...])`
             a weighted sum of terms over logits, layers and attention maps (needs signal="live"
             when a term reads teacher layers).

@@ -380,7 +380,7 @@ def _quantize(args: argparse.Namespace) -> int:
     if args.method == "qat":
         load_weights(cfg.teacher.checkpoint, teacher)
         int8 = q.qat_with_teacher(fp32, teacher, data.train, num_classes=data.num_classes,
-                                  objective=kd_objective(cfg.kd.temperature, cfg.kd.alpha), epochs=args.qat_epochs,
+                                  objective=kd_objective(cfg.kd), epochs=args.qat_epochs,
                                   lr=args.qat_lr, batch_size=cfg.train.batch_size, backend=args.backend,
                                   seed=cfg.train.seed, quiet=cfg.quiet)
     else:

@@ -28,8 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: lm_helpe
 from distill.core.distributed import process_state  # noqa: E402
 from distill.data.config import DataConfig  # noqa: E402
 from distill.data.datasets import load_data  # noqa: E402
-from distill.losses.methods import Method  # noqa: E402
-from distill.losses.terms import KD  # noqa: E402
+from distill.losses.methods import (
+    KD,  # noqa: E402
+    Method,  # noqa: E402
+)
 from distill.models.config import ModelConfig
 from distill.models.zoo import build_model  # noqa: E402
 from distill.teachers.signals import CachedTeacher, LiveTeacher  # noqa: E402
@@ -123,7 +125,7 @@ def lm(out: Path, global_batch: int, steps: int = 4, shard: str = "none", interr
 
     import distill.training.lm as lm_train
     from distill.data.tokens import pack_text
-    from distill.losses.tokens import LMLossConfig
+    from distill.losses.config import TokenKDConfig
     from distill.models.causal_lm import tokenizer_fingerprint
     from distill.teachers.tokens import TopKCache
     from distill.training.config import LMTrainConfig
@@ -147,7 +149,7 @@ def lm(out: Path, global_batch: int, steps: int = 4, shard: str = "none", interr
     for name, signal in (("topk", cache), ("ce", None)):
         def train_once(resume: bool) -> Any:
             student = make_llama(assets / f"student-{name}", tok, layers=1, seed=1)
-            return fit_lm(student, blocks, train=train, loss=LMLossConfig(), vocab=len(tok), teacher=signal,
+            return fit_lm(student, blocks, train=train, kd=TokenKDConfig(), vocab=len(tok), teacher=signal,
                           checkpoint_dir=out / f"lm-{name}", resume=resume, quiet=True, device="cpu")
 
         if interrupt:  # the finiteness check runs on every process before each evaluation and save

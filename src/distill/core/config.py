@@ -7,7 +7,7 @@ wrong types, and files that do not exist.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -31,6 +31,10 @@ class RunHeader(Strict):
     output_dir: Path = Path("runs")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     quiet: bool = Field(False, description="Print no progress (a resumed run may change it).")
+
+    # Keys renamed since configs were first written (old dotted key → new; `*` is any list index): a
+    # config that uses an old name is refused naming the new one, a run directory saved with it resumes.
+    renamed: ClassVar[dict[str, str]] = {}
 
 
 class Schedule(Strict):
@@ -94,11 +98,72 @@ def validate_section(model: type[_Model], raw: dict[str, Any], source: str,
                      overrides: list[str] | None = None) -> _Model:
     """Validate `raw` as `model`, turning pydantic's errors into one ConfigError naming each key (and
     the command-line override that set it, when one did)."""
+    old = [(path, new) for path, new in _renamed_keys(raw, getattr(model, "renamed", {}))]
+    if old:
+        lines = [f"`{path}` is now `{new}` (same meaning): rename it." +
+                 _set_by({"loc": tuple(path.split("."))}, overrides or []) for path, new in old]
+        raise ConfigError(f"Invalid {source}:\n  " + "\n  ".join(lines))
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
         lines = [_explain(err, model) + _set_by(err, overrides or []) for err in exc.errors()]
         raise ConfigError(f"Invalid {source}:\n  " + "\n  ".join(lines)) from None
+
+
+def migrate(raw: dict[str, Any], renamed: dict[str, str]) -> dict[str, Any]:
+    """`raw` (a copy) with every old key of `renamed` moved to its new name; deeper keys move first, and a
+    section moved onto one that exists is merged into it."""
+    import copy
+
+    raw = copy.deepcopy(raw)
+    for path, new in _renamed_keys(raw, renamed):
+        *parents, leaf = path.split(".")
+        node = _walk(raw, parents)
+        if isinstance(node, dict) and leaf in node:
+            _put(raw, new.split("."), node.pop(leaf))
+    return raw
+
+
+def _renamed_keys(raw: dict[str, Any], renamed: dict[str, str]) -> list[tuple[str, str]]:
+    """(old key as found, e.g. `losses.2.alpha`; its new name) for each old key present, deepest first."""
+    found = []
+    for old, new in sorted(renamed.items(), key=lambda kv: -kv[0].count(".")):
+        for path in _expand(raw, old.split(".")):
+            stars = iter(p for p, o in zip(path, old.split(".")) if o == "*")
+            found.append((".".join(path), ".".join(next(stars) if part == "*" else part
+                                                  for part in new.split("."))))
+    return found
+
+
+def _expand(node: Any, parts: list[str], done: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """The concrete paths matching `parts` (with `*` over list indices) that exist in `node`."""
+    if not parts:
+        return [done]
+    head, rest = parts[0], parts[1:]
+    if head == "*" and isinstance(node, list):
+        return [p for i, item in enumerate(node) for p in _expand(item, rest, (*done, str(i)))]
+    if isinstance(node, dict) and head in node:
+        return _expand(node[head], rest, (*done, head))
+    return []
+
+
+def _walk(node: Any, parts: list[str]) -> Any:
+    for part in parts:
+        node = node[int(part)] if isinstance(node, list) else node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _put(raw: dict[str, Any], parts: list[str], value: Any) -> None:
+    node = _walk(raw, parts[:-1]) if len(parts) > 1 else raw
+    if node is None:
+        node = raw
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+    leaf = parts[-1]
+    if isinstance(node.get(leaf), dict) and isinstance(value, dict):
+        node[leaf] = {**value, **node[leaf]}
+    else:
+        node[leaf] = value
 
 
 def _set_by(err: dict[str, Any], overrides: list[str]) -> str:

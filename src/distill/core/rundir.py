@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from distill.core.config import migrate
 from distill.core.distributed import process_state
 from distill.core.errors import ConfigError
 from distill.core.files import atomic_write_text, make_private_dir
@@ -48,6 +49,7 @@ def _with_defaults(raw: dict[str, Any], schema: type[BaseModel]) -> dict[str, An
     """A saved run config with the defaults of this version filled in (by its own job's schema), so
     that settings added since it was written (at their defaults) do not block `--resume`; as saved if
     it no longer validates."""
+    raw = migrate(raw, getattr(schema, "renamed", {}))  # keys renamed since it was saved
     try:
         return schema.model_validate(raw).model_dump(mode="json")
     except ValidationError:

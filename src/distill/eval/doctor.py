@@ -69,9 +69,18 @@ def _causes(report: dict[str, Any], t: float, b: float) -> tuple[list[str], list
     return causes, remedies
 
 
+def lm_kd_settings(report: dict[str, Any]) -> dict[str, Any]:
+    """The `kd` settings of an LM report; reports written before the names were unified keep them under
+    `loss`, with `kind`, `beta` and `alpha` for divergence, jsd_beta and skew."""
+    if "kd" in report:
+        return report["kd"]
+    old = {"kind": "divergence", "beta": "jsd_beta", "alpha": "skew"}
+    return {old.get(k, k): v for k, v in report["loss"].items()}
+
+
 def diagnose_lm(report: dict[str, Any]) -> dict[str, Any]:
     """The doctor of a `distill lm` report: held-out perplexities (lower is better) and the loss settings."""
-    models, loss = report["models"], report["loss"]
+    models, kd = report["models"], lm_kd_settings(report)
     if "baseline" not in models:
         return {"won": None, "verdict": "No CE student was trained (baseline: false), so no comparison.",
                 "causes": [], "try": []}
@@ -92,13 +101,13 @@ def diagnose_lm(report: dict[str, Any]) -> dict[str, Any]:
             causes.append(f"The teacher was not adapted to the corpus (perplexity {t:.2f}): its targets follow its "
                           "pretraining text, not this one.")
             remedies.append("Set teacher.adapt: {steps: 60, lr: 1.0e-4} (it won on the KJV in BENCHMARKS.md).")
-        if loss["ratio"] >= 1:
-            causes.append("loss.ratio is 1: the student never sees the gold next token, only the teacher's guess.")
-            remedies.append("Set loss.ratio: 0.5 (the measured default).")
-        if loss["kind"] in ("reverse_kl", "jsd", "skew_reverse_kl") and not loss.get("warm_start"):
-            causes.append(f"{loss['kind']} from an untrained start: its gradients are tiny while the student "
+        if kd["ratio"] >= 1:
+            causes.append("kd.ratio is 1: the student never sees the gold next token, only the teacher's guess.")
+            remedies.append("Set kd.ratio: 0.5 (the measured default).")
+        if kd["divergence"] in ("reverse_kl", "jsd", "skew_reverse_kl") and not kd.get("warm_start"):
+            causes.append(f"{kd['divergence']} from an untrained start: its gradients are tiny while the student "
                           "spreads its mass over the whole vocabulary.")
-            remedies.append("Set loss.warm_start (e.g. a quarter of train.steps) or use loss.kind: forward_kl.")
+            remedies.append("Set kd.warm_start (e.g. a quarter of train.steps) or use kd.divergence: forward_kl.")
         if not causes:
             causes.append("None of the measured causes applies; the budget (train.steps) may be too short for "
                           "the teacher's targets to pay off, or the difference within seed noise.")

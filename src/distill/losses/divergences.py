@@ -32,8 +32,6 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-Kind = Literal["forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd"]
-KINDS: tuple[str, ...] = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tvd")
 LOG_FLOOR = -1e3  # log-probabilities are floored here so that 0·log 0 terms stay finite (exp(-1e3) == 0)
 
 
@@ -43,7 +41,7 @@ def token_divergence(student_logits: torch.Tensor, *, kind: Kind = "forward_kl",
                      teacher_topk_indices: torch.Tensor | None = None,
                      teacher_tail_logprob: torch.Tensor | None = None,
                      mask: torch.Tensor | None = None, temperature: float = 1.0,
-                     beta: float = 0.5, alpha: float = 0.1) -> torch.Tensor:
+                     jsd_beta: float = 0.5, skew: float = 0.1) -> torch.Tensor:
     """Masked mean over tokens of a divergence between teacher and student distributions.
 
     Args:
@@ -56,14 +54,14 @@ def token_divergence(student_logits: torch.Tensor, *, kind: Kind = "forward_kl",
             (e.g. by a cache in a compact dtype); computed as log(1 − Σ top-k) when omitted.
         mask: (...) true where a token counts (e.g. response tokens); default all.
         temperature: T > 0 applied to both distributions.
-        beta: JSD interpolation in [0, 1].
-        alpha: skew in [0, 1) for the skew KLs.
+        jsd_beta: the generalized JSD's interpolation β in [0, 1].
+        skew: α in [0, 1) of the skew KLs.
     """
     per_token = per_token_divergence(student_logits, kind=kind, teacher_logits=teacher_logits,
                                      teacher_topk_logprobs=teacher_topk_logprobs,
                                      teacher_topk_indices=teacher_topk_indices,
                                      teacher_tail_logprob=teacher_tail_logprob,
-                                     temperature=temperature, beta=beta, alpha=alpha)
+                                     temperature=temperature, jsd_beta=jsd_beta, skew=skew)
     return masked_mean(per_token, mask)
 
 
@@ -72,29 +70,19 @@ def per_token_divergence(student_logits: torch.Tensor, *, kind: Kind = "forward_
                          teacher_topk_logprobs: torch.Tensor | None = None,
                          teacher_topk_indices: torch.Tensor | None = None,
                          teacher_tail_logprob: torch.Tensor | None = None,
-                         temperature: float = 1.0, beta: float = 0.5, alpha: float = 0.1) -> torch.Tensor:
+                         temperature: float = 1.0, jsd_beta: float = 0.5, skew: float = 0.1) -> torch.Tensor:
     """The divergence at each position (...), before masking; arguments as in `token_divergence`."""
     log_p, log_q = _bins(student_logits, teacher_logits, teacher_topk_logprobs, teacher_topk_indices,
                          temperature, teacher_tail_logprob)
-    return divergence(log_p, log_q, kind=kind, beta=beta, alpha=alpha)
+    return divergence(log_p, log_q, kind=kind, jsd_beta=jsd_beta, skew=skew)
 
 
-def divergence(log_p: torch.Tensor, log_q: torch.Tensor, *, kind: Kind, beta: float = 0.5,
-               alpha: float = 0.1) -> torch.Tensor:
+def divergence(log_p: torch.Tensor, log_q: torch.Tensor, *, kind: Kind, jsd_beta: float = 0.5,
+               skew: float = 0.1) -> torch.Tensor:
     """Per-position divergence between distributions given as log-probabilities over the last dim."""
-    if kind == "forward_kl":
-        return kl(log_p, log_q)
-    if kind == "reverse_kl":
-        return kl(log_q, log_p)
-    if kind == "jsd":
-        return generalized_jsd(log_p, log_q, beta)
-    if kind == "skew_kl":
-        return kl(log_p, _log_mix(log_p, log_q, alpha))
-    if kind == "skew_reverse_kl":
-        return kl(log_q, _log_mix(log_q, log_p, alpha))
-    if kind == "tvd":
-        return 0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1)
-    raise ValueError(f"Unknown divergence `{kind}`; choose one of {KINDS}.")
+    if kind not in DIVERGENCES:
+        raise ValueError(f"Unknown divergence `{kind}`; choose one of {KINDS}.")
+    return DIVERGENCES[kind](log_p, log_q, jsd_beta, skew)
 
 
 def kl(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
@@ -106,7 +94,7 @@ def kl(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
 def generalized_jsd(log_p: torch.Tensor, log_q: torch.Tensor, beta: float) -> torch.Tensor:
     """[β·KL(p ‖ m) + (1−β)·KL(q ‖ m)] / (β(1−β)) with m = β·p + (1−β)·q; the KLs at β = 0 and 1."""
     if not 0.0 <= beta <= 1.0:
-        raise ValueError(f"beta must be in [0, 1], got {beta}.")
+        raise ValueError(f"jsd_beta must be in [0, 1], got {beta}.")
     if beta == 0.0:
         return kl(log_p, log_q)
     if beta == 1.0:
@@ -130,6 +118,20 @@ def _log_mix(log_a: torch.Tensor, log_b: torch.Tensor, weight: float) -> torch.T
     if weight >= 1.0:
         return log_a
     return torch.logaddexp(log_a + math.log(weight), log_b + math.log1p(-weight))
+
+
+# The registry: name → per-position divergence of (teacher log_p, student log_q, jsd_beta, skew).
+# A new divergence is one entry here; configs (`kd.divergence`) and the CLI accept it from then on.
+DIVERGENCES: dict[str, Callable[[torch.Tensor, torch.Tensor, float, float], torch.Tensor]] = {
+    "forward_kl": lambda log_p, log_q, jsd_beta, skew: kl(log_p, log_q),
+    "reverse_kl": lambda log_p, log_q, jsd_beta, skew: kl(log_q, log_p),
+    "jsd": lambda log_p, log_q, jsd_beta, skew: generalized_jsd(log_p, log_q, jsd_beta),
+    "skew_kl": lambda log_p, log_q, jsd_beta, skew: kl(log_p, _log_mix(log_p, log_q, skew)),
+    "skew_reverse_kl": lambda log_p, log_q, jsd_beta, skew: kl(log_q, _log_mix(log_q, log_p, skew)),
+    "tvd": lambda log_p, log_q, jsd_beta, skew: 0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1),
+}
+KINDS: tuple[str, ...] = tuple(DIVERGENCES)
+Kind = Literal[KINDS]  # type: ignore[valid-type]  # the registry's names, for config schemas
 
 
 def _bins(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
@@ -185,7 +187,7 @@ def chunked_token_divergence(student_hidden: torch.Tensor, lm_head_weight: torch
                              teacher_topk_indices: torch.Tensor | None = None,
                              teacher_tail_logprob: torch.Tensor | None = None,
                              mask: torch.Tensor | None = None, temperature: float = 1.0,
-                             beta: float = 0.5, alpha: float = 0.1, chunk_size: int = 1024,
+                             jsd_beta: float = 0.5, skew: float = 0.1, chunk_size: int = 1024,
                              lm_head_bias: torch.Tensor | None = None) -> torch.Tensor:
     """`token_divergence` of the student's logits `hidden @ W.T`, never holding all of them at once.
 
@@ -203,7 +205,7 @@ def chunked_token_divergence(student_hidden: torch.Tensor, lm_head_weight: torch
                   t_idx: torch.Tensor | None, t_tail: torch.Tensor | None) -> torch.Tensor:
         return per_token_divergence(logits, kind=kind, teacher_logits=t_logits, teacher_topk_logprobs=t_lp,
                                     teacher_topk_indices=t_idx, teacher_tail_logprob=t_tail,
-                                    temperature=temperature, beta=beta, alpha=alpha)
+                                    temperature=temperature, jsd_beta=jsd_beta, skew=skew)
 
     weights = _token_weights(student_hidden, mask)
     total = chunked_token_sum(student_hidden, lm_head_weight, per_token,

@@ -15,39 +15,24 @@ it, so the exported student is the plain model.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from distill.core.config import Strict, validate_section
+from distill.core.config import (
+    Scalar,
+    Schedule,
+    Strict,
+    positive_scalar,
+    unit_scalar,
+    validate_section,
+)
 from distill.core.errors import ConfigError, ModelError
-from distill.losses.config import (
-    AttentionMapTerm,
-    AttentionTransferTerm,
-    CETerm,
-    ContrastiveTerm,
-    DKDTerm,
-    HintTerm,
-    KDTerm,
-    RKDTerm,
-    Term,
-    check_term_weights,
-)
-from distill.losses.terms import (
-    attention_map_loss,
-    attention_transfer,
-    contrastive_kd,
-    cross_entropy,
-    dkd,
-    hint_loss,
-    rkd_angle,
-    rkd_distance,
-    scheduled,
-    soft_target_kl,
-)
-from distill.models.taps import Taps, make_adapter
+from distill.losses.config import AttentionMapTerm, CETerm, Term, check_term_weights
+from distill.losses.divergences import Kind
+from distill.losses.terms import Outputs, scheduled
+from distill.models.taps import Taps
 from distill.models.zoo import logits_of
 
 
@@ -55,24 +40,16 @@ class _Terms(Strict):
     losses: list[Term]
 
 
-@dataclass
-class Outputs:
-    """What one forward pass of a model produced for the method: logits, tapped layers, attention maps."""
-
-    logits: torch.Tensor
-    features: dict[str, torch.Tensor] = field(default_factory=dict)
-    attentions: dict[int, torch.Tensor] = field(default_factory=dict)
-
-    def read(self, path: str | None) -> torch.Tensor:
-        return self.logits if path is None else self.features[path]
-
-
 class Method(nn.Module):
     """A weighted sum of terms; an `nn.Module` so that its adapters train and checkpoint with the student."""
 
-    def __init__(self, terms: Sequence[Any]):
+    def __init__(self, terms: Sequence[Any], weight_keys: Sequence[str] | None = None):
+        """`terms`: term settings (dicts or `distill.losses.config` terms); `weight_keys`: the config key
+        that sets each term's weight, named by the loss-scale guard (default `losses[i].weight`;
+        "-KEY" for a weight that falls as KEY rises)."""
         super().__init__()
         self.terms: list[Any] = _parse(terms)
+        self.weight_keys = list(weight_keys or [f"losses[{i}].weight" for i in range(len(self.terms))])
         self.adapters = nn.ModuleDict()
         self.needs_teacher = any(not isinstance(t, CETerm) for t in self.terms)
         self.student_paths = _unique(getattr(t, "student", None) for t in self.terms)
@@ -86,7 +63,18 @@ class Method(nn.Module):
         return bool(self.teacher_paths or self.teacher_layers)
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{t.kind}×{t.weight}" for t in self.terms)
+        """Every setting of every term (the training fingerprint reads it: a changed setting is a new run)."""
+        return ", ".join(repr(t.model_dump(mode="json")) for t in self.terms)
+
+    def describe(self) -> str:
+        """The sum as a person reads it, e.g. `0.5·kd(temperature=2.0) + 0.5·ce`."""
+        def one(term: Any) -> str:
+            settings = {k: v for k, v in term.model_dump(mode="json", exclude_defaults=True).items()
+                        if k not in ("kind", "weight")}
+            inside = ", ".join(f"{k}={v}" for k, v in settings.items())
+            weight = term.weight if isinstance(term.weight, Schedule) else f"{float(term.weight):.3g}"
+            return f"{weight}·{term.kind}" + (f"({inside})" if inside else "")
+        return " + ".join(one(t) for t in self.terms)
 
     def term_names(self) -> list[str]:
         """Each term's name in the logs: its kind, or kind_i when the kind occurs more than once."""
@@ -95,8 +83,8 @@ class Method(nn.Module):
 
     def term_weights(self, progress: float) -> dict[str, tuple[float, str]]:
         """Each logged term's weight at `progress` and the config key that sets it."""
-        return {name: (scheduled(term.weight, progress), f"losses[{i}].weight")
-                for i, (name, term) in enumerate(zip(self.term_names(), self.terms))}
+        return {name: (scheduled(term.weight, progress), key)
+                for name, term, key in zip(self.term_names(), self.terms, self.weight_keys)}
 
     # ----------------------------------------------------------------------------------- setup
 
@@ -112,72 +100,58 @@ class Method(nn.Module):
         self.to(s.logits.device)
 
     def _check_term(self, i: int, term: Any, s: Outputs, t: Outputs) -> None:
-        where = f"losses[{i}] ({term.kind})"
-        if isinstance(term, HintTerm):
-            shape_s, shape_t = tuple(s.read(term.student).shape), tuple(t.read(term.teacher).shape)
-            self.adapters[str(i)] = make_adapter(shape_s, shape_t, where)
-        elif isinstance(term, ContrastiveTerm):
-            width_s, width_t = s.read(term.student)[0].numel(), t.read(term.teacher)[0].numel()
-            self.adapters[str(i)] = nn.Linear(width_s, width_t, bias=False) if width_s != width_t else nn.Identity()
-        elif isinstance(term, AttentionTransferTerm):
-            shape_s, shape_t = s.read(term.student).shape, t.read(term.teacher).shape
-            if len(shape_s) != 4 or len(shape_t) != 4 or shape_s[2:] != shape_t[2:]:
-                raise ModelError(f"{where}: attention transfer compares (B, C, H, W) maps of the same H×W; got "
-                                 f"student {tuple(shape_s)} and teacher {tuple(shape_t)}. Tap layers at the same "
-                                 "resolution (channel counts may differ).")
-        elif isinstance(term, AttentionMapTerm):
-            for a, b in term.layers:
-                if s.attentions[a].shape[-1] != t.attentions[b].shape[-1]:
-                    raise ModelError(f"{where}: student layer {a} and teacher layer {b} attend over different "
-                                     "lengths; feed both models the same tokenization.")
-        elif isinstance(term, (KDTerm, DKDTerm)) and s.logits.shape[-1] != t.logits.shape[-1]:
-            raise ModelError(f"{where}: the student predicts {s.logits.shape[-1]} classes and the teacher "
-                             f"{t.logits.shape[-1]}; logit distillation needs the same label space.")
+        adapter = term.adapter(f"losses[{i}] ({term.kind})", s, t)
+        if adapter is not None:
+            self.adapters[str(i)] = adapter
 
     def _attention_terms(self) -> list[AttentionMapTerm]:
         return [t for t in self.terms if isinstance(t, AttentionMapTerm)]
 
     # ----------------------------------------------------------------------------------- loss
 
-    def forward(self, student: Outputs, teacher: Outputs | None, targets: torch.Tensor,
-                progress: float = 0.0) -> dict[str, torch.Tensor]:
-        """The weighted sum ('loss') and every term's value under its kind's name."""
+    def forward(self, student: Outputs | torch.Tensor, teacher: Outputs | torch.Tensor | None,
+                targets: torch.Tensor, progress: float = 0.0) -> dict[str, torch.Tensor]:
+        """The weighted sum ('loss') and every term's value under its name; `student` and `teacher` may be
+        plain logits when no term reads layers."""
+        s = student if isinstance(student, Outputs) else Outputs(student)
+        t = teacher if isinstance(teacher, Outputs) or teacher is None else Outputs(teacher)
         parts: dict[str, torch.Tensor] = {}
-        total = student.logits.new_zeros((), dtype=torch.float32)
+        total = s.logits.new_zeros((), dtype=torch.float32)
         for i, (name, term) in enumerate(zip(self.term_names(), self.terms)):
             weight = scheduled(term.weight, progress)
             if weight == 0:
                 continue
-            value = self._term(i, term, student, teacher, targets, progress)
-            parts[name] = value
-            total = total + weight * value
+            if t is None and not isinstance(term, CETerm):
+                raise ModelError(f"losses[{i}] ({term.kind}) needs the teacher; pass its logits or outputs.")
+            parts[name] = term.value(s, t, targets, progress, self.adapters[str(i)] if str(i) in self.adapters
+                                     else None)
+            total = total + weight * parts[name]
         return {"loss": total, **parts}
 
-    def _term(self, i: int, term: Any, s: Outputs, t: Outputs | None, targets: torch.Tensor,
-              progress: float) -> torch.Tensor:
-        if isinstance(term, CETerm):
-            return cross_entropy(s.logits, targets)
-        assert t is not None, f"losses[{i}] ({term.kind}) needs the teacher"
-        if isinstance(term, KDTerm):
-            return soft_target_kl(s.logits, t.logits, scheduled(term.temperature, progress))
-        if isinstance(term, DKDTerm):
-            hard = targets.argmax(1) if targets.dim() == 2 else targets  # mixup gives class probabilities
-            if targets.dim() == 2:
-                hard = torch.where(targets.sum(1) > 0, hard, -1)  # an all-zero row: unlabelled
-            return dkd(s.logits, t.logits, hard, alpha=term.alpha, beta=term.beta, temperature=term.temperature)
-        if isinstance(term, AttentionMapTerm):
-            pairs = [attention_map_loss(s.attentions[a], t.attentions[b], term.loss) for a, b in term.layers]
-            return torch.stack(pairs).mean()
-        fs, ft = s.read(term.student), t.read(term.teacher)
-        if isinstance(term, HintTerm):
-            return hint_loss(self.adapters[str(i)](fs), ft, term.loss)
-        if isinstance(term, AttentionTransferTerm):
-            return attention_transfer(fs, ft, term.p)
-        if isinstance(term, RKDTerm):
-            return term.distance * rkd_distance(fs, ft) + term.angle * rkd_angle(fs, ft)
-        if isinstance(term, ContrastiveTerm):
-            return contrastive_kd(self.adapters[str(i)](fs.flatten(1)), ft, term.temperature)
-        raise AssertionError(f"unhandled term {term.kind}")
+
+def KD(temperature: Scalar = 4.0, ratio: Scalar = 0.9, divergence: Kind = "forward_kl", *, jsd_beta: float = 0.5,
+       skew: float = 0.1) -> Method:
+    """Soft targets (Hinton et al. 2015): ratio·T²·D(teacher_T ‖ student_T) + (1 − ratio)·CE on the labels,
+    the two-term `Method`; temperature and ratio may be schedules."""
+    try:
+        positive_scalar(temperature, "KD(temperature=...)")
+        unit_scalar(ratio, "KD(ratio=...)")
+    except ValueError as exc:
+        raise ConfigError(f"{exc} (got temperature={temperature!r}, ratio={ratio!r}).") from None
+    kd = {"kind": "kd", "weight": ratio, "temperature": temperature, "divergence": divergence,
+          "jsd_beta": jsd_beta, "skew": skew}
+    return Method([kd, {"kind": "ce", "weight": _one_minus(ratio)}], weight_keys=["kd.ratio", "-kd.ratio"])
+
+
+def CE() -> Method:
+    """Plain supervised training on the labels: the no-teacher baseline, a one-term `Method`."""
+    return Method([{"kind": "ce"}], weight_keys=[""])
+
+
+def _one_minus(v: Scalar) -> Scalar:
+    if isinstance(v, Schedule):
+        return v.model_copy(update={"start": 1 - v.start, "end": 1 - v.end})
+    return 1.0 - float(v)
 
 
 # ----------------------------------------------------------------------------------- forwards

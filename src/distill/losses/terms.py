@@ -1,20 +1,32 @@
-"""Distillation objectives: pure loss functions plus small specs that say which signals they need.
+"""The loss functions themselves, pure: cross-entropy, soft targets, features, relations, attention maps,
+DKD; what a model's forward produced for them (`Outputs`); and the loss-scale guard.
 
-A method is data plus a loss: `KD` needs the teacher's logits, `CE` does not. Both return the
-total loss and each named component, so every term can be logged.
+Their settings and the registry of terms are `distill.losses.config`; a weighted sum of terms is
+`distill.losses.methods.Method`, of which `KD` and `CE` are presets.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from distill.core.config import Schedule, positive_scalar, unit_scalar
-from distill.core.errors import ConfigError
+from distill.core.config import Schedule
 from distill.losses.divergences import token_divergence
+
+
+@dataclass
+class Outputs:
+    """What one forward pass of a model produced for a method: logits, tapped layers, attention maps."""
+
+    logits: torch.Tensor
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
+    attentions: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def read(self, path: str | None) -> torch.Tensor:
+        return self.logits if path is None else self.features[path]
 
 
 def cross_entropy(student_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -139,8 +151,8 @@ def attention_map_loss(student_attention: torch.Tensor, teacher_attention: torch
 
 
 def dkd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, *,
-        alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0) -> torch.Tensor:
-    """Decoupled KD (Zhao et al. 2022): α·TCKD + β·NCKD, both × T², batch mean.
+        tckd_weight: float = 1.0, nckd_weight: float = 8.0, temperature: float = 4.0) -> torch.Tensor:
+    """Decoupled KD (Zhao et al. 2022): α·TCKD + β·NCKD (α = tckd_weight, β = nckd_weight), both × T², batch mean.
 
     TCKD: KL between teacher and student binary distributions [p(target), 1 − p(target)].
     NCKD: KL between their distributions over the non-target classes (target masked out).
@@ -157,11 +169,11 @@ def dkd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: tor
     log_q_s = s.masked_fill(gt, masked).log_softmax(1)
     log_q_t = t.masked_fill(gt, masked).log_softmax(1)
     nckd = (log_q_t.exp() * (log_q_t - log_q_s)).masked_fill(gt, 0).sum(1).mean()
-    return (alpha * tckd + beta * nckd) * temperature**2
+    return (tckd_weight * tckd + nckd_weight * nckd) * temperature**2
 
 
 def _turn(key: str, way: str) -> str:
-    """"lower KEY" / "raise KEY"; a key written "-KEY" is a weight that falls as KEY rises (CE's 1 − α)."""
+    """"lower KEY" / "raise KEY"; a key written "-KEY" is a weight that falls as KEY rises (CE's 1 − ratio)."""
     if key.startswith("-"):
         return f"{'raise' if way == 'lower' else 'lower'} {key[1:]}"
     return f"{way} {key}"
@@ -196,53 +208,3 @@ def scheduled(value: float | Schedule, progress: float) -> float:
     else:
         w = 0.5 * (1 - math.cos(math.pi * x))
     return value.start + (value.end - value.start) * w
-
-
-@dataclass(frozen=True)
-class KD:
-    """Soft targets: α·T²·KL(teacher_T ‖ student_T) + (1−α)·CE(labels); α and T may be schedules."""
-
-    temperature: float | Schedule = 4.0
-    alpha: float | Schedule = 0.9
-    needs_teacher: bool = True
-
-    def __post_init__(self) -> None:
-        try:
-            positive_scalar(self.temperature, "KD(temperature=...)")
-            unit_scalar(self.alpha, "KD(alpha=...)")
-        except ValueError as exc:
-            shown = f"temperature={self.temperature!r}, alpha={self.alpha!r}"
-            raise ConfigError(f"{exc} (got {shown}).") from None
-
-    def __call__(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
-                 targets: torch.Tensor, progress: float = 0.0) -> dict[str, torch.Tensor]:
-        assert teacher_logits is not None, "KD needs teacher logits"
-        t, a = scheduled(self.temperature, progress), scheduled(self.alpha, progress)
-        kd = soft_target_kl(student_logits, teacher_logits, t)
-        if a >= 1.0:  # pure distillation: labels (possibly absent) are not used
-            return {"loss": kd, "kd": kd}
-        ce = cross_entropy(student_logits, targets)
-        return {"loss": a * kd + (1 - a) * ce, "kd": kd, "ce": ce}
-
-    def term_weights(self, progress: float) -> dict[str, tuple[float, str]]:
-        """Each logged term's weight at `progress` and the config key that sets it."""
-        a = scheduled(self.alpha, progress)
-        return {"kd": (a, "kd.alpha"), "ce": (1 - a, "-kd.alpha")}  # CE's weight falls as kd.alpha rises
-
-
-@dataclass(frozen=True)
-class CE:
-    """Plain supervised training on labels: the no-teacher baseline."""
-
-    needs_teacher: bool = False
-
-    def __call__(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
-                 targets: torch.Tensor, progress: float = 0.0) -> dict[str, torch.Tensor]:
-        ce = cross_entropy(student_logits, targets)
-        return {"loss": ce, "ce": ce}
-
-    def term_weights(self, progress: float) -> dict[str, tuple[float, str]]:
-        return {"ce": (1.0, "")}
-
-
-Objective = KD | CE

@@ -1,4 +1,4 @@
-"""The LM distillation objective: ratio · divergence(teacher ‖ student) + (1 − ratio) · CE.
+"""The LM distillation objective: ratio · T² · divergence(teacher ‖ student) + (1 − ratio) · CE (`kd` settings).
 
 Computed from the student's final hidden states and output layer in chunks of tokens
 (`distill.losses.divergences.chunked_token_sum`), so the (tokens × vocab) logits never exist at once
@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 
-from distill.core.config import Strict
-from distill.losses.divergences import Kind, chunked_token_sum, per_token_divergence
+from distill.losses.config import TokenKDConfig
+from distill.losses.divergences import chunked_token_sum, per_token_divergence
 from distill.teachers.tokens import TokenSignal
 
 
 def lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], signal: TokenSignal | None,
-            cfg: LMLossConfig, vocab: int) -> dict[str, torch.Tensor]:
+            cfg: TokenKDConfig, vocab: int) -> dict[str, torch.Tensor]:
     """{"loss", "ce", "kd"} means over the batch's `loss_mask` tokens; "kd" only with a signal.
 
     A float `loss_mask` weighs tokens (e.g. `distill.recipes.textkd.examples`: each example's tokens sum to
@@ -37,9 +36,9 @@ def lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], signal: TokenSigna
         kd = zeros
         if ratio > 0:
             t_logits, t_lp, t_idx, t_tail = teacher
-            kd = per_token_divergence(logits, kind=cfg.kind, teacher_logits=t_logits, teacher_topk_logprobs=t_lp,
+            kd = per_token_divergence(logits, kind=cfg.divergence, teacher_logits=t_logits, teacher_topk_logprobs=t_lp,
                                       teacher_topk_indices=t_idx, teacher_tail_logprob=t_tail,
-                                      temperature=t, beta=cfg.beta, alpha=cfg.alpha)
+                                      temperature=t, jsd_beta=cfg.jsd_beta, skew=cfg.skew)
         return torch.stack([ce, kd], dim=-1)  # (n, 2)
 
     sig = signal.as_kwargs() if signal is not None else {}
@@ -67,19 +66,3 @@ def student_hidden(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[to
                                   "its chunked loss is not supported yet.")
     out = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     return out.last_hidden_state, head.weight, head.bias
-
-
-class LMLossConfig(Strict):
-    """loss = ratio · divergence(teacher ‖ student) + (1 − ratio) · next-token CE, over masked tokens.
-
-    The default ratio 0.5 is the measured winner (benchmarks/llm_quality.py): pure forward KL (ratio 1)
-    left the student closer to the teacher but with a worse held-out perplexity than plain CE."""
-
-    kind: Kind = "forward_kl"
-    ratio: float = Field(0.5, ge=0, le=1, description="Weight of the divergence; 1 − ratio goes to next-token CE.")
-    temperature: float = Field(1.0, gt=0)
-    beta: float = Field(0.5, ge=0, le=1, description="JSD interpolation.")
-    alpha: float = Field(0.1, ge=0, lt=1, description="Skew of skew_kl / skew_reverse_kl.")
-    chunk_tokens: int = Field(4096, ge=1, description="Logits are computed this many tokens at a time.")
-    warm_start: int = Field(0, ge=0, description="First steps with next-token CE only, before the divergence "
-                            "starts: the supervised start MiniLLM and GKD give reverse KL and JSD.")

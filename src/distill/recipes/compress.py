@@ -24,7 +24,7 @@ from distill.data.arrays import DataSplits, labels_of
 from distill.data.batches import iter_batches
 from distill.data.datasets import load_data
 from distill.eval.metrics import classification_metrics, predict
-from distill.losses.terms import CE
+from distill.losses.methods import CE
 from distill.models.zoo import build_model, freeze
 from distill.recipes.classify.config import RunConfig
 from distill.recipes.classify.plan import kd_objective
@@ -64,7 +64,7 @@ def _recover(cfg: RunConfig, data: DataSplits, pruned: nn.Module, original: nn.M
     model = copy.deepcopy(pruned).train()
     for p in model.parameters():
         p.requires_grad_(True)
-    objective = kd_objective(cfg.kd.temperature, cfg.kd.alpha) if how == "kd" else CE()
+    objective = kd_objective(cfg.kd) if how == "kd" else CE()
     return fit(model, data.train, objective=objective, config=cfg.train, num_classes=data.num_classes,
                teacher=LiveTeacher(original) if how == "kd" else None, val_data=data.val, device=cfg.device,
                quiet=cfg.quiet, name=f"recover-{how}").model

@@ -42,7 +42,7 @@ from distill.data.augment import augment_batch
 from distill.data.batches import iter_batches
 from distill.eval.metrics import classification_metrics, predict
 from distill.losses.methods import Method, Outputs, collect
-from distill.losses.terms import Objective, term_scales
+from distill.losses.terms import term_scales
 from distill.models.zoo import channels_last, device_of, logits_of
 from distill.teachers.signals import LiveTeacher, TeacherSignal
 from distill.training.config import TrainConfig
@@ -57,7 +57,7 @@ class FitResult:
     notes: list[str] = field(default_factory=list)  # the loss-scale guard's warnings
 
 
-def fit(model: nn.Module, train_data: Dataset, *, objective: Objective | Method, config: TrainConfig,
+def fit(model: nn.Module, train_data: Dataset, *, objective: Method, config: TrainConfig,
         num_classes: int, teacher: TeacherSignal | None = None, val_data: Dataset | None = None,
         checkpoint_dir: Path | None = None, resume: bool = False, device: str = "auto",
         quiet: bool = False, tracking: list[str] | None = None, name: str = "student") -> FitResult:
@@ -70,15 +70,14 @@ def fit(model: nn.Module, train_data: Dataset, *, objective: Objective | Method,
     acc = make_accelerator(device, config.precision, tracking, tracking_dir)
     torch.manual_seed(config.seed)
     model = model.to(acc.device)
-    if isinstance(objective, Method):
-        model = _bind(objective, model, teacher, train_data, config.seed, acc.device)
+    check_shapes(model, objective, teacher, train_data, num_classes, name, acc.device)
+    model = _bind(objective, model, teacher, train_data, config.seed, acc.device)
     _fast_layout(teacher, train_data)
     steps_per_epoch = math.ceil(len(train_data) / (config.batch_size * acc.num_processes))
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config, steps_per_epoch)
     model, optimizer = acc.prepare(model, optimizer)
     loop = _Loop(acc, model, optimizer, scheduler, objective, teacher, config, num_classes, quiet, name)
-    loop.check_shapes(train_data)
     if acc.is_main_process and tracking:
         acc.init_trackers(name, config=_flat(config.model_dump(mode="json")))
     result = FitResult(model=model)
@@ -146,11 +145,35 @@ def _bind(method: Method, student: nn.Module, teacher: TeacherSignal | None, dat
     return WithAdapters(student, method) if any(True for _ in method.parameters()) else student
 
 
+def check_shapes(model: nn.Module, objective: Method, teacher: TeacherSignal | None, data: Dataset,
+                 num_classes: int, name: str, device: torch.device) -> None:
+    """One dry forward: the student must predict `num_classes`, the teacher the same number."""
+    batch = next(iter_batches(data, torch.arange(min(2, len(data))), 2))
+    inputs = batch["inputs"].to(device)
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = logits_of(model(inputs)).shape[-1]
+    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+        raise ModelError(f"{name} cannot run on the data's inputs (a batch of shape "
+                         f"{tuple(inputs.shape)}, {inputs.dtype}): {exc}. Build the model for inputs of "
+                         "that shape and dtype, or reshape / convert the data.") from exc
+    model.train()
+    if out != num_classes:
+        raise ModelError(f"{name} outputs {out} classes but the data has {num_classes}; "
+                         "set the model's num_classes to match.")
+    if objective.needs_teacher:
+        t_out = teacher.logits(inputs, batch["index"]).shape[-1]  # type: ignore[union-attr]
+        if t_out != out:
+            raise ModelError(f"The teacher outputs {t_out} classes but the student outputs {out}; "
+                             "distillation needs the same label space. Fix the num_classes of one of them.")
+
+
 class _Loop:
     """The per-epoch pieces of `fit`, sharing the prepared objects."""
 
     def __init__(self, acc: Accelerator, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 scheduler: Any, objective: Objective, teacher: TeacherSignal | None,
+                 scheduler: Any, objective: Method, teacher: TeacherSignal | None,
                  config: TrainConfig, num_classes: int, quiet: bool, name: str):
         self.acc, self.model, self.optimizer, self.scheduler = acc, model, optimizer, scheduler
         self.objective, self.teacher, self.config = objective, teacher, config
@@ -225,10 +248,6 @@ class _Loop:
              progress: float) -> dict[str, torch.Tensor]:
         """One step's loss parts: the objective applied to what it reads from the student and the teacher."""
         objective, teacher = self.objective, self.teacher
-        if not isinstance(objective, Method):
-            t_logits = teacher.logits(inputs, index, targets) if objective.needs_teacher else None  # type: ignore[union-attr]
-            with self.acc.autocast():
-                return objective(logits_of(self.model(inputs)), t_logits, targets, progress=progress)
         t_out = None
         if objective.reads_layers:
             with torch.no_grad():
@@ -245,28 +264,6 @@ class _Loop:
         logits = predict(self.model, val_data)
         m = classification_metrics(logits, labels_of(val_data))
         return {"val_accuracy": m["accuracy"], "val_nll": m["nll"]}
-
-    def check_shapes(self, data: Dataset) -> None:
-        """One dry forward: the student must predict `num_classes`, the teacher the same number."""
-        batch = next(iter_batches(data, torch.arange(min(2, len(data))), 2))
-        inputs = batch["inputs"].to(self.acc.device)
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                out = logits_of(self.model(inputs)).shape[-1]
-        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-            raise ModelError(f"{self.name} cannot run on the data's inputs (a batch of shape "
-                             f"{tuple(inputs.shape)}, {inputs.dtype}): {exc}. Build the model for inputs of "
-                             "that shape and dtype, or reshape / convert the data.") from exc
-        self.model.train()
-        if out != self.num_classes:
-            raise ModelError(f"{self.name} outputs {out} classes but the data has {self.num_classes}; "
-                             "set the model's num_classes to match.")
-        if self.objective.needs_teacher:
-            t_out = self.teacher.logits(inputs, batch["index"]).shape[-1]  # type: ignore[union-attr]
-            if t_out != out:
-                raise ModelError(f"The teacher outputs {t_out} classes but the student outputs {out}; "
-                                 "distillation needs the same label space. Fix the num_classes of one of them.")
 
     def save(self, ckpt_dir: Path | None, result: FitResult, fingerprint: str, improved: bool) -> None:
         if ckpt_dir is None or not self.acc.is_main_process:
@@ -290,8 +287,10 @@ class _Loop:
         state = load_training_state(path, model=self.acc.unwrap_model(self.model),
                                     optimizer=self.optimizer, scheduler=self.scheduler)
         if state["fingerprint"] != fingerprint:
-            raise CheckpointError(f"{path} was written with different training settings; resume with the "
-                                  "same config, or start a new run (another name / output_dir).")
+            raise CheckpointError(f"{path} was written with different training settings (or by a version of "
+                                  "distill that described them differently); resume with the same config, or "
+                                  f"delete {path.parent} to restart this stage, or start a new run (another "
+                                  "name / output_dir).")
         result.history, result.best_epoch = state["history"], state["best_epoch"]
         if state.get("term_scale") is not None:  # normalised terms keep the divisors they started with
             self.term_scale, self.scales_checked = state["term_scale"], True
@@ -438,7 +437,7 @@ def _patience_over(result: FitResult, patience: int | None, epoch: int) -> bool:
     return patience is not None and epoch - result.best_epoch >= patience
 
 
-def _fingerprint(config: TrainConfig, objective: Objective) -> str:
+def _fingerprint(config: TrainConfig, objective: Method) -> str:
     off = {"normalize_terms"} if not config.normalize_terms else None  # runs from before it existed still resume
     text = json.dumps(config.model_dump(mode="json", exclude=off), sort_keys=True) + repr(objective)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

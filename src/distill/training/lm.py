@@ -24,7 +24,8 @@ from distill.core.errors import CheckpointError, ConfigError, TrainingDiverged
 from distill.core.files import atomic_write_text
 from distill.data.tokens import TokenBlocks
 from distill.eval.lm import evaluate_lm
-from distill.losses.tokens import LMLossConfig, lm_loss
+from distill.losses.config import TokenKDConfig
+from distill.losses.tokens import lm_loss
 from distill.teachers.tokens import TokenSignal, TokenTeacher
 from distill.training import sharding
 from distill.training.config import LMTrainConfig, OnPolicyConfig
@@ -37,12 +38,12 @@ class LMFitResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def fit_lm(model: nn.Module, data: TokenBlocks, *, train: LMTrainConfig, loss: LMLossConfig, vocab: int,
+def fit_lm(model: nn.Module, data: TokenBlocks, *, train: LMTrainConfig, kd: TokenKDConfig, vocab: int,
            teacher: TokenTeacher | None = None, on_policy: OnPolicyConfig | None = None,
            val_data: TokenBlocks | None = None, val_teacher: TokenTeacher | None = None,
            pad_id: int = 0, checkpoint_dir: Path | None = None, resume: bool = False,
            device: str = "auto", quiet: bool = False, name: str = "student") -> LMFitResult:
-    """Train `model` for `train.steps` steps; with `teacher` None (or before `loss.warm_start`), plain
+    """Train `model` for `train.steps` steps; with `teacher` None (or before `kd.warm_start`), plain
     next-token CE."""
     acc = make_accelerator(device, train.precision, None, None)
     torch.manual_seed(train.seed)
@@ -60,7 +61,7 @@ def fit_lm(model: nn.Module, data: TokenBlocks, *, train: LMTrainConfig, loss: L
     else:
         step_loss, optimizer = acc.prepare(step_loss, optimizer)
     result = LMFitResult(model=model)
-    fingerprint = _fingerprint(train, loss, on_policy, teacher is not None, data)
+    fingerprint = _fingerprint(train, kd, on_policy, teacher is not None, data)
     views = _Views(acc.unwrap_model(model), optimizer, sharded)
     start = _restore(checkpoint_dir, *views.loading(), scheduler, result, fingerprint) if resume else 0
     order = _BatchOrder(len(data), train.batch_size, acc.num_processes, acc.process_index, train.seed)
@@ -74,9 +75,9 @@ def fit_lm(model: nn.Module, data: TokenBlocks, *, train: LMTrainConfig, loss: L
         if sampling is not None and step >= sampling.start * train.steps and \
                 _on_policy_step(train.seed, step, sampling.fraction):
             batch = sample_continuations(acc.unwrap_model(model), batch, sampling, pad_id)
-        signal = teacher.signal(batch) if teacher is not None and step >= loss.warm_start else None
+        signal = teacher.signal(batch) if teacher is not None and step >= kd.warm_start else None
         with acc.autocast():
-            parts = step_loss(batch, signal, loss, vocab)
+            parts = step_loss(batch, signal, kd, vocab)
         acc.backward(parts["loss"])
         if train.grad_clip:
             acc.clip_grad_norm_(model.parameters(), train.grad_clip)
@@ -169,7 +170,7 @@ class _StepLoss(nn.Module):
         super().__init__()
         self.student = student
 
-    def forward(self, batch: dict[str, torch.Tensor], signal: TokenSignal | None, cfg: LMLossConfig,
+    def forward(self, batch: dict[str, torch.Tensor], signal: TokenSignal | None, cfg: TokenKDConfig,
                 vocab: int) -> dict[str, torch.Tensor]:
         return lm_loss(self.student, batch, signal, cfg, vocab)
 
@@ -234,8 +235,15 @@ def _on_policy_key(on_policy: OnPolicyConfig | None) -> dict | None:
     return on_policy.model_dump(mode="json", exclude={"start"} if on_policy.start == 0 else None)
 
 
-def _fingerprint(train: LMTrainConfig, loss: LMLossConfig, on_policy: OnPolicyConfig | None,
+def _fingerprint(train: LMTrainConfig, kd: TokenKDConfig, on_policy: OnPolicyConfig | None,
                  has_teacher: bool, data: TokenBlocks) -> str:
-    parts = [train.model_dump(mode="json"), loss.model_dump(mode="json"),
+    parts = [train.model_dump(mode="json"), _kd_key(kd),
              _on_policy_key(on_policy), has_teacher, data.fingerprint()]
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _kd_key(kd: TokenKDConfig) -> dict[str, Any]:
+    """The kd settings under the names they had when the first runs were fingerprinted (`kind`, `beta`,
+    `alpha`), so that runs started before the names were unified still resume."""
+    old = {"divergence": "kind", "jsd_beta": "beta", "skew": "alpha"}
+    return {old.get(k, k): v for k, v in kd.model_dump(mode="json").items()}

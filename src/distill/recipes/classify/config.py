@@ -84,6 +84,8 @@ class BenchConfig(Strict):
 
 class RunConfig(RunHeader):
     name: str = "default"
+    renamed = {"kd.alpha": "kd.ratio", "losses.*.alpha": "losses.*.tckd_weight",
+               "losses.*.beta": "losses.*.nckd_weight"}
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig
     student: StudentConfig
@@ -134,11 +136,12 @@ class RunConfig(RunHeader):
     @model_validator(mode="after")
     def _losses_are_usable(self) -> RunConfig:
         check_term_weights(self.losses)
-        given = [f"kd.{k}" for k in ("temperature", "alpha") if getattr(self.kd, k) is not None]
+        given = [f"kd.{k}" for k in sorted(self.kd.model_fields_set) if getattr(self.kd, k) is not None]
         if self.losses and given:
-            raise ValueError(f"{' and '.join(given)} and a losses list are both given, and the losses list is the "
-                             "whole method (the kd section would be ignored): set the temperature and weights "
-                             "in the losses terms (e.g. {kind: kd, weight: 0.9, temperature: 4}), or drop losses")
+            raise ValueError(f"the kd section ({', '.join(given)}) and a losses list are both given; the losses list "
+                             "is the whole method, so the kd section would be ignored: set the divergence, "
+                             "temperature and weights in the losses terms (e.g. {kind: kd, weight: 0.9, "
+                             "temperature: 4}), or drop losses")
         layered = [i for i, t in enumerate(self.losses) if needs_live_teacher(t)]
         if layered and (self.teacher.signal == "cached" or self.teacher.out_of_fold is not None):
             raise ValueError(f"losses[{layered[0]}] reads teacher layers, which a logit cache does not hold: "

@@ -25,7 +25,7 @@ from distill.core.distributed import process_state
 from distill.core.errors import DataError
 from distill.data.arrays import ArrayDataset, DataSplits
 from distill.eval.metrics import predict
-from distill.losses.terms import CE
+from distill.losses.methods import CE
 from distill.models.zoo import build_model, freeze
 from distill.recipes.classify.config import RunConfig
 from distill.teachers.signals import CachedTeacher

@@ -27,7 +27,7 @@ from distill.eval.bench import machine_description, measure_models
 from distill.eval.doctor import diagnose
 from distill.eval.metrics import classification_metrics, mean_confidence, predict
 from distill.eval.validate import validate
-from distill.losses.terms import CE
+from distill.losses.methods import CE
 from distill.models.ensemble import build_ensemble
 from distill.models.students import every_kth, keep_layers
 from distill.models.taps import resolve_module
@@ -117,7 +117,7 @@ def plan_of(cfg: RunConfig, data: DataSplits, teacher: nn.Module | None = None) 
 def describe(recipe: Plan, cfg: RunConfig, data: DataSplits, run_dir: Path) -> dict[str, Any]:
     """The recipe as the report shows it, with each student's budget and best epoch."""
     return {"recipe": recipe.recipe, "why": recipe.why, "signal": recipe.signal,
-            "augment": recipe.augment.model_dump(), "objective": repr(recipe.objective),
+            "augment": recipe.augment.model_dump(), "objective": recipe.objective.describe(),
             "distilled_epochs": cfg.train.epochs, "baseline_epochs": baseline_budget(cfg.train, data).epochs,
             "distilled_best_epoch": _best_epoch(run_dir / "distilled"), "out_of_fold": cfg.teacher.out_of_fold,
             **_tuned(run_dir / "distilled")}
@@ -130,7 +130,7 @@ def _tuned(stage_dir: Path) -> dict[str, Any]:
         return {}
     trials = json.loads(path.read_text())["trials"]
     best = max(trials, key=lambda r: r["score"])
-    return {"objective": f"KD(temperature={best['temperature']:.3g}, alpha={best['alpha']:.3g}) (kd.tune)",
+    return {"objective": f"KD(temperature={best['temperature']:.3g}, ratio={best.get('ratio', best.get('alpha')):.3g}) (kd.tune)",
             "kd_tune": trials}
 
 

@@ -1,6 +1,6 @@
 """Recipes: how the distilled student is taught (teacher signal, augmentation, objective), chosen from
 the config and the data where the config leaves them open (`recipe: auto`, `teacher.signal: auto`,
-`kd.temperature` / `kd.alpha` left out).
+`kd.temperature` / `kd.ratio` left out).
 
 - **function_matching** (Beyer et al. 2022, "a good teacher is patient and consistent"): the live
   teacher scores exactly the view the student sees (random shifts, mixup between inputs), and the
@@ -26,19 +26,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from distill.core.config import Scalar
 from distill.core.errors import ConfigError
 from distill.data.augment import AugmentConfig
 from distill.eval.doctor import ONE_HOT_CONFIDENCE
-from distill.losses.config import needs_live_teacher
-from distill.losses.methods import Method
-from distill.losses.terms import KD
+from distill.losses.config import KDConfig, needs_live_teacher
+from distill.losses.methods import KD, Method
 from distill.recipes.classify.config import RunConfig
 
 FUNCTION_MATCHING_SHIFT = 2  # pixels (or spectrogram bins)
 FUNCTION_MATCHING_MIXUP = 1.0  # Beta(1, 1): mixing weights uniform in [0, 1]
 CONFIDENCE_SAMPLE = 4096  # training examples the teacher scores to measure it (the first ones)
-KD_DEFAULTS = {"function_matching": (1.0, 1.0), "soft_targets": (2.0, 0.5)}  # (temperature, alpha)
+KD_DEFAULTS = {"function_matching": (1.0, 1.0), "soft_targets": (2.0, 0.5)}  # (temperature, ratio)
 
 
 @dataclass(frozen=True)
@@ -48,7 +46,7 @@ class Plan:
     recipe: str  # function_matching | soft_targets
     signal: str  # live | cached
     augment: AugmentConfig  # for the distilled and the plain student alike
-    objective: KD | Method
+    objective: Method
     why: str
 
 
@@ -61,13 +59,11 @@ def plan(cfg: RunConfig, modality: str, input_shape: tuple[int, ...], *, transfe
     live_needed = cfg.teacher.combine == "correctness" or any(needs_live_teacher(t) for t in cfg.losses)
     signal = "cached" if cfg.teacher.out_of_fold is not None else cfg.teacher.signal  # fixed targets per example
     return resolve(cfg.recipe, signal, cfg.train.augment, modality, input_shape,
-                   method=Method(cfg.losses) if cfg.losses else None, temperature=cfg.kd.temperature,
-                   alpha=cfg.kd.alpha, live_needed=live_needed, transfer_set=transfer_set, confidence=confidence)
+                   method=Method(cfg.losses) if cfg.losses else None, kd=cfg.kd, live_needed=live_needed, transfer_set=transfer_set, confidence=confidence)
 
 
 def resolve(recipe: str, signal: str, augment: AugmentConfig, modality: str, input_shape: tuple[int, ...],
-            *, method: Method | None = None, temperature: Scalar | None = None, alpha: Scalar | None = None,
-            live_needed: bool = False, transfer_set: bool = False,
+            *, method: Method | None = None, kd: KDConfig | None = None, live_needed: bool = False, transfer_set: bool = False,
             confidence: Callable[[], float] | None = None) -> Plan:
     """A recipe name (`auto` included) and a signal (`auto` included) made concrete for the data
     (`plan` says what `transfer_set` and `confidence` change)."""
@@ -80,16 +76,17 @@ def resolve(recipe: str, signal: str, augment: AugmentConfig, modality: str, inp
         augment = augment.model_copy(update={
             "shift": augment.shift or (FUNCTION_MATCHING_SHIFT if len(input_shape) == 3 else 0),
             "mixup": augment.mixup or FUNCTION_MATCHING_MIXUP})
-    objective = method if method is not None else kd_objective(temperature, alpha, chosen)
+    objective = method if method is not None else kd_objective(kd or KDConfig(), chosen)
     if signal == "auto":
         signal = "live" if chosen == "function_matching" or augment.enabled or live_needed else "cached"
     return Plan(chosen, signal, augment, objective, why)
 
 
-def kd_objective(temperature: Scalar | None, alpha: Scalar | None, recipe: str = "soft_targets") -> KD:
-    """KD with the config's temperature and α, each defaulting to the recipe's."""
-    t, a = KD_DEFAULTS[recipe]
-    return KD(t if temperature is None else temperature, a if alpha is None else alpha)
+def kd_objective(kd: KDConfig, recipe: str = "soft_targets") -> Method:
+    """KD with the kd section's settings, its temperature and ratio defaulting to the recipe's."""
+    t, r = KD_DEFAULTS[recipe]
+    return KD(t if kd.temperature is None else kd.temperature, r if kd.ratio is None else kd.ratio, kd.divergence,
+              jsd_beta=kd.jsd_beta, skew=kd.skew)
 
 
 def _by_confidence(confidence: float) -> tuple[str, str]:

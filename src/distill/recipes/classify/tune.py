@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from distill.core.errors import ConfigError
 from distill.core.files import atomic_write_text
 from distill.losses.config import KDTune
-from distill.losses.terms import KD
+from distill.losses.methods import KD
 from distill.teachers.signals import TeacherSignal
 from distill.training.config import TrainConfig
 from distill.training.engine import fit
@@ -39,14 +39,16 @@ def tune_kd(tune: KDTune, build: Callable[[], nn.Module], train_data: Dataset, v
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     path = stage_dir / "kd_tune.json"
     done: list[dict[str, Any]] = json.loads(path.read_text())["trials"] if path.is_file() else []
+    done = [{("ratio" if k == "alpha" else k): v for k, v in row.items()} for row in done]  # sweeps saved before
+    # the CE/KD mix was named `ratio` resume
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=config.seed))
     for row in done:
-        study.add_trial(optuna.trial.create_trial(params={"temperature": row["temperature"], "alpha": row["alpha"]},
+        study.add_trial(optuna.trial.create_trial(params={"temperature": row["temperature"], "ratio": row["ratio"]},
                                                   distributions=_space(optuna), value=row["score"]))
     proxy = config.model_copy(update={"epochs": max(1, round(config.epochs * tune.epochs))})
     for _ in range(tune.trials - len(done)):
         trial = study.ask(_space(optuna))
-        kd = KD(trial.params["temperature"], trial.params["alpha"])
+        kd = KD(trial.params["temperature"], trial.params["ratio"])
         out = fit(build(), train_data, objective=kd, config=proxy, num_classes=num_classes, teacher=teacher,
                   val_data=val_data, device=device, quiet=True, name=f"kd.tune {len(done) + 1}/{tune.trials}")
         best = next(r for r in out.history if r["epoch"] == out.best_epoch)
@@ -56,12 +58,13 @@ def tune_kd(tune: KDTune, build: Callable[[], nn.Module], train_data: Dataset, v
         stage_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps({"trials": done, "proxy_epochs": proxy.epochs}, indent=2))
         if not quiet:
-            print(f"kd.tune {len(done)}/{tune.trials}: T={kd.temperature:.2f} alpha={kd.alpha:.2f} "
+            print(f"kd.tune {len(done)}/{tune.trials}: T={trial.params['temperature']:.2f} "
+                  f"ratio={trial.params['ratio']:.2f} "
                   f"val accuracy {best['val_accuracy']:.4f}")
     best_row = max(done, key=lambda r: r["score"])
-    return KD(best_row["temperature"], best_row["alpha"])
+    return KD(best_row["temperature"], best_row["ratio"])
 
 
 def _space(optuna: Any) -> dict[str, Any]:
     return {"temperature": optuna.distributions.FloatDistribution(*T_RANGE, log=True),
-            "alpha": optuna.distributions.FloatDistribution(0.0, 1.0)}
+            "ratio": optuna.distributions.FloatDistribution(0.0, 1.0)}

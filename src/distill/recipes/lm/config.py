@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 
 from distill.core.config import RunHeader, Strict, builtin_config, read_raw, validate_section
 from distill.core.errors import ConfigError
-from distill.losses.tokens import LMLossConfig
+from distill.losses.config import TokenKDConfig
 from distill.training.config import LMTrainConfig, OnPolicyConfig
 
 
@@ -70,10 +70,11 @@ class LMDataConfig(Strict):
 
 class LMRunConfig(RunHeader):
     name: str = "lm"
+    renamed = {"loss.kind": "kd.divergence", "loss.beta": "kd.jsd_beta", "loss.alpha": "kd.skew", "loss": "kd"}
     teacher: LMTeacherConfig = Field(default_factory=LMTeacherConfig)
     student: LMStudentConfig = Field(default_factory=lambda: LMStudentConfig(layers=[0]))
     data: LMDataConfig = Field(default_factory=LMDataConfig)
-    loss: LMLossConfig = Field(default_factory=LMLossConfig)
+    kd: TokenKDConfig = Field(default_factory=TokenKDConfig)
     on_policy: OnPolicyConfig = Field(default_factory=OnPolicyConfig)
     train: LMTrainConfig = Field(default_factory=LMTrainConfig)
     baseline: bool = Field(True, description="Also train the student with plain next-token CE.")
@@ -83,8 +84,8 @@ class LMRunConfig(RunHeader):
         if self.on_policy.fraction > 0 and self.teacher.signal == "cached":
             raise ValueError("on_policy.fraction > 0 needs the teacher to score student samples: "
                              "set teacher.signal=live")
-        if self.loss.warm_start >= self.train.steps:
-            raise ValueError(f"loss.warm_start ({self.loss.warm_start}) must be below train.steps "
+        if self.kd.warm_start >= self.train.steps:
+            raise ValueError(f"kd.warm_start ({self.kd.warm_start}) must be below train.steps "
                              f"({self.train.steps}), or the divergence never starts")
         if self.on_policy.fraction > 0 and self.on_policy.prompt_tokens >= self.data.seq_len:
             raise ValueError("on_policy.prompt_tokens must be shorter than data.seq_len")

@@ -35,10 +35,10 @@ from distill.data.tokens import (
     split_blocks,
 )
 from distill.eval.bench import machine_description, time_calls
-from distill.eval.doctor import diagnose_lm
+from distill.eval.doctor import diagnose_lm, lm_kd_settings
 from distill.eval.lm import evaluate_lm
 from distill.eval.report import doctor_lines
-from distill.losses.tokens import LMLossConfig
+from distill.losses.config import TokenKDConfig
 from distill.models import causal_lm as lm_models
 from distill.recipes.lm.config import LMRunConfig
 from distill.teachers.tokens import LiveLMTeacher, TokenTeacher, TopKCache
@@ -121,7 +121,7 @@ def adapt_teacher(cfg: LMRunConfig, teacher: nn.Module, tokenizer: Any, data: Te
     train = LMTrainConfig(steps=a.steps, batch_size=cfg.train.batch_size, warmup_steps=min(10, a.steps // 10),
                           eval_every=a.steps, save_every=max(1, a.steps // 4), precision=cfg.train.precision,
                           seed=a.seed, optimizer=cfg.train.optimizer.model_copy(update={"lr": a.lr}))
-    loss = LMLossConfig(ratio=0.0, chunk_tokens=cfg.loss.chunk_tokens)
+    loss = TokenKDConfig(ratio=0.0, chunk_tokens=cfg.kd.chunk_tokens)
     adapted = _fit_and_save(cfg, model, tokenizer, data, vocab, train, loss, None, None, root, "adapt teacher",
                             resume=True)  # its own folder, keyed by its settings: always safe to continue
     (root / "last.safetensors").unlink(missing_ok=True)  # the teacher's training state is not needed again
@@ -185,12 +185,12 @@ def teacher_signals(cfg: LMRunConfig, teacher: nn.Module, data: TextSplits, toke
 def train_stage(cfg: LMRunConfig, stage: str, template: nn.Module, tokenizer: Any, data: TextSplits, vocab: int,
                 signal: TokenTeacher | None, val_signal: TokenTeacher, run_dir: Path, resume: bool) -> nn.Module:
     student = copy.deepcopy(template)  # same initial weights for the baseline and the distilled student
-    return _fit_and_save(cfg, student, tokenizer, data, vocab, cfg.train, cfg.loss, signal, val_signal,
+    return _fit_and_save(cfg, student, tokenizer, data, vocab, cfg.train, cfg.kd, signal, val_signal,
                          run_dir / stage, stage, resume)
 
 
 def _fit_and_save(cfg: LMRunConfig, model: nn.Module, tokenizer: Any, data: TextSplits, vocab: int,
-                  train: LMTrainConfig, loss: LMLossConfig, signal: TokenTeacher | None,
+                  train: LMTrainConfig, kd: TokenKDConfig, signal: TokenTeacher | None,
                   val_signal: TokenTeacher | None, stage_dir: Path, name: str, resume: bool) -> nn.Module:
     """One training stage into `stage_dir` (resumable); its model/ (Hugging Face format) once finished."""
     from transformers import AutoModelForCausalLM
@@ -198,7 +198,7 @@ def _fit_and_save(cfg: LMRunConfig, model: nn.Module, tokenizer: Any, data: Text
     done = stage_dir / "model"
     if (done / "config.json").is_file():
         return AutoModelForCausalLM.from_pretrained(done, use_safetensors=True).eval()
-    out = fit_lm(model, data.train, train=train, loss=loss, vocab=vocab, teacher=signal,
+    out = fit_lm(model, data.train, train=train, kd=kd, vocab=vocab, teacher=signal,
                  on_policy=cfg.on_policy if signal is not None else None, val_data=data.val,
                  val_teacher=val_signal, pad_id=tokenizer.pad_token_id, checkpoint_dir=stage_dir,
                  resume=resume, device=cfg.device, quiet=cfg.quiet, name=name)
@@ -228,7 +228,7 @@ def evaluate_lm_run(cfg: LMRunConfig, teacher: nn.Module, students: dict[str, nn
         "data": {"corpus": cfg.data.corpus, "seq_len": data.train.seq_len, "train_blocks": len(data.train),
                  "val_blocks": len(data.val), "train_tokens": data.train.num_tokens,
                  "tokens_seen": cfg.train.steps * cfg.train.batch_size * data.train.seq_len},
-        "loss": cfg.loss.model_dump(mode="json"),
+        "kd": cfg.kd.model_dump(mode="json"),
         "teacher_adapt": cfg.teacher.adapt.model_dump(mode="json") if cfg.teacher.adapt else None,
         "teacher_signal": cfg.teacher.signal, "top_k": cfg.teacher.top_k,
         "kl_over": "full vocabulary" if isinstance(val_signal, LiveLMTeacher) else f"top-{cfg.teacher.top_k} + tail",
@@ -254,12 +254,12 @@ def render_lm_report(report: dict[str, Any]) -> str:
              f"Teacher `{t['model']}`, licence **{t['licence'] or 'unknown'}**."]
     if t["licence_warning"]:
         lines += ["", f"> ⚠ Licence: {t['licence_warning']}."]
-    d, loss = report["data"], report["loss"]
+    d, kd = report["data"], lm_kd_settings(report)
     lines += ["", f"Data: {d['corpus']}, {d['train_blocks']} training blocks of {d['seq_len']} tokens "
               f"({d['tokens_seen']:,} tokens seen per student), {d['val_blocks']} held-out blocks.",
-              f"Loss: {loss['ratio']:g} × {loss['kind']} (T={loss['temperature']:g}) + "
-              f"{1 - loss['ratio']:g} × CE"
-              + (f", CE only for the first {loss['warm_start']} steps" if loss.get("warm_start") else "")
+              f"Loss: {kd['ratio']:g} × {kd['divergence']} (T={kd['temperature']:g}) + "
+              f"{1 - kd['ratio']:g} × CE"
+              + (f", CE only for the first {kd['warm_start']} steps" if kd.get("warm_start") else "")
               + f"; teacher signal: {report['teacher_signal']}"
               + (f" (top-{report['top_k']})" if report["teacher_signal"] == "cached" else "") + ".", "",
               *_adapt_line(report.get("teacher_adapt")),

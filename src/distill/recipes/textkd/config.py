@@ -10,7 +10,7 @@ from pydantic import Field, model_validator
 from distill.core.config import RunHeader, Strict, builtin_config, read_raw, validate_section
 from distill.core.credentials import one_source
 from distill.core.errors import ConfigError
-from distill.losses.divergences import Kind
+from distill.losses.config import TokenKDConfig
 from distill.training.config import LMTrainConfig
 
 
@@ -111,6 +111,7 @@ class TextKDConfig(RunHeader):
     """The whole job; `distill generate` reads only teacher, data, prompt, sampling, concurrency."""
 
     name: str = "bbc-step-by-step"
+    renamed = {"logit_loss": "kd.divergence", "logit_ratio": "kd.ratio"}
     teacher: TextTeacherConfig = Field(default_factory=TextTeacherConfig)
     data: TextDataConfig = Field(default_factory=TextDataConfig)
     prompt: PromptConfig = Field(default_factory=PromptConfig)
@@ -125,8 +126,8 @@ class TextKDConfig(RunHeader):
         "teacher's answers on the unlabelled pool; seq_kd, step_by_step and token_kd learn from the teacher's "
         "text on both. token_kd: seq_kd plus a divergence to the teacher's top-k log-probs (needs "
         "sampling.top_logprobs > 0 and a student sharing the teacher's tokenizer).")
-    logit_loss: Kind = Field("forward_kl", description="token_kd: the divergence to the teacher's top-k.")
-    logit_ratio: float = Field(0.5, ge=0, le=1, description="token_kd: weight of the divergence (rest: CE).")
+    kd: TokenKDConfig = Field(default_factory=TokenKDConfig, description="token_kd: the divergence to the "
+                              "teacher's top-k log-probs and its share of the loss (the rest: CE on its text).")
     rationale_weight: float = Field(1.0, ge=0, description="λ of step-by-step: L_label + λ·L_rationale.")
     seeds: list[int] = Field(default_factory=lambda: [0])
     train: LMTrainConfig = Field(default_factory=LMTrainConfig)

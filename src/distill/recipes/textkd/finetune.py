@@ -34,7 +34,7 @@ def finetune_rows(p: PromptConfig, examples: list[dict[str, Any]]) -> list[dict[
 def finetuned_teacher(cfg: TextKDConfig, examples: list[dict[str, Any]], run_dir: Path) -> str:
     """The fine-tuned teacher's directory (trained now, resumed, or reused when already saved)."""
     from distill.data.tokens import encode_rows
-    from distill.losses.tokens import LMLossConfig
+    from distill.losses.config import TokenKDConfig
     from distill.models import causal_lm as lm_models
     from distill.models.causal_lm import save_pretrained_atomic
     from distill.training.lm import fit_lm
@@ -50,7 +50,7 @@ def finetuned_teacher(cfg: TextKDConfig, examples: list[dict[str, Any]], run_dir
                          packing=False, source="teacher.finetune rows (the kept labelled examples)")
     width = int(blocks.attention_mask.sum(1).max())  # cut to the longest row, as the students' blocks are
     blocks = type(blocks)(blocks.input_ids[:, :width], blocks.attention_mask[:, :width], blocks.loss_mask[:, :width])
-    out = fit_lm(model, blocks, train=cfg.teacher.finetune, loss=LMLossConfig(ratio=0.0), vocab=len(tokenizer),
+    out = fit_lm(model, blocks, train=cfg.teacher.finetune, kd=TokenKDConfig(ratio=0.0), vocab=len(tokenizer),
                  pad_id=tokenizer.pad_token_id, checkpoint_dir=stage, resume=True, device=cfg.device,
                  quiet=cfg.quiet, name="teacher fine-tune")
     save_pretrained_atomic(out.model, tokenizer, done)

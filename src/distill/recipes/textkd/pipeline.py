@@ -338,7 +338,7 @@ def train_and_score(cfg: TextKDConfig, kind: str, seed: int, train_examples: lis
 
 def _train_student(cfg: TextKDConfig, kind: str, seed: int, train_examples: list[dict[str, Any]],
                    stage: Path) -> None:
-    from distill.losses.tokens import LMLossConfig
+    from distill.losses.config import TokenKDConfig
     from distill.models import causal_lm as lm_models
     from distill.models.causal_lm import save_pretrained_atomic
     from distill.training.lm import fit_lm
@@ -348,7 +348,7 @@ def _train_student(cfg: TextKDConfig, kind: str, seed: int, train_examples: list
     source = lm_models.load_causal_lm(cfg.student_source, key)
     student = lm_models.student_from_teacher(source, layers=cfg.student.layers, seed=seed)
     del source
-    signal, loss = None, LMLossConfig(ratio=0.0)
+    signal, kd = None, TokenKDConfig(ratio=0.0)
     if kind == "token_kd":
         from distill.teachers.logprobs import topk_blocks
 
@@ -357,12 +357,12 @@ def _train_student(cfg: TextKDConfig, kind: str, seed: int, train_examples: list
         if counts["used"] == 0:
             raise DataError(f"token_kd: no kept response could be aligned with the student's tokens ({counts}); "
                             "the teacher must return logprobs and share the student's tokenizer.")
-        loss = LMLossConfig(ratio=cfg.logit_ratio, kind=cfg.logit_loss)
+        kd = cfg.kd
     else:
         rows = ex.task_rows(train_examples, kind, cfg.rationale_weight)
         blocks = ex.encode_weighted(rows, tokenizer, cfg.student.seq_len, source=f"{kind} training rows")
     train = cfg.train.model_copy(update={"seed": seed})
-    out = fit_lm(student, blocks, train=train, loss=loss, teacher=signal, vocab=len(tokenizer),
+    out = fit_lm(student, blocks, train=train, kd=kd, teacher=signal, vocab=len(tokenizer),
                  pad_id=tokenizer.pad_token_id, checkpoint_dir=stage, resume=True, device=cfg.device,
                  quiet=cfg.quiet, name=f"{kind} s{seed}")
     save_pretrained_atomic(out.model, tokenizer, stage / "model")
