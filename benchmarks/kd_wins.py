@@ -207,6 +207,7 @@ def run_seed(name: str, seed: int) -> None:
 
 def run_lm_seed(name: str, seed: int) -> None:
     """`distill lm` with its defaults (baseline included), one student seed; teacher products shared."""
+    from distill.eval.doctor import lm_kd_settings
     from distill.recipes.lm.config import load_lm_config
     from distill.recipes.lm.pipeline import run_lm
 
@@ -220,7 +221,7 @@ def run_lm_seed(name: str, seed: int) -> None:
     models = report["models"]
     row = {"metric": "ppl", "teacher": models.get("teacher_adapted", models["teacher"])["ppl"],
            "teacher_as_given": models["teacher"]["ppl"], "plain": models["baseline"]["ppl"],
-           "kd": models["distilled"]["ppl"], "kd": lm_kd_settings(report), "teacher_adapt": report.get("teacher_adapt"),
+           "kd": models["distilled"]["ppl"], "kd_settings": lm_kd_settings(report), "teacher_adapt": report.get("teacher_adapt"),
            "tokens": report["data"]["tokens_seen"], "wall_s_auto_run": time.perf_counter() - start}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"{name}-{seed}.json").write_text(json.dumps(row, indent=2))
