@@ -356,20 +356,20 @@ def test_lm_config_errors_name_the_key(tmp_path):
 
 
 def test_the_lm_job_trains_evaluates_reports_and_exports(lm, tmp_path):
+    """Through the Python entry point `distill.lm` (the same job as `distill lm`)."""
     from transformers import AutoModelForCausalLM
 
-    from distill.recipes.lm.pipeline import run_lm
+    import distill
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(TEXT * 3)
-    cfg = load_lm_config(None, [f"teacher.model={lm['root'] / 'teacher'}", f"output_dir={tmp_path / 'runs'}",
-                                "name=t", "data.corpus=text", f"data.path={corpus}", "data.seq_len=16",
-                                "data.val_fraction=0.2", "student.layers=[0]", "train.steps=4",
-                                "train.batch_size=2", "teacher.top_k=8", "quiet=true", "device=cpu",
-                                "student.lora={r: 2}", "teacher.adapt=null"])
+    overrides = {"teacher.model": str(lm["root"] / "teacher"), "output_dir": str(tmp_path / "runs"), "name": "t",
+                 "data.corpus": "text", "data.path": str(corpus), "data.seq_len": 16, "data.val_fraction": 0.2,
+                 "student.layers": [0], "train.steps": 4, "train.batch_size": 2, "teacher.top_k": 8, "quiet": True,
+                 "device": "cpu", "student.lora": {"r": 2}, "teacher.adapt": None}
     with pytest.warns(UserWarning, match="licence is unknown"):
-        run_dir = run_lm(cfg)
-    report = json.loads((run_dir / "report.json").read_text())
+        result = distill.lm(overrides=overrides)
+    run_dir, report = result.run_dir, result.report
     assert set(report["models"]) == {"teacher", "baseline", "distilled"}
     assert report["teacher"]["licence"] is None
     assert json.loads((run_dir / "manifest.json").read_text())["licence_warning"].startswith("the teacher's licence is unknown")

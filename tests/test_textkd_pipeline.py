@@ -39,9 +39,11 @@ def job(tmp_path):
 
 
 def test_textkd_trains_three_ways_scores_them_and_resumes(job, tmp_path):
+    import distill
+
     job, endpoint = job
-    run_dir = run_textkd(load_textkd_config(None, job))
-    report = json.loads((run_dir / "report.json").read_text())
+    result = distill.textkd(load_textkd_config(None, job))  # the Python entry point of `distill textkd`
+    run_dir, report = result.run_dir, result.report
     assert report["filter"]["total"] == 6 and report["filter"]["kept"] == 6 and report["examples"] == 6
     assert report["teacher"]["metrics"]["accuracy"] == 0.0  # eval prompts carry no topic hint
     assert report["teacher"]["metrics"]["cost_per_1k"] == pytest.approx(1000 * 12 / 1e6)

@@ -1,19 +1,24 @@
-"""Python API: distil any teacher/student `nn.Module` pair on any `Dataset` or `DataLoader`.
+"""Python API: distil any teacher/student `nn.Module` pair on any `Dataset` or `DataLoader`, or run a
+whole job (`run`, `lm`, `textkd`: the CLI's commands) from a config.
 
     >>> from distill import distill, KD
     >>> result = distill(teacher, student, train_data, loss=KD(temperature=4, ratio=0.9))
     >>> result.model, result.metrics
+    >>> import distill
+    >>> distill.lm(overrides={"train.steps": 50}).report["models"]["distilled"]["ppl"]
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union
 
 import torch
+from pydantic import BaseModel
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -160,3 +165,62 @@ def _num_classes(model: nn.Module, data: Dataset) -> int:
 def _val_metrics(model: nn.Module, val: Dataset, teacher: nn.Module | None) -> dict[str, Any]:
     t_logits = predict(teacher, val) if teacher is not None else None
     return classification_metrics(predict(model, val), labels_of(val), t_logits)
+
+
+# --------------------------------------------------------------------------- the jobs, from Python
+
+
+@dataclass
+class RunResult:
+    """A finished job: its run directory (report.md, weights, checkpoints) and its report.json."""
+
+    run_dir: Path
+
+    @property
+    def report(self) -> dict[str, Any]:
+        """report.json (written by the main process; empty on the others of a torchrun launch)."""
+        path = self.run_dir / "report.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+
+Config = Union[str, Path, dict[str, Any], BaseModel, None]
+
+
+def run(config: Config = None, *, overrides: dict[str, Any] | None = None, resume: bool = False) -> RunResult:
+    """`distill run` from Python: teacher → baseline and distilled classifier students → report.
+
+    `config`: a YAML file, a mapping of its keys, a `RunConfig`, or None (the built-in job);
+    `overrides`: dotted keys, e.g. `{"train.epochs": 5, "kd.ratio": 0.7}`.
+    """
+    from distill.recipes.classify.config import load_config
+    from distill.recipes.classify.pipeline import run as run_job
+
+    return RunResult(run_job(_job_config(load_config, config, overrides), resume=resume))
+
+
+def lm(config: Config = None, *, overrides: dict[str, Any] | None = None, resume: bool = False) -> RunResult:
+    """`distill lm` from Python: token-level distillation of a causal LM (config as in `run`; the
+    built-in job distils SmolLM2-135M-Instruct on the KJV)."""
+    from distill.recipes.lm.config import load_lm_config
+    from distill.recipes.lm.pipeline import run_lm
+
+    return RunResult(run_lm(_job_config(load_lm_config, config, overrides), resume=resume))
+
+
+def textkd(config: Config = None, *, overrides: dict[str, Any] | None = None, resume: bool = False) -> RunResult:
+    """`distill textkd` from Python: students trained on a teacher's generated text — labels, pseudo-labels,
+    sequence-level KD, step-by-step rationales (config as in `run`)."""
+    from distill.recipes.textkd.config import load_textkd_config
+    from distill.recipes.textkd.pipeline import run_textkd
+
+    return RunResult(run_textkd(_job_config(load_textkd_config, config, overrides), resume=resume))
+
+
+def _job_config(loader: Any, config: Config, overrides: dict[str, Any] | None) -> Any:
+    """The job's validated config: a config object as given, anything else read by the job's loader."""
+    items = [f"{k}={json.dumps(v, default=str)}" for k, v in (overrides or {}).items()]  # JSON is YAML
+    if isinstance(config, BaseModel):
+        if not items:
+            return config
+        config = config.model_dump(mode="json")
+    return loader(config, items)

@@ -81,12 +81,26 @@ def unit_scalar(v: Scalar, what: str) -> Scalar:
 # --------------------------------------------------------------------------- loading
 
 
-def read_raw(path: str | Path | None, overrides: list[str] | None, default: Any) -> dict[str, Any]:
-    """The YAML mapping at `path` (or `default()`), with `key=value` overrides applied; not validated."""
-    raw = read_yaml(Path(path)) if path else default()
+def read_raw(path: str | Path | dict[str, Any] | None, overrides: list[str] | None,
+             default: Any) -> dict[str, Any]:
+    """The YAML mapping at `path` (a mapping given in Python is copied; None: `default()`), with
+    `key=value` overrides applied; not validated."""
+    if isinstance(path, dict):
+        import copy
+
+        raw = copy.deepcopy(path)
+    else:
+        raw = read_yaml(Path(path)) if path else default()
     for item in overrides or []:
         _apply_override(raw, item)
     return raw
+
+
+def source_name(path: str | Path | dict[str, Any] | None, builtin: str) -> str:
+    """How errors name where a config came from."""
+    if isinstance(path, dict):
+        return "config given in Python"
+    return str(path) if path else builtin
 
 
 def builtin_config(name: str) -> Path:

@@ -13,6 +13,7 @@ from distill.core.config import (
     builtin_config,
     read_raw,
     read_yaml,
+    source_name,
     validate_section,
 )
 from distill.core.errors import ConfigError
@@ -149,10 +150,10 @@ class RunConfig(RunHeader):
         return self
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Read YAML (or the built-in default when `path` is None), apply `key=value` overrides, validate."""
+def load_config(path: str | Path | dict[str, Any] | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read YAML (a file, a mapping, or None: the built-in default), apply `key=value` overrides, validate."""
     raw = read_raw(path, overrides, default_config_dict)
-    return validate_config(raw, source=str(path or "built-in default"), overrides=overrides)
+    return validate_config(raw, source=source_name(path, "built-in default"), overrides=overrides)
 
 
 def default_config_dict() -> dict[str, Any]:

@@ -7,7 +7,14 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from distill.core.config import RunHeader, Strict, builtin_config, read_raw, validate_section
+from distill.core.config import (
+    RunHeader,
+    Strict,
+    builtin_config,
+    read_raw,
+    source_name,
+    validate_section,
+)
 from distill.core.errors import ConfigError
 from distill.losses.config import TokenKDConfig
 from distill.training.config import LMTrainConfig, OnPolicyConfig
@@ -92,13 +99,14 @@ class LMRunConfig(RunHeader):
         return self
 
 
-def load_lm_config(path: str | Path | None = None, overrides: list[str] | None = None) -> LMRunConfig:
-    """Read an LM YAML config (or the built-in KJV job), apply overrides, validate."""
+def load_lm_config(path: str | Path | dict[str, Any] | None = None,
+                   overrides: list[str] | None = None) -> LMRunConfig:
+    """Read an LM YAML config (a file, a mapping, or None: the built-in KJV job), apply overrides, validate."""
     import yaml
 
     default = builtin_config("lm_kjv.yaml")
     raw = read_raw(path, overrides, lambda: yaml.safe_load(default.read_text()))
-    cfg = validate_section(LMRunConfig, raw, str(path or "built-in LM default"), overrides)
+    cfg = validate_section(LMRunConfig, raw, source_name(path, "built-in LM default"), overrides)
     if cfg.data.corpus in ("text", "jsonl") and cfg.data.path is None:
         raise ConfigError(f"`data.path`: required when data.corpus is {cfg.data.corpus}.")
     if cfg.data.path is not None and not Path(cfg.data.path).is_file():

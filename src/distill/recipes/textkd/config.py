@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from distill.core.config import RunHeader, Strict, builtin_config, read_raw, validate_section
+from distill.core.config import (
+    RunHeader,
+    Strict,
+    builtin_config,
+    read_raw,
+    source_name,
+    validate_section,
+)
 from distill.core.credentials import one_source
 from distill.core.errors import ConfigError
 from distill.losses.config import TokenKDConfig
@@ -161,10 +168,12 @@ class TextKDConfig(RunHeader):
         return self.student.model or self.teacher.model
 
 
-def load_textkd_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TextKDConfig:
-    """Read a text-KD YAML config (or the built-in BBC News job), apply overrides, validate."""
+def load_textkd_config(path: str | Path | dict[str, Any] | None = None,
+                       overrides: list[str] | None = None) -> TextKDConfig:
+    """Read a text-KD YAML config (a file, a mapping, or None: the built-in BBC News job), apply overrides,
+    validate."""
     import yaml
 
     default = builtin_config("bbc_step_by_step.yaml")
     raw = read_raw(path, overrides, lambda: yaml.safe_load(default.read_text()))
-    return validate_section(TextKDConfig, raw, str(path or "built-in BBC News step-by-step job"), overrides)
+    return validate_section(TextKDConfig, raw, source_name(path, "built-in BBC News step-by-step job"), overrides)
