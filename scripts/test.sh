@@ -6,6 +6,6 @@ bash scripts/setup.sh
 if [ "${1:-}" = "--slow" ]; then
   shift
   bash scripts/get-lm-assets.sh  # SmolLM2 and the KJV Bible for the model-heavy LM tests
-  exec .venv/bin/python -m pytest -m "slow or not slow" "$@"
+  exec .venv/bin/python -m pytest -m "slow or not slow" --timeout 3600 "$@"
 fi
 exec .venv/bin/python -m pytest "$@"

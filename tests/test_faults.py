@@ -22,6 +22,7 @@ child runs exactly what `python -m distill.cli ARGS` runs. Slow attempts exec th
 from __future__ import annotations
 
 import errno
+import faulthandler
 import json
 import os
 import random
@@ -81,6 +82,9 @@ class Proc:
             pass
 
 
+CHILD_STALL_S = 300  # no attempt here runs this long: a forked child that does is stuck (its stacks go to its log)
+
+
 def launch(argv: list[str], mode: str, log: Path, limit_bytes: int | None = None) -> Proc:
     """Start `python ARGV` ("exec"), or fork this process to run the same ("fork").
 
@@ -107,6 +111,7 @@ def launch(argv: list[str], mode: str, log: Path, limit_bytes: int | None = None
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         torch.set_num_threads(1)
+        faulthandler.dump_traceback_later(CHILD_STALL_S, exit=True)  # a stuck child says where, then ends
         if limit_bytes:
             _limit(limit_bytes)
         code = _as_python(argv)
@@ -301,9 +306,10 @@ def cache_job() -> Job:
         return ["-c", CACHE_SCRIPT, str(root / "cache")]
 
     def point(root: Path) -> str:
-        if list((root / "cache").glob("*/manifest.json")):
+        manifests = list((root / "cache").glob("*/manifest.json"))
+        if manifests and json.loads(manifests[0].read_text()).get("complete"):
             return "verifying the finished cache"
-        return f"{len(list((root / 'cache').glob('*/logits-*.safetensors')))}/32 shards"
+        return f"{len(list((root / 'cache').glob('*/shard-*.safetensors')))}/32 shards"
 
     def compare(ref: Path, root: Path) -> tuple[list[str], int]:
         from safetensors.torch import load_file

@@ -78,9 +78,9 @@ def test_a_live_teacher_gives_the_batch_labels_to_a_correctness_ensemble():
         wrong.weight.copy_(-right.weight)
         wrong.bias.copy_(-right.bias)
     teacher = LiveTeacher(Ensemble([right, wrong], mode="correctness"))
-    with_labels = teacher.logits(x, torch.arange(5), y)
+    with_labels = teacher.signal({"inputs": x, "index": torch.arange(5), "labels": y}).logits
     assert torch.equal(with_labels.argmax(1), y)  # the member right about each example dominates
-    assert not torch.allclose(with_labels, teacher.logits(x, torch.arange(5)))
+    assert not torch.allclose(with_labels, teacher.signal({"inputs": x, "index": torch.arange(5)}).logits)
 
 
 def test_teacher_assistant_student_is_two_runs(tmp_path):

@@ -62,7 +62,8 @@ def test_cached_logits_equal_the_live_teachers(tmp_path: Path, dataset):
     live = LiveTeacher(teacher)
     index = torch.tensor([22, 0, 7, 7])
     inputs = dataset.inputs[index]
-    torch.testing.assert_close(cached.logits(inputs, index), live.logits(inputs, index), rtol=0, atol=1e-6)
+    batch = {"inputs": inputs, "index": index}
+    torch.testing.assert_close(cached.signal(batch).logits, live.signal(batch).logits, rtol=0, atol=1e-6)
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
 
 
@@ -78,7 +79,7 @@ def test_cache_manifest_describes_shards(tmp_path: Path, dataset, small_shards):
 def test_corrupt_shard_is_named_and_never_used(tmp_path: Path, dataset, small_shards):
     teacher = CountingTeacher()
     cached = CachedTeacher.build_or_load(teacher, dataset, tmp_path, quiet=True)
-    shard = cached.directory / "logits-000000010-000000015.safetensors"
+    shard = cached.directory / "shard-00002.safetensors"  # rows 10..14
     raw = bytearray(shard.read_bytes())
     raw[-4:] = b"\x00\x00\x80\x7f"  # flip the last float to +inf
     shard.write_bytes(bytes(raw))
@@ -91,26 +92,50 @@ def test_corrupt_shard_is_named_and_never_used(tmp_path: Path, dataset, small_sh
 def test_rebuild_recomputes_only_the_corrupt_shard(tmp_path: Path, dataset, small_shards):
     teacher = CountingTeacher()
     cached = CachedTeacher.build_or_load(teacher, dataset, tmp_path, quiet=True)
-    shard = cached.directory / "logits-000000020-000000023.safetensors"
+    shard = cached.directory / "shard-00004.safetensors"  # rows 20..22
     shard.write_bytes(shard.read_bytes()[:-8])  # truncated
     teacher.rows_seen = 0
     rebuilt = CachedTeacher.build_or_load(teacher, dataset, tmp_path, rebuild=True, quiet=True)
     assert teacher.rows_seen == 3
     torch.testing.assert_close(rebuilt.table, _live(teacher, dataset), rtol=0, atol=1e-6)
-    assert distill.teachers.signals.verify(rebuilt.directory) == []
+    teacher.rows_seen = 0
+    CachedTeacher.build_or_load(teacher, dataset, tmp_path, quiet=True)  # every checksum holds now
+    assert teacher.rows_seen == 0
 
 
 def test_interrupted_build_resumes_with_existing_shards(tmp_path: Path, dataset, small_shards):
     teacher = CountingTeacher()
     cached = CachedTeacher.build_or_load(teacher, dataset, tmp_path, quiet=True)
-    # an interrupted build: the manifest (written last) is missing, so is the last shard
-    (cached.directory / "manifest.json").unlink()
-    (cached.directory / "logits-000000015-000000020.safetensors").unlink()
-    (cached.directory / "logits-000000020-000000023.safetensors").unlink()
+    # as a build killed after its third shard leaves it: the manifest records shards 0..2 only
+    manifest = json.loads((cached.directory / "manifest.json").read_text())
+    manifest["shards"], manifest["complete"] = manifest["shards"][:3], False
+    (cached.directory / "manifest.json").write_text(json.dumps(manifest))
+    (cached.directory / "shard-00004.safetensors").unlink()
     teacher.rows_seen = 0
     resumed = CachedTeacher.build_or_load(teacher, dataset, tmp_path, quiet=True)
     assert teacher.rows_seen == 8  # only rows 15..22
     torch.testing.assert_close(resumed.table, _live(teacher, dataset), rtol=0, atol=1e-6)
+
+
+def test_a_corrupt_middle_shard_is_the_only_one_recomputed(tmp_path: Path, dataset, small_shards):
+    teacher = CountingTeacher()
+    cached = CachedTeacher.build_or_load(teacher, dataset, tmp_path, quiet=True)
+    (cached.directory / "shard-00001.safetensors").write_bytes(b"not a shard")
+    teacher.rows_seen = 0
+    rebuilt = CachedTeacher.build_or_load(teacher, dataset, tmp_path, rebuild=True, quiet=True)
+    assert teacher.rows_seen == 5  # rows 5..9, not the shards after it
+    torch.testing.assert_close(rebuilt.table, _live(teacher, dataset), rtol=0, atol=1e-6)
+
+
+def test_a_cache_from_an_earlier_version_is_refused_with_how_to_rebuild(tmp_path: Path, dataset):
+    teacher = CountingTeacher()
+    cached = CachedTeacher.build_or_load(teacher, dataset, tmp_path, quiet=True)
+    old = {"format": 1, "key": cached.directory.name, "rows": 23, "dtype": "torch.float32", "teacher": "x",
+           "shards": [{"file": "logits-000000000-000000023.safetensors", "start": 0, "stop": 23, "sha256": "0"}]}
+    (cached.directory / "manifest.json").write_text(json.dumps(old))
+    with pytest.raises(CheckpointError, match="earlier version of distill.*cache_rebuild=true"):
+        CachedTeacher.build_or_load(teacher, dataset, tmp_path, quiet=True)
+    assert CachedTeacher.build_or_load(teacher, dataset, tmp_path, rebuild=True, quiet=True).table.shape == (23, 4)
 
 
 def test_different_teacher_or_data_gives_different_cache(tmp_path: Path, dataset):
@@ -129,6 +154,6 @@ def test_half_precision_cache_is_stored_and_served_as_float32(tmp_path: Path, da
     cached = CachedTeacher.build_or_load(teacher, dataset, tmp_path, dtype=torch.float16, quiet=True)
     assert cached.table.dtype == torch.float16
     index = torch.arange(4)
-    out = cached.logits(dataset.inputs[index], index)
+    out = cached.signal({"inputs": dataset.inputs[index], "index": index}).logits
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, _live(teacher, dataset)[:4], rtol=1e-3, atol=1e-3)

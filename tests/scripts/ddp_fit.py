@@ -43,14 +43,10 @@ HINT = [{"kind": "hint", "student": "net.2", "teacher": "net.2"}, {"kind": "kd",
 
 
 class Recorder:
-    """A teacher signal (classic `logits` or LM `signal`) that notes which dataset rows it served."""
+    """A teacher signal (classifier or LM) that notes which dataset rows it served."""
 
     def __init__(self, inner: Any):
         self.inner, self.rows = inner, []
-
-    def logits(self, inputs, index, targets=None):
-        self.rows.append(index.tolist())
-        return self.inner.logits(inputs, index, targets)
 
     def signal(self, batch):
         self.rows.append(batch["index"].tolist())

@@ -13,10 +13,10 @@ from torch import nn
 
 from distill.losses.config import TokenKDConfig
 from distill.losses.divergences import chunked_token_sum, per_token_divergence
-from distill.teachers.tokens import TokenSignal
+from distill.teachers.output import TeacherOutput
 
 
-def lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], signal: TokenSignal | None,
+def lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], signal: TeacherOutput | None,
             cfg: TokenKDConfig, vocab: int) -> dict[str, torch.Tensor]:
     """{"loss", "ce", "kd"} means over the batch's `loss_mask` tokens; "kd" only with a signal.
 

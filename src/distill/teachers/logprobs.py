@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from distill.data.tokens import TokenBlocks
+from distill.teachers.output import TeacherOutput
 from distill.teachers.text import chat_prompt_ids
-from distill.teachers.tokens import TokenSignal
 
 _NO_TOKEN = -1e4  # log-prob of the padding slots when a token came with fewer than k alternatives
 
@@ -34,10 +34,10 @@ class StoredTopK:
     indices: torch.Tensor  # (N, L, k) int64
     tail: torch.Tensor  # (N, L, 1) float32: log of the probability outside the top k
 
-    def signal(self, batch: dict[str, torch.Tensor]) -> TokenSignal:
+    def signal(self, batch: dict[str, torch.Tensor]) -> TeacherOutput:
         i = batch["index"].cpu()
         device = batch["input_ids"].device
-        return TokenSignal(topk_logprobs=self.logprobs[i].to(device), topk_indices=self.indices[i].to(device),
+        return TeacherOutput(topk_logprobs=self.logprobs[i].to(device), topk_indices=self.indices[i].to(device),
                            tail_logprob=self.tail[i].to(device))
 
 

@@ -1,37 +1,33 @@
-"""Teacher signals: what the student learns from, behind one interface.
+"""Classifier teachers: a live model run on each batch, or its logits cached once per dataset.
 
-Training asks a signal for the teacher's logits on a batch (``inputs`` plus each example's
-dataset ``index``) and cannot tell whether a live teacher computed them now or a cache
-computed them once. Later signal kinds (top-k LLM caches, generated text, remote teachers)
-present the same interface.
+Both answer `signal(batch) -> TeacherOutput` (`distill.teachers.output`), so training cannot tell
+whether a live teacher computed the logits now or a cache computed them once; the cache is the one
+every teacher signal uses (`distill.teachers.cache`), under `<cache_dir>/<fingerprint>/`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Protocol
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
-from distill.core.errors import CheckpointError
-from distill.core.files import atomic_save_tensors, atomic_write_text, make_private_dir, sha256_file
 from distill.data.batches import collate_rows
 from distill.models.zoo import freeze, logits_of
+from distill.teachers.cache import ShardedCache
+from distill.teachers.output import TeacherOutput
 
 SHARD_ROWS = 65536
 CACHE_FORMAT = 1
 
 
 class TeacherSignal(Protocol):
-    def logits(self, inputs: torch.Tensor, index: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
-        """Teacher logits (B, C) for a batch of inputs (B, ...) with dataset indices (B,) and, for
-        teachers that use them, the batch's targets."""
+    def signal(self, batch: dict[str, torch.Tensor]) -> TeacherOutput:
+        """The teacher's logits (B, C) for a batch `{"inputs" (B, ...), "index" (B,)}` and, for teachers
+        that use them, the batch's `labels`."""
         ...
 
 
@@ -42,22 +38,37 @@ class LiveTeacher:
         self.model = freeze(model)
 
     @torch.no_grad()
-    def logits(self, inputs: torch.Tensor, index: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
-        """The teacher's logits; `targets` reach teachers that weigh themselves by the labels (ensembles)."""
+    def signal(self, batch: dict[str, torch.Tensor]) -> TeacherOutput:
+        """The teacher's logits; the batch's `labels` reach teachers that weigh themselves by them (ensembles)."""
+        targets = batch.get("labels")
         if targets is not None and getattr(self.model, "uses_targets", False):
-            return logits_of(self.model(inputs, targets=targets)).float()
-        return logits_of(self.model(inputs)).float()
+            return TeacherOutput(logits_of(self.model(batch["inputs"], targets=targets)).float())
+        return TeacherOutput(logits_of(self.model(batch["inputs"])).float())
 
 
 class CachedTeacher:
     """Teacher logits computed once over a dataset, stored on disk, and looked up by example index."""
 
-    def __init__(self, table: torch.Tensor, directory: Path):
-        self.table = table
-        self.directory = directory
+    def __init__(self, cache: ShardedCache | None, directory: Path, table: torch.Tensor | None = None):
+        self.cache, self.directory = cache, directory
+        self._table = table  # logits held in memory (out-of-fold targets): no files
 
-    def logits(self, inputs: torch.Tensor, index: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
-        return self.table[index.cpu()].to(inputs.device, torch.float32)
+    @classmethod
+    def from_table(cls, table: torch.Tensor, directory: Path) -> CachedTeacher:
+        """Logits already computed, one row per example (e.g. out-of-fold targets)."""
+        return cls(None, directory, table)
+
+    @property
+    def table(self) -> torch.Tensor:
+        """Every example's logits, in dataset order, as stored."""
+        if self._table is not None:
+            return self._table
+        return self.cache.rows(torch.arange(self.cache.manifest["rows"]))["logits"]  # type: ignore[union-attr]
+
+    def signal(self, batch: dict[str, torch.Tensor]) -> TeacherOutput:
+        index = batch["index"]
+        rows = self._table[index.cpu()] if self._table is not None else self.cache.rows(index)["logits"]  # type: ignore[union-attr]
+        return TeacherOutput(rows.to(batch["inputs"].device, torch.float32))
 
     @classmethod
     def build_or_load(cls, teacher: nn.Module, dataset: Dataset, cache_root: Path, *,
@@ -65,26 +76,26 @@ class CachedTeacher:
                       rebuild: bool = False, quiet: bool = False) -> CachedTeacher:
         """Reuse the cache for this (teacher, dataset, dtype) if present and intact, else build it.
 
-        Shards are written atomically one by one and the manifest last, so an interrupted build
-        resumes with the shards already done; a shard whose checksum does not match the manifest
-        is named in the error (or rebuilt when `rebuild` is set), never used.
+        Shards are written atomically one by one, each recorded in the manifest, so an interrupted build
+        resumes with the shards already done; a shard whose checksum does not match is named in the error
+        (or rebuilt when `rebuild` is set), never used.
         """
         key = fingerprint(teacher, dataset, dtype)
         directory = Path(cache_root) / key
-        manifest_path = directory / "manifest.json"
-        if manifest_path.is_file():
-            bad = verify(directory)
-            if not bad:
-                return cls(_load_table(directory), directory)
-            if not rebuild:
-                raise CheckpointError(
-                    f"Teacher cache {directory} is corrupt: shard(s) {bad} do not match the checksums "
-                    "in manifest.json. Rebuild with teacher.cache_rebuild=true (or delete the directory)."
-                )
-            for name in bad:
-                (directory / name).unlink(missing_ok=True)
-        _build(teacher, dataset, directory, key, batch_size, dtype, quiet)
-        return cls(_load_table(directory), directory)
+        teacher = freeze(teacher)
+
+        @torch.no_grad()
+        def compute(start: int, stop: int) -> dict[str, torch.Tensor]:
+            device = next(teacher.parameters()).device
+            part = torch.utils.data.Subset(dataset, range(start, stop))
+            rows = [logits_of(teacher(b["inputs"].to(device))).float().cpu()
+                    for b in DataLoader(part, batch_size=batch_size, collate_fn=collate_rows)]
+            return {"logits": torch.cat(rows).to(dtype)}
+
+        identity = {"signal": "logits", "key": key, "dtype": str(dtype), "teacher": type(teacher).__name__}
+        cache = ShardedCache.build_or_open(directory, identity, len(dataset), compute,  # type: ignore[arg-type]
+                                           shard_rows=SHARD_ROWS, rebuild=rebuild, quiet=quiet, unit="example")
+        return cls(cache, directory)
 
 
 def fingerprint(teacher: nn.Module, dataset: Dataset, dtype: torch.dtype) -> str:
@@ -100,38 +111,3 @@ def fingerprint(teacher: nn.Module, dataset: Dataset, dtype: torch.dtype) -> str
         for i in range(len(dataset)):  # type: ignore[arg-type]
             h.update(torch.as_tensor(dataset[i]["inputs"]).numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-def verify(directory: Path) -> list[str]:
-    """Names of shards that are missing or whose sha256 differs from the manifest."""
-    manifest = json.loads((directory / "manifest.json").read_text())
-    return [s["file"] for s in manifest["shards"]
-            if not (directory / s["file"]).is_file() or sha256_file(directory / s["file"]) != s["sha256"]]
-
-
-@torch.no_grad()
-def _build(teacher: nn.Module, dataset: Dataset, directory: Path, key: str, batch_size: int,
-           dtype: torch.dtype, quiet: bool) -> None:
-    make_private_dir(directory)
-    teacher = freeze(teacher)
-    device = next(teacher.parameters()).device
-    n = len(dataset)  # type: ignore[arg-type]
-    shards = []
-    for start in tqdm(range(0, n, SHARD_ROWS), desc="teacher cache", disable=quiet, leave=False):
-        stop = min(start + SHARD_ROWS, n)
-        name = f"logits-{start:09d}-{stop:09d}.safetensors"
-        path = directory / name
-        if not path.is_file():  # shards written by an interrupted build are reused
-            part = torch.utils.data.Subset(dataset, range(start, stop))
-            rows = [logits_of(teacher(b["inputs"].to(device))).float().cpu()
-                    for b in DataLoader(part, batch_size=batch_size, collate_fn=collate_rows)]
-            atomic_save_tensors(path, {"logits": torch.cat(rows).to(dtype)}, {"start": str(start)})
-        shards.append({"file": name, "start": start, "stop": stop, "sha256": sha256_file(path)})
-    manifest = {"format": CACHE_FORMAT, "key": key, "rows": n, "dtype": str(dtype),
-                "teacher": type(teacher).__name__, "shards": shards}
-    atomic_write_text(directory / "manifest.json", json.dumps(manifest, indent=2))
-
-
-def _load_table(directory: Path) -> torch.Tensor:
-    manifest = json.loads((directory / "manifest.json").read_text())
-    return torch.cat([load_file(str(directory / s["file"]))["logits"] for s in manifest["shards"]])

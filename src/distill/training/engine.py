@@ -163,7 +163,7 @@ def check_shapes(model: nn.Module, objective: Method, teacher: TeacherSignal | N
         raise ModelError(f"{name} outputs {out} classes but the data has {num_classes}; "
                          "set the model's num_classes to match.")
     if objective.needs_teacher:
-        t_out = teacher.logits(inputs, batch["index"]).shape[-1]  # type: ignore[union-attr]
+        t_out = teacher.signal({"inputs": inputs, "index": batch["index"]}).full_logits().shape[-1]  # type: ignore[union-attr]
         if t_out != out:
             raise ModelError(f"The teacher outputs {t_out} classes but the student outputs {out}; "
                              "distillation needs the same label space. Fix the num_classes of one of them.")
@@ -253,7 +253,7 @@ class _Loop:
             with torch.no_grad():
                 t_out = collect(objective, teacher.model, inputs, teacher=True)  # type: ignore[union-attr]
         elif objective.needs_teacher:
-            t_out = Outputs(teacher.logits(inputs, index, targets))  # type: ignore[union-attr]
+            t_out = Outputs(teacher.signal({"inputs": inputs, "index": index, "labels": targets}).full_logits())  # type: ignore[union-attr]
         with self.acc.autocast():
             s_out = collect(objective, self.student, inputs, teacher=False, call=self.model)
             return objective(s_out, t_out, targets, progress)

@@ -26,7 +26,8 @@ from distill.data.tokens import TokenBlocks
 from distill.eval.lm import evaluate_lm
 from distill.losses.config import TokenKDConfig
 from distill.losses.tokens import lm_loss
-from distill.teachers.tokens import TokenSignal, TokenTeacher
+from distill.teachers.output import TeacherOutput
+from distill.teachers.tokens import TokenTeacher
 from distill.training import sharding
 from distill.training.config import LMTrainConfig, OnPolicyConfig
 from distill.training.engine import make_accelerator, make_optimizer, warmup_schedule
@@ -170,7 +171,7 @@ class _StepLoss(nn.Module):
         super().__init__()
         self.student = student
 
-    def forward(self, batch: dict[str, torch.Tensor], signal: TokenSignal | None, cfg: TokenKDConfig,
+    def forward(self, batch: dict[str, torch.Tensor], signal: TeacherOutput | None, cfg: TokenKDConfig,
                 vocab: int) -> dict[str, torch.Tensor]:
         return lm_loss(self.student, batch, signal, cfg, vocab)
 

@@ -54,7 +54,7 @@ def out_of_fold_signal(cfg: RunConfig, data: DataSplits, teacher: nn.Module, tau
         member = _fold_teacher(cfg, data, fold, run_dir / "teacher_folds" / f"fold-{i}", resume,
                                f"teacher fold {i + 1}/{k}").to(device)
         table[fold] = predict(member, ArrayDataset(train.inputs[fold], train.labels[fold]))
-    return CachedTeacher(table, run_dir / "teacher_folds")
+    return CachedTeacher.from_table(table, run_dir / "teacher_folds")
 
 
 def _fold_teacher(cfg: RunConfig, data: DataSplits, fold: torch.Tensor, stage: Path, resume: bool,
