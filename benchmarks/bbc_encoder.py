@@ -39,8 +39,8 @@ from distill.losses.methods import CE, Method
 from distill.models.encoders import EncoderClassifier, hf_encoder
 from distill.models.zoo import freeze
 from distill.teachers.signals import CachedTeacher, LiveTeacher
+from distill.training.classify import fit
 from distill.training.config import TrainConfig
-from distill.training.engine import fit
 
 OUT = WORK / "bbc_encoder"
 LAYERS = [0, 2, 4]

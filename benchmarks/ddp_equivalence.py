@@ -43,8 +43,8 @@ def worker(out: Path, epochs: int, seed: int) -> None:
     from distill.models.config import ModelConfig
     from distill.models.zoo import build_model
     from distill.teachers.signals import LiveTeacher
+    from distill.training.classify import fit
     from distill.training.config import TrainConfig
-    from distill.training.engine import fit
 
     torch.set_num_threads(1)
     state = process_state("cpu")

@@ -29,8 +29,8 @@ from distill.models.config import ModelConfig
 from distill.models.zoo import build_model, channels_last, freeze
 from distill.recipes.classify.config import load_config
 from distill.teachers.signals import CachedTeacher, LiveTeacher
+from distill.training.classify import fit
 from distill.training.config import TrainConfig
-from distill.training.engine import fit
 
 CONFIG = Path(__file__).parents[1] / "configs" / "fashion_mnist.yaml"
 

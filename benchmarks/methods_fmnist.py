@@ -38,8 +38,8 @@ from distill.models.config import ModelConfig
 from distill.models.zoo import build_model, freeze
 from distill.recipes.classify.config import load_config
 from distill.teachers.signals import LiveTeacher
+from distill.training.classify import fit
 from distill.training.config import TrainConfig
-from distill.training.engine import fit
 
 OUT = WORK / "methods_fmnist"
 STUDENT = ModelConfig(arch="cnn", kwargs={"widths": [8, 16], "convs": 1, "fc": 32})

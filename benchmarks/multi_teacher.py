@@ -27,7 +27,6 @@ import time
 from common import WORK, mean_std, write_result
 from torch import nn
 
-from distill.losses.config import KDConfig
 from distill.core.checkpoint import load_weights, save_weights
 from distill.data.arrays import DataSplits, labels_of
 from distill.data.augment import AugmentConfig
@@ -35,14 +34,15 @@ from distill.data.config import DataConfig
 from distill.data.datasets import load_data
 from distill.data.transfer import with_transfer_set
 from distill.eval.metrics import predict
+from distill.losses.config import KDConfig
 from distill.losses.methods import CE
 from distill.models.config import ModelConfig
 from distill.models.ensemble import Ensemble
 from distill.models.zoo import build_model, freeze
 from distill.recipes.classify.plan import kd_objective
 from distill.teachers.signals import CachedTeacher
+from distill.training.classify import fit
 from distill.training.config import OptimizerConfig, TrainConfig
-from distill.training.engine import fit
 
 OUT = WORK / "multi_teacher"
 CNN = ModelConfig(arch="cnn", kwargs={"widths": [32, 64], "convs": 1, "fc": 256, "dropout": 0.25})

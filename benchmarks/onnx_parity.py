@@ -37,8 +37,8 @@ from distill.export.onnx import bench_onnx, check_parity, export_onnx, ort_sessi
 from distill.losses.methods import CE
 from distill.models.config import ModelConfig
 from distill.models.zoo import build_model
+from distill.training.classify import fit
 from distill.training.config import OptimizerConfig, TrainConfig
-from distill.training.engine import fit
 
 OUT = WORK / "onnx_parity"
 TEACHER_CKPT = WORK / "fmnist" / "teacher" / "teacher" / "model.safetensors"

@@ -19,20 +19,20 @@ from common import WORK, mean_std, write_result
 from fmnist_kd import CONFIG
 from fmnist_kd import teacher as teacher_weights
 
-from distill.losses.config import KDConfig
 from distill.compress.prune import prune_to_size
 from distill.core.checkpoint import load_weights
 from distill.data.arrays import labels_of
 from distill.data.datasets import load_data
 from distill.eval.bench import time_calls
 from distill.eval.metrics import classification_metrics, predict
+from distill.losses.config import KDConfig
 from distill.losses.methods import CE, KD
 from distill.models.zoo import build_model, freeze
 from distill.recipes.classify.config import load_config
 from distill.recipes.classify.plan import kd_objective
 from distill.teachers.signals import LiveTeacher
+from distill.training.classify import fit
 from distill.training.config import TrainConfig
-from distill.training.engine import fit
 
 OUT = WORK / "prune"
 LEVELS = (0.5, 0.8)

@@ -9,7 +9,7 @@ Per seed: a small CNN student (widths 16/32, FC 64) is distilled from the teache
   ptq_static   post-training static int8 (conv + linear), calibrated on 1,024 training images
   ptq_dynamic  post-training dynamic int8 (Linear layers only; the convolutions stay fp32)
   qat          distillation-aware QAT: the fp32 student, fake-quantized, trained 2 more epochs
-               with the same KD objective and live teacher through `distill.training.engine.fit`
+               with the same KD objective and live teacher through `distill.training.classify.fit`
   ptq_static_onednn  the same static int8 with weights packed for oneDNN instead of the x86 default
   fp32_more    control for QAT: the fp32 student trained the same 2 more epochs without quantization
 Accuracy on the 10,000 official test images. Costs (seed 0's models, one thread, x86 engine):
@@ -43,8 +43,8 @@ from distill.models.config import ModelConfig
 from distill.models.zoo import build_model, freeze
 from distill.recipes.classify.config import load_config
 from distill.teachers.signals import LiveTeacher
+from distill.training.classify import fit
 from distill.training.config import TrainConfig
-from distill.training.engine import fit
 
 CONFIG = Path(__file__).parents[1] / "configs" / "fashion_mnist.yaml"
 TEACHER = WORK / "fmnist" / "teacher" / "teacher" / "model.safetensors"

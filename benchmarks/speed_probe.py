@@ -31,8 +31,8 @@ def fmnist(steps: int) -> dict[str, float]:
     from distill.models.zoo import build_model, freeze
     from distill.recipes.classify.config import load_config
     from distill.teachers.signals import LiveTeacher
+    from distill.training.classify import fit
     from distill.training.config import TrainConfig
-    from distill.training.engine import fit
 
     cfg = load_config(ROOT / "configs" / "fashion_mnist.yaml")
     batch = cfg.train.batch_size

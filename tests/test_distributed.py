@@ -200,7 +200,7 @@ def test_lm_trainer_sharded_with_fsdp_matches_one_process_and_its_checkpoint_loa
     pytest.importorskip("transformers")
     from distill.core.checkpoint import load_training_state
     from distill.training.config import OptimizerConfig
-    from distill.training.engine import make_optimizer
+    from distill.training.optim import make_optimizer
 
     rank0, rank1 = torchrun("lm_fsdp", tmp_path / "two", 8)
     job = _job()

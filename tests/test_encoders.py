@@ -28,8 +28,8 @@ from distill.models.encoders import EncoderClassifier, hf_encoder
 from distill.models.students import every_kth, keep_layers  # noqa: E402
 from distill.models.zoo import CNN, build_model  # noqa: E402
 from distill.teachers.signals import LiveTeacher  # noqa: E402
+from distill.training.classify import fit  # noqa: E402
 from distill.training.config import TrainConfig
-from distill.training.engine import fit  # noqa: E402
 
 VOCAB = 100
 

@@ -646,13 +646,13 @@ def test_lm_training_killed_at_random_moments_resumes_to_the_same_weights_and_me
 
 KILL_BEFORE_FINAL_METRICS = """
 import os, signal, sys
-import distill.training.lm
-write = distill.training.lm.atomic_write_text
+import distill.training.engine
+write = distill.training.engine.atomic_write_text
 def killing(path, text):  # SIGKILL itself as it is about to write the last save's metrics.jsonl
     if path.name == "metrics.jsonl" and f'"step": {sys.argv[2]},' in text:
         os.kill(os.getpid(), signal.SIGKILL)
     write(path, text)
-distill.training.lm.atomic_write_text = killing
+distill.training.engine.atomic_write_text = killing
 """
 
 

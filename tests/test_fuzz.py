@@ -214,8 +214,8 @@ def array_data(draw: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def _one_step(model: torch.nn.Module, train: Any, num_classes: int, val: Any = None) -> None:
     from distill.losses.methods import CE
+    from distill.training.classify import fit
     from distill.training.config import TrainConfig
-    from distill.training.engine import fit
 
     fit(model, train, objective=CE(), config=TrainConfig(epochs=1, batch_size=64, precision="no"),
         num_classes=num_classes, val_data=val, device="cpu", quiet=True)

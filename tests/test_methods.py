@@ -16,8 +16,8 @@ from distill.losses.terms import cross_entropy, soft_target_kl
 from distill.models.zoo import freeze
 from distill.recipes.classify.config import load_config
 from distill.teachers.signals import CachedTeacher, LiveTeacher
+from distill.training.classify import ClassifierTask, fit
 from distill.training.config import TrainConfig
-from distill.training.engine import _Loop, fit
 
 
 def _images(n: int = 48, seed: int = 0) -> ArrayDataset:
@@ -153,16 +153,16 @@ def test_adapters_checkpoint_with_the_student_and_resume_exactly(tmp_path, monke
 
     torch.manual_seed(0)
     straight = run("straight")
-    real_epoch = _Loop.train_epoch
+    real_epoch = ClassifierTask.begin_epoch
 
-    def crash_in_last_epoch(self, data, epoch, steps):
+    def crash_in_last_epoch(self, epoch):
         if epoch == 2:
             raise KeyboardInterrupt
-        return real_epoch(self, data, epoch, steps)
+        return real_epoch(self, epoch)
 
     torch.manual_seed(0)
     with monkeypatch.context() as m:
-        m.setattr(_Loop, "train_epoch", crash_in_last_epoch)
+        m.setattr(ClassifierTask, "begin_epoch", crash_in_last_epoch)
         with pytest.raises(KeyboardInterrupt):
             run("split")
     assert any(k.startswith("model.method.adapters") for k in load_file(tmp_path / "split" / "last.safetensors"))

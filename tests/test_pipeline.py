@@ -14,7 +14,7 @@ from distill.core.errors import ConfigError
 from distill.core.rundir import open_run_dir
 from distill.recipes.classify.config import validate_config
 from distill.recipes.classify.pipeline import run, summarise
-from distill.training.engine import _Loop
+from distill.training.classify import ClassifierTask
 
 
 def test_run_with_default_relative_paths_and_a_cached_teacher(run_config, in_tmp: Path):
@@ -38,15 +38,15 @@ def test_an_interrupted_stage_resumes_and_finished_stages_are_skipped(run_config
     run_config["train"]["epochs"] = 2
     run_config["baseline"] = False
     cfg = validate_config(run_config)
-    real_epoch = _Loop.train_epoch
+    real_epoch = ClassifierTask.begin_epoch
 
-    def interrupt_distilled_epoch_2(self, data, epoch, steps):
+    def interrupt_distilled_epoch_2(self, epoch):
         if self.name == "distilled" and epoch == 1:
             raise _Interrupt
-        return real_epoch(self, data, epoch, steps)
+        return real_epoch(self, epoch)
 
     with monkeypatch.context() as m:
-        m.setattr(_Loop, "train_epoch", interrupt_distilled_epoch_2)
+        m.setattr(ClassifierTask, "begin_epoch", interrupt_distilled_epoch_2)
         with pytest.raises(_Interrupt):
             run(cfg)
     run_dir = Path(cfg.output_dir) / cfg.name
@@ -56,11 +56,11 @@ def test_an_interrupted_stage_resumes_and_finished_stages_are_skipped(run_config
 
     trained = []
 
-    def record_epochs(self, data, epoch, steps):
+    def record_epochs(self, epoch):
         trained.append((self.name, epoch))
-        return real_epoch(self, data, epoch, steps)
+        return real_epoch(self, epoch)
 
-    monkeypatch.setattr(_Loop, "train_epoch", record_epochs)
+    monkeypatch.setattr(ClassifierTask, "begin_epoch", record_epochs)
     run(cfg, resume=True)
     assert trained == [("distilled", 1)]  # teacher skipped, distilled continued from epoch 2
     assert (run_dir / "teacher" / "model.safetensors").read_bytes() == teacher_weights

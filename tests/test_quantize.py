@@ -15,8 +15,8 @@ from distill.losses.methods import CE, KD
 from distill.models.config import ModelConfig
 from distill.models.zoo import build_model
 from distill.teachers.signals import LiveTeacher
+from distill.training.classify import fit
 from distill.training.config import TrainConfig
-from distill.training.engine import fit
 
 pytestmark = pytest.mark.skipif("x86" not in q.available_backends(), reason="needs the x86 int8 engine")
 

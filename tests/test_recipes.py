@@ -17,8 +17,9 @@ from distill.losses.terms import cross_entropy, term_scales
 from distill.recipes.classify.config import load_config
 from distill.recipes.classify.pipeline import baseline_budget, plan_of
 from distill.recipes.classify.plan import resolve
+from distill.training.classify import _is_best
 from distill.training.config import TrainConfig
-from distill.training.engine import FitResult, _is_best
+from distill.training.engine import FitResult
 
 DIGITS = ["data.name=digits", "data.label_fraction=1"]
 

@@ -17,8 +17,8 @@ from distill.models.zoo import build_model
 from distill.recipes.classify.config import load_config
 from distill.recipes.classify.pipeline import run
 from distill.teachers.signals import LiveTeacher
+from distill.training.classify import fit
 from distill.training.config import TrainConfig
-from distill.training.engine import fit
 
 SMALL = ["data.name=digits", "data.label_fraction=1", "train.epochs=1", "bench.repeats=3", "bench.throughput_batch=8", "quiet=true"]
 CNN = {"arch": "cnn", "kwargs": {"widths": [8], "convs": 1, "fc": 16}}

@@ -7,14 +7,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-import distill.training.engine as training
+import distill.training.classify as training
+import distill.training.optim as optim
 from distill.core.checkpoint import load_training_state, save_training_state
 from distill.losses.methods import KD
 from distill.models.config import ModelConfig
 from distill.models.zoo import CNN, build_model, channels_last
 from distill.teachers.signals import LiveTeacher
+from distill.training.classify import fit
 from distill.training.config import TrainConfig
-from distill.training.engine import fit, make_optimizer
+from distill.training.optim import make_optimizer
 
 
 def _config(name: str = "adamw", **overrides) -> TrainConfig:
@@ -26,8 +28,8 @@ def test_optimizers_are_fused_on_the_cpu():
     model = nn.Linear(4, 3)
     for name in ("adamw", "adam", "sgd"):
         assert make_optimizer(model, _config(name)).defaults["fused"] is True
-    assert not training.fused_ok([torch.zeros(3, dtype=torch.long)])  # integer tensors have no fused kernel
-    assert not training.fused_ok([])
+    assert not optim.fused_ok([torch.zeros(3, dtype=torch.long)])  # integer tensors have no fused kernel
+    assert not optim.fused_ok([])
 
 
 def test_channels_last_keeps_a_cnns_outputs():

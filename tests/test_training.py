@@ -15,8 +15,9 @@ from distill.losses.methods import CE, KD
 from distill.models.config import ModelConfig
 from distill.models.zoo import build_model
 from distill.teachers.signals import LiveTeacher
+from distill.training.classify import ClassifierTask, fit
 from distill.training.config import TrainConfig
-from distill.training.engine import _Loop, fit, make_optimizer, make_scheduler
+from distill.training.optim import make_optimizer, make_scheduler
 
 
 def _student(digits, seed: int = 0, dropout: float = 0.0) -> nn.Module:
@@ -64,15 +65,15 @@ class _Interrupt(Exception):
 
 def _crash_in_third_epoch(monkeypatch, train) -> None:
     """Run `train()` with training interrupted as the third epoch starts (its checkpoint: epoch 2)."""
-    real_epoch = _Loop.train_epoch
+    real_epoch = ClassifierTask.begin_epoch
 
-    def crash(self, data, epoch, steps):
+    def crash(self, epoch):
         if epoch == 2:
             raise _Interrupt
-        return real_epoch(self, data, epoch, steps)
+        return real_epoch(self, epoch)
 
     with monkeypatch.context() as m:
-        m.setattr(_Loop, "train_epoch", crash)
+        m.setattr(ClassifierTask, "begin_epoch", crash)
         with pytest.raises(_Interrupt):
             train()
 
@@ -106,7 +107,7 @@ def test_resume_of_a_finished_run_trains_nothing(digits, tmp_path: Path, monkeyp
     cfg = _config(epochs=2)
     first = fit(_student(digits), digits.train, objective=CE(), config=cfg, num_classes=10,
                 val_data=digits.val, checkpoint_dir=tmp_path, quiet=True)
-    monkeypatch.setattr(_Loop, "train_epoch", lambda *a: pytest.fail("trained again"))
+    monkeypatch.setattr(ClassifierTask, "begin_epoch", lambda *a: pytest.fail("trained again"))
     again = fit(_student(digits, seed=3), digits.train, objective=CE(), config=cfg, num_classes=10,
                 val_data=digits.val, checkpoint_dir=tmp_path, resume=True, quiet=True)
     assert again.history == first.history
@@ -183,7 +184,7 @@ def test_resuming_an_early_stopped_run_trains_no_further(digits, tmp_path: Path,
     first = fit(_student(digits), digits.train, objective=CE(), config=cfg, num_classes=10,
                 val_data=digits.val, checkpoint_dir=tmp_path, quiet=True)
     assert first.stopped_early and len(first.history) == 2
-    monkeypatch.setattr(_Loop, "train_epoch", lambda *a: pytest.fail("trained after early stopping"))
+    monkeypatch.setattr(ClassifierTask, "begin_epoch", lambda *a: pytest.fail("trained after early stopping"))
     again = fit(_student(digits), digits.train, objective=CE(), config=cfg, num_classes=10,
                 val_data=digits.val, checkpoint_dir=tmp_path, resume=True, quiet=True)
     assert again.stopped_early and again.history == first.history
@@ -216,13 +217,13 @@ def test_the_best_epoch_is_what_is_returned(digits, tmp_path: Path):
 def test_the_best_epoch_is_returned_without_a_checkpoint_directory(digits, monkeypatch):
     wrong_val = ArrayDataset(digits.val.inputs, (digits.val.labels + 1) % 10)  # as above: early epochs win
     snapshots = []
-    real_validate = _Loop.validate
+    real_validate = ClassifierTask.validate
 
-    def validate_and_snapshot(self, val_data):
+    def validate_and_snapshot(self):
         snapshots.append(_weights(self.acc.unwrap_model(self.model)))
-        return real_validate(self, val_data)
+        return real_validate(self)
 
-    monkeypatch.setattr(_Loop, "validate", validate_and_snapshot)
+    monkeypatch.setattr(ClassifierTask, "validate", validate_and_snapshot)
     result = fit(_student(digits), digits.train, objective=CE(), config=_config(epochs=3), num_classes=10,
                  val_data=wrong_val, quiet=True)
     assert result.best_epoch < 2
@@ -267,7 +268,7 @@ def test_sharded_engines_are_refused_before_training(digits, tmp_path: Path, mon
 
 
 def test_normalized_loss_divides_each_term_by_its_mean_before_weighting():
-    from distill.training.engine import normalized_loss
+    from distill.training.classify import normalized_loss
 
     parts = {"loss": torch.tensor(0.0), "kd": torch.tensor(0.02), "ce": torch.tensor(3.0)}
     weights = KD(temperature=1.0, ratio=0.5).term_weights(0.0)

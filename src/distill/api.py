@@ -32,8 +32,8 @@ from distill.losses.methods import CE, Method
 from distill.models.zoo import freeze, logits_of
 from distill.recipes.classify.plan import CONFIDENCE_SAMPLE, resolve
 from distill.teachers.signals import CachedTeacher, LiveTeacher, TeacherSignal
+from distill.training.classify import fit
 from distill.training.config import TrainConfig
-from distill.training.engine import fit
 
 
 @dataclass

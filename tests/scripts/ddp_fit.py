@@ -35,8 +35,8 @@ from distill.losses.methods import (
 from distill.models.config import ModelConfig
 from distill.models.zoo import build_model  # noqa: E402
 from distill.teachers.signals import CachedTeacher, LiveTeacher  # noqa: E402
+from distill.training.classify import ClassifierTask, fit
 from distill.training.config import TrainConfig
-from distill.training.engine import _Loop, fit
 
 HINT = [{"kind": "hint", "student": "net.2", "teacher": "net.2"}, {"kind": "kd", "weight": 0.5},
         {"kind": "ce", "weight": 0.5}]  # a feature method: its learned adapter is trained under DDP too
@@ -96,20 +96,20 @@ def classic(out: Path, global_batch: int, epochs: int = 2, limit: int = 256) -> 
     cached = Recorder(table)
     record["cached"] = fit_student(data, cfg, KD(), cached)
     record["cached"]["rows"] = cached.rows
-    real_epoch = _Loop.train_epoch
+    real_epoch = ClassifierTask.begin_epoch
 
-    def stop_in_second_epoch(self, data_, epoch, steps):
+    def stop_in_second_epoch(self, epoch):
         if epoch == 1:
             raise _Interrupt  # every rank stops at the same point, before any collective of epoch 2
-        return real_epoch(self, data_, epoch, steps)
+        return real_epoch(self, epoch)
 
-    _Loop.train_epoch = stop_in_second_epoch
+    ClassifierTask.begin_epoch = stop_in_second_epoch
     try:
         fit_student(data, cfg, KD(), LiveTeacher(teacher), out / "interrupted")
     except _Interrupt:
         pass
     finally:
-        _Loop.train_epoch = real_epoch
+        ClassifierTask.begin_epoch = real_epoch
     return record
 
 
@@ -119,7 +119,6 @@ def lm(out: Path, global_batch: int, steps: int = 4, shard: str = "none", interr
     `interrupt`, each run stops after its step-2 checkpoint and is resumed from it."""
     from lm_helpers import TEXT, make_llama, make_tokenizer
 
-    import distill.training.lm as lm_train
     from distill.data.tokens import pack_text
     from distill.losses.config import TokenKDConfig
     from distill.models.causal_lm import tokenizer_fingerprint
@@ -148,22 +147,24 @@ def lm(out: Path, global_batch: int, steps: int = 4, shard: str = "none", interr
             return fit_lm(student, blocks, train=train, kd=TokenKDConfig(), vocab=len(tok), teacher=signal,
                           checkpoint_dir=out / f"lm-{name}", resume=resume, quiet=True, device="cpu")
 
-        if interrupt:  # the finiteness check runs on every process before each evaluation and save
-            real_check, calls = lm_train._check_finite, []
+        if interrupt:  # the finiteness check runs on every process before each metrics row and save
+            from distill.training import engine
 
-            def stop_at_step_4(loss_sum, run_name, step):
-                calls.append(step)
-                if step == 4 and calls.count(4) == 1:
+            real_check, calls = engine._Steps.check_finite, []
+
+            def stop_at_step_4(self, done):
+                calls.append(done)
+                if done == 4 and calls.count(4) == 1:
                     raise _Stop
-                return real_check(loss_sum, run_name, step)
+                return real_check(self, done)
 
-            lm_train._check_finite, stopped = stop_at_step_4, False
+            engine._Steps.check_finite, stopped = stop_at_step_4, False
             try:
                 train_once(resume=False)
             except _Stop:
                 stopped = True
             r = train_once(resume=True)
-            lm_train._check_finite = real_check
+            engine._Steps.check_finite = real_check
         else:
             r, stopped = train_once(resume=False), False
         record[name] = {"history": r.history, "weights": weights_hash(r.model), "returned": type(r.model).__name__,

@@ -8,7 +8,7 @@ channels (the next Conv2d / Linear, possibly through BatchNorm, activations, poo
 flatten). A channel that feeds a residual sum, a concatenation or the model output is kept.
 
 Minitron (Muralidharan et al. 2024) prunes, then distils from the unpruned model to recover;
-`distill.training.engine.fit` with the original as teacher does the second half.
+`distill.training.classify.fit` with the original as teacher does the second half.
 """
 
 from __future__ import annotations

@@ -138,7 +138,7 @@ def quantize_static_int8(model: nn.Module, calibration: Dataset, *, batches: int
 
 def prepare_qat(model: nn.Module, example: torch.Tensor, backend: str = "x86") -> nn.Module:
     """A copy of `model`, fused and with fake-quantization on weights and activations, in train
-    mode: train it with `distill.training.engine.fit` (e.g. KD from a LiveTeacher), then `convert_qat`.
+    mode: train it with `distill.training.classify.fit` (e.g. KD from a LiveTeacher), then `convert_qat`.
 
     Args:
         model: trained fp32 model (QAT fine-tunes; starting from scratch works but needs more epochs).
@@ -159,8 +159,8 @@ def qat_with_teacher(model: nn.Module, teacher: nn.Module, data: Dataset, *, num
     fine-tune it for `epochs` with `objective` (e.g. KD) against the live `teacher` at learning rate
     `lr` on the CPU, and return the converted int8 model. `model` and `teacher` are not changed."""
     from distill.teachers.signals import LiveTeacher
+    from distill.training.classify import fit
     from distill.training.config import TrainConfig
-    from distill.training.engine import fit
 
     example = next(iter_batches(data, torch.arange(min(8, len(data))), 8))["inputs"]  # type: ignore[arg-type]
     fake = prepare_qat(model, example, backend)

@@ -29,7 +29,7 @@ from distill.models.zoo import build_model, freeze
 from distill.recipes.classify.config import RunConfig
 from distill.recipes.classify.plan import kd_objective
 from distill.teachers.signals import LiveTeacher
-from distill.training.engine import fit
+from distill.training.classify import fit
 
 
 def prune_and_recover(cfg: RunConfig, reduction: float, recover: Literal["kd", "ce", "none"],

@@ -1,9 +1,12 @@
-"""The LM distillation loop: step-based, on Accelerate, resumable from its last checkpoint.
+"""Token language models on the training engine: `fit_lm` trains a causal LM for `train.steps` steps.
 
-Each step takes a batch of token blocks (or, with probability λ, continuations the student samples
-from their first tokens: on-policy, GKD-style), asks the teacher signal for its distributions,
-and minimises `distill.losses.tokens.lm_loss`. Every `save_every` steps, weights + optimizer +
-scheduler + RNG go atomically to `last.safetensors`; `resume=True` continues bit-for-bit.
+The task's part of each step: token blocks in a seeded order (or, with probability λ, continuations
+the student samples from their first tokens: on-policy, GKD-style), the teacher's signal on them
+(from `kd.warm_start` on), and the chunked token loss (`distill.losses.tokens.lm_loss`); every
+`eval_every` steps, held-out perplexity and agreement with the teacher. The loss is a module's
+forward (`_StepLoss`): under DDP, gradients are all-reduced only for a forward through the wrapper,
+and under FSDP (`train.shard=fsdp`) the wrapper is the root whose forward gathers the embedding and
+output layer, since the chunked loss calls the decoder and output layer directly.
 """
 
 from __future__ import annotations
@@ -11,17 +14,14 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import Accelerator
 from torch import nn
-from tqdm.auto import tqdm
 
-from distill.core.checkpoint import load_training_state, save_training_state
-from distill.core.errors import CheckpointError, ConfigError, TrainingDiverged
-from distill.core.files import atomic_write_text
+from distill.core.errors import ConfigError
 from distill.data.tokens import TokenBlocks
 from distill.eval.lm import evaluate_lm
 from distill.losses.config import TokenKDConfig
@@ -30,102 +30,108 @@ from distill.teachers.output import TeacherOutput
 from distill.teachers.tokens import TokenTeacher
 from distill.training import sharding
 from distill.training.config import LMTrainConfig, OnPolicyConfig
-from distill.training.engine import make_accelerator, make_optimizer, warmup_schedule
-
-
-@dataclass
-class LMFitResult:
-    model: nn.Module
-    history: list[dict[str, float]] = field(default_factory=list)
+from distill.training.engine import FitResult, Run
+from distill.training.engine import train as run_steps
 
 
 def fit_lm(model: nn.Module, data: TokenBlocks, *, train: LMTrainConfig, kd: TokenKDConfig, vocab: int,
            teacher: TokenTeacher | None = None, on_policy: OnPolicyConfig | None = None,
            val_data: TokenBlocks | None = None, val_teacher: TokenTeacher | None = None,
            pad_id: int = 0, checkpoint_dir: Path | None = None, resume: bool = False,
-           device: str = "auto", quiet: bool = False, name: str = "student") -> LMFitResult:
+           device: str = "auto", quiet: bool = False, name: str = "student") -> FitResult:
     """Train `model` for `train.steps` steps; with `teacher` None (or before `kd.warm_start`), plain
     next-token CE."""
-    acc = make_accelerator(device, train.precision, None, None)
-    torch.manual_seed(train.seed)
-    sharded = train.shard == "fsdp" and acc.num_processes > 1
-    template = _check_shardable(model, on_policy) if sharded else None  # the whole model, handed back at the end
-    model = model.to(acc.device)
-    # The loss is a module's forward (`_StepLoss`): under DDP, gradients are all-reduced only for a
-    # forward through the wrapper, and under FSDP the wrapper is the root whose forward gathers the
-    # embedding and output layer, since the chunked loss calls the decoder and output layer directly.
-    step_loss = sharding.shard(_StepLoss(model), acc.device) if sharded else _StepLoss(model)
-    optimizer = make_optimizer(model, train)  # type: ignore[arg-type]  (reads .optimizer only)
-    scheduler = warmup_schedule(optimizer, total=train.steps, warmup=train.warmup_steps, kind=train.scheduler)
-    if sharded:  # FSDP reduces the sharded gradients itself: only the optimizer is prepared
-        optimizer = acc.prepare(optimizer)
-    else:
-        step_loss, optimizer = acc.prepare(step_loss, optimizer)
-    result = LMFitResult(model=model)
-    fingerprint = _fingerprint(train, kd, on_policy, teacher is not None, data)
-    views = _Views(acc.unwrap_model(model), optimizer, sharded)
-    start = _restore(checkpoint_dir, *views.loading(), scheduler, result, fingerprint) if resume else 0
-    order = _BatchOrder(len(data), train.batch_size, acc.num_processes, acc.process_index, train.seed)
-    sampling = on_policy if on_policy is not None and on_policy.fraction > 0 else None
-    sums: dict[str, torch.Tensor] = {}  # summed on the device: the loop never waits for the host
-    bar = tqdm(range(start, train.steps), desc=name, unit="step", initial=start, total=train.steps,
-               disable=quiet or not acc.is_main_process)
-    for step in bar:
-        model.train()
-        batch = {k: v.to(acc.device, non_blocking=True) for k, v in data.batch(order.indices(step)).items()}
-        if sampling is not None and step >= sampling.start * train.steps and \
-                _on_policy_step(train.seed, step, sampling.fraction):
-            batch = sample_continuations(acc.unwrap_model(model), batch, sampling, pad_id)
-        signal = teacher.signal(batch) if teacher is not None and step >= kd.warm_start else None
-        with acc.autocast():
-            parts = step_loss(batch, signal, kd, vocab)
-        acc.backward(parts["loss"])
-        if train.grad_clip:
-            acc.clip_grad_norm_(model.parameters(), train.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        for k, v in parts.items():
-            sums[k] = sums.get(k, 0.0) + v.detach().float()
-        done = step + 1
-        evaluate = done % train.eval_every == 0 or done == train.steps
-        save = checkpoint_dir is not None and (done % train.save_every == 0 or done == train.steps)
-        if evaluate or save:  # the mean over processes is linear, so partial sums may be reduced again
-            sums = {k: acc.reduce(v, "mean") for k, v in sums.items()}
-            _check_finite(sums["loss"], name, done)  # before a checkpoint could keep bad weights
-        if evaluate:
-            row = {"step": done, **{f"train_{k}": float(v) / _since(done, train.eval_every) for k, v in sums.items()}}
-            if val_data is not None:
-                with sharding.gathered_root(step_loss if sharded else None):
-                    row.update({f"val_{k}": v for k, v in evaluate_lm(acc.unwrap_model(model), val_data, vocab,
-                                                                      teacher=val_teacher).items()})
-            result.history.append(row)
-            bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k in ("train_loss", "val_ppl")})
-            sums = {}
-        if save:
-            whole = views.saving()  # under FSDP, every process gathers; the main one writes
-            if acc.is_main_process:
-                _save(checkpoint_dir, *whole, scheduler, result, done, fingerprint)
-    result.model = (sharding.gather(model, template) if sharded else acc.unwrap_model(model)).eval()
-    return result
+    task = LMTask(model, data, train, kd, vocab, teacher, on_policy, val_data, val_teacher, pad_id, name)
+    return run_steps(task, Run(checkpoint_dir=checkpoint_dir, resume=resume, device=device, quiet=quiet,
+                               progress=("train_loss", "val_ppl")))
 
 
-class _Views:
-    """What checkpoints read and write: the model and optimizer, or under FSDP their whole states."""
+class LMTask:
+    """The language model's plug into the engine (`distill.training.engine.Task`)."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, sharded: bool):
-        self.model, self.optimizer, self.sharded = model, optimizer, sharded
+    def __init__(self, model: nn.Module, data: TokenBlocks, train: LMTrainConfig, kd: TokenKDConfig, vocab: int,
+                 teacher: TokenTeacher | None, on_policy: OnPolicyConfig | None, val_data: TokenBlocks | None,
+                 val_teacher: TokenTeacher | None, pad_id: int, name: str):
+        self.model, self.data, self.config, self.kd, self.vocab = model, data, train, kd, vocab
+        self.teacher, self.val_data, self.val_teacher, self.pad_id, self.name = teacher, val_data, val_teacher, pad_id, name
+        self.sampling = on_policy if on_policy is not None and on_policy.fraction > 0 else None
+        self.steps, self.warmup_steps = train.steps, train.warmup_steps
+        self.fingerprint = _fingerprint(train, kd, on_policy, teacher is not None, data)
 
-    def loading(self) -> tuple[Any, Any]:
+    def setup(self, acc: Accelerator) -> nn.Module:
+        self.acc = acc
+        self.sharded = self.config.shard == "fsdp" and acc.num_processes > 1
+        self.template = _check_shardable(self.model, self.sampling) if self.sharded else None  # handed back at the end
+        self.model = self.model.to(acc.device)
+        self.step_loss = sharding.shard(_StepLoss(self.model), acc.device) if self.sharded else _StepLoss(self.model)
+        self.order = _BatchOrder(len(self.data), self.config.batch_size, acc.num_processes, acc.process_index,
+                                 self.config.seed)
+        return self.model
+
+    def prepare(self, acc: Accelerator, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        if self.sharded:  # FSDP reduces the sharded gradients itself: only the optimizer is prepared
+            return acc.prepare(optimizer)
+        self.step_loss, optimizer = acc.prepare(self.step_loss, optimizer)
+        return optimizer
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        batch = {k: v.to(self.acc.device, non_blocking=True) for k, v in self.data.batch(self.order.indices(step)).items()}
+        s = self.sampling
+        if s is not None and step >= s.start * self.steps and _on_policy_step(self.config.seed, step, s.fraction):
+            batch = sample_continuations(self.acc.unwrap_model(self.model), batch, s, self.pad_id)
+        return batch
+
+    def loss(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        signal = self.teacher.signal(batch) if self.teacher is not None and step >= self.kd.warm_start else None
+        with self.acc.autocast():
+            return self.step_loss(batch, signal, self.kd, self.vocab)
+
+    def after_step(self, step: int, sums: dict[str, torch.Tensor], count: int) -> None:
+        pass
+
+    def where(self, step: int) -> str:
+        return ""
+
+    def row_due(self, done: int) -> bool:
+        return done % self.config.eval_every == 0 or done == self.steps
+
+    def save_due(self, done: int) -> bool:
+        return done % self.config.save_every == 0 or done == self.steps
+
+    def row(self, done: int) -> dict[str, float]:
+        row: dict[str, float] = {"step": done}
+        if self.val_data is not None:
+            with sharding.gathered_root(self.step_loss if self.sharded else None):
+                metrics = evaluate_lm(self.acc.unwrap_model(self.model), self.val_data, self.vocab,
+                                      teacher=self.val_teacher)
+            row.update({f"val_{k}": v for k, v in metrics.items()})
+        return row
+
+    def better(self, row: dict[str, float], best: dict[str, float] | None) -> None:
+        return None  # the last step's weights are the result
+
+    def stop(self, result: FitResult) -> bool:
+        return False
+
+    def remember_best(self) -> None:
+        pass
+
+    def views(self, optimizer: torch.optim.Optimizer, saving: bool) -> tuple[Any, Any]:
+        """What checkpoints read and write: the model and optimizer, or under FSDP their whole states."""
+        model = self.acc.unwrap_model(self.model)
         if not self.sharded:
-            return self.model, self.optimizer
-        return (sharding.Whole(self.model, gather=False),
-                sharding.WholeOptimizer(self.model, self.optimizer, gather=False))
+            return model, optimizer
+        return (sharding.Whole(model, gather=saving), sharding.WholeOptimizer(model, optimizer, gather=saving))
 
-    def saving(self) -> tuple[Any, Any]:
-        if not self.sharded:
-            return self.model, self.optimizer
-        return sharding.Whole(self.model), sharding.WholeOptimizer(self.model, self.optimizer)
+    def state(self, result: FitResult) -> dict[str, Any]:
+        return {}
+
+    def load_state(self, state: dict[str, Any], result: FitResult) -> int:
+        return int(state["step"])
+
+    def finish(self, result: FitResult, checkpoint_dir: Path | None) -> nn.Module:
+        model = sharding.gather(self.model, self.template) if self.sharded else self.acc.unwrap_model(self.model)
+        return model.eval()
 
 
 def _check_shardable(model: nn.Module, on_policy: OnPolicyConfig | None) -> nn.Module:
@@ -194,39 +200,6 @@ class _BatchOrder:
 def _on_policy_step(seed: int, step: int, fraction: float) -> bool:
     """Whether `step` samples from the student: seeded by step, so a resumed run makes the same choice."""
     return bool(torch.rand(1, generator=torch.Generator().manual_seed(seed * 7_919 + step)) < fraction)
-
-
-def _check_finite(loss_sum: torch.Tensor, name: str, step: int) -> None:
-    if not torch.isfinite(loss_sum):
-        raise TrainingDiverged(f"{name}: the loss became NaN/inf before step {step}; the last checkpoint is kept. "
-                               "Lower train.optimizer.lr or set train.grad_clip.")
-
-
-def _since(done: int, every: int) -> int:
-    return every if done % every == 0 else done % every
-
-
-def _save(ckpt_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: object,
-          result: LMFitResult, step: int, fingerprint: str) -> None:
-    state = {"epoch": step, "step": step, "history": result.history, "fingerprint": fingerprint}
-    # metrics before the checkpoint: a kill between the two repeats these steps on resume (and rewrites
-    # their rows); the other order could leave a finished run's last rows missing for good
-    atomic_write_text(ckpt_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in result.history))
-    save_training_state(ckpt_dir / "last.safetensors", model=model, optimizer=optimizer, scheduler=scheduler,
-                        state=state)
-
-
-def _restore(ckpt_dir: Path | None, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: object,
-             result: LMFitResult, fingerprint: str) -> int:
-    path = ckpt_dir / "last.safetensors" if ckpt_dir else None
-    if path is None or not path.is_file():
-        return 0
-    state = load_training_state(path, model=model, optimizer=optimizer, scheduler=scheduler)
-    if state["fingerprint"] != fingerprint:
-        raise CheckpointError(f"{path} was written with different training settings or data; resume with the "
-                              "same config, or start a new run (another name / output_dir).")
-    result.history = state["history"]
-    return int(state["step"])
 
 
 def _on_policy_key(on_policy: OnPolicyConfig | None) -> dict | None:

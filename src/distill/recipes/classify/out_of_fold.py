@@ -29,7 +29,7 @@ from distill.losses.methods import CE
 from distill.models.zoo import build_model, freeze
 from distill.recipes.classify.config import RunConfig
 from distill.teachers.signals import CachedTeacher
-from distill.training.engine import fit
+from distill.training.classify import fit
 
 
 def fold_indices(n: int, k: int, seed: int) -> list[torch.Tensor]:

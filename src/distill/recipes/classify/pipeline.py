@@ -36,8 +36,8 @@ from distill.recipes.classify.config import RunConfig
 from distill.recipes.classify.out_of_fold import out_of_fold_signal
 from distill.recipes.classify.plan import CONFIDENCE_SAMPLE, Plan, plan
 from distill.teachers.signals import CachedTeacher, LiveTeacher, TeacherSignal
+from distill.training.classify import best_key, fit
 from distill.training.config import TrainConfig
-from distill.training.engine import best_key, fit
 
 
 def run(cfg: RunConfig, resume: bool = False) -> Path:

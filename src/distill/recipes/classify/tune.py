@@ -22,8 +22,8 @@ from distill.core.files import atomic_write_text
 from distill.losses.config import KDTune
 from distill.losses.methods import KD
 from distill.teachers.signals import TeacherSignal
+from distill.training.classify import fit
 from distill.training.config import TrainConfig
-from distill.training.engine import fit
 
 T_RANGE = (1.0, 8.0)
 
