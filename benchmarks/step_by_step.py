@@ -28,7 +28,8 @@ from pathlib import Path
 from common import WORK, mean_std, write_result
 
 from distill.recipes.textkd.config import load_textkd_config
-from distill.recipes.textkd.pipeline import open_teacher, prompt_rows, run_textkd
+from distill.recipes.textkd.pipeline import open_teacher, run_textkd
+from distill.recipes.textkd.sampling import prompt_rows
 from distill.teachers.generate import generate
 from distill.teachers.text import Sampling
 

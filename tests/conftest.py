@@ -18,6 +18,17 @@ from distill.data.datasets import load_data
 
 
 @pytest.fixture(autouse=True, scope="session")
+def _no_progress_monitor_thread():
+    """tqdm's monitor thread takes the bars' lock every few seconds; a test that forks this process
+    (tests/test_faults.py) while it holds the lock would leave the child waiting on it forever."""
+    from tqdm import tqdm
+
+    previous, tqdm.monitor_interval = tqdm.monitor_interval, 0
+    yield
+    tqdm.monitor_interval = previous
+
+
+@pytest.fixture(autouse=True, scope="session")
 def _single_thread():
     previous = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -111,6 +111,7 @@ def launch(argv: list[str], mode: str, log: Path, limit_bytes: int | None = None
         os.dup2(fd, 1)
         os.dup2(fd, 2)
         torch.set_num_threads(1)
+        _fresh_locks()
         faulthandler.dump_traceback_later(CHILD_STALL_S, exit=True)  # a stuck child says where, then ends
         if limit_bytes:
             _limit(limit_bytes)
@@ -122,6 +123,15 @@ def launch(argv: list[str], mode: str, log: Path, limit_bytes: int | None = None
     finally:
         sys.stdout.flush()
         os._exit(code)
+
+
+def _fresh_locks() -> None:
+    """New locks for what the child inherited mid-use: a lock another thread of this process held at the
+    fork stays held in the child forever (seen: tqdm's bar lock, taken by its monitor thread)."""
+    from tqdm import tqdm
+    from tqdm.std import TqdmDefaultWriteLock
+
+    tqdm.set_lock(TqdmDefaultWriteLock())
 
 
 def _warm() -> None:

@@ -138,3 +138,9 @@ def test_import_distill_is_cheap():
             "loaded = sorted(m for m in heavy if m in sys.modules); assert not loaded, loaded")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_modules_are_small():
+    """About 400 lines at most: a module is one job (a longer one is a sign it holds two)."""
+    long = {m: n for m, p in MODULES.items() if (n := len(p.read_text().splitlines())) > 450}
+    assert long == {}

@@ -146,20 +146,20 @@ def test_pseudo_label_without_a_pool_and_finetune_of_an_endpoint_are_refused(tmp
 
 
 def test_a_random_pool_is_drawn_from_the_examples_no_split_holds(tmp_path):
-    from distill.recipes.textkd.pipeline import _sample
+    from distill.recipes.textkd.sampling import sample_examples
 
     rows = [{"id": f"r{i}", "input": f"text {i}", "label": LABELS[i % 3]} for i in range(30)]
     (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     base = ["data.source=jsonl", f"data.path={tmp_path / 'rows.jsonl'}", "data.train_examples=6",
             "data.eval_examples=6", "data.unlabeled_examples=0", "kinds=[label_only]"]
-    without = _sample(load_textkd_config(None, base))
-    out = _sample(load_textkd_config(None, [*base, "data.unlabeled_examples=10"]))
+    without = sample_examples(load_textkd_config(None, base))
+    out = sample_examples(load_textkd_config(None, [*base, "data.unlabeled_examples=10"]))
     assert out["train"] == without["train"] and out["eval"] == without["eval"]  # adding a pool moves nothing
     ids = {r["id"] for r in out["train"] + out["eval"]}
     assert len(out["pool"]) == 10 and not ids & {r["id"] for r in out["pool"]}
     assert all("label" not in r and r["gold"] in LABELS for r in out["pool"])
     with pytest.raises(DataError, match="only 18 examples are left"):
-        _sample(load_textkd_config(None, [*base, "data.unlabeled_examples=19"]))
+        sample_examples(load_textkd_config(None, [*base, "data.unlabeled_examples=19"]))
 
 
 def test_the_finetuned_teacher_learns_the_reply_format_and_is_reused(tmp_path):
@@ -253,7 +253,7 @@ def _report(teacher: float, accs: dict[str, list[float]], pool: bool) -> dict:
 
 
 def test_the_report_says_first_whether_the_teacher_helped_and_if_not_why():
-    from distill.recipes.textkd.pipeline import _verdict
+    from distill.recipes.textkd.report import _verdict
 
     won = _verdict(_report(0.88, {"label_only": [0.80, 0.79, 0.82], "pseudo_label": [0.90, 0.86, 0.89],
                                   "step_by_step": [0.90, 0.85, 0.89]}, pool=True))[0]

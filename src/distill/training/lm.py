@@ -82,6 +82,7 @@ class LMTask:
         return batch
 
     def loss(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        self.model.train()
         signal = self.teacher.signal(batch) if self.teacher is not None and step >= self.kd.warm_start else None
         with self.acc.autocast():
             return self.step_loss(batch, signal, self.kd, self.vocab)

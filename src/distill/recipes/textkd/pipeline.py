@@ -16,26 +16,30 @@ from __future__ import annotations
 
 import contextlib
 import json
-import statistics
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from distill.core.errors import DataError
 from distill.core.files import atomic_write_text
-from distill.data.prompts import render
-from distill.eval.text import EvalItem, Prices, metrics_of, retention, score
+from distill.eval.text import EvalItem, Prices, metrics_of, score
 from distill.recipes.textkd import examples as ex
-from distill.recipes.textkd.config import PromptConfig, TextKDConfig, TextTeacherConfig
+from distill.recipes.textkd.config import TextKDConfig, TextTeacherConfig
 from distill.recipes.textkd.filters import filter_records, load_check
+from distill.recipes.textkd.report import build_report, render_textkd_report
+from distill.recipes.textkd.sampling import (
+    Pool,
+    has_pool,
+    prompt_rows,
+    sample_examples,
+    template_for,
+)
 from distill.teachers.generate import (
     GenerateStats,
     PromptRow,
     generate,
     pending,
     read_records,
-    stats_dict,
 )
 from distill.teachers.text import LocalTextTeacher, Sampling, TextTeacher
 
@@ -95,15 +99,6 @@ def _for_kind(kind: str, examples: list[dict[str, Any]]) -> list[dict[str, Any]]
     return [e for e in examples if e["source"] == "labelled"] if kind == "label_only" else examples
 
 
-@dataclass
-class Pool:
-    """The teacher's answers on the unlabelled pool that parse to a label, and how good they are."""
-
-    kept: list[dict[str, Any]]
-    counts: dict[str, int]
-    label_accuracy: float | None  # of the kept answers against the held-back gold labels, when known
-
-
 def _pool_examples(run_dir: Path, labels: list[str]) -> Pool:
     """Pool records whose answer names a label: that answer becomes the example's label."""
     kept = filter_records(read_records(_gen_path(run_dir, "pool")), labels=labels)
@@ -121,13 +116,13 @@ def _generate(teacher_cfg: TextTeacherConfig, prompts: dict[str, list[PromptRow]
         return {split: GenerateStats(len(rows), len(rows), 0, 0.0, 0, 0) for split, rows in prompts.items()}
     with open_teacher(teacher_cfg, served_as) as teacher:
         return {split: generate(teacher, rows, _gen_path(run_dir, split), sampling=sampling,
-                                template=_template(cfg.prompt, split), concurrency=cfg.concurrency, quiet=cfg.quiet)
+                                template=template_for(cfg.prompt, split), concurrency=cfg.concurrency, quiet=cfg.quiet)
                 for split, rows in prompts.items()}
 
 
 def load_examples(cfg: TextKDConfig, run_dir: Path) -> dict[str, list[dict[str, Any]]]:
     """Train/eval (and pool) examples, written once to data/ so a resumed run reads the very same ones."""
-    names = ("train", "eval", "pool") if _has_pool(cfg) else ("train", "eval")
+    names = ("train", "eval", "pool") if has_pool(cfg) else ("train", "eval")
     out = {}
     for split in names:
         path = run_dir / "data" / f"{split}.jsonl"
@@ -135,113 +130,10 @@ def load_examples(cfg: TextKDConfig, run_dir: Path) -> dict[str, list[dict[str, 
             out[split] = [json.loads(line) for line in path.read_text().splitlines()]
     if len(out) == len(names):
         return out
-    out = _sample(cfg)
+    out = sample_examples(cfg)
     for split, rows in out.items():
         atomic_write_text(run_dir / "data" / f"{split}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     return out
-
-
-def _has_pool(cfg: TextKDConfig) -> bool:
-    return bool(cfg.data.unlabeled_examples) or cfg.data.unlabeled_path is not None
-
-
-def _sample(cfg: TextKDConfig, with_pool: bool = True) -> dict[str, list[dict[str, Any]]]:
-    d = cfg.data
-    if d.source == "jsonl":
-        from distill.data.corpora import read_json_lines
-
-        rows = read_json_lines(d.path, "data.path")  # type: ignore[arg-type]
-        for n, r in enumerate(rows, 1):
-            if not {"id", "input", "label"} <= set(r):
-                raise DataError(f"{d.path}, row {n}: needs `id`, `input` and `label` fields (has {sorted(r)}).")
-        items = [(str(r["id"]), str(r["input"]), str(r["label"])) for r in rows]
-    else:
-        from distill.data.corpora import read_bbc_news
-
-        items = [(a.id, a.text, a.label) for a in read_bbc_news(d.path)]
-    from distill.data.corpora import LabelledText, stratified_split
-
-    texts = [LabelledText(i, _cut(t, d.max_words), lab) for i, t, lab in items]
-    parts = stratified_split(texts, {"train": d.train_examples, "eval": d.eval_examples}, seed=d.seed)
-    out = {k: [{"id": x.id, "input": x.text, "label": x.label} for x in v] for k, v in parts.items()}
-    if not with_pool:
-        return out
-    if d.unlabeled_examples:
-        out["pool"] = _random_pool(texts, out, d.unlabeled_examples, d.seed)
-    elif d.unlabeled_path is not None:
-        out["pool"] = _pool_file(d.unlabeled_path, d.max_words, {r["id"] for rows in out.values() for r in rows})
-    return out
-
-
-def _cut(text: str, words: int) -> str:
-    return " ".join(text.split()[:words])
-
-
-def _random_pool(texts: list[Any], taken: dict[str, list[dict[str, Any]]], n: int, seed: int) -> list[dict[str, Any]]:
-    """`n` inputs drawn at random (not label-balanced: a real pool is not) from those no split holds."""
-    import random
-
-    used = {r["id"] for rows in taken.values() for r in rows}
-    rest = [x for x in texts if x.id not in used]
-    if n > len(rest):
-        raise DataError(f"data.unlabeled_examples={n}, but only {len(rest)} examples are left after the "
-                        f"{len(used)} labelled ones; lower it.")
-    picked = random.Random(seed + 1).sample(rest, n)
-    return [{"id": x.id, "input": x.text, "gold": x.label} for x in sorted(picked, key=lambda x: x.id)]
-
-
-def _pool_file(path: Path, words: int, labelled_ids: set[str]) -> list[dict[str, Any]]:
-    from distill.data.corpora import read_json_lines
-
-    rows = read_json_lines(path, "data.unlabeled_path")
-    out, seen = [], set()
-    for n, r in enumerate(rows, 1):
-        if "input" not in r or not str(r["input"]).strip():
-            raise DataError(f"{path}, row {n}: needs a non-empty `input` field (has {sorted(r)}).")
-        rid = str(r.get("id", f"pool-{n}"))
-        if rid in seen or rid in labelled_ids:
-            raise DataError(f"{path}, row {n}: id {rid!r} is already used (by an earlier pool row or a labelled "
-                            "example); give every row its own `id`.")
-        seen.add(rid)
-        out.append({"id": rid, "input": _cut(str(r["input"]), words), "gold": r.get("label")})
-    if not out:
-        raise DataError(f"{path} (data.unlabeled_path) has no rows.")
-    return out
-
-
-def prompts_for(cfg: TextKDConfig, path: Path | None, split: str) -> tuple[list[PromptRow], str]:
-    """`distill generate`'s prompts: a JSONL file (rows with `messages`, or template fields), or a
-    split of the config's labelled dataset; and the template used."""
-    template = _template(cfg.prompt, split)
-    if path is None:
-        return prompt_rows(cfg.prompt, _sample(cfg, with_pool=False)[split], split), template
-    from distill.data.corpora import read_json_lines
-
-    rows = [{**r, "id": str(r.get("id", f"row-{n}"))} for n, r in enumerate(read_json_lines(path, "--prompts"), 1)]
-    plain = [r for r in rows if "messages" not in r]
-    with_messages = [PromptRow(id=r["id"], messages=r["messages"], fields={k: v for k, v in r.items()
-                                                                          if k not in ("id", "messages")})
-                     for r in rows if "messages" in r]
-    return with_messages + prompt_rows(cfg.prompt, plain, str(path)), template
-
-
-def _template(p: PromptConfig, split: str) -> str:
-    """The train template may name the gold label (rationalisation); eval and the pool never see it."""
-    return p.eval_template if split in ("eval", "pool") and p.eval_template else p.template
-
-
-def prompt_rows(p: PromptConfig, rows: list[dict[str, Any]], split: str) -> list[PromptRow]:
-    """System message, few-shot turns and the filled template, per example."""
-    template = _template(p, split)
-    head = [{"role": "system", "content": p.system}] if p.system else []
-    for n, shot in enumerate(p.shots, 1):
-        fields = shot.model_dump()
-        head += [{"role": "user", "content": render(template, fields, f"prompt.shots[{n}]", "prompt.template")},
-                 {"role": "assistant", "content": render(p.response_format, fields, f"prompt.shots[{n}]",
-                                                         "prompt.response_format")}]
-    return [PromptRow(id=r["id"], fields={k: v for k, v in r.items() if k != "id"}, messages=head + [
-        {"role": "user", "content": render(template, r, f"{split} example {r['id']!r}", "prompt.template")}])
-        for r in rows]
 
 
 @contextlib.contextmanager
@@ -371,106 +263,3 @@ def _train_student(cfg: TextKDConfig, kind: str, seed: int, train_examples: list
 # --------------------------------------------------------------------------- report
 
 
-def build_report(cfg: TextKDConfig, teacher: dict[str, float], students: dict[str, dict[str, Any]],
-                 filter_counts: dict[str, int], gen: dict[str, GenerateStats], kept: int,
-                 pool: Pool | None = None, trained_on: dict[str, int] | None = None) -> dict[str, Any]:
-    kinds: dict[str, Any] = {}
-    for kind in cfg.kinds:
-        runs = [s["metrics"] for s in students.values() if s["kind"] == kind]
-        kinds[kind] = {k: _mean_std([r[k] for r in runs]) for k in runs[0] if isinstance(runs[0][k], (int, float))}
-        kinds[kind]["retention"] = _mean_std([retention(r, teacher) for r in runs])
-    return {"name": cfg.name, "kind": "textkd", "teacher": {"model": cfg.teacher.model, "backend": cfg.teacher.backend,
-            "metrics": teacher}, "student_layers": cfg.student.layers, "examples": kept, "seeds": cfg.seeds,
-            "filter": filter_counts, "generation": {k: stats_dict(v) for k, v in gen.items()}, "students": kinds,
-            "teacher_finetune_steps": cfg.teacher.finetune.steps if cfg.teacher.finetune else 0,
-            "pool": None if pool is None else {"counts": pool.counts, "label_accuracy": pool.label_accuracy},
-            "train_examples": trained_on or {kind: kept for kind in cfg.kinds}}
-
-
-def _verdict(r: dict[str, Any]) -> list[str]:
-    """The answer first: did any student that learnt from the teacher beat label-only training?
-
-    Won: ahead by more than twice the larger standard deviation (with one seed, only "ahead").
-    When none won, the likely cause from the measurements, and what to try.
-    """
-    students = r["students"]
-    if "label_only" not in students or len(students) < 2:
-        return []
-    base = students["label_only"]["accuracy"]
-    margins = {k: (m["accuracy"]["mean"] - base["mean"], 2 * max(m["accuracy"]["std"], base["std"]))
-               for k, m in students.items() if k != "label_only"}
-    best = max(margins, key=lambda k: margins[k][0])
-    gain, noise = margins[best]
-    one_seed = len(r["seeds"]) < 2
-    line = (f"{best} {students[best]['accuracy']['mean'] * 100:.1f}% vs label-only {base['mean'] * 100:.1f}% "
-            f"({gain * 100:+.1f} points")
-    if gain > noise and not one_seed:
-        return [f"**{best} beats label-only training**: {line}, more than twice the larger std).", ""]
-    if gain > 0 and one_seed:
-        return [f"**{best} is ahead of label-only training on one seed**: {line}); run more `seeds` to "
-                "know whether it wins.", ""]
-    where = f", within twice the larger std, {noise * 100:.1f}" if gain > 0 else ""
-    return [f"**No student that learnt from the teacher beats label-only training**: {line}{where}). "
-            f"{_likely_cause(r, base['mean'])}.", ""]
-
-
-def _likely_cause(r: dict[str, Any], label_only: float) -> str:
-    teacher = r["teacher"]["metrics"]["accuracy"]
-    if teacher <= label_only:
-        return (f"The teacher ({teacher * 100:.1f}%) is not better than label-only training, so what it writes "
-                "cannot teach more than the labels: fine-tune it on the labelled examples first (teacher.finetune)")
-    if not r.get("pool"):
-        return ("The teacher is better than label-only training, but its text covers only the labelled examples: "
-                "give it unlabelled inputs to label (data.unlabeled_examples or data.unlabeled_path)")
-    return ("The teacher is better than label-only training and labelled the pool: the students may need more "
-            "steps (train.steps), or more seeds to tell them from the noise")
-
-
-def _setup_line(r: dict[str, Any]) -> str:
-    tuned = (f", fine-tuned {r['teacher_finetune_steps']} steps on the kept labelled examples"
-             if r.get("teacher_finetune_steps") else "")
-    counts = r.get("train_examples") or {}
-    data = (f"on the same {r['examples']} kept examples" if len(set(counts.values())) <= 1 else
-            "on " + ", ".join(f"{n} examples ({kind})" for kind, n in counts.items())
-            + f" — the {r['examples']} kept labelled ones, plus the teacher-labelled pool for every kind but "
-            "label_only")
-    return (f"Teacher `{r['teacher']['model']}` ({r['teacher']['backend']}{tuned}); students built from teacher "
-            f"layers {r['student_layers']}, trained {data}, seeds {r['seeds']}.")
-
-
-def _mean_std(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
-
-
-def render_textkd_report(r: dict[str, Any]) -> str:
-    """Markdown: teacher vs each way of training the student, what it costs, what the filter kept."""
-    t = r["teacher"]["metrics"]
-    cols = [("accuracy", "accuracy", 100, ".1f"), ("parsed", "answered", 100, ".0f"),
-            ("completion_tokens_mean", "tokens out", 1, ".1f"),
-            ("latency_p50_ms", "p50 latency ms", 1, ".0f"), ("cost_per_1k", "cost / 1k req", 1, ".4f")]
-    lines = [f"# Teacher-generated data: {r['name']}", "", *_verdict(r), _setup_line(r), "",
-             "| model | " + " | ".join(c[1] for c in cols) + " | retention |", "|---" * (len(cols) + 2) + "|",
-             "| teacher | " + " | ".join(format(t[k] * s, f) for k, _, s, f in cols) + " | 1.00 |"]
-    for kind, m in r["students"].items():
-        cells = [f"{m[k]['mean'] * s:{f}} ± {m[k]['std'] * s:{f}}" for k, _, s, f in cols]
-        lines.append(f"| {kind} | " + " | ".join(cells) + f" | {m['retention']['mean']:.2f} |")
-    similar = {k: m["similarity"]["mean"] for k, m in r["students"].items() if "similarity" in m}
-    if similar:
-        lines += ["", "ROUGE-L F1 of the student's text against the teacher's on the same prompt: "
-                  + ", ".join(f"{k} {v:.2f}" for k, v in similar.items()) + "."]
-    f = r["filter"]
-    if r.get("pool"):
-        c, acc = r["pool"]["counts"], r["pool"]["label_accuracy"]
-        lines += ["", f"Unlabelled pool: the teacher's answer named a label for {c['kept']} of {c['total']} inputs"
-                  + (f"; {acc * 100:.1f}% of those labels match the held-back gold labels." if acc is not None
-                     else "; no gold labels to score them.")]
-    lines += ["", f"Filter: kept {f['kept']} of {f['total']} teacher responses ("
-              + ", ".join(f"{k}: {v}" for k, v in f.items() if k not in ("kept", "total")) + ").", ""]
-    for split, g in r["generation"].items():
-        lines.append(f"Generation ({split}): {g['generated']} responses this run ({g['already_done']} prompts "
-                     f"already done), {g['requests_per_s']:.2f} requests/s.")
-    lines += ["", "Accuracy: the answer parsed from the output equals the gold label; answered: an answer could "
-              "be read from the output at all. Cost: mean tokens × the "
-              "configured price per 1M tokens. A `[label]`-task student (label_only, step_by_step) answers with "
-              "the label alone; a seq_kd student writes the rationale first, and pays for it at serving time."]
-    return "\n".join(lines) + "\n"
