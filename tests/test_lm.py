@@ -275,6 +275,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(lm, tmp_path):
                      device="cpu", checkpoint_dir=tmp_path / "b", resume=True)
     for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
+    assert resumed.history == whole.history  # the row after the resume point counts the steps before it too
     with pytest.raises(CheckpointError, match="different training settings"):
         fit_lm(student(), blocks, train=_train(), kd=TokenKDConfig(divergence="jsd"), vocab=vocab, teacher=live,
                quiet=True, device="cpu", checkpoint_dir=tmp_path / "b", resume=True)

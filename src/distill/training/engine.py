@@ -92,9 +92,9 @@ def train(task: Task, run: Run) -> FitResult:
     if acc.is_main_process and run.tracking:
         acc.init_trackers(task.name, config=run.tracked)
     result = FitResult(model=module)
-    start = _restore(task, run.checkpoint_dir, optimizer, scheduler, result) if run.resume else 0
-    align_schedule(scheduler, start)
     loop = _Steps(acc, task, run, module, optimizer, scheduler, result)
+    start = _restore(task, run.checkpoint_dir, optimizer, scheduler, result, loop) if run.resume else 0
+    align_schedule(scheduler, start)
     loop.run(start)
     if run.tracking:
         acc.end_training()
@@ -189,7 +189,9 @@ class _Steps:
 
     def save(self, done: int, improved: bool) -> None:
         """Metrics rows, then the training state (a kill between the two repeats steps on resume and
-        rewrites their rows; the other order could leave a finished run's last rows missing)."""
+        rewrites their rows; the other order could leave a finished run's last rows missing). The loss
+        sums since the last row go with it, so the next row after a resume counts every step."""
+        partial = {k: float(self.acc.reduce(v.clone(), "mean")) for k, v in self.sums.items()}  # every process
         model, optimizer = self.task.views(self.optimizer, saving=True)  # under FSDP every process gathers
         if not self.acc.is_main_process:
             return
@@ -200,13 +202,13 @@ class _Steps:
             save_weights(ckpt_dir / "best.safetensors", model, {"epoch": result.best_epoch})
         atomic_write_text(ckpt_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in result.history))
         state = {"step": done, "history": result.history, "fingerprint": self.task.fingerprint,
-                 **self.task.state(result)}
+                 "partial": {"sums": partial, "steps": self.count}, **self.task.state(result)}
         save_training_state(ckpt_dir / "last.safetensors", model=model, optimizer=optimizer,
                             scheduler=self.scheduler, state=state)
 
 
 def _restore(task: Task, ckpt_dir: Path | None, optimizer: torch.optim.Optimizer, scheduler: Any,
-             result: FitResult) -> int:
+             result: FitResult, loop: _Steps) -> int:
     """The step to continue from: 0 without a checkpoint."""
     path = ckpt_dir / "last.safetensors" if ckpt_dir else None
     if path is None or not path.is_file():
@@ -219,4 +221,7 @@ def _restore(task: Task, ckpt_dir: Path | None, optimizer: torch.optim.Optimizer
                               f"delete {path.parent} to restart this stage, or start a new run (another name / "
                               "output_dir).")
     result.history = state["history"]
+    partial = state.get("partial") or {"sums": {}, "steps": 0}  # checkpoints from before it: none
+    loop.sums = {k: torch.tensor(v, device=loop.acc.device) for k, v in partial["sums"].items()}
+    loop.count = partial["steps"]
     return task.load_state(state, result)
