@@ -31,7 +31,8 @@ from distill.eval.metrics import classification_metrics, mean_confidence, predic
 from distill.losses.methods import CE, Method
 from distill.models.zoo import freeze, logits_of
 from distill.recipes.classify.plan import CONFIDENCE_SAMPLE, resolve
-from distill.teachers.signals import CachedTeacher, LiveTeacher, TeacherSignal
+from distill.teachers.output import Teacher
+from distill.teachers.signals import CachedTeacher, LiveTeacher
 from distill.training.classify import fit
 from distill.training.config import TrainConfig
 
@@ -90,7 +91,7 @@ def distill(teacher: nn.Module, student: nn.Module, train_data: Dataset | DataLo
             train_ds = with_transfer_set(train_ds, as_unlabeled(unlabeled))
         val_ds = _dataset(val_data) if val_data is not None else None
         teacher = freeze(teacher)
-        source: TeacherSignal = (LiveTeacher(teacher) if recipe.signal == "live" else
+        source: Teacher = (LiveTeacher(teacher) if recipe.signal == "live" else
                                  CachedTeacher.build_or_load(teacher, train_ds, Path(cache_dir), quiet=quiet))
         num_classes = _num_classes(teacher, train_ds)
         out = fit(student, train_ds, objective=loss, config=config, num_classes=num_classes, teacher=source,

@@ -10,11 +10,11 @@ from torch import nn
 
 from distill.data.tokens import TokenBlocks
 from distill.losses.divergences import per_token_divergence
-from distill.teachers.tokens import TokenTeacher
+from distill.teachers.output import Teacher
 
 
 @torch.no_grad()
-def evaluate_lm(model: nn.Module, data: TokenBlocks, vocab: int, *, teacher: TokenTeacher | None = None,
+def evaluate_lm(model: nn.Module, data: TokenBlocks, vocab: int, *, teacher: Teacher | None = None,
                 batch_size: int = 8) -> dict[str, float]:
     """Mean next-token CE and perplexity over `loss_mask` tokens; with a teacher, also the forward
     KL(teacher ‖ model) (over top-k + tail bins for a cached teacher) and top-1 agreement."""

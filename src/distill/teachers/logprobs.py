@@ -28,7 +28,7 @@ _NO_TOKEN = -1e4  # log-prob of the padding slots when a token came with fewer t
 
 @dataclass
 class StoredTopK:
-    """A teacher signal held in memory, looked up by dataset index (a `TokenTeacher`)."""
+    """A teacher signal held in memory, looked up by dataset index (a `Teacher`)."""
 
     logprobs: torch.Tensor  # (N, L, k) float32
     indices: torch.Tensor  # (N, L, k) int64

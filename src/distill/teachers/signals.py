@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Protocol
 
 import torch
 from torch import nn
@@ -22,13 +21,6 @@ from distill.teachers.output import TeacherOutput
 
 SHARD_ROWS = 65536
 CACHE_FORMAT = 1
-
-
-class TeacherSignal(Protocol):
-    def signal(self, batch: dict[str, torch.Tensor]) -> TeacherOutput:
-        """The teacher's logits (B, C) for a batch `{"inputs" (B, ...), "index" (B,)}` and, for teachers
-        that use them, the batch's `labels`."""
-        ...
 
 
 class LiveTeacher:

@@ -19,12 +19,9 @@ from torch import nn
 
 from distill.data.tokens import TokenBlocks
 from distill.teachers.cache import ShardedCache
-from distill.teachers.output import Teacher, TeacherOutput
+from distill.teachers.output import TeacherOutput
 
 SHARD_ROWS = 256  # blocks per shard (256 × 128 tokens × 258 B ≈ 8 MB at k = 64)
-
-TokenTeacher = Teacher  # a teacher of token batches (`input_ids`, `attention_mask`, `index`)
-
 
 class LiveLMTeacher:
     """The frozen teacher runs on every batch (needed for on-policy samples); logits sliced to `vocab`."""

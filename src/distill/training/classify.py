@@ -31,7 +31,8 @@ from distill.eval.metrics import classification_metrics, predict
 from distill.losses.methods import Method, Outputs, collect
 from distill.losses.terms import term_scales
 from distill.models.zoo import channels_last, device_of, logits_of
-from distill.teachers.signals import LiveTeacher, TeacherSignal
+from distill.teachers.output import Teacher
+from distill.teachers.signals import LiveTeacher
 from distill.training.config import TrainConfig
 from distill.training.engine import FitResult, Run, train
 
@@ -39,7 +40,7 @@ SCALE_STEPS = 20  # the loss-scale guard reads the first steps
 
 
 def fit(model: nn.Module, train_data: Dataset, *, objective: Method, config: TrainConfig,
-        num_classes: int, teacher: TeacherSignal | None = None, val_data: Dataset | None = None,
+        num_classes: int, teacher: Teacher | None = None, val_data: Dataset | None = None,
         checkpoint_dir: Path | None = None, resume: bool = False, device: str = "auto",
         quiet: bool = False, tracking: list[str] | None = None, name: str = "student") -> FitResult:
     """Train `model` on `train_data` with `objective`, validating and checkpointing every epoch."""
@@ -76,7 +77,7 @@ class ClassifierTask:
     """The classifier's plug into the engine (`distill.training.engine.Task`)."""
 
     def __init__(self, model: nn.Module, data: Dataset, objective: Method, config: TrainConfig, num_classes: int,
-                 teacher: TeacherSignal | None, val_data: Dataset | None, name: str):
+                 teacher: Teacher | None, val_data: Dataset | None, name: str):
         self.raw, self.data, self.objective, self.config = model, data, objective, config
         self.num_classes, self.teacher, self.val_data, self.name = num_classes, teacher, val_data, name
         self.scale_notes: list[str] = []
@@ -223,7 +224,7 @@ class ClassifierTask:
         return model.student if isinstance(model, WithAdapters) else model
 
 
-def check_shapes(model: nn.Module, objective: Method, teacher: TeacherSignal | None, data: Dataset,
+def check_shapes(model: nn.Module, objective: Method, teacher: Teacher | None, data: Dataset,
                  num_classes: int, name: str, device: torch.device) -> None:
     """One dry forward: the student must predict `num_classes`, the teacher the same number."""
     batch = next(iter_batches(data, torch.arange(min(2, len(data))), 2))  # type: ignore[arg-type]
@@ -247,7 +248,7 @@ def check_shapes(model: nn.Module, objective: Method, teacher: TeacherSignal | N
                              "distillation needs the same label space. Fix the num_classes of one of them.")
 
 
-def _fast_layout(teacher: TeacherSignal | None, data: Dataset) -> None:
+def _fast_layout(teacher: Teacher | None, data: Dataset) -> None:
     """Channels-last weights for a convolutional live teacher (`models.channels_last`): its forward is
     most of a distillation step. The student keeps the default layout: with torch 2.13 on the CPU, the
     backward of a channels-last 1x1 stride-2 convolution (ResNet shortcuts) corrupts the heap."""
@@ -256,7 +257,7 @@ def _fast_layout(teacher: TeacherSignal | None, data: Dataset) -> None:
         channels_last(teacher.model, example.to(device_of(teacher.model)))
 
 
-def _bind(method: Method, student: nn.Module, teacher: TeacherSignal | None, data: Dataset, seed: int,
+def _bind(method: Method, student: nn.Module, teacher: Teacher | None, data: Dataset, seed: int,
           device: torch.device) -> nn.Module:
     """Dry-run both models to build the method's adapters; wrap the student with them if any learn."""
     if method.reads_layers and not isinstance(teacher, LiveTeacher):

@@ -26,8 +26,7 @@ from distill.data.tokens import TokenBlocks
 from distill.eval.lm import evaluate_lm
 from distill.losses.config import TokenKDConfig
 from distill.losses.tokens import lm_loss
-from distill.teachers.output import TeacherOutput
-from distill.teachers.tokens import TokenTeacher
+from distill.teachers.output import Teacher, TeacherOutput
 from distill.training import sharding
 from distill.training.config import LMTrainConfig, OnPolicyConfig
 from distill.training.engine import FitResult, Run
@@ -35,8 +34,8 @@ from distill.training.engine import train as run_steps
 
 
 def fit_lm(model: nn.Module, data: TokenBlocks, *, train: LMTrainConfig, kd: TokenKDConfig, vocab: int,
-           teacher: TokenTeacher | None = None, on_policy: OnPolicyConfig | None = None,
-           val_data: TokenBlocks | None = None, val_teacher: TokenTeacher | None = None,
+           teacher: Teacher | None = None, on_policy: OnPolicyConfig | None = None,
+           val_data: TokenBlocks | None = None, val_teacher: Teacher | None = None,
            pad_id: int = 0, checkpoint_dir: Path | None = None, resume: bool = False,
            device: str = "auto", quiet: bool = False, name: str = "student") -> FitResult:
     """Train `model` for `train.steps` steps; with `teacher` None (or before `kd.warm_start`), plain
@@ -50,8 +49,8 @@ class LMTask:
     """The language model's plug into the engine (`distill.training.engine.Task`)."""
 
     def __init__(self, model: nn.Module, data: TokenBlocks, train: LMTrainConfig, kd: TokenKDConfig, vocab: int,
-                 teacher: TokenTeacher | None, on_policy: OnPolicyConfig | None, val_data: TokenBlocks | None,
-                 val_teacher: TokenTeacher | None, pad_id: int, name: str):
+                 teacher: Teacher | None, on_policy: OnPolicyConfig | None, val_data: TokenBlocks | None,
+                 val_teacher: Teacher | None, pad_id: int, name: str):
         self.model, self.data, self.config, self.kd, self.vocab = model, data, train, kd, vocab
         self.teacher, self.val_data, self.val_teacher, self.pad_id, self.name = teacher, val_data, val_teacher, pad_id, name
         self.sampling = on_policy if on_policy is not None and on_policy.fraction > 0 else None

@@ -35,7 +35,8 @@ from distill.models.zoo import build_model, freeze
 from distill.recipes.classify.config import RunConfig
 from distill.recipes.classify.out_of_fold import out_of_fold_signal
 from distill.recipes.classify.plan import CONFIDENCE_SAMPLE, Plan, plan
-from distill.teachers.signals import CachedTeacher, LiveTeacher, TeacherSignal
+from distill.teachers.output import Teacher
+from distill.teachers.signals import CachedTeacher, LiveTeacher
 from distill.training.classify import best_key, fit
 from distill.training.config import TrainConfig
 
@@ -162,7 +163,7 @@ def _best_epoch(stage_dir: Path) -> int | None:
     return int(best["epoch"])
 
 
-def teacher_signal(cfg: RunConfig, teacher: nn.Module, taught: Dataset, recipe: Plan) -> TeacherSignal:
+def teacher_signal(cfg: RunConfig, teacher: nn.Module, taught: Dataset, recipe: Plan) -> Teacher:
     """The live teacher, or its logits cached over `taught` (what the distilled student trains on)."""
     if recipe.signal == "live":
         return LiveTeacher(teacher)
@@ -172,7 +173,7 @@ def teacher_signal(cfg: RunConfig, teacher: nn.Module, taught: Dataset, recipe: 
 
 
 def train_student(cfg: RunConfig, data: DataSplits, train_data: Dataset, stage_dir: Path,
-                  signal: TeacherSignal | None, resume: bool, teacher: nn.Module, recipe: Plan) -> nn.Module:
+                  signal: Teacher | None, resume: bool, teacher: nn.Module, recipe: Plan) -> nn.Module:
     """One student stage on `train_data`: plain (`signal` None, labelled examples only) or distilled
     (labelled ∪ unlabelled)."""
     student = build_student(cfg, data, teacher)

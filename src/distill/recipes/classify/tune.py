@@ -21,7 +21,7 @@ from distill.core.errors import ConfigError
 from distill.core.files import atomic_write_text
 from distill.losses.config import KDTune
 from distill.losses.methods import KD
-from distill.teachers.signals import TeacherSignal
+from distill.teachers.output import Teacher
 from distill.training.classify import fit
 from distill.training.config import TrainConfig
 
@@ -29,7 +29,7 @@ T_RANGE = (1.0, 8.0)
 
 
 def tune_kd(tune: KDTune, build: Callable[[], nn.Module], train_data: Dataset, val_data: Dataset, *,
-            config: TrainConfig, num_classes: int, teacher: TeacherSignal, stage_dir: Path,
+            config: TrainConfig, num_classes: int, teacher: Teacher, stage_dir: Path,
             device: str = "auto", quiet: bool = False) -> KD:
     """The best KD of the sweep (resumed from `stage_dir/kd_tune.json` when it is there)."""
     try:

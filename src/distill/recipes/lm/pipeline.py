@@ -41,7 +41,8 @@ from distill.eval.report import doctor_lines
 from distill.losses.config import TokenKDConfig
 from distill.models import causal_lm as lm_models
 from distill.recipes.lm.config import LMRunConfig
-from distill.teachers.tokens import LiveLMTeacher, TokenTeacher, TopKCache
+from distill.teachers.output import Teacher
+from distill.teachers.tokens import LiveLMTeacher, TopKCache
 from distill.training.config import LMTrainConfig
 from distill.training.lm import fit_lm
 
@@ -169,7 +170,7 @@ def build_student(cfg: LMRunConfig, teacher: nn.Module, tokenizer: Any) -> nn.Mo
 
 
 def teacher_signals(cfg: LMRunConfig, teacher: nn.Module, data: TextSplits, tokenizer: Any, vocab: int,
-                    root: Path) -> tuple[TokenTeacher, TokenTeacher]:
+                    root: Path) -> tuple[Teacher, Teacher]:
     """Training signal (live, or the top-k cache) and the validation signal (cached the same way), in `root`."""
     live = LiveLMTeacher(teacher, vocab)
     if cfg.teacher.signal == "live" and cfg.on_policy.fraction > 0:
@@ -183,15 +184,15 @@ def teacher_signals(cfg: LMRunConfig, teacher: nn.Module, data: TextSplits, toke
 
 
 def train_stage(cfg: LMRunConfig, stage: str, template: nn.Module, tokenizer: Any, data: TextSplits, vocab: int,
-                signal: TokenTeacher | None, val_signal: TokenTeacher, run_dir: Path, resume: bool) -> nn.Module:
+                signal: Teacher | None, val_signal: Teacher, run_dir: Path, resume: bool) -> nn.Module:
     student = copy.deepcopy(template)  # same initial weights for the baseline and the distilled student
     return _fit_and_save(cfg, student, tokenizer, data, vocab, cfg.train, cfg.kd, signal, val_signal,
                          run_dir / stage, stage, resume)
 
 
 def _fit_and_save(cfg: LMRunConfig, model: nn.Module, tokenizer: Any, data: TextSplits, vocab: int,
-                  train: LMTrainConfig, kd: TokenKDConfig, signal: TokenTeacher | None,
-                  val_signal: TokenTeacher | None, stage_dir: Path, name: str, resume: bool) -> nn.Module:
+                  train: LMTrainConfig, kd: TokenKDConfig, signal: Teacher | None,
+                  val_signal: Teacher | None, stage_dir: Path, name: str, resume: bool) -> nn.Module:
     """One training stage into `stage_dir` (resumable); its model/ (Hugging Face format) once finished."""
     from transformers import AutoModelForCausalLM
 
@@ -210,7 +211,7 @@ def _fit_and_save(cfg: LMRunConfig, model: nn.Module, tokenizer: Any, data: Text
 
 
 def evaluate_lm_run(cfg: LMRunConfig, teacher: nn.Module, students: dict[str, nn.Module], data: TextSplits,
-                    vocab: int, val_signal: TokenTeacher, licence: str | None) -> dict[str, Any]:
+                    vocab: int, val_signal: Teacher, licence: str | None) -> dict[str, Any]:
     models: dict[str, Any] = {"teacher": {**evaluate_lm(teacher, data.val, vocab), **_costs(teacher, data)}}
     for name, model in students.items():
         models[name] = {**evaluate_lm(model, data.val, vocab, teacher=val_signal), **_costs(model, data)}
