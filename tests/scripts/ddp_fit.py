@@ -153,10 +153,10 @@ def lm(out: Path, global_batch: int, steps: int = 4, shard: str = "none", interr
             real_check, calls = engine._Steps.check_finite, []
 
             def stop_at_step_4(self, done):
+                real_check(self, done)  # its collective first: no process stops with gloo work in flight
                 calls.append(done)
                 if done == 4 and calls.count(4) == 1:
                     raise _Stop
-                return real_check(self, done)
 
             engine._Steps.check_finite, stopped = stop_at_step_4, False
             try:
