@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -170,3 +171,19 @@ def test_unknown_flag_is_a_usage_error(capsys):
         main(["eval", "--jsn"])
     assert exc.value.code == 2
     assert "--jsn" in capsys.readouterr().err
+
+
+def test_every_command_help_names_its_own_built_in_default_and_shows_an_example():
+    from distill.cli import _parser
+
+    commands = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, parser in commands.items():
+        text = " ".join(parser.format_help().split())
+        assert f"example: distill {name}" in text, name
+        if any(a.dest == "args" for a in parser._actions):
+            assert "(default: " in text, name
+    for name in ("lm", "lm-cache"):
+        assert "KJV" in " ".join(commands[name].format_help().split())
+    for name in ("textkd", "generate"):
+        assert "BBC News" in " ".join(commands[name].format_help().split())
+    assert "MNIST-5k" in " ".join(commands["run"].format_help().split())

@@ -22,10 +22,41 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
 from distill.core.errors import DistillError
+
+
+# What each command runs without a config file, and one example of it (shown by --help).
+_CLASSIFIER = "the built-in job: MNIST-5k, labels on 10% of the images, a CNN teacher, an MLP student"
+BUILT_IN = {"run": _CLASSIFIER, "lm": "the built-in LM job: SmolLM2-135M-Instruct → a 1-layer student on the KJV "
+            "Bible", "lm-cache": "the built-in LM job's teacher cache (SmolLM2-135M-Instruct, KJV Bible)",
+            "textkd": "the built-in BBC News job: a fine-tuned SmolLM2 teacher labels and explains, 4-layer students",
+            "generate": "the built-in BBC News job's teacher, prompts and sampling",
+            "search": "none: a search config is required, e.g. configs/search_fmnist.yaml"}
+_WEIGHTS = "teacher.checkpoint=runs/default/teacher/model.safetensors " \
+           "student.checkpoint=runs/default/distilled/model.safetensors"
+EXAMPLES = {
+    "run": "distill run configs/fashion_mnist.yaml train.epochs=20 kd.ratio=0.7",
+    "train-teacher": "distill train-teacher configs/fashion_mnist.yaml",
+    "eval": f"distill eval {_WEIGHTS}",
+    "bench": f"distill bench {_WEIGHTS} --json",
+    "lm": "distill lm kd.divergence=jsd kd.warm_start=75 train.steps=300",
+    "lm-cache": "distill lm-cache my_lm.yaml teacher.top_k=32",
+    "export": "distill export student.checkpoint=runs/default/distilled/model.safetensors --format onnx "
+              "--out student.onnx --check",
+    "monitor": f"distill monitor {_WEIGHTS} --inputs requests.jsonl --sample 0.05",
+    "search": "distill search configs/search_fmnist.yaml --resume",
+    "prune": "distill prune teacher.checkpoint=runs/default/teacher/model.safetensors --reduction 0.8 --out pruned",
+    "quantize": "distill quantize student.checkpoint=runs/default/distilled/model.safetensors --out student.int8.pt",
+    "report": "distill report runs/default",
+    "generate": "distill generate --output answers.jsonl --prompts prompts.jsonl teacher.backend=openai "
+                "teacher.base_url=http://127.0.0.1:8000/v1 teacher.model=my-model",
+    "textkd": "distill textkd teacher.backend=local \"kinds=[label_only, step_by_step]\" train.steps=200",
+    "serve": "distill serve runs/lm-kjv/distilled/model --port 8000",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,10 +94,13 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(required=True, metavar="COMMAND")
 
     def command(name: str, func: Any, help: str, with_config: bool = True) -> argparse.ArgumentParser:
-        c = sub.add_parser(name, help=help, description=help)
+        c = sub.add_parser(name, help=help, description=textwrap.fill(help, 100),
+                           epilog=f"example:\n  {EXAMPLES[name]}",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         if with_config:
+            default = BUILT_IN.get(name, BUILT_IN["run"]).replace("%", "%%")  # help text is %-formatted
             c.add_argument("args", nargs="*", metavar="[CONFIG] key=value",
-                           help="a YAML config (default: the built-in digits job) and key=value overrides")
+                           help=f"a YAML config (default: {default}) and key=value overrides")
             c.add_argument("--quiet", action="store_true", help="no progress bars")
         c.set_defaults(func=func)
         return c
