@@ -489,3 +489,15 @@ def test_fsdp_refuses_what_a_sharded_student_cannot_run(tmp_path):
     student.peft_config = {"default": None}  # what a PEFT (LoRA) model carries
     with pytest.raises(ConfigError, match="LoRA student"):
         _check_shardable(student, None)
+
+
+def test_tokens_seen_counts_the_blocks_drawn_without_their_padding():
+    from distill.data.tokens import TokenBlocks
+    from distill.training.lm import tokens_seen
+
+    attention = torch.zeros(5, 8, dtype=torch.bool)
+    attention[:, :3] = True  # 3 real tokens, 5 of padding, in every block
+    blocks = TokenBlocks(torch.ones(5, 8, dtype=torch.long), attention, attention.clone())
+    train = LMTrainConfig(steps=7, batch_size=2)
+    assert tokens_seen(blocks, train) == 7 * 2 * 3  # not 7 × 2 × 8
+    assert tokens_seen(blocks, train, processes=2) == 7 * 4 * 3  # the batch size is per process

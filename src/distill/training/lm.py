@@ -197,6 +197,14 @@ class _BatchOrder:
         return chunk[self.rank:: self.world]
 
 
+def tokens_seen(data: TokenBlocks, train: LMTrainConfig, processes: int = 1) -> int:
+    """The real (unpadded) tokens of every block the engine draws over `train.steps` steps on
+    `processes` processes: what a student trained on, padding not counted."""
+    order = _BatchOrder(len(data), train.batch_size * processes, 1, 0, train.seed)  # the global batches
+    per_block = data.attention_mask.sum(1)
+    return int(sum(int(per_block[order.indices(step)].sum()) for step in range(train.steps)))
+
+
 def _on_policy_step(seed: int, step: int, fraction: float) -> bool:
     """Whether `step` samples from the student: seeded by step, so a resumed run makes the same choice."""
     return bool(torch.rand(1, generator=torch.Generator().manual_seed(seed * 7_919 + step)) < fraction)

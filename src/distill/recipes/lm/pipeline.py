@@ -44,7 +44,7 @@ from distill.recipes.lm.config import LMRunConfig
 from distill.teachers.output import Teacher
 from distill.teachers.tokens import LiveLMTeacher, TopKCache
 from distill.training.config import LMTrainConfig
-from distill.training.lm import fit_lm
+from distill.training.lm import fit_lm, tokens_seen
 
 
 def run_lm(cfg: LMRunConfig, resume: bool = False) -> Path:
@@ -228,7 +228,7 @@ def evaluate_lm_run(cfg: LMRunConfig, teacher: nn.Module, students: dict[str, nn
                     "licence_warning": lm_models.licence_warning(licence)},
         "data": {"corpus": cfg.data.corpus, "seq_len": data.train.seq_len, "train_blocks": len(data.train),
                  "val_blocks": len(data.val), "train_tokens": data.train.num_tokens,
-                 "tokens_seen": cfg.train.steps * cfg.train.batch_size * data.train.seq_len},
+                 "tokens_seen": tokens_seen(data.train, cfg.train, process_state(cfg.device).num_processes)},
         "kd": cfg.kd.model_dump(mode="json"),
         "teacher_adapt": cfg.teacher.adapt.model_dump(mode="json") if cfg.teacher.adapt else None,
         "teacher_signal": cfg.teacher.signal, "top_k": cfg.teacher.top_k,
