@@ -157,3 +157,12 @@ def test_half_precision_cache_is_stored_and_served_as_float32(tmp_path: Path, da
     out = cached.signal({"inputs": dataset.inputs[index], "index": index}).logits
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, _live(teacher, dataset)[:4], rtol=1e-3, atol=1e-3)
+
+
+def test_an_existing_cache_says_it_was_found_and_verified(tmp_path: Path, dataset, small_shards, capsys):
+    teacher = CountingTeacher()
+    CachedTeacher.build_or_load(teacher, dataset, tmp_path, quiet=True)
+    capsys.readouterr()
+    CachedTeacher.build_or_load(teacher, dataset, tmp_path, quiet=False)
+    err = capsys.readouterr().err
+    assert "found, 5 shard(s) verified (23 of 23 examples)" in err and "computing" not in err

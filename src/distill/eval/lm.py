@@ -7,6 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from distill.data.tokens import TokenBlocks
 from distill.losses.divergences import per_token_divergence
@@ -15,15 +16,17 @@ from distill.teachers.output import Teacher
 
 @torch.no_grad()
 def evaluate_lm(model: nn.Module, data: TokenBlocks, vocab: int, *, teacher: Teacher | None = None,
-                batch_size: int = 8) -> dict[str, float]:
+                batch_size: int = 8, progress: str | None = None) -> dict[str, float]:
     """Mean next-token CE and perplexity over `loss_mask` tokens; with a teacher, also the forward
-    KL(teacher ‖ model) (over top-k + tail bins for a cached teacher) and top-1 agreement."""
+    KL(teacher ‖ model) (over top-k + tail bins for a cached teacher) and top-1 agreement.
+    `progress`: the label of a progress bar over the blocks (none when None)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     totals = {"ce": 0.0, "kl_teacher": 0.0, "agreement": 0.0}
     tokens = 0
-    for start in range(0, len(data), batch_size):
+    starts = range(0, len(data), batch_size)
+    for start in tqdm(starts, desc=progress, unit="batch", leave=False, disable=progress is None):
         batch = {k: v.to(device) for k, v in data.batch(torch.arange(start, min(len(data), start + batch_size))).items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[..., :vocab].float()
         mask = batch["loss_mask"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -82,8 +83,12 @@ class ShardedCache:
         """
         expected = {"format": FORMAT, **identity, "rows": rows, "shard_rows": shard_rows}
         manifest = _open_manifest(directory, expected, rebuild)
-        good = {s["start"] // shard_rows: s for s in _verified_shards(directory, manifest, rebuild)}
+        good = {s["start"] // shard_rows: s for s in _verified_shards(directory, manifest, rebuild, quiet)}
         missing = [n for n in range(-(-rows // shard_rows)) if n not in good]
+        if good and not quiet:
+            done = sum(s["stop"] - s["start"] for s in good.values())
+            print(f"teacher cache {directory}: found, {len(good)} shard(s) verified ({done:,} of {rows:,} "
+                  f"{unit}s)" + (f"; computing the other {len(missing)}" if missing else ""), file=sys.stderr)
         if missing:
             make_private_dir(directory)
             bar = tqdm(total=rows, initial=rows - sum(min(rows, (n + 1) * shard_rows) - n * shard_rows
@@ -126,11 +131,13 @@ def _open_manifest(directory: Path, expected: dict[str, Any], rebuild: bool) -> 
     return saved
 
 
-def _verified_shards(directory: Path, manifest: dict[str, Any], rebuild: bool) -> list[dict[str, Any]]:
+def _verified_shards(directory: Path, manifest: dict[str, Any], rebuild: bool,
+                     quiet: bool = True) -> list[dict[str, Any]]:
     """The shards whose files exist with the recorded checksum; with `rebuild`, the others are dropped
     (and recomputed by the caller), otherwise the first bad one is an error."""
     good = []
-    for shard in manifest["shards"]:
+    shards = manifest["shards"]
+    for shard in tqdm(shards, desc="verify teacher cache", unit="shard", leave=False, disable=quiet or not shards):
         path = directory / shard["file"]
         problem = ("is missing" if not path.is_file() else
                    "fails its sha256 check (truncated or corrupted)" if sha256_file(path) != shard["sha256"] else None)

@@ -212,9 +212,12 @@ def _fit_and_save(cfg: LMRunConfig, model: nn.Module, tokenizer: Any, data: Text
 
 def evaluate_lm_run(cfg: LMRunConfig, teacher: nn.Module, students: dict[str, nn.Module], data: TextSplits,
                     vocab: int, val_signal: Teacher, licence: str | None) -> dict[str, Any]:
-    models: dict[str, Any] = {"teacher": {**evaluate_lm(teacher, data.val, vocab), **_costs(teacher, data)}}
+    shown = None if cfg.quiet else "evaluate {}"
+    models: dict[str, Any] = {"teacher": {**evaluate_lm(teacher, data.val, vocab, progress=shown and shown.format(
+        "teacher")), **_costs(teacher, data)}}
     for name, model in students.items():
-        models[name] = {**evaluate_lm(model, data.val, vocab, teacher=val_signal), **_costs(model, data)}
+        models[name] = {**evaluate_lm(model, data.val, vocab, teacher=val_signal,
+                                      progress=shown and shown.format(name)), **_costs(model, data)}
     t, s = models.get("teacher_adapted", models["teacher"]), models["distilled"]  # the teacher that taught
     summary = {"params_ratio": s["params"] / t["params"], "speedup": t["forward_ms"] / s["forward_ms"],
                "ppl_ratio": s["ppl"] / t["ppl"]}
