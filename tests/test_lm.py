@@ -347,6 +347,8 @@ def test_lm_config_errors_name_the_key(tmp_path):
         load_lm_config(None, ["student.config={hidden_size: 64}"])
     with pytest.raises(ConfigError, match=r"`kd.divergnce`: unknown key. Did you mean `divergence`"):
         load_lm_config(None, ["kd.divergnce=jsd"])
+    with pytest.raises(ConfigError, match="kd.ratio is 0: the 'distilled' student would learn from next-token CE"):
+        load_lm_config(None, ["kd.ratio=0"])
     with pytest.raises(ConfigError, match=r"kd.warm_start \(200\) must be below train.steps \(200\)"):
         load_lm_config(None, ["kd.warm_start=200", "train.steps=200"])
     with pytest.raises(ConfigError, match="teacher.adapt.lr"):

@@ -91,6 +91,10 @@ class LMRunConfig(RunHeader):
         if self.on_policy.fraction > 0 and self.teacher.signal == "cached":
             raise ValueError("on_policy.fraction > 0 needs the teacher to score student samples: "
                              "set teacher.signal=live")
+        if self.kd.ratio == 0:
+            raise ValueError("kd.ratio is 0: the 'distilled' student would learn from next-token CE alone, as the "
+                             "baseline does, and the report would call it distilled; set kd.ratio > 0 (0.5 is "
+                             "the measured default)")
         if self.kd.warm_start >= self.train.steps:
             raise ValueError(f"kd.warm_start ({self.kd.warm_start}) must be below train.steps "
                              f"({self.train.steps}), or the divergence never starts")

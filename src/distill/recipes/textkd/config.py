@@ -149,6 +149,9 @@ class TextKDConfig(RunHeader):
 
     @model_validator(mode="after")
     def _logprobs_for_token_kd(self) -> TextKDConfig:
+        if "token_kd" in self.kinds and self.kd.ratio == 0:
+            raise ValueError("kinds has token_kd with kd.ratio 0, which is seq_kd under another name: set kd.ratio "
+                             "> 0 (0.5 is the default), or train seq_kd")
         if "token_kd" in self.kinds and self.sampling.top_logprobs == 0:
             raise ValueError("kinds has token_kd, which trains on the teacher's log-probs: set "
                              "sampling.top_logprobs (e.g. 5)")
