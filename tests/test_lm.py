@@ -378,6 +378,14 @@ def test_the_lm_job_trains_evaluates_reports_and_exports(lm, tmp_path):
     assert json.loads((run_dir / "manifest.json").read_text())["licence_warning"].startswith("the teacher's licence is unknown")
     markdown = (run_dir / "report.md").read_text()
     assert "KL to teacher" in markdown
+    assert "![learning curves](plots/lm_curves.png)" in markdown
+    assert (run_dir / "plots" / "lm_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report["data"]["steps"] == 4 and 0 < report["data"]["tokens_seen"] <= 4 * 2 * 16
+    from distill.cli import main
+
+    (run_dir / "report.md").unlink()
+    assert main(["report", str(run_dir)]) == 0  # `distill report` redraws an LM run too
+    assert (run_dir / "report.md").read_text() == markdown
     assert markdown.index(report["doctor"]["verdict"]) < markdown.index("Teacher `")  # the verdict first
     exported = AutoModelForCausalLM.from_pretrained(run_dir / "distilled" / "model")
     assert exported.config.num_hidden_layers == 1 and not hasattr(exported, "peft_config")

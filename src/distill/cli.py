@@ -359,6 +359,13 @@ def _quantize(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from distill.eval.report import render
 
+    saved = args.run_dir / "report.json"
+    kind = json.loads(saved.read_text()).get("kind") if saved.is_file() else None
+    if kind == "lm":
+        from distill.recipes.lm.pipeline import render_lm
+
+        print(f"Report: {render_lm(args.run_dir)}")
+        return 0
     print(f"Report: {render(args.run_dir)}")
     return 0
 

@@ -266,6 +266,35 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
+# --------------------------------------------------------------------------- distill lm
+
+
+def lm_learning_curves(run_dir: Path, report: dict[str, Any]) -> Path:
+    """Training loss and held-out perplexity against tokens seen, for every student of an LM run, with
+    the perplexity of the teacher that taught them as a line."""
+    plt = _pyplot()
+    fig, (ax_loss, ax_ppl) = plt.subplots(1, 2, figsize=(10, 3.8))
+    d = report["data"]
+    per_step = d["tokens_seen"] / max(1, d.get("steps") or 1)
+    for stage in ("baseline", "distilled"):
+        rows = _history(run_dir / stage / "metrics.jsonl")
+        if rows:
+            tokens = [r["step"] * per_step for r in rows]
+            ax_loss.plot(tokens, [r["train_loss"] for r in rows], marker="o", label=stage)
+            if "val_ppl" in rows[0]:
+                ax_ppl.plot(tokens, [r["val_ppl"] for r in rows], marker="o", label=stage)
+    models = report["models"]
+    taught_by = "teacher_adapted" if "teacher_adapted" in models else "teacher"
+    ax_ppl.axhline(models[taught_by]["ppl"], color="grey", linestyle="--", label=taught_by.replace("_", " "))
+    ax_loss.set(xlabel="tokens seen", ylabel="training loss", title="Training loss (each arm's own loss)")
+    ax_ppl.set(xlabel="tokens seen", ylabel="held-out perplexity", title="Held-out perplexity (lower is better)")
+    ax_ppl.set_yscale("log")
+    for ax in (ax_loss, ax_ppl):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _save(fig, run_dir / "plots" / "lm_curves.png")
+
+
 # --------------------------------------------------------------------------- distill search
 
 

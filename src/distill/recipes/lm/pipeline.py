@@ -77,7 +77,7 @@ def run_lm(cfg: LMRunConfig, resume: bool = False) -> Path:
     if process_state(cfg.device).is_main_process:
         report = evaluate_lm_run(cfg, teacher, students, data, vocab, val_signal, licence)
         atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2))
-        atomic_write_text(run_dir / "report.md", render_lm_report(report))
+        render_lm(run_dir)
     return run_dir
 
 
@@ -231,7 +231,8 @@ def evaluate_lm_run(cfg: LMRunConfig, teacher: nn.Module, students: dict[str, nn
                     "licence_warning": lm_models.licence_warning(licence)},
         "data": {"corpus": cfg.data.corpus, "seq_len": data.train.seq_len, "train_blocks": len(data.train),
                  "val_blocks": len(data.val), "train_tokens": data.train.num_tokens,
-                 "tokens_seen": tokens_seen(data.train, cfg.train, process_state(cfg.device).num_processes)},
+                 "tokens_seen": tokens_seen(data.train, cfg.train, process_state(cfg.device).num_processes),
+                 "steps": cfg.train.steps},
         "kd": cfg.kd.model_dump(mode="json"),
         "teacher_adapt": cfg.teacher.adapt.model_dump(mode="json") if cfg.teacher.adapt else None,
         "teacher_signal": cfg.teacher.signal, "top_k": cfg.teacher.top_k,
@@ -249,8 +250,19 @@ def _costs(model: nn.Module, data: TextSplits) -> dict[str, float]:
     return {"params": lm_models.count_parameters(model), "forward_ms": 1000 * sorted(times)[len(times) // 2]}
 
 
-def render_lm_report(report: dict[str, Any]) -> str:
-    """Markdown for a person: what was distilled, how close the student is, at what cost."""
+def render_lm(run_dir: Path) -> Path:
+    """report.md and plots/lm_curves.png of an LM run, from its report.json and metrics (also `distill
+    report RUN_DIR`)."""
+    from distill.eval.report import lm_learning_curves  # matplotlib only when a report is drawn
+
+    report = json.loads((run_dir / "report.json").read_text())
+    plot = lm_learning_curves(run_dir, report)
+    atomic_write_text(run_dir / "report.md", render_lm_report(report, [plot.relative_to(run_dir)]))
+    return run_dir / "report.md"
+
+
+def render_lm_report(report: dict[str, Any], plots: list[Path] | None = None) -> str:
+    """Markdown for a person: what was distilled, how close the student is, at what cost, how it learnt."""
     t = report["teacher"]
     lines = [f"# LM distillation report: {report['name']}", "",
              f"{report['date']} · {report['machine']}", "",
@@ -282,6 +294,8 @@ def render_lm_report(report: dict[str, Any]) -> str:
     if report["kl_over"] != "full vocabulary":
         lines += ["", f"KL to the teacher is measured over the teacher's cached {report['kl_over']} bin "
                   "(a lower bound of the full-vocabulary KL)."]
+    for plot in plots or []:
+        lines += ["", f"![learning curves]({plot.as_posix()})"]
     return "\n".join(lines) + "\n"
 
 
