@@ -198,3 +198,19 @@ def test_runs_saved_under_old_key_names_resume_and_old_names_in_a_config_are_ref
     with pytest.raises(ConfigError, match=r"`losses.0.alpha` is now `losses.0.tckd_weight`[\s\S]*"
                                           r"`losses.0.beta` is now `losses.0.nckd_weight`"):
         validate_config(dkd)
+
+
+def test_a_finished_run_keeps_weights_and_metrics_but_not_training_state_unless_asked(run_config, tmp_path):
+    run_config["train"]["epochs"] = 1
+    run_dir = run(validate_config(run_config))
+    stages = ("teacher", "baseline", "distilled")
+    for stage in stages:
+        assert sorted(p.name for p in (run_dir / stage).glob("*.safetensors")) == ["model.safetensors"]
+        assert (run_dir / stage / "metrics.jsonl").is_file()
+    kept = run(validate_config({**run_config, "name": "kept", "keep_state": True}))
+    for stage in stages:
+        assert {"last.safetensors", "best.safetensors"} <= {p.name for p in (kept / stage).glob("*.safetensors")}
+    # finished stages found on a resume (as after a kill between a stage's weights and dropping its
+    # state) drop it too; keep_state may change on resume
+    run(validate_config({**run_config, "name": "kept"}), resume=True)
+    assert not (kept / "distilled" / "last.safetensors").exists()

@@ -28,7 +28,6 @@ from typing import Any
 
 from distill.core.errors import DistillError
 
-
 # What each command runs without a config file, and one example of it (shown by --help).
 _CLASSIFIER = "the built-in job: MNIST-5k, labels on 10% of the images, a CNN teacher, an MLP student"
 BUILT_IN = {"run": _CLASSIFIER, "lm": "the built-in LM job: SmolLM2-135M-Instruct → a 1-layer student on the KJV "
@@ -102,6 +101,10 @@ def _parser() -> argparse.ArgumentParser:
             c.add_argument("args", nargs="*", metavar="[CONFIG] key=value",
                            help=f"a YAML config (default: {default}) and key=value overrides")
             c.add_argument("--quiet", action="store_true", help="no progress bars")
+        if name in ("run", "train-teacher", "lm", "textkd"):
+            c.add_argument("--keep-state", action="store_true", help="keep each finished stage's resumable "
+                           "training state (last.safetensors: optimizer, RNG); by default only weights and "
+                           "metrics are kept")
         c.set_defaults(func=func)
         return c
 
@@ -256,6 +259,8 @@ def _config(args: argparse.Namespace, loader: Any = None):
         raise DistillError(f"Expected at most one config file, got {files}; overrides look like key=value.")
     if args.quiet:
         overrides.append("quiet=true")
+    if getattr(args, "keep_state", False):
+        overrides.append("keep_state=true")
     return loader(files[0] if files else None, overrides)
 
 

@@ -161,3 +161,15 @@ def _check_compatible(path: Path, model: nn.Module, tensors: dict[str, torch.Ten
             f"Load it into the model it was trained with ({type(model).__name__} here), or fix "
             "the model's arch/kwargs in the config."
         )
+
+
+TRAINING_STATE = ("last.safetensors", "best.safetensors")
+
+
+def drop_training_state(stage_dir: Path, keep: bool = False) -> None:
+    """Once a stage's final weights are written: remove what only resuming its training needed (weights,
+    optimizer state and RNG in `last.safetensors`, the best epoch's copy in `best.safetensors`); the
+    stage keeps its weights and metrics. A no-op with `keep` (`keep_state`, `--keep-state`)."""
+    if not keep:
+        for name in TRAINING_STATE:
+            (Path(stage_dir) / name).unlink(missing_ok=True)

@@ -31,6 +31,9 @@ class RunHeader(Strict):
     output_dir: Path = Path("runs")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     quiet: bool = Field(False, description="Print no progress (a resumed run may change it).")
+    keep_state: bool = Field(False, description="Keep each finished stage's resumable training state "
+                             "(last.safetensors, best.safetensors); by default a finished stage keeps only its "
+                             "weights and metrics (a resumed run may change it).")
 
     # Keys renamed since configs were first written (old dotted key → new; `*` is any list index): a
     # config that uses an old name is refused naming the new one, a run directory saved with it resumes.

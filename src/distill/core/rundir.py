@@ -14,6 +14,8 @@ from distill.core.distributed import process_state
 from distill.core.errors import ConfigError
 from distill.core.files import atomic_write_text, make_private_dir
 
+FREE_ON_RESUME = ("quiet", "keep_state")
+
 
 def open_run_dir(cfg: BaseModel, resume: bool) -> Path:
     """The run directory of any job's config (classic, lm, textkd: fields `name`, `output_dir`, `device`),
@@ -25,11 +27,13 @@ def open_run_dir(cfg: BaseModel, resume: bool) -> Path:
         if not resume:
             raise ConfigError(f"Run directory {run_dir} already exists; pass --resume to continue it, "
                               "or choose another run with name=NEW_NAME (nothing was overwritten).")
-        # `quiet` only changes what is printed, so `--resume` may add or drop `--quiet`.
+        # `quiet` and `keep_state` change what is printed and kept, not what is trained: `--resume` may
+        # add or drop them.
         previous = _with_defaults(yaml.safe_load(saved.read_text()) or {}, type(cfg))
-        if {**previous, "quiet": None} != {**current, "quiet": None}:
+        free = dict.fromkeys(FREE_ON_RESUME)
+        if {**previous, **free} != {**current, **free}:
             changed = sorted(k for k in set(previous) | set(current)
-                             if k != "quiet" and previous.get(k) != current.get(k))
+                             if k not in free and previous.get(k) != current.get(k))
             teacher = run_dir / "teacher" / "model.safetensors"
             reuse = (f" To keep its trained teacher, start a new run with teacher.checkpoint={teacher}."
                      if teacher.is_file() else "")

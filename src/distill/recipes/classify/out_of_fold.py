@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from distill.core.checkpoint import load_weights, save_weights
+from distill.core.checkpoint import drop_training_state, load_weights, save_weights
 from distill.core.distributed import process_state
 from distill.core.errors import DataError
 from distill.data.arrays import ArrayDataset, DataSplits
@@ -64,6 +64,8 @@ def _fold_teacher(cfg: RunConfig, data: DataSplits, fold: torch.Tensor, stage: P
     done = stage / "model.safetensors"
     if done.is_file():
         load_weights(done, model)
+        if process_state(cfg.device).is_main_process:
+            drop_training_state(stage, keep=cfg.keep_state)
         return freeze(model)
     train: Any = data.train
     keep = torch.ones(len(train), dtype=torch.bool)
@@ -73,5 +75,6 @@ def _fold_teacher(cfg: RunConfig, data: DataSplits, fold: torch.Tensor, stage: P
               resume=resume, device=cfg.device, quiet=cfg.quiet, tracking=cfg.tracking, name=name)
     if process_state(cfg.device).is_main_process:
         save_weights(done, out.model, {"stage": stage.name})
+        drop_training_state(stage, keep=cfg.keep_state)
     process_state(cfg.device).wait_for_everyone()
     return freeze(out.model)

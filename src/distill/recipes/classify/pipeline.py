@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from distill.core.checkpoint import load_weights, save_weights
+from distill.core.checkpoint import drop_training_state, load_weights, save_weights
 from distill.core.distributed import process_state
 from distill.core.files import atomic_write_text
 from distill.core.rundir import open_run_dir
@@ -100,12 +100,13 @@ def load_or_train_teacher(cfg: RunConfig, data: DataSplits, run_dir: Path, resum
     done = run_dir / "teacher" / "model.safetensors"
     if done.is_file():
         load_weights(done, teacher)
+        _finished(done, cfg)  # a run killed right after the weights were written
         return freeze(_to_device(teacher, cfg.device))
     check_labels(data.train, data.num_classes, "data (teacher training)")
     out = fit(teacher, data.train, objective=CE(), config=cfg.teacher.train, num_classes=data.num_classes,
               val_data=data.val, checkpoint_dir=run_dir / "teacher", resume=resume, device=cfg.device,
               quiet=cfg.quiet, tracking=cfg.tracking, name="teacher")
-    _save_stage(done, out.model)
+    _save_stage(done, out.model, cfg)
     return freeze(out.model)
 
 
@@ -180,6 +181,7 @@ def train_student(cfg: RunConfig, data: DataSplits, train_data: Dataset, stage_d
     done = stage_dir / "model.safetensors"
     if done.is_file():
         load_weights(done, student)
+        _finished(done, cfg)
         return _to_device(student, cfg.device).eval()
     if cfg.student.checkpoint is not None:
         load_weights(cfg.student.checkpoint, student)
@@ -196,7 +198,7 @@ def train_student(cfg: RunConfig, data: DataSplits, train_data: Dataset, stage_d
     out = fit(student, train_data, objective=objective, config=budget, num_classes=data.num_classes,
               teacher=signal, val_data=data.val, checkpoint_dir=stage_dir, resume=resume,
               device=cfg.device, quiet=cfg.quiet, tracking=cfg.tracking, name=stage_dir.name)
-    _save_stage(done, out.model)
+    _save_stage(done, out.model, cfg)
     return out.model
 
 
@@ -274,11 +276,19 @@ def summarise(models: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def _save_stage(path: Path, model: nn.Module) -> None:
-    """Mark a stage finished by writing its final weights (once, by the main process)."""
+def _save_stage(path: Path, model: nn.Module, cfg: RunConfig) -> None:
+    """Mark a stage finished by writing its final weights (once, by the main process), then drop its
+    training state unless `keep_state`."""
     state = process_state()
     if state.is_main_process:
         save_weights(path, model, {"stage": path.parent.name})
+    _finished(path, cfg)
+
+
+def _finished(path: Path, cfg: RunConfig) -> None:
+    state = process_state()
+    if state.is_main_process:
+        drop_training_state(path.parent, keep=cfg.keep_state)
     state.wait_for_everyone()
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from distill.core.checkpoint import drop_training_state
 from distill.core.distributed import process_state
 from distill.core.errors import ModelError
 from distill.core.files import atomic_write_text
@@ -198,6 +199,8 @@ def _fit_and_save(cfg: LMRunConfig, model: nn.Module, tokenizer: Any, data: Text
 
     done = stage_dir / "model"
     if (done / "config.json").is_file():
+        if process_state(cfg.device).is_main_process:
+            drop_training_state(stage_dir, keep=cfg.keep_state)  # a run killed right after the model was written
         return AutoModelForCausalLM.from_pretrained(done, use_safetensors=True).eval()
     out = fit_lm(model, data.train, train=train, kd=kd, vocab=vocab, teacher=signal,
                  on_policy=cfg.on_policy if signal is not None else None, val_data=data.val,
@@ -206,6 +209,7 @@ def _fit_and_save(cfg: LMRunConfig, model: nn.Module, tokenizer: Any, data: Text
     model = out.model.merge_and_unload() if hasattr(out.model, "merge_and_unload") else out.model
     if process_state(cfg.device).is_main_process:
         lm_models.save_pretrained_atomic(model, tokenizer, done)
+        drop_training_state(stage_dir, keep=cfg.keep_state)
     process_state(cfg.device).wait_for_everyone()
     return model.eval()
 

@@ -33,6 +33,7 @@ def finetune_rows(p: PromptConfig, examples: list[dict[str, Any]]) -> list[dict[
 
 def finetuned_teacher(cfg: TextKDConfig, examples: list[dict[str, Any]], run_dir: Path) -> str:
     """The fine-tuned teacher's directory (trained now, resumed, or reused when already saved)."""
+    from distill.core.checkpoint import drop_training_state
     from distill.data.tokens import encode_rows
     from distill.losses.config import TokenKDConfig
     from distill.models import causal_lm as lm_models
@@ -54,4 +55,5 @@ def finetuned_teacher(cfg: TextKDConfig, examples: list[dict[str, Any]], run_dir
                  pad_id=tokenizer.pad_token_id, checkpoint_dir=stage, resume=True, device=cfg.device,
                  quiet=cfg.quiet, name="teacher fine-tune")
     save_pretrained_atomic(out.model, tokenizer, done)
+    drop_training_state(stage, keep=cfg.keep_state)
     return str(done)

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from distill.core.checkpoint import drop_training_state
 from distill.core.errors import DataError
 from distill.core.files import atomic_write_text
 from distill.eval.text import EvalItem, Prices, metrics_of, score
@@ -210,6 +211,7 @@ def train_and_score(cfg: TextKDConfig, kind: str, seed: int, train_examples: lis
     model_dir = stage / "model"
     if not (model_dir / "config.json").is_file():
         _train_student(cfg, kind, seed, train_examples, stage)
+    drop_training_state(stage, keep=cfg.keep_state)  # also after a kill right after the model was written
     answer_format = "answer" if kind in ("seq_kd", "token_kd") else "label"
     writes_text = kind in ("seq_kd", "token_kd")
     items = [EvalItem(id=r["id"], label=r["label"], messages=[{"role": "user", "content": (
@@ -258,6 +260,7 @@ def _train_student(cfg: TextKDConfig, kind: str, seed: int, train_examples: list
                  pad_id=tokenizer.pad_token_id, checkpoint_dir=stage, resume=True, device=cfg.device,
                  quiet=cfg.quiet, name=f"{kind} s{seed}")
     save_pretrained_atomic(out.model, tokenizer, stage / "model")
+    drop_training_state(stage, keep=cfg.keep_state)
 
 
 # --------------------------------------------------------------------------- report
