@@ -44,9 +44,9 @@ class _Divergence(Strict):
 
 
 class KDTune(Strict):
-    """A short proxy sweep choosing T and α on the validation split (`distill.recipes.classify.tune`)."""
+    """A short proxy sweep choosing the temperature and ratio on the validation split (`distill.recipes.classify.tune`)."""
 
-    trials: int = Field(6, ge=2, description="Proxy trainings (Optuna TPE over T in [1, 8], α in [0, 1]).")
+    trials: int = Field(6, ge=2, description="Proxy trainings (Optuna TPE over T in [1, 8], ratio in [0, 1]).")
     epochs: float = Field(0.25, gt=0, le=1, description="Share of train.epochs each proxy trains for.")
 
 

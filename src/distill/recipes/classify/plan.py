@@ -6,7 +6,7 @@ the config and the data where the config leaves them open (`recipe: auto`, `teac
   teacher scores exactly the view the student sees (random shifts, mixup between inputs), and the
   student matches it with pure KD at T = 1. Each epoch the teacher labels new inputs, so its dark
   knowledge is not limited to the (memorised) training examples. Needs float inputs.
-- **soft_targets** (Hinton et al. 2015): α·KD + (1 − α)·CE on the inputs as they are, the teacher's
+- **soft_targets** (Hinton et al. 2015): ratio·KD + (1 − ratio)·CE on the inputs as they are, the teacher's
   logits cached once unless something needs it live.
 
 `auto` picks soft targets except on images where function matching has measured to pay: token ids and feature rows cannot be shifted, and on spectrograms (spoken digits) shifts

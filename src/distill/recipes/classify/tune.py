@@ -1,6 +1,6 @@
-"""The temperature and α of soft-target KD, chosen on the validation split by a short proxy sweep.
+"""The temperature and ratio of soft-target KD, chosen on the validation split by a short proxy sweep.
 
-Optuna's TPE sampler proposes (T, α) with T in [1, 8] (log scale) and α in [0, 1]; each proposal trains
+Optuna's TPE sampler proposes (T, ratio) with T in [1, 8] (log scale) and ratio in [0, 1]; each proposal trains
 a fresh student for a share of the run's epochs (`kd.tune.epochs`) and is scored by its best validation
 accuracy, ties broken by lower validation NLL (as `fit` picks epochs). The sweep is saved to
 `<stage>/kd_tune.json` after each trial, so a resumed run repeats none. Optuna is a well-kept library
