@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 import torch
+import yaml
 
 pytest.importorskip("transformers")
 
@@ -387,6 +388,10 @@ def test_the_lm_job_trains_evaluates_reports_and_exports(lm, tmp_path):
     assert main(["report", str(run_dir)]) == 0  # `distill report` redraws an LM run too
     assert (run_dir / "report.md").read_text() == markdown
     assert markdown.index(report["doctor"]["verdict"]) < markdown.index("Teacher `")  # the verdict first
+    card = (run_dir / "distilled" / "model" / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["library_name"] == "transformers" and "distillation" in front["tags"] and "license" not in front
+    assert "| distilled (this model) |" in card and f"{report['models']['distilled']['ppl']:.2f}" in card
     exported = AutoModelForCausalLM.from_pretrained(run_dir / "distilled" / "model")
     assert exported.config.num_hidden_layers == 1 and not hasattr(exported, "peft_config")
     assert (run_dir / "teacher_cache" / "train" / "manifest.json").is_file()
@@ -511,3 +516,21 @@ def test_tokens_seen_counts_the_blocks_drawn_without_their_padding():
     train = LMTrainConfig(steps=7, batch_size=2)
     assert tokens_seen(blocks, train) == 7 * 2 * 3  # not 7 × 2 × 8
     assert tokens_seen(blocks, train, processes=2) == 7 * 4 * 3  # the batch size is per process
+
+
+def test_a_model_card_names_the_teacher_its_licence_and_the_measured_quality():
+    from distill.export.card import lm_card
+
+    model = {"ppl": 101.3, "kl_teacher": 1.98, "agreement": 0.398, "params": 31.85e6, "forward_ms": 51.0}
+    report = {"name": "lm-kjv", "date": "2026-12-05", "machine": "2 CPU cores", "teacher_signal": "cached", "top_k": 64,
+              "teacher": {"model": "builtin:smollm2-135m-instruct", "licence": "apache-2.0", "licence_warning": None},
+              "data": {"corpus": "kjv", "train_blocks": 600, "seq_len": 128, "tokens_seen": 76800, "val_blocks": 32},
+              "kd": {"ratio": 0.5, "divergence": "forward_kl", "temperature": 1.0},
+              "models": {"teacher": {"ppl": 31.4, "params": 134.5e6, "forward_ms": 229.9},
+                         "baseline": {**model, "ppl": 128.8}, "distilled": model}}
+    card = lm_card(report)
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["license"] == "apache-2.0" and front["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert "0.24× the teacher" in card and "4.5× faster" in card
+    assert "0.5 × forward_kl (T = 1) to the teacher + 0.5 × next-token CE" in card
+    assert "| baseline | 31.9M | 128.80 |" in card and "| distilled (this model) | 31.9M | 101.30 |" in card

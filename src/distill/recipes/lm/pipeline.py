@@ -258,10 +258,14 @@ def render_lm(run_dir: Path) -> Path:
     """report.md and plots/lm_curves.png of an LM run, from its report.json and metrics (also `distill
     report RUN_DIR`)."""
     from distill.eval.report import lm_learning_curves  # matplotlib only when a report is drawn
+    from distill.export.card import lm_card, write_card
 
     report = json.loads((run_dir / "report.json").read_text())
     plot = lm_learning_curves(run_dir, report)
     atomic_write_text(run_dir / "report.md", render_lm_report(report, [plot.relative_to(run_dir)]))
+    for student in ("distilled", "baseline"):  # each exported model says what it is and what it measured
+        if (run_dir / student / "model" / "config.json").is_file():
+            write_card(run_dir / student / "model", lm_card(report, student))
     return run_dir / "report.md"
 
 
