@@ -144,3 +144,9 @@ def test_modules_are_small():
     """About 400 lines at most: a module is one job (a longer one is a sign it holds two)."""
     long = {m: n for m, p in MODULES.items() if (n := len(p.read_text().splitlines())) > 450}
     assert long == {}
+
+
+def test_every_module_says_what_it_is_for():
+    missing = [m for m, p in MODULES.items() if not p.name == "__init__.py"
+               and not ((doc := ast.get_docstring(ast.parse(p.read_text()))) and "TODO" not in doc)]
+    assert missing == []

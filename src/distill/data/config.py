@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""Which dataset to load and how to split it: built-in or CSV, label budget, transfer set, text tokenization."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""The tokenizers of the built-in text encoders: MiniLM from the package that ships its weights (offline),
+any other name or directory by `from_pretrained`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Which model to build: a zoo name or `module:Class` with its kwargs and weights, or a student built from
+its teacher's layers."""
 
 from __future__ import annotations
 

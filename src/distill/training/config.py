@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""The training settings: optimizer, schedule, epochs or steps, precision, sharding (classifiers' `train`, LMs'
+`train`, on-policy rounds)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""The `distill run` job's config: teacher (one, several, or out-of-fold), student, training, the kd
+section or a losses list, recipe, bench; loading from YAML with overrides, checked before any compute."""
 
 from __future__ import annotations
 
