@@ -288,3 +288,53 @@ def test_check_labels_out_of_range_names_the_range():
     msg = str(exc.value)
     assert "my data" in msg and "[0, 12]" in msg and "[0, 9]" in msg
     check_labels(ds, 13, "my data")  # in range: no error
+
+
+def _table(path: Path, rows: list[tuple[str, str]], header: tuple[str, str] = ("review", "sentiment")) -> Path:
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def test_a_csv_of_texts_and_label_names_loads_as_text_classification(tmp_path):
+    pytest.importorskip("transformers")
+    from distill.data.config import DataConfig
+    from distill.data.datasets import load_data
+
+    rows = [("I love this new car, it drives well", "pos"), ("terrible, it broke, in a day", "neg")] * 15
+    cfg = DataConfig(name="csv", path=_table(tmp_path / "reviews.csv", rows), text_column="review",
+                     label_column="sentiment", max_length=16)
+    splits = load_data(cfg)
+    assert splits.class_names == ["neg", "pos"] and splits.modality == "text" and splits.input_shape == (2, 16)
+    assert len(splits.train) + len(splits.val) + len(splits.test) == 30
+    first = splits.train.inputs[0]
+    assert first.dtype == torch.int64 and first[1].sum() > 3  # [ids; mask], real tokens under the mask
+    ids = [(text, str(2 * (i % 6))) for i, (text, _) in enumerate(rows)]  # class ids 0, 2, …, 10 written as text
+    by_number = load_data(cfg.model_copy(update={"path": _table(tmp_path / "ids.csv", ids)}))
+    assert by_number.class_names == ["0", "2", "4", "6", "8", "10"]
+
+
+@pytest.mark.parametrize(("rows", "text_column", "message"), [
+    ([("good", "pos"), ("bad", "neg")], "reveiw", r"`data.text_column`: .* has no column `reveiw`. Did you mean "
+                                                  r"`review`\?"),
+    ([("good", "pos"), ("  ", "neg")], "review", r"line 3, column `review`: the text is empty"),
+    ([("good", "pos"), ("bad", "")], "review", r"line 3, column `sentiment`: the label is empty"),
+    ([("good", "pos"), ("fine", "pos")], "review", r"1 distinct label\(s\) over 2 rows"),
+])
+def test_a_bad_text_table_is_refused_naming_the_line_and_column(tmp_path, rows, text_column, message):
+    from distill.data.text import read_text_table
+
+    with pytest.raises(DataError, match=message):
+        read_text_table(_table(tmp_path / "t.csv", rows), text_column, "sentiment")
+
+
+def test_text_column_is_only_for_csv():
+    from distill.core.errors import ConfigError
+    from distill.recipes.classify.config import load_config
+
+    with pytest.raises(ConfigError, match="data.text_column names a column of a CSV file; data.name is digits"):
+        load_config(None, ["data.name=digits", "data.text_column=review"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from distill.core.config import Strict
 
@@ -13,7 +13,9 @@ from distill.core.config import Strict
 class DataConfig(Strict):
     name: Literal["digits", "mnist5k", "fashion_mnist", "spoken_digits", "bbc_news", "csv"] = "digits"
     path: Path | None = Field(None, description="Directory (fashion_mnist, bbc_news) or file (csv).")
-    label_column: str | int = Field(-1, description="CSV column holding the label.")
+    label_column: str | int = Field(-1, description="CSV column holding the label (name or position).")
+    text_column: str | None = Field(None, description="csv: the column holding each example's text, for text "
+                                    "classification (the label column may then hold class names or ids).")
     val_fraction: float = Field(0.1, gt=0, lt=1)
     test_fraction: float = Field(0.2, gt=0, lt=1, description="Used when no test split ships.")
     limit: int | None = Field(None, gt=0, description="Use only this many training examples.")
@@ -27,3 +29,10 @@ class DataConfig(Strict):
                                   "sentence-transformers/all-MiniLM-L6-v2.")
     max_length: int = Field(128, ge=2, description="Text data: tokens per example (padded or truncated).")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _text_column_is_for_csv(self) -> DataConfig:
+        if self.text_column is not None and self.name != "csv":
+            raise ValueError(f"data.text_column names a column of a CSV file; data.name is {self.name}: set "
+                             "data.name=csv (with data.path) or remove data.text_column")
+        return self

@@ -1,18 +1,21 @@
-"""Text classification data as token tensors: BBC News topics, tokenized for an encoder.
+"""Text classification data as token tensors: BBC News topics, or a CSV of texts and labels, tokenized
+for an encoder.
 
 Each text becomes one (2, L) int64 row, [input_ids; attention_mask], padded or truncated to
 `data.max_length`, so text datasets batch, cache and split like any other `ArrayDataset`
-(config: `data.name: bbc_news`, `data.tokenizer`, `data.max_length`).
+(config: `data.name: bbc_news`, or `csv` with `data.text_column`; `data.tokenizer`, `data.max_length`).
 """
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from distill.core.errors import DataError
+from distill.core.errors import DataError, did_you_mean
 from distill.data.arrays import ArrayDataset, DataSplits, stratified_split
 from distill.data.config import DataConfig
 from distill.data.corpora import read_bbc_news
@@ -30,8 +33,9 @@ def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int) -> torch
 
 
 def labelled_splits(x: torch.Tensor, labels: list[str], cfg: DataConfig) -> DataSplits:
-    """Stratified, seeded train/val/test splits of tokenized rows `x` (N, 2, L) with string labels."""
-    names = sorted(set(labels))
+    """Stratified, seeded train/val/test splits of tokenized rows `x` (N, 2, L) with string labels
+    (class ids written as text are ordered as numbers: "2" before "10")."""
+    names = sorted(set(labels), key=lambda s: (0, int(s), "") if s.lstrip("-").isdigit() else (1, 0, s))
     y = torch.tensor([names.index(label) for label in labels])
     train_i, val_i, test_i = stratified_split(y, (cfg.val_fraction, cfg.test_fraction), cfg.seed)
     return DataSplits(train=ArrayDataset(x[train_i], y[train_i]), val=ArrayDataset(x[val_i], y[val_i]),
@@ -50,6 +54,50 @@ def load_bbc_news(cfg: DataConfig, tokenizer: Any = None) -> DataSplits:
     splits = labelled_splits(x, [item.label for item in items], cfg)
     splits.prepare = Tokenize(tokenizer, cfg.max_length)
     return splits
+
+
+def load_text_table(cfg: DataConfig, tokenizer: Any = None) -> DataSplits:
+    """A CSV file of texts and labels (`data.text_column`, `data.label_column`), tokenized with
+    `data.tokenizer` like BBC News; the class names are the label column's distinct values."""
+    if tokenizer is None:
+        from distill.data.tokenizers import MINILM, load_tokenizer
+
+        tokenizer = load_tokenizer(cfg.tokenizer or MINILM)
+    texts, labels = read_text_table(Path(cfg.path), cfg.text_column, cfg.label_column)  # type: ignore[arg-type]
+    x = encode_texts(tokenizer, texts, cfg.max_length)
+    splits = labelled_splits(x, labels, cfg)
+    splits.prepare = Tokenize(tokenizer, cfg.max_length)
+    return splits
+
+
+def read_text_table(path: Path, text_column: str, label_column: str | int) -> tuple[list[str], list[str]]:
+    """The texts and labels of a CSV file with a header row; a missing column (with the nearest names), an
+    empty text or an empty label is refused, naming the line."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            names = list(reader.fieldnames or [])
+            label = (names[label_column] if isinstance(label_column, int) and -len(names) <= label_column < len(names)
+                     else str(label_column))
+            for key, column in (("data.text_column", text_column), ("data.label_column", label)):
+                if column not in names:
+                    raise DataError(f"`{key}`: {path} has no column `{column}`.{did_you_mean(column, names)} Its "
+                                    f"columns: {names}.")
+            texts, labels = [], []
+            for line, row in enumerate(reader, start=2):
+                text, value = (row.get(text_column) or "").strip(), (row.get(label) or "").strip()
+                for what, cell, column in (("text", text, text_column), ("label", value, label)):
+                    if not cell:
+                        raise DataError(f"{path}, line {line}, column `{column}`: the {what} is empty; fill it in "
+                                        "or remove the row.")
+                texts.append(text)
+                labels.append(value)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8.") from None
+    if len(set(labels)) < 2:
+        raise DataError(f"{path}: column `{label}` holds {len(set(labels))} distinct label(s) over {len(labels)} "
+                        "rows; classification needs at least 2.")
+    return texts, labels
 
 
 class Tokenize:
