@@ -302,12 +302,16 @@ def _table(path: Path, rows: list[tuple[str, str]], header: tuple[str, str] = ("
 
 def test_a_csv_of_texts_and_label_names_loads_as_text_classification(tmp_path):
     pytest.importorskip("transformers")
+    from lm_helpers import make_tokenizer
+
     from distill.data.config import DataConfig
     from distill.data.datasets import load_data
 
     rows = [("I love this new car, it drives well", "pos"), ("terrible, it broke, in a day", "neg")] * 15
+    words = tuple(w.strip(",") for text, _ in rows[:2] for w in text.split())
+    make_tokenizer(tmp_path / "tok", extra_words=words)  # a local tokenizer: no hub, no model package
     cfg = DataConfig(name="csv", path=_table(tmp_path / "reviews.csv", rows), text_column="review",
-                     label_column="sentiment", max_length=16)
+                     label_column="sentiment", max_length=16, tokenizer=str(tmp_path / "tok"))
     splits = load_data(cfg)
     assert splits.class_names == ["neg", "pos"] and splits.modality == "text" and splits.input_shape == (2, 16)
     assert len(splits.train) + len(splits.val) + len(splits.test) == 30
