@@ -336,9 +336,30 @@ def test_a_bad_text_table_is_refused_naming_the_line_and_column(tmp_path, rows, 
         read_text_table(_table(tmp_path / "t.csv", rows), text_column, "sentiment")
 
 
-def test_text_column_is_only_for_csv():
+def test_text_column_is_only_for_csv_and_jsonl():
     from distill.core.errors import ConfigError
     from distill.recipes.classify.config import load_config
 
-    with pytest.raises(ConfigError, match="data.text_column names a column of a CSV file; data.name is digits"):
+    with pytest.raises(ConfigError, match="data.text_column names a column of a CSV or JSONL file; data.name is digits"):
         load_config(None, ["data.name=digits", "data.text_column=review"])
+
+
+def test_a_jsonl_of_texts_loads_like_a_csv_and_names_bad_lines(tmp_path):
+    import json as _json
+
+    from distill.core.errors import ConfigError
+    from distill.data.text import read_text_table
+    from distill.recipes.classify.config import load_config
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(_json.dumps({"text": f"row {i}", "label": i % 3}) + "\n" for i in range(6)) + "\n")
+    texts, labels = read_text_table(path, "text", "label")
+    assert texts[:2] == ["row 0", "row 1"] and labels == ["0", "1", "2", "0", "1", "2"]
+    path.write_text('{"text": "a", "label": 1}\n{"text": "b"}\n')
+    with pytest.raises(DataError, match=r"line 2, column `label`: the label is empty or missing"):
+        read_text_table(path, "text", "label")
+    path.write_text('{"text": "a", "label": 1}\n{"text": "b", "label": 2\n')
+    with pytest.raises(DataError, match=r"rows.jsonl, line 2: not a JSON object"):
+        read_text_table(path, "text", "label")
+    with pytest.raises(ConfigError, match="data.name=jsonl reads texts: set data.text_column"):
+        load_config(None, ["data.name=jsonl", f"data.path={path}"])

@@ -11,11 +11,12 @@ from distill.core.config import Strict
 
 
 class DataConfig(Strict):
-    name: Literal["digits", "mnist5k", "fashion_mnist", "spoken_digits", "bbc_news", "csv"] = "digits"
-    path: Path | None = Field(None, description="Directory (fashion_mnist, bbc_news) or file (csv).")
+    name: Literal["digits", "mnist5k", "fashion_mnist", "spoken_digits", "bbc_news", "csv", "jsonl"] = "digits"
+    path: Path | None = Field(None, description="Directory (fashion_mnist, bbc_news) or file (csv, jsonl).")
     label_column: str | int = Field(-1, description="CSV column holding the label (name or position).")
-    text_column: str | None = Field(None, description="csv: the column holding each example's text, for text "
-                                    "classification (the label column may then hold class names or ids).")
+    text_column: str | None = Field(None, description="csv, jsonl: the column (key) holding each example's "
+                                    "text, for text classification (the label column may then hold class names "
+                                    "or ids).")
     val_fraction: float = Field(0.1, gt=0, lt=1)
     test_fraction: float = Field(0.2, gt=0, lt=1, description="Used when no test split ships.")
     limit: int | None = Field(None, gt=0, description="Use only this many training examples.")
@@ -31,8 +32,11 @@ class DataConfig(Strict):
     seed: int = 0
 
     @model_validator(mode="after")
-    def _text_column_is_for_csv(self) -> DataConfig:
-        if self.text_column is not None and self.name != "csv":
-            raise ValueError(f"data.text_column names a column of a CSV file; data.name is {self.name}: set "
-                             "data.name=csv (with data.path) or remove data.text_column")
+    def _text_column_is_for_tables(self) -> DataConfig:
+        if self.text_column is not None and self.name not in ("csv", "jsonl"):
+            raise ValueError(f"data.text_column names a column of a CSV or JSONL file; data.name is {self.name}: "
+                             "set data.name=csv or jsonl (with data.path), or remove data.text_column")
+        if self.name == "jsonl" and self.text_column is None:
+            raise ValueError("data.name=jsonl reads texts: set data.text_column (and data.label_column) to the "
+                             "keys of each row's text and label")
         return self

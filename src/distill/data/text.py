@@ -9,6 +9,7 @@ Each text becomes one (2, L) int64 row, [input_ids; attention_mask], padded or t
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,7 @@ def load_bbc_news(cfg: DataConfig, tokenizer: Any = None) -> DataSplits:
 
 
 def load_text_table(cfg: DataConfig, tokenizer: Any = None) -> DataSplits:
-    """A CSV file of texts and labels (`data.text_column`, `data.label_column`), tokenized with
+    """A CSV or JSONL file of texts and labels (`data.text_column`, `data.label_column`), tokenized with
     `data.tokenizer` like BBC News; the class names are the label column's distinct values."""
     if tokenizer is None:
         from distill.data.tokenizers import MINILM, load_tokenizer
@@ -71,33 +72,54 @@ def load_text_table(cfg: DataConfig, tokenizer: Any = None) -> DataSplits:
 
 
 def read_text_table(path: Path, text_column: str, label_column: str | int) -> tuple[list[str], list[str]]:
-    """The texts and labels of a CSV file with a header row; a missing column (with the nearest names), an
-    empty text or an empty label is refused, naming the line."""
+    """The texts and labels of a CSV file with a header row, or of a JSONL file (one object per line;
+    `.jsonl`); a missing column (with the nearest names), an empty text or an empty label is refused,
+    naming the line."""
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            names = list(reader.fieldnames or [])
-            label = (names[label_column] if isinstance(label_column, int) and -len(names) <= label_column < len(names)
-                     else str(label_column))
-            for key, column in (("data.text_column", text_column), ("data.label_column", label)):
-                if column not in names:
-                    raise DataError(f"`{key}`: {path} has no column `{column}`.{did_you_mean(column, names)} Its "
-                                    f"columns: {names}.")
-            texts, labels = [], []
-            for line, row in enumerate(reader, start=2):
-                text, value = (row.get(text_column) or "").strip(), (row.get(label) or "").strip()
-                for what, cell, column in (("text", text, text_column), ("label", value, label)):
-                    if not cell:
-                        raise DataError(f"{path}, line {line}, column `{column}`: the {what} is empty; fill it in "
-                                        "or remove the row.")
-                texts.append(text)
-                labels.append(value)
+        rows, names = _jsonl_rows(path) if path.suffix == ".jsonl" else _csv_rows(path)
     except UnicodeDecodeError as exc:
         raise DataError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8.") from None
+    label = (names[label_column] if isinstance(label_column, int) and -len(names) <= label_column < len(names)
+             else str(label_column))
+    for key, column in (("data.text_column", text_column), ("data.label_column", label)):
+        if column not in names:
+            raise DataError(f"`{key}`: {path} has no column `{column}`.{did_you_mean(column, names)} Its "
+                            f"columns: {names}.")
+    texts, labels = [], []
+    for line, row in rows:
+        text, value = str(row.get(text_column) or "").strip(), str(row.get(label, "")).strip()
+        for what, cell, column in (("text", text, text_column), ("label", value, label)):
+            if not cell:
+                raise DataError(f"{path}, line {line}, column `{column}`: the {what} is empty or missing; fill it "
+                                "in or remove the row.")
+        texts.append(text)
+        labels.append(value)
     if len(set(labels)) < 2:
         raise DataError(f"{path}: column `{label}` holds {len(set(labels))} distinct label(s) over {len(labels)} "
                         "rows; classification needs at least 2.")
     return texts, labels
+
+
+def _csv_rows(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        return list(enumerate(reader, start=2)), list(reader.fieldnames or [])
+
+
+def _jsonl_rows(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[str]]:
+    rows, names = [], {}
+    for line, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}, line {line}: not a JSON object ({exc.msg}); write one object per line.") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}, line {line}: a JSON {type(row).__name__}, not an object of named fields.")
+        rows.append((line, row))
+        names.update(dict.fromkeys(row))
+    return rows, list(names)
 
 
 class Tokenize:

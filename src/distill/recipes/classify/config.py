@@ -178,8 +178,8 @@ def _check_files(cfg: RunConfig) -> None:
     ):
         if path is not None and not _exists(Path(path)):
             raise ConfigError(f"`{key}`: {path} does not exist. Fix the path or remove the key.")
-    if cfg.data.name == "csv" and cfg.data.path is None:
-        raise ConfigError("`data.path`: required when data.name is csv (the CSV file to read).")
+    if cfg.data.name in ("csv", "jsonl") and cfg.data.path is None:
+        raise ConfigError(f"`data.path`: required when data.name is {cfg.data.name} (the file to read).")
 
 
 def _exists(path: Path) -> bool:
