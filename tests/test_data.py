@@ -359,7 +359,7 @@ def test_a_jsonl_of_texts_loads_like_a_csv_and_names_bad_lines(tmp_path):
     with pytest.raises(DataError, match=r"line 2, column `label`: the label is empty or missing"):
         read_text_table(path, "text", "label")
     path.write_text('{"text": "a", "label": 1}\n{"text": "b", "label": 2\n')
-    with pytest.raises(DataError, match=r"rows.jsonl, line 2: not a JSON object"):
+    with pytest.raises(DataError, match=r"rows.jsonl, line 2: not valid JSON"):
         read_text_table(path, "text", "label")
     with pytest.raises(ConfigError, match="data.name=jsonl reads texts: set data.text_column"):
         load_config(None, ["data.name=jsonl", f"data.path={path}"])

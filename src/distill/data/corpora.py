@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,12 +81,23 @@ def read_json_lines(path: str | Path, key: str, problem: Callable[[dict], str | 
 
     `problem(row)` may describe what is wrong with a row (None when it is fine).
     """
-    import json
-
     path = Path(path)
     if not path.is_file():
         raise DataError(f"`{key}`: {path} does not exist.")
     rows = []
+    for n, row in json_objects(path):
+        wrong = problem(row) if problem else None
+        if wrong:
+            raise DataError(f"{path}, line {n}: {wrong}.")
+        rows.append(row)
+    return rows
+
+
+def json_objects(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSONL file; a line that is not valid JSON or not
+    an object is an error naming the file and line."""
+    import json
+
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
@@ -94,9 +105,6 @@ def read_json_lines(path: str | Path, key: str, problem: Callable[[dict], str | 
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}, line {n}: not valid JSON ({exc.msg}).") from None
-        wrong = f"expected a JSON object, got {type(row).__name__}" if not isinstance(row, dict) else (
-            problem(row) if problem else None)
-        if wrong:
-            raise DataError(f"{path}, line {n}: {wrong}.")
-        rows.append(row)
-    return rows
+        if not isinstance(row, dict):
+            raise DataError(f"{path}, line {n}: expected a JSON object, got {type(row).__name__}.")
+        yield n, row

@@ -9,7 +9,6 @@ Each text becomes one (2, L) int64 row, [input_ids; attention_mask], padded or t
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import torch
 from distill.core.errors import DataError, did_you_mean
 from distill.data.arrays import ArrayDataset, DataSplits, stratified_split
 from distill.data.config import DataConfig
-from distill.data.corpora import read_bbc_news
+from distill.data.corpora import json_objects, read_bbc_news
 
 
 def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int) -> torch.Tensor:
@@ -107,19 +106,8 @@ def _csv_rows(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[str]]:
 
 
 def _jsonl_rows(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[str]]:
-    rows, names = [], {}
-    for line, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not text.strip():
-            continue
-        try:
-            row = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}, line {line}: not a JSON object ({exc.msg}); write one object per line.") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{path}, line {line}: a JSON {type(row).__name__}, not an object of named fields.")
-        rows.append((line, row))
-        names.update(dict.fromkeys(row))
-    return rows, list(names)
+    rows = list(json_objects(path))
+    return rows, list(dict.fromkeys(k for _, row in rows for k in row))
 
 
 class Tokenize:

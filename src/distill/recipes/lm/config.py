@@ -12,6 +12,7 @@ from distill.core.config import (
     Strict,
     builtin_config,
     read_raw,
+    read_yaml,
     source_name,
     validate_section,
 )
@@ -106,10 +107,7 @@ class LMRunConfig(RunHeader):
 def load_lm_config(path: str | Path | dict[str, Any] | None = None,
                    overrides: list[str] | None = None) -> LMRunConfig:
     """Read an LM YAML config (a file, a mapping, or None: the built-in KJV job), apply overrides, validate."""
-    import yaml
-
-    default = builtin_config("lm_kjv.yaml")
-    raw = read_raw(path, overrides, lambda: yaml.safe_load(default.read_text()))
+    raw = read_raw(path, overrides, lambda: read_yaml(builtin_config("lm_kjv.yaml")))
     cfg = validate_section(LMRunConfig, raw, source_name(path, "built-in LM default"), overrides)
     if cfg.data.corpus in ("text", "jsonl") and cfg.data.path is None:
         raise ConfigError(f"`data.path`: required when data.corpus is {cfg.data.corpus}.")

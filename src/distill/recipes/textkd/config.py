@@ -12,6 +12,7 @@ from distill.core.config import (
     Strict,
     builtin_config,
     read_raw,
+    read_yaml,
     source_name,
     validate_section,
 )
@@ -175,8 +176,5 @@ def load_textkd_config(path: str | Path | dict[str, Any] | None = None,
                        overrides: list[str] | None = None) -> TextKDConfig:
     """Read a text-KD YAML config (a file, a mapping, or None: the built-in BBC News job), apply overrides,
     validate."""
-    import yaml
-
-    default = builtin_config("bbc_step_by_step.yaml")
-    raw = read_raw(path, overrides, lambda: yaml.safe_load(default.read_text()))
+    raw = read_raw(path, overrides, lambda: read_yaml(builtin_config("bbc_step_by_step.yaml")))
     return validate_section(TextKDConfig, raw, source_name(path, "built-in BBC News step-by-step job"), overrides)
