@@ -17,9 +17,8 @@ from distill.losses.terms import cross_entropy, term_scales
 from distill.recipes.classify.config import load_config
 from distill.recipes.classify.pipeline import baseline_budget, plan_of
 from distill.recipes.classify.plan import resolve
-from distill.training.classify import _is_best
+from distill.training.classify import ClassifierTask
 from distill.training.config import TrainConfig
-from distill.training.engine import FitResult
 
 DIGITS = ["data.name=digits", "data.label_fraction=1"]
 
@@ -147,11 +146,11 @@ def test_the_plain_student_gets_as_many_steps_as_the_distilled_one():
 
 
 def test_tied_validation_accuracy_is_broken_by_lower_nll():
-    result = FitResult(model=nn.Linear(1, 1), best_epoch=0,
-                       history=[{"epoch": 0, "val_accuracy": 0.9, "val_nll": 0.5}])
-    assert _is_best(result, {"epoch": 1, "val_accuracy": 0.9, "val_nll": 0.4})
-    assert not _is_best(result, {"epoch": 1, "val_accuracy": 0.9, "val_nll": 0.6})
-    assert not _is_best(result, {"epoch": 1, "val_accuracy": 0.88, "val_nll": 0.1})
+    best = {"epoch": 0, "val_accuracy": 0.9, "val_nll": 0.5}
+    better = ClassifierTask.better  # what the engine asks after each epoch
+    assert better({"epoch": 1, "val_accuracy": 0.9, "val_nll": 0.4}, best)
+    assert not better({"epoch": 1, "val_accuracy": 0.9, "val_nll": 0.6}, best)
+    assert not better({"epoch": 1, "val_accuracy": 0.88, "val_nll": 0.1}, best)
 
 
 def test_loss_scale_guard_names_the_weight_to_change():

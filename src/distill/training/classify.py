@@ -185,7 +185,8 @@ class ClassifierTask:
         m = classification_metrics(predict(self.model, self.val_data), labels_of(self.val_data))
         return {"val_accuracy": m["accuracy"], "val_nll": m["nll"]}
 
-    def better(self, row: dict[str, float], best: dict[str, float] | None) -> bool:
+    @staticmethod
+    def better(row: dict[str, float], best: dict[str, float] | None) -> bool:
         """Whether `row` ranks above the best epoch so far (`best_key`)."""
         return best is None or best_key(row) > best_key(best)
 
@@ -282,13 +283,6 @@ def _shard(order: torch.Tensor, rank: int, world: int) -> torch.Tensor:
     per_rank = math.ceil(len(order) / world)
     padded = torch.cat([order, order[: per_rank * world - len(order)]])
     return padded[rank::world]
-
-
-def _is_best(result: FitResult, row: dict[str, float]) -> bool:
-    """Whether `row` ranks above `result`'s best epoch (`best_key`)."""
-    if result.best_epoch < 0:
-        return True
-    return best_key(row) > best_key(next(r for r in result.history if r["epoch"] == result.best_epoch))
 
 
 def best_key(row: dict[str, float]) -> tuple[float, ...]:
