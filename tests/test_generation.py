@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -15,7 +13,6 @@ from lm_helpers import make_llama, make_tokenizer  # noqa: E402
 
 from distill.models import generation  # noqa: E402
 from distill.models.generation import (  # noqa: E402
-    BatchedGenerator,
     GenerationParams,
     GeneratorClosed,
     eos_ids_of,
@@ -123,97 +120,3 @@ def test_eos_ids_come_from_the_tokenizer_and_the_generation_config(lm):
         assert eos_ids_of(model, tok) == {tok.eos_token_id, 5}
     finally:
         model.generation_config.eos_token_id = tok.eos_token_id
-
-
-def recording(monkeypatch):
-    """Patch generate_batch to record each batch's size."""
-    sizes: list[int] = []
-    real = generation.generate_batch
-
-    def spy(model, prompts, params, **kw):
-        sizes.append(len(prompts))
-        return real(model, prompts, params, **kw)
-
-    monkeypatch.setattr(generation, "generate_batch", spy)
-    return sizes
-
-
-def test_the_engine_batches_concurrent_callers_and_answers_each_correctly(lm, monkeypatch):
-    model, tok, prompts = lm
-    sizes = recording(monkeypatch)
-    expected = [single(model, tok, p).token_ids for p in prompts]
-    engine = BatchedGenerator(model, tok, max_batch=8, max_wait_ms=200)
-    try:
-        futures = [engine.submit(p, GREEDY) for p in prompts * 2]
-        assert [f.result(timeout=30).token_ids for f in futures] == expected * 2
-        assert sizes == [6]  # one batch
-        sizes.clear()
-        with ThreadPoolExecutor(4) as pool:
-            got = list(pool.map(lambda p: engine.submit(p, GREEDY).result(timeout=30).token_ids, prompts * 4))
-        assert got == expected * 4
-        assert sum(sizes) == 12 and max(sizes) > 1 and len(sizes) < 12
-    finally:
-        engine.close()
-
-
-def test_a_failed_batch_fails_its_own_requests_and_the_engine_carries_on(lm, monkeypatch):
-    model, tok, prompts = lm
-    real, calls = generation.generate_batch, []
-
-    def flaky(*args, **kw):
-        calls.append(1)
-        if len(calls) == 1:
-            raise RuntimeError("out of memory")
-        return real(*args, **kw)
-
-    monkeypatch.setattr(generation, "generate_batch", flaky)
-    engine = BatchedGenerator(model, tok)
-    try:
-        with pytest.raises(RuntimeError, match="out of memory"):
-            engine.submit(prompts[0], GREEDY).result(timeout=30)
-        again = engine.submit(prompts[0], GREEDY).result(timeout=30)
-        assert again.token_ids == single(model, tok, prompts[0]).token_ids
-    finally:
-        engine.close()
-
-
-def test_close_aborts_the_running_batch_fails_queued_requests_and_is_idempotent(lm, monkeypatch):
-    model, tok, prompts = lm
-    started, release = threading.Event(), threading.Event()
-
-    def blocked(model, prompts, params, *, on_token, **kw):
-        started.set()
-        release.wait(10)
-        on_token(0, 5)  # the engine refuses to go on once closed
-        raise AssertionError("not reached")
-
-    monkeypatch.setattr(generation, "generate_batch", blocked)
-    engine = BatchedGenerator(model, tok, max_batch=1)
-    running = engine.submit(prompts[0], GREEDY)
-    assert started.wait(10)
-    queued = engine.submit(prompts[1], GREEDY)
-    closer = threading.Thread(target=engine.close)
-    closer.start()
-    release.set()
-    closer.join(10)
-    for future in (running, queued):
-        with pytest.raises(GeneratorClosed):
-            future.result(timeout=10)
-    with pytest.raises(GeneratorClosed):
-        engine.submit(prompts[0], GREEDY)
-    engine.close()
-    assert not engine._worker.is_alive()
-
-
-def test_a_broken_stream_callback_fails_nobody(lm):
-    model, tok, prompts = lm
-    engine = BatchedGenerator(model, tok)
-
-    def broken(token):
-        raise OSError("client went away")
-
-    try:
-        future = engine.submit(prompts[0], GREEDY, on_token=broken)
-        assert future.result(timeout=30).token_ids == single(model, tok, prompts[0]).token_ids
-    finally:
-        engine.close()

@@ -1,23 +1,17 @@
-"""Batched text generation for Hugging Face causal LMs: one decoding loop, and an engine that
-batches concurrent callers.
+"""Batched text generation for Hugging Face causal LMs: the decoding pieces and one fixed-batch loop.
 
     generate_batch(model, prompts, params, pad_id=..., eos_ids=...)  # -> list[Generated]
-    engine = BatchedGenerator(model, tokenizer); engine.submit(ids, params).result()
 
 `generate_batch` left-pads the prompts and decodes them together with a KV cache; every row has
-its own sampling settings and stops on its own. `BatchedGenerator` queues requests from many
-threads and runs them through `generate_batch` in batches, because a decoding step costs about as
-much for eight rows as for one (the weights are read once per step either way).
+its own sampling settings and stops on its own. A decoding step costs about as much for eight rows
+as for one (the weights are read once per step either way). The engine that batches concurrent
+callers continuously, on the same pieces, is `distill.models.batching.BatchedGenerator`.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import inspect
 import logging
-import queue
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -185,120 +179,6 @@ def _sample(logits: torch.Tensor, row: _Row) -> int:
         sorted_probs[drop] = 0
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
     return int(torch.multinomial(probs, 1, generator=row.generator))
-
-
-# --------------------------------------------------------------------------- the engine
-
-_STOP = object()
-
-
-@dataclass
-class _Request:
-    prompt_ids: list[int]
-    params: GenerationParams
-    on_token: Callable[[int], None] | None
-    future: concurrent.futures.Future
-
-
-class BatchedGenerator:
-    """Runs requests from any number of threads through `generate_batch`, several at a time.
-
-    One worker thread takes the first waiting request, waits up to `max_wait_ms` for others (up
-    to `max_batch` in all) and decodes them together. A failed batch fails only its own futures.
-    """
-
-    def __init__(self, model: Any, tokenizer: Any, max_batch: int = 8, max_wait_ms: float = 5.0):
-        if max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-        self.model = model
-        self.max_batch = max_batch
-        self.max_wait_s = max_wait_ms / 1000
-        self.eos_ids = eos_ids_of(model, tokenizer)
-        pad = getattr(tokenizer, "pad_token_id", None)
-        self.pad_id = pad if pad is not None else min(self.eos_ids, default=0)
-        self._queue: queue.Queue = queue.Queue()
-        self._lock = threading.Lock()
-        self._closed = threading.Event()
-        self._worker = threading.Thread(target=self._run, name="distill-generation", daemon=True)
-        self._worker.start()
-
-    def submit(self, prompt_ids: list[int], params: GenerationParams,
-               on_token: Callable[[int], None] | None = None) -> concurrent.futures.Future:
-        """Queue one request; `on_token(token_id)` is called from the worker thread for each new token."""
-        if not prompt_ids:
-            raise ValueError("prompt_ids is empty: a prompt needs at least one token")
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        with self._lock:  # nothing is queued behind the stop marker
-            if self._closed.is_set():
-                raise GeneratorClosed("The generation engine is closed; create a new one.")
-            self._queue.put(_Request(list(prompt_ids), params, on_token, future))
-        return future
-
-    def close(self, timeout: float | None = 30.0) -> None:
-        """Stop the worker: queued requests fail, the running batch is aborted at its next token."""
-        with self._lock:
-            if not self._closed.is_set():
-                self._closed.set()
-                self._queue.put(_STOP)
-        if self._worker is not threading.current_thread():
-            self._worker.join(timeout)
-
-    def _run(self) -> None:
-        while not self._closed.is_set():
-            batch = [r for r in self._collect() if r.future.set_running_or_notify_cancel()]
-            if self._closed.is_set():
-                _fail(batch, GeneratorClosed("The generation engine was closed before this request ran."))
-            elif batch:
-                self._generate(batch)
-        leftovers = []
-        while not self._queue.empty():
-            item = self._queue.get_nowait()
-            if item is not _STOP and item.future.set_running_or_notify_cancel():
-                leftovers.append(item)
-        _fail(leftovers, GeneratorClosed("The generation engine was closed before this request ran."))
-
-    def _collect(self) -> list[_Request]:
-        """The first waiting request plus any that arrive within `max_wait_s`, up to `max_batch`."""
-        first = self._queue.get()
-        if first is _STOP:
-            return []
-        batch, deadline = [first], time.monotonic() + self.max_wait_s
-        while len(batch) < self.max_batch:
-            remaining = deadline - time.monotonic()
-            try:  # past the deadline, still take what is already waiting
-                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is _STOP:
-                break
-            batch.append(item)
-        return batch
-
-    def _generate(self, batch: list[_Request]) -> None:
-        def on_token(row: int, token: int) -> None:
-            if self._closed.is_set():
-                raise GeneratorClosed("The generation engine was closed while this request ran.")
-            request = batch[row]
-            if request.on_token is not None:
-                try:
-                    request.on_token(token)
-                except Exception:  # one caller's broken callback must not fail the others' rows
-                    log.exception("on_token callback failed; no more tokens are sent to it")
-                    request.on_token = None
-
-        try:
-            results = generate_batch(self.model, [r.prompt_ids for r in batch], [r.params for r in batch],
-                                     pad_id=self.pad_id, eos_ids=self.eos_ids, on_token=on_token)
-        except Exception as exc:
-            _fail(batch, exc)
-            return
-        for request, result in zip(batch, results):
-            request.future.set_result(result)
-
-
-def _fail(requests: list[_Request], exc: BaseException) -> None:
-    for request in requests:
-        request.future.set_exception(exc)
 
 
 def eos_ids_of(model: Any, tokenizer: Any) -> set[int]:

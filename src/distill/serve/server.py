@@ -6,7 +6,7 @@
 Endpoints: `POST /v1/chat/completions` (JSON, or Server-Sent Events with `stream: true`),
 `GET /v1/models`, and `GET /health`, the one endpoint open without the API key. The server listens
 on 127.0.0.1 unless told otherwise, and refuses any other address without a key. Concurrent
-requests are decoded together by `distill.models.generation.BatchedGenerator`. Errors have OpenAI's
+requests are decoded together by `distill.models.batching.BatchedGenerator`. Errors have OpenAI's
 shape, `{"error": {"message", "type", "code"}}`, so OpenAI clients show our message.
 
 The protocol itself (request validation, limits, response pieces) is `distill.serve.protocol`.
@@ -134,7 +134,7 @@ def make_server(model_dir_or_source: str, *, host: str = "127.0.0.1", port: int 
                            "require one with --api-key-env NAME or --api-key-file PATH, or keep the default "
                            "--host 127.0.0.1.")
     from distill.models.causal_lm import load_causal_lm, load_tokenizer
-    from distill.models.generation import BatchedGenerator
+    from distill.models.batching import BatchedGenerator
 
     try:  # bind first: a busy port should not cost a model load
         httpd = _HTTPServer((host, port), _Handler)

@@ -3,7 +3,7 @@
     teacher.complete(messages, sampling) -> list[Completion]   # `sampling.n` completions
 
 `LocalTextTeacher` runs a Hugging Face causal LM in this process (batched across concurrent
-callers by `distill.models.generation.BatchedGenerator`); `OpenAITeacher` (`distill.teachers.remote`)
+callers by `distill.models.batching.BatchedGenerator`); `OpenAITeacher` (`distill.teachers.remote`)
 calls any OpenAI-compatible chat-completions endpoint. Both are safe to call from several threads:
 `distill generate` runs a bounded pool of callers over either.
 """
@@ -86,7 +86,7 @@ class LocalTextTeacher:
 
     def _load_once(self) -> None:
         from distill.models.causal_lm import load_causal_lm, load_tokenizer
-        from distill.models.generation import BatchedGenerator
+        from distill.models.batching import BatchedGenerator
 
         self._tokenizer = load_tokenizer(self.source)
         model = load_causal_lm(self.source).to(self.device).eval()
