@@ -393,7 +393,7 @@ BODIES = (st.binary(max_size=200)
 
 def _post(server: Any, body: bytes) -> None:
     def case() -> None:
-        host, port = server.httpd.server_address[:2]
+        host, port = server.address
         conn = http.client.HTTPConnection(host, port, timeout=30)  # a timeout here is a hang
         try:
             conn.request("POST", "/v1/chat/completions", body=body,

@@ -60,7 +60,7 @@ def test_served_logprobs_train_a_student_with_forward_kl(tmp_path):
     server = make_server(str(d), port=0)
     server.start_background()
     try:
-        teacher = OpenAITeacher(base_url=f"{server.url}/v1", model="tiny", api_key_env=None)
+        teacher = OpenAITeacher(base_url=f"{server.url}/v1", model=server.model_name, api_key_env=None)
         rows = [PromptRow(id=str(i), messages=[{"role": "user", "content": f"And God {i}"}], fields={})
                 for i in range(4)]
         generate(teacher, rows, tmp_path / "g.jsonl", sampling=Sampling(max_tokens=6, top_logprobs=3), quiet=True)

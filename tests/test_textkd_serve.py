@@ -24,7 +24,7 @@ def test_generate_through_distill_serve_keeps_samples_and_logprobs(model_dir, tm
     server = make_server(str(model_dir), port=0, api_key="s3cret")
     server.start_background()
     try:
-        teacher = OpenAITeacher(base_url=f"{server.url}/v1", model="tiny", api_key_env="DISTILL_TEST_KEY",
+        teacher = OpenAITeacher(base_url=f"{server.url}/v1", model=server.model_name, api_key_env="DISTILL_TEST_KEY",
                                 backoff_s=0.01)
         rows = [PromptRow(id=str(i), messages=[{"role": "user", "content": f"light {i}"}], fields={})
                 for i in range(3)]
@@ -52,7 +52,7 @@ def test_local_and_served_greedy_answers_agree(model_dir):
     server = make_server(str(model_dir), port=0)
     server.start_background()
     try:
-        got = OpenAITeacher(base_url=f"{server.url}/v1", model="tiny", api_key_env=None).complete(
+        got = OpenAITeacher(base_url=f"{server.url}/v1", model=server.model_name, api_key_env=None).complete(
             messages, Sampling(max_tokens=6))[0]
     finally:
         server.shutdown()
@@ -79,7 +79,7 @@ def test_smollm2_served_over_http_answers_a_rationale_prompt():
     server = make_server("builtin:smollm2-135m-instruct", port=0)
     server.start_background()
     try:
-        teacher = OpenAITeacher(base_url=f"{server.url}/v1", model="smollm2", api_key_env=None)
+        teacher = OpenAITeacher(base_url=f"{server.url}/v1", model=server.model_name, api_key_env=None)
         out = teacher.complete([{"role": "user", "content": "Article: The striker scored twice in the cup "
                                  "final.\\nIs this about sports or business? Answer with one word."}],
                                Sampling(max_tokens=16))

@@ -102,6 +102,7 @@ class BatchedGenerator:
         self._cache_arg = "cache" if "cache" in accepts else "past_key_values"  # transformers 5.x name
         self._joinable: bool | None = None  # known after the first prefill
         self._held: list[_Request] = []  # taken from the queue, waiting for the batch to end
+        self._running = 0
         self._queue: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
         self._closed = threading.Event()
@@ -119,6 +120,11 @@ class BatchedGenerator:
                 raise GeneratorClosed("The generation engine is closed; create a new one.")
             self._queue.put(_Request(list(prompt_ids), params, on_token, job))
         return job
+
+    @property
+    def running(self) -> int:
+        """How many requests are being decoded now (a snapshot)."""
+        return self._running
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Stop the worker: queued requests fail, running ones are aborted at their next step."""
@@ -155,17 +161,20 @@ class BatchedGenerator:
         if admitted and batch and self._joinable is False:
             self._held += admitted  # this model's cache cannot take rows: they wait for the batch to end
             admitted = []
+        self._running = len(batch) + len(admitted)
         if admitted:
             try:
                 new = self._prefill(admitted)
             except Exception as exc:  # fails the new requests only; the running batch goes on
                 log.exception("prefill failed")
                 _fail(admitted, exc)
+                self._running = len(batch)
                 return
             self._join(batch, new)
         elif batch:
             self._decode(batch)
         self._retire(batch)
+        self._running = len(batch)
 
     def _waiting(self, block: bool, room: int) -> list[_Request]:
         """Requests waiting in the queue (blocking for the first one when nothing runs)."""

@@ -182,9 +182,12 @@ class OpenAITeacher:
         if status in (401, 403):
             return TeacherUnavailable(f"Teacher endpoint {self.url} refused the credentials "
                                       f"(HTTP {status}: {text}); {self._key_fix(key)}.")
-        hint = " Check base_url (it includes the API prefix, e.g. /v1)." if status == 404 else ""
+        hint = ""
+        if status == 404:
+            hint = (" Set the teacher's `model` to a name the server serves (GET /v1/models)."
+                    if "model" in text.lower() else " Check base_url (it includes the API prefix, e.g. /v1).")
         return TeacherUnavailable(f"Teacher endpoint {self.url} rejected the request for model "
-                                  f"{self.model!r} (HTTP {status}): {text}.{hint}")
+                                  f"{self.model!r} (HTTP {status}): {text.rstrip('.')}.{hint}")
 
     def _key_fix(self, key: str | None) -> str:
         """What to change when the endpoint refuses the key: where it comes from, never what it is."""
