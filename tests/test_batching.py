@@ -10,13 +10,18 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from test_generation import GREEDY, lm, single  # noqa: E402,F401  (lm: the shared fixture)
+from test_generation import GREEDY, single, tiny_lm  # noqa: E402
 
 from distill.models import batching  # noqa: E402
 from distill.models.batching import BatchedGenerator  # noqa: E402
 from distill.models.generation import GenerationParams, GeneratorClosed  # noqa: E402
 
 LONG = GenerationParams(max_new_tokens=40)
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory):
+    return tiny_lm(tmp_path_factory.mktemp("tiny_llama"))
 
 
 @pytest.fixture

@@ -11,10 +11,8 @@ pytest.importorskip("transformers")
 
 from lm_helpers import make_llama, make_tokenizer  # noqa: E402
 
-from distill.models import generation  # noqa: E402
 from distill.models.generation import (  # noqa: E402
     GenerationParams,
-    GeneratorClosed,
     eos_ids_of,
     generate_batch,
 )
@@ -24,8 +22,11 @@ GREEDY = GenerationParams(max_new_tokens=12)
 
 @pytest.fixture(scope="module")
 def lm(tmp_path_factory):
+    return tiny_lm(tmp_path_factory.mktemp("tiny_llama"))
+
+
+def tiny_lm(directory):
     """(model, tokenizer, prompts of different lengths); weights scaled up so outputs vary by prompt."""
-    directory = tmp_path_factory.mktemp("tiny_llama")
     tok = make_tokenizer(directory)
     model = varied(make_llama(directory, tok)).eval()
     texts = ["In the beginning God", "And", "darkness was upon the face of the deep And God said"]
