@@ -19,18 +19,17 @@ from distill.cli import main  # noqa: E402
 from distill.core.checkpoint import load_weights, save_weights  # noqa: E402
 from distill.core.errors import ExportError, ModelError  # noqa: E402
 from distill.data.arrays import ArrayDataset  # noqa: E402
+from distill.export.formats import export_safetensors  # noqa: E402
+from distill.export.hf import export_hf  # noqa: E402
 from distill.export.onnx import (  # noqa: E402
     bench_onnx,
     check_parity,
-    export_hf,
     export_onnx,
-    export_safetensors,
     ort_session,
     quantize_onnx,
     unsupported_operator,
 )
 from distill.models.config import ModelConfig  # noqa: E402
-from distill.models.encoders import EncoderClassifier  # noqa: E402
 from distill.models.zoo import CNN, MLP, ResNet, build_model  # noqa: E402
 
 SHAPE = (1, 12, 12)
@@ -76,11 +75,11 @@ def test_exported_file_has_a_dynamic_batch_axis(tmp_path):
     model = CNN(SHAPE, 5, [4, 8], fc=16).eval()
     path = export_onnx(model, torch.randn(1, *SHAPE), tmp_path / "m.onnx")  # exported from one example
     session = ort_session(path)
-    assert [i.name for i in session.get_inputs()] == ["inputs"]
+    assert [i.name for i in session.get_inputs()] == ["pixel_values"]  # an image (B, C, H, W)
     assert [o.name for o in session.get_outputs()] == ["logits"]
     for batch in (1, 7):
         x = torch.randn(batch, *SHAPE)
-        got = session.run(None, {"inputs": x.numpy()})[0]
+        got = session.run(None, {"pixel_values": x.numpy()})[0]
         assert got.shape == (batch, 5)
         torch.testing.assert_close(torch.from_numpy(got), model(x).detach(), atol=1e-5, rtol=1e-5)
 
@@ -178,24 +177,6 @@ def test_hf_export_reloads_with_plain_transformers(tmp_path):
         torch.testing.assert_close(reloaded(input_ids=ids).last_hidden_state, bert(input_ids=ids).last_hidden_state,
                                    atol=0, rtol=0)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the temp dir is gone
-
-
-def test_encoder_classifier_exports_backbone_and_head_and_onnx(tmp_path):
-    model = EncoderClassifier(_tiny_bert(), 3).eval()
-    directory = export_hf(model, tmp_path / "enc")
-    backbone = transformers.AutoModel.from_pretrained(directory).eval()
-    head = nn.Linear(32, 3)
-    load_weights(directory / "distill_head.safetensors", head)
-    torch.testing.assert_close(head.weight, model.head.weight)
-    ids = torch.randint(0, 100, (4, 10))
-    mask = torch.ones_like(ids)
-    mask[0, 6:] = 0
-    x = torch.stack([ids, mask], 1)  # (B, 2, L)
-    with torch.no_grad():
-        torch.testing.assert_close(backbone(input_ids=ids, attention_mask=mask).last_hidden_state,
-                                   model.backbone(input_ids=ids, attention_mask=mask).last_hidden_state)
-    path = export_onnx(model, x, tmp_path / "enc.onnx")
-    assert check_parity(model, path, x).top1_agreement == 1.0
 
 
 def test_hf_export_refuses_a_plain_module(tmp_path):

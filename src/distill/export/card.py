@@ -59,3 +59,79 @@ def write_card(directory: Path, text: str) -> Path:
     path = Path(directory) / "README.md"
     atomic_write_text(path, text)
     return path
+
+
+KNOWN_LICENCES = {"all-MiniLM-L6-v2": ("sentence-transformers/all-MiniLM-L6-v2", "apache-2.0")}
+
+
+def classifier_card(*, name: str, which: str, fmt: str, teacher: dict[str, Any], student: dict[str, Any],
+                    data: dict[str, Any], kd: dict[str, Any] | None, report: dict[str, Any] | None,
+                    check: dict[str, Any] | None = None) -> str:
+    """The card of a classifier export (`distill export`): `teacher`/`student` are their config
+    sections, `data` the data section with the class names, `report` the run's report.json when
+    it sits beside the checkpoint (its measured quality and speed), `check` the export's own parity."""
+    text = data.get("modality") == "text"
+    model_id = (teacher.get("kwargs") or {}).get("model") if teacher.get("arch") == "hf_encoder" else None
+    hub_id, licence = KNOWN_LICENCES.get(Path(str(model_id)).name, (model_id, None)) if model_id else (None, None)
+    front: dict[str, Any] = {"library_name": {"hf": "transformers", "onnx": "onnx"}.get(fmt, "safetensors"),
+                             "pipeline_tag": "text-classification" if text else "image-classification",
+                             "tags": ["distillation", "knowledge-distillation", "distill"]}
+    if licence:
+        front["license"] = licence
+    if hub_id and "/" in hub_id and not Path(hub_id).exists():
+        front["base_model"] = hub_id
+    what = "teacher" if which == "teacher" else "student"
+    lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
+             f"# {name}: the {what} of a `distill` run", "",
+             f"**Teacher:** {_arch(teacher)}" + (f" (licence {licence})" if licence else "") + ".",
+             f"**Student:** {_arch(student)}.",
+             f"**Data:** {data.get('name')}, {len(data.get('classes') or [])} classes: "
+             f"{', '.join(map(str, data.get('classes') or []))}."]
+    if kd and which != "teacher":
+        used = ((report or {}).get("recipe") or {}).get("objective")  # what the run resolved, when known
+        chosen = {k: kd.get(k) for k in ("divergence", "temperature", "ratio")}
+        settings = ", ".join(f"{k} {'(the recipe’s)' if v is None else v}" for k, v in chosen.items())
+        lines.append(f"**Distillation:** {used or settings}.")
+    lines.append("")
+    lines += _measured(report) if report else [
+        "No run report was found beside the checkpoint, so no quality or speed figures are given here; "
+        "`distill eval` and `distill bench` measure them.", ""]
+    if check:
+        lines += [f"**Export check:** the exported model picks the same class as the trained one on "
+                  f"{100 * check['agreement']:.2f}% of {int(check['n'])} test examples "
+                  f"(max |logit difference| {check['max_abs_diff']:.2g}).", ""]
+    lines += _usage(fmt, text)
+    return "\n".join(lines) + "\n"
+
+
+def _arch(spec: dict[str, Any]) -> str:
+    kwargs = spec.get("kwargs") or {}
+    inside = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+    return f"`{spec.get('arch')}`" + (f" ({inside})" if inside else "")
+
+
+def _measured(report: dict[str, Any]) -> list[str]:
+    lines = ["**Measured on the test split** (on " + str(report.get("machine", "the run's machine")) + "):", "",
+             "| model | accuracy | agreement with teacher | params | size (MB) | latency b1 p50 (ms) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, m in report.get("models", {}).items():
+        agree = f"{100 * m['agreement']:.1f}%" if "agreement" in m else "–"
+        latency = f"{m['latency_b1_p50_ms']:.2f}" if "latency_b1_p50_ms" in m else "–"
+        lines.append(f"| {name} | {100 * m['accuracy']:.2f}% | {agree} | {m.get('params', 0):,} | "
+                     f"{m.get('size_mb', 0):.2f} | {latency} |")
+    return lines + [""]
+
+
+def _usage(fmt: str, text: str | bool) -> list[str]:
+    if fmt == "hf":
+        return ["```python", "from transformers import pipeline",
+                "classify = pipeline(\"text-classification\", model=\"PATH\", trust_remote_code=True)",
+                "classify(\"some text\", truncation=True)", "```",
+                "`trust_remote_code=True` loads `modeling_distill.py` (in this folder): the encoder with "
+                "mean pooling and the trained head."]
+    if fmt == "onnx":
+        feed = "{\"input_ids\": ids, \"attention_mask\": mask}" if text else "{\"pixel_values\": x}"
+        return ["```python", "import onnxruntime", "session = onnxruntime.InferenceSession(\"PATH\")",
+                f"logits = session.run([\"logits\"], {feed})[0]", "```"]
+    return ["The weights are a safetensors file; rebuild the model from the run's config and load them "
+            "with `distill.core.checkpoint.load_weights`."]

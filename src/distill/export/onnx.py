@@ -1,6 +1,6 @@
-"""Export a trained model as files other tools load: safetensors, Hugging Face layout, ONNX.
+"""ONNX exports with the input names other tools expect, their parity check, benchmark and int8.
 
-    export_onnx(student, example, "student.onnx")              # atomic, dynamic batch axis
+    export_onnx(student, example, "student.onnx")              # atomic, dynamic batch/sequence axes
     report = check_parity(student, "student.onnx", data.test)  # ExportError past the tolerance
     costs = bench_onnx(student, "student.onnx", inputs)        # eager vs ONNX Runtime, 1 thread
     quantize_onnx("student.onnx", "student-int8.onnx")         # ONNX Runtime dynamic int8 weights
@@ -26,14 +26,12 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from distill.core.checkpoint import save_weights
 from distill.core.errors import ExportError, ModelError
 from distill.core.files import atomic_write_bytes
 from distill.data.batches import iter_batches
 from distill.eval.bench import time_calls
 from distill.models.zoo import logits_of
 
-FORMATS = ("onnx", "safetensors", "hf")
 INT8_MIN_TOP1 = 0.99  # an int8 file may change a few close calls, not more
 EXPORT_ADVICE = ("Re-export with another opset or exporter (dynamo=True/False), or look for an operation that "
                  "behaves differently in eval mode or in ONNX (e.g. custom ops, in-place updates).")
@@ -53,48 +51,6 @@ class ParityReport:
         return asdict(self)
 
 
-def export_safetensors(model: nn.Module, path: Path | str, meta: dict[str, Any] | None = None) -> Path:
-    """The model's weights as one safetensors file (atomic), `meta` in its metadata."""
-    save_weights(Path(path), model, meta)
-    return Path(path)
-
-
-def export_hf(model: nn.Module, directory: Path | str, tokenizer: Any = None) -> Path:
-    """A Hugging Face model directory that plain `transformers.AutoModel.from_pretrained` loads.
-
-    For an `EncoderClassifier` the backbone is saved, plus its head in `distill_head.safetensors`
-    (the mean pooling has no weights). distill drops BERT's unused pooler, so transformers warns
-    that it initialises one; `from_pretrained(dir, add_pooling_layer=False)` skips it. Written to a
-    temp directory, then renamed.
-    """
-    from distill.models.causal_lm import (
-        save_pretrained_atomic,  # pulls in transformers: only when asked
-    )
-
-    backbone = getattr(model, "backbone", model)
-    if not callable(getattr(backbone, "save_pretrained", None)):
-        raise ModelError(f"{type(model).__name__} is not a Hugging Face model (no save_pretrained); "
-                         "export it with --format safetensors or --format onnx.")
-    head = model.head if backbone is not model and isinstance(getattr(model, "head", None), nn.Module) else None
-    save_pretrained_atomic(backbone, _Extras(tokenizer, head), Path(directory))
-    return Path(directory)
-
-
-class _Extras:
-    """Stands in for the tokenizer `save_pretrained_atomic` writes beside the model, so the
-    classifier head (and the tokenizer, when there is one) land inside the same atomic rename."""
-
-    def __init__(self, tokenizer: Any, head: nn.Module | None):
-        self.tokenizer, self.head = tokenizer, head
-
-    def save_pretrained(self, directory: Path) -> None:
-        if self.tokenizer is not None:
-            self.tokenizer.save_pretrained(directory)
-        if self.head is not None:
-            save_weights(Path(directory) / "distill_head.safetensors", self.head,
-                         {"pooling": "mean", "num_classes": self.head.out_features})
-
-
 class _Logits(nn.Module):
     """The model with its output reduced to the logits tensor: ONNX graphs return plain tensors."""
 
@@ -106,10 +62,26 @@ class _Logits(nn.Module):
         return logits_of(self.model(x))
 
 
+class _TextLogits(_Logits):
+    """A text classifier's logits from `input_ids` and `attention_mask`, the names every text
+    runtime (ONNX Runtime, Optimum, Transformers.js) feeds."""
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return logits_of(self.model(torch.stack([input_ids, attention_mask], dim=1)))
+
+
+def input_names(example: torch.Tensor) -> list[str]:
+    """The ONNX input names for a model fed `example`: `input_ids` + `attention_mask` for token ids
+    stacked on a mask (B, 2, L), `pixel_values` for images (B, C, H, W), else `inputs`."""
+    if not example.dtype.is_floating_point and example.dim() == 3 and example.shape[1] == 2:
+        return ["input_ids", "attention_mask"]
+    return ["pixel_values"] if example.dim() == 4 else ["inputs"]
+
+
 def export_onnx(model: nn.Module, example_inputs: torch.Tensor, path: Path | str, *, opset: int | None = None,
                 dynamic_batch: bool = True, dynamo: bool = False) -> Path:
-    """Export `model` (in eval mode; its mode is restored after) to ONNX at `path`: input `inputs`,
-    output `logits`.
+    """Export `model` (in eval mode; its mode is restored after) to ONNX at `path`: inputs named as
+    `input_names` says (a text model's sequence axis is dynamic too), output `logits`.
 
     The default is the TorchScript exporter (`dynamo=False`): on our zoo CNN/MLP/ResNet and the HF
     encoder it gives the same parity as the torch.export-based one (`dynamo=True`, needs onnxscript)
@@ -125,19 +97,25 @@ def export_onnx(model: nn.Module, example_inputs: torch.Tensor, path: Path | str
     if dynamic_batch and len(x) == 1:
         x = torch.cat([x, x])  # torch.export specialises a dimension of size 1; give it two rows
     was_training = model.training
-    wrapped = _Logits(model).eval()
+    names = input_names(x)
+    text = len(names) == 2
+    wrapped = (_TextLogits(model) if text else _Logits(model)).eval()
+    args = (x[:, 0], x[:, 1]) if text else (x,)
+    axes = {0: "batch", 1: "sequence"} if text else {0: "batch"}
     if dynamo:  # one self-contained file (this exporter splits weights out by default)
+        dims = {i: torch.export.Dim(name) for i, name in axes.items()}
         options = {"external_data": False,
-                   "dynamic_shapes": ({0: torch.export.Dim("batch")},) if dynamic_batch else None}
+                   "dynamic_shapes": tuple(dims for _ in names) if dynamic_batch else None}
     else:
-        options = {"dynamic_axes": {"inputs": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None}
+        options = {"dynamic_axes": {**{n: axes for n in names}, "logits": {0: "batch"}}
+                   if dynamic_batch else None}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / path.name
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export")
                 warnings.filterwarnings("ignore", message=".*will be removed")
-                torch.onnx.export(wrapped, (x,), str(out), input_names=["inputs"], output_names=["logits"],
+                torch.onnx.export(wrapped, args, str(out), input_names=names, output_names=["logits"],
                                   opset_version=opset, dynamo=dynamo, verbose=False, **options)
         except Exception as exc:  # the exporters raise many types; all become one actionable error
             raise ModelError(_export_failure(model, exc, opset, dynamo)) from exc
@@ -251,7 +229,11 @@ def as_onnxruntime(model: nn.Module, example_inputs: torch.Tensor, path: Path | 
 
 
 def _run_ort(session: Any, x: torch.Tensor) -> torch.Tensor:
-    return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.cpu().numpy()})[0])
+    """The session's logits for `x` in distill's layout ((B, 2, L) text goes in as its two inputs)."""
+    names = [i.name for i in session.get_inputs()]
+    x = x.cpu().numpy()
+    feed = {names[0]: x[:, 0], names[1]: x[:, 1]} if len(names) == 2 else {names[0]: x}
+    return torch.from_numpy(session.run(None, feed)[0])
 
 
 def _batches(inputs: Dataset | torch.Tensor | Iterable[torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:
@@ -334,40 +316,3 @@ def bench_onnx(model: nn.Module, onnx_path: Path | str, inputs: torch.Tensor, *,
     out["ort_speedup"] = out["eager_latency_b1_p50_ms"] / out["ort_latency_b1_p50_ms"]
     out["ort_throughput_ratio"] = out["ort_throughput"] / out["eager_throughput"]
     return out
-
-
-def export_model(model: nn.Module, fmt: str, out: Path | str, test: Dataset, *, check: bool = False,
-                 meta: dict[str, Any] | None = None, tokenizer: str | None = None,
-                 int8: bool = False) -> dict[str, Any]:
-    """What `distill export` does: write `model` as `fmt` to `out`; for ONNX with `check`, run the
-    parity check on `test` (whose first examples also serve as the export's example input).
-    `meta` goes into a safetensors file's metadata; the `tokenizer` named (a text config's
-    `data.tokenizer`) is saved into an HF directory. `int8` (ONNX only) writes the ONNX Runtime
-    dynamically quantized model; its check requires INT8_MIN_TOP1 agreement with the fp32 model
-    and reports, without bounding, the logit difference that quantization brings."""
-    if fmt not in FORMATS:
-        raise ModelError(f"Unknown export format `{fmt}`; choose one of {list(FORMATS)}.")
-    if check and fmt != "onnx":
-        raise ModelError(f"--check compares an ONNX export with PyTorch; it does not apply to --format {fmt}.")
-    if int8 and fmt != "onnx":
-        raise ModelError(f"--int8 quantizes an ONNX export with ONNX Runtime; it does not apply to --format {fmt} "
-                         "(for PyTorch int8 use `distill quantize`).")
-    result: dict[str, Any] = {"format": fmt, "path": str(out)}
-    if fmt == "safetensors":
-        export_safetensors(model, out, meta)
-    elif fmt == "hf":
-        from distill.data.tokenizers import load_tokenizer
-
-        export_hf(model, out, load_tokenizer(tokenizer) if tokenizer else None)
-    else:
-        example = next(_batches(test, 2))
-        if int8:
-            with tempfile.TemporaryDirectory() as tmp:
-                quantize_onnx(export_onnx(model, example, Path(tmp) / "fp32.onnx"), out)
-        else:
-            export_onnx(model, example, out)
-        if check:
-            bounds = {"atol": float("inf"), "min_top1": INT8_MIN_TOP1, "advice": INT8_ADVICE} if int8 else {}
-            result["parity"] = check_parity(model, out, test, **bounds).as_dict()
-    return result
-

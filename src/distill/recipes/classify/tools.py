@@ -4,6 +4,7 @@ computes from them. The CLI only parses arguments and prints what these return."
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from distill.core.checkpoint import load_weights
 from distill.core.errors import ConfigError
 from distill.data.arrays import DataSplits, labels_of
 from distill.data.datasets import load_data
+from distill.data.tokenizers import MINILM
 from distill.eval.bench import measure_models
 from distill.eval.metrics import classification_metrics, evaluate_model, predict
 from distill.models.ensemble import build_ensemble
@@ -57,8 +59,9 @@ def bench_trained(cfg: RunConfig) -> dict[str, dict[str, float]]:
 
 
 def export_trained(cfg: RunConfig, which: str, fmt: str, out: Path, *, check: bool, int8: bool) -> dict[str, Any]:
-    """Export the teacher or the student (`which`) in `fmt`; the parity check's figures when asked."""
-    from distill.export.onnx import export_model
+    """Export the teacher or the student (`which`) in `fmt` with its model card; the check's figures
+    when asked."""
+    from distill.export.formats import export_model
 
     spec = getattr(cfg, which)
     if spec.checkpoint is None:
@@ -68,8 +71,26 @@ def export_trained(cfg: RunConfig, which: str, fmt: str, out: Path, *, check: bo
                if which == "teacher" or cfg.student.from_teacher else None)
     model = teacher if which == "teacher" else build_student(cfg, data, teacher)
     load_weights(spec.checkpoint, model)
+    text = data.modality == "text"
+    tokenizer = (cfg.data.tokenizer or MINILM) if text else None
     return export_model(model, fmt, out, data.test, check=check, meta={"config": cfg.name, "model": which},
-                        tokenizer=cfg.data.tokenizer, int8=int8)
+                        tokenizer=tokenizer, int8=int8, labels=data.class_names,
+                        max_length=cfg.data.max_length if text else None,
+                        card=lambda figures: _card(cfg, data, which, fmt, figures))
+
+
+def _card(cfg: RunConfig, data: DataSplits, which: str, fmt: str, check: dict[str, Any] | None) -> str:
+    """The model card of an export: the config's sections, and the run's report.json when it lies
+    beside the checkpoint (RUN/<stage>/model.safetensors → RUN/report.json)."""
+    from distill.export.card import classifier_card
+
+    checkpoint = Path(getattr(cfg, which).checkpoint)
+    found = checkpoint.parent.parent / "report.json"
+    report = json.loads(found.read_text()) if found.is_file() else None
+    dump = cfg.model_dump()
+    section = {"name": cfg.data.name, "classes": data.class_names, "modality": data.modality}
+    return classifier_card(name=cfg.name, which=which, fmt=fmt, teacher=dump["teacher"],
+                           student=dump["student"], data=section, kd=dump.get("kd"), report=report, check=check)
 
 
 def quantize_trained(cfg: RunConfig, method: str, backend: str, *, qat_epochs: int = 1,

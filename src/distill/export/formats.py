@@ -1,0 +1,84 @@
+"""`distill export` of a trained classifier: one call that writes any format, checks it, and writes
+its model card.
+
+    export_model(student, "hf", "out/", data.test, check=True, labels=data.class_names,
+                 tokenizer="all-MiniLM-L6-v2", max_length=128, card=text)
+
+Formats: `safetensors` (one weights file), `hf` (a directory `transformers` loads;
+`distill.export.hf`), `onnx` (`distill.export.onnx`, optionally int8). With `check`, an ONNX file is
+compared with PyTorch on the test split, and an HF directory is loaded back by transformers and
+compared the same way; the figures go into the result (and the card).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import nn
+from torch.utils.data import Dataset
+
+from distill.core.checkpoint import save_weights
+from distill.core.errors import ModelError
+from distill.core.files import atomic_write_text
+
+FORMATS = ("onnx", "safetensors", "hf")
+
+
+def export_safetensors(model: nn.Module, path: Path | str, meta: dict[str, Any] | None = None) -> Path:
+    """The model's weights as one safetensors file (atomic), `meta` in its metadata."""
+    save_weights(Path(path), model, meta)
+    return Path(path)
+
+
+def export_model(model: nn.Module, fmt: str, out: Path | str, test: Dataset, *, check: bool = False,
+                 meta: dict[str, Any] | None = None, tokenizer: str | None = None, int8: bool = False,
+                 labels: list[str] | None = None, max_length: int | None = None,
+                 card: Callable[[dict[str, Any] | None], str] | None = None) -> dict[str, Any]:
+    """Write `model` as `fmt` to `out`; with `check`, measure the export against the model on `test`.
+
+    `meta` goes into a safetensors file's metadata; the `tokenizer` named (a text config's
+    `data.tokenizer`) is saved into an HF directory with `labels` as id2label. `int8` (ONNX only)
+    writes the ONNX Runtime dynamically quantized model; its check requires INT8_MIN_TOP1 agreement.
+    `card(check_figures)` gives the model card text: README.md inside an HF directory, and
+    `<out>.README.md` beside a file.
+    """
+    from distill.export import onnx
+
+    if fmt not in FORMATS:
+        raise ModelError(f"Unknown export format `{fmt}`; choose one of {list(FORMATS)}.")
+    if check and fmt == "safetensors":
+        raise ModelError("--check compares an ONNX or HF export with PyTorch; it does not apply to "
+                         "--format safetensors (the file holds the same tensors).")
+    if int8 and fmt != "onnx":
+        raise ModelError(f"--int8 quantizes an ONNX export with ONNX Runtime; it does not apply to --format {fmt} "
+                         "(for PyTorch int8 use `distill quantize`).")
+    result: dict[str, Any] = {"format": fmt, "path": str(out)}
+    if fmt == "safetensors":
+        export_safetensors(model, out, meta)
+    elif fmt == "hf":
+        from distill.data.tokenizers import load_tokenizer
+        from distill.export.hf import export_hf, hf_agreement
+
+        tok = load_tokenizer(tokenizer) if tokenizer else None
+        export_hf(model, out, tok, labels=labels, max_length=max_length)
+        if check:
+            result["parity"] = hf_agreement(model, out, test)
+    else:
+        example = next(onnx._batches(test, 2))
+        if int8:
+            with tempfile.TemporaryDirectory() as tmp:
+                onnx.quantize_onnx(onnx.export_onnx(model, example, Path(tmp) / "fp32.onnx"), out)
+        else:
+            onnx.export_onnx(model, example, out)
+        if check:
+            bounds = ({"atol": float("inf"), "min_top1": onnx.INT8_MIN_TOP1, "advice": onnx.INT8_ADVICE}
+                      if int8 else {})
+            parity = onnx.check_parity(model, out, test, **bounds).as_dict()
+            result["parity"] = {"agreement": parity["top1_agreement"], **parity}
+    if card is not None:
+        path = Path(out) / "README.md" if fmt == "hf" else Path(f"{out}.README.md")
+        atomic_write_text(path, card(result.get("parity")))
+        result["card"] = str(path)
+    return result

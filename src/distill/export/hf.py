@@ -1,0 +1,125 @@
+"""Hugging Face exports that load in the standard loaders with the trained weights, and their check.
+
+    export_hf(student, "out/", tokenizer=tok, labels=["business", ...], max_length=128)
+    hf_agreement(student, "out/", data.test)   # {"agreement", "max_abs_diff", "n"}
+
+A text classifier (`EncoderClassifier`: encoder, mean pooling, head) is written as
+`MeanPoolingForSequenceClassification` (`distill.export.modeling_distill`, copied beside the
+weights), so `AutoModelForSequenceClassification.from_pretrained(dir, trust_remote_code=True)` and
+`pipeline("text-classification", model=dir, trust_remote_code=True)` answer with the trained head,
+the same pooling and the class names (`id2label`). Any other Hugging Face model (a causal-LM
+student, a plain encoder) is saved as itself. Directories are written to a temp directory and
+renamed, so a failed export leaves no half-written folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from distill.core.errors import ExportError, ModelError
+from distill.data.batches import iter_batches
+
+MIN_AGREEMENT = 0.999
+
+
+def export_hf(model: nn.Module, directory: Path | str, tokenizer: Any = None, *,
+              labels: list[str] | None = None, max_length: int | None = None) -> Path:
+    """Write `model` as a Hugging Face model directory (with `tokenizer`).
+
+    `labels` name the classes of a text classifier (`id2label`); `max_length` becomes the saved
+    tokenizer's `model_max_length`, so `pipeline(..., truncation=True)` cuts texts where training did.
+    """
+    from distill.models.causal_lm import save_pretrained_atomic  # pulls in transformers: only here
+    from distill.models.encoders import EncoderClassifier
+
+    if isinstance(model, EncoderClassifier):
+        hf_model = _classifier(model, labels)
+    elif callable(getattr(model, "save_pretrained", None)):
+        hf_model = model
+    else:
+        raise ModelError(f"{type(model).__name__} is not a Hugging Face model (no save_pretrained); "
+                         "export it with --format safetensors or --format onnx.")
+    if tokenizer is not None and max_length is not None:
+        tokenizer.model_max_length = max_length
+    save_pretrained_atomic(hf_model, _Beside(tokenizer), Path(directory))
+    return Path(directory)
+
+
+def _classifier(model: nn.Module, labels: list[str] | None) -> nn.Module:
+    """The `MeanPoolingForSequenceClassification` holding `model`'s encoder and head weights."""
+    from distill.export.modeling_distill import MeanPoolingConfig, MeanPoolingForSequenceClassification
+
+    classes = model.head.out_features
+    labels = labels or [f"LABEL_{i}" for i in range(classes)]
+    if len(labels) != classes:
+        raise ModelError(f"{len(labels)} class names for a head of {classes} classes; pass one name per class.")
+    if len(set(labels)) != len(labels):
+        raise ModelError(f"class names repeat ({labels}); id2label needs distinct names.")
+    config = MeanPoolingConfig(encoder=model.backbone.config.to_dict(), classifier_dropout=model.dropout.p,
+                               num_labels=classes, id2label=dict(enumerate(labels)),
+                               label2id={name: i for i, name in enumerate(labels)})
+    MeanPoolingConfig.register_for_auto_class()  # config.json's auto_map, and the code file copied
+    MeanPoolingForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+    hf_model = MeanPoolingForSequenceClassification(config).eval()
+    hf_model.encoder.load_state_dict(_without_pooler(model.backbone.state_dict()), strict=True)
+    hf_model.classifier.load_state_dict(model.head.state_dict())
+    return hf_model
+
+
+def _without_pooler(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in state.items() if not k.startswith("pooler.")}
+
+
+class _Beside:
+    """Stands in for the tokenizer `save_pretrained_atomic` writes beside the model (there may be
+    none), so that it lands inside the same atomic rename."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+
+    def save_pretrained(self, directory: Path) -> None:
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(directory)
+
+
+def load_hf_classifier(directory: Path | str) -> nn.Module:
+    """The exported classifier as `AutoModelForSequenceClassification` loads it (eval mode)."""
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(str(directory), trust_remote_code=True).eval()
+
+
+@torch.no_grad()
+def hf_agreement(model: nn.Module, directory: Path | str, test: Any, *, batch_size: int = 256,
+                 min_agreement: float = MIN_AGREEMENT) -> dict[str, float]:
+    """How often the exported classifier, loaded by transformers, picks `model`'s class on `test`.
+
+    Raises ExportError below `min_agreement` (the folder is kept for inspection).
+    """
+    from distill.models.zoo import logits_of
+
+    exported = load_hf_classifier(directory)
+    was_training = model.training
+    model.eval()
+    same = n = 0
+    worst = torch.zeros(())
+    try:
+        for batch in iter_batches(test, torch.arange(len(test)), batch_size):
+            x = batch["inputs"]
+            ours = logits_of(model(x)).float()
+            theirs = exported(input_ids=x[:, 0], attention_mask=x[:, 1]).logits.float()
+            worst = torch.maximum(worst, (ours - theirs).abs().max())
+            same += int((ours.argmax(-1) == theirs.argmax(-1)).sum())
+            n += len(x)
+    finally:
+        model.train(was_training)
+    report = {"agreement": same / max(n, 1), "max_abs_diff": float(worst), "n": float(n)}
+    if not report["agreement"] >= min_agreement:
+        raise ExportError(f"The Hugging Face export in {directory} picks the same class as the trained model on "
+                          f"{report['agreement']:.4%} of {n} test examples (required {min_agreement:.1%}); "
+                          "the folder is kept for inspection.")
+    return report
