@@ -6,6 +6,7 @@
     distill bench [CONFIG] [key=value ...] [--json]
     distill report RUN_DIR
     distill export [CONFIG] student.checkpoint=S --format onnx|safetensors|hf --out PATH [--check] [--int8] [--json]
+    distill export MODEL_DIR --format gguf [--type q8_0] --out FILE.gguf [--check TEXT_FILE] [--teacher T]
     distill search SEARCH.yaml [key=value ...] [--resume]
     distill prune [CONFIG] teacher.checkpoint=T --reduction 0.8 [--recover kd|ce|none] --out DIR
     distill quantize [CONFIG] student.checkpoint=S --method dynamic|static [--backend x86] [--out PATH] [--json]
@@ -121,12 +122,20 @@ def _parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue an interrupted run in the same directory")
     command("lm-cache", _lm_cache, "Build (or verify and complete) the top-k teacher cache of an LM config.")
     exp = command("export", _export, "Export a trained checkpoint as ONNX, safetensors or a Hugging Face "
-                  "model directory; --check compares the ONNX file with PyTorch on the test split.")
-    exp.add_argument("--format", choices=["onnx", "safetensors", "hf"], required=True, help="what to write")
-    exp.add_argument("--out", type=Path, required=True, help="the file (onnx, safetensors) or directory (hf)")
+                  "model directory (--check compares the export with PyTorch on the test split), or a "
+                  "causal-LM student's model directory as GGUF (--format gguf).")
+    exp.add_argument("--format", choices=["onnx", "safetensors", "hf", "gguf"], required=True,
+                     help="what to write; gguf takes an LM student's model directory instead of a config")
+    exp.add_argument("--out", type=Path, required=True, help="the file (onnx, safetensors, gguf) or directory (hf)")
+    exp.add_argument("--type", choices=["f16", "q8_0", "q4_0"], default="q8_0",
+                     help="GGUF only: the weights' type (default q8_0)")
+    exp.add_argument("--teacher", metavar="MODEL", help="GGUF --check only: also compare with this teacher "
+                     "(a directory, hub id or builtin: name)")
     exp.add_argument("--model", choices=["student", "teacher"], default="student",
                      help="which checkpoint of the config to export (default: student)")
-    exp.add_argument("--check", action="store_true", help="ONNX parity check on the test split (fails loudly)")
+    exp.add_argument("--check", nargs="?", const=True, default=False, metavar="TEXT_FILE",
+                     help="compare the export with PyTorch on the test split (fails loudly); for gguf, "
+                     "run it in llama.cpp on the held-out texts of TEXT_FILE")
     exp.add_argument("--int8", action="store_true",
                      help="ONNX only: write the ONNX Runtime dynamically quantized (int8 weights) model")
     exp.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -338,13 +347,38 @@ def _monitor(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    if args.format == "gguf":
+        return _export_gguf(args)
     from distill.recipes.classify.tools import export_trained
 
+    if isinstance(args.check, str):
+        raise DistillError(f"--check {args.check}: a text file is for --format gguf; for {args.format} "
+                           "write --check alone (it uses the config's test split).")
     result = export_trained(_config(args), args.model, args.format, args.out, check=args.check, int8=args.int8)
     parity = result.get("parity")
     print(json.dumps(result, indent=2) if args.json else f"Wrote {args.out}" + (
-        f"; parity on {parity['n']} test inputs: top-1 agreement {parity['top1_agreement']:.2%}, "
-        f"max |logit diff| {parity['max_abs_diff']:.2g}" if parity else ""))
+        f"; on {int(parity['n'])} test inputs the export picks the model's class {parity['agreement']:.2%} "
+        f"of the time, max |logit diff| {parity['max_abs_diff']:.2g}" if parity else ""))
+    return 0
+
+
+def _export_gguf(args: argparse.Namespace) -> int:
+    from distill.recipes.lm.tools import export_lm_gguf
+
+    if len(args.args) != 1 or "=" in args.args[0]:
+        raise DistillError("--format gguf takes one argument, the student's model directory (e.g. "
+                           "runs/lm_kjv/distilled/model), not a config or overrides.")
+    if args.check is True:
+        raise DistillError("--format gguf --check needs a text file of held-out text: --check heldout.txt")
+    result = export_lm_gguf(args.args[0], args.out, args.type, check_text=Path(args.check) if args.check else None,
+                            teacher=args.teacher)
+    check = result.get("check")
+    print(json.dumps(result, indent=2) if args.json else (
+        f"Wrote {args.out} ({result['size_mb']:.1f} MB) and {result['modelfile']}" + (
+            f"; llama.cpp on {int(check['positions'])} held-out positions picks the student's next token "
+            f"{check['top1_agreement']:.2%} of the time" + (
+                f", the teacher's {check['teacher_top1_agreement']:.2%}" if "teacher_top1_agreement" in check
+                else "") + f"; {check['tokenization_match']:.0%} of texts tokenize identically" if check else "")))
     return 0
 
 

@@ -1,0 +1,42 @@
+"""`distill export MODEL_DIR --format gguf`: a causal-LM student as GGUF files, each checked by
+llama.cpp against the PyTorch student (and its teacher) on held-out text when asked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from distill.core.errors import ConfigError
+
+
+def export_lm_gguf(model_dir: Path | str, out: Path, qtype: str, *, check_text: Path | None = None,
+                   teacher: str | None = None, block: int = 128, max_texts: int = 64) -> dict[str, Any]:
+    """Write `model_dir` as GGUF `out` (+ Modelfile); with `check_text` (a text file, one held-out
+    text per paragraph), the llama.cpp check's figures against the student and the `teacher`."""
+    from distill.export.gguf import export_gguf
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise ConfigError(f"{model_dir} is not a Hugging Face model directory (no config.json); give the "
+                          "student's model folder, e.g. runs/lm_kjv/distilled/model.")
+    texts = _held_out(check_text, max_texts) if check_text is not None else None  # read before writing
+    result = export_gguf(model_dir, out, qtype)
+    if texts is not None:
+        from distill.export.gguf_check import gguf_agreement
+        from distill.models.causal_lm import load_causal_lm, load_tokenizer
+
+        student = load_causal_lm(str(model_dir)).eval()
+        reference = load_causal_lm(teacher).eval() if teacher else None
+        result["check"] = gguf_agreement(out, student, load_tokenizer(str(model_dir)), texts, block=block,
+                                         teacher=reference)
+    return result
+
+
+def _held_out(path: Path, max_texts: int) -> list[str]:
+    """Paragraphs of a text file (blank-line separated), at most `max_texts`."""
+    if not path.is_file():
+        raise ConfigError(f"--check {path}: no such file; give a text file of held-out text.")
+    paragraphs = [p.strip() for p in path.read_text(encoding="utf-8").split("\n\n") if p.strip()]
+    if not paragraphs:
+        raise ConfigError(f"--check {path}: the file has no text.")
+    return paragraphs[:max_texts]
