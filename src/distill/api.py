@@ -187,15 +187,25 @@ class RunResult:
 Config = Union[str, Path, dict[str, Any], BaseModel, None]
 
 
-def run(config: Config = None, *, overrides: dict[str, Any] | None = None, resume: bool = False) -> RunResult:
+def run(config: Config = None, *, overrides: dict[str, Any] | None = None, resume: bool = False,
+        dataset: Any = None) -> RunResult:
     """`distill run` from Python: teacher → baseline and distilled classifier students → report.
 
     `config`: a YAML file, a mapping of its keys, a `RunConfig`, or None (the built-in job);
-    `overrides`: dotted keys, e.g. `{"train.epochs": 5, "kd.ratio": 0.7}`.
+    `overrides`: dotted keys, e.g. `{"train.epochs": 5, "kd.ratio": 0.7}`;
+    `dataset`: a Hugging Face `Dataset` or `DatasetDict` of texts and labels (name the columns with
+    `data.text_column` / `data.label_column`); it is saved once under the distill cache and read as
+    `data.name: hf`, so a resumed run finds the same rows.
     """
     from distill.recipes.classify.config import load_config
     from distill.recipes.classify.pipeline import run as run_job
 
+    if dataset is not None:
+        from distill.core.files import cache_home
+        from distill.data.hf_datasets import save_dataset
+
+        path = save_dataset(dataset, cache_home() / "datasets")
+        overrides = {**(overrides or {}), "data.name": "hf", "data.path": str(path)}
     return RunResult(run_job(_job_config(load_config, config, overrides), resume=resume))
 
 

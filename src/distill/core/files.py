@@ -21,6 +21,13 @@ from safetensors.torch import save_file
 from distill.core.errors import OutputError
 
 
+def cache_home() -> Path:
+    """distill's cache outside any repository (converted models, datasets, recordings):
+    $DISTILL_CACHE, else $XDG_CACHE_HOME/distill, else ~/.cache/distill."""
+    root = os.environ.get("DISTILL_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "distill"
+    return Path(root)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old file or the new one, never a mix."""
     with writing(path):

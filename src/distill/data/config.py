@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -11,8 +12,15 @@ from distill.core.config import Strict
 
 
 class DataConfig(Strict):
-    name: Literal["digits", "mnist5k", "fashion_mnist", "spoken_digits", "bbc_news", "csv", "jsonl"] = "digits"
-    path: Path | None = Field(None, description="Directory (fashion_mnist, bbc_news) or file (csv, jsonl).")
+    name: Literal["digits", "mnist5k", "fashion_mnist", "spoken_digits", "bbc_news", "csv", "jsonl", "hf"] = "digits"
+    path: Path | None = Field(None, description=(
+        "Directory (fashion_mnist, bbc_news) or file (csv, jsonl: the training file, or all rows when no "
+        "split files are given); hf: a dataset saved with save_to_disk, a .csv/.json/.jsonl/.parquet file, "
+        "or a hub id."))
+    val_path: Path | None = Field(None, description="csv, jsonl: your own validation split (same columns); "
+                                  "else data.val_fraction of data.path.")
+    test_path: Path | None = Field(None, description="csv, jsonl: your own test split (same columns); "
+                                   "else data.test_fraction of data.path.")
     label_column: str | int = Field(-1, description="CSV column holding the label (name or position).")
     text_column: str | None = Field(None, description="csv, jsonl: the column (key) holding each example's "
                                     "text, for text classification (the label column may then hold class names "
@@ -31,12 +39,28 @@ class DataConfig(Strict):
     max_length: int = Field(128, ge=2, description="Text data: tokens per example (padded or truncated).")
     seed: int = 0
 
+    @property
+    def title(self) -> str:
+        """What the data is called in reports and run names: the user's file or dataset, else the built-in name."""
+        if self.name in USER_DATA and self.path is not None:
+            stem = Path(str(self.path).rstrip("/")).stem
+            return re.sub(r"-[0-9a-f]{16}$", "", stem) or self.name  # a dataset saved by distill.run(dataset=)
+        return self.name
+
     @model_validator(mode="after")
     def _text_column_is_for_tables(self) -> DataConfig:
-        if self.text_column is not None and self.name not in ("csv", "jsonl"):
-            raise ValueError(f"data.text_column names a column of a CSV or JSONL file; data.name is {self.name}: "
-                             "set data.name=csv or jsonl (with data.path), or remove data.text_column")
-        if self.name == "jsonl" and self.text_column is None:
-            raise ValueError("data.name=jsonl reads texts: set data.text_column (and data.label_column) to the "
-                             "keys of each row's text and label")
+        if self.text_column is not None and self.name not in USER_DATA:
+            raise ValueError(f"data.text_column names a column of a CSV or JSONL file or a dataset; data.name is "
+                             f"{self.name}: set data.name=csv, jsonl or hf (with data.path), or remove "
+                             "data.text_column")
+        if self.name in ("jsonl", "hf") and self.text_column is None:
+            raise ValueError(f"data.name={self.name} reads texts: set data.text_column (and data.label_column) "
+                             "to the names of each row's text and label")
+        for key in ("val_path", "test_path"):
+            if getattr(self, key) is not None and (self.name not in ("csv", "jsonl") or self.text_column is None):
+                raise ValueError(f"data.{key} is a split file of a CSV or JSONL text table (data.name csv or "
+                                 "jsonl with data.text_column); a hf dataset brings its own splits")
         return self
+
+
+USER_DATA = ("csv", "jsonl", "hf")

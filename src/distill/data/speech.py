@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
 import subprocess
 import tempfile
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from distill.core.errors import DataError
-from distill.core.files import atomic_save_tensors, atomic_write_text
+from distill.core.files import atomic_save_tensors, atomic_write_text, cache_home
 from distill.data.arrays import (  # make_splits: the one place features are standardised
     DataSplits,
     make_splits,
@@ -47,9 +46,7 @@ DATA_FILE, MANIFEST = "spoken_digits.safetensors", "manifest.json"
 
 def default_dir() -> Path:
     """$DISTILL_CACHE/spoken_digits, else ~/.cache/distill/spoken_digits (honours $XDG_CACHE_HOME)."""
-    xdg = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    root = os.environ.get("DISTILL_CACHE") or xdg / "distill"
-    return Path(root) / "spoken_digits"
+    return cache_home() / "spoken_digits"
 
 
 def synthesize(out_dir: Path, accents: list[str] = ACCENTS, variants: list[str] = VARIANTS,

@@ -3,7 +3,9 @@ for an encoder.
 
 Each text becomes one (2, L) int64 row, [input_ids; attention_mask], padded or truncated to
 `data.max_length`, so text datasets batch, cache and split like any other `ArrayDataset`
-(config: `data.name: bbc_news`, or `csv` with `data.text_column`; `data.tokenizer`, `data.max_length`).
+(config: `data.name: bbc_news`, `csv` / `jsonl` with `data.text_column` and optional
+`data.val_path` / `data.test_path`, or `hf` (`distill.data.hf_datasets`); `data.tokenizer`,
+`data.max_length`).
 """
 
 from __future__ import annotations
@@ -32,10 +34,14 @@ def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int) -> torch
     return torch.stack([ids, mask], dim=1).long()  # (N, 2, L)
 
 
+def class_order(labels: Sequence[str]) -> list[str]:
+    """The distinct labels in class-id order (class ids written as text are ordered as numbers: "2" before "10")."""
+    return sorted(set(labels), key=lambda s: (0, int(s), "") if s.lstrip("-").isdigit() else (1, 0, s))
+
+
 def labelled_splits(x: torch.Tensor, labels: list[str], cfg: DataConfig) -> DataSplits:
-    """Stratified, seeded train/val/test splits of tokenized rows `x` (N, 2, L) with string labels
-    (class ids written as text are ordered as numbers: "2" before "10")."""
-    names = sorted(set(labels), key=lambda s: (0, int(s), "") if s.lstrip("-").isdigit() else (1, 0, s))
+    """Stratified, seeded train/val/test splits of tokenized rows `x` (N, 2, L) with string labels."""
+    names = class_order(labels)
     y = torch.tensor([names.index(label) for label in labels])
     train_i, val_i, test_i = stratified_split(y, (cfg.val_fraction, cfg.test_fraction), cfg.seed)
     return DataSplits(train=ArrayDataset(x[train_i], y[train_i]), val=ArrayDataset(x[val_i], y[val_i]),
@@ -57,20 +63,58 @@ def load_bbc_news(cfg: DataConfig, tokenizer: Any = None) -> DataSplits:
 
 
 def load_text_table(cfg: DataConfig, tokenizer: Any = None) -> DataSplits:
-    """A CSV or JSONL file of texts and labels (`data.text_column`, `data.label_column`), tokenized with
-    `data.tokenizer` like BBC News; the class names are the label column's distinct values."""
+    """Texts and labels (`data.text_column`, `data.label_column`) from a CSV or JSONL file (with, or
+    without, its own validation and test files) or a Hugging Face dataset, tokenized with
+    `data.tokenizer` like BBC News; the class names are the training labels' distinct values."""
     if tokenizer is None:
         from distill.data.tokenizers import MINILM, load_tokenizer
 
         tokenizer = load_tokenizer(cfg.tokenizer or MINILM)
-    texts, labels = read_text_table(Path(cfg.path), cfg.text_column, cfg.label_column)  # type: ignore[arg-type]
-    x = encode_texts(tokenizer, texts, cfg.max_length)
-    splits = labelled_splits(x, labels, cfg)
+    parts = _text_parts(cfg)  # every file is read (and checked) before anything is tokenized
+    if len(parts) == 1:
+        texts, labels = parts["train"]
+        splits = labelled_splits(encode_texts(tokenizer, texts, cfg.max_length), labels, cfg)
+    else:
+        splits = _given_splits(parts, cfg, tokenizer)
     splits.prepare = Tokenize(tokenizer, cfg.max_length)
     return splits
 
 
-def read_text_table(path: Path, text_column: str, label_column: str | int) -> tuple[list[str], list[str]]:
+def _text_parts(cfg: DataConfig) -> dict[str, tuple[list[str], list[str]]]:
+    if cfg.name == "hf":
+        from distill.data.hf_datasets import read_hf_parts  # datasets is imported only when asked for
+
+        return read_hf_parts(cfg)
+    parts = {"train": read_text_table(Path(cfg.path), cfg.text_column, cfg.label_column)}  # type: ignore[arg-type]
+    for part, path in (("val", cfg.val_path), ("test", cfg.test_path)):
+        if path is not None:
+            parts[part] = read_text_table(Path(path), cfg.text_column, cfg.label_column, min_classes=1)  # type: ignore[arg-type]
+    return parts
+
+
+def _given_splits(parts: dict[str, tuple[list[str], list[str]]], cfg: DataConfig, tokenizer: Any) -> DataSplits:
+    """Splits from the user's own parts; a part not given is cut (stratified) from the training rows."""
+    names = class_order(parts["train"][1])
+    for part, (_, labels) in parts.items():
+        unknown = sorted(set(labels) - set(names))
+        if unknown:
+            raise DataError(f"the {part} split has label(s) {unknown[:5]} that no training row has (training "
+                            f"labels: {names[:20]}); fix the labels or add training rows for them.")
+    encoded = {part: (encode_texts(tokenizer, texts, cfg.max_length),
+                      torch.tensor([names.index(label) for label in labels]))
+               for part, (texts, labels) in parts.items()}
+    x, y = encoded["train"]
+    fractions = (0.0 if "val" in parts else cfg.val_fraction, 0.0 if "test" in parts else cfg.test_fraction)
+    train_i, val_i, test_i = stratified_split(y, fractions, cfg.seed)
+    cut = {"train": (x[train_i], y[train_i]), "val": (x[val_i], y[val_i]), "test": (x[test_i], y[test_i])}
+    made = {part: ArrayDataset(*(encoded[part] if part in encoded and part != "train" else cut[part]))
+            for part in ("train", "val", "test")}
+    return DataSplits(train=made["train"], val=made["val"], test=made["test"], num_classes=len(names),
+                      input_shape=tuple(x.shape[1:]), class_names=names, modality="text")
+
+
+def read_text_table(path: Path, text_column: str, label_column: str | int, min_classes: int = 2
+                    ) -> tuple[list[str], list[str]]:
     """The texts and labels of a CSV file with a header row, or of a JSONL file (one object per line;
     `.jsonl`); a missing column (with the nearest names), an empty text or an empty label is refused,
     naming the line."""
@@ -93,7 +137,7 @@ def read_text_table(path: Path, text_column: str, label_column: str | int) -> tu
                                 "in or remove the row.")
         texts.append(text)
         labels.append(value)
-    if len(set(labels)) < 2:
+    if len(set(labels)) < min_classes:
         raise DataError(f"{path}: column `{label}` holds {len(set(labels))} distinct label(s) over {len(labels)} "
                         "rows; classification needs at least 2.")
     return texts, labels

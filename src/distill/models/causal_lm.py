@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from distill.core.errors import ModelError
+from distill.core.files import cache_home
 from distill.models.students import keep_layers, layer_list_path
 from distill.models.zoo import count_parameters  # noqa: F401  (LM users count parameters here too)
 
@@ -42,10 +43,6 @@ RESTRICTIVE_LICENCES = {
 }
 
 
-def cache_home() -> Path:
-    """Where converted models live (outside any repository): $DISTILL_CACHE or ~/.cache/distill."""
-    root = os.environ.get("DISTILL_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "distill"
-    return Path(root)
 
 
 def resolve_source(source: str, key: str = "teacher.model") -> str:

@@ -18,7 +18,7 @@ from distill.core.config import (
     validate_section,
 )
 from distill.core.errors import ConfigError
-from distill.data.config import DataConfig
+from distill.data.config import USER_DATA, DataConfig
 from distill.losses.config import KDConfig, Term, check_term_weights, needs_live_teacher
 from distill.models.config import FromTeacher, ModelConfig
 from distill.training.config import TrainConfig
@@ -165,12 +165,17 @@ def default_config_dict() -> dict[str, Any]:
 def validate_config(raw: dict[str, Any], source: str = "config", overrides: list[str] | None = None) -> RunConfig:
     cfg = validate_section(RunConfig, raw, source, overrides)
     _check_files(cfg)
+    if cfg.name == "default" and cfg.data.name in USER_DATA:  # a run on the user's data is named after it
+        cfg = cfg.model_copy(update={"name": cfg.data.title})
     return cfg
 
 
 def _check_files(cfg: RunConfig) -> None:
+    hub_id = cfg.data.name == "hf"  # data.path may name a dataset on the hub, not a file
     for key, path in (
-        ("data.path", cfg.data.path),
+        ("data.path", None if hub_id else cfg.data.path),
+        ("data.val_path", cfg.data.val_path),
+        ("data.test_path", cfg.data.test_path),
         ("data.unlabeled", cfg.data.unlabeled),
         ("teacher.checkpoint", cfg.teacher.checkpoint),
         ("student.checkpoint", cfg.student.checkpoint),
@@ -178,7 +183,7 @@ def _check_files(cfg: RunConfig) -> None:
     ):
         if path is not None and not _exists(Path(path)):
             raise ConfigError(f"`{key}`: {path} does not exist. Fix the path or remove the key.")
-    if cfg.data.name in ("csv", "jsonl") and cfg.data.path is None:
+    if cfg.data.name in USER_DATA and cfg.data.path is None:
         raise ConfigError(f"`data.path`: required when data.name is {cfg.data.name} (the file to read).")
 
 

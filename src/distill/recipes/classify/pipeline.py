@@ -253,7 +253,7 @@ def evaluate_run(cfg: RunConfig, data: DataSplits, teacher: nn.Module,
         "name": cfg.name,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_description(cfg.bench.threads),
-        "dataset": {"name": cfg.data.name, "train": len(data.train), "val": len(data.val),
+        "dataset": {"name": cfg.data.title, "train": len(data.train), "val": len(data.val),
                     "test": len(data.test), "classes": data.class_names,
                     "unlabeled": len(data.unlabeled) if data.unlabeled is not None else 0},  # type: ignore[arg-type]
         "models": models,
