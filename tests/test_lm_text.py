@@ -105,3 +105,58 @@ def test_split_blocks_is_seeded_and_disjoint(tok):
     assert torch.equal(a.val.input_ids, b.val.input_ids)
     assert len(a.train) + len(a.val) == len(blocks)
     assert a.train.fingerprint() != a.val.fingerprint()
+
+
+def _docs_cfg(tmp_path, corpus_text, **data):
+    from distill.recipes.lm.config import load_lm_config
+
+    path = tmp_path / "corpus.txt"
+    path.write_text(corpus_text)
+    items = ["data.corpus=text", f"data.path={path}", "data.seq_len=8", "data.val_fraction=0.25",
+             "data.val_blocks=null", *[f"data.{k}={v}" for k, v in data.items()]]
+    return load_lm_config(None, items)
+
+
+def test_whole_documents_are_held_out_so_no_held_out_text_was_trained_on(tmp_path):
+    from distill.recipes.lm.pipeline import load_text
+
+    names = ["Adam", "Noah", "Abram", "Sarai", "Lot", "Isaac", "Jacob", "Esau"]
+    docs = [f"{name} {name} said " + " ".join([name] * 20) for name in names]
+    tok = make_tokenizer(tmp_path / "tok", extra_words=tuple(names))
+    cfg = _docs_cfg(tmp_path, "\n\n".join(docs))
+    data = load_text(cfg, tok)
+    words = lambda blocks: {tok.convert_ids_to_tokens(i) for i in blocks.input_ids.flatten().tolist()}  # noqa: E731
+    train_names, val_names = words(data.train) & set(names), words(data.val) & set(names)
+    assert len(val_names) == 2 and not train_names & val_names  # 25% of 8 documents, none shared
+    blocks = load_text(_docs_cfg(tmp_path, "\n\n".join(docs), holdout="blocks"), tok)
+    assert words(blocks.train) & words(blocks.val) & set(names)  # random blocks do share documents
+
+
+def test_jsonl_rows_sharing_a_group_are_held_out_together(tmp_path):
+    from distill.recipes.lm.config import load_lm_config
+    from distill.recipes.lm.pipeline import load_text
+
+    tok = make_tokenizer(tmp_path / "tok")
+    rows = [{"prompt": "And God said", "response": "Let there be light", "book": i % 4} for i in range(16)]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load_lm_config(None, ["data.corpus=jsonl", f"data.path={path}", "data.seq_len=16",
+                                "data.val_fraction=0.25", "data.group_column=book", "data.val_blocks=null"])
+    data = load_text(cfg, tok)
+    assert len(data.val) == 4 and len(data.train) == 12  # one of the four books, all its rows
+    bad = load_lm_config(None, ["data.corpus=jsonl", f"data.path={path}", "data.group_column=chapter"])
+    with pytest.raises(DataError, match="no `chapter` key"):
+        load_text(bad, tok)
+
+
+def test_a_one_document_text_holds_out_its_last_part(tmp_path):
+    from distill.recipes.lm.pipeline import load_text
+
+    tok = make_tokenizer(tmp_path / "tok")
+    data = load_text(_docs_cfg(tmp_path, TEXT), tok)
+    ids = tok(TEXT, add_special_tokens=False)["input_ids"]
+    head = data.train.input_ids.flatten().tolist()
+    assert data.holdout == "tail" and head == ids[:len(head)]  # the training blocks are the text's start
+    assert len(data.val) >= 1 and len(head) < 0.8 * len(ids)
+    with pytest.raises(DataError, match="too short to hold out"):
+        load_text(_docs_cfg(tmp_path, "light"), tok)

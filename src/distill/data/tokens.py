@@ -68,6 +68,7 @@ class TokenBlocks(Dataset):
 class TextSplits:
     train: TokenBlocks
     val: TokenBlocks
+    holdout: str = "blocks"  # what was held out: "documents", "tail" (of a one-document text) or "blocks"
 
 
 # --------------------------------------------------------------------------- reading corpora
@@ -272,6 +273,28 @@ def split_blocks(blocks: TokenBlocks, val_fraction: float, seed: int = 0) -> Tex
     n_val = max(1, int(round(n * val_fraction)))
     val, train = order[:n_val].sort().values, order[n_val:].sort().values
     return TextSplits(train=blocks_subset(blocks, train), val=blocks_subset(blocks, val))
+
+
+def split_documents(documents: list[Any], val_fraction: float, seed: int, source: str
+                    ) -> tuple[list[Any], list[Any]]:
+    """Hold out a seeded random `val_fraction` of the documents (at least one), in corpus order; a
+    corpus that is one text holds out its last `val_fraction` instead (cut at a space), so nothing
+    held out was trained on either way."""
+    n = len(documents)
+    if n == 1 and isinstance(documents[0], str):
+        text = documents[0]
+        cut = text.find(" ", int(len(text) * (1 - val_fraction)))
+        if cut <= 0:
+            raise DataError(f"{source} is one text too short to hold out its last {val_fraction:.0%}; give more "
+                            "text or set data.holdout=blocks.")
+        return [text[:cut]], [text[cut + 1:]]
+    if n < 2:
+        raise DataError(f"{source} has {n} document: need at least 2 to hold one out; set data.holdout=blocks.")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_val = max(1, int(round(n * val_fraction)))
+    held = set(order[:n_val].tolist())
+    return ([doc for i, doc in enumerate(documents) if i not in held],
+            [doc for i, doc in enumerate(documents) if i in held])
 
 
 def blocks_subset(blocks: TokenBlocks, index: torch.Tensor) -> TokenBlocks:

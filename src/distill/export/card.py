@@ -35,7 +35,9 @@ def lm_card(report: dict[str, Any], student: str = "distilled") -> str:
     if t.get("licence_warning"):
         lines += [f"> Licence: the teacher's licence ({t['licence']}) {t['licence_warning']}.", ""]
     lines += [f"**Data:** {d['corpus']}, {d['train_blocks']} training blocks of {d['seq_len']} tokens, "
-              f"{d['tokens_seen']:,} tokens seen; {d['val_blocks']} held-out blocks.", ""]
+              f"{d['tokens_seen']:,} tokens seen; {d['val_blocks']} held-out blocks"
+              + {"documents": " of whole documents not trained on.", "tail": " of the text's last part, not "
+                 "trained on."}.get(d.get("holdout"), "."), ""]
     if kd:
         lines += [f"**Distillation:** {kd['ratio']:g} × {kd['divergence']} (T = {kd['temperature']:g}) to the "
                   f"{taught_by.replace('_', ' ')} + {1 - kd['ratio']:g} × next-token CE; teacher signal: "

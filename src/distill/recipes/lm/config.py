@@ -65,15 +65,30 @@ class LMStudentConfig(Strict):
 
 
 class LMDataConfig(Strict):
+    """The corpus and how it is cut into training and held-out blocks."""
+
     corpus: Literal["kjv", "text", "jsonl"] = "kjv"
     path: Path | None = Field(None, description="Text file (text, kjv) or JSONL file (jsonl).")
     seq_len: int = Field(128, ge=8)
     packing: bool = Field(False, description="jsonl: pack rows end to end instead of one row per block.")
     response_only: bool = Field(True, description="jsonl prompt/response and chat: loss on responses only.")
     val_fraction: float = Field(0.05, gt=0, lt=1)
-    max_blocks: int | None = Field(None, ge=2, description="Use at most this many blocks of the corpus.")
+    holdout: Literal["documents", "blocks"] | None = Field(None, description=(
+        "What is held out for evaluation: whole documents (text: pieces between data.document_separator; "
+        "jsonl: rows, or rows sharing data.group_column; kjv: verses), so no held-out text was trained on, "
+        "or random blocks of the packed corpus. Null: documents for text and jsonl, blocks for kjv (the "
+        "built-in job's verses are one line each; its benchmarks held out random blocks)."))
+    document_separator: str = Field("\n\n", min_length=1, description="text corpus: what separates documents.")
+    group_column: str | None = Field(None, description="jsonl: rows with the same value of this key are one "
+                                     "document (held out together).")
+    max_blocks: int | None = Field(None, ge=2, description="Use at most this many training blocks of the corpus.")
     val_blocks: int | None = Field(64, ge=1, description="Evaluate on at most this many held-out blocks.")
     seed: int = 0
+
+    @property
+    def held_out_by(self) -> str:
+        """`holdout`, or its default for the corpus."""
+        return self.holdout or ("blocks" if self.corpus == "kjv" else "documents")
 
 
 class LMRunConfig(RunHeader):

@@ -23,7 +23,7 @@ from torch import nn
 
 from distill.core.checkpoint import drop_training_state
 from distill.core.distributed import process_state
-from distill.core.errors import ModelError
+from distill.core.errors import DataError, ModelError
 from distill.core.files import atomic_write_text
 from distill.core.rundir import open_run_dir
 from distill.data.tokens import (
@@ -34,6 +34,7 @@ from distill.data.tokens import (
     read_jsonl,
     read_kjv,
     split_blocks,
+    split_documents,
 )
 from distill.eval.bench import machine_description, time_calls
 from distill.eval.doctor import diagnose_lm, lm_kd_settings
@@ -141,20 +142,61 @@ def _cache(cfg: LMRunConfig, teacher: nn.Module, blocks: Any, tokenizer: Any, vo
 
 
 def load_text(cfg: LMRunConfig, tokenizer: Any) -> TextSplits:
+    """Training and held-out blocks: whole documents held out (`data.holdout: documents`), or
+    random blocks of the packed corpus (`blocks`)."""
     d = cfg.data
-    if d.corpus == "jsonl":
-        rows = read_jsonl(d.path)  # type: ignore[arg-type]
-        blocks = encode_rows(rows, tokenizer, d.seq_len, response_only=d.response_only, packing=d.packing,
-                             source=str(d.path))
-        if d.max_blocks:
-            blocks = blocks_subset(blocks, torch.arange(min(len(blocks), d.max_blocks)))
+    documents = _documents(cfg)
+    if d.held_out_by == "documents":
+        train_docs, val_docs = split_documents(documents, d.val_fraction, d.seed, str(d.path or d.corpus))
+        splits = TextSplits(train=_blocks(cfg, train_docs, tokenizer, d.max_blocks),
+                            val=_blocks(cfg, val_docs, tokenizer, None, held_out=True),
+                            holdout="tail" if len(documents) == 1 else "documents")
     else:
-        texts = read_kjv(d.path) if d.corpus == "kjv" else [Path(d.path).read_text()]  # type: ignore[arg-type]
-        blocks = pack_text(texts, tokenizer, d.seq_len, d.max_blocks)
-    splits = split_blocks(blocks, d.val_fraction, d.seed)
+        splits = split_blocks(_blocks(cfg, documents, tokenizer, d.max_blocks), d.val_fraction, d.seed)
     if d.val_blocks is not None and len(splits.val) > d.val_blocks:
         splits.val = blocks_subset(splits.val, torch.arange(d.val_blocks))
     return splits
+
+
+HOLDOUT_WORDS = {"documents": "of whole held-out documents", "tail": "of the text's last part, held out"}
+
+
+def _documents(cfg: LMRunConfig) -> list[Any]:
+    """The corpus as documents: KJV verses, pieces of a text file, JSONL rows (grouped by group_column)."""
+    d = cfg.data
+    if d.corpus == "kjv":
+        return read_kjv(d.path)
+    if d.corpus == "text":
+        text = Path(d.path).read_text()  # type: ignore[arg-type]
+        return [doc for doc in text.split(d.document_separator) if doc.strip()] \
+            if d.held_out_by == "documents" else [text]
+    rows = read_jsonl(d.path)  # type: ignore[arg-type]
+    if d.group_column is None:
+        return [[row] for row in rows]
+    groups: dict[str, list[dict]] = {}
+    for n, row in enumerate(rows, 1):
+        if d.group_column not in row:
+            raise DataError(f"{d.path}, row {n}: no `{d.group_column}` key (data.group_column); give every row "
+                            "one, or remove data.group_column.")
+        groups.setdefault(json.dumps(row[d.group_column], sort_keys=True), []).append(row)
+    return list(groups.values())
+
+
+def _blocks(cfg: LMRunConfig, documents: list[Any], tokenizer: Any, max_blocks: int | None,
+            held_out: bool = False) -> Any:
+    d = cfg.data
+    try:
+        if d.corpus != "jsonl":
+            return pack_text(documents, tokenizer, d.seq_len, max_blocks)
+        rows = [row for group in documents for row in group]
+        blocks = encode_rows(rows, tokenizer, d.seq_len, response_only=d.response_only, packing=d.packing,
+                             source=str(d.path))
+        return blocks_subset(blocks, torch.arange(min(len(blocks), max_blocks))) if max_blocks else blocks
+    except DataError as exc:
+        if not held_out:
+            raise
+        raise DataError(f"The held-out documents ({len(documents)}) make no block of data.seq_len={d.seq_len} "
+                        f"tokens ({exc}); raise data.val_fraction, or set data.holdout=blocks.") from None
 
 
 def build_student(cfg: LMRunConfig, teacher: nn.Module, tokenizer: Any) -> nn.Module:
@@ -236,7 +278,7 @@ def evaluate_lm_run(cfg: LMRunConfig, teacher: nn.Module, students: dict[str, nn
         "data": {"corpus": cfg.data.corpus, "seq_len": data.train.seq_len, "train_blocks": len(data.train),
                  "val_blocks": len(data.val), "train_tokens": data.train.num_tokens,
                  "tokens_seen": tokens_seen(data.train, cfg.train, process_state(cfg.device).num_processes),
-                 "steps": cfg.train.steps},
+                 "steps": cfg.train.steps, "holdout": data.holdout},
         "kd": cfg.kd.model_dump(mode="json"),
         "teacher_adapt": cfg.teacher.adapt.model_dump(mode="json") if cfg.teacher.adapt else None,
         "teacher_signal": cfg.teacher.signal, "top_k": cfg.teacher.top_k,
@@ -280,7 +322,8 @@ def render_lm_report(report: dict[str, Any], plots: list[Path] | None = None) ->
         lines += ["", f"> ⚠ Licence: {t['licence_warning']}."]
     d, kd = report["data"], lm_kd_settings(report)
     lines += ["", f"Data: {d['corpus']}, {d['train_blocks']} training blocks of {d['seq_len']} tokens "
-              f"({d['tokens_seen']:,} tokens seen per student), {d['val_blocks']} held-out blocks.",
+              f"({d['tokens_seen']:,} tokens seen per student), {d['val_blocks']} held-out blocks "
+              f"({HOLDOUT_WORDS.get(d.get('holdout'), 'drawn at random')}).",
               f"Loss: {kd['ratio']:g} × {kd['divergence']} (T={kd['temperature']:g}) + "
               f"{1 - kd['ratio']:g} × CE"
               + (f", CE only for the first {kd['warm_start']} steps" if kd.get("warm_start") else "")
