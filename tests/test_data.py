@@ -336,11 +336,11 @@ def test_a_bad_text_table_is_refused_naming_the_line_and_column(tmp_path, rows, 
         read_text_table(_table(tmp_path / "t.csv", rows), text_column, "sentiment")
 
 
-def test_text_column_is_only_for_csv_and_jsonl():
+def test_text_column_is_only_for_tables_and_datasets():
     from distill.core.errors import ConfigError
     from distill.recipes.classify.config import load_config
 
-    with pytest.raises(ConfigError, match="data.text_column names a column of a CSV or JSONL file; data.name is digits"):
+    with pytest.raises(ConfigError, match="data.text_column names a column of a CSV or JSONL file or a dataset; data.name is digits"):
         load_config(None, ["data.name=digits", "data.text_column=review"])
 
 

@@ -144,3 +144,11 @@ def test_distill_export_of_a_text_student_from_a_csv(tmp_path, tok, capsys):
     assert card.startswith("---\n") and "pipeline_tag: text-classification" in card
     assert "business, sport, tech" in card and "trust_remote_code=True" in card
     assert load_hf_classifier(out).config.id2label == dict(enumerate(LABELS))
+
+
+def test_the_check_never_runs_code_it_did_not_write(classifier, tok, tmp_path):
+    directory = export_hf(classifier, tmp_path / "hf", tok, labels=LABELS)
+    code = directory / "modeling_distill.py"
+    code.write_text(code.read_text() + "\nraise SystemExit('ran code from the folder')\n")
+    with pytest.raises(ExportError, match="differs from this distill's modeling_distill.py"):
+        load_hf_classifier(directory)

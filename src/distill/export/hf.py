@@ -87,10 +87,17 @@ class _Beside:
 
 
 def load_hf_classifier(directory: Path | str) -> nn.Module:
-    """The exported classifier as `AutoModelForSequenceClassification` loads it (eval mode)."""
-    from transformers import AutoModelForSequenceClassification
+    """The exported classifier as `AutoModelForSequenceClassification.from_pretrained(directory,
+    trust_remote_code=True)` builds it (eval mode), without running code from the folder: its
+    `modeling_distill.py` must be this distill's own, whose class then loads the weights and config."""
+    from distill.export import modeling_distill
 
-    return AutoModelForSequenceClassification.from_pretrained(str(directory), trust_remote_code=True).eval()
+    copied = Path(directory) / "modeling_distill.py"
+    ours = Path(modeling_distill.__file__).read_bytes()
+    if not copied.is_file() or copied.read_bytes() != ours:
+        raise ExportError(f"{copied} is missing or differs from this distill's modeling_distill.py; re-export "
+                          "the model (distill export --format hf) to check it.")
+    return modeling_distill.MeanPoolingForSequenceClassification.from_pretrained(str(directory)).eval()
 
 
 @torch.no_grad()
