@@ -32,13 +32,15 @@ def size_mb(path: Path) -> float:
 
 
 def classifier(metrics: dict[str, float]) -> None:
-    from distill.recipes.classify.config import load_config
+    from distill.core.config import migrate, read_yaml
+    from distill.recipes.classify.config import RunConfig, load_config
     from distill.recipes.classify.tools import export_trained
 
     run = KD_WINS / "runs" / "bbc_10pct-auto-0"
     if not (run / "distilled" / "model.safetensors").is_file():
         run_seed("bbc_10pct", 0)
-    cfg = load_config(run / "config.yaml", [f"student.checkpoint={run / 'distilled' / 'model.safetensors'}"])
+    saved = migrate(read_yaml(run / "config.yaml"), RunConfig.renamed)  # a run saved under older key names
+    cfg = load_config(saved, [f"student.checkpoint={run / 'distilled' / 'model.safetensors'}"])
     for fmt, out in (("hf", OUT / "bbc_student_hf"), ("onnx", OUT / "bbc_student.onnx")):
         result = export_trained(cfg, "student", fmt, out, check=True, int8=False)
         name = "hf_classifier" if fmt == "hf" else "onnx"
