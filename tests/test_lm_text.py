@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -160,3 +161,35 @@ def test_a_one_document_text_holds_out_its_last_part(tmp_path):
     assert len(data.val) >= 1 and len(head) < 0.8 * len(ids)
     with pytest.raises(DataError, match="too short to hold out"):
         load_text(_docs_cfg(tmp_path, "light"), tok)
+
+
+def test_an_openai_fine_tuning_row_trains_on_every_weighted_assistant_message(tok):
+    row = {"messages": [{"role": "developer", "content": "Answer briefly."},
+                        {"role": "user", "content": "And God said"},
+                        {"role": "assistant", "content": "Let there be light", "weight": 0},
+                        {"role": "user", "content": [{"type": "text", "text": "and there was"}]},
+                        {"role": "assistant", "content": "light"}]}
+    blocks = encode_rows([row], tok, 64, response_only=True, packing=False, source="ft.jsonl")
+    ids, mask = blocks.input_ids[0], blocks.loss_mask[0]
+    targets = [tok.convert_ids_to_tokens(int(i)) for i, m in zip(ids.tolist(), mask.tolist()) if m]
+    assert "light" in targets and "Let" not in targets  # weight 0: shown as context, not trained on
+    row["messages"][2]["weight"] = 1
+    both = encode_rows([row], tok, 64, response_only=True, packing=False, source="ft.jsonl")
+    both_targets = [tok.convert_ids_to_tokens(int(i)) for i, m in zip(both.input_ids[0].tolist(),
+                                                                       both.loss_mask[0].tolist()) if m]
+    assert "Let" in both_targets and both.loss_mask.sum() > blocks.loss_mask.sum()
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    (lambda r: r.update(tools=[{"type": "function"}]), "tool and function calls are not supported"),
+    (lambda r: r["messages"].insert(1, {"role": "tool", "content": "42", "tool_call_id": "a"}), "messages[1]: tool"),
+    (lambda r: r["messages"][1].update(weight=2), "messages[1].weight must be 0 or 1"),
+    (lambda r: r["messages"][1].update(weight=0), "every assistant message has weight 0"),
+    (lambda r: r["messages"][0].update(content=[{"type": "image_url"}]), "messages[0].content must be text"),
+    (lambda r: r["messages"][0].update(role="narrator"), "messages[0].role is 'narrator'"),
+])
+def test_openai_rows_a_text_student_cannot_learn_from_are_named(tok, change, words):
+    row = {"messages": [{"role": "user", "content": "And God said"}, {"role": "assistant", "content": "light"}]}
+    change(row)
+    with pytest.raises(DataError, match=r"ft.jsonl, row 1: .*" + re.escape(words)):
+        encode_rows([row], tok, 64, response_only=True, packing=False, source="ft.jsonl")

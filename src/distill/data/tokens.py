@@ -177,24 +177,19 @@ def _encode_row(row: dict[str, Any], tokenizer: Any, response_only: bool, where:
     if "text" in row:
         ids = tokenizer(row["text"], add_special_tokens=False)["input_ids"] + [eos]
         return ids, [True] * len(ids)
-    response = row["messages"][-1].get("content", "") if row.get("messages") else row.get("response", "")
-    if not str(response).strip():
+    response = _text(row["messages"][-1].get("content")) if row.get("messages") else row.get("response", "")
+    if not str(response or "").strip():
         raise DataError(f"{where}: the response is empty, so no token would be trained on; "
                         "drop the row or fill its response.")
     if "messages" in row:
-        messages = row["messages"]
-        if messages[-1].get("role") != "assistant":
-            raise DataError(f"{where}: a chat row must end with an assistant message (the response).")
-        prompt = _chat(tokenizer, messages[:-1], add_generation_prompt=True)
-        full = _chat(tokenizer, messages, add_generation_prompt=False)
+        return _encode_chat(row, tokenizer, response_only, where)
+    prompt_msgs = [{"role": "user", "content": row["prompt"]}]
+    if getattr(tokenizer, "chat_template", None):
+        prompt = _chat(tokenizer, prompt_msgs, add_generation_prompt=True)
+        full = _chat(tokenizer, prompt_msgs + [{"role": "assistant", "content": row["response"]}], False)
     else:
-        prompt_msgs = [{"role": "user", "content": row["prompt"]}]
-        if getattr(tokenizer, "chat_template", None):
-            prompt = _chat(tokenizer, prompt_msgs, add_generation_prompt=True)
-            full = _chat(tokenizer, prompt_msgs + [{"role": "assistant", "content": row["response"]}], False)
-        else:
-            prompt = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
-            full = prompt + tokenizer(row["response"], add_special_tokens=False)["input_ids"] + [eos]
+        prompt = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
+        full = prompt + tokenizer(row["response"], add_special_tokens=False)["input_ids"] + [eos]
     if full[: len(prompt)] != prompt:
         prompt = full[: _common_prefix(prompt, full)]
     targets = [not response_only or i >= len(prompt) for i in range(len(full))]
@@ -204,22 +199,75 @@ def _encode_row(row: dict[str, Any], tokenizer: Any, response_only: bool, where:
     return full, targets
 
 
+def _encode_chat(row: dict[str, Any], tokenizer: Any, response_only: bool, where: str
+                 ) -> tuple[list[int], list[bool]]:
+    """A conversation (an OpenAI chat fine-tuning row): trained on every assistant message whose
+    `weight` is not 0, as OpenAI's fine-tuning does; the conversation must end with one."""
+    messages = [{"role": ROLES[m["role"]], "content": _text(m["content"])} for m in row["messages"]]
+    if messages[-1]["role"] != "assistant":
+        raise DataError(f"{where}: a chat row must end with an assistant message (the response).")
+    full = _chat(tokenizer, messages, add_generation_prompt=False)
+    trained = [i for i, m in enumerate(row["messages"]) if m["role"] == "assistant" and m.get("weight", 1) != 0]
+    if not trained:
+        raise DataError(f"{where}: every assistant message has weight 0, so no token would be trained on; "
+                        "set weight 1 on one, or drop the row.")
+    targets = [not response_only] * len(full)
+    for i in trained if response_only else []:
+        start = _common_prefix(_chat(tokenizer, messages[:i], add_generation_prompt=True), full)
+        end = _common_prefix(_chat(tokenizer, messages[:i + 1], add_generation_prompt=False), full)
+        targets[start:end] = [True] * (end - start)
+    if not any(targets[1:]):
+        raise DataError(f"{where}: the response is empty, so no token would be trained on; "
+                        "drop the row or fill its response.")
+    return full, targets
+
+
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
 def _row_problem(row: dict[str, Any]) -> str | None:
     """What is wrong with the shape of a row's values, if anything (JSONL rows are the user's)."""
     if "text" in row:
         text = row["text"]
         return None if isinstance(text, str) else f"`text` must be a string, not {text!r:.40}"
     if "messages" in row:
-        m = row["messages"]
-        ok = isinstance(m, list) and bool(m) and all(map(_is_message, m))
-        return None if ok else "`messages` must be a non-empty list of {role, content} string pairs"
+        return _chat_problem(row)
     if not isinstance(row.get("prompt"), str) or not isinstance(row.get("response"), str):
         return "a row needs a string `text`, string `prompt` and `response`, or `messages`"
     return None
 
 
-def _is_message(x: Any) -> bool:
-    return isinstance(x, dict) and all(isinstance(x.get(k), str) for k in ("role", "content"))
+def _chat_problem(row: dict[str, Any]) -> str | None:
+    """What an OpenAI-style chat row has that a text student cannot learn from, if anything."""
+    m = row["messages"]
+    if not isinstance(m, list) or not m:
+        return "`messages` must be a non-empty list of {role, content} messages"
+    for key in ("tools", "functions"):
+        if row.get(key):
+            return f"`{key}`: tool and function calls are not supported (distill trains text students); drop the row"
+    for i, message in enumerate(m):
+        role = message.get("role") if isinstance(message, dict) else None
+        if not isinstance(message, dict) or role in ("tool", "function") or message.get("tool_calls") \
+                or message.get("function_call"):
+            return (f"messages[{i}]: " + ("must be a {role, content} object" if not isinstance(message, dict)
+                                           else "tool and function calls are not supported; drop the row"))
+        if role not in ROLES:
+            return f"messages[{i}].role is {role!r}; use system, developer, user or assistant"
+        if _text(message.get("content")) is None:
+            return f"messages[{i}].content must be text (a string, or a list of text parts)"
+        if message.get("weight", 1) not in (0, 1):
+            return f"messages[{i}].weight must be 0 or 1, got {message['weight']!r}"
+    return None
+
+
+def _text(content: Any) -> str | None:
+    """A message's text: a string, or the concatenated text parts of a list (None if anything else)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
+                                         and isinstance(p.get("text"), str) for p in content):
+        return "".join(p["text"] for p in content)
+    return None
 
 
 def _chat(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> list[int]:
