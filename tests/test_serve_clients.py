@@ -190,3 +190,24 @@ def test_shutdown_ends_running_streams_with_an_error_event(model_dir):  # noqa: 
     text = resp.read().decode()
     closer.join(15)
     assert not closer.is_alive() and "shutting down" in text and "[DONE]" not in text
+
+
+def test_monitor_compares_served_answers_with_recorded_ones(server, client, tmp_path, capsys):
+    from distill.cli import main
+
+    prompts = ["In the beginning God", "Let there be light", "the waters", "God saw the light"]
+    live = [client.chat.completions.create(model=server.model_name, temperature=0, max_tokens=12,
+                                           messages=[{"role": "user", "content": p}]).choices[0].message.content
+            for p in prompts]
+    recorded = live[:2] + ["something else entirely", "nothing like it"]  # the last window drifted
+    path = tmp_path / "recorded.jsonl"
+    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": p},
+                                                     {"role": "assistant", "content": r}]}) + "\n"
+                            for p, r in zip(prompts, recorded)))
+    code = main(["monitor", "--recorded", str(path), "--endpoint", f"{server.url}/v1", "--sample", "1",
+                 "--window", "2", "--min-f1", "0.5", "--max-tokens", "12", "--json"])
+    captured = capsys.readouterr()
+    rows = [json.loads(line) for line in captured.out.splitlines()]
+    assert code == 3, captured.err
+    assert [r["alert"] for r in rows] == [False, True]
+    assert rows[0]["exact"] == 1.0 and rows[0]["f1"] == 1.0 and rows[1]["f1"] < 0.5

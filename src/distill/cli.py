@@ -140,10 +140,22 @@ def _parser() -> argparse.ArgumentParser:
                      help="ONNX only: write the ONNX Runtime dynamically quantized (int8 weights) model")
     exp.add_argument("--json", action="store_true", help="print JSON instead of text")
     mon = command("monitor", _monitor, "Run teacher and student on a sample of production inputs and report "
-                  "agreement and KL per window; exit 3 when a window crosses a threshold.")
-    mon.add_argument("--inputs", required=True, metavar="FILE|-",
-                     help="JSON lines ({\"inputs\": [...]} or a bare nested list), .npy or "
+                  "agreement and KL per window; or (--recorded) compare a served LM's answers with a "
+                  "teacher's recorded ones. Exit 3 when a window crosses a threshold.")
+    mon.add_argument("--inputs", metavar="FILE|-",
+                     help="classifier: JSON lines ({\"inputs\": [...]} or a bare nested list), .npy or "
                      ".safetensors; - is stdin")
+    mon.add_argument("--recorded", type=Path, metavar="JSONL",
+                     help="LM: an OpenAI chat fine-tuning JSONL whose last assistant messages are the teacher's "
+                     "answers; each conversation is sent to --endpoint and the answers compared")
+    mon.add_argument("--endpoint", metavar="URL", help="with --recorded: the served student, e.g. "
+                     "http://127.0.0.1:8000/v1")
+    mon.add_argument("--model", dest="endpoint_model", metavar="NAME",
+                     help="with --recorded: the model name to ask for (default: the server's first model)")
+    mon.add_argument("--min-f1", type=float, default=0.5, metavar="F",
+                     help="with --recorded: alert below this mean word-overlap F1 (default 0.5)")
+    mon.add_argument("--max-tokens", type=int, default=256, metavar="N",
+                     help="with --recorded: the longest answer asked for (default 256)")
     mon.add_argument("--sample", type=float, default=0.1, metavar="F",
                      help="fraction of inputs checked (default 0.1)")
     mon.add_argument("--window", type=int, default=1000, metavar="N",
@@ -187,7 +199,8 @@ def _parser() -> argparse.ArgumentParser:
             "over HTTP): label-only, sequence-level and step-by-step students, scored against the teacher."
             ).add_argument("--resume", action="store_true", help="continue an interrupted run")
     srv = command("serve", _serve, "Serve a causal LM (directory, hub id or builtin:NAME) over an "
-                  "OpenAI-compatible chat-completions API.", with_config=False)
+                  "OpenAI-compatible API (chat and text completions, streaming, continuous batching).",
+                  with_config=False)
     srv.add_argument("model_dir", metavar="MODEL_DIR")
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only; "
                      "any other address needs --api-key-env or --api-key-file)")
@@ -198,7 +211,22 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--max-tokens", type=int, default=512, help="largest max_tokens a request may ask for")
     srv.add_argument("--max-request-bytes", type=int, default=1_000_000, help="largest request body")
     srv.add_argument("--max-batch", type=int, default=8, help="requests decoded together")
+    srv.add_argument("--model-name", metavar="NAME", help="the model name clients send (default: the "
+                     "directory's name); e.g. the hosted model's name, so client code keeps working")
     return p
+
+
+def _monitor_answers(args: argparse.Namespace) -> int:
+    from distill.eval.answers import run_answer_monitor
+    from distill.teachers.remote import OpenAITeacher, served_model
+
+    if args.args or args.inputs or not args.endpoint:
+        raise DistillError("--recorded JSONL takes --endpoint URL (the served student) and no config, "
+                           "overrides or --inputs.")
+    model = args.endpoint_model or served_model(args.endpoint)
+    client = OpenAITeacher(base_url=args.endpoint, model=model, api_key_env=None)
+    return run_answer_monitor(client, args.recorded, sample_fraction=args.sample, window=args.window,
+                              min_f1=args.min_f1, max_tokens=args.max_tokens, seed=args.seed, as_json=args.json)
 
 
 def _search(args: argparse.Namespace) -> int:
@@ -255,7 +283,7 @@ def _serve(args: argparse.Namespace) -> int:
     return run(args.model_dir, host=args.host, port=args.port, api_key_env=args.api_key_env,
                api_key_file=args.api_key_file,
                max_tokens_limit=args.max_tokens, max_request_bytes=args.max_request_bytes,
-               max_batch=args.max_batch)
+               max_batch=args.max_batch, model_name=args.model_name)
 
 
 def _config(args: argparse.Namespace, loader: Any = None):
@@ -334,6 +362,11 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _monitor(args: argparse.Namespace) -> int:
+    if args.recorded is not None:
+        return _monitor_answers(args)
+    if args.inputs is None:
+        raise DistillError("distill monitor needs --inputs FILE (a classifier's production inputs), or "
+                           "--recorded JSONL --endpoint URL (a served LM against recorded answers).")
     from distill.eval.monitor import MonitorOptions, input_dtype, read_inputs, run_monitor
     from distill.recipes.classify.tools import trained_models
 

@@ -177,7 +177,7 @@ def _encode_row(row: dict[str, Any], tokenizer: Any, response_only: bool, where:
     if "text" in row:
         ids = tokenizer(row["text"], add_special_tokens=False)["input_ids"] + [eos]
         return ids, [True] * len(ids)
-    response = _text(row["messages"][-1].get("content")) if row.get("messages") else row.get("response", "")
+    response = message_text(row["messages"][-1].get("content")) if row.get("messages") else row.get("response", "")
     if not str(response or "").strip():
         raise DataError(f"{where}: the response is empty, so no token would be trained on; "
                         "drop the row or fill its response.")
@@ -203,7 +203,7 @@ def _encode_chat(row: dict[str, Any], tokenizer: Any, response_only: bool, where
                  ) -> tuple[list[int], list[bool]]:
     """A conversation (an OpenAI chat fine-tuning row): trained on every assistant message whose
     `weight` is not 0, as OpenAI's fine-tuning does; the conversation must end with one."""
-    messages = [{"role": ROLES[m["role"]], "content": _text(m["content"])} for m in row["messages"]]
+    messages = [{"role": ROLES[m["role"]], "content": message_text(m["content"])} for m in row["messages"]]
     if messages[-1]["role"] != "assistant":
         raise DataError(f"{where}: a chat row must end with an assistant message (the response).")
     full = _chat(tokenizer, messages, add_generation_prompt=False)
@@ -231,13 +231,13 @@ def _row_problem(row: dict[str, Any]) -> str | None:
         text = row["text"]
         return None if isinstance(text, str) else f"`text` must be a string, not {text!r:.40}"
     if "messages" in row:
-        return _chat_problem(row)
+        return chat_problem(row)
     if not isinstance(row.get("prompt"), str) or not isinstance(row.get("response"), str):
         return "a row needs a string `text`, string `prompt` and `response`, or `messages`"
     return None
 
 
-def _chat_problem(row: dict[str, Any]) -> str | None:
+def chat_problem(row: dict[str, Any]) -> str | None:
     """What an OpenAI-style chat row has that a text student cannot learn from, if anything."""
     m = row["messages"]
     if not isinstance(m, list) or not m:
@@ -253,14 +253,14 @@ def _chat_problem(row: dict[str, Any]) -> str | None:
                                            else "tool and function calls are not supported; drop the row"))
         if role not in ROLES:
             return f"messages[{i}].role is {role!r}; use system, developer, user or assistant"
-        if _text(message.get("content")) is None:
+        if message_text(message.get("content")) is None:
             return f"messages[{i}].content must be text (a string, or a list of text parts)"
         if message.get("weight", 1) not in (0, 1):
             return f"messages[{i}].weight must be 0 or 1, got {message['weight']!r}"
     return None
 
 
-def _text(content: Any) -> str | None:
+def message_text(content: Any) -> str | None:
     """A message's text: a string, or the concatenated text parts of a list (None if anything else)."""
     if isinstance(content, str):
         return content

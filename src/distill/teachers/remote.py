@@ -295,3 +295,19 @@ def _trim(text: str) -> str:
 def _redact(text: str, key: str | None) -> str:
     """`text` without the key, in case a server echoes the credentials back in its error."""
     return text.replace(key, "***") if key else text
+
+
+def served_model(base_url: str, api_key_env: str = "OPENAI_API_KEY", timeout_s: float = 10.0) -> str:
+    """The first model an OpenAI-compatible server lists at `{base_url}/models`."""
+    key = os.environ.get(api_key_env)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    url = f"{base_url.rstrip('/')}/models"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout_s) as response:
+            models = json.loads(response.read()).get("data") or []
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
+        raise TeacherUnavailable(f"Cannot list the models at {url} ({_redact(str(exc), key)}); check the URL "
+                                 "(it includes /v1), or name the model with --model.") from None
+    if not models or not isinstance(models[0], dict) or "id" not in models[0]:
+        raise TeacherUnavailable(f"{url} lists no model; name one with --model.")
+    return str(models[0]["id"])
