@@ -395,6 +395,15 @@ def test_the_lm_job_trains_evaluates_reports_and_exports(lm, tmp_path):
     exported = AutoModelForCausalLM.from_pretrained(run_dir / "distilled" / "model")
     assert exported.config.num_hidden_layers == 1 and not hasattr(exported, "peft_config")
     assert (run_dir / "teacher_cache" / "train" / "manifest.json").is_file()
+    from transformers import AutoTokenizer
+
+    from distill.eval.lm import evaluate_lm
+    from distill.recipes.lm.pipeline import load_text
+
+    held_out = load_text(load_lm_config(run_dir / "config.yaml"),
+                         AutoTokenizer.from_pretrained(run_dir / "distilled" / "model")).val
+    round_trip = evaluate_lm(exported, held_out, lm["vocab"])["ppl"]  # the folder answers as the run measured
+    assert round_trip == pytest.approx(report["models"]["distilled"]["ppl"], rel=1e-4)
 
 
 def test_a_student_that_cannot_be_built_leaves_no_run_directory(lm, tmp_path):
