@@ -7,6 +7,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("transformers")
@@ -114,3 +115,53 @@ def test_distill_run_takes_a_dataset_object(tmp_path, monkeypatch):
     cfg = seen["cfg"]
     assert cfg.data.name == "hf" and Path(cfg.data.path).parent == tmp_path / "cache" / "datasets"
     assert cfg.name == "dataset" and datasets.load_from_disk(str(cfg.data.path))["review"][0] == ROWS[0][0]
+
+
+def _images(root: Path, sizes: dict[str, list[tuple[int, int]]], mode: str = "L") -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls, shapes in sizes.items():
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i, (w, h) in enumerate(shapes):
+            base = 200 if cls == "cat" else 30  # the classes differ in brightness
+            pixels = np.clip(rng.normal(base, 10, (h, w) if mode == "L" else (h, w, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels, mode=mode).save(root / cls / f"{i}.png")
+    return root
+
+
+def test_an_image_folder_is_a_dataset_with_its_class_names(tmp_path):
+    root = _images(tmp_path / "pets", {"cat": [(6, 5)] * 10, "dog": [(6, 5)] * 10})
+    cfg = DataConfig(name="images", path=root, val_fraction=0.2, test_fraction=0.2)
+    splits = load_data(cfg)
+    assert splits.class_names == ["cat", "dog"] and splits.input_shape == (1, 5, 6) and cfg.title == "pets"
+    assert len(splits.train) + len(splits.val) + len(splits.test) == 20 and splits.modality == "images"
+    x, y = splits.test.inputs, splits.test.labels  # brightness tells the classes apart after standardising
+    assert bool(((x.mean((1, 2, 3)) > 0) == (y == 0)).all())
+
+
+def test_images_of_other_sizes_are_named_or_resized_and_split_folders_used(tmp_path):
+    root = _images(tmp_path / "train", {"cat": [(6, 5), (8, 8)], "dog": [(6, 5)] * 2})
+    with pytest.raises(DataError, match=r"1\.png is 8×8 pixels, the first image 6×5; set data.image_size"):
+        load_data(DataConfig(name="images", path=root))
+    test = _images(tmp_path / "test", {"cat": [(3, 3)] * 2, "dog": [(3, 3)]}, mode="RGB")
+    splits = load_data(DataConfig(name="images", path=root, image_size=[4, 4], test_path=test, val_fraction=0.25))
+    assert splits.input_shape == (1, 4, 4) and len(splits.test) == 3  # RGB test images made grayscale like training
+    bad = _images(tmp_path / "bad", {"bird": [(6, 5)]})
+    with pytest.raises(DataError, match=r"class folder\(s\) \['bird'\] that the training folder lacks"):
+        load_data(DataConfig(name="images", path=root, image_size=[4, 4], test_path=bad))
+
+
+def test_an_npz_file_of_arrays_with_its_own_test_file(tmp_path):
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 3)).astype(np.float32), np.arange(40) % 2
+    np.savez(tmp_path / "train.npz", inputs=x, labels=y, class_names=np.array(["no", "yes"]))
+    np.savez(tmp_path / "test.npz", inputs=x[:6], labels=y[:6])
+    splits = load_data(DataConfig(name="npz", path=tmp_path / "train.npz", test_path=tmp_path / "test.npz"))
+    assert splits.class_names == ["no", "yes"] and len(splits.test) == 6 and len(splits.train) == 36
+    np.savez(tmp_path / "bad.npz", inputs=x, targets=y)
+    with pytest.raises(DataError, match=r"bad.npz has arrays \['inputs', 'targets'\]; it needs \['labels'\]"):
+        load_data(DataConfig(name="npz", path=tmp_path / "bad.npz"))
+    np.savez(tmp_path / "nan.npz", inputs=np.full((4, 2), np.nan), labels=np.zeros(4, dtype=int))
+    with pytest.raises(DataError, match="nan.npz: inputs hold NaN"):
+        load_data(DataConfig(name="npz", path=tmp_path / "nan.npz"))

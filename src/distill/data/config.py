@@ -12,15 +12,19 @@ from distill.core.config import Strict
 
 
 class DataConfig(Strict):
-    name: Literal["digits", "mnist5k", "fashion_mnist", "spoken_digits", "bbc_news", "csv", "jsonl", "hf"] = "digits"
+    name: Literal["digits", "mnist5k", "fashion_mnist", "spoken_digits", "bbc_news", "csv", "jsonl", "hf", "npz",
+                  "images"] = "digits"
     path: Path | None = Field(None, description=(
-        "Directory (fashion_mnist, bbc_news) or file (csv, jsonl: the training file, or all rows when no "
-        "split files are given); hf: a dataset saved with save_to_disk, a .csv/.json/.jsonl/.parquet file, "
-        "or a hub id."))
-    val_path: Path | None = Field(None, description="csv, jsonl: your own validation split (same columns); "
-                                  "else data.val_fraction of data.path.")
-    test_path: Path | None = Field(None, description="csv, jsonl: your own test split (same columns); "
-                                   "else data.test_fraction of data.path.")
+        "Directory (fashion_mnist, bbc_news; images: <class>/*.png folders) or file (csv, jsonl; npz with "
+        "`inputs` and `labels`): the training data, or all of it when no split files are given; hf: a dataset "
+        "saved with save_to_disk, a .csv/.json/.jsonl/.parquet file, or a hub id."))
+    val_path: Path | None = Field(None, description="csv and jsonl texts, npz, images: your own validation "
+                                  "split (same columns, arrays or class folders); else data.val_fraction of "
+                                  "data.path.")
+    test_path: Path | None = Field(None, description="Your own test split, as data.val_path; else "
+                                   "data.test_fraction of data.path.")
+    image_size: list[int] | None = Field(None, min_length=2, max_length=2, description=(
+        "images: resize every image to [H, W]; without it they must all have the same size."))
     label_column: str | int = Field(-1, description="CSV column holding the label (name or position).")
     text_column: str | None = Field(None, description="csv, jsonl: the column (key) holding each example's "
                                     "text, for text classification (the label column may then hold class names "
@@ -57,10 +61,13 @@ class DataConfig(Strict):
             raise ValueError(f"data.name={self.name} reads texts: set data.text_column (and data.label_column) "
                              "to the names of each row's text and label")
         for key in ("val_path", "test_path"):
-            if getattr(self, key) is not None and (self.name not in ("csv", "jsonl") or self.text_column is None):
-                raise ValueError(f"data.{key} is a split file of a CSV or JSONL text table (data.name csv or "
-                                 "jsonl with data.text_column); a hf dataset brings its own splits")
+            text_table = self.name in ("csv", "jsonl") and self.text_column is not None
+            if getattr(self, key) is not None and not (text_table or self.name in ("npz", "images")):
+                raise ValueError(f"data.{key} is a split file of a CSV or JSONL text table (with data.text_column), "
+                                 "an npz file or an image folder; a hf dataset brings its own splits")
+        if self.image_size is not None and (self.name != "images" or min(self.image_size) < 1):
+            raise ValueError("data.image_size is [H, W] in pixels (both >= 1), for data.name=images")
         return self
 
 
-USER_DATA = ("csv", "jsonl", "hf")
+USER_DATA = ("csv", "jsonl", "hf", "npz", "images")

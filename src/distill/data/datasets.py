@@ -41,6 +41,10 @@ def load_data(cfg: DataConfig) -> DataSplits:
         from distill.data.text import load_bbc_news  # transformers is loaded only for text
 
         splits = load_bbc_news(cfg)
+    elif cfg.name in ("npz", "images"):
+        from distill.data.user_arrays import load_user_arrays
+
+        splits = load_user_arrays(cfg)
     elif cfg.text_column is not None:
         from distill.data.text import load_text_table  # transformers is loaded only for text
 
