@@ -217,16 +217,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _monitor_answers(args: argparse.Namespace) -> int:
-    from distill.eval.answers import run_answer_monitor
-    from distill.teachers.remote import OpenAITeacher, served_model
+    from distill.eval.answers import monitor_endpoint
 
     if args.args or args.inputs or not args.endpoint:
         raise DistillError("--recorded JSONL takes --endpoint URL (the served student) and no config, "
                            "overrides or --inputs.")
-    model = args.endpoint_model or served_model(args.endpoint)
-    client = OpenAITeacher(base_url=args.endpoint, model=model, api_key_env=None)
-    return run_answer_monitor(client, args.recorded, sample_fraction=args.sample, window=args.window,
-                              min_f1=args.min_f1, max_tokens=args.max_tokens, seed=args.seed, as_json=args.json)
+    return monitor_endpoint(args.endpoint, args.endpoint_model, args.recorded, sample_fraction=args.sample,
+                            window=args.window, min_f1=args.min_f1, max_tokens=args.max_tokens, seed=args.seed,
+                            as_json=args.json)
 
 
 def _search(args: argparse.Namespace) -> int:
@@ -396,22 +394,14 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _export_gguf(args: argparse.Namespace) -> int:
-    from distill.recipes.lm.tools import export_lm_gguf
+    from distill.recipes.lm.tools import describe_gguf, export_lm_gguf
 
-    if len(args.args) != 1 or "=" in args.args[0]:
-        raise DistillError("--format gguf takes one argument, the student's model directory (e.g. "
-                           "runs/lm_kjv/distilled/model), not a config or overrides.")
-    if args.check is True:
-        raise DistillError("--format gguf --check needs a text file of held-out text: --check heldout.txt")
+    if len(args.args) != 1 or "=" in args.args[0] or args.check is True:
+        raise DistillError("--format gguf takes the student's model directory (e.g. runs/lm_kjv/distilled/model), "
+                           "not a config or overrides; its --check needs a text file: --check heldout.txt")
     result = export_lm_gguf(args.args[0], args.out, args.type, check_text=Path(args.check) if args.check else None,
                             teacher=args.teacher)
-    check = result.get("check")
-    print(json.dumps(result, indent=2) if args.json else (
-        f"Wrote {args.out} ({result['size_mb']:.1f} MB) and {result['modelfile']}" + (
-            f"; llama.cpp on {int(check['positions'])} held-out positions picks the student's next token "
-            f"{check['top1_agreement']:.2%} of the time" + (
-                f", the teacher's {check['teacher_top1_agreement']:.2%}" if "teacher_top1_agreement" in check
-                else "") + f"; {check['tokenization_match']:.0%} of texts tokenize identically" if check else "")))
+    print(json.dumps(result, indent=2) if args.json else describe_gguf(result))
     return 0
 
 

@@ -116,3 +116,12 @@ def run_answer_monitor(client: Any, path: Path, *, sample_fraction: float, windo
         n_windows, alerts = n_windows + 1, alerts + stats.alert
     print(f"monitor: {n_windows} window(s) of answers compared with {path}, {alerts} alerted", file=sys.stderr)
     return EXIT_ALERT if alerts else EXIT_OK
+
+
+def monitor_endpoint(endpoint: str, model: str | None, path: Path, **options: Any) -> int:
+    """`run_answer_monitor` against an OpenAI-compatible `endpoint` (its first model when `model` is None;
+    the key, if the server needs one, from OPENAI_API_KEY)."""
+    from distill.teachers.remote import OpenAITeacher, served_model
+
+    client = OpenAITeacher(base_url=endpoint, model=model or served_model(endpoint))
+    return run_answer_monitor(client, path, **options)

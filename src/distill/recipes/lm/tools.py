@@ -40,3 +40,16 @@ def _held_out(path: Path, max_texts: int) -> list[str]:
     if not paragraphs:
         raise ConfigError(f"--check {path}: the file has no text.")
     return paragraphs[:max_texts]
+
+
+def describe_gguf(result: dict[str, Any]) -> str:
+    """One line on what `export_lm_gguf` wrote and, when checked, what llama.cpp measured."""
+    text = f"Wrote {result['path']} ({result['size_mb']:.1f} MB) and {result['modelfile']}"
+    check = result.get("check")
+    if check:
+        text += (f"; llama.cpp on {int(check['positions'])} held-out positions picks the student's next token "
+                 f"{check['top1_agreement']:.2%} of the time")
+        if "teacher_top1_agreement" in check:
+            text += f", the teacher's {check['teacher_top1_agreement']:.2%}"
+        text += f"; {check['tokenization_match']:.0%} of texts tokenize identically"
+    return text
