@@ -86,6 +86,8 @@ def test_cli_export_gguf(student, tmp_path, capsys):
     out = tmp_path / "s.gguf"
     assert main(["export", str(directory), "--format", "gguf", "--type", "f16", "--out", str(out)]) == 0
     assert out.is_file() and "Modelfile" in capsys.readouterr().out
+    card = (tmp_path / "s.gguf.README.md").read_text()
+    assert card.startswith("---\n") and "GGUF f16" in card and "ollama create" in card
     assert main(["export", "a=b", "--format", "gguf", "--out", str(out)]) == 2
     assert "model directory" in capsys.readouterr().err
 

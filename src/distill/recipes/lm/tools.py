@@ -29,7 +29,30 @@ def export_lm_gguf(model_dir: Path | str, out: Path, qtype: str, *, check_text: 
         reference = load_causal_lm(teacher).eval() if teacher else None
         result["check"] = gguf_agreement(out, student, load_tokenizer(str(model_dir)), texts, block=block,
                                          teacher=reference)
+    result["card"] = str(_write_card(model_dir, out, result))
     return result
+
+
+def _write_card(model_dir: Path, out: Path, result: dict[str, Any]) -> Path:
+    """`<file>.README.md`: the student's own card (when it has one), then this file's type, size, check and use."""
+    from distill.core.files import atomic_write_text
+
+    student = model_dir / "README.md"
+    lines = [student.read_text(encoding="utf-8").rstrip(), ""] if student.is_file() else [
+        "---", "tags: [distillation, distill, gguf]", "---", "", f"# {model_dir.name}", ""]
+    lines += [f"## This file: GGUF {result['type']}, {result['size_mb']:.1f} MB", ""]
+    check = result.get("check")
+    if check:
+        lines += [f"Run by llama.cpp on {int(check['positions'])} held-out positions, it picks the PyTorch student's "
+                  f"next token {check['top1_agreement']:.2%} of the time"
+                  + (f" and the teacher's {check['teacher_top1_agreement']:.2%} (the PyTorch student: "
+                     f"{check['torch_teacher_top1_agreement']:.2%})" if "teacher_top1_agreement" in check else "")
+                  + f"; {check['tokenization_match']:.0%} of the texts tokenize identically.", ""]
+    lines += ["```bash", f"ollama create {model_dir.parent.name or 'student'} -f {Path(result['modelfile']).name}",
+              f"llama-server -m {out.name}      # llama.cpp's OpenAI-compatible server", "```"]
+    path = Path(f"{out}.README.md")
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
 
 
 def _held_out(path: Path, max_texts: int) -> list[str]:
