@@ -391,13 +391,12 @@ BODIES = (st.binary(max_size=200)
           | st.fixed_dictionaries({}, optional=FIELDS).map(lambda d: json.dumps(d).encode()))
 
 
-def _post(server: Any, body: bytes) -> None:
+def _post(server: Any, body: bytes, path: str = "/v1/chat/completions") -> None:
     def case() -> None:
         host, port = server.address
         conn = http.client.HTTPConnection(host, port, timeout=30)  # a timeout here is a hang
         try:
-            conn.request("POST", "/v1/chat/completions", body=body,
-                         headers={"Content-Type": "application/json"})
+            conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
             resp = conn.getresponse()
             status, text = resp.status, resp.read()
         except TimeoutError as exc:
@@ -405,13 +404,29 @@ def _post(server: Any, body: bytes) -> None:
         finally:
             conn.close()
         if status == 200:
-            return  # a valid request (the fuzzer made one): answered
+            _check_answer(path, body, text)  # a valid request (the fuzzer made one): answered, and rightly
+            return
         assert 400 <= status < 500, f"HTTP {status} for {body[:200]!r}: {text[:300]!r}"
         error = json.loads(text)["error"]
         assert isinstance(error["message"], str) and error["message"], text
         raise HTTPClear(f"{status}: {error['message']}")
 
     expect_clear("HTTP bodies", case, clear=(HTTPClear,))
+
+
+def _check_answer(path: str, body: bytes, text: bytes) -> None:
+    """A 200 answer must be what was asked: one choice per prompt × n, each within max_tokens."""
+    request = json.loads(body)
+    if request.get("stream"):
+        assert text.rstrip().endswith(b"data: [DONE]"), text[-200:]
+        return
+    answer = json.loads(text)
+    prompts = request.get("prompt")
+    count = 1 if path.endswith("chat/completions") or isinstance(prompts, str) or (
+        isinstance(prompts, list) and prompts and isinstance(prompts[0], int)) else len(prompts)
+    assert len(answer["choices"]) == count * (request.get("n") or 1), (body, answer)
+    limit = request.get("max_tokens") or request.get("max_completion_tokens") or 4
+    assert answer["usage"]["completion_tokens"] <= limit * len(answer["choices"]), (body, answer)
 
 
 class HTTPClear(Exception):
@@ -423,3 +438,23 @@ def _http_body(server: Any, body: bytes) -> None:
 
 
 test_http_bodies, test_http_bodies_many = fuzz(_http_body, fast=40, many=MANY * 3 // 2, body=BODIES)
+
+TEXT_FIELDS = {"prompt": st.text(max_size=20) | st.lists(st.text(max_size=8), max_size=3)
+               | st.lists(st.integers(0, 40), max_size=4) | JSONISH,
+               "max_tokens": st.integers(1, 4) | ODD, "temperature": st.floats(0, 2) | ODD, "n": st.integers(1, 2) | ODD,
+               "logprobs": st.integers(0, 5) | ODD, "echo": st.booleans(), "stream": st.booleans() | ODD,
+               "stop": ODD | st.lists(st.text(max_size=3), max_size=2), "model": SCALARS,
+               "suffix": SCALARS, "best_of": st.integers(0, 2) | ODD}
+TEXT_BODIES = (JSONISH.map(lambda v: json.dumps(v).encode())
+               | st.fixed_dictionaries({"prompt": st.text(min_size=1, max_size=12)},
+                                       optional={k: v for k, v in TEXT_FIELDS.items() if k != "prompt"}
+                                       ).map(lambda d: json.dumps(d).encode())
+               | st.fixed_dictionaries({}, optional=TEXT_FIELDS).map(lambda d: json.dumps(d).encode()))
+
+
+def _text_body(server: Any, body: bytes) -> None:
+    _post(server, body, "/v1/completions")
+
+
+test_text_completion_bodies, test_text_completion_bodies_many = fuzz(_text_body, fast=40, many=MANY,
+                                                                     body=TEXT_BODIES)
