@@ -54,13 +54,17 @@ def torchrun(job: str, out: Path, *args: object, timeout: int = 300) -> list[dic
     """Run `job` in 2 CPU processes; the records of rank 0 and rank 1. Fails with both outputs' tails.
 
     A worker killed by gloo's own abort (GLOO_EXIT_ABORT, SIGABRT from a C++ thread of torch's gloo
-    backend, seen now and then on this 2-core machine in a full test run and never alone) is
-    retried once in a clean directory; any other failure fails at once."""
+    backend, seen now and then on this 2-core machine in a loaded test run and never alone) after
+    both ranks wrote their records (the last thing a job does: its work is done) is accepted; one
+    killed before is retried once in a clean directory; any other failure fails at once."""
     cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node=2", str(SCRIPT), job, str(out), *map(str, args)]
     for attempt in range(2):
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
         code, stdout, stderr = _launch(cmd, job, timeout)
+        finished = all((out / f"{job}-rank{r}.json").is_file() for r in (0, 1))
+        if code != 0 and GLOO_EXIT_ABORT in stderr and finished:
+            code = 0  # the abort came in teardown, after both records were written
         if code == 0 or GLOO_EXIT_ABORT not in stderr:
             break
     if code != 0:
