@@ -162,6 +162,37 @@ def test_cache_holds_the_teachers_top_k_compactly(lm, tmp_path, small_shards):
     assert torch.allclose(got.tail_logprob.float(), expect_tail, atol=1e-2)
 
 
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_padding_is_never_cached_and_reads_back_as_the_live_teacher(lm, tmp_path, small_shards, monkeypatch,
+                                                                      in_memory):
+    from distill.data.tokens import encode_rows
+    from distill.teachers import cache as sharded
+
+    if not in_memory:
+        monkeypatch.setattr(sharded, "IN_MEMORY_BYTES", 0)  # memory-mapped, row by row
+    rows = [{"prompt": "And God said", "response": " ".join(["light"] * (1 + i % 5))} for i in range(10)]
+    blocks = encode_rows(rows, lm["tok"], 32, response_only=True, packing=False, source="rows.jsonl")
+    real = int(blocks.attention_mask.sum())
+    assert real < blocks.attention_mask.numel() // 2  # mostly padding: the case this is for
+    cache = TopKCache.build_or_open(lm["teacher"], blocks, tmp_path / "c", identity=_identity(lm), quiet=True)
+    assert cache.manifest["layout"] == "ragged" and cache.manifest["real_tokens"] == real
+    assert cache.cache.nbytes < 0.6 * (4 * 8 + 2) * blocks.attention_mask.numel()  # a dense cache's bytes
+    batch = blocks.batch(torch.tensor([7, 0, 3]))
+    lp, idx, tail = topk_of(LiveLMTeacher(lm["teacher"], lm["vocab"]).signal(batch).logits, 8)
+    got, mask = cache.signal(batch), batch["attention_mask"]
+    assert torch.equal(got.topk_indices[mask], idx[mask])
+    assert torch.allclose(got.topk_logprobs.float()[mask], lp[mask], atol=1e-2)
+    assert torch.allclose(got.tail_logprob.float()[mask], tail[mask], atol=1e-2)
+    assert torch.isfinite(got.topk_logprobs.float()).all() and torch.isfinite(got.tail_logprob.float()).all()
+    full = TopKCache.build_or_open(lm["teacher"], blocks, tmp_path / "full", quiet=True,
+                                   identity=_identity(lm, k=lm["vocab"]))  # every id: the exact distribution
+    student = lm_models.student_from_teacher(lm["teacher"], layers=[0])
+    live = lm_loss(student, batch, LiveLMTeacher(lm["teacher"], lm["vocab"]).signal(batch), TokenKDConfig(),
+                   lm["vocab"])["kd"]
+    cached = lm_loss(student, batch, full.signal(batch), TokenKDConfig(), lm["vocab"])["kd"]
+    assert float(cached) == pytest.approx(float(live), rel=2e-3)  # the filler of padded positions counts for nothing
+
+
 def test_a_cache_with_k_equal_vocab_gives_the_full_loss(lm, tmp_path, small_shards):
     blocks, vocab = lm["blocks"], lm["vocab"]
     cache = TopKCache.build_or_open(lm["teacher"], blocks, tmp_path / "c", identity=_identity(lm, k=vocab), quiet=True)
@@ -397,7 +428,6 @@ def test_the_lm_job_trains_evaluates_reports_and_exports(lm, tmp_path):
     assert (run_dir / "teacher_cache" / "train" / "manifest.json").is_file()
     from transformers import AutoTokenizer
 
-    from distill.eval.lm import evaluate_lm
     from distill.recipes.lm.pipeline import load_text
 
     held_out = load_text(load_lm_config(run_dir / "config.yaml"),

@@ -45,6 +45,7 @@ class ShardedCache:
         self.directory, self.manifest = directory, manifest
         self._starts = torch.tensor([s["start"] for s in manifest["shards"]])
         self._handles: dict[str, Any] = {}
+        self._ragged: dict[str, torch.Tensor] = {}
         self.tables: dict[str, torch.Tensor] | None = None
         if self.nbytes <= IN_MEMORY_BYTES:
             shards = [load_file(str(directory / s["file"])) for s in manifest["shards"]]
@@ -56,21 +57,53 @@ class ShardedCache:
 
     def rows(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
         """Each stored tensor's rows at `index` (B,), on the CPU."""
-        index = index.cpu().long()
-        if len(index) and (int(index.min()) < 0 or int(index.max()) >= self.manifest["rows"]):
-            bad = int(index[(index < 0) | (index >= self.manifest["rows"])][0])
-            raise CheckpointError(f"Teacher cache {self.directory} has {self.manifest['rows']} rows; row {bad} was "
-                                  "asked for: the dataset is not the one the cache was built on.")
+        index = self._checked(index)
         if self.tables is not None:
             return {name: table[index] for name, table in self.tables.items()}
         rows = [self._row(int(i)) for i in index]
         return {name: torch.stack([r[name] for r in rows]) for name in rows[0]} if rows else {}
 
+    def spans(self, index: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """The rows at `index` of a ragged cache, whose `lengths` tensor gives each row's entry count
+        and whose other tensors hold the rows' entries end to end (shard by shard)."""
+        index = self._checked(index)
+        out = []
+        for i in index.tolist():
+            if self.tables is not None:
+                start, stop = self._offsets(None)[i], self._offsets(None)[i + 1]
+                out.append({k: t[start:stop] for k, t in self.tables.items() if k != "lengths"})
+                continue
+            shard = self.manifest["shards"][int(torch.searchsorted(self._starts, i, right=True)) - 1]
+            handle = self._handle(shard["file"])
+            offsets = self._offsets(shard)
+            start, stop = int(offsets[i - shard["start"]]), int(offsets[i - shard["start"] + 1])
+            out.append({k: handle.get_slice(k)[start:stop] for k in handle.keys() if k != "lengths"})
+        return out
+
+    def _checked(self, index: torch.Tensor) -> torch.Tensor:
+        index = index.cpu().long()
+        if len(index) and (int(index.min()) < 0 or int(index.max()) >= self.manifest["rows"]):
+            bad = int(index[(index < 0) | (index >= self.manifest["rows"])][0])
+            raise CheckpointError(f"Teacher cache {self.directory} has {self.manifest['rows']} rows; row {bad} was "
+                                  "asked for: the dataset is not the one the cache was built on.")
+        return index
+
+    def _offsets(self, shard: dict[str, Any] | None) -> torch.Tensor:
+        """Where each row's entries start (and the last ends): of the whole cache in memory, or of one shard."""
+        key = shard["file"] if shard else ""
+        if key not in self._ragged:
+            lengths = self.tables["lengths"] if shard is None else self._handle(key).get_tensor("lengths")
+            self._ragged[key] = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]).long()
+        return self._ragged[key]
+
+    def _handle(self, file: str) -> Any:
+        if file not in self._handles:
+            self._handles[file] = safe_open(str(self.directory / file), "pt")
+        return self._handles[file]
+
     def _row(self, i: int) -> dict[str, torch.Tensor]:
         shard = self.manifest["shards"][int(torch.searchsorted(self._starts, i, right=True)) - 1]
-        handle = self._handles.get(shard["file"])
-        if handle is None:
-            handle = self._handles[shard["file"]] = safe_open(str(self.directory / shard["file"]), "pt")
+        handle = self._handle(shard["file"])
         return {name: handle.get_slice(name)[i - shard["start"]] for name in handle.keys()}
 
     @classmethod

@@ -10,6 +10,8 @@ corpus (fingerprint) and block length: a cache made for anything else is refused
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 from typing import Any
 
@@ -58,14 +60,33 @@ class TopKCache:
 
     @property
     def bytes_per_token(self) -> float:
-        return self.cache.nbytes / (self.manifest["rows"] * self.manifest["seq_len"])
+        """Bytes per stored position (a padded corpus stores only its real tokens)."""
+        tokens = self.manifest.get("real_tokens") or self.manifest["rows"] * self.manifest["seq_len"]
+        return self.cache.nbytes / tokens
 
     def signal(self, batch: dict[str, torch.Tensor]) -> TeacherOutput:
         device = batch["input_ids"].device
-        rows = self.cache.rows(batch["index"])
+        rows = self._ragged(batch["index"]) if self.manifest.get("layout") == "ragged" else \
+            self.cache.rows(batch["index"])
         return TeacherOutput(topk_logprobs=rows["logprobs"].to(device),
                              topk_indices=(rows["indices"].long() + self.manifest["index_offset"]).to(device),
                              tail_logprob=rows["tail"].to(device))
+
+    def _ragged(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Rows of a cache that holds only the real (unpadded) positions, padded back to seq_len with a
+        neutral, finite filler (half the mass spread over the k ids, half in the tail): the loss masks
+        those positions, so only their finiteness matters."""
+        spans, seq_len = self.cache.spans(index), self.manifest["seq_len"]
+        k = self.manifest["k"]
+        out = {"logprobs": torch.full((len(spans), seq_len, k), math.log(0.5 / k), dtype=torch.float16),
+               "indices": torch.arange(k, dtype=torch.int64).expand(len(spans), seq_len, k).clone(),
+               "tail": torch.full((len(spans), seq_len, 1), math.log(0.5), dtype=torch.float16)}
+        out["indices"] -= self.manifest["index_offset"]
+        for i, span in enumerate(spans):
+            n = len(span["tail"])
+            out["logprobs"][i, :n], out["indices"][i, :n], out["tail"][i, :n] = \
+                span["logprobs"], span["indices"].long(), span["tail"]
+        return out
 
     @classmethod
     def build_or_open(cls, teacher: nn.Module, data: TokenBlocks, directory: Path, *, identity: dict[str, Any],
@@ -80,6 +101,9 @@ class TopKCache:
         offset = _index_offset(vocab)
         index_dtype = torch.int16 if vocab <= 65536 else torch.int32
 
+        lengths = data.attention_mask.sum(-1)  # real tokens per block (blocks are padded on the right)
+        ragged = bool((lengths < data.seq_len).any())  # padded blocks: their padding is not stored
+
         def compute(start: int, stop: int) -> dict[str, torch.Tensor]:
             model = teacher.eval().requires_grad_(False).to(device)
             parts = []
@@ -87,10 +111,16 @@ class TopKCache:
                 batch = {k_: v.to(device) for k_, v in data.batch(torch.arange(b, min(stop, b + batch_size))).items()}
                 with torch.inference_mode():
                     parts.append(topk_of(teacher_logits(model, batch, vocab), k))
-            lp, idx, tail = (torch.cat(p) for p in zip(*parts))
-            return {"logprobs": lp.half(), "indices": (idx - offset).to(index_dtype), "tail": tail.half()}
+            lp, idx, tail = (torch.cat(p).cpu() for p in zip(*parts))
+            rows = {"logprobs": lp.half(), "indices": (idx - offset).to(index_dtype), "tail": tail.half()}
+            if not ragged:
+                return rows
+            kept = lengths[start:stop]
+            real = torch.arange(data.seq_len) < kept[:, None]  # (rows, T)
+            return {**{name: t[real] for name, t in rows.items()}, "lengths": kept.int()}
 
-        full = {**identity, "corpus": data.fingerprint(), "seq_len": data.seq_len, "index_offset": offset}
+        full = {**identity, "corpus": data.fingerprint(), "seq_len": data.seq_len, "index_offset": offset,
+                **({"layout": "ragged", "real_tokens": int(lengths.sum())} if ragged else {})}
         return cls(ShardedCache.build_or_open(directory, full, len(data), compute, shard_rows=SHARD_ROWS,
                                               rebuild=rebuild, quiet=quiet, unit="block"))
 
