@@ -173,3 +173,35 @@ def test_a_broken_stream_callback_fails_nobody(lm, engine_of):
 
     job = engine.submit(prompts[0], GREEDY, on_token=broken)
     assert job.result(timeout=30).token_ids == single(model, tok, prompts[0]).token_ids
+
+
+def test_a_request_left_while_waiting_costs_no_prefill(lm, engine_of, monkeypatch):
+    model, tok, prompts = lm
+    engine = engine_of(max_batch=1)
+    prefills, real = [], engine._prefill
+    monkeypatch.setattr(engine, "_prefill", lambda requests: prefills.append(len(requests)) or real(requests))
+    gate = threading.Event()
+    running = engine.submit(prompts[2], LONG, on_token=lambda t: gate.wait(10))
+    waiting = engine.submit(prompts[0], GREEDY)
+    waiting.abort()
+    gate.set()
+    assert waiting.result(timeout=30).finish_reason == "abort" and waiting.result().token_ids == []
+    running.result(timeout=30)
+    assert prefills == [1]  # the running request's only
+
+
+def test_a_failed_join_fails_the_rows_it_touched_and_nobody_waits_forever(lm, engine_of, monkeypatch):
+    model, tok, prompts = lm
+    engine = engine_of()
+
+    def broken(batch, new):
+        raise RuntimeError("out of memory while stacking")
+
+    started = threading.Event()
+    running = engine.submit(prompts[2], LONG, on_token=lambda t: started.set())
+    assert started.wait(10)
+    monkeypatch.setattr(engine, "_join", broken)
+    joining = engine.submit(prompts[0], GREEDY)
+    for job in (running, joining):
+        with pytest.raises(RuntimeError, match="out of memory"):
+            job.result(timeout=30)

@@ -15,7 +15,7 @@ greedy tokens whatever it is batched with.
 Hand-written because the maintained engines that do this (vLLM, TGI, SGLang) are GPU servers in
 their own right, and transformers' `generate` decodes a fixed batch from start to end. Models
 whose cache is not a plain per-layer key/value cache (sliding-window or recurrent layers) still
-batch, but a request waits until the running batch ends.
+batch, but a request waits until the running batch ends, and finished rows stay in it until then.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from distill.models.generation import (
+    Generated,
     GenerationParams,
     GeneratorClosed,
     _generator,
@@ -170,7 +171,11 @@ class BatchedGenerator:
                 _fail(admitted, exc)
                 self._running = len(batch)
                 return
-            self._join(batch, new)
+            try:
+                self._join(batch, new)
+            except Exception:  # e.g. out of memory while stacking: every row it touched fails (in _run)
+                batch.requests = batch.requests + [r for r in new.requests if r not in batch.requests]
+                raise
         elif batch:
             self._decode(batch)
         self._retire(batch)
@@ -191,6 +196,9 @@ class BatchedGenerator:
                 break
             if item.job.set_running_or_notify_cancel():
                 out.append(item)
+        for request in [r for r in out if r.job.aborted]:  # left while waiting: no prefill spent on it
+            out.remove(request)
+            request.job.set_result(Generated([], "abort", len(request.prompt_ids)))
         return out
 
     def _prefill(self, requests: list[_Request]) -> _Batch:
@@ -263,21 +271,22 @@ class BatchedGenerator:
         batch.next_ids += new.next_ids
 
     def _retire(self, batch: _Batch) -> None:
-        """Finish rows that are done or aborted; shrink the cache to the rows and columns still in use."""
-        if self._closed.is_set():
-            return  # the loop's exit fails every running request
+        """Finish rows that are done or aborted; shrink the cache to the rows and columns still in use.
+
+        A cache that cannot drop rows (recurrent or sliding-window layers) keeps finished rows,
+        fed padding as `generate_batch` does, until the whole batch is done.
+        """
         for request, row in zip(batch.requests, batch.rows):
             if request.job.aborted and row.finish is None:
                 row.finish = "abort"
-        keep = [i for i, row in enumerate(batch.rows) if row.finish is None]
-        if len(keep) == len(batch):
-            return
-        for i, (request, row) in enumerate(zip(batch.requests, batch.rows)):
-            if row.finish is not None:
+            if row.finish is not None and not request.job.done():
                 request.job.set_result(row.result())
+        keep = [i for i, row in enumerate(batch.rows) if row.finish is None]
         if not keep:
             batch.__init__()
             return
+        if len(keep) == len(batch) or self._closed.is_set() or not self._joinable:
+            return  # nothing to drop; or closing (the loop's exit fails the rest); or rows cannot be dropped
         index = torch.tensor(keep, device=batch.mask.device)
         batch.cache.batch_select_indices(index)
         batch.mask = batch.mask[index]
@@ -285,7 +294,7 @@ class BatchedGenerator:
         batch.rows = [batch.rows[i] for i in keep]
         batch.next_ids = [batch.next_ids[i] for i in keep]
         start = int((batch.mask.sum(0) > 0).nonzero()[0])  # leading columns no row uses any more
-        if start and self._joinable:
+        if start:
             batch.mask = batch.mask[:, start:]
             for layer in batch.cache.layers:
                 layer.keys, layer.values = layer.keys[..., start:, :], layer.values[..., start:, :]
