@@ -205,17 +205,16 @@ def _result(job: Any) -> Any:
 
 
 async def _collect(server: Any, req: GenRequest) -> dict[str, Any]:
-    """The whole (non-streamed) response body: each choice's text is what a stream would have sent."""
-    texts, done = [""] * len(req.params), {}
+    """The whole (non-streamed) response body: each choice decoded at once, cut before a stop sequence."""
+    done = {}
     async for event in _choices(server, req):
         if isinstance(event, _Done):
-            texts[event.choice] += event.piece
             done[event.choice] = event
-        else:
-            texts[event[0]] += event[1]
+    cut = ChoiceText(server.tokenizer, req.stop)
     choices = []
-    for c, text in enumerate(texts):
+    for c in range(len(req.params)):
         d = done[c]
+        text = cut.whole(d.generated.token_ids)
         if req.kind == "chat":
             logprobs = chat_logprobs(server.tokenizer, d.generated, req.top_logprobs) if req.logprobs else None
             choices.append({"index": c, "message": {"role": "assistant", "content": text},

@@ -4,6 +4,7 @@ and text completions."""
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from typing import Any
@@ -58,6 +59,12 @@ class ChoiceText:
             return self._advance(self._decode(), final=True)
         return ""
 
+    def whole(self, ids: list[int]) -> str:
+        """The whole answer decoded at once from `ids`, cut before the first stop sequence."""
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        cuts = [i for s in self.stop_sequences if (i := text.find(s)) >= 0]
+        return text[:min(cuts)] if cuts else text
+
     @property
     def text(self) -> str:
         return self.sent
@@ -72,9 +79,11 @@ class ChoiceText:
             text = text[:cut]
         elif not final:
             text = text[:len(text) - self._held(text)]
-        if not text.startswith(self.sent):  # a tokenizer rewrote earlier text: the client keeps its own
-            return ""
-        piece, self.sent = text[len(self.sent):], text
+        if text.startswith(self.sent):
+            piece = text[len(self.sent):]
+        else:  # the tokenizer rewrote text already sent (e.g. cleaned up a space): send what follows the part
+            piece = text[len(os.path.commonprefix([text, self.sent])):]  # both agree on, and carry on from there
+        self.sent = text
         return piece
 
     def _stop_at(self, text: str) -> int | None:
