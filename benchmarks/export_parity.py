@@ -8,7 +8,8 @@ Uses the students of benchmarks/kd_wins.py (seed 0), and makes them first if abs
   `--format hf` loaded back by `AutoModelForSequenceClassification` (trust_remote_code) and `--format
   onnx` run by ONNX Runtime, each against PyTorch on the config's whole test split (445 articles);
 - causal LM: the `lm_bbc` distilled student (1 layer of SmolLM2-135M, 31.9M parameters) as GGUF f16,
-  q8_0 and q4_0, run by llama.cpp on the last 40 articles of the corpus file, in blocks of 128 tokens: the share of positions whose next-token arg-max matches the
+  q8_0 and q4_0, run by llama.cpp on the corpus file's last 40 paragraphs (blank-line separated; the
+  end of the last articles, past the blocks the student trained on), in blocks of 128 tokens: the share of positions whose next-token arg-max matches the
   PyTorch student's, and the teacher's (the domain-adapted SmolLM2-135M that taught it).
 Writes benchmarks/results/export_parity.json.
 """
@@ -57,8 +58,8 @@ def language_model(metrics: dict[str, float], types: list[str]) -> None:
         run_seed("lm_bbc", 0)
     teacher = sorted((KD_WINS / "lm_cache" / "lm_bbc").glob("adapted-*/model"))
     held_out = OUT / "bbc_last40.txt"
-    articles = (KD_WINS / "bbc_news.txt").read_text().split("\n\n")
-    held_out.write_text("\n\n".join(articles[-40:]))
+    paragraphs = (KD_WINS / "bbc_news.txt").read_text().split("\n\n")
+    held_out.write_text("\n\n".join(paragraphs[-40:]))
     metrics["student_size_mb"] = size_mb(run / "distilled" / "model" / "model.safetensors")
     for qtype in types:
         result = export_lm_gguf(run / "distilled" / "model", OUT / f"lm_student-{qtype}.gguf", qtype,
@@ -83,7 +84,7 @@ def main() -> None:
     language_model(metrics, args.types)
     write_result("export_parity", metrics, {"notes": "text classifier: bbc_10pct distilled student (kd_wins seed 0), "
                                             "whole test split; LM: lm_bbc distilled student vs its adapted "
-                                            "teacher on the last 40 BBC articles, llama.cpp via llama-cpp-python"})
+                                            "teacher on the last 40 paragraphs of the BBC corpus file, llama.cpp via llama-cpp-python"})
 
 
 if __name__ == "__main__":

@@ -124,12 +124,13 @@ def test_whole_documents_are_held_out_so_no_held_out_text_was_trained_on(tmp_pat
     names = ["Adam", "Noah", "Abram", "Sarai", "Lot", "Isaac", "Jacob", "Esau"]
     docs = [f"{name} {name} said " + " ".join([name] * 20) for name in names]
     tok = make_tokenizer(tmp_path / "tok", extra_words=tuple(names))
-    cfg = _docs_cfg(tmp_path, "\n\n".join(docs))
+    corpus = "\n<|doc|>\n".join(docs)
+    cfg = _docs_cfg(tmp_path, corpus, document_separator="'<|doc|>'")
     data = load_text(cfg, tok)
     words = lambda blocks: {tok.convert_ids_to_tokens(i) for i in blocks.input_ids.flatten().tolist()}  # noqa: E731
     train_names, val_names = words(data.train) & set(names), words(data.val) & set(names)
     assert len(val_names) == 2 and not train_names & val_names  # 25% of 8 documents, none shared
-    blocks = load_text(_docs_cfg(tmp_path, "\n\n".join(docs), holdout="blocks"), tok)
+    blocks = load_text(_docs_cfg(tmp_path, corpus, holdout="blocks"), tok)
     assert words(blocks.train) & words(blocks.val) & set(names)  # random blocks do share documents
 
 

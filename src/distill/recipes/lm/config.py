@@ -74,11 +74,14 @@ class LMDataConfig(Strict):
     response_only: bool = Field(True, description="jsonl prompt/response and chat: loss on responses only.")
     val_fraction: float = Field(0.05, gt=0, lt=1)
     holdout: Literal["documents", "blocks"] | None = Field(None, description=(
-        "What is held out for evaluation: whole documents (text: pieces between data.document_separator; "
+        "What is held out for evaluation: whole documents (text: pieces between data.document_separator, "
+        "or the file's last part without one; "
         "jsonl: rows, or rows sharing data.group_column; kjv: verses), so no held-out text was trained on, "
         "or random blocks of the packed corpus. Null: documents for text and jsonl, blocks for kjv (the "
         "built-in job's verses are one line each; its benchmarks held out random blocks)."))
-    document_separator: str = Field("\n\n", min_length=1, description="text corpus: what separates documents.")
+    document_separator: str | None = Field(None, min_length=1, description=(
+        "text corpus: what separates documents (e.g. a line `<|doc|>`), each ended by EOS in training; "
+        "without it the file is one text, and its last val_fraction is held out."))
     group_column: str | None = Field(None, description="jsonl: rows with the same value of this key are one "
                                      "document (held out together).")
     max_blocks: int | None = Field(None, ge=2, description="Use at most this many training blocks of the corpus.")

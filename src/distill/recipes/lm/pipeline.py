@@ -168,8 +168,9 @@ def _documents(cfg: LMRunConfig) -> list[Any]:
         return read_kjv(d.path)
     if d.corpus == "text":
         text = Path(d.path).read_text()  # type: ignore[arg-type]
-        return [doc for doc in text.split(d.document_separator) if doc.strip()] \
-            if d.held_out_by == "documents" else [text]
+        if d.held_out_by != "documents" or d.document_separator is None:
+            return [text]  # one text: its last part is held out
+        return [doc for doc in text.split(d.document_separator) if doc.strip()]
     rows = read_jsonl(d.path)  # type: ignore[arg-type]
     if d.group_column is None:
         return [[row] for row in rows]
@@ -193,7 +194,7 @@ def _blocks(cfg: LMRunConfig, documents: list[Any], tokenizer: Any, max_blocks: 
                              source=str(d.path))
         return blocks_subset(blocks, torch.arange(min(len(blocks), max_blocks))) if max_blocks else blocks
     except DataError as exc:
-        if not held_out:
+        if not held_out or "fewer than one block" not in str(exc):
             raise
         raise DataError(f"The held-out documents ({len(documents)}) make no block of data.seq_len={d.seq_len} "
                         f"tokens ({exc}); raise data.val_fraction, or set data.holdout=blocks.") from None
