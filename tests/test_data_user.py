@@ -165,3 +165,16 @@ def test_an_npz_file_of_arrays_with_its_own_test_file(tmp_path):
     np.savez(tmp_path / "nan.npz", inputs=np.full((4, 2), np.nan), labels=np.zeros(4, dtype=int))
     with pytest.raises(DataError, match="nan.npz: inputs hold NaN"):
         load_data(DataConfig(name="npz", path=tmp_path / "nan.npz"))
+
+
+def test_a_class_label_keeps_the_datasets_own_ids_and_an_unlabelled_split_is_cut_from_train(tmp_path, tok_dir):
+    names = ["World", "Sports", "Business"]  # not alphabetical: ids must stay the dataset's own
+    features = datasets.Features({"review": datasets.Value("string"), "sentiment": datasets.ClassLabel(names=names)})
+    texts = [t for t, _ in ROWS] * 6
+    train = datasets.Dataset.from_dict({"review": texts, "sentiment": [i % 3 for i in range(len(texts))]},
+                                       features=features)
+    unlabelled = datasets.Dataset.from_dict({"review": texts[:5], "sentiment": [-1] * 5}, features=features)
+    datasets.DatasetDict(train=train, test=unlabelled).save_to_disk(str(tmp_path / "news"))
+    splits = load_data(text_cfg(tok_dir, name="hf", path=tmp_path / "news", test_fraction=0.25))
+    assert splits.class_names == names and len(splits.test) == 6  # cut from train, not the -1 rows
+    assert sorted(set(splits.train.labels.tolist())) == [0, 1, 2]

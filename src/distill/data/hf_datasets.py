@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +23,24 @@ SPLIT_NAMES = {"train": ("train",), "val": ("validation", "val", "dev", "valid")
 BUILDERS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 
-def read_hf_parts(cfg: DataConfig) -> dict[str, tuple[list[str], list[str]]]:
-    """{"train": (texts, labels), "val": ..., "test": ...} for the splits the dataset has."""
+def read_hf_parts(cfg: DataConfig) -> tuple[dict[str, tuple[list[str], list[str]]], list[str] | None]:
+    """({"train": (texts, labels), "val": ..., "test": ...} for the splits the dataset has, the class
+    names in the dataset's own id order when its label column is a ClassLabel). A split whose labels
+    are all -1 (an unlabelled test split, as GLUE's) is left out and cut from train instead."""
     dataset = open_dataset(str(cfg.path))
-    parts = {}
+    parts, order = {}, None
     for part, names in SPLIT_NAMES.items():
         found = next((n for n in names if n in dataset), None)
-        if found is not None:
-            parts[part] = _texts_and_labels(dataset[found], cfg, f"{cfg.path} [{found}]")
+        if found is None:
+            continue
+        read = _texts_and_labels(dataset[found], cfg, f"{cfg.path} [{found}]")
+        if read is not None:
+            (texts, labels), names_in_order = read
+            parts[part], order = (texts, labels), order or names_in_order
     if "train" not in parts:
-        raise DataError(f"`data.path`: {cfg.path} has splits {list(dataset)}, none named train; rename one "
-                        "to `train` (a DatasetDict) or give a single-split dataset.")
-    return parts
+        raise DataError(f"`data.path`: {cfg.path} has splits {list(dataset)}, none named train (or it is "
+                        "unlabelled); rename one to `train` (a DatasetDict) or give a single-split dataset.")
+    return parts, order
 
 
 def open_dataset(source: str) -> Any:
@@ -62,7 +70,8 @@ def open_dataset(source: str) -> Any:
     return loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict(train=loaded)
 
 
-def _texts_and_labels(split: Any, cfg: DataConfig, where: str) -> tuple[list[str], list[str]]:
+def _texts_and_labels(split: Any, cfg: DataConfig, where: str
+                      ) -> tuple[tuple[list[str], list[str]], list[str] | None] | None:
     columns = list(split.column_names)
     label = (columns[cfg.label_column] if isinstance(cfg.label_column, int)
              and -len(columns) <= cfg.label_column < len(columns) else str(cfg.label_column))
@@ -72,6 +81,8 @@ def _texts_and_labels(split: Any, cfg: DataConfig, where: str) -> tuple[list[str
                             f"Its columns: {columns}.")
     feature = split.features[label]
     names = getattr(feature, "names", None)  # a ClassLabel: ids with names
+    if names is not None and len(split) and all(v == -1 for v in split[label]):
+        return None  # an unlabelled split
     texts, labels = [], []
     for i, (text, value) in enumerate(zip(split[cfg.text_column], split[label])):
         if not isinstance(text, str) or not text.strip():
@@ -80,7 +91,7 @@ def _texts_and_labels(split: Any, cfg: DataConfig, where: str) -> tuple[list[str
             raise DataError(f"{where}, row {i}, column `{label}`: the label is missing ({value!r}).")
         texts.append(text.strip())
         labels.append(names[value] if names is not None else str(value).strip())
-    return texts, labels
+    return (texts, labels), names
 
 
 def save_dataset(dataset: Any, root: Path) -> Path:
@@ -95,6 +106,11 @@ def save_dataset(dataset: Any, root: Path) -> Path:
     first = next(iter(named))[1]
     label = re.sub(r"[^\w.-]+", "_", getattr(first.info, "dataset_name", None) or "dataset")
     target = root / f"{label}-{fingerprint[:16]}"
-    if not target.is_dir():
-        dataset.save_to_disk(str(target))
+    if not target.is_dir():  # saved under a temporary name, then renamed: an interrupted save is never reused
+        partial = root / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            dataset.save_to_disk(str(partial))
+            partial.rename(target)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
     return target

@@ -39,9 +39,11 @@ def class_order(labels: Sequence[str]) -> list[str]:
     return sorted(set(labels), key=lambda s: (0, int(s), "") if s.lstrip("-").isdigit() else (1, 0, s))
 
 
-def labelled_splits(x: torch.Tensor, labels: list[str], cfg: DataConfig) -> DataSplits:
-    """Stratified, seeded train/val/test splits of tokenized rows `x` (N, 2, L) with string labels."""
-    names = class_order(labels)
+def labelled_splits(x: torch.Tensor, labels: list[str], cfg: DataConfig, order: list[str] | None = None
+                    ) -> DataSplits:
+    """Stratified, seeded train/val/test splits of tokenized rows `x` (N, 2, L) with string labels
+    (class ids in `order` when given, e.g. a dataset's ClassLabel names)."""
+    names = order or class_order(labels)
     y = torch.tensor([names.index(label) for label in labels])
     train_i, val_i, test_i = stratified_split(y, (cfg.val_fraction, cfg.test_fraction), cfg.seed)
     return DataSplits(train=ArrayDataset(x[train_i], y[train_i]), val=ArrayDataset(x[val_i], y[val_i]),
@@ -70,17 +72,18 @@ def load_text_table(cfg: DataConfig, tokenizer: Any = None) -> DataSplits:
         from distill.data.tokenizers import MINILM, load_tokenizer
 
         tokenizer = load_tokenizer(cfg.tokenizer or MINILM)
-    parts = _text_parts(cfg)  # every file is read (and checked) before anything is tokenized
+    parts, order = _text_parts(cfg)  # every file is read (and checked) before anything is tokenized
     if len(parts) == 1:
         texts, labels = parts["train"]
-        splits = labelled_splits(encode_texts(tokenizer, texts, cfg.max_length), labels, cfg)
+        splits = labelled_splits(encode_texts(tokenizer, texts, cfg.max_length), labels, cfg, order)
     else:
-        splits = _given_splits(parts, cfg, tokenizer)
+        splits = _given_splits(parts, cfg, tokenizer, order)
     splits.prepare = Tokenize(tokenizer, cfg.max_length)
     return splits
 
 
-def _text_parts(cfg: DataConfig) -> dict[str, tuple[list[str], list[str]]]:
+def _text_parts(cfg: DataConfig) -> tuple[dict[str, tuple[list[str], list[str]]], list[str] | None]:
+    """The labelled parts given, and the class order when the data states one (a ClassLabel)."""
     if cfg.name == "hf":
         from distill.data.hf_datasets import read_hf_parts  # datasets is imported only when asked for
 
@@ -89,12 +92,13 @@ def _text_parts(cfg: DataConfig) -> dict[str, tuple[list[str], list[str]]]:
     for part, path in (("val", cfg.val_path), ("test", cfg.test_path)):
         if path is not None:
             parts[part] = read_text_table(Path(path), cfg.text_column, cfg.label_column, min_classes=1)  # type: ignore[arg-type]
-    return parts
+    return parts, None
 
 
-def _given_splits(parts: dict[str, tuple[list[str], list[str]]], cfg: DataConfig, tokenizer: Any) -> DataSplits:
+def _given_splits(parts: dict[str, tuple[list[str], list[str]]], cfg: DataConfig, tokenizer: Any,
+                  order: list[str] | None = None) -> DataSplits:
     """Splits from the user's own parts; a part not given is cut (stratified) from the training rows."""
-    names = class_order(parts["train"][1])
+    names = order or class_order(parts["train"][1])
     for part, (_, labels) in parts.items():
         unknown = sorted(set(labels) - set(names))
         if unknown:
