@@ -191,7 +191,7 @@ def make_splits(x: torch.Tensor, y: torch.Tensor, train_i: torch.Tensor, val_i: 
         raise DataError(f"inputs are too large to standardise in float32 (largest |value| "
                         f"{float(x.abs().max()):.3g}); rescale them first.")
     x = z
-    num_classes = int(y.max()) + 1
+    num_classes = max(int(y.max()) + 1, len(class_names or []))  # a named class may have no example
     distinct = len(torch.unique(y))
     if num_classes > max(10_000, 100 * distinct):  # a model with that many outputs would not fit in memory
         raise DataError(f"labels go up to {num_classes - 1} but only {distinct} distinct values occur: they "

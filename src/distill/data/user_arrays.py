@@ -32,6 +32,9 @@ def load_user_arrays(cfg: DataConfig) -> DataSplits:
     for part, path in (("val", cfg.val_path), ("test", cfg.test_path)):
         if path is not None:
             x, y, _ = read(Path(path), cfg, names, like=train_x)
+            if x.dtype != train_x.dtype and np.uint8 in (x.dtype, train_x.dtype):
+                raise DataError(f"`data.{part}_path`: {path} holds {x.dtype} inputs, the training data {train_x.dtype}; "
+                                "give both in the same units (uint8 pixels are divided by 255).")
             if x.shape[1:] != train_x.shape[1:]:
                 raise DataError(f"`data.{part}_path`: {path} holds inputs of shape {x.shape[1:]}, the training "
                                 f"data {train_x.shape[1:]}; give the same shape (for images, data.image_size).")
@@ -66,6 +69,9 @@ def _read_npz(path: Path, cfg: DataConfig, names: list[str] | None, like: np.nda
     except DataError as exc:
         raise DataError(f"{path}: {exc}") from None
     own = [str(n) for n in arrays["class_names"]] if "class_names" in arrays else None
+    if names is not None and own is not None and own != names:
+        raise DataError(f"{path}: class_names {own} differ from the training file's {names}; give the same "
+                        "names in the same order (labels are ids into them).")
     names = names or own or [str(i) for i in range(int(y.max()) + 1)]
     if int(y.max()) >= len(names):
         raise DataError(f"{path}: labels go up to {int(y.max())} but there are {len(names)} class names.")
@@ -79,8 +85,9 @@ def _read_image_folder(root: Path, cfg: DataConfig, names: list[str] | None, lik
 
     if not root.is_dir():
         raise DataError(f"{root}: data.name=images reads a folder with one sub-folder of images per class.")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    files = [(c, p) for c in classes for p in sorted((root / c).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    files = [(d.name, p) for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")
+             for p in sorted(d.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
+    classes = sorted({c for c, _ in files})  # folders with images (hidden and empty ones are not classes)
     if not files:
         raise DataError(f"{root} has no images in class sub-folders (<class>/*.png, *.jpg, …).")
     names = names or classes

@@ -103,6 +103,12 @@ def make_server(model_dir_or_source: str, *, host: str = "127.0.0.1", port: int 
         raise DistillError(f"Refusing to serve on {host}, which other machines can reach, without an API key: "
                            "require one with --api-key-env NAME or --api-key-file PATH, or keep the default "
                            "--host 127.0.0.1.")
+    try:  # the web stack is checked before anything is bound or loaded
+        import uvicorn  # noqa: F401
+
+        import distill.serve.app  # noqa: F401  (Starlette)
+    except ImportError as exc:
+        raise DistillError(f"distill serve needs {exc.name}: pip install 'distill[lm]' (Starlette and uvicorn).") from None
     from distill.models.batching import BatchedGenerator
     from distill.models.causal_lm import load_causal_lm, load_tokenizer
 
@@ -118,8 +124,13 @@ def make_server(model_dir_or_source: str, *, host: str = "127.0.0.1", port: int 
     limits = Limits(max_request_bytes, max_tokens_limit, max_batch,
                     getattr(model.config, "max_position_embeddings", None))
     engine = BatchedGenerator(model, tokenizer, max_batch=max_batch)
-    return Server(sock, engine, tokenizer, model_name=name, api_key=api_key, limits=limits,
-                  log_level=log_level)
+    try:
+        return Server(sock, engine, tokenizer, model_name=name, api_key=api_key, limits=limits,
+                      log_level=log_level)
+    except BaseException:
+        engine.close()
+        sock.close()
+        raise
 
 
 def run(model_dir: str, *, host: str, port: int, api_key_env: str | None = None,
