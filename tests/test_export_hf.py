@@ -102,10 +102,13 @@ def test_export_model_writes_a_card_beside_each_format(classifier, tok, tmp_path
     cards = []
     for fmt, out in (("hf", tmp_path / "hf"), ("onnx", tmp_path / "m.onnx"), ("safetensors", tmp_path / "m.st")):
         result = export_model(classifier, fmt, out, test, check=fmt != "safetensors", labels=LABELS,
-                              card=lambda figures, fmt=fmt: f"---\nlibrary_name: {fmt}\n---\n{figures}\n")
+                              card=lambda result, fmt=fmt: f"---\nlibrary_name: {fmt}\n---\n{result.get('parity')}\n")
         cards.append(open(result["card"]).read())
         if fmt != "safetensors":
             assert result["parity"]["agreement"] == 1.0
+        if fmt == "onnx":
+            assert result["parity"]["half_length_agreement"] == 1.0  # the dynamic sequence axis, checked
+            assert result["input_names"] == ["input_ids", "attention_mask"]
     assert (tmp_path / "hf" / "README.md").is_file() and (tmp_path / "m.onnx.README.md").is_file()
     assert "'agreement': 1.0" in cards[0] and cards[2].endswith("None\n")
 

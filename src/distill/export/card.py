@@ -68,7 +68,7 @@ KNOWN_LICENCES = {"all-MiniLM-L6-v2": ("sentence-transformers/all-MiniLM-L6-v2",
 
 def classifier_card(*, name: str, which: str, fmt: str, teacher: dict[str, Any], student: dict[str, Any],
                     data: dict[str, Any], kd: dict[str, Any] | None, report: dict[str, Any] | None,
-                    check: dict[str, Any] | None = None) -> str:
+                    check: dict[str, Any] | None = None, inputs: list[str] | None = None) -> str:
     """The card of a classifier export (`distill export`): `teacher`/`student` are their config
     sections, `data` the data section with the class names, `report` the run's report.json when
     it sits beside the checkpoint (its measured quality and speed), `check` the export's own parity."""
@@ -102,7 +102,7 @@ def classifier_card(*, name: str, which: str, fmt: str, teacher: dict[str, Any],
         lines += [f"**Export check:** the exported model picks the same class as the trained one on "
                   f"{100 * check['agreement']:.2f}% of {int(check['n'])} test examples "
                   f"(max |logit difference| {check['max_abs_diff']:.2g}).", ""]
-    lines += _usage(fmt, text)
+    lines += _usage(fmt, inputs or ["inputs"])
     return "\n".join(lines) + "\n"
 
 
@@ -124,15 +124,15 @@ def _measured(report: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
-def _usage(fmt: str, text: str | bool) -> list[str]:
+def _usage(fmt: str, inputs: list[str]) -> list[str]:
     if fmt == "hf":
         return ["```python", "from transformers import pipeline",
                 "classify = pipeline(\"text-classification\", model=\"PATH\", trust_remote_code=True)",
                 "classify(\"some text\", truncation=True)", "```",
                 "`trust_remote_code=True` loads `modeling_distill.py` (in this folder): the encoder with "
                 "mean pooling and the trained head."]
-    if fmt == "onnx":
-        feed = "{\"input_ids\": ids, \"attention_mask\": mask}" if text else "{\"pixel_values\": x}"
+    if fmt == "onnx":  # the file's own input names
+        feed = "{" + ", ".join(f'"{name}": {name}' for name in inputs) + "}"
         return ["```python", "import onnxruntime", "session = onnxruntime.InferenceSession(\"PATH\")",
                 f"logits = session.run([\"logits\"], {feed})[0]", "```"]
     return ["The weights are a safetensors file; rebuild the model from the run's config and load them "

@@ -35,13 +35,13 @@ def export_safetensors(model: nn.Module, path: Path | str, meta: dict[str, Any] 
 def export_model(model: nn.Module, fmt: str, out: Path | str, test: Dataset, *, check: bool = False,
                  meta: dict[str, Any] | None = None, tokenizer: str | None = None, int8: bool = False,
                  labels: list[str] | None = None, max_length: int | None = None,
-                 card: Callable[[dict[str, Any] | None], str] | None = None) -> dict[str, Any]:
+                 card: Callable[[dict[str, Any]], str] | None = None) -> dict[str, Any]:
     """Write `model` as `fmt` to `out`; with `check`, measure the export against the model on `test`.
 
     `meta` goes into a safetensors file's metadata; the `tokenizer` named (a text config's
     `data.tokenizer`) is saved into an HF directory with `labels` as id2label. `int8` (ONNX only)
     writes the ONNX Runtime dynamically quantized model; its check requires INT8_MIN_TOP1 agreement.
-    `card(check_figures)` gives the model card text: README.md inside an HF directory, and
+    `card(result)` gives the model card text from this call's result: README.md inside an HF directory, and
     `<out>.README.md` beside a file.
     """
     from distill.export import onnx
@@ -72,13 +72,19 @@ def export_model(model: nn.Module, fmt: str, out: Path | str, test: Dataset, *, 
                 onnx.quantize_onnx(onnx.export_onnx(model, example, Path(tmp) / "fp32.onnx"), out)
         else:
             onnx.export_onnx(model, example, out)
+        result["input_names"] = onnx.input_names(example)
         if check:
             bounds = ({"atol": float("inf"), "min_top1": onnx.INT8_MIN_TOP1, "advice": onnx.INT8_ADVICE}
                       if int8 else {})
             parity = onnx.check_parity(model, out, test, **bounds).as_dict()
             result["parity"] = {"agreement": parity["top1_agreement"], **parity}
+            if len(onnx.input_names(example)) == 2:  # text: the sequence axis is dynamic; check another length
+                short = next(onnx._batches(test, 64))
+                short = short[..., : max(2, short.shape[-1] // 2)]
+                result["parity"]["half_length_agreement"] = onnx.check_parity(
+                    model, out, short, **bounds).top1_agreement
     if card is not None:
         path = Path(out) / "README.md" if fmt == "hf" else Path(f"{out}.README.md")
-        atomic_write_text(path, card(result.get("parity")))
+        atomic_write_text(path, card(result))
         result["card"] = str(path)
     return result

@@ -76,10 +76,10 @@ def export_trained(cfg: RunConfig, which: str, fmt: str, out: Path, *, check: bo
     return export_model(model, fmt, out, data.test, check=check, meta={"config": cfg.name, "model": which},
                         tokenizer=tokenizer, int8=int8, labels=data.class_names,
                         max_length=cfg.data.max_length if text else None,
-                        card=lambda figures: _card(cfg, data, which, fmt, figures))
+                        card=lambda result: _card(cfg, data, which, fmt, result))
 
 
-def _card(cfg: RunConfig, data: DataSplits, which: str, fmt: str, check: dict[str, Any] | None) -> str:
+def _card(cfg: RunConfig, data: DataSplits, which: str, fmt: str, result: dict[str, Any]) -> str:
     """The model card of an export: the config's sections, and the run's report.json when it lies
     beside the checkpoint (RUN/<stage>/model.safetensors → RUN/report.json)."""
     from distill.export.card import classifier_card
@@ -90,7 +90,8 @@ def _card(cfg: RunConfig, data: DataSplits, which: str, fmt: str, check: dict[st
     dump = cfg.model_dump()
     section = {"name": cfg.data.name, "classes": data.class_names, "modality": data.modality}
     return classifier_card(name=cfg.name, which=which, fmt=fmt, teacher=dump["teacher"],
-                           student=dump["student"], data=section, kd=dump.get("kd"), report=report, check=check)
+                           student=dump["student"], data=section, kd=dump.get("kd"), report=report,
+                           check=result.get("parity"), inputs=result.get("input_names"))
 
 
 def quantize_trained(cfg: RunConfig, method: str, backend: str, *, qat_epochs: int = 1,
