@@ -4,6 +4,7 @@ the top-k teacher cache, training (resume, on-policy), the `distill lm` job and 
 from __future__ import annotations
 
 import json
+import math
 import warnings
 
 import pytest
@@ -160,6 +161,19 @@ def test_cache_holds_the_teachers_top_k_compactly(lm, tmp_path, small_shards):
     assert torch.equal(got.topk_indices, expect_idx)
     assert torch.allclose(got.topk_logprobs.float(), expect_lp, atol=1e-2)
     assert torch.allclose(got.tail_logprob.float(), expect_tail, atol=1e-2)
+
+
+def test_bits_per_byte_count_the_bytes_of_the_target_text(lm):
+    from distill.eval.lm import target_bytes
+
+    tok, blocks = lm["tok"], lm["blocks"]
+    whole = tok.decode(torch.roll(blocks.input_ids, -1, 1)[blocks.loss_mask].tolist(), skip_special_tokens=True)
+    n_bytes = target_bytes(blocks, tok)
+    assert abs(n_bytes - len(whole.encode())) <= len(blocks)  # per-block decoding: at most a space a block apart
+    out = evaluate_lm(lm["teacher"], blocks, lm["vocab"], text_bytes=n_bytes)
+    tokens = int(blocks.loss_mask.sum())
+    assert out["bpb"] == pytest.approx(out["ce"] * tokens / math.log(2) / n_bytes, rel=1e-6)
+    assert "bpb" not in evaluate_lm(lm["teacher"], blocks, lm["vocab"])
 
 
 @pytest.mark.parametrize("in_memory", [True, False])
@@ -413,6 +427,7 @@ def test_the_lm_job_trains_evaluates_reports_and_exports(lm, tmp_path):
     assert "![learning curves](plots/lm_curves.png)" in markdown
     assert (run_dir / "plots" / "lm_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report["data"]["steps"] == 4 and 0 < report["data"]["tokens_seen"] <= 4 * 2 * 16
+    assert all(m["bpb"] > 0 for m in report["models"].values()) and "bits per byte" in (run_dir / "report.md").read_text()
     from distill.cli import main
 
     (run_dir / "report.md").unlink()

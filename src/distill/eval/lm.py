@@ -1,8 +1,10 @@
-"""Held-out metrics of a causal LM: perplexity, and fidelity to a teacher (KL, top-1 agreement)."""
+"""Held-out metrics of a causal LM: perplexity, bits per byte (comparable across tokenizers), and
+fidelity to a teacher (KL, top-1 agreement)."""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -14,12 +16,22 @@ from distill.losses.divergences import per_token_divergence
 from distill.teachers.output import Teacher
 
 
+def target_bytes(data: TokenBlocks, tokenizer: Any) -> int:
+    """UTF-8 bytes of the text the blocks' targets spell (the tokens after `loss_mask` positions,
+    special tokens left out): the denominator of bits per byte, the same for any tokenizer."""
+    labels = torch.roll(data.input_ids, -1, dims=1)
+    return sum(len(tokenizer.decode(labels[i][data.loss_mask[i]].tolist(), skip_special_tokens=True).encode("utf-8"))
+               for i in range(len(data)))
+
+
 @torch.no_grad()
 def evaluate_lm(model: nn.Module, data: TokenBlocks, vocab: int, *, teacher: Teacher | None = None,
-                batch_size: int = 8, progress: str | None = None) -> dict[str, float]:
-    """Mean next-token CE and perplexity over `loss_mask` tokens; with a teacher, also the forward
-    KL(teacher ‖ model) (over top-k + tail bins for a cached teacher) and top-1 agreement.
-    `progress`: the label of a progress bar over the blocks (none when None)."""
+                batch_size: int = 8, progress: str | None = None, text_bytes: int | None = None) -> dict[str, float]:
+    """Mean next-token CE and perplexity over `loss_mask` tokens; with `text_bytes` (`target_bytes` of
+    `data`), bits per byte: the summed CE in bits over the bytes of that text, which students with
+    different vocabularies share; with a teacher, also the forward KL(teacher ‖ model) (over top-k +
+    tail bins for a cached teacher) and top-1 agreement. `progress`: the label of a progress bar over
+    the blocks (none when None)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -42,6 +54,8 @@ def evaluate_lm(model: nn.Module, data: TokenBlocks, vocab: int, *, teacher: Tea
     model.train(was_training)
     n = max(1, tokens)
     out = {"ce": totals["ce"] / n, "ppl": math.exp(totals["ce"] / n)}
+    if text_bytes:
+        out["bpb"] = totals["ce"] / math.log(2) / text_bytes
     if teacher is not None:
         out.update(kl_teacher=totals["kl_teacher"] / n, agreement=totals["agreement"] / n)
     return out

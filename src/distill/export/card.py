@@ -44,12 +44,14 @@ def lm_card(report: dict[str, Any], student: str = "distilled") -> str:
                   f"{report['teacher_signal']}" + (f" (top-{report['top_k']})" if report.get("top_k") else "")
                   + ".", ""]
     lines += ["**Measured on the held-out blocks:**", "",
-              "| model | params | perplexity | KL to teacher | top-1 agreement |", "|---|---:|---:|---:|---:|"]
+              "| model | params | perplexity | bits per byte | KL to teacher | top-1 agreement |",
+              "|---|---:|---:|---:|---:|---:|"]
     for name, m in models.items():
         kl = f"{m['kl_teacher']:.3f}" if "kl_teacher" in m else "–"
         agree = f"{100 * m['agreement']:.1f}%" if "agreement" in m else "–"
+        bpb = f"{m['bpb']:.3f}" if "bpb" in m else "–"
         mark = " (this model)" if name == student else ""
-        lines.append(f"| {name}{mark} | {m['params'] / 1e6:.1f}M | {m['ppl']:.2f} | {kl} | {agree} |")
+        lines.append(f"| {name}{mark} | {m['params'] / 1e6:.1f}M | {m['ppl']:.2f} | {bpb} | {kl} | {agree} |")
     lines += ["", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
               "model = AutoModelForCausalLM.from_pretrained(\"PATH\")",
               "tokenizer = AutoTokenizer.from_pretrained(\"PATH\")", "```", "",

@@ -38,7 +38,7 @@ from distill.data.tokens import (
 )
 from distill.eval.bench import machine_description, time_calls
 from distill.eval.doctor import diagnose_lm, lm_kd_settings
-from distill.eval.lm import evaluate_lm
+from distill.eval.lm import evaluate_lm, target_bytes
 from distill.eval.report import doctor_lines
 from distill.losses.config import TokenKDConfig
 from distill.models import causal_lm as lm_models
@@ -77,7 +77,8 @@ def run_lm(cfg: LMRunConfig, resume: bool = False) -> Path:
     if adapted is not teacher:
         students = {"teacher_adapted": adapted, **students}
     if process_state(cfg.device).is_main_process:
-        report = evaluate_lm_run(cfg, teacher, students, data, vocab, val_signal, licence)
+        report = evaluate_lm_run(cfg, teacher, students, data, vocab, val_signal, licence,
+                                 text_bytes=target_bytes(data.val, tokenizer))
         atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2))
         render_lm(run_dir)
     return run_dir
@@ -258,12 +259,13 @@ def _fit_and_save(cfg: LMRunConfig, model: nn.Module, tokenizer: Any, data: Text
 
 
 def evaluate_lm_run(cfg: LMRunConfig, teacher: nn.Module, students: dict[str, nn.Module], data: TextSplits,
-                    vocab: int, val_signal: Teacher, licence: str | None) -> dict[str, Any]:
+                    vocab: int, val_signal: Teacher, licence: str | None, text_bytes: int | None = None
+                    ) -> dict[str, Any]:
     shown = None if cfg.quiet else "evaluate {}"
     models: dict[str, Any] = {"teacher": {**evaluate_lm(teacher, data.val, vocab, progress=shown and shown.format(
-        "teacher")), **_costs(teacher, data)}}
+        "teacher"), text_bytes=text_bytes), **_costs(teacher, data)}}
     for name, model in students.items():
-        models[name] = {**evaluate_lm(model, data.val, vocab, teacher=val_signal,
+        models[name] = {**evaluate_lm(model, data.val, vocab, teacher=val_signal, text_bytes=text_bytes,
                                       progress=shown and shown.format(name)), **_costs(model, data)}
     t, s = models.get("teacher_adapted", models["teacher"]), models["distilled"]  # the teacher that taught
     summary = {"params_ratio": s["params"] / t["params"], "speedup": t["forward_ms"] / s["forward_ms"],
@@ -331,12 +333,14 @@ def render_lm_report(report: dict[str, Any], plots: list[Path] | None = None) ->
               + f"; teacher signal: {report['teacher_signal']}"
               + (f" (top-{report['top_k']})" if report["teacher_signal"] == "cached" else "") + ".", "",
               *_adapt_line(report.get("teacher_adapt")),
-              "| model | params | held-out ppl | KL to teacher | top-1 agreement | forward ms (1 block) |",
-              "|---|---:|---:|---:|---:|---:|"]
+              "| model | params | held-out ppl | bits per byte | KL to teacher | top-1 agreement | forward ms (1 block) |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
     for name, m in report["models"].items():
         kl = f"{m['kl_teacher']:.3f}" if "kl_teacher" in m else "–"
         agree = f"{100 * m['agreement']:.1f}%" if "agreement" in m else "–"
-        lines.append(f"| {name} | {m['params'] / 1e6:.1f}M | {m['ppl']:.2f} | {kl} | {agree} | {m['forward_ms']:.1f} |")
+        bpb = f"{m['bpb']:.3f}" if "bpb" in m else "–"  # reports from before bits per byte have none
+        lines.append(f"| {name} | {m['params'] / 1e6:.1f}M | {m['ppl']:.2f} | {bpb} | {kl} | {agree} | "
+                     f"{m['forward_ms']:.1f} |")
     s = report["summary"]
     lines += ["", f"The distilled student has {s['params_ratio']:.2f}× the teacher's parameters and runs "
               f"{s['speedup']:.1f}× faster; its perplexity is {s['ppl_ratio']:.2f}× the teacher's."]
