@@ -205,3 +205,25 @@ def test_a_failed_join_fails_the_rows_it_touched_and_nobody_waits_forever(lm, en
     for job in (running, joining):
         with pytest.raises(RuntimeError, match="out of memory"):
             job.result(timeout=30)
+
+
+def test_scoring_a_prompt_runs_between_steps_and_leaves_the_batch_alone(lm, engine_of):
+    import torch
+
+    model, tok, prompts = lm
+    engine = engine_of()
+    scored = {}
+
+    def on_token(token):  # a scoring request arrives while the long row decodes
+        if "job" not in scored:
+            scored["job"] = engine.score(prompts[2], top_k=2)
+
+    long_job = engine.submit(prompts[0], LONG, on_token=on_token)
+    assert long_job.result(timeout=30).token_ids == single(model, tok, prompts[0], LONG).token_ids
+    result = scored["job"].result(timeout=30)
+    with torch.no_grad():
+        expected = torch.log_softmax(model(input_ids=torch.tensor([prompts[2]])).logits[0, :-1], -1)
+    assert result.token_logprobs[0] is None and result.top_logprobs[0] == []
+    chosen = [float(expected[t, prompts[2][t + 1]]) for t in range(len(prompts[2]) - 1)]
+    assert result.token_logprobs[1:] == pytest.approx(chosen, abs=1e-5)
+    assert [top[0][0] for top in result.top_logprobs[1:]] == expected.argmax(-1).tolist()

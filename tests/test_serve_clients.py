@@ -105,6 +105,29 @@ def expected_text(server, prompt, max_tokens):
     return server.tokenizer.decode(g.token_ids, skip_special_tokens=True)
 
 
+def test_echo_scores_the_prompt_as_the_model_does(server, client):
+    import torch
+
+    prompt = server.tokenizer("And God said Let there be light", add_special_tokens=False)["input_ids"]
+    scored = client.completions.create(model=server.model_name, prompt=prompt, echo=True, max_tokens=0, logprobs=3,
+                                       extra_body={"return_tokens_as_token_ids": True})
+    (choice,) = scored.choices
+    lp = choice.logprobs
+    assert choice.text == server.tokenizer.decode(prompt) and scored.usage.completion_tokens == 0
+    assert lp.tokens == [f"token_id:{i}" for i in prompt] and lp.token_logprobs[0] is None
+    with torch.no_grad():
+        expected = torch.log_softmax(server.engine.model(input_ids=torch.tensor([prompt])).logits[0, :-1], -1)
+    for t in range(1, len(prompt)):
+        assert lp.token_logprobs[t] == pytest.approx(float(expected[t - 1, prompt[t]]), abs=1e-4)
+        best = max(lp.top_logprobs[t], key=lp.top_logprobs[t].get)
+        assert best == f"token_id:{int(expected[t - 1].argmax())}" and len(lp.top_logprobs[t]) == 3
+    both = client.completions.create(model=server.model_name, prompt="And God said", echo=True, max_tokens=4,
+                                     temperature=0, logprobs=1)
+    assert both.choices[0].text.startswith("And God said") and both.usage.completion_tokens == 4
+    n_prompt = len(server.tokenizer("And God said", add_special_tokens=False)["input_ids"])
+    assert len(both.choices[0].logprobs.tokens) == n_prompt + 4
+
+
 def test_stop_sequences_end_the_answer_before_them(server, client):
     _, _, text = expected(server, "darkness was upon the face", 30)
     stop = text[len(text) // 2: len(text) // 2 + 3]
@@ -141,7 +164,7 @@ def test_an_unknown_model_is_404_and_unsupported_fields_are_400(server, client):
                                         presence_penalty=0, user="someone")  # neutral values pass
     assert ok.choices[0].message.role == "assistant"
     with pytest.raises(openai.BadRequestError, match="echo"):
-        client.completions.create(model=server.model_name, prompt="Hi", echo=True, max_tokens=2)
+        client.completions.create(model=server.model_name, prompt="Hi", echo=True, max_tokens=2, stream=True)
 
 
 def test_a_stream_the_client_leaves_frees_its_row_at_once(server, slow_steps):

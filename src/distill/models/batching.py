@@ -65,9 +65,19 @@ class Job(concurrent.futures.Future):
 @dataclass
 class _Request:
     prompt_ids: list[int]
-    params: GenerationParams
+    params: GenerationParams | None  # None: score the prompt (`score_k` alternatives per position)
     on_token: Callable[[int], None] | None
     job: Job
+    score_k: int = 0
+
+
+@dataclass
+class Scored:
+    """A prompt's own log-probabilities: position i holds token i's given the tokens before it (None
+    for the first, which nothing predicts) and the top-k (id, logprob) alternatives there."""
+
+    token_logprobs: list[float | None]
+    top_logprobs: list[list[tuple[int, float]]]
 
 
 class _Batch:
@@ -120,6 +130,18 @@ class BatchedGenerator:
             if self._closed.is_set():
                 raise GeneratorClosed("The generation engine is closed; create a new one.")
             self._queue.put(_Request(list(prompt_ids), params, on_token, job))
+        return job
+
+    def score(self, prompt_ids: list[int], top_k: int = 0) -> Job:
+        """Queue the scoring of a prompt (a `Scored` result): one forward pass on the worker thread,
+        between two decode steps of the running batch."""
+        if len(prompt_ids) < 1:
+            raise ValueError("prompt_ids is empty: a prompt needs at least one token")
+        job = Job()
+        with self._lock:
+            if self._closed.is_set():
+                raise GeneratorClosed("The generation engine is closed; create a new one.")
+            self._queue.put(_Request(list(prompt_ids), None, None, job, score_k=top_k))
         return job
 
     @property
@@ -194,12 +216,35 @@ class BatchedGenerator:
             if item is _STOP:
                 self._queue.put(_STOP)  # seen again by the loop's exit check
                 break
-            if item.job.set_running_or_notify_cancel():
+            if not item.job.set_running_or_notify_cancel():
+                continue
+            if item.params is None:
+                self._score(item)  # a forward pass now; it never joins the batch
+            else:
                 out.append(item)
         for request in [r for r in out if r.job.aborted]:  # left while waiting: no prefill spent on it
             out.remove(request)
             request.job.set_result(Generated([], "abort", len(request.prompt_ids)))
         return out
+
+    def _score(self, request: _Request) -> None:
+        try:
+            device = next(self.model.parameters()).device
+            ids = torch.tensor([request.prompt_ids], device=device)
+            with torch.inference_mode():
+                logits = self.model(input_ids=ids).logits[0, :-1].float()  # (T-1, V): position t predicts t+1
+            logprobs = torch.log_softmax(logits, dim=-1)
+            chosen = logprobs.gather(-1, ids[0, 1:, None])[:, 0].tolist()
+            top = [[]]  # nothing predicts the first token
+            if request.score_k:
+                values, indices = logprobs.topk(min(request.score_k, logprobs.shape[-1]), dim=-1)
+                top += [list(zip(i.tolist(), v.tolist())) for i, v in zip(indices, values)]
+            else:
+                top += [[] for _ in chosen]
+            request.job.set_result(Scored([None, *chosen], top))
+        except Exception as exc:  # fails this request only
+            log.exception("scoring failed")
+            request.job.set_exception(exc)
 
     def _prefill(self, requests: list[_Request]) -> _Batch:
         """A batch of the new requests, their prompts run through the model and first tokens chosen."""

@@ -26,7 +26,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from distill.serve.output import ChoiceText, chat_logprobs, response_head, text_logprobs, usage
+from distill.serve.output import (
+    ChoiceText,
+    chat_logprobs,
+    echoed_logprobs,
+    response_head,
+    text_logprobs,
+    usage,
+)
 from distill.serve.protocol import GenRequest, HTTPError, parse_chat, parse_completion, shutting_down
 
 log = logging.getLogger(__name__)
@@ -205,11 +212,20 @@ def _result(job: Any) -> Any:
 
 
 async def _collect(server: Any, req: GenRequest) -> dict[str, Any]:
-    """The whole (non-streamed) response body: each choice decoded at once, cut before a stop sequence."""
+    """The whole (non-streamed) response body: each choice decoded at once, cut before a stop sequence
+    (after its echoed prompt, with the prompt's log-probs, for `echo`)."""
+    from distill.models.generation import Generated
+
     done = {}
-    async for event in _choices(server, req):
-        if isinstance(event, _Done):
-            done[event.choice] = event
+    if any(p.max_new_tokens for p in req.params):
+        async for event in _choices(server, req):
+            if isinstance(event, _Done):
+                done[event.choice] = event
+    nothing = {c: _Done(c, "", "length", Generated([], "length", len(req.prompt_of(c))))
+               for c in range(len(req.params)) if c not in done}  # max_tokens 0: the prompt only
+    done |= nothing
+    scored = [await asyncio.wrap_future(server.engine.score(p, req.top_logprobs)) for p in req.prompts] \
+        if req.echo and req.logprobs else None
     cut = ChoiceText(server.tokenizer, req.stop)
     choices = []
     for c in range(len(req.params)):
@@ -220,7 +236,14 @@ async def _collect(server: Any, req: GenRequest) -> dict[str, Any]:
             choices.append({"index": c, "message": {"role": "assistant", "content": text},
                             "logprobs": logprobs, "finish_reason": d.finish_reason})
         else:
-            logprobs = text_logprobs(server.tokenizer, d.generated, req.top_logprobs) if req.logprobs else None
+            logprobs = text_logprobs(server.tokenizer, d.generated, req.top_logprobs, req.token_ids) \
+                if req.logprobs else None
+            if req.echo:
+                prompt = req.prompt_of(c)
+                text = server.tokenizer.decode(prompt, skip_special_tokens=True) + text
+                if scored is not None:
+                    logprobs = echoed_logprobs(server.tokenizer, prompt, scored[c // req.n], logprobs,
+                                               req.top_logprobs, req.token_ids)
             choices.append({"index": c, "text": text, "logprobs": logprobs, "finish_reason": d.finish_reason})
     tokens = sum(len(d.generated.token_ids) for d in done.values())
     return {**response_head(server, req), "choices": choices, "usage": usage(req, tokens)}

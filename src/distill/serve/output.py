@@ -110,13 +110,34 @@ def chat_logprobs(tokenizer: Any, g: Any, k: int) -> dict[str, Any]:
     return {"content": logprob_rows(tokenizer, g, k)}
 
 
-def text_logprobs(tokenizer: Any, g: Any, k: int) -> dict[str, Any]:
-    """Text completion's `logprobs`: tokens, their log-probabilities, top-k maps and text offsets."""
-    tokens = [tokenizer.decode([t]) for t in g.token_ids]
-    offsets, at = [], 0
-    for piece in tokens:
-        offsets.append(at)
-        at += len(piece)
-    tops = [{tokenizer.decode([i]): lp for i, lp in top[:k]} for top in (g.top_logprobs or [])]
+def text_logprobs(tokenizer: Any, g: Any, k: int, token_ids: bool = False, start: int = 0) -> dict[str, Any]:
+    """Text completion's `logprobs`: tokens, their log-probabilities, top-k maps and text offsets
+    (counted from `start`); `token_ids` names tokens "token_id:N", as vLLM's option does."""
+    name = (lambda i: f"token_id:{i}") if token_ids else (lambda i: tokenizer.decode([i]))
+    tokens = [name(t) for t in g.token_ids]
+    tops = [{name(i): lp for i, lp in top[:k]} for top in (g.top_logprobs or [])]
     return {"tokens": tokens, "token_logprobs": list(g.token_logprobs or []), "top_logprobs": tops,
-            "text_offset": offsets}
+            "text_offset": _offsets(tokenizer, g.token_ids, start)}
+
+
+def echoed_logprobs(tokenizer: Any, prompt: list[int], scored: Any, completion: dict[str, Any], k: int,
+                    token_ids: bool = False) -> dict[str, Any]:
+    """`logprobs` of an echoed prompt followed by its completion's: the prompt's first token has none
+    (nothing predicts it), as OpenAI answers."""
+    name = (lambda i: f"token_id:{i}") if token_ids else (lambda i: tokenizer.decode([i]))
+    tops = [None] + [{name(i): lp for i, lp in top[:k]} for top in scored.top_logprobs[1:]]
+    prompt_chars = len(tokenizer.decode(prompt, skip_special_tokens=True))
+    shifted = [prompt_chars + o for o in completion["text_offset"]]
+    return {"tokens": [name(t) for t in prompt] + completion["tokens"],
+            "token_logprobs": list(scored.token_logprobs) + completion["token_logprobs"],
+            "top_logprobs": tops + completion["top_logprobs"],
+            "text_offset": _offsets(tokenizer, prompt, 0) + shifted}
+
+
+def _offsets(tokenizer: Any, ids: list[int], start: int) -> list[int]:
+    """Where each token's text starts, counted in characters of the decoded text from `start`."""
+    offsets, at = [], start
+    for i in ids:
+        offsets.append(at)
+        at += len(tokenizer.decode([i]))
+    return offsets

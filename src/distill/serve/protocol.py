@@ -7,26 +7,27 @@ not serve, a 400 for every field it would otherwise have to ignore), and the ser
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
 from typing import Any
 
-MAX_TOP_LOGPROBS = 20  # OpenAI's limit for chat; text completions allow 5
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit for chat (5 for text completions; distill serve allows 20 for both)
 MAX_STOP = 4  # OpenAI's limit on stop sequences
 
 # Fields a client may send that change nothing here when left at their neutral value.
 _NEUTRAL = {"presence_penalty": (0, 0.0), "frequency_penalty": (0, 0.0), "logit_bias": ({},),
-            "best_of": (1,), "echo": (False,), "suffix": ("",), "parallel_tool_calls": (),
+            "best_of": (1,), "suffix": ("",), "parallel_tool_calls": (),
             "tool_choice": ("none",)}
 _IGNORED = {"user", "store", "metadata", "service_tier"}  # bookkeeping fields, no effect on the answer
 _UNSUPPORTED = {"tools", "functions", "function_call", "response_format", "audio", "modalities",
                 "prediction", "reasoning_effort", "web_search_options", "logit_bias", "presence_penalty",
-                "frequency_penalty", "best_of", "echo", "suffix", "parallel_tool_calls", "tool_choice"}
+                "frequency_penalty", "best_of", "suffix", "parallel_tool_calls", "tool_choice"}
 _CHAT_FIELDS = {"messages", "model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "n",
                 "seed", "stream", "stream_options", "logprobs", "top_logprobs", "stop"}
 _TEXT_FIELDS = {"prompt", "model", "max_tokens", "temperature", "top_p", "n", "seed", "stream",
-                "stream_options", "logprobs", "stop"}
+                "stream_options", "logprobs", "stop", "echo", "return_tokens_as_token_ids"}
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 
@@ -74,6 +75,8 @@ class GenRequest:
     top_logprobs: int
     include_usage: bool
     stop: tuple[str, ...]
+    echo: bool = False  # text completions: the prompt comes back first (with its log-probs when asked)
+    token_ids: bool = False  # logprobs name tokens "token_id:N" (vLLM's return_tokens_as_token_ids)
 
     def prompt_of(self, choice: int) -> list[int]:
         return self.prompts[choice // self.n]
@@ -99,9 +102,15 @@ def parse_completion(body: bytes, app: Any) -> GenRequest:
     data = _object(body, '{"prompt": "Once upon a time", "max_tokens": 16}')
     _fields(data, _TEXT_FIELDS, app)
     prompts = _text_prompts(app, data.get("prompt"))
-    top = _number(data, "logprobs", int, 0, 5)  # an integer here: how many alternatives per token
-    max_tokens = _number(data, "max_tokens", int, 1, default=16)  # OpenAI's default for completions
-    return _request("text", data, app, prompts, max_tokens, top is not None, top or 0)
+    top = _number(data, "logprobs", int, 0, MAX_TOP_LOGPROBS)  # an integer here: alternatives per token
+    echo, token_ids = _flag(data, "echo"), _flag(data, "return_tokens_as_token_ids")
+    if echo and _flag(data, "stream"):
+        raise HTTPError(400, "`echo` is not available with `stream: true`; ask without streaming.",
+                        code="echo", param="echo")
+    # max_tokens 0 scores the prompt only (echo with logprobs, as lm-evaluation-harness asks)
+    max_tokens = _number(data, "max_tokens", int, 0 if echo else 1, default=16)  # OpenAI's default: 16
+    req = _request("text", data, app, prompts, max_tokens, top is not None, top or 0)
+    return dataclasses.replace(req, echo=echo, token_ids=token_ids)
 
 
 def _request(kind: str, data: dict, app: Any, prompts: list[list[int]], max_tokens: int | None,
@@ -277,9 +286,10 @@ def _fit(app: Any, prompt_tokens: int, max_tokens: int | None) -> int:
     """`max_tokens`, or as many as fit the context (up to the limit); 400 if the prompt leaves no room."""
     context = app.limits.context
     room = context - prompt_tokens if context else app.limits.max_tokens
+    asked = max_tokens
     if max_tokens is None:
         max_tokens = min(app.limits.max_tokens, room)
-    if room <= 0 or max_tokens > room:
+    if (room <= 0 and asked != 0) or max_tokens > room:  # 0 (echo): a prompt filling the context is scored
         raise HTTPError(400, f"The prompt is {prompt_tokens} tokens; with max_tokens={max_tokens} it "
                         f"does not fit the model's context of {context} tokens. Shorten the prompt or "
                         "lower max_tokens.", code="context_length_exceeded")
