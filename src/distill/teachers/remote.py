@@ -125,23 +125,28 @@ class OpenAITeacher:
             TeacherUnavailable: the endpoint refused the request (bad credentials, a 4xx), or every
                 attempt failed; the message names the URL and the last problem, never the key.
         """
-        body = json.dumps(_request_body(self.model, messages, sampling)).encode()
+        start = time.perf_counter()
+        data = self.request(_request_body(self.model, messages, sampling))
+        return _parse_completions(data, latency_s=time.perf_counter() - start)
+
+    def request(self, payload: dict[str, Any], path: str = "/chat/completions") -> dict[str, Any]:
+        """POST `payload` to `{base_url}{path}`, retrying transient failures; the decoded JSON answer."""
+        body = json.dumps(payload).encode()
+        url = self.base_url.rstrip("/") + path
         key = self._key()
         attempts = self.max_retries + 1
         problem = ""
         for attempt in range(attempts):
             if self._limiter is not None:
                 self._limiter.wait()
-            start = time.perf_counter()
             try:
-                data = self._post(body, key)
-                return _parse_completions(data, latency_s=time.perf_counter() - start)
+                return self._post(body, key, url)
             except _Retryable as err:
                 problem = _redact(err.problem, key)
                 if attempt + 1 < attempts:
                     time.sleep(self._delay(attempt, err.retry_after_s))
         raise TeacherUnavailable(
-            f"Teacher endpoint {self.url} failed {attempts} attempt(s); last problem: {problem}. "
+            f"Teacher endpoint {url} failed {attempts} attempt(s); last problem: {problem}. "
             "Is the server running and reachable at base_url? `distill serve MODEL_DIR` starts a "
             "local one; raise timeout_s or max_retries if it is only slow or busy.")
 
@@ -158,35 +163,35 @@ class OpenAITeacher:
         # Jitter keeps a pool of threads that failed together from retrying in lockstep.
         return self.backoff_s * 2**attempt * random.uniform(0.5, 1.5)
 
-    def _post(self, body: bytes, key: str | None) -> dict[str, Any]:
-        """One request: the decoded chat completion, or `_Retryable` / `TeacherUnavailable`."""
+    def _post(self, body: bytes, key: str | None, url: str | None = None) -> dict[str, Any]:
+        """One request: the decoded answer, or `_Retryable` / `TeacherUnavailable`."""
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        request = urllib.request.Request(url or self.url, data=body, headers=headers, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 raw = response.read()
         except urllib.error.HTTPError as err:
-            raise self._http_error(err, key) from None
+            raise self._http_error(err, key, url) from None
         except (TimeoutError, urllib.error.URLError, OSError, http.client.HTTPException) as err:
             raise _Retryable(self._transport_problem(err)) from None
         return _decode(raw, key)
 
-    def _http_error(self, err: urllib.error.HTTPError, key: str | None) -> Exception:
+    def _http_error(self, err: urllib.error.HTTPError, key: str | None, url: str | None = None) -> Exception:
         """The exception for an HTTP error status: retryable for 408/429/5xx, final otherwise."""
-        status = err.code
+        status, url = err.code, url or self.url
         text = _trim(_redact(_server_message(err), key))
         if status in (408, 429) or status >= 500:
             return _Retryable(f"HTTP {status}: {text}", _retry_after(err.headers))
         if status in (401, 403):
-            return TeacherUnavailable(f"Teacher endpoint {self.url} refused the credentials "
+            return TeacherUnavailable(f"Teacher endpoint {url} refused the credentials "
                                       f"(HTTP {status}: {text}); {self._key_fix(key)}.")
         hint = ""
         if status == 404:
             hint = (" Set the teacher's `model` to a name the server serves (GET /v1/models)."
                     if "model" in text.lower() else " Check base_url (it includes the API prefix, e.g. /v1).")
-        return TeacherUnavailable(f"Teacher endpoint {self.url} rejected the request for model "
+        return TeacherUnavailable(f"Teacher endpoint {url} rejected the request for model "
                                   f"{self.model!r} (HTTP {status}): {text.rstrip('.')}.{hint}")
 
     def _key_fix(self, key: str | None) -> str:
