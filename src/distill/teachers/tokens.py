@@ -89,11 +89,12 @@ class TopKCache:
         return out
 
     @classmethod
-    def build_or_open(cls, teacher: nn.Module, data: TokenBlocks, directory: Path, *, identity: dict[str, Any],
+    def build_or_open(cls, teacher: Any, data: TokenBlocks, directory: Path, *, identity: dict[str, Any],
                       batch_size: int = 8, rebuild: bool = False, quiet: bool = False,
                       device: torch.device | str = "cpu") -> TopKCache:
         """Open the cache for (teacher, tokenizer, k, corpus) in `directory`, building what is missing.
 
+        `teacher` is the model itself, or a `distill.teachers.endpoint.EndpointTopK` asking a server.
         `identity` holds teacher (id), tokenizer (fingerprint), k and vocab; the corpus fingerprint
         and shape come from `data`.
         """
@@ -104,11 +105,17 @@ class TopKCache:
         lengths = data.attention_mask.sum(-1)  # real tokens per block (blocks are padded on the right)
         ragged = bool((lengths < data.seq_len).any())  # padded blocks: their padding is not stored
 
+        local = isinstance(teacher, nn.Module)  # else an `EndpointTopK`: a teacher behind an HTTP endpoint
+
         def compute(start: int, stop: int) -> dict[str, torch.Tensor]:
-            model = teacher.eval().requires_grad_(False).to(device)
+            model = teacher.eval().requires_grad_(False).to(device) if local else None
             parts = []
             for b in range(start, stop, batch_size):
-                batch = {k_: v.to(device) for k_, v in data.batch(torch.arange(b, min(stop, b + batch_size))).items()}
+                rows = torch.arange(b, min(stop, b + batch_size))
+                if not local:
+                    parts.append(teacher.rows(data.input_ids[rows], lengths[rows]))
+                    continue
+                batch = {k_: v.to(device) for k_, v in data.batch(rows).items()}
                 with torch.inference_mode():
                     parts.append(topk_of(teacher_logits(model, batch, vocab), k))
             lp, idx, tail = (torch.cat(p).cpu() for p in zip(*parts))

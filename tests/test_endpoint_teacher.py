@@ -1,0 +1,86 @@
+"""A teacher behind an OpenAI-compatible endpoint (`distill serve` here) fills the same top-k cache
+as the local teacher: the same signal, resumable when the server dies midway, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from lm_helpers import TEXT, make_llama, make_tokenizer  # noqa: E402
+
+from distill.data.tokens import pack_text  # noqa: E402
+from distill.serve.server import make_server  # noqa: E402
+from distill.teachers import cache as sharded  # noqa: E402
+from distill.teachers.endpoint import EndpointTopK  # noqa: E402
+from distill.teachers.text import TeacherUnavailable  # noqa: E402
+from distill.teachers.tokens import TopKCache  # noqa: E402
+
+K = 8
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("teacher")
+    tok = make_tokenizer(root)
+    model = make_llama(root, tok).eval()
+    server = make_server(str(root), port=0, model_name="teacher")
+    server.start_background()
+    yield server, model, tok
+    server.shutdown()
+
+
+def identity(tok, k=K):
+    return {"teacher": "tiny", "tokenizer": "t", "k": k, "vocab": len(tok)}
+
+
+def test_the_served_teacher_fills_the_cache_the_local_one_would(served, tmp_path, monkeypatch):
+    server, model, tok = served
+    monkeypatch.setattr(sharded, "IN_MEMORY_BYTES", 2**30)
+    blocks = pack_text([TEXT] * 3, tok, seq_len=16)
+    local = TopKCache.build_or_open(model, blocks, tmp_path / "local", identity=identity(tok), quiet=True)
+    remote = EndpointTopK(f"{server.url}/v1", "teacher", k=K, vocab=len(tok), concurrency=2)
+    cache = TopKCache.build_or_open(remote, blocks, tmp_path / "remote", identity=identity(tok), quiet=True)
+    batch = blocks.batch(torch.arange(len(blocks)))
+    a, b, mask = local.signal(batch), cache.signal(batch), batch["loss_mask"]
+    assert torch.equal(a.topk_indices[mask][:, 0], b.topk_indices[mask][:, 0])  # top-1 identical everywhere
+    assert (a.topk_logprobs.float() - b.topk_logprobs.float())[mask].abs().max() < 2e-2  # float16 storage
+    assert (a.tail_logprob.float() - b.tail_logprob.float())[mask].abs().max() < 5e-2
+
+
+def test_a_build_whose_server_dies_resumes_with_nothing_lost_or_twice(served, tmp_path, monkeypatch):
+    server, model, tok = served
+    monkeypatch.setattr("distill.teachers.tokens.SHARD_ROWS", 4)
+    blocks = pack_text([TEXT] * 3, tok, seq_len=16)
+    remote = EndpointTopK(f"{server.url}/v1", "teacher", k=K, vocab=len(tok), concurrency=1, max_retries=0)
+    real, calls = remote.block, []
+
+    def dies(ids, seq_len):
+        calls.append(1)
+        if len(calls) > 6:
+            raise TeacherUnavailable("the server went away")
+        return real(ids, seq_len)
+
+    monkeypatch.setattr(remote, "block", dies)
+    with pytest.raises(TeacherUnavailable, match="went away"):
+        TopKCache.build_or_open(remote, blocks, tmp_path / "c", identity=identity(tok), quiet=True)
+    monkeypatch.setattr(remote, "block", real)
+    cache = TopKCache.build_or_open(remote, blocks, tmp_path / "c", identity=identity(tok), quiet=True)
+    shards = cache.manifest["shards"]
+    assert [s["start"] for s in shards] == list(range(0, len(blocks), 4)) and cache.manifest["complete"]
+    local = TopKCache.build_or_open(model, blocks, tmp_path / "local", identity=identity(tok), quiet=True)
+    batch = blocks.batch(torch.arange(len(blocks)))
+    mask = batch["loss_mask"]
+    assert torch.equal(cache.signal(batch).topk_indices[mask][:, 0], local.signal(batch).topk_indices[mask][:, 0])
+
+
+def test_an_endpoint_that_cannot_give_k_alternatives_is_named(served, tmp_path):
+    server, model, tok = served
+    blocks = pack_text([TEXT], tok, seq_len=16)
+    remote = EndpointTopK(f"{server.url}/v1", "teacher", k=21, vocab=len(tok), max_retries=0)
+    with pytest.raises(TeacherUnavailable, match=r"logprobs.*20"):
+        TopKCache.build_or_open(remote, blocks, tmp_path / "c", identity=identity(tok, 21), quiet=True)
+    wrong = EndpointTopK(f"{server.url}/v1", "gpt-4o", k=K, vocab=len(tok), max_retries=0)
+    with pytest.raises(TeacherUnavailable, match="model_not_found|does not exist"):
+        TopKCache.build_or_open(wrong, blocks, tmp_path / "d", identity=identity(tok), quiet=True)
