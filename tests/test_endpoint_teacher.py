@@ -78,9 +78,9 @@ def test_a_build_whose_server_dies_resumes_with_nothing_lost_or_twice(served, tm
 def test_an_endpoint_that_cannot_give_k_alternatives_is_named(served, tmp_path):
     server, model, tok = served
     blocks = pack_text([TEXT], tok, seq_len=16)
-    remote = EndpointTopK(f"{server.url}/v1", "teacher", k=21, vocab=len(tok), max_retries=0)
-    with pytest.raises(TeacherUnavailable, match=r"logprobs.*20"):
-        TopKCache.build_or_open(remote, blocks, tmp_path / "c", identity=identity(tok, 21), quiet=True)
+    remote = EndpointTopK(f"{server.url}/v1", "teacher", k=101, vocab=len(tok), max_retries=0)
+    with pytest.raises(TeacherUnavailable, match=r"logprobs.*100"):
+        TopKCache.build_or_open(remote, blocks, tmp_path / "c", identity=identity(tok, 101), quiet=True)
     wrong = EndpointTopK(f"{server.url}/v1", "gpt-4o", k=K, vocab=len(tok), max_retries=0)
     with pytest.raises(TeacherUnavailable, match="model_not_found|does not exist"):
         TopKCache.build_or_open(wrong, blocks, tmp_path / "d", identity=identity(tok), quiet=True)

@@ -206,11 +206,13 @@ class BatchedGenerator:
     def _waiting(self, block: bool, room: int) -> list[_Request]:
         """Requests waiting in the queue (blocking for the first one when nothing runs)."""
         out: list[_Request] = []
+        scores: list[_Request] = []  # prompts to score: one forward pass for all, never joining the batch
         if self._held and not (self._joinable is False and room < self.max_batch):
             out, self._held = self._held[:room], self._held[room:]
-        while len(out) < room:
+        while len(out) < room and len(scores) < self.max_batch:
             try:
-                item = self._queue.get() if block and not out else self._queue.get_nowait()
+                wait = block and not out and not scores
+                item = self._queue.get() if wait else self._queue.get_nowait()
             except queue.Empty:
                 break
             if item is _STOP:
@@ -218,33 +220,31 @@ class BatchedGenerator:
                 break
             if not item.job.set_running_or_notify_cancel():
                 continue
-            if item.params is None:
-                self._score(item)  # a forward pass now; it never joins the batch
-            else:
-                out.append(item)
+            (scores if item.params is None else out).append(item)
+        if scores:
+            self._score(scores)
         for request in [r for r in out if r.job.aborted]:  # left while waiting: no prefill spent on it
             out.remove(request)
             request.job.set_result(Generated([], "abort", len(request.prompt_ids)))
         return out
 
-    def _score(self, request: _Request) -> None:
+    def _score(self, requests: list[_Request]) -> None:
+        """Score the prompts of `requests` in one forward pass (right-padded); a failure fails them only."""
         try:
             device = next(self.model.parameters()).device
-            ids = torch.tensor([request.prompt_ids], device=device)
+            width = max(len(r.prompt_ids) for r in requests)
+            ids = torch.full((len(requests), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, r in enumerate(requests):
+                ids[i, :len(r.prompt_ids)], mask[i, :len(r.prompt_ids)] = torch.tensor(r.prompt_ids), 1
             with torch.inference_mode():
-                logits = self.model(input_ids=ids).logits[0, :-1].float()  # (T-1, V): position t predicts t+1
-            logprobs = torch.log_softmax(logits, dim=-1)
-            chosen = logprobs.gather(-1, ids[0, 1:, None])[:, 0].tolist()
-            top = [[]]  # nothing predicts the first token
-            if request.score_k:
-                values, indices = logprobs.topk(min(request.score_k, logprobs.shape[-1]), dim=-1)
-                top += [list(zip(i.tolist(), v.tolist())) for i, v in zip(indices, values)]
-            else:
-                top += [[] for _ in chosen]
-            request.job.set_result(Scored([None, *chosen], top))
-        except Exception as exc:  # fails this request only
+                logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            for i, r in enumerate(requests):
+                r.job.set_result(_scored(logits[i, :len(r.prompt_ids) - 1].float(), ids[i, 1:len(r.prompt_ids)],
+                                         r.score_k))
+        except Exception as exc:
             log.exception("scoring failed")
-            request.job.set_exception(exc)
+            _fail(requests, exc)
 
     def _prefill(self, requests: list[_Request]) -> _Batch:
         """A batch of the new requests, their prompts run through the model and first tokens chosen."""
@@ -343,6 +343,17 @@ class BatchedGenerator:
             batch.mask = batch.mask[:, start:]
             for layer in batch.cache.layers:
                 layer.keys, layer.values = layer.keys[..., start:, :], layer.values[..., start:, :]
+
+
+def _scored(logits: torch.Tensor, next_ids: torch.Tensor, k: int) -> Scored:
+    """A prompt's `Scored` from its logits (T-1, V), position t predicting token t+1 (`next_ids`)."""
+    logprobs = torch.log_softmax(logits, dim=-1)
+    chosen = logprobs.gather(-1, next_ids.to(logprobs.device)[:, None])[:, 0].tolist()
+    top: list[list[tuple[int, float]]] = [[] for _ in chosen]
+    if k:
+        values, indices = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1)
+        top = [list(zip(i.tolist(), v.tolist())) for i, v in zip(indices, values)]
+    return Scored([None, *chosen], [[], *top])  # nothing predicts the first token
 
 
 def _pad_left(x: torch.Tensor, width: int, dim: int = -2) -> torch.Tensor:

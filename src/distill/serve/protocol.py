@@ -13,7 +13,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-MAX_TOP_LOGPROBS = 20  # OpenAI's limit for chat (5 for text completions; distill serve allows 20 for both)
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit for chat
+MAX_TEXT_LOGPROBS = 100  # text completions: OpenAI allows 5; a teacher's top-k cache asks for 64
 MAX_STOP = 4  # OpenAI's limit on stop sequences
 
 # Fields a client may send that change nothing here when left at their neutral value.
@@ -102,7 +103,7 @@ def parse_completion(body: bytes, app: Any) -> GenRequest:
     data = _object(body, '{"prompt": "Once upon a time", "max_tokens": 16}')
     _fields(data, _TEXT_FIELDS, app)
     prompts = _text_prompts(app, data.get("prompt"))
-    top = _number(data, "logprobs", int, 0, MAX_TOP_LOGPROBS)  # an integer here: alternatives per token
+    top = _number(data, "logprobs", int, 0, MAX_TEXT_LOGPROBS)  # an integer here: alternatives per token
     echo, token_ids = _flag(data, "echo"), _flag(data, "return_tokens_as_token_ids")
     if echo and _flag(data, "stream"):
         raise HTTPError(400, "`echo` is not available with `stream: true`; ask without streaming.",

@@ -72,7 +72,7 @@ class EndpointTopK:
                 raise TeacherUnavailable(f"Teacher endpoint {self.client.base_url} returned {len(entry)} "
                                          f"alternatives for token {t + 1} of a block, fewer than teacher.top_k={k}; "
                                          "lower teacher.top_k, or raise the server's log-prob limit (distill serve "
-                                         "allows 20; vLLM's --max-logprobs).")
+                                         "allows 100; vLLM's --max-logprobs).")
             ids_t, lps_t = zip(*entry[:k])
             if max(ids_t) >= self.vocab:
                 raise TeacherUnavailable(f"Teacher endpoint {self.client.base_url} named token id {max(ids_t)}, "
