@@ -79,8 +79,8 @@ class EndpointTopK:
                                          f"outside the vocabulary of {self.vocab}: it serves another tokenizer.")
             indices[t] = torch.tensor(ids_t)
             logprobs[t] = torch.tensor(lps_t)
-            mass = float(torch.tensor(lps_t).exp().sum())
-            tail[t, 0] = max(math.log1p(-min(mass, 1.0)) if mass < 1 else TAIL_FLOOR, TAIL_FLOOR)
+            mass = math.fsum(math.exp(lp) for lp in lps_t)  # exact sum: the tail may be 1e-6 of it
+            tail[t, 0] = max(math.log1p(-mass) if mass < 1 else TAIL_FLOOR, TAIL_FLOOR)
         return logprobs, indices, tail
 
 
