@@ -84,3 +84,34 @@ def test_an_endpoint_that_cannot_give_k_alternatives_is_named(served, tmp_path):
     wrong = EndpointTopK(f"{server.url}/v1", "gpt-4o", k=K, vocab=len(tok), max_retries=0)
     with pytest.raises(TeacherUnavailable, match="model_not_found|does not exist"):
         TopKCache.build_or_open(wrong, blocks, tmp_path / "d", identity=identity(tok), quiet=True)
+
+
+def test_distill_lm_builds_its_cache_through_the_endpoint_then_needs_no_server(tmp_path):
+    import warnings
+
+    from distill.cli import main
+    from distill.recipes.lm.config import load_lm_config
+
+    root = tmp_path / "teacher"
+    tok = make_tokenizer(root)
+    make_llama(root, tok)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT * 3)
+    server = make_server(str(root), port=0, model_name="teacher")
+    server.start_background()
+    common = [f"teacher.model={root}", f"output_dir={tmp_path / 'runs'}", "name=remote", "data.corpus=text",
+              f"data.path={corpus}", "data.seq_len=16", "data.val_fraction=0.2", "student.layers=[0]",
+              "train.steps=4", "train.batch_size=2", f"teacher.top_k={K}", "quiet=true", "device=cpu",
+              "teacher.adapt=null", "baseline=false"]
+    endpoint = f"teacher.endpoint={{url: '{server.url}/v1', model: teacher, concurrency: 2}}"
+    try:
+        assert main(["lm-cache", *common, endpoint]) == 0
+    finally:
+        server.shutdown()  # from here on the server is gone: the run must read the cache only
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tiny teacher's unknown licence
+        assert main(["lm", *common, endpoint]) == 0
+    caches = list((tmp_path / "runs" / "remote" / "teacher_cache").glob("*/manifest.json"))
+    assert len(caches) == 2 and all("served as teacher at" in p.read_text() for p in caches)
+    with pytest.raises(Exception, match="teacher.signal=cached and no teacher.adapt"):
+        load_lm_config(None, [*common, endpoint, "teacher.signal=live"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from distill.core.config import (
     RunHeader,
@@ -38,6 +38,25 @@ class TeacherAdaptConfig(Strict):
     seed: int = Field(0, description="Fixed apart from train.seed, so students of every seed share one teacher.")
 
 
+class TeacherEndpointConfig(Strict):
+    """The teacher's top-k log-probs asked from an OpenAI-compatible server (`distill serve`, vLLM) that
+    serves `teacher.model`, instead of computed in this process; they fill the same cache."""
+
+    url: str = Field(description="The server's base URL with its API prefix, e.g. http://10.0.0.5:8000/v1.")
+    model: str = Field(description="The model name the server knows the teacher by.")
+    api_key_env: str | None = Field(None, description="Environment variable holding the server's key.")
+    concurrency: int = Field(4, ge=1, description="Blocks asked at once.")
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(4, ge=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"teacher.endpoint.url {v!r} is not an http(s) URL; e.g. http://127.0.0.1:8000/v1")
+        return v
+
+
 class LMTeacherConfig(Strict):
     model: str = Field("builtin:smollm2-135m-instruct", description="Model dir, hub id, or builtin:NAME.")
     signal: Literal["live", "cached"] = Field("cached", description="cached: top-k log-probs computed once.")
@@ -46,6 +65,16 @@ class LMTeacherConfig(Strict):
     cache_rebuild: bool = Field(False, description="Replace a mismatched cache / recompute bad shards.")
     batch_size: int = Field(8, ge=1, description="Blocks per teacher forward when caching and evaluating.")
     adapt: TeacherAdaptConfig | None = Field(None, description="Fine-tune the teacher on the corpus first.")
+    endpoint: TeacherEndpointConfig | None = Field(None, description=(
+        "Build the top-k cache from a server instead of this process (`distill lm-cache` then never loads "
+        "the teacher; the cache is kept, so later runs need no server)."))
+
+    @model_validator(mode="after")
+    def _endpoint(self) -> LMTeacherConfig:
+        if self.endpoint is not None and (self.signal != "cached" or self.adapt is not None):
+            raise ValueError("teacher.endpoint fills the top-k cache: it needs teacher.signal=cached and no "
+                             "teacher.adapt (adapt the teacher where it is served)")
+        return self
 
 
 class LMStudentConfig(Strict):

@@ -85,11 +85,16 @@ def run_lm(cfg: LMRunConfig, resume: bool = False) -> Path:
 
 
 def build_caches(cfg: LMRunConfig) -> dict[str, TopKCache]:
-    """Just the teacher caches of `cfg` (train and val), built or verified."""
+    """Just the teacher caches of `cfg` (train and val), built or verified; through `teacher.endpoint`
+    without loading the teacher here."""
     require_transformers()
     tokenizer = lm_models.load_tokenizer(cfg.teacher.model, "teacher.model")
-    teacher = lm_models.load_causal_lm(cfg.teacher.model, "teacher.model")
     data = load_text(cfg, tokenizer)
+    if cfg.teacher.endpoint is not None:
+        root = teacher_root(cfg, data, Path(cfg.output_dir) / cfg.name)
+        return {split: _cache(cfg, None, getattr(data, split), tokenizer, len(tokenizer), root / split)
+                for split in ("train", "val")}
+    teacher = lm_models.load_causal_lm(cfg.teacher.model, "teacher.model")
     vocab = lm_models.shared_vocab(tokenizer, teacher)
     root = teacher_root(cfg, data, Path(cfg.output_dir) / cfg.name)
     teacher = adapt_teacher(cfg, teacher, tokenizer, data, vocab, root, resume=True)
@@ -132,11 +137,19 @@ def adapt_teacher(cfg: LMRunConfig, teacher: nn.Module, tokenizer: Any, data: Te
     return adapted.to(next(teacher.parameters()).device).requires_grad_(False)
 
 
-def _cache(cfg: LMRunConfig, teacher: nn.Module, blocks: Any, tokenizer: Any, vocab: int,
+def _cache(cfg: LMRunConfig, teacher: nn.Module | None, blocks: Any, tokenizer: Any, vocab: int,
            directory: Path) -> TopKCache:
+    """The top-k cache of `blocks`, computed by `teacher`, or asked from `teacher.endpoint` when set."""
     adapted = f" adapted {directory.parent.name}" if cfg.teacher.adapt is not None else ""
-    identity = {"teacher": cfg.teacher.model + adapted, "tokenizer": lm_models.tokenizer_fingerprint(tokenizer),
-                "k": cfg.teacher.top_k, "vocab": vocab}
+    e = cfg.teacher.endpoint
+    served = f" served as {e.model} at {e.url}" if e is not None else ""  # its own cache: the server's word
+    identity = {"teacher": cfg.teacher.model + adapted + served, "k": cfg.teacher.top_k, "vocab": vocab,
+                "tokenizer": lm_models.tokenizer_fingerprint(tokenizer)}
+    if e is not None:
+        from distill.teachers.endpoint import EndpointTopK
+
+        teacher = EndpointTopK(e.url, e.model, k=cfg.teacher.top_k, vocab=vocab, concurrency=e.concurrency,
+                               api_key_env=e.api_key_env, timeout_s=e.timeout_s, max_retries=e.max_retries)
     return TopKCache.build_or_open(teacher, blocks, directory, identity=identity, batch_size=cfg.teacher.batch_size,
                                    rebuild=cfg.teacher.cache_rebuild, quiet=cfg.quiet,
                                    device=process_state(cfg.device).device)
