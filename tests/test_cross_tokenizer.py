@@ -1,0 +1,73 @@
+"""Cross-tokenizer pieces: positions aligned by character offsets, a shared-vocabulary map, and the
+ULD and matched-KL losses on the teacher's top-k signal."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from lm_helpers import TEXT, make_bpe_tokenizer, make_tokenizer  # noqa: E402
+
+from distill.data.alignment import aligned_positions, vocab_map, with_ends  # noqa: E402
+from distill.losses.cross_tokenizer import matched_kl, uld  # noqa: E402
+from distill.losses.divergences import per_token_divergence  # noqa: E402
+from distill.teachers.tokens import topk_of  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tokenizers(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toks")
+    return make_tokenizer(root / "words"), make_bpe_tokenizer(root / "bpe", vocab_size=300)
+
+
+def test_aligned_positions_have_read_the_same_characters(tokenizers):
+    words, bpe = tokenizers
+    text = TEXT[:200]
+    s, t = with_ends(words, text), with_ends(bpe, text)
+    pairs = aligned_positions(s, t)
+    assert len(pairs) >= 0.5 * len(s.ids)  # most word ends are also BPE token ends
+    assert all(s.ends[j] == t.ends[i] for j, i in pairs)
+    assert [j for j, _ in pairs] == sorted(j for j, _ in pairs) and [i for _, i in pairs] == sorted(i for _, i in pairs)
+    same = aligned_positions(t, t)
+    assert same == [(i, i) for i in range(len(t.ids))]  # one tokenizer aligns with itself everywhere
+
+
+def test_the_vocabulary_map_pairs_identical_spellings_once(tokenizers):
+    words, bpe = tokenizers
+    mapping = vocab_map(bpe, bpe)
+    assert bool((mapping[mapping >= 0] == torch.arange(len(bpe))[mapping >= 0]).all())
+    cross = vocab_map(bpe, words)
+    matched = cross[cross >= 0]
+    assert len(matched) > 0 and len(set(matched.tolist())) == len(matched)  # injective
+    for teacher_id in (cross >= 0).nonzero().flatten()[:10].tolist():
+        assert bpe.decode([teacher_id]) == words.decode([int(cross[teacher_id])])
+
+
+def test_uld_ignores_which_token_is_which_and_sees_the_shape():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 50) * 3
+    lp, idx, tail = topk_of(logits, 10)
+    permuted = logits[:, torch.randperm(50)]  # another vocabulary order: the same sorted probabilities
+    assert uld(permuted, lp, tail).abs().max() < 1e-5
+    flatter = uld(logits / 3, lp, tail)
+    assert (flatter > 0.1).all()
+    student = torch.zeros(4, 30, requires_grad=True)  # a smaller vocabulary is fine
+    uld(student, lp, tail).sum().backward()
+    assert student.grad.abs().sum() > 0
+
+
+def test_matched_kl_is_the_forward_kl_when_every_token_matches():
+    torch.manual_seed(1)
+    teacher, student = torch.randn(5, 40) * 2, torch.randn(5, 40)
+    lp, idx, tail = topk_of(teacher, 40)  # k = vocab: nothing outside
+    got = matched_kl(student, lp, tail, idx)
+    full = per_token_divergence(student[:, None], kind="forward_kl", teacher_logits=teacher[:, None])[:, 0]
+    assert torch.allclose(got, full, atol=1e-4)
+    none = matched_kl(student, lp, tail, torch.full_like(idx, -1))  # nothing shared: one bin each, KL 0
+    assert torch.allclose(none, torch.zeros(5), atol=1e-5)
+    some = matched_kl(student, *topk_of(teacher, 8)[::2], topk_of(teacher, 8)[1])
+    assert torch.isfinite(some).all() and (some >= -1e-6).all() and math.isfinite(float(some.sum()))
