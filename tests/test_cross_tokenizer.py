@@ -71,3 +71,24 @@ def test_matched_kl_is_the_forward_kl_when_every_token_matches():
     assert torch.allclose(none, torch.zeros(5), atol=1e-5)
     some = matched_kl(student, *topk_of(teacher, 8)[::2], topk_of(teacher, 8)[1])
     assert torch.isfinite(some).all() and (some >= -1e-6).all() and math.isfinite(float(some.sum()))
+
+
+def test_cross_blocks_hold_each_chunk_in_both_tokenizations_aligned(tokenizers):
+    from distill.data.cross_blocks import _chunks, cross_blocks
+
+    words, bpe = tokenizers
+    documents = [TEXT[:300], TEXT[300:520]]
+    blocks = cross_blocks(documents, words, bpe, seq_len=12)
+    chunks = [c for d in documents for c in _chunks(d, words, 10)]
+    assert len(blocks) == len(chunks) and "".join(chunks[:len(_chunks(documents[0], words, 10))]) == documents[0]
+    assert blocks.student.input_ids.shape[1] == 12 and blocks.teacher.input_ids.shape[1] == 24
+    for n, chunk in enumerate(chunks):
+        s, t = with_ends(words, chunk), with_ends(bpe, chunk)
+        assert blocks.student.input_ids[n, :len(s.ids)].tolist() == s.ids
+        for j, i in enumerate(blocks.teacher_position[n].tolist()):
+            if i >= 0:  # aligned: both have read up to the same character
+                assert s.ends[j] == t.ends[i]
+    assert 0.5 < blocks.aligned_share <= 1.0
+    last = blocks.student.attention_mask.sum(1) - 1  # a block's last token predicts nothing inside it
+    assert not blocks.student.loss_mask[torch.arange(len(blocks)), last].any()
+    assert bool((blocks.student.loss_mask.sum(1) == last).all())
