@@ -92,3 +92,32 @@ def test_cross_blocks_hold_each_chunk_in_both_tokenizations_aligned(tokenizers):
     last = blocks.student.attention_mask.sum(1) - 1  # a block's last token predicts nothing inside it
     assert not blocks.student.loss_mask[torch.arange(len(blocks)), last].any()
     assert bool((blocks.student.loss_mask.sum(1) == last).all())
+
+
+def test_a_student_with_another_tokenizer_learns_from_the_cached_teacher_at_aligned_positions(tokenizers, tmp_path):
+    """Cross blocks + a top-k cache over the teacher's blocks + CrossLMTeacher + lm_loss: finite, with
+    gradients, and KD from aligned positions only (a student whose positions align nowhere gets none)."""
+    from lm_helpers import make_llama
+
+    from distill.data.cross_blocks import cross_blocks
+    from distill.losses.config import TokenKDConfig
+    from distill.losses.tokens import lm_loss
+    from distill.teachers.cross import CrossLMTeacher
+    from distill.teachers.tokens import TopKCache
+
+    words, bpe = tokenizers
+    teacher = make_llama(tmp_path / "teacher", bpe, layers=2, hidden=32).eval()
+    student = make_llama(tmp_path / "student", words, layers=1, hidden=32, seed=3)
+    blocks = cross_blocks([TEXT[:400]], words, bpe, seq_len=16)
+    cache = TopKCache.build_or_open(teacher, blocks.teacher, tmp_path / "cache", quiet=True,
+                                    identity={"teacher": "t", "tokenizer": "bpe", "k": 8, "vocab": len(bpe)})
+    signal = CrossLMTeacher(cache, vocab_map(bpe, words))
+    index = torch.arange(4)
+    batch = {**blocks.student.batch(index), "teacher_position": blocks.teacher_position[index]}
+    for method in ("uld", "matched", "matched_uld"):
+        parts = lm_loss(student, batch, signal.signal(batch), TokenKDConfig(cross=method), len(words))
+        assert torch.isfinite(parts["loss"]) and parts["kd"] > 0, method
+    parts["loss"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+    nowhere = {**batch, "teacher_position": torch.full_like(batch["teacher_position"], -1)}
+    assert float(lm_loss(student, nowhere, signal.signal(nowhere), TokenKDConfig(), len(words))["kd"]) == 0.0

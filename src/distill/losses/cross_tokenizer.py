@@ -60,3 +60,16 @@ def _log1mexp(x: torch.Tensor) -> torch.Tensor:
     x = x.clamp(max=0)
     out = torch.where(x > -0.693, torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
     return out.clamp_min(-1e3)
+
+
+CROSS = {"uld": lambda logits, lp, tail, ids: uld(logits, lp, tail),
+         "matched": lambda logits, lp, tail, ids: matched_kl(logits, lp, tail, ids),
+         "matched_uld": lambda logits, lp, tail, ids: matched_kl(logits, lp, tail, ids) + uld(logits, lp, tail)}
+
+
+def cross_divergence(method: str, student_logits: torch.Tensor, topk_logprobs: torch.Tensor,
+                     tail_logprob: torch.Tensor, student_ids: torch.Tensor) -> torch.Tensor:
+    """Per position (N,): `method` ("uld", "matched", or their sum "matched_uld") at aligned positions."""
+    if method not in CROSS:
+        raise ValueError(f"Unknown cross-tokenizer method `{method}`; choose one of {list(CROSS)}.")
+    return CROSS[method](student_logits, topk_logprobs, tail_logprob, student_ids)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.losses.config import TokenKDConfig
+from distill.losses.cross_tokenizer import cross_divergence
 from distill.losses.divergences import chunked_token_sum, per_token_divergence
 from distill.teachers.output import TeacherOutput
 
@@ -29,25 +30,33 @@ def lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], signal: TeacherOut
     mask = batch["loss_mask"]
     t = cfg.temperature
 
+    aligned = batch.get("teacher_position")  # a student with another tokenizer: KD where both read alike
+    aligned = None if aligned is None else (aligned >= 0).float()
+
     def per_token(logits: torch.Tensor, labels: torch.Tensor, *teacher: torch.Tensor | None) -> torch.Tensor:
         logits = logits[:, :vocab]  # padded embedding rows are not tokens
         zeros = logits.new_zeros(len(logits), dtype=torch.float32)
         ce = F.cross_entropy(logits.float(), labels, reduction="none") if ratio < 1 else zeros
         kd = zeros
         if ratio > 0:
-            t_logits, t_lp, t_idx, t_tail = teacher
-            kd = per_token_divergence(logits, kind=cfg.divergence, teacher_logits=t_logits, teacher_topk_logprobs=t_lp,
-                                      teacher_topk_indices=t_idx, teacher_tail_logprob=t_tail,
-                                      temperature=t, jsd_beta=cfg.jsd_beta, skew=cfg.skew)
+            t_logits, t_lp, t_idx, t_tail, here = teacher
+            if here is not None:  # t_idx: the student ids spelling the teacher's top-k tokens, -1 if none
+                kd = cross_divergence(cfg.cross, logits, t_lp, t_tail, t_idx) * here
+            else:
+                kd = per_token_divergence(logits, kind=cfg.divergence, teacher_logits=t_logits,
+                                          teacher_topk_logprobs=t_lp, teacher_topk_indices=t_idx,
+                                          teacher_tail_logprob=t_tail, temperature=t, jsd_beta=cfg.jsd_beta,
+                                          skew=cfg.skew)
         return torch.stack([ce, kd], dim=-1)  # (n, 2)
 
     sig = signal.as_kwargs() if signal is not None else {}
     teacher = [sig.get(k) for k in ("teacher_logits", "teacher_topk_logprobs", "teacher_topk_indices",
                                     "teacher_tail_logprob")]
-    sums = chunked_token_sum(hidden, weight, per_token, [labels, *teacher], mask.float(),
+    sums = chunked_token_sum(hidden, weight, per_token, [labels, *teacher, aligned], mask.float(),
                              chunk_size=cfg.chunk_tokens, lm_head_bias=bias)
     n = mask.float().sum().clamp_min(1e-8)  # all-masked: the sums are 0, and so is the loss
-    ce, kd = sums[0] / n, sums[1] / n
+    n_kd = n if aligned is None else (mask.float() * aligned).sum().clamp_min(1e-8)
+    ce, kd = sums[0] / n, sums[1] / n_kd
     parts = {"loss": (1 - ratio) * ce + ratio * t * t * kd}
     if ratio < 1:
         parts["ce"] = ce
