@@ -121,3 +121,36 @@ def test_a_student_with_another_tokenizer_learns_from_the_cached_teacher_at_alig
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
     nowhere = {**batch, "teacher_position": torch.full_like(batch["teacher_position"], -1)}
     assert float(lm_loss(student, nowhere, signal.signal(nowhere), TokenKDConfig(), len(words))["kd"]) == 0.0
+
+
+def test_distill_lm_teaches_a_student_with_another_tokenizer(tokenizers, tmp_path):
+    import json
+    import warnings
+
+    import distill
+    from lm_helpers import make_llama
+
+    words, bpe = tokenizers
+    make_llama(tmp_path / "teacher", bpe, layers=2, hidden=32)
+    words.save_pretrained(tmp_path / "words")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT * 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tiny teacher's unknown licence
+        result = distill.lm(overrides={
+            "teacher.model": str(tmp_path / "teacher"), "teacher.adapt": None, "teacher.top_k": 8,
+            "student.tokenizer": str(tmp_path / "words"), "student.layers": None,
+            "student.config": {"num_hidden_layers": 1, "hidden_size": 16, "intermediate_size": 32},
+            "kd.cross": "uld", "output_dir": str(tmp_path / "runs"), "name": "cross", "data.corpus": "text",
+            "data.path": str(corpus), "data.seq_len": 16, "data.val_fraction": 0.2, "train.steps": 4,
+            "train.batch_size": 2, "quiet": True, "device": "cpu"})
+    report = json.loads((result.run_dir / "report.json").read_text())
+    assert set(report["models"]) == {"teacher", "baseline", "distilled"}
+    assert all(m["bpb"] > 0 for m in report["models"].values())  # one scale across the two vocabularies
+    assert "kl_teacher" not in report["models"]["distilled"]  # no KL across vocabularies
+    assert report["cross_tokenizer"]["method"] == "uld" and 0.5 < report["cross_tokenizer"]["aligned_share"] <= 1
+    saved = result.run_dir / "distilled" / "model"
+    assert json.loads((saved / "config.json").read_text())["vocab_size"] == len(words)
+    assert (saved / "tokenizer.json").is_file()
+    markdown = (result.run_dir / "report.md").read_text()
+    assert "bits per byte are" in markdown and "where both had read the same text" in markdown

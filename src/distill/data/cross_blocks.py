@@ -27,6 +27,22 @@ from distill.data.tokens import TokenBlocks, special_id
 
 
 @dataclass
+class AlignedBlocks(TokenBlocks):
+    """The student's blocks with, per position, the aligned teacher position (-1: none) in every batch."""
+
+    teacher_position: torch.Tensor = None  # type: ignore[assignment]  # (N, L) int64
+
+    def batch(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {**super().batch(index), "teacher_position": self.teacher_position[index]}
+
+    @property
+    def aligned_share(self) -> float:
+        """The share of the trained positions that have a teacher position to learn from."""
+        trained = self.loss_mask
+        return float((self.teacher_position[trained] >= 0).float().mean()) if trained.any() else 0.0
+
+
+@dataclass
 class CrossBlocks:
     student: TokenBlocks
     teacher: TokenBlocks
@@ -37,9 +53,7 @@ class CrossBlocks:
 
     @property
     def aligned_share(self) -> float:
-        """The share of the student's trained positions that have a teacher position to learn from."""
-        trained = self.student.loss_mask
-        return float((self.teacher_position[trained] >= 0).float().mean()) if trained.any() else 0.0
+        return self.student.aligned_share
 
 
 def cross_blocks(documents: list[str], student_tokenizer: Any, teacher_tokenizer: Any, seq_len: int, *,
@@ -63,7 +77,8 @@ def cross_blocks(documents: list[str], student_tokenizer: Any, teacher_tokenizer
         for j, i in aligned_positions(s, t):
             if j < len(s_ids) and i < len(t_ids):
                 position[n, j] = i
-    return CrossBlocks(student, teacher, position)
+    return CrossBlocks(AlignedBlocks(student.input_ids, student.attention_mask, student.loss_mask, position),
+                       teacher, position)
 
 
 def _chunks(document: str, tokenizer: Any, tokens: int) -> list[str]:

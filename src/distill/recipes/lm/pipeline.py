@@ -42,7 +42,10 @@ from distill.eval.lm import evaluate_lm, target_bytes
 from distill.eval.report import doctor_lines
 from distill.losses.config import TokenKDConfig
 from distill.models import causal_lm as lm_models
+from distill.data.alignment import vocab_map
+from distill.recipes.lm import cross
 from distill.recipes.lm.config import LMRunConfig
+from distill.teachers.cross import CrossLMTeacher
 from distill.teachers.output import Teacher
 from distill.teachers.tokens import LiveLMTeacher, TopKCache
 from distill.training.config import LMTrainConfig
@@ -56,6 +59,9 @@ def run_lm(cfg: LMRunConfig, resume: bool = False) -> Path:
     licence = lm_models.licence_of(cfg.teacher.model)
     lm_models.warn_licence(licence)
     teacher = lm_models.load_causal_lm(cfg.teacher.model, "teacher.model").to(process_state(cfg.device).device)
+    student_tok = cross.student_tokenizer(cfg, tokenizer)
+    if student_tok is not None:  # another tokenizer: taught at aligned positions
+        return run_cross_lm(cfg, teacher, tokenizer, student_tok, licence, resume)
     data = load_text(cfg, tokenizer)
     template = build_student(cfg, teacher, tokenizer)  # built (and checked) once; each stage trains a copy
     vocab = lm_models.shared_vocab(tokenizer, teacher, template)
@@ -79,6 +85,35 @@ def run_lm(cfg: LMRunConfig, resume: bool = False) -> Path:
     if process_state(cfg.device).is_main_process:
         report = evaluate_lm_run(cfg, teacher, students, data, vocab, val_signal, licence,
                                  text_bytes=target_bytes(data.val, tokenizer))
+        atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2))
+        render_lm(run_dir)
+    return run_dir
+
+
+def run_cross_lm(cfg: LMRunConfig, teacher: nn.Module, tokenizer: Any, student_tok: Any, licence: str | None,
+                 resume: bool) -> Path:
+    """The job for a student with another tokenizer (`distill.recipes.lm.cross`)."""
+    data, student_data = cross.cross_splits(cfg, tokenizer, student_tok, _documents(cfg))
+    template = cross.cross_student(cfg, teacher, student_tok)
+    vocab, student_vocab = lm_models.shared_vocab(tokenizer, teacher), lm_models.shared_vocab(student_tok, template)
+    run_dir = open_run_dir(cfg, resume)
+    root = teacher_root(cfg, data, run_dir)
+    adapted = adapt_teacher(cfg, teacher, tokenizer, data, vocab, root, resume)
+    with process_state(cfg.device).main_process_first():
+        cache = _cache(cfg, adapted, data.train, tokenizer, vocab, root / "train")
+    signal = CrossLMTeacher(cache, vocab_map(tokenizer, student_tok))
+    students: dict[str, nn.Module] = {}
+    for stage in (["baseline"] if cfg.baseline else []) + ["distilled"]:
+        students[stage] = train_stage(cfg, stage, template, student_tok, student_data, student_vocab,
+                                      signal if stage == "distilled" else None, None, run_dir, resume)
+    if adapted is not teacher:
+        students = {"teacher_adapted": adapted, **students}
+    if process_state(cfg.device).is_main_process:
+        report = evaluate_lm_run(cfg, teacher, students, data, vocab, None, licence,
+                                 text_bytes=target_bytes(data.val, tokenizer), student_data=student_data,
+                                 student_vocab=student_vocab, student_bytes=target_bytes(student_data.val, student_tok))
+        report["cross_tokenizer"] = {"method": cfg.kd.cross, "aligned_share": student_data.train.aligned_share,
+                                     "student_tokenizer": cfg.student.tokenizer or cfg.student.model}
         atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2))
         render_lm(run_dir)
     return run_dir
@@ -272,17 +307,27 @@ def _fit_and_save(cfg: LMRunConfig, model: nn.Module, tokenizer: Any, data: Text
 
 
 def evaluate_lm_run(cfg: LMRunConfig, teacher: nn.Module, students: dict[str, nn.Module], data: TextSplits,
-                    vocab: int, val_signal: Teacher, licence: str | None, text_bytes: int | None = None
-                    ) -> dict[str, Any]:
+                    vocab: int, val_signal: Teacher | None, licence: str | None, text_bytes: int | None = None,
+                    *, student_data: TextSplits | None = None, student_vocab: int | None = None,
+                    student_bytes: int | None = None) -> dict[str, Any]:
+    """The report: every model on the held-out blocks. A student with another tokenizer (`student_data`,
+    `student_vocab`, `student_bytes`) is scored on its own blocks of the same text: bits per byte
+    compare it with the teacher, and there is no KL or agreement across vocabularies."""
     shown = None if cfg.quiet else "evaluate {}"
     models: dict[str, Any] = {"teacher": {**evaluate_lm(teacher, data.val, vocab, progress=shown and shown.format(
         "teacher"), text_bytes=text_bytes), **_costs(teacher, data)}}
+    own = student_data or data
     for name, model in students.items():
-        models[name] = {**evaluate_lm(model, data.val, vocab, teacher=val_signal, text_bytes=text_bytes,
-                                      progress=shown and shown.format(name)), **_costs(model, data)}
+        theirs = name == "teacher_adapted" or student_data is None
+        models[name] = {**evaluate_lm(model, (data if theirs else own).val, vocab if theirs else student_vocab,
+                                      teacher=val_signal if theirs else None,
+                                      text_bytes=text_bytes if theirs else student_bytes,
+                                      progress=shown and shown.format(name)), **_costs(model, data if theirs else own)}
     t, s = models.get("teacher_adapted", models["teacher"]), models["distilled"]  # the teacher that taught
     summary = {"params_ratio": s["params"] / t["params"], "speedup": t["forward_ms"] / s["forward_ms"],
                "ppl_ratio": s["ppl"] / t["ppl"]}
+    if "bpb" in s and "bpb" in t:
+        summary["bpb_ratio"] = s["bpb"] / t["bpb"]
     if "baseline" in models:
         summary["ppl_gain_vs_baseline"] = models["baseline"]["ppl"] / s["ppl"]
     report = {
@@ -354,10 +399,16 @@ def render_lm_report(report: dict[str, Any], plots: list[Path] | None = None) ->
         bpb = f"{m['bpb']:.3f}" if "bpb" in m else "–"  # reports from before bits per byte have none
         lines.append(f"| {name} | {m['params'] / 1e6:.1f}M | {m['ppl']:.2f} | {bpb} | {kl} | {agree} | "
                      f"{m['forward_ms']:.1f} |")
-    s = report["summary"]
+    s, cross_tok = report["summary"], report.get("cross_tokenizer")
+    quality = (f"its bits per byte are {s['bpb_ratio']:.2f}× the teacher's (perplexities of different "
+               "vocabularies do not compare)" if cross_tok else f"its perplexity is {s['ppl_ratio']:.2f}× the teacher's")
     lines += ["", f"The distilled student has {s['params_ratio']:.2f}× the teacher's parameters and runs "
-              f"{s['speedup']:.1f}× faster; its perplexity is {s['ppl_ratio']:.2f}× the teacher's."]
-    if "ppl_gain_vs_baseline" in s:
+              f"{s['speedup']:.1f}× faster; {quality}."]
+    if cross_tok:
+        lines.append(f"It has its own tokenizer ({cross_tok['student_tokenizer']}) and learnt from the teacher "
+                     f"({cross_tok['method']}) at the {100 * cross_tok['aligned_share']:.0f}% of its positions where "
+                     "both had read the same text.")
+    elif "ppl_gain_vs_baseline" in s:
         lines.append(f"Against the same student trained with plain CE, distillation divides perplexity by "
                      f"{s['ppl_gain_vs_baseline']:.2f}.")
     if report["kl_over"] != "full vocabulary":
