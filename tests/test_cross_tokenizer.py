@@ -154,3 +154,16 @@ def test_distill_lm_teaches_a_student_with_another_tokenizer(tokenizers, tmp_pat
     assert (saved / "tokenizer.json").is_file()
     markdown = (result.run_dir / "report.md").read_text()
     assert "bits per byte are" in markdown and "where both had read the same text" in markdown
+
+
+def test_a_tokenizer_without_offsets_is_named():
+    from distill.core.errors import DataError
+
+    class Slow:
+        def __call__(self, text, **kw):
+            if kw.get("return_offsets_mapping"):
+                raise NotImplementedError("return_offset_mapping is not available when using Python tokenizers")
+            return {"input_ids": [1, 2]}
+
+    with pytest.raises(DataError, match="Slow gives no character offsets.*fast version"):
+        with_ends(Slow(), "some text")

@@ -9,8 +9,8 @@ A position is where a model has read tokens 0..i and predicts token i+1; two pos
 their last tokens end at the same character (token boundaries coincide, as in the sequence
 alignment of GOLD and DSKD). Between aligned positions the two models read different pieces and
 are not compared. Fast tokenizers give character offsets; a tokenizer without them
-(`return_offsets_mapping` unsupported) cannot be aligned this way, and only alignment-free
-distillation by position order (ULD) applies.
+(`return_offsets_mapping` unsupported) is refused, naming it. (ULD itself needs no vocabulary map,
+but it is applied at aligned positions here too.)
 """
 
 from __future__ import annotations
@@ -37,12 +37,12 @@ def with_ends(tokenizer: Any, text: str) -> WithEnds:
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     except (NotImplementedError, ValueError, TypeError) as exc:
         raise DataError(f"The tokenizer {type(tokenizer).__name__} gives no character offsets ({exc}); "
-                        "cross-tokenizer alignment needs a fast tokenizer. Without offsets only the "
-                        "alignment-free method (uld, by position order) applies.") from None
+                        "cross-tokenizer distillation aligns positions by them: use the fast version of this "
+                        "tokenizer (a tokenizer.json; AutoTokenizer with use_fast=True).") from None
     offsets = enc.get("offset_mapping")
     if offsets is None:
         raise DataError(f"The tokenizer {type(tokenizer).__name__} returned no offset_mapping; cross-tokenizer "
-                        "alignment needs a fast tokenizer (only uld, by position order, works without).")
+                        "distillation aligns positions by them: use its fast version (a tokenizer.json).")
     return WithEnds(list(enc["input_ids"]), [int(end) for _, end in offsets])
 
 
