@@ -90,10 +90,10 @@ class TokenKDConfig(_Divergence):
     chunk_tokens: int = Field(4096, ge=1, description="Logits are computed this many tokens at a time.")
     warm_start: int = Field(0, ge=0, description="First steps with next-token CE only, before the divergence "
                             "starts: the supervised start MiniLLM and GKD give reverse KL and JSD.")
-    cross: Literal["uld", "matched", "matched_uld"] = Field("matched_uld", description=(
-        "A student with another tokenizer, at positions where both have read the same text: uld (sorted "
-        "probabilities, no vocabulary map), matched (KL over the tokens both vocabularies spell alike), or "
-        "their sum. Same-tokenizer students use `divergence`."))
+    cross: Literal["uld", "matched", "matched_uld"] = Field("matched", description=(
+        "A student with another tokenizer, at positions where both have read the same text: matched (KL over "
+        "the tokens both vocabularies spell alike; the measured winner, benchmarks/cross_tokenizer.py), uld "
+        "(sorted probabilities, no vocabulary map), or their sum. Same-tokenizer students use `divergence`."))
 
 
 class _Term(Strict):
