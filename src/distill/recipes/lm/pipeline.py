@@ -72,16 +72,11 @@ def run_lm(cfg: LMRunConfig, resume: bool = False) -> Path:
                     "tokenizer": lm_models.tokenizer_fingerprint(tokenizer),
                     "teacher_params": lm_models.count_parameters(teacher)}
         atomic_write_text(run_dir / "manifest.json", json.dumps(manifest, indent=2))
-    students: dict[str, nn.Module] = {}
     root = teacher_root(cfg, data, run_dir)
     adapted = adapt_teacher(cfg, teacher, tokenizer, data, vocab, root, resume)
     signal, val_signal = teacher_signals(cfg, adapted, data, tokenizer, vocab, root)
-    stages = (["baseline"] if cfg.baseline else []) + ["distilled"]
-    for stage in stages:
-        students[stage] = train_stage(cfg, stage, template, tokenizer, data, vocab,
-                                      signal if stage == "distilled" else None, val_signal, run_dir, resume)
-    if adapted is not teacher:
-        students = {"teacher_adapted": adapted, **students}
+    students = train_students(cfg, template, tokenizer, data, vocab, signal, val_signal, run_dir, resume,
+                              teacher, adapted)
     if process_state(cfg.device).is_main_process:
         report = evaluate_lm_run(cfg, teacher, students, data, vocab, val_signal, licence,
                                  text_bytes=target_bytes(data.val, tokenizer))
@@ -102,12 +97,8 @@ def run_cross_lm(cfg: LMRunConfig, teacher: nn.Module, tokenizer: Any, student_t
     with process_state(cfg.device).main_process_first():
         cache = _cache(cfg, adapted, data.train, tokenizer, vocab, root / "train")
     signal = CrossLMTeacher(cache, vocab_map(tokenizer, student_tok))
-    students: dict[str, nn.Module] = {}
-    for stage in (["baseline"] if cfg.baseline else []) + ["distilled"]:
-        students[stage] = train_stage(cfg, stage, template, student_tok, student_data, student_vocab,
-                                      signal if stage == "distilled" else None, None, run_dir, resume)
-    if adapted is not teacher:
-        students = {"teacher_adapted": adapted, **students}
+    students = train_students(cfg, template, student_tok, student_data, student_vocab, signal, None, run_dir,
+                              resume, teacher, adapted)
     if process_state(cfg.device).is_main_process:
         report = evaluate_lm_run(cfg, teacher, students, data, vocab, None, licence,
                                  text_bytes=target_bytes(data.val, tokenizer), student_data=student_data,
@@ -117,6 +108,17 @@ def run_cross_lm(cfg: LMRunConfig, teacher: nn.Module, tokenizer: Any, student_t
         atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2))
         render_lm(run_dir)
     return run_dir
+
+
+def train_students(cfg: LMRunConfig, template: nn.Module, tokenizer: Any, data: TextSplits, vocab: int,
+                   signal: Teacher, val_signal: Teacher | None, run_dir: Path, resume: bool, teacher: nn.Module,
+                   adapted: nn.Module) -> dict[str, nn.Module]:
+    """The CE baseline (when asked) and the distilled student, after the adapted teacher when there is one."""
+    students: dict[str, nn.Module] = {} if adapted is teacher else {"teacher_adapted": adapted}
+    for stage in (["baseline"] if cfg.baseline else []) + ["distilled"]:
+        students[stage] = train_stage(cfg, stage, template, tokenizer, data, vocab,
+                                      signal if stage == "distilled" else None, val_signal, run_dir, resume)
+    return students
 
 
 def build_caches(cfg: LMRunConfig) -> dict[str, TopKCache]:
