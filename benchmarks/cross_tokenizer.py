@@ -110,7 +110,8 @@ def main() -> None:
         rows = [json.loads((OUT / f"{arm}-{s}.json").read_text()) for s in range(args.seeds)]
         metrics[f"{arm}_bpb"], metrics[f"{arm}_bpb_std"] = mean_std([r["bpb"] for r in rows])
         metrics[f"{arm}_params"] = rows[0]["params"]
-    metrics["teacher_bpb"] = rows[0]["teacher_bpb"]
+        if arm in ("ce", "same_tok_kd"):  # the teacher on each setting's own held-out blocks
+            metrics["teacher_bpb" if arm == "ce" else "same_tok_teacher_bpb"] = rows[0]["teacher_bpb"]
     best = min(("uld", "matched", "matched_uld"), key=lambda a: metrics[f"{a}_bpb"])
     metrics["best_cross_bpb"] = metrics[f"{best}_bpb"]
     metrics["same_tokenizer_kd_bpb"] = metrics["same_tok_kd_bpb"]
