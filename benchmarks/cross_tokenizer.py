@@ -1,10 +1,10 @@
 """A student with its own tokenizer, taught by SmolLM2-135M-Instruct: CE vs the cross-tokenizer methods.
 
-Run: .venv/bin/python benchmarks/cross_tokenizer.py [--seeds 3] [--steps 300]     (about 40 min on 2 cores)
+Run: .venv/bin/python benchmarks/cross_tokenizer.py [--seeds 3] [--steps 300]     (about 75 min on 2 cores)
 
 Corpus: the 2,225 BBC News articles (one document each; 5% of them held out whole). The student's
 tokenizer is a byte-level BPE of 8,192 tokens trained on the training articles (SmolLM2's has
-49,152); the student is a 4-layer Llama (hidden 256) built from config, 6.3M parameters (0.05× the
+49,152); the student is a 4-layer Llama (hidden 256) built from config, 6.0M parameters (0.045× the
 teacher). Same token budget for every arm: `--steps` steps of 8 blocks of 128 student tokens.
 Arms (seeds 0..N-1, each in its own process, saved to benchmarks/work/cross_tokenizer/<arm>-<seed>.json,
 so an interrupted run resumes):
@@ -12,8 +12,9 @@ so an interrupted run resumes):
   uld           0.5 × ULD + 0.5 × CE at aligned positions
   matched       0.5 × KL over tokens both vocabularies spell alike + 0.5 × CE
   matched_uld   both terms
-  same_tok_kd   a student of the same shape with SmolLM2's own tokenizer (8.5× larger embedding:
-                16.6M parameters), forward KL + CE: the same-tokenizer reference
+  same_tok_kd   the same-tokenizer reference at equal size: SmolLM2's own tokenizer, forward KL + CE, a
+                4-layer Llama narrowed to hidden 112 (6.1M parameters, most of them its 49k-row embedding)
+  same_tok_large  the same shape as the cross students with SmolLM2's tokenizer (16.5M parameters)
 Metric: held-out bits per byte (lower is better), the same text for every arm.
 Writes benchmarks/results/cross_tokenizer.json.
 """
@@ -31,7 +32,9 @@ from common import WORK, mean_std, write_result
 OUT = WORK / "cross_tokenizer"
 STUDENT = {"num_hidden_layers": 4, "hidden_size": 256, "intermediate_size": 1024, "num_attention_heads": 4,
            "num_key_value_heads": 2}
-ARMS = ("ce", "uld", "matched", "matched_uld", "same_tok_kd")
+EQUAL = {"num_hidden_layers": 4, "hidden_size": 112, "intermediate_size": 320, "num_attention_heads": 4,
+         "num_key_value_heads": 2}  # SmolLM2's 49,152-token vocabulary at the cross students' size
+ARMS = ("ce", "uld", "matched", "matched_uld", "same_tok_kd", "same_tok_large")
 
 
 def corpus() -> Path:
@@ -68,9 +71,12 @@ def overrides(arm: str, seed: int, steps: int) -> list[str]:
     common = [f"output_dir={OUT / 'runs'}", "quiet=true", f"name={arm}-{seed}", "data.corpus=text", f"data.path={path}",
               "data.document_separator='<|doc|>'", "data.seq_len=128", "data.max_blocks=1200", "data.val_blocks=48",
               f"train.steps={steps}", "train.batch_size=8", f"train.eval_every={steps}", f"train.seed={seed}",
-              "teacher.adapt=null", "student.layers=null", f"student.config={json.dumps(STUDENT)}", "kd.ratio=0.5"]
-    if arm == "same_tok_kd":
-        return [*common, f"teacher.cache_dir={OUT / 'cache_same'}", "baseline=false"]
+              "teacher.adapt=null", "student.layers=null", "kd.ratio=0.5"]
+    if arm.startswith("same_tok"):
+        shape = EQUAL if arm == "same_tok_kd" else STUDENT
+        return [*common, f"student.config={json.dumps(shape)}", f"teacher.cache_dir={OUT / 'cache_same'}",
+                "baseline=false"]
+    common.append(f"student.config={json.dumps(STUDENT)}")
     train_docs = path.read_text().split("<|doc|>")
     tok = student_tokenizer("\n".join(train_docs[: int(0.95 * len(train_docs))]))
     cross = [*common, f"student.tokenizer={tok}", f"teacher.cache_dir={OUT / 'cache_cross'}"]
@@ -101,7 +107,7 @@ def main() -> None:
         return run_arm(args.one[0], int(args.one[1]), args.steps)
     OUT.mkdir(parents=True, exist_ok=True)
     for seed in range(args.seeds):
-        for arm in ("uld", "matched", "matched_uld", "same_tok_kd"):  # the uld run writes the ce arm too
+        for arm in ("uld", "matched", "matched_uld", "same_tok_kd", "same_tok_large"):  # the uld run writes the ce arm too
             if not (OUT / f"{arm}-{seed}.json").is_file():
                 subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--one", arm, str(seed)],
                                check=True)

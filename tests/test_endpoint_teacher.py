@@ -113,5 +113,7 @@ def test_distill_lm_builds_its_cache_through_the_endpoint_then_needs_no_server(t
         assert main(["lm", *common, endpoint]) == 0
     caches = list((tmp_path / "runs" / "remote" / "teacher_cache").glob("*/manifest.json"))
     assert len(caches) == 2 and all("served as teacher at" in p.read_text() for p in caches)
-    with pytest.raises(Exception, match="teacher.signal=cached and no teacher.adapt"):
+    with pytest.raises(Exception, match="it needs teacher.signal=cached"):
         load_lm_config(None, [*common, endpoint, "teacher.signal=live"])
+    with pytest.raises(Exception, match="adapt the teacher where it is served"):
+        load_lm_config(None, [*common, endpoint, "teacher.adapt={steps: 2}"])

@@ -443,7 +443,7 @@ def test_the_lm_job_trains_evaluates_reports_and_exports(lm, tmp_path):
     assert (run_dir / "teacher_cache" / "train" / "manifest.json").is_file()
     from transformers import AutoTokenizer
 
-    from distill.recipes.lm.pipeline import load_text
+    from distill.recipes.lm.data import load_text
 
     held_out = load_text(load_lm_config(run_dir / "config.yaml"),
                          AutoTokenizer.from_pretrained(run_dir / "distilled" / "model")).val

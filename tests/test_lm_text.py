@@ -119,7 +119,7 @@ def _docs_cfg(tmp_path, corpus_text, **data):
 
 
 def test_whole_documents_are_held_out_so_no_held_out_text_was_trained_on(tmp_path):
-    from distill.recipes.lm.pipeline import load_text
+    from distill.recipes.lm.data import load_text
 
     names = ["Adam", "Noah", "Abram", "Sarai", "Lot", "Isaac", "Jacob", "Esau"]
     docs = [f"{name} {name} said " + " ".join([name] * 20) for name in names]
@@ -136,7 +136,7 @@ def test_whole_documents_are_held_out_so_no_held_out_text_was_trained_on(tmp_pat
 
 def test_jsonl_rows_sharing_a_group_are_held_out_together(tmp_path):
     from distill.recipes.lm.config import load_lm_config
-    from distill.recipes.lm.pipeline import load_text
+    from distill.recipes.lm.data import load_text
 
     tok = make_tokenizer(tmp_path / "tok")
     rows = [{"prompt": "And God said", "response": "Let there be light", "book": i % 4} for i in range(16)]
@@ -152,7 +152,7 @@ def test_jsonl_rows_sharing_a_group_are_held_out_together(tmp_path):
 
 
 def test_a_one_document_text_holds_out_its_last_part(tmp_path):
-    from distill.recipes.lm.pipeline import load_text
+    from distill.recipes.lm.data import load_text
 
     tok = make_tokenizer(tmp_path / "tok")
     data = load_text(_docs_cfg(tmp_path, TEXT), tok)

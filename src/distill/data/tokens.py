@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,17 @@ class TokenBlocks(Dataset):
         for t in (self.input_ids.to(torch.int64), self.attention_mask, self.loss_mask):
             h.update(t.contiguous().numpy().tobytes())
         return h.hexdigest()[:16]
+
+
+@dataclass
+class RoutedBlocks(TokenBlocks):
+    """Blocks whose every token names the teacher of its row (`teacher.route`): an index into the job's
+    teachers, or -1 where the row names none (and padding); batches carry it as `teacher_route`."""
+
+    teacher_route: torch.Tensor = None  # type: ignore[assignment]  # (N, L) int64
+
+    def batch(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {**super().batch(index), "teacher_route": self.teacher_route[index]}
 
 
 @dataclass
@@ -128,8 +139,9 @@ def pack_text(texts: list[str], tokenizer: Any, seq_len: int, max_blocks: int | 
 
 
 def encode_rows(rows: list[dict[str, Any]], tokenizer: Any, seq_len: int, *, response_only: bool,
-                packing: bool, source: str) -> TokenBlocks:
-    """Prompt/response or chat rows → blocks; `response_only` trains on response tokens only."""
+                packing: bool, source: str, route: list[int] | None = None) -> TokenBlocks:
+    """Prompt/response or chat rows → blocks; `response_only` trains on response tokens only. With
+    `route` (per row: a teacher's index, or -1), `RoutedBlocks` whose tokens carry their row's."""
     if not rows:
         raise DataError(f"{source} has no rows to train on.")
     pad_id = special_id(tokenizer, "pad")
@@ -141,9 +153,13 @@ def encode_rows(rows: list[dict[str, Any]], tokenizer: Any, seq_len: int, *, res
                     else f"prompt + response is {len(ids)} tokens")
             raise DataError(f"{source}, row {n}: {what}, longer than the context data.seq_len={seq_len}. "
                             "Raise data.seq_len, shorten or drop the row, or set data.packing=true.")
-    if packing:
-        return _pack_rows(pieces, pad_id, seq_len)
-    return _pad_rows(pieces, pad_id, seq_len)
+    layout = _pack_rows if packing else _pad_rows
+    blocks = layout(pieces, pad_id, seq_len)
+    if route is None:
+        return blocks
+    tags = [([r + 1] * len(ids), targets) for r, (ids, targets) in zip(route, pieces)]  # laid out alike
+    return RoutedBlocks(blocks.input_ids, blocks.attention_mask, blocks.loss_mask,
+                        teacher_route=layout(tags, 0, seq_len).input_ids - 1)
 
 
 def special_id(tokenizer: Any, kind: str) -> int:
@@ -346,4 +362,5 @@ def split_documents(documents: list[Any], val_fraction: float, seed: int, source
 
 
 def blocks_subset(blocks: TokenBlocks, index: torch.Tensor) -> TokenBlocks:
-    return TokenBlocks(blocks.input_ids[index], blocks.attention_mask[index], blocks.loss_mask[index])
+    """The blocks at `index`, of the same kind (every per-block tensor taken along)."""
+    return type(blocks)(**{f.name: getattr(blocks, f.name)[index] for f in fields(blocks)})

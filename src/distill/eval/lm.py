@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from distill.data.tokens import TokenBlocks
 from distill.losses.divergences import per_token_divergence
-from distill.teachers.output import Teacher
+from distill.teachers.output import Teacher, TeacherOutput
 
 
 def target_bytes(data: TokenBlocks, tokenizer: Any) -> int:
@@ -46,10 +46,8 @@ def evaluate_lm(model: nn.Module, data: TokenBlocks, vocab: int, *, teacher: Tea
         totals["ce"] += float(F.cross_entropy(logits[mask], labels[mask], reduction="sum"))
         tokens += int(mask.sum())
         if teacher is not None:
-            signal = teacher.signal(batch)
-            kl = per_token_divergence(logits, kind="forward_kl", **signal.as_kwargs())
+            kl, top1 = _to_teacher(logits, teacher.signal(batch))
             totals["kl_teacher"] += float(kl[mask].sum())
-            top1 = signal.logits.argmax(-1) if signal.logits is not None else signal.topk_indices[..., 0]
             totals["agreement"] += float((logits.argmax(-1) == top1)[mask].sum())
     model.train(was_training)
     n = max(1, tokens)
@@ -59,3 +57,15 @@ def evaluate_lm(model: nn.Module, data: TokenBlocks, vocab: int, *, teacher: Tea
     if teacher is not None:
         out.update(kl_teacher=totals["kl_teacher"] / n, agreement=totals["agreement"] / n)
     return out
+
+
+def _to_teacher(logits: torch.Tensor, signal: TeacherOutput) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per token: forward KL(teacher ‖ model) (several teachers: weighed as in training) and the teacher's
+    top-1 id (several: that of the teacher weighing most there)."""
+    kls, tops, weights = [], [], []
+    for out, w in signal.components():
+        kls.append(per_token_divergence(logits, kind="forward_kl", **out.as_kwargs()))
+        tops.append(out.logits.argmax(-1) if out.logits is not None else out.topk_indices[..., 0])
+        weights.append(torch.ones_like(kls[-1]) if w is None else w)
+    w = torch.stack(weights, -1)
+    return (torch.stack(kls, -1) * w).sum(-1), torch.stack(tops, -1).gather(-1, w.argmax(-1, keepdim=True))[..., 0]

@@ -22,7 +22,8 @@ def lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], signal: TeacherOut
     """{"loss", "ce", "kd"} means over the batch's `loss_mask` tokens; "kd" only with a signal.
 
     A float `loss_mask` weighs tokens (e.g. `distill.recipes.textkd.examples`: each example's tokens sum to
-    its task weight); the means are then weighted means.
+    its task weight); the means are then weighted means. A mixture signal (several teachers) gives
+    "kd" = Σ_i w_i · divergence(teacher_i ‖ student) per token, w_i its per-token part weights.
     """
     ratio = cfg.ratio if signal is not None else 0.0
     hidden, weight, bias = student_hidden(model, batch)  # (B, L, d), (V', d), (V',) | None
@@ -33,26 +34,30 @@ def lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], signal: TeacherOut
     aligned = batch.get("teacher_position")  # a student with another tokenizer: KD where both read alike
     aligned = None if aligned is None else (aligned >= 0).float()
 
-    def per_token(logits: torch.Tensor, labels: torch.Tensor, *teacher: torch.Tensor | None) -> torch.Tensor:
+    parts = signal.components() if signal is not None else []
+    n_parts = len(parts)
+
+    def per_token(logits: torch.Tensor, labels: torch.Tensor, here: torch.Tensor | None,
+                  part_weights: torch.Tensor | None, *teachers: torch.Tensor | None) -> torch.Tensor:
         logits = logits[:, :vocab]  # padded embedding rows are not tokens
         zeros = logits.new_zeros(len(logits), dtype=torch.float32)
         ce = F.cross_entropy(logits.float(), labels, reduction="none") if ratio < 1 else zeros
         kd = zeros
-        if ratio > 0:
-            t_logits, t_lp, t_idx, t_tail, here = teacher
+        for i in range(n_parts if ratio > 0 else 0):  # several teachers: each divergence at its weight
+            t_logits, t_lp, t_idx, t_tail = teachers[4 * i: 4 * i + 4]
             if here is not None:  # t_idx: the student ids spelling the teacher's top-k tokens, -1 if none
-                kd = cross_divergence(cfg.cross, logits, t_lp, t_tail, t_idx) * here
+                d = cross_divergence(cfg.cross, logits, t_lp, t_tail, t_idx) * here
             else:
-                kd = per_token_divergence(logits, kind=cfg.divergence, teacher_logits=t_logits,
-                                          teacher_topk_logprobs=t_lp, teacher_topk_indices=t_idx,
-                                          teacher_tail_logprob=t_tail, temperature=t, jsd_beta=cfg.jsd_beta,
-                                          skew=cfg.skew)
+                d = per_token_divergence(logits, kind=cfg.divergence, teacher_logits=t_logits,
+                                         teacher_topk_logprobs=t_lp, teacher_topk_indices=t_idx,
+                                         teacher_tail_logprob=t_tail, temperature=t, jsd_beta=cfg.jsd_beta,
+                                         skew=cfg.skew)
+            kd = kd + (d if part_weights is None else d * part_weights[:, i])
         return torch.stack([ce, kd], dim=-1)  # (n, 2)
 
-    sig = signal.as_kwargs() if signal is not None else {}
-    teacher = [sig.get(k) for k in ("teacher_logits", "teacher_topk_logprobs", "teacher_topk_indices",
-                                    "teacher_tail_logprob")]
-    sums = chunked_token_sum(hidden, weight, per_token, [labels, *teacher, aligned], mask.float(),
+    teachers = [x for out, _ in parts for x in (out.logits, out.topk_logprobs, out.topk_indices, out.tail_logprob)]
+    weights = signal.part_weights if signal is not None else None
+    sums = chunked_token_sum(hidden, weight, per_token, [labels, aligned, weights, *teachers], mask.float(),
                              chunk_size=cfg.chunk_tokens, lm_head_bias=bias)
     n = mask.float().sum().clamp_min(1e-8)  # all-masked: the sums are 0, and so is the loss
     n_kd = n if aligned is None else (mask.float() * aligned).sum().clamp_min(1e-8)

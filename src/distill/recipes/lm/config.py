@@ -57,8 +57,27 @@ class TeacherEndpointConfig(Strict):
         return v
 
 
+class OtherTeacherConfig(Strict):
+    """One more teacher (`teacher.others`): same tokenizer as `teacher.model`, used as given (no adapt)."""
+
+    name: str = Field(min_length=1, description="What `teacher.route` values and the report call it.")
+    model: str = Field(description="Model dir, hub id, or builtin:NAME (with endpoint: its tokenizer).")
+    weight: float = Field(1.0, ge=0, description="Its share of the mix (normalised over all teachers).")
+    endpoint: TeacherEndpointConfig | None = Field(None, description="Ask its top-k from a server instead.")
+
+
 class LMTeacherConfig(Strict):
     model: str = Field("builtin:smollm2-135m-instruct", description="Model dir, hub id, or builtin:NAME.")
+    name: str = Field("teacher", min_length=1, description="What `teacher.route` values call this teacher.")
+    weight: float = Field(1.0, ge=0, description="Its share of the mix when there are `teacher.others`.")
+    others: list[OtherTeacherConfig] = Field(default_factory=list, description=(
+        "More teachers with the same tokenizer: each token learns from all of them, each divergence at its "
+        "weight (teacher.weighting), or from the one its row names (teacher.route)."))
+    weighting: Literal["fixed", "confidence"] = Field("fixed", description=(
+        "fixed: the weights; confidence: weights × each teacher's probability of the actual next token."))
+    route: str | None = Field(None, description=(
+        "jsonl: the row key naming each row's teacher (teacher.name or an others' name); rows without it "
+        "(or null) learn from the mix."))
     signal: Literal["live", "cached"] = Field("cached", description="cached: top-k log-probs computed once.")
     top_k: int = Field(64, ge=1, description="Tokens kept per position in the cache (4k + 2 bytes/token).")
     cache_dir: Path | None = Field(None, description="Default: <output_dir>/<name>/teacher_cache.")
@@ -71,10 +90,28 @@ class LMTeacherConfig(Strict):
 
     @model_validator(mode="after")
     def _endpoint(self) -> LMTeacherConfig:
-        if self.endpoint is not None and (self.signal != "cached" or self.adapt is not None):
-            raise ValueError("teacher.endpoint fills the top-k cache: it needs teacher.signal=cached and no "
-                             "teacher.adapt (adapt the teacher where it is served)")
+        served = self.endpoint is not None or any(o.endpoint is not None for o in self.others)
+        if served and self.signal != "cached":
+            raise ValueError("teacher.endpoint fills the top-k cache: it needs teacher.signal=cached")
+        if self.endpoint is not None and self.adapt is not None:
+            raise ValueError("teacher.endpoint with teacher.adapt: adapt the teacher where it is served")
         return self
+
+    @model_validator(mode="after")
+    def _several(self) -> LMTeacherConfig:
+        names = [self.name] + [o.name for o in self.others]
+        if len(set(names)) < len(names):
+            raise ValueError(f"teacher names must differ (teacher.name and teacher.others[].name): {names}")
+        if self.others and self.weight + sum(o.weight for o in self.others) <= 0:
+            raise ValueError("every teacher weight is 0 (teacher.weight, teacher.others[].weight): give one > 0")
+        if self.route is not None and not self.others:
+            raise ValueError("teacher.route picks among several teachers: add teacher.others")
+        return self
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """Each teacher's configured weight, by name."""
+        return {self.name: self.weight, **{o.name: o.weight for o in self.others}}
 
 
 class LMStudentConfig(Strict):
@@ -149,6 +186,8 @@ class LMRunConfig(RunHeader):
         if self.kd.warm_start >= self.train.steps:
             raise ValueError(f"kd.warm_start ({self.kd.warm_start}) must be below train.steps "
                              f"({self.train.steps}), or the divergence never starts")
+        if self.teacher.route is not None and self.data.corpus != "jsonl":
+            raise ValueError(f"teacher.route names a row key: it needs data.corpus=jsonl (not {self.data.corpus})")
         if self.on_policy.fraction > 0 and self.on_policy.prompt_tokens >= self.data.seq_len:
             raise ValueError("on_policy.prompt_tokens must be shorter than data.seq_len")
         return self

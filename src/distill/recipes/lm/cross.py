@@ -33,6 +33,9 @@ def student_tokenizer(cfg: LMRunConfig, teacher_tokenizer: Any) -> Any | None:
         return None
     if lm_models.tokenizer_fingerprint(tok) == lm_models.tokenizer_fingerprint(teacher_tokenizer):
         return None
+    if cfg.teacher.others:
+        raise ConfigError("A student with another tokenizer learns from one teacher: remove teacher.others, or give "
+                          "the student the teachers' tokenizer.")
     if cfg.teacher.signal != "cached" or cfg.on_policy.fraction > 0:
         raise ConfigError("A student with another tokenizer learns from the teacher's top-k cache: set "
                           "teacher.signal=cached and on_policy.fraction=0.")

@@ -23,19 +23,10 @@ from torch import nn
 
 from distill.core.checkpoint import drop_training_state
 from distill.core.distributed import process_state
-from distill.core.errors import DataError, ModelError
+from distill.core.errors import ModelError
 from distill.core.files import atomic_write_text
 from distill.core.rundir import open_run_dir
-from distill.data.tokens import (
-    TextSplits,
-    blocks_subset,
-    encode_rows,
-    pack_text,
-    read_jsonl,
-    read_kjv,
-    split_blocks,
-    split_documents,
-)
+from distill.data.tokens import TextSplits
 from distill.eval.bench import machine_description, time_calls
 from distill.eval.doctor import diagnose_lm, lm_kd_settings
 from distill.eval.lm import evaluate_lm, target_bytes
@@ -45,6 +36,8 @@ from distill.models import causal_lm as lm_models
 from distill.data.alignment import vocab_map
 from distill.recipes.lm import cross
 from distill.recipes.lm.config import LMRunConfig
+from distill.recipes.lm.data import documents_of, load_text
+from distill.recipes.lm.signals import load_others, teacher_cache, teacher_signals
 from distill.teachers.cross import CrossLMTeacher
 from distill.teachers.output import Teacher
 from distill.teachers.tokens import LiveLMTeacher, TopKCache
@@ -65,6 +58,7 @@ def run_lm(cfg: LMRunConfig, resume: bool = False) -> Path:
     data = load_text(cfg, tokenizer)
     template = build_student(cfg, teacher, tokenizer)  # built (and checked) once; each stage trains a copy
     vocab = lm_models.shared_vocab(tokenizer, teacher, template)
+    others = load_others(cfg, tokenizer)
     run_dir = open_run_dir(cfg, resume)  # written only once the models and data are known to work
     if process_state(cfg.device).is_main_process:
         manifest = {"teacher": cfg.teacher.model, "licence": licence,
@@ -74,9 +68,11 @@ def run_lm(cfg: LMRunConfig, resume: bool = False) -> Path:
         atomic_write_text(run_dir / "manifest.json", json.dumps(manifest, indent=2))
     root = teacher_root(cfg, data, run_dir)
     adapted = adapt_teacher(cfg, teacher, tokenizer, data, vocab, root, resume)
-    signal, val_signal = teacher_signals(cfg, adapted, data, tokenizer, vocab, root)
+    signal, val_signal = teacher_signals(cfg, adapted, data, tokenizer, vocab, root, others,
+                                         others_root=cache_root(cfg, run_dir) / "others")
     students = train_students(cfg, template, tokenizer, data, vocab, signal, val_signal, run_dir, resume,
                               teacher, adapted)
+    students.update({f"teacher_{name}": model for name, model in others.items() if model is not None})
     if process_state(cfg.device).is_main_process:
         report = evaluate_lm_run(cfg, teacher, students, data, vocab, val_signal, licence,
                                  text_bytes=target_bytes(data.val, tokenizer))
@@ -88,14 +84,14 @@ def run_lm(cfg: LMRunConfig, resume: bool = False) -> Path:
 def run_cross_lm(cfg: LMRunConfig, teacher: nn.Module, tokenizer: Any, student_tok: Any, licence: str | None,
                  resume: bool) -> Path:
     """The job for a student with another tokenizer (`distill.recipes.lm.cross`)."""
-    data, student_data = cross.cross_splits(cfg, tokenizer, student_tok, _documents(cfg))
+    data, student_data = cross.cross_splits(cfg, tokenizer, student_tok, documents_of(cfg))
     template = cross.cross_student(cfg, teacher, student_tok)
     vocab, student_vocab = lm_models.shared_vocab(tokenizer, teacher), lm_models.shared_vocab(student_tok, template)
     run_dir = open_run_dir(cfg, resume)
     root = teacher_root(cfg, data, run_dir)
     adapted = adapt_teacher(cfg, teacher, tokenizer, data, vocab, root, resume)
     with process_state(cfg.device).main_process_first():
-        cache = _cache(cfg, adapted, data.train, tokenizer, vocab, root / "train")
+        cache = teacher_cache(cfg, adapted, data.train, tokenizer, vocab, root / "train")
     signal = CrossLMTeacher(cache, vocab_map(tokenizer, student_tok))
     students = train_students(cfg, template, student_tok, student_data, student_vocab, signal, None, run_dir,
                               resume, teacher, adapted)
@@ -122,28 +118,40 @@ def train_students(cfg: LMRunConfig, template: nn.Module, tokenizer: Any, data: 
 
 
 def build_caches(cfg: LMRunConfig) -> dict[str, TopKCache]:
-    """Just the teacher caches of `cfg` (train and val), built or verified; through `teacher.endpoint`
-    without loading the teacher here."""
+    """Just the teacher caches of `cfg` (train and val; with `teacher.others`, theirs too), built or
+    verified; through an endpoint without loading that teacher here."""
     require_transformers()
     tokenizer = lm_models.load_tokenizer(cfg.teacher.model, "teacher.model")
-    data = load_text(cfg, tokenizer)
-    if cfg.teacher.endpoint is not None:
-        root = teacher_root(cfg, data, Path(cfg.output_dir) / cfg.name)
-        return {split: _cache(cfg, None, getattr(data, split), tokenizer, len(tokenizer), root / split)
-                for split in ("train", "val")}
-    teacher = lm_models.load_causal_lm(cfg.teacher.model, "teacher.model")
-    vocab = lm_models.shared_vocab(tokenizer, teacher)
-    root = teacher_root(cfg, data, Path(cfg.output_dir) / cfg.name)
-    teacher = adapt_teacher(cfg, teacher, tokenizer, data, vocab, root, resume=True)
-    return {split: _cache(cfg, teacher, getattr(data, split), tokenizer, vocab, root / split)
-            for split in ("train", "val")}
+    data, vocab = load_text(cfg, tokenizer), len(tokenizer)
+    others = load_others(cfg, tokenizer)
+    teacher = None
+    if cfg.teacher.endpoint is None:
+        teacher = lm_models.load_causal_lm(cfg.teacher.model, "teacher.model")
+        vocab = lm_models.shared_vocab(tokenizer, teacher)
+    run_dir = Path(cfg.output_dir) / cfg.name
+    root = teacher_root(cfg, data, run_dir)
+    if teacher is not None:
+        teacher = adapt_teacher(cfg, teacher, tokenizer, data, vocab, root, resume=True)
+    caches = {split: teacher_cache(cfg, teacher, getattr(data, split), tokenizer, vocab, root / split)
+              for split in ("train", "val")}
+    for o in cfg.teacher.others:
+        where = cache_root(cfg, run_dir) / "others" / o.name
+        caches.update({f"{o.name}/{split}": teacher_cache(cfg, others[o.name], getattr(data, split), tokenizer, vocab,
+                                                          where / split, model=o.model, endpoint=o.endpoint,
+                                                          adapted=False) for split in ("train", "val")})
+    return caches
+
+
+def cache_root(cfg: LMRunConfig, run_dir: Path) -> Path:
+    """`teacher.cache_dir`, or the run's teacher_cache/."""
+    return Path(cfg.teacher.cache_dir or run_dir / "teacher_cache")
 
 
 def teacher_root(cfg: LMRunConfig, data: TextSplits, run_dir: Path) -> Path:
     """Where the teacher's products live: the caches, and with `teacher.adapt` the adapted teacher, in a
     folder named after the adaptation settings and the training corpus (so runs sharing `teacher.cache_dir`
     share one adapted teacher, and other settings never read its caches)."""
-    root = Path(cfg.teacher.cache_dir or run_dir / "teacher_cache")
+    root = cache_root(cfg, run_dir)
     return root / f"adapted-{_adapt_id(cfg, data)}" if cfg.teacher.adapt is not None else root
 
 
@@ -174,83 +182,6 @@ def adapt_teacher(cfg: LMRunConfig, teacher: nn.Module, tokenizer: Any, data: Te
     return adapted.to(next(teacher.parameters()).device).requires_grad_(False)
 
 
-def _cache(cfg: LMRunConfig, teacher: nn.Module | None, blocks: Any, tokenizer: Any, vocab: int,
-           directory: Path) -> TopKCache:
-    """The top-k cache of `blocks`, computed by `teacher`, or asked from `teacher.endpoint` when set."""
-    adapted = f" adapted {directory.parent.name}" if cfg.teacher.adapt is not None else ""
-    e = cfg.teacher.endpoint
-    served = f" served as {e.model} at {e.url}" if e is not None else ""  # its own cache: the server's word
-    identity = {"teacher": cfg.teacher.model + adapted + served, "k": cfg.teacher.top_k, "vocab": vocab,
-                "tokenizer": lm_models.tokenizer_fingerprint(tokenizer)}
-    if e is not None:
-        from distill.teachers.endpoint import EndpointTopK
-
-        teacher = EndpointTopK(e.url, e.model, k=cfg.teacher.top_k, vocab=vocab, concurrency=e.concurrency,
-                               api_key_env=e.api_key_env, timeout_s=e.timeout_s, max_retries=e.max_retries)
-    return TopKCache.build_or_open(teacher, blocks, directory, identity=identity, batch_size=cfg.teacher.batch_size,
-                                   rebuild=cfg.teacher.cache_rebuild, quiet=cfg.quiet,
-                                   device=process_state(cfg.device).device)
-
-
-def load_text(cfg: LMRunConfig, tokenizer: Any) -> TextSplits:
-    """Training and held-out blocks: whole documents held out (`data.holdout: documents`), or
-    random blocks of the packed corpus (`blocks`)."""
-    d = cfg.data
-    documents = _documents(cfg)
-    if d.held_out_by == "documents":
-        train_docs, val_docs = split_documents(documents, d.val_fraction, d.seed, str(d.path or d.corpus))
-        splits = TextSplits(train=_blocks(cfg, train_docs, tokenizer, d.max_blocks),
-                            val=_blocks(cfg, val_docs, tokenizer, None, held_out=True),
-                            holdout="tail" if len(documents) == 1 else "documents")
-    else:
-        splits = split_blocks(_blocks(cfg, documents, tokenizer, d.max_blocks), d.val_fraction, d.seed)
-    if d.val_blocks is not None and len(splits.val) > d.val_blocks:
-        splits.val = blocks_subset(splits.val, torch.arange(d.val_blocks))
-    return splits
-
-
-HOLDOUT_WORDS = {"documents": "of whole held-out documents", "tail": "of the text's last part, held out"}
-
-
-def _documents(cfg: LMRunConfig) -> list[Any]:
-    """The corpus as documents: KJV verses, pieces of a text file, JSONL rows (grouped by group_column)."""
-    d = cfg.data
-    if d.corpus == "kjv":
-        return read_kjv(d.path)
-    if d.corpus == "text":
-        text = Path(d.path).read_text()  # type: ignore[arg-type]
-        if d.held_out_by != "documents" or d.document_separator is None:
-            return [text]  # one text: its last part is held out
-        return [doc for doc in text.split(d.document_separator) if doc.strip()]
-    rows = read_jsonl(d.path)  # type: ignore[arg-type]
-    if d.group_column is None:
-        return [[row] for row in rows]
-    groups: dict[str, list[dict]] = {}
-    for n, row in enumerate(rows, 1):
-        if d.group_column not in row:
-            raise DataError(f"{d.path}, row {n}: no `{d.group_column}` key (data.group_column); give every row "
-                            "one, or remove data.group_column.")
-        groups.setdefault(json.dumps(row[d.group_column], sort_keys=True), []).append(row)
-    return list(groups.values())
-
-
-def _blocks(cfg: LMRunConfig, documents: list[Any], tokenizer: Any, max_blocks: int | None,
-            held_out: bool = False) -> Any:
-    d = cfg.data
-    try:
-        if d.corpus != "jsonl":
-            return pack_text(documents, tokenizer, d.seq_len, max_blocks)
-        rows = [row for group in documents for row in group]
-        blocks = encode_rows(rows, tokenizer, d.seq_len, response_only=d.response_only, packing=d.packing,
-                             source=str(d.path))
-        return blocks_subset(blocks, torch.arange(min(len(blocks), max_blocks))) if max_blocks else blocks
-    except DataError as exc:
-        if not held_out or "fewer than one block" not in str(exc):
-            raise
-        raise DataError(f"The held-out documents ({len(documents)}) make no block of data.seq_len={d.seq_len} "
-                        f"tokens ({exc}); raise data.val_fraction, or set data.holdout=blocks.") from None
-
-
 def build_student(cfg: LMRunConfig, teacher: nn.Module, tokenizer: Any) -> nn.Module:
     s = cfg.student
     if s.model is not None:
@@ -262,20 +193,6 @@ def build_student(cfg: LMRunConfig, teacher: nn.Module, tokenizer: Any) -> nn.Mo
     if s.lora is not None:
         student = lm_models.add_lora(student, s.lora.r, s.lora.alpha, s.lora.dropout, s.lora.target_modules)
     return student
-
-
-def teacher_signals(cfg: LMRunConfig, teacher: nn.Module, data: TextSplits, tokenizer: Any, vocab: int,
-                    root: Path) -> tuple[Teacher, Teacher]:
-    """Training signal (live, or the top-k cache) and the validation signal (cached the same way), in `root`."""
-    live = LiveLMTeacher(teacher, vocab)
-    if cfg.teacher.signal == "live" and cfg.on_policy.fraction > 0:
-        return live, live
-    caches = {}
-    with process_state(cfg.device).main_process_first():  # one process builds, the others open it
-        for split in ("train", "val"):
-            if split == "val" or cfg.teacher.signal == "cached":
-                caches[split] = _cache(cfg, teacher, getattr(data, split), tokenizer, vocab, root / split)
-    return caches.get("train", live), caches["val"]
 
 
 def train_stage(cfg: LMRunConfig, stage: str, template: nn.Module, tokenizer: Any, data: TextSplits, vocab: int,
@@ -348,6 +265,10 @@ def evaluate_lm_run(cfg: LMRunConfig, teacher: nn.Module, students: dict[str, nn
         "kl_over": "full vocabulary" if isinstance(val_signal, LiveLMTeacher) else f"top-{cfg.teacher.top_k} + tail",
         "models": models, "summary": summary,
     }
+    if cfg.teacher.others:
+        t = cfg.teacher
+        report["teachers"] = {"weights": t.weights, "weighting": t.weighting, "route": t.route,
+                              "models": {t.name: t.model, **{o.name: o.model for o in t.others}}}
     report["doctor"] = diagnose_lm(report)
     return report
 
@@ -374,6 +295,9 @@ def render_lm(run_dir: Path) -> Path:
     return run_dir / "report.md"
 
 
+HOLDOUT_WORDS = {"documents": "of whole held-out documents", "tail": "of the text's last part, held out"}
+
+
 def render_lm_report(report: dict[str, Any], plots: list[Path] | None = None) -> str:
     """Markdown for a person: what was distilled, how close the student is, at what cost, how it learnt."""
     t = report["teacher"]
@@ -392,7 +316,7 @@ def render_lm_report(report: dict[str, Any], plots: list[Path] | None = None) ->
               + (f", CE only for the first {kd['warm_start']} steps" if kd.get("warm_start") else "")
               + f"; teacher signal: {report['teacher_signal']}"
               + (f" (top-{report['top_k']})" if report["teacher_signal"] == "cached" else "") + ".", "",
-              *_adapt_line(report.get("teacher_adapt")),
+              *_adapt_line(report.get("teacher_adapt")), *_teachers_line(report.get("teachers")),
               "| model | params | held-out ppl | bits per byte | KL to teacher | top-1 agreement | forward ms (1 block) |",
               "|---|---:|---:|---:|---:|---:|---:|"]
     for name, m in report["models"].items():
@@ -419,6 +343,20 @@ def render_lm_report(report: dict[str, Any], plots: list[Path] | None = None) ->
     for plot in plots or []:
         lines += ["", f"![learning curves]({plot.as_posix()})"]
     return "\n".join(lines) + "\n"
+
+
+def _teachers_line(teachers: dict[str, Any] | None) -> list[str]:
+    """Several teachers: who, at what weight, and how tokens pick among them."""
+    if not teachers:
+        return []
+    total = sum(teachers["weights"].values())
+    who = ", ".join(f"{name} (`{teachers['models'][name]}`, {w / total:.2f})" for name, w in teachers["weights"].items())
+    how = {"fixed": "each token learns from all of them at these weights",
+           "confidence": "each token weighs them by these weights × their probability of the actual next token"
+           }[teachers["weighting"]]
+    if teachers["route"]:
+        how = f"rows learn from the teacher their `{teachers['route']}` key names; the others' tokens: {how}"
+    return [f"Teachers: {who}; {how}.", ""]
 
 
 def _adapt_line(adapt: dict[str, Any] | None) -> list[str]:
