@@ -113,7 +113,51 @@ def test_distill_lm_builds_its_cache_through_the_endpoint_then_needs_no_server(t
         assert main(["lm", *common, endpoint]) == 0
     caches = list((tmp_path / "runs" / "remote" / "teacher_cache").glob("*/manifest.json"))
     assert len(caches) == 2 and all("served as teacher at" in p.read_text() for p in caches)
+    import json
+
+    from distill.eval.lm import evaluate_lm
+    from distill.recipes.lm.data import load_text
+
+    report = json.loads((tmp_path / "runs" / "remote" / "report.json").read_text())
+    served_row = report["models"]["teacher"]
+    assert served_row["served"].startswith("teacher at http") and "forward_ms" not in served_row
+    here = evaluate_lm(make_llama(tmp_path / "again", tok), load_text(load_lm_config(None, common), tok).val, len(tok))
+    assert served_row["ppl"] == pytest.approx(here["ppl"], rel=1e-3)  # the server's log-probs, kept by lm-cache
+    assert "it never ran in this process" in (tmp_path / "runs" / "remote" / "report.md").read_text()
     with pytest.raises(Exception, match="it needs teacher.signal=cached"):
         load_lm_config(None, [*common, endpoint, "teacher.signal=live"])
     with pytest.raises(Exception, match="adapt the teacher where it is served"):
         load_lm_config(None, [*common, endpoint, "teacher.adapt={steps: 2}"])
+
+
+def test_with_an_endpoint_distill_lm_never_loads_the_teacher_for_a_student_built_from_config(served, tmp_path,
+                                                                                              monkeypatch):
+    import warnings
+
+    from distill.models import causal_lm
+    from distill.recipes.lm.config import load_lm_config
+    from distill.recipes.lm.pipeline import run_lm
+
+    server, model, tok = served
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT * 3)
+    loaded = []
+    real = causal_lm.load_causal_lm
+    monkeypatch.setattr(causal_lm, "load_causal_lm", lambda source, *a, **kw: loaded.append(source) or real(source, *a, **kw))
+    root = tmp_path / "tok"
+    make_tokenizer(root)
+    make_llama(root, tok)  # the same tokenizer and config as the served teacher (seeded alike)
+    cfg = load_lm_config(None, [f"teacher.model={root}", f"output_dir={tmp_path / 'runs'}", "name=served",
+                                "data.corpus=text", f"data.path={corpus}", "data.seq_len=16", "data.val_fraction=0.2",
+                                "student.layers=null", "student.config={num_hidden_layers: 1}", "train.steps=2",
+                                "train.batch_size=2", f"teacher.top_k={K}", "quiet=true", "device=cpu",
+                                "teacher.adapt=null", f"teacher.endpoint={{url: '{server.url}/v1', model: teacher}}"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_dir = run_lm(cfg)
+    assert loaded == []  # neither for the student (built from config) nor for the teacher's evaluation
+    import json
+
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["models"]["teacher"]["params"] == sum(p.numel() for p in model.parameters())
+    assert {"baseline", "distilled"} <= set(report["models"]) and "speedup" not in report["summary"]

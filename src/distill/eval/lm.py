@@ -69,3 +69,19 @@ def _to_teacher(logits: torch.Tensor, signal: TeacherOutput) -> tuple[torch.Tens
         weights.append(torch.ones_like(kls[-1]) if w is None else w)
     w = torch.stack(weights, -1)
     return (torch.stack(kls, -1) * w).sum(-1), torch.stack(tops, -1).gather(-1, w.argmax(-1, keepdim=True))[..., 0]
+
+
+def evaluate_logprobs(token_logprobs: list[list[float]], data: TokenBlocks, text_bytes: int | None = None
+                      ) -> dict[str, float]:
+    """`evaluate_lm`'s CE, perplexity and bits per byte from a model's log-probs of each block's real
+    tokens after the first (`distill.teachers.endpoint.EndpointTopK.token_logprobs`): a served model."""
+    ce, tokens = 0.0, 0
+    for i, lps in enumerate(token_logprobs):
+        mask = data.loss_mask[i, : len(lps)]  # position t predicts token t + 1, whose log-prob is lps[t]
+        ce -= math.fsum(lp for lp, m in zip(lps, mask.tolist()) if m)
+        tokens += int(mask.sum())
+    n = max(1, tokens)
+    out = {"ce": ce / n, "ppl": math.exp(ce / n)}
+    if text_bytes:
+        out["bpb"] = ce / math.log(2) / text_bytes
+    return out

@@ -29,9 +29,9 @@ def lm_card(report: dict[str, Any], student: str = "distilled") -> str:
     s = models[student]
     lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
              f"# {report['name']}: a student distilled from {teacher_id}", "",
-             f"{s['params'] / 1e6:.1f}M parameters ({s['params'] / models['teacher']['params']:.2f}× the teacher), "
-             f"{models['teacher']['forward_ms'] / s['forward_ms']:.1f}× faster per block on the machine that "
-             f"measured it ({report['machine']}).", ""]
+             f"{s['params'] / 1e6:.1f}M parameters ({s['params'] / models['teacher']['params']:.2f}× the teacher)"
+             + (f", {models['teacher']['forward_ms'] / s['forward_ms']:.1f}× faster per block on the machine that "
+                f"measured it ({report['machine']})." if "forward_ms" in models["teacher"] else "."), ""]
     if t.get("licence_warning"):
         lines += [f"> Licence: the teacher's licence ({t['licence']}) {t['licence_warning']}.", ""]
     lines += [f"**Data:** {d['corpus']}, {d['train_blocks']} training blocks of {d['seq_len']} tokens, "

@@ -87,6 +87,24 @@ def load_causal_lm(source: str, key: str = "teacher.model", dtype: torch.dtype =
                          else _not_found(source, key, exc)) from None
 
 
+def skeleton(source: str, key: str = "teacher.model") -> nn.Module:
+    """The model of `source` built from its config on the meta device: its class, shapes and parameter
+    count without its weights (for a teacher served elsewhere, `teacher.endpoint`)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    where = resolve_source(source, key)
+    try:
+        config = AutoConfig.from_pretrained(where)
+    except (OSError, ValueError) as exc:
+        raise ModelError(_not_found(source, key, exc)) from None
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def is_skeleton(model: nn.Module) -> bool:
+    return next(model.parameters()).is_meta
+
+
 def _lacks_safetensors(where: str, exc: OSError) -> bool:
     path = Path(where)
     if path.is_dir():

@@ -53,6 +53,21 @@ class EndpointTopK:
                                   range(len(input_ids))))
         return tuple(torch.stack(p) for p in zip(*parts))
 
+    def token_logprobs(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> list[list[float]]:
+        """Per block, the log-prob the served model gives each real token after the first, given the
+        tokens before it (its held-out perplexity, without the model in this process)."""
+        def one(i: int) -> list[float]:
+            ids = input_ids[i, :int(lengths[i])].tolist()
+            if len(ids) < 2:
+                return []
+            answer = self.client.request({"model": self.client.model, "prompt": ids, "max_tokens": 0, "echo": True,
+                                          "logprobs": 1, "temperature": 0, "return_tokens_as_token_ids": True},
+                                         path="/completions")
+            return _token_logprobs(answer, len(ids), self.client.base_url)
+
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            return list(pool.map(one, range(len(input_ids))))
+
     def block(self, ids: list[int], seq_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One block's (T, k) log-probs and ids and (T, 1) log tail, from one scoring request."""
         k = self.k
@@ -82,6 +97,17 @@ class EndpointTopK:
             mass = math.fsum(math.exp(lp) for lp in lps_t)  # exact sum: the tail may be 1e-6 of it
             tail[t, 0] = max(math.log1p(-mass) if mass < 1 else TAIL_FLOOR, TAIL_FLOOR)
         return logprobs, indices, tail
+
+
+def _token_logprobs(answer: dict[str, Any], n: int, where: str) -> list[float]:
+    try:
+        values = answer["choices"][0]["logprobs"]["token_logprobs"][1:n]
+    except (KeyError, IndexError, TypeError):
+        values = None
+    if not isinstance(values, list) or len(values) != n - 1 or not all(isinstance(v, (int, float)) for v in values):
+        raise TeacherUnavailable(f"Teacher endpoint {where} returned no log-prob for every prompt token (the answer "
+                                 f"was {str(answer)[:200]!r}); it must support echo with logprobs on /completions.")
+    return [float(v) for v in values]
 
 
 def _top_logprobs(answer: dict[str, Any], n: int, where: str) -> list[Any]:

@@ -29,7 +29,7 @@ from distill.core.rundir import open_run_dir
 from distill.data.tokens import TextSplits
 from distill.eval.bench import machine_description, time_calls
 from distill.eval.doctor import diagnose_lm, lm_kd_settings
-from distill.eval.lm import evaluate_lm, target_bytes
+from distill.eval.lm import evaluate_lm, evaluate_logprobs, target_bytes
 from distill.eval.report import doctor_lines
 from distill.losses.config import TokenKDConfig
 from distill.models import causal_lm as lm_models
@@ -37,7 +37,7 @@ from distill.data.alignment import vocab_map
 from distill.recipes.lm import cross
 from distill.recipes.lm.config import LMRunConfig
 from distill.recipes.lm.data import documents_of, load_text
-from distill.recipes.lm.signals import load_others, teacher_cache, teacher_signals
+from distill.recipes.lm.signals import load_others, served_logprobs, teacher_cache, teacher_signals
 from distill.teachers.cross import CrossLMTeacher
 from distill.teachers.output import Teacher
 from distill.teachers.tokens import LiveLMTeacher, TopKCache
@@ -51,7 +51,7 @@ def run_lm(cfg: LMRunConfig, resume: bool = False) -> Path:
     tokenizer = lm_models.load_tokenizer(cfg.teacher.model, "teacher.model")
     licence = lm_models.licence_of(cfg.teacher.model)
     lm_models.warn_licence(licence)
-    teacher = lm_models.load_causal_lm(cfg.teacher.model, "teacher.model").to(process_state(cfg.device).device)
+    teacher = teacher_model(cfg)
     student_tok = cross.student_tokenizer(cfg, tokenizer)
     if student_tok is not None:  # another tokenizer: taught at aligned positions
         return run_cross_lm(cfg, teacher, tokenizer, student_tok, licence, resume)
@@ -75,7 +75,7 @@ def run_lm(cfg: LMRunConfig, resume: bool = False) -> Path:
     students.update({f"teacher_{name}": model for name, model in others.items() if model is not None})
     if process_state(cfg.device).is_main_process:
         report = evaluate_lm_run(cfg, teacher, students, data, vocab, val_signal, licence,
-                                 text_bytes=target_bytes(data.val, tokenizer))
+                                 text_bytes=target_bytes(data.val, tokenizer), root=root)
         atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2))
         render_lm(run_dir)
     return run_dir
@@ -97,7 +97,7 @@ def run_cross_lm(cfg: LMRunConfig, teacher: nn.Module, tokenizer: Any, student_t
                               resume, teacher, adapted)
     if process_state(cfg.device).is_main_process:
         report = evaluate_lm_run(cfg, teacher, students, data, vocab, None, licence,
-                                 text_bytes=target_bytes(data.val, tokenizer), student_data=student_data,
+                                 text_bytes=target_bytes(data.val, tokenizer), root=root, student_data=student_data,
                                  student_vocab=student_vocab, student_bytes=target_bytes(student_data.val, student_tok))
         report["cross_tokenizer"] = {"method": cfg.kd.cross, "aligned_share": student_data.train.aligned_share,
                                      "student_tokenizer": cfg.student.tokenizer or cfg.student.model}
@@ -122,8 +122,10 @@ def build_caches(cfg: LMRunConfig) -> dict[str, TopKCache]:
     verified; through an endpoint without loading that teacher here."""
     require_transformers()
     tokenizer = lm_models.load_tokenizer(cfg.teacher.model, "teacher.model")
-    data, vocab = load_text(cfg, tokenizer), len(tokenizer)
-    others = load_others(cfg, tokenizer)
+    student_tok = cross.student_tokenizer(cfg, tokenizer)  # another tokenizer: the teacher's side of its chunks
+    data = load_text(cfg, tokenizer) if student_tok is None else \
+        cross.cross_splits(cfg, tokenizer, student_tok, documents_of(cfg))[0]
+    vocab, others = len(tokenizer), load_others(cfg, tokenizer)
     teacher = None
     if cfg.teacher.endpoint is None:
         teacher = lm_models.load_causal_lm(cfg.teacher.model, "teacher.model")
@@ -133,7 +135,9 @@ def build_caches(cfg: LMRunConfig) -> dict[str, TopKCache]:
     if teacher is not None:
         teacher = adapt_teacher(cfg, teacher, tokenizer, data, vocab, root, resume=True)
     caches = {split: teacher_cache(cfg, teacher, getattr(data, split), tokenizer, vocab, root / split)
-              for split in ("train", "val")}
+              for split in ("train", "val") if split == "train" or student_tok is None}  # cross runs use no val cache
+    if cfg.teacher.endpoint is not None:  # the served teacher's own held-out scores, for the run's report
+        served_logprobs(cfg, data.val, root / "val", vocab)
     for o in cfg.teacher.others:
         where = cache_root(cfg, run_dir) / "others" / o.name
         caches.update({f"{o.name}/{split}": teacher_cache(cfg, others[o.name], getattr(data, split), tokenizer, vocab,
@@ -182,8 +186,18 @@ def adapt_teacher(cfg: LMRunConfig, teacher: nn.Module, tokenizer: Any, data: Te
     return adapted.to(next(teacher.parameters()).device).requires_grad_(False)
 
 
+def teacher_model(cfg: LMRunConfig) -> nn.Module:
+    """The teacher on this process's device; with `teacher.endpoint`, its skeleton (config and shapes,
+    no weights): the served teacher never enters this process's memory."""
+    if cfg.teacher.endpoint is not None:
+        return lm_models.skeleton(cfg.teacher.model, "teacher.model")
+    return lm_models.load_causal_lm(cfg.teacher.model, "teacher.model").to(process_state(cfg.device).device)
+
+
 def build_student(cfg: LMRunConfig, teacher: nn.Module, tokenizer: Any) -> nn.Module:
     s = cfg.student
+    if s.layers is not None and lm_models.is_skeleton(teacher):  # a served teacher: its weights, for the copy only
+        teacher = lm_models.load_causal_lm(cfg.teacher.model, "teacher.model")
     if s.model is not None:
         student = lm_models.load_causal_lm(s.model, "student.model")
         lm_models.check_same_tokenizer(tokenizer, lm_models.load_tokenizer(s.model, "student.model"),
@@ -227,14 +241,13 @@ def _fit_and_save(cfg: LMRunConfig, model: nn.Module, tokenizer: Any, data: Text
 
 def evaluate_lm_run(cfg: LMRunConfig, teacher: nn.Module, students: dict[str, nn.Module], data: TextSplits,
                     vocab: int, val_signal: Teacher | None, licence: str | None, text_bytes: int | None = None,
-                    *, student_data: TextSplits | None = None, student_vocab: int | None = None,
+                    *, root: Path | None = None, student_data: TextSplits | None = None, student_vocab: int | None = None,
                     student_bytes: int | None = None) -> dict[str, Any]:
     """The report: every model on the held-out blocks. A student with another tokenizer (`student_data`,
     `student_vocab`, `student_bytes`) is scored on its own blocks of the same text: bits per byte
     compare it with the teacher, and there is no KL or agreement across vocabularies."""
     shown = None if cfg.quiet else "evaluate {}"
-    models: dict[str, Any] = {"teacher": {**evaluate_lm(teacher, data.val, vocab, progress=shown and shown.format(
-        "teacher"), text_bytes=text_bytes), **_costs(teacher, data)}}
+    models: dict[str, Any] = {"teacher": _teacher_row(cfg, teacher, data, vocab, text_bytes, shown, root)}
     own = student_data or data
     for name, model in students.items():
         theirs = name == "teacher_adapted" or student_data is None
@@ -243,8 +256,9 @@ def evaluate_lm_run(cfg: LMRunConfig, teacher: nn.Module, students: dict[str, nn
                                       text_bytes=text_bytes if theirs else student_bytes,
                                       progress=shown and shown.format(name)), **_costs(model, data if theirs else own)}
     t, s = models.get("teacher_adapted", models["teacher"]), models["distilled"]  # the teacher that taught
-    summary = {"params_ratio": s["params"] / t["params"], "speedup": t["forward_ms"] / s["forward_ms"],
-               "ppl_ratio": s["ppl"] / t["ppl"]}
+    summary = {"params_ratio": s["params"] / t["params"], "ppl_ratio": s["ppl"] / t["ppl"]}
+    if "forward_ms" in t:  # not for a teacher served elsewhere
+        summary["speedup"] = t["forward_ms"] / s["forward_ms"]
     if "bpb" in s and "bpb" in t:
         summary["bpb_ratio"] = s["bpb"] / t["bpb"]
     if "baseline" in models:
@@ -271,6 +285,19 @@ def evaluate_lm_run(cfg: LMRunConfig, teacher: nn.Module, students: dict[str, nn
                               "models": {t.name: t.model, **{o.name: o.model for o in t.others}}}
     report["doctor"] = diagnose_lm(report)
     return report
+
+
+def _teacher_row(cfg: LMRunConfig, teacher: nn.Module, data: TextSplits, vocab: int, text_bytes: int | None,
+                 shown: str | None, root: Path | None) -> dict[str, Any]:
+    """The teacher on the held-out blocks: here, or through `teacher.endpoint` (its prompt log-probs,
+    kept in `root`/val; no forward time, which would be the server's)."""
+    e = cfg.teacher.endpoint
+    if e is None:
+        return {**evaluate_lm(teacher, data.val, vocab, progress=shown and shown.format("teacher"),
+                              text_bytes=text_bytes), **_costs(teacher, data)}
+    scored = served_logprobs(cfg, data.val, root / "val", vocab)
+    return {**evaluate_logprobs(scored, data.val, text_bytes), "params": lm_models.count_parameters(teacher),
+            "served": f"{e.model} at {e.url}"}
 
 
 def _costs(model: nn.Module, data: TextSplits) -> dict[str, float]:
@@ -323,13 +350,16 @@ def render_lm_report(report: dict[str, Any], plots: list[Path] | None = None) ->
         kl = f"{m['kl_teacher']:.3f}" if "kl_teacher" in m else "–"
         agree = f"{100 * m['agreement']:.1f}%" if "agreement" in m else "–"
         bpb = f"{m['bpb']:.3f}" if "bpb" in m else "–"  # reports from before bits per byte have none
-        lines.append(f"| {name} | {m['params'] / 1e6:.1f}M | {m['ppl']:.2f} | {bpb} | {kl} | {agree} | "
-                     f"{m['forward_ms']:.1f} |")
+        ms = f"{m['forward_ms']:.1f}" if "forward_ms" in m else "served"
+        lines.append(f"| {name} | {m['params'] / 1e6:.1f}M | {m['ppl']:.2f} | {bpb} | {kl} | {agree} | {ms} |")
     s, cross_tok = report["summary"], report.get("cross_tokenizer")
     quality = (f"its bits per byte are {s['bpb_ratio']:.2f}× the teacher's (perplexities of different "
                "vocabularies do not compare)" if cross_tok else f"its perplexity is {s['ppl_ratio']:.2f}× the teacher's")
-    lines += ["", f"The distilled student has {s['params_ratio']:.2f}× the teacher's parameters and runs "
-              f"{s['speedup']:.1f}× faster; {quality}."]
+    speed = f" and runs {s['speedup']:.1f}× faster" if "speedup" in s else ""
+    lines += ["", f"The distilled student has {s['params_ratio']:.2f}× the teacher's parameters{speed}; {quality}."]
+    if report["models"]["teacher"].get("served"):
+        lines.append(f"The teacher was served ({report['models']['teacher']['served']}): its log-probs came from the "
+                     "server, and it never ran in this process.")
     if cross_tok:
         lines.append(f"It has its own tokenizer ({cross_tok['student_tokenizer']}) and learnt from the teacher "
                      f"({cross_tok['method']}) at the {100 * cross_tok['aligned_share']:.0f}% of its positions where "

@@ -8,6 +8,7 @@ mixed per token (`distill.teachers.mixture`), each teacher's cache in its own fo
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from torch import nn
 
 from distill.core.distributed import process_state
 from distill.core.errors import ModelError
+from distill.core.files import atomic_write_text
 from distill.data.tokens import TextSplits, TokenBlocks
 from distill.models import causal_lm as lm_models
 from distill.recipes.lm.config import LMRunConfig, TeacherEndpointConfig
@@ -36,13 +38,35 @@ def teacher_cache(cfg: LMRunConfig, teacher: nn.Module | None, blocks: TokenBloc
     identity = {"teacher": model + (f" adapted {directory.parent.name}" if adapted else "") + served,
                 "k": cfg.teacher.top_k, "vocab": vocab, "tokenizer": lm_models.tokenizer_fingerprint(tokenizer)}
     if e is not None:
-        from distill.teachers.endpoint import EndpointTopK
-
-        teacher = EndpointTopK(e.url, e.model, k=cfg.teacher.top_k, vocab=vocab, concurrency=e.concurrency,
-                               api_key_env=e.api_key_env, timeout_s=e.timeout_s, max_retries=e.max_retries)
+        teacher = endpoint_teacher(cfg, e, vocab)
     return TopKCache.build_or_open(teacher, blocks, directory, identity=identity, batch_size=cfg.teacher.batch_size,
                                    rebuild=cfg.teacher.cache_rebuild, quiet=cfg.quiet,
                                    device=process_state(cfg.device).device)
+
+
+def endpoint_teacher(cfg: LMRunConfig, e: TeacherEndpointConfig, vocab: int) -> Any:
+    """The `distill.teachers.endpoint.EndpointTopK` asking the server `e` for top-`teacher.top_k` log-probs."""
+    from distill.teachers.endpoint import EndpointTopK
+
+    return EndpointTopK(e.url, e.model, k=cfg.teacher.top_k, vocab=vocab, concurrency=e.concurrency,
+                        api_key_env=e.api_key_env, timeout_s=e.timeout_s, max_retries=e.max_retries)
+
+
+def served_logprobs(cfg: LMRunConfig, blocks: TokenBlocks, directory: Path, vocab: int) -> list[list[float]]:
+    """The served teacher's log-prob of every real token of `blocks` (its held-out perplexity), asked
+    once and kept in `directory` beside its cache, so a later run needs no server either."""
+    e = cfg.teacher.endpoint
+    assert e is not None
+    path, key = directory / "token_logprobs.json", {"corpus": blocks.fingerprint(), "served": f"{e.model} at {e.url}"}
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if {k: saved.get(k) for k in key} == key:
+            return saved["logprobs"]
+    scored = endpoint_teacher(cfg, e, vocab).token_logprobs(blocks.input_ids, blocks.attention_mask.sum(-1))
+    if process_state(cfg.device).is_main_process:
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps({**key, "logprobs": scored}))
+    return scored
 
 
 def load_others(cfg: LMRunConfig, tokenizer: Any) -> dict[str, nn.Module | None]:
