@@ -167,3 +167,61 @@ def test_a_tokenizer_without_offsets_is_named():
 
     with pytest.raises(DataError, match="Slow gives no character offsets.*fast version"):
         with_ends(Slow(), "some text")
+
+
+def test_the_live_cross_teacher_reads_the_students_text_and_matches_the_cache(tokenizers, tmp_path):
+    """On the data's own blocks the live teacher (what on-policy rounds use) finds the same aligned
+    positions and gives the same top-k as the cache built over the teacher's blocks."""
+    from lm_helpers import make_llama
+
+    from distill.data.cross_blocks import cross_blocks
+    from distill.teachers.cross import CrossLiveTeacher, CrossLMTeacher
+    from distill.teachers.tokens import TopKCache
+
+    words, bpe = tokenizers  # the student writes byte-level BPE (lossless text); the teacher reads words
+    teacher = make_llama(tmp_path / "teacher", words, layers=2, hidden=32).eval()
+    blocks = cross_blocks([TEXT[:400]], bpe, words, seq_len=16)
+    cache = TopKCache.build_or_open(teacher, blocks.teacher, tmp_path / "cache", quiet=True,
+                                    identity={"teacher": "t", "tokenizer": "words", "k": 8, "vocab": len(words)})
+    to_student = vocab_map(words, bpe)
+    index = torch.arange(4)
+    batch = {**blocks.student.batch(index), "teacher_position": blocks.teacher_position[index]}
+    cached = CrossLMTeacher(cache, to_student).signal(batch)
+    live = CrossLiveTeacher(teacher, words, bpe, to_student, k=8, vocab=len(words),
+                            teacher_len=blocks.teacher.seq_len).signal(batch)
+    assert torch.equal(live.valid, cached.valid) and live.valid.float().mean() > 0.3
+    v = live.valid
+    assert torch.equal(live.topk_indices[v], cached.topk_indices[v])
+    assert torch.allclose(live.topk_logprobs[v], cached.topk_logprobs[v].float(), atol=2e-3)  # the cache is float16
+
+
+def test_a_student_with_another_tokenizer_learns_on_policy_from_the_live_teacher(tokenizers, tmp_path, monkeypatch):
+    import json
+    import warnings
+
+    import distill
+    from distill.training import lm as lm_training
+    from lm_helpers import make_llama
+
+    sampled = []
+    real = lm_training.sample_continuations
+    monkeypatch.setattr(lm_training, "sample_continuations", lambda *a, **kw: sampled.append(1) or real(*a, **kw))
+
+    words, bpe = tokenizers
+    make_llama(tmp_path / "teacher", words, layers=2, hidden=32)
+    bpe.save_pretrained(tmp_path / "bpe")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT * 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tiny teacher's unknown licence
+        result = distill.lm(overrides={
+            "teacher.model": str(tmp_path / "teacher"), "teacher.adapt": None, "teacher.top_k": 8,
+            "teacher.signal": "live", "on_policy": {"fraction": 1.0, "prompt_tokens": 4, "max_new_tokens": 8},
+            "student.tokenizer": str(tmp_path / "bpe"), "student.layers": None,
+            "student.config": {"num_hidden_layers": 1, "hidden_size": 16, "intermediate_size": 32},
+            "output_dir": str(tmp_path / "runs"), "name": "cross", "data.corpus": "text", "baseline": False,
+            "data.path": str(corpus), "data.seq_len": 16, "data.val_fraction": 0.2, "train.steps": 3,
+            "train.batch_size": 2, "quiet": True, "device": "cpu"})
+    metrics = [json.loads(line) for line in (result.run_dir / "distilled" / "metrics.jsonl").read_text().splitlines()]
+    assert len(sampled) == 3 and metrics[-1]["train_kd"] > 0  # every step: the student's samples, scored
+    assert not (result.run_dir / "teacher_cache" / "train").exists()  # no cache: the teacher read the samples

@@ -31,8 +31,8 @@ def lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], signal: TeacherOut
     mask = batch["loss_mask"]
     t = cfg.temperature
 
-    aligned = batch.get("teacher_position")  # a student with another tokenizer: KD where both read alike
-    aligned = None if aligned is None else (aligned >= 0).float()
+    aligned = signal.valid if signal is not None else None  # another tokenizer: KD where both read alike
+    aligned = None if aligned is None else aligned.float()
 
     parts = signal.components() if signal is not None else []
     n_parts = len(parts)

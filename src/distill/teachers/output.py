@@ -26,6 +26,7 @@ class TeacherOutput:
     topk_logprobs: torch.Tensor | None = None
     topk_indices: torch.Tensor | None = None
     tail_logprob: torch.Tensor | None = None
+    valid: torch.Tensor | None = None  # (...,) bool: where it speaks (a teacher with another tokenizer: aligned)
     parts: tuple[TeacherOutput, ...] = ()
     part_weights: torch.Tensor | None = None  # (..., len(parts)): each part's weight at each token
 

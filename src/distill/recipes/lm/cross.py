@@ -2,7 +2,9 @@
 (`student.tokenizer`, or a `student.model` with its own): which tokenizer, the text cut into chunks
 both tokenize (`distill.data.cross_blocks`), and the student built for its own vocabulary. The job
 (`distill.recipes.lm.pipeline`) builds the teacher's top-k cache over its blocks (locally or through
-`teacher.endpoint`), teaches the student at the positions where both have read the same characters
+`teacher.endpoint`), or with `teacher.signal: live` runs the teacher on the text of every batch (the
+student's own samples in on-policy rounds), teaches the student at the positions where both have read
+the same characters
 (`kd.cross`: uld, matched, matched_uld), trains a CE baseline on the same student blocks, and scores
 every model in bits per byte on the same held-out text."""
 
@@ -36,9 +38,6 @@ def student_tokenizer(cfg: LMRunConfig, teacher_tokenizer: Any) -> Any | None:
     if cfg.teacher.others:
         raise ConfigError("A student with another tokenizer learns from one teacher: remove teacher.others, or give "
                           "the student the teachers' tokenizer.")
-    if cfg.teacher.signal != "cached" or cfg.on_policy.fraction > 0:
-        raise ConfigError("A student with another tokenizer learns from the teacher's top-k cache: set "
-                          "teacher.signal=cached and on_policy.fraction=0.")
     if cfg.data.held_out_by == "blocks" or cfg.data.corpus == "jsonl":
         raise ConfigError("A student with another tokenizer is trained on text chunks: use data.corpus text or "
                           "kjv with data.holdout=documents (the default for text).")

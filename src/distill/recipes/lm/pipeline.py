@@ -38,7 +38,7 @@ from distill.recipes.lm import cross
 from distill.recipes.lm.config import LMRunConfig
 from distill.recipes.lm.data import documents_of, load_text
 from distill.recipes.lm.signals import load_others, served_logprobs, teacher_cache, teacher_signals
-from distill.teachers.cross import CrossLMTeacher
+from distill.teachers.cross import CrossLiveTeacher, CrossLMTeacher
 from distill.teachers.output import Teacher
 from distill.teachers.tokens import LiveLMTeacher, TopKCache
 from distill.training.config import LMTrainConfig
@@ -90,9 +90,14 @@ def run_cross_lm(cfg: LMRunConfig, teacher: nn.Module, tokenizer: Any, student_t
     run_dir = open_run_dir(cfg, resume)
     root = teacher_root(cfg, data, run_dir)
     adapted = adapt_teacher(cfg, teacher, tokenizer, data, vocab, root, resume)
-    with process_state(cfg.device).main_process_first():
-        cache = teacher_cache(cfg, adapted, data.train, tokenizer, vocab, root / "train")
-    signal = CrossLMTeacher(cache, vocab_map(tokenizer, student_tok))
+    to_student = vocab_map(tokenizer, student_tok)
+    if cfg.teacher.signal == "live":  # the teacher reads the student's text on every batch (on-policy rounds too)
+        signal: Teacher = CrossLiveTeacher(adapted, tokenizer, student_tok, to_student, k=cfg.teacher.top_k,
+                                           vocab=vocab, teacher_len=data.train.seq_len)
+    else:
+        with process_state(cfg.device).main_process_first():
+            cache = teacher_cache(cfg, adapted, data.train, tokenizer, vocab, root / "train")
+        signal = CrossLMTeacher(cache, to_student)
     students = train_students(cfg, template, student_tok, student_data, student_vocab, signal, None, run_dir,
                               resume, teacher, adapted)
     if process_state(cfg.device).is_main_process:
