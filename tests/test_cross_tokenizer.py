@@ -225,3 +225,32 @@ def test_a_student_with_another_tokenizer_learns_on_policy_from_the_live_teacher
     metrics = [json.loads(line) for line in (result.run_dir / "distilled" / "metrics.jsonl").read_text().splitlines()]
     assert len(sampled) == 3 and metrics[-1]["train_kd"] > 0  # every step: the student's samples, scored
     assert not (result.run_dir / "teacher_cache" / "train").exists()  # no cache: the teacher read the samples
+
+
+def test_a_student_of_another_family_with_its_own_tokenizer_is_built_from_config_and_trained(tokenizers, tmp_path):
+    """A Llama teacher, a Gemma 3 student with a byte-level BPE vocabulary: from config alone."""
+    import json
+    import warnings
+
+    import distill
+    from lm_helpers import make_llama
+
+    words, bpe = tokenizers
+    make_llama(tmp_path / "teacher", words, layers=2, hidden=32)
+    bpe.save_pretrained(tmp_path / "bpe")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT * 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tiny teacher's unknown licence
+        result = distill.lm(overrides={
+            "teacher.model": str(tmp_path / "teacher"), "teacher.adapt": None, "teacher.top_k": 8,
+            "student.tokenizer": str(tmp_path / "bpe"), "student.layers": None,
+            "student.config": {"model_type": "gemma3_text", "num_hidden_layers": 2, "hidden_size": 32,
+                               "intermediate_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
+                               "head_dim": 8, "sliding_window": 8},
+            "output_dir": str(tmp_path / "runs"), "name": "gemma", "data.corpus": "text", "baseline": False,
+            "data.path": str(corpus), "data.seq_len": 16, "data.val_fraction": 0.2, "train.steps": 3,
+            "train.batch_size": 2, "quiet": True, "device": "cpu"})
+    saved = json.loads((result.run_dir / "distilled" / "model" / "config.json").read_text())
+    assert saved["model_type"] == "gemma3_text" and saved["vocab_size"] == len(bpe)
+    assert saved["eos_token_id"] == bpe.eos_token_id and result.report["models"]["distilled"]["bpb"] > 0

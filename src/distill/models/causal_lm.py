@@ -265,8 +265,12 @@ def student_from_teacher(teacher: nn.Module, *, layers: list[int] | None = None,
     `layers`: keep these teacher layers (in order) and copy their weights, plus embeddings, final
     norm and output layer — DistilBERT-style initialisation. Otherwise `overrides` change the config
     (e.g. num_hidden_layers, hidden_size, intermediate_size, num_attention_heads) and the student
-    is initialised from scratch with `seed`.
+    is initialised from scratch with `seed`; `overrides` naming another `model_type` build a student of
+    that family from them alone (vocabulary and special tokens the teacher's unless given).
     """
+    family = (overrides or {}).get("model_type")
+    if layers is None and family not in (None, teacher.config.model_type):
+        return _of_family(teacher, family, overrides or {}, seed)
     config = teacher.config.__class__.from_dict(teacher.config.to_dict())
     config.architectures = teacher.config.architectures
     if layers is not None:
@@ -280,6 +284,28 @@ def student_from_teacher(teacher: nn.Module, *, layers: list[int] | None = None,
     if "num_hidden_layers" in (overrides or {}):
         _set_layer_count(config, list(range(config.num_hidden_layers)))
     return _from_config(teacher, config, seed)
+
+
+def _of_family(teacher: nn.Module, family: str, settings: dict[str, Any], seed: int) -> nn.Module:
+    """A student of another architecture (`student.config: {model_type: gemma3_text, ...}`), built from
+    its own settings; vocabulary and special tokens default to the teacher's."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    t = teacher.config
+    defaults = {k: getattr(t, k, None) for k in ("vocab_size", "pad_token_id", "eos_token_id", "bos_token_id")}
+    rest = {k: v for k, v in settings.items() if k != "model_type"}
+    try:
+        config = AutoConfig.for_model(family, **{**defaults, **rest})
+    except ValueError as exc:
+        raise ModelError(f"`student.config.model_type`: {exc}") from None
+    if any(getattr(config, a, None) for a in ("final_logit_softcapping", "logit_scale", "output_mult")):
+        raise ModelError(f"`student.config`: a {family} student that transforms its logits after the output layer "
+                         "(final_logit_softcapping, logit_scale) is not supported by the chunked loss; set it to null.")
+    torch.manual_seed(seed)
+    try:
+        return AutoModelForCausalLM.from_config(config)
+    except (ValueError, AssertionError) as exc:
+        raise ModelError(f"The student config is not valid for {family}: {exc}") from None
 
 
 def _from_config(teacher: nn.Module, config: Any, seed: int) -> nn.Module:
