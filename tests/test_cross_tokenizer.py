@@ -156,7 +156,7 @@ def test_distill_lm_teaches_a_student_with_another_tokenizer(tokenizers, tmp_pat
     assert "bits per byte are" in markdown and "where both had read the same text" in markdown
 
 
-def test_a_tokenizer_without_offsets_is_named():
+def test_a_tokenizer_without_offsets_is_named_when_its_tokens_do_not_spell_the_text():
     from distill.core.errors import DataError
 
     class Slow:
@@ -165,8 +165,30 @@ def test_a_tokenizer_without_offsets_is_named():
                 raise NotImplementedError("return_offset_mapping is not available when using Python tokenizers")
             return {"input_ids": [1, 2]}
 
-    with pytest.raises(DataError, match="Slow gives no character offsets.*fast version"):
-        with_ends(Slow(), "some text")
+        def decode(self, ids, **kw):  # lowercases: not the text it read
+            return "some text"[: 4 * len(ids)]
+
+    with pytest.raises(DataError, match="Slow gives no character offsets and its tokens do not decode back.*"
+                                        "no kd.cross method can align.*fast version"):
+        with_ends(Slow(), "Some Text")
+
+
+def test_a_slow_tokenizer_is_aligned_by_decoding_its_tokens(tokenizers, tmp_path):
+    """GPT-2's Python (slow) BPE has no offsets; its tokens spell the text back, so the ends come from
+    decoding them, and equal the fast tokenizer's offsets."""
+    import json
+
+    from transformers import GPT2Tokenizer
+
+    _, bpe = tokenizers
+    model = json.loads(bpe.backend_tokenizer.to_str())["model"]
+    (tmp_path / "vocab.json").write_text(json.dumps(model["vocab"]))
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    slow = GPT2Tokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"))
+    text = TEXT[:300] + " naïve café"
+    fast_ends, slow_ends = with_ends(bpe, text), with_ends(slow, text)
+    assert slow_ends.ids == fast_ends.ids and slow_ends.ends == fast_ends.ends
 
 
 def test_the_live_cross_teacher_reads_the_students_text_and_matches_the_cache(tokenizers, tmp_path):

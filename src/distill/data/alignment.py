@@ -8,9 +8,10 @@ different tokenizers have read exactly the same characters, and so predict the s
 A position is where a model has read tokens 0..i and predicts token i+1; two positions align when
 their last tokens end at the same character (token boundaries coincide, as in the sequence
 alignment of GOLD and DSKD). Between aligned positions the two models read different pieces and
-are not compared. Fast tokenizers give character offsets; a tokenizer without them
-(`return_offsets_mapping` unsupported) is refused, naming it. (ULD itself needs no vocabulary map,
-but it is applied at aligned positions here too.)
+are not compared. Fast tokenizers give character offsets; for a tokenizer without them (a slow one)
+the ends come from decoding its tokens, when they spell the text back exactly; one that does neither
+is refused, naming it, since every method (ULD too: it needs no vocabulary map, but is applied at
+aligned positions) compares the models where they have read the same characters.
 """
 
 from __future__ import annotations
@@ -32,18 +33,42 @@ class WithEnds:
 
 
 def with_ends(tokenizer: Any, text: str) -> WithEnds:
-    """Token ids of `text` (no special tokens) with each token's end offset in characters."""
+    """Token ids of `text` (no special tokens) with each token's end offset in characters: from the
+    tokenizer's offsets, or, for a tokenizer without them (a slow one), from decoding its tokens when
+    they spell `text` back exactly; otherwise refused, naming it."""
     try:
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    except (NotImplementedError, ValueError, TypeError) as exc:
-        raise DataError(f"The tokenizer {type(tokenizer).__name__} gives no character offsets ({exc}); "
-                        "cross-tokenizer distillation aligns positions by them: use the fast version of this "
-                        "tokenizer (a tokenizer.json; AutoTokenizer with use_fast=True).") from None
-    offsets = enc.get("offset_mapping")
-    if offsets is None:
-        raise DataError(f"The tokenizer {type(tokenizer).__name__} returned no offset_mapping; cross-tokenizer "
-                        "distillation aligns positions by them: use its fast version (a tokenizer.json).")
-    return WithEnds(list(enc["input_ids"]), [int(end) for _, end in offsets])
+        offsets = enc.get("offset_mapping")
+    except (NotImplementedError, ValueError, TypeError):
+        offsets = None
+    if offsets is not None:
+        return WithEnds(list(enc["input_ids"]), [int(end) for _, end in offsets])
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    ends = decoded_ends(tokenizer, ids)
+    if ends is None or (ends[-1] if ends else 0) != len(text) or _decode(tokenizer, ids) != text:
+        raise DataError(f"The tokenizer {type(tokenizer).__name__} gives no character offsets and its tokens do not "
+                        f"decode back to the text ({text[:40]!r}…): no kd.cross method can align its positions with "
+                        "the teacher's (each compares the two models where they have read the same characters). Use "
+                        "its fast version (a tokenizer.json; AutoTokenizer with use_fast=True).")
+    return WithEnds(ids, ends)
+
+
+def _decode(tokenizer: Any, ids: list[int]) -> str:
+    return tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+def decoded_ends(tokenizer: Any, ids: list[int], window: int = 6) -> list[int] | None:
+    """Each token's end in the text the tokens decode to, from the text each adds after the `window`
+    tokens before it (decoding is not additive token by token: byte pieces, leading-space markers);
+    None when the ends are not increasing or do not add up to the whole decoded text."""
+    ends, at = [], 0
+    for j in range(len(ids)):
+        before = ids[max(0, j - window): j]
+        at += len(_decode(tokenizer, before + [ids[j]])) - len(_decode(tokenizer, before))
+        ends.append(at)
+    if any(b < a for a, b in zip(ends, ends[1:])) or (ends and ends[-1] != len(_decode(tokenizer, ids))):
+        return None
+    return ends
 
 
 def aligned_positions(student: WithEnds, teacher: WithEnds) -> list[tuple[int, int]]:
