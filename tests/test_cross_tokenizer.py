@@ -276,3 +276,31 @@ def test_a_student_of_another_family_with_its_own_tokenizer_is_built_from_config
     saved = json.loads((result.run_dir / "distilled" / "model" / "config.json").read_text())
     assert saved["model_type"] == "gemma3_text" and saved["vocab_size"] == len(bpe)
     assert saved["eos_token_id"] == bpe.eos_token_id and result.report["models"]["distilled"]["bpb"] > 0
+
+
+def test_jsonl_text_rows_teach_a_student_with_another_tokenizer_and_other_rows_are_named(tokenizers, tmp_path):
+    import json
+    import warnings
+
+    import distill
+    from distill.core.errors import ConfigError
+    from lm_helpers import make_llama
+
+    words, bpe = tokenizers
+    make_llama(tmp_path / "teacher", words, layers=2, hidden=32)
+    bpe.save_pretrained(tmp_path / "bpe")
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"text": TEXT[i:i + 150]}) + "\n" for i in range(0, 600, 50)))
+    overrides = {"teacher.model": str(tmp_path / "teacher"), "teacher.adapt": None, "teacher.top_k": 8,
+                 "student.tokenizer": str(tmp_path / "bpe"), "student.layers": None,
+                 "student.config": {"num_hidden_layers": 1, "hidden_size": 16, "intermediate_size": 32},
+                 "output_dir": str(tmp_path / "runs"), "name": "rows", "data.corpus": "jsonl", "baseline": False,
+                 "data.path": str(rows), "data.seq_len": 16, "data.val_fraction": 0.25, "train.steps": 2,
+                 "train.batch_size": 2, "quiet": True, "device": "cpu"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tiny teacher's unknown licence
+        result = distill.lm(overrides=overrides)
+    assert result.report["data"]["holdout"] == "documents" and result.report["cross_tokenizer"]["aligned_share"] > 0.3
+    rows.write_text(json.dumps({"prompt": "Let there be", "response": "light"}) + "\n")
+    with pytest.raises(ConfigError, match="has no `text`"):
+        distill.lm(overrides={**overrides, "name": "chat"})

@@ -161,3 +161,30 @@ def test_with_an_endpoint_distill_lm_never_loads_the_teacher_for_a_student_built
     report = json.loads((run_dir / "report.json").read_text())
     assert report["models"]["teacher"]["params"] == sum(p.numel() for p in model.parameters())
     assert {"baseline", "distilled"} <= set(report["models"]) and "speedup" not in report["summary"]
+
+
+def test_another_teacher_behind_an_endpoint_fills_its_own_cache(served, tmp_path):
+    import json
+    import warnings
+
+    import distill
+
+    server, model, tok = served
+    local = tmp_path / "local"
+    tok.save_pretrained(local)
+    make_llama(local, tok, seed=5)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT * 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tiny teachers' unknown licence
+        result = distill.lm(overrides={
+            "teacher.model": str(local), "teacher.adapt": None, "teacher.top_k": K, "output_dir": str(tmp_path / "runs"),
+            "name": "two", "data.corpus": "text", "data.path": str(corpus), "data.seq_len": 16,
+            "data.val_fraction": 0.2, "student.layers": [0], "train.steps": 2, "train.batch_size": 2, "quiet": True,
+            "device": "cpu", "baseline": False, "teacher.weighting": "confidence",
+            "teacher.others": [{"name": "far", "model": str(local), "endpoint": {"url": f"{server.url}/v1",
+                                                                                "model": "teacher"}}]})
+    manifest = json.loads((result.run_dir / "teacher_cache" / "others" / "far" / "train" / "manifest.json").read_text())
+    assert manifest["teacher"].endswith(f"served as teacher at {server.url}/v1")
+    assert set(result.report["models"]) == {"teacher", "distilled"}  # the served teacher is not evaluated here
+    assert result.report["teachers"]["weighting"] == "confidence"

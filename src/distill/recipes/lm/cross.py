@@ -38,10 +38,27 @@ def student_tokenizer(cfg: LMRunConfig, teacher_tokenizer: Any) -> Any | None:
     if cfg.teacher.others:
         raise ConfigError("A student with another tokenizer learns from one teacher: remove teacher.others, or give "
                           "the student the teachers' tokenizer.")
-    if cfg.data.held_out_by == "blocks" or cfg.data.corpus == "jsonl":
-        raise ConfigError("A student with another tokenizer is trained on text chunks: use data.corpus text or "
-                          "kjv with data.holdout=documents (the default for text).")
+    if cfg.data.held_out_by == "blocks":
+        raise ConfigError("A student with another tokenizer is trained on text chunks held out by document: set "
+                          "data.holdout=documents (the default for text and jsonl).")
     return tok
+
+
+def texts(documents: list[Any], source: str) -> list[str]:
+    """The documents as text: JSONL row groups become their rows' `text`, one paragraph each (prompt/
+    response and chat rows are refused, naming the row: their chunks would mix prompt and answer)."""
+    out = []
+    for doc in documents:
+        if isinstance(doc, str):
+            out.append(doc)
+            continue
+        for row in doc:
+            if not isinstance(row.get("text"), str):
+                raise ConfigError(f"{source}: a student with another tokenizer is trained on text, and the row "
+                                  f"{str(row)[:80]} has no `text` (prompt/response and chat rows are not supported "
+                                  "with another tokenizer yet); give {\"text\": ...} rows.")
+        out.append("\n\n".join(row["text"] for row in doc))
+    return out
 
 
 def cross_splits(cfg: LMRunConfig, tokenizer: Any, student_tok: Any, documents: list[str]

@@ -84,7 +84,8 @@ def run_lm(cfg: LMRunConfig, resume: bool = False) -> Path:
 def run_cross_lm(cfg: LMRunConfig, teacher: nn.Module, tokenizer: Any, student_tok: Any, licence: str | None,
                  resume: bool) -> Path:
     """The job for a student with another tokenizer (`distill.recipes.lm.cross`)."""
-    data, student_data = cross.cross_splits(cfg, tokenizer, student_tok, documents_of(cfg))
+    documents = cross.texts(documents_of(cfg), str(cfg.data.path))
+    data, student_data = cross.cross_splits(cfg, tokenizer, student_tok, documents)
     template = cross.cross_student(cfg, teacher, student_tok)
     vocab, student_vocab = lm_models.shared_vocab(tokenizer, teacher), lm_models.shared_vocab(student_tok, template)
     run_dir = open_run_dir(cfg, resume)
@@ -129,7 +130,7 @@ def build_caches(cfg: LMRunConfig) -> dict[str, TopKCache]:
     tokenizer = lm_models.load_tokenizer(cfg.teacher.model, "teacher.model")
     student_tok = cross.student_tokenizer(cfg, tokenizer)  # another tokenizer: the teacher's side of its chunks
     data = load_text(cfg, tokenizer) if student_tok is None else \
-        cross.cross_splits(cfg, tokenizer, student_tok, documents_of(cfg))[0]
+        cross.cross_splits(cfg, tokenizer, student_tok, cross.texts(documents_of(cfg), str(cfg.data.path)))[0]
     vocab, others = len(tokenizer), load_others(cfg, tokenizer)
     teacher = None
     if cfg.teacher.endpoint is None:
