@@ -148,11 +148,12 @@ def test_the_lm_job_learns_from_several_routed_teachers_and_reports_them(lm, tmp
         result = distill.lm(overrides=_job(lm, tmp_path, ROWS, **{"teacher.route": "domain"}))
     report, run_dir = result.report, result.run_dir
     assert set(report["models"]) == {"teacher", "distilled", "teacher_b"}
+    assert "kl_teacher" not in report["models"]["teacher_b"] and "kl_teacher" in report["models"]["distilled"]
     assert report["teachers"]["route"] == "domain" and report["teachers"]["weights"] == {"a": 1.0, "b": 1.0}
     assert (run_dir / "teacher_cache" / "others" / "b" / "train" / "manifest.json").is_file()
     manifest = json.loads((run_dir / "teacher_cache" / "others" / "b" / "train" / "manifest.json").read_text())
     assert manifest["teacher"] == str(lm["root"] / "b")
-    assert "Teachers: a (" in (run_dir / "report.md").read_text() and "`domain` key" in (run_dir / "report.md").read_text()
+    assert "Teachers: a (" in (run_dir / "report.md").read_text() and "`domain` key names" in (run_dir / "report.md").read_text()
 
 
 def test_a_row_naming_an_unknown_teacher_is_refused_before_any_compute(lm, tmp_path):

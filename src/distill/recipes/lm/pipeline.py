@@ -257,8 +257,9 @@ def evaluate_lm_run(cfg: LMRunConfig, teacher: nn.Module, students: dict[str, nn
     own = student_data or data
     for name, model in students.items():
         theirs = name == "teacher_adapted" or student_data is None
+        scored_against = None if name.startswith("teacher_") and name != "teacher_adapted" else val_signal
         models[name] = {**evaluate_lm(model, (data if theirs else own).val, vocab if theirs else student_vocab,
-                                      teacher=val_signal if theirs else None,
+                                      teacher=scored_against if theirs else None,
                                       text_bytes=text_bytes if theirs else student_bytes,
                                       progress=shown and shown.format(name)), **_costs(model, data if theirs else own)}
     t, s = models.get("teacher_adapted", models["teacher"]), models["distilled"]  # the teacher that taught
@@ -391,7 +392,7 @@ def _teachers_line(teachers: dict[str, Any] | None) -> list[str]:
            "confidence": "each token weighs them by these weights × their probability of the actual next token"
            }[teachers["weighting"]]
     if teachers["route"]:
-        how = f"rows learn from the teacher their `{teachers['route']}` key names; the others' tokens: {how}"
+        how = f"each row learns from the teacher its `{teachers['route']}` key names; rows without one: {how}"
     return [f"Teachers: {who}; {how}.", ""]
 
 
