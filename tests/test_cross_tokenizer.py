@@ -151,6 +151,9 @@ def test_distill_lm_teaches_a_student_with_another_tokenizer(tokenizers, tmp_pat
     assert report["cross_tokenizer"]["method"] == "uld" and 0.5 < report["cross_tokenizer"]["aligned_share"] <= 1
     saved = result.run_dir / "distilled" / "model"
     assert json.loads((saved / "config.json").read_text())["vocab_size"] == len(words)
+    manifest = json.loads((result.run_dir / "manifest.json").read_text())
+    assert manifest["student_tokenizer"]["size"] == len(words) and manifest["tokenizer"] != \
+        manifest["student_tokenizer"]["fingerprint"] and "licence" in manifest
     assert (saved / "tokenizer.json").is_file()
     markdown = (result.run_dir / "report.md").read_text()
     assert "bits per byte are" in markdown and "where both had read the same text" in markdown

@@ -424,7 +424,7 @@ def _report(args: argparse.Namespace) -> int:
     saved = args.run_dir / "report.json"
     kind = json.loads(saved.read_text()).get("kind") if saved.is_file() else None
     if kind == "lm":
-        from distill.recipes.lm.pipeline import render_lm
+        from distill.recipes.lm.report import render_lm
 
         print(f"Report: {render_lm(args.run_dir)}")
         return 0
