@@ -307,3 +307,31 @@ def test_jsonl_text_rows_teach_a_student_with_another_tokenizer_and_other_rows_a
     rows.write_text(json.dumps({"prompt": "Let there be", "response": "light"}) + "\n")
     with pytest.raises(ConfigError, match="has no `text`"):
         distill.lm(overrides={**overrides, "name": "chat"})
+
+
+def test_the_cross_tokenizer_loss_in_chunks_equals_it_in_one(tokenizers, tmp_path):
+    """Chunked memory: the student's logits a few tokens at a time give the same loss and gradients."""
+    from lm_helpers import make_llama
+
+    from distill.data.cross_blocks import cross_blocks
+    from distill.losses.config import TokenKDConfig
+    from distill.losses.tokens import lm_loss
+    from distill.teachers.cross import CrossLMTeacher
+    from distill.teachers.tokens import TopKCache
+
+    words, bpe = tokenizers
+    teacher = make_llama(tmp_path / "teacher", bpe, layers=2, hidden=32).eval()
+    student = make_llama(tmp_path / "student", words, layers=1, hidden=32, seed=3)
+    blocks = cross_blocks([TEXT[:400]], words, bpe, seq_len=16)
+    cache = TopKCache.build_or_open(teacher, blocks.teacher, tmp_path / "cache", quiet=True,
+                                    identity={"teacher": "t", "tokenizer": "bpe", "k": 8, "vocab": len(bpe)})
+    batch = {**blocks.student.batch(torch.arange(4)), "teacher_position": blocks.teacher_position[:4]}
+    signal = CrossLMTeacher(cache, vocab_map(bpe, words)).signal(batch)
+    results = []
+    for chunk in (4096, 5):
+        student.zero_grad()
+        loss = lm_loss(student, batch, signal, TokenKDConfig(cross="matched_uld", chunk_tokens=chunk), len(words))["loss"]
+        loss.backward()
+        results.append((float(loss), [p.grad.clone() for p in student.parameters() if p.grad is not None]))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(results[0][1], results[1][1]))
