@@ -193,3 +193,16 @@ def test_bad_teacher_settings_are_named(lm, tmp_path, extra, message):
     overrides = {**_job(lm, tmp_path, ROWS), **extra}
     with pytest.raises(ConfigError, match=message):
         load_lm_config(None, [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
+
+
+def test_an_on_policy_sample_learns_from_the_teacher_of_its_prompts_row(lm):
+    from distill.training.config import OnPolicyConfig
+    from distill.training.lm import sample_continuations
+
+    batch = _batch(lm["blocks"], 2)
+    route = torch.full_like(batch["input_ids"], -1)
+    route[0, :6], route[1, :6] = 1, 0  # the prompts' rows
+    torch.manual_seed(0)
+    sampled = sample_continuations(lm["student"], {**batch, "teacher_route": route},
+                                   OnPolicyConfig(fraction=1.0, prompt_tokens=4, max_new_tokens=6), lm["tok"].pad_token_id)
+    assert sampled["teacher_route"].tolist() == [[1] * 16, [0] * 16]

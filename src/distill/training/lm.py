@@ -167,7 +167,10 @@ def sample_continuations(model: nn.Module, batch: dict[str, torch.Tensor], cfg: 
     attention[:, : out.shape[1]] = True
     loss_mask = torch.zeros_like(batch["loss_mask"])
     loss_mask[:, cfg.prompt_tokens - 1: out.shape[1] - 1] = True  # positions predicting sampled tokens
-    return {"input_ids": ids, "attention_mask": attention, "loss_mask": loss_mask, "index": batch["index"]}
+    sampled = {"input_ids": ids, "attention_mask": attention, "loss_mask": loss_mask, "index": batch["index"]}
+    if "teacher_route" in batch:  # a routed row's continuation learns from its prompt's teacher
+        sampled["teacher_route"] = batch["teacher_route"][:, cfg.prompt_tokens - 1: cfg.prompt_tokens].expand_as(ids)
+    return sampled
 
 
 class _StepLoss(nn.Module):
