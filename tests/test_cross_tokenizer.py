@@ -125,25 +125,9 @@ def test_a_student_with_another_tokenizer_learns_from_the_cached_teacher_at_alig
 
 def test_distill_lm_teaches_a_student_with_another_tokenizer(tokenizers, tmp_path):
     import json
-    import warnings
-
-    import distill
-    from lm_helpers import make_llama
 
     words, bpe = tokenizers
-    make_llama(tmp_path / "teacher", bpe, layers=2, hidden=32)
-    words.save_pretrained(tmp_path / "words")
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text(TEXT * 4)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the tiny teacher's unknown licence
-        result = distill.lm(overrides={
-            "teacher.model": str(tmp_path / "teacher"), "teacher.adapt": None, "teacher.top_k": 8,
-            "student.tokenizer": str(tmp_path / "words"), "student.layers": None,
-            "student.config": {"num_hidden_layers": 1, "hidden_size": 16, "intermediate_size": 32},
-            "kd.cross": "uld", "output_dir": str(tmp_path / "runs"), "name": "cross", "data.corpus": "text",
-            "data.path": str(corpus), "data.seq_len": 16, "data.val_fraction": 0.2, "train.steps": 4,
-            "train.batch_size": 2, "quiet": True, "device": "cpu"})
+    result = _cross_job(tmp_path, bpe, words, **{"kd.cross": "uld", "train.steps": 4})
     report = json.loads((result.run_dir / "report.json").read_text())
     assert set(report["models"]) == {"teacher", "baseline", "distilled"}
     assert all(m["bpb"] > 0 for m in report["models"].values())  # one scale across the two vocabularies
@@ -222,31 +206,15 @@ def test_the_live_cross_teacher_reads_the_students_text_and_matches_the_cache(to
 
 def test_a_student_with_another_tokenizer_learns_on_policy_from_the_live_teacher(tokenizers, tmp_path, monkeypatch):
     import json
-    import warnings
 
-    import distill
     from distill.training import lm as lm_training
-    from lm_helpers import make_llama
 
     sampled = []
     real = lm_training.sample_continuations
     monkeypatch.setattr(lm_training, "sample_continuations", lambda *a, **kw: sampled.append(1) or real(*a, **kw))
-
     words, bpe = tokenizers
-    make_llama(tmp_path / "teacher", words, layers=2, hidden=32)
-    bpe.save_pretrained(tmp_path / "bpe")
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text(TEXT * 4)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the tiny teacher's unknown licence
-        result = distill.lm(overrides={
-            "teacher.model": str(tmp_path / "teacher"), "teacher.adapt": None, "teacher.top_k": 8,
-            "teacher.signal": "live", "on_policy": {"fraction": 1.0, "prompt_tokens": 4, "max_new_tokens": 8},
-            "student.tokenizer": str(tmp_path / "bpe"), "student.layers": None,
-            "student.config": {"num_hidden_layers": 1, "hidden_size": 16, "intermediate_size": 32},
-            "output_dir": str(tmp_path / "runs"), "name": "cross", "data.corpus": "text", "baseline": False,
-            "data.path": str(corpus), "data.seq_len": 16, "data.val_fraction": 0.2, "train.steps": 3,
-            "train.batch_size": 2, "quiet": True, "device": "cpu"})
+    result = _cross_job(tmp_path, words, bpe, baseline=False, **{
+        "teacher.signal": "live", "on_policy": {"fraction": 1.0, "prompt_tokens": 4, "max_new_tokens": 8}})
     metrics = [json.loads(line) for line in (result.run_dir / "distilled" / "metrics.jsonl").read_text().splitlines()]
     assert len(sampled) == 3 and metrics[-1]["train_kd"] > 0  # every step: the student's samples, scored
     assert not (result.run_dir / "teacher_cache" / "train").exists()  # no cache: the teacher read the samples
@@ -255,27 +223,12 @@ def test_a_student_with_another_tokenizer_learns_on_policy_from_the_live_teacher
 def test_a_student_of_another_family_with_its_own_tokenizer_is_built_from_config_and_trained(tokenizers, tmp_path):
     """A Llama teacher, a Gemma 3 student with a byte-level BPE vocabulary: from config alone."""
     import json
-    import warnings
-
-    import distill
-    from lm_helpers import make_llama
 
     words, bpe = tokenizers
-    make_llama(tmp_path / "teacher", words, layers=2, hidden=32)
-    bpe.save_pretrained(tmp_path / "bpe")
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text(TEXT * 4)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the tiny teacher's unknown licence
-        result = distill.lm(overrides={
-            "teacher.model": str(tmp_path / "teacher"), "teacher.adapt": None, "teacher.top_k": 8,
-            "student.tokenizer": str(tmp_path / "bpe"), "student.layers": None,
-            "student.config": {"model_type": "gemma3_text", "num_hidden_layers": 2, "hidden_size": 32,
-                               "intermediate_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
-                               "head_dim": 8, "sliding_window": 8},
-            "output_dir": str(tmp_path / "runs"), "name": "gemma", "data.corpus": "text", "baseline": False,
-            "data.path": str(corpus), "data.seq_len": 16, "data.val_fraction": 0.2, "train.steps": 3,
-            "train.batch_size": 2, "quiet": True, "device": "cpu"})
+    result = _cross_job(tmp_path, words, bpe, baseline=False, **{
+        "student.config": {"model_type": "gemma3_text", "num_hidden_layers": 2, "hidden_size": 32,
+                           "intermediate_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
+                           "head_dim": 8, "sliding_window": 8}})
     saved = json.loads((result.run_dir / "distilled" / "model" / "config.json").read_text())
     assert saved["model_type"] == "gemma3_text" and saved["vocab_size"] == len(bpe)
     assert saved["eos_token_id"] == bpe.eos_token_id and result.report["models"]["distilled"]["bpb"] > 0
@@ -283,30 +236,18 @@ def test_a_student_of_another_family_with_its_own_tokenizer_is_built_from_config
 
 def test_jsonl_text_rows_teach_a_student_with_another_tokenizer_and_other_rows_are_named(tokenizers, tmp_path):
     import json
-    import warnings
 
-    import distill
     from distill.core.errors import ConfigError
-    from lm_helpers import make_llama
 
     words, bpe = tokenizers
-    make_llama(tmp_path / "teacher", words, layers=2, hidden=32)
-    bpe.save_pretrained(tmp_path / "bpe")
     rows = tmp_path / "rows.jsonl"
     rows.write_text("".join(json.dumps({"text": TEXT[i:i + 150]}) + "\n" for i in range(0, 600, 50)))
-    overrides = {"teacher.model": str(tmp_path / "teacher"), "teacher.adapt": None, "teacher.top_k": 8,
-                 "student.tokenizer": str(tmp_path / "bpe"), "student.layers": None,
-                 "student.config": {"num_hidden_layers": 1, "hidden_size": 16, "intermediate_size": 32},
-                 "output_dir": str(tmp_path / "runs"), "name": "rows", "data.corpus": "jsonl", "baseline": False,
-                 "data.path": str(rows), "data.seq_len": 16, "data.val_fraction": 0.25, "train.steps": 2,
-                 "train.batch_size": 2, "quiet": True, "device": "cpu"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the tiny teacher's unknown licence
-        result = distill.lm(overrides=overrides)
+    jsonl = {"data.corpus": "jsonl", "data.path": str(rows), "data.val_fraction": 0.25, "baseline": False}
+    result = _cross_job(tmp_path, words, bpe, **jsonl)
     assert result.report["data"]["holdout"] == "documents" and result.report["cross_tokenizer"]["aligned_share"] > 0.3
     rows.write_text(json.dumps({"prompt": "Let there be", "response": "light"}) + "\n")
     with pytest.raises(ConfigError, match="has no `text`"):
-        distill.lm(overrides={**overrides, "name": "chat"})
+        _cross_job(tmp_path, words, bpe, name="chat", **jsonl)
 
 
 def test_the_cross_tokenizer_loss_in_chunks_equals_it_in_one(tokenizers, tmp_path):
@@ -335,3 +276,26 @@ def test_the_cross_tokenizer_loss_in_chunks_equals_it_in_one(tokenizers, tmp_pat
         results.append((float(loss), [p.grad.clone() for p in student.parameters() if p.grad is not None]))
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(results[0][1], results[1][1]))
+
+
+def _cross_job(tmp_path, teacher_tok, student_tok, **overrides):
+    """`distill lm` of a tiny Llama teacher (`teacher_tok`) and a 1-layer student with `student_tok`,
+    on TEXT (or `data.path`), with `overrides` on top; returns its result."""
+    import warnings
+
+    import distill
+    from lm_helpers import make_llama
+
+    make_llama(tmp_path / "teacher", teacher_tok, layers=2, hidden=32)
+    student_tok.save_pretrained(tmp_path / "student_tok")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT * 4)
+    settings = {"teacher.model": str(tmp_path / "teacher"), "teacher.adapt": None, "teacher.top_k": 8,
+                "student.tokenizer": str(tmp_path / "student_tok"), "student.layers": None,
+                "student.config": {"num_hidden_layers": 1, "hidden_size": 16, "intermediate_size": 32},
+                "output_dir": str(tmp_path / "runs"), "name": "cross", "data.corpus": "text",
+                "data.path": str(corpus), "data.seq_len": 16, "data.val_fraction": 0.2, "train.steps": 3,
+                "train.batch_size": 2, "quiet": True, "device": "cpu", **overrides}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tiny teacher's unknown licence
+        return distill.lm(overrides=settings)
