@@ -145,14 +145,18 @@ def test_the_lm_job_learns_from_several_routed_teachers_and_reports_them(lm, tmp
     import distill
 
     with pytest.warns(UserWarning, match="licence"):
-        result = distill.lm(overrides=_job(lm, tmp_path, ROWS, **{"teacher.route": "domain"}))
+        result = distill.lm(overrides=_job(lm, tmp_path, ROWS, **{"teacher.route": "domain", "teacher.weight": 0.0}))
     report, run_dir = result.report, result.run_dir
     assert set(report["models"]) == {"teacher", "distilled", "teacher_b"}
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["other_teachers"]["b"]["model"] == str(lm["root"] / "b")
     assert manifest["other_teachers"]["b"]["licence_warning"].startswith("the teacher's licence is unknown")
     assert "kl_teacher" not in report["models"]["teacher_b"] and "kl_teacher" in report["models"]["distilled"]
-    assert report["teachers"]["route"] == "domain" and report["teachers"]["weights"] == {"a": 1.0, "b": 1.0}
+    assert report["teachers"]["route"] == "domain" and report["teachers"]["weights"] == {"a": 0.0, "b": 1.0}
+    # the summary compares the student with the heaviest teacher, not with a first teacher of weight 0
+    assert report["summary"]["teacher"] == "teacher_b"
+    assert report["summary"]["ppl_ratio"] == pytest.approx(report["models"]["distilled"]["ppl"] / report["models"]["teacher_b"]["ppl"])
+    assert "× `teacher_b`'s parameters" in (run_dir / "report.md").read_text()
     assert (run_dir / "teacher_cache" / "others" / "b" / "train" / "manifest.json").is_file()
     manifest = json.loads((run_dir / "teacher_cache" / "others" / "b" / "train" / "manifest.json").read_text())
     assert manifest["teacher"] == str(lm["root"] / "b")

@@ -187,6 +187,16 @@ def teacher_root(cfg: LMRunConfig, data: TextSplits, run_dir: Path) -> Path:
     return root / f"adapted-{_adapt_id(cfg, data)}" if cfg.teacher.adapt is not None else root
 
 
+def _taught_by(cfg: LMRunConfig, models: dict[str, Any]) -> str:
+    """The report row of the teacher the summary compares the student with: the adapted teacher, or with
+    several teachers the heaviest (the first of equals), else the teacher."""
+    if "teacher_adapted" in models:
+        return "teacher_adapted"
+    weights = cfg.teacher.weights
+    heaviest = max(weights, key=lambda n: weights[n])  # dicts keep order: ties go to the first
+    return "teacher" if heaviest == cfg.teacher.name else f"teacher_{heaviest}"
+
+
 def _adapt_id(cfg: LMRunConfig, data: TextSplits) -> str:
     a = cfg.teacher.adapt
     parts = [cfg.teacher.model, a.model_dump(mode="json") if a else None, cfg.train.batch_size, cfg.train.precision,
@@ -284,8 +294,9 @@ def evaluate_lm_run(cfg: LMRunConfig, teacher: nn.Module, students: dict[str, nn
                                       teacher=scored_against if theirs else None,
                                       text_bytes=text_bytes if theirs else student_bytes,
                                       progress=shown and shown.format(name)), **_costs(model, data if theirs else own)}
-    t, s = models.get("teacher_adapted", models["teacher"]), models["distilled"]  # the teacher that taught
-    summary = {"params_ratio": s["params"] / t["params"], "ppl_ratio": s["ppl"] / t["ppl"]}
+    taught_by = _taught_by(cfg, models)
+    t, s = models[taught_by], models["distilled"]
+    summary = {"teacher": taught_by, "params_ratio": s["params"] / t["params"], "ppl_ratio": s["ppl"] / t["ppl"]}
     if "forward_ms" in t:  # not for a teacher served elsewhere
         summary["speedup"] = t["forward_ms"] / s["forward_ms"]
     if "bpb" in s and "bpb" in t:

@@ -58,10 +58,11 @@ def render_lm_report(report: dict[str, Any], plots: list[Path] | None = None) ->
         ms = f"{m['forward_ms']:.1f}" if "forward_ms" in m else "served"
         lines.append(f"| {name} | {m['params'] / 1e6:.1f}M | {m['ppl']:.2f} | {bpb} | {kl} | {agree} | {ms} |")
     s, cross_tok = report["summary"], report.get("cross_tokenizer")
-    quality = (f"its bits per byte are {s['bpb_ratio']:.2f}× the teacher's (perplexities of different "
-               "vocabularies do not compare)" if cross_tok else f"its perplexity is {s['ppl_ratio']:.2f}× the teacher's")
+    whose = f"`{s['teacher']}`'s" if s.get("teacher", "teacher") != "teacher" else "the teacher's"
+    quality = (f"its bits per byte are {s['bpb_ratio']:.2f}× {whose} (perplexities of different "
+               "vocabularies do not compare)" if cross_tok else f"its perplexity is {s['ppl_ratio']:.2f}× {whose}")
     speed = f" and runs {s['speedup']:.1f}× faster" if "speedup" in s else ""
-    lines += ["", f"The distilled student has {s['params_ratio']:.2f}× the teacher's parameters{speed}; {quality}."]
+    lines += ["", f"The distilled student has {s['params_ratio']:.2f}× {whose} parameters{speed}; {quality}."]
     if report["models"]["teacher"].get("served"):
         lines.append(f"The teacher was served ({report['models']['teacher']['served']}): its log-probs came from the "
                      "server, and it never ran in this process.")
