@@ -1,7 +1,7 @@
 """Several LM teachers: a student trained on news and scripture, taught by one general teacher, by two
 specialists mixed per token (fixed or confidence weights), or by the specialist its row names (route).
 
-Run: .venv/bin/python benchmarks/lm_teachers.py [--seeds 3]     (about 80 min on 2 cores; resumable)
+Run: .venv/bin/python benchmarks/lm_teachers.py [--seeds 3]     (about 85 min on 2 cores; resumable)
 
 Corpus: one JSONL file of 600 BBC News articles and 600 KJV passages (8 verses each), shuffled, each
 row with a `domain` key (news / bible); rows packed into 128-token blocks, 5% of the rows held out
