@@ -155,6 +155,7 @@ def summarise_kjv(args: argparse.Namespace) -> None:
     for arm in ("ce", "uld", "matched"):
         rows = [json.loads((OUT / f"{arm}-{s}.json").read_text()) for s in range(args.seeds)]
         metrics[f"{arm}_bpb"], metrics[f"{arm}_bpb_std"] = mean_std([r["bpb"] for r in rows])
+        metrics.update({f"{arm}_bpb_seed{s}": r["bpb"] for s, r in enumerate(rows)})  # for paired comparisons
     metrics["teacher_bpb"] = json.loads((OUT / "ce-0.json").read_text())["teacher_bpb"]
     spread = max(metrics["ce_bpb_std"], metrics["matched_bpb_std"])
     metrics["matched_beats_ce"] = float(metrics["ce_bpb"] - metrics["matched_bpb"] > 2 * spread)

@@ -35,6 +35,7 @@ from common import WORK, mean_std, write_result
 OUT = WORK / "lm_teachers"
 ARMS = ("ce", "general", "adapted", "mix", "confidence", "route")
 SINGLE = ("general", "adapted")
+SEVERAL = ("mix", "confidence", "route")
 DOMAINS = ("news", "bible")
 
 
@@ -94,8 +95,10 @@ def specialists() -> dict[str, Path]:
 def overrides(arm: str, seed: int) -> list[str]:
     if arm == "general":
         return common(seed, arm)  # with its CE baseline
-    if arm == "adapted":
-        return [*common(seed, arm), "baseline=false", "teacher.adapt={steps: 60, lr: 1.0e-4}"]
+    if arm == "adapted":  # the specialists' fine-tuning settings, on every training block
+        from distill.recipes.lm.config import TeacherAdaptConfig
+
+        return [*common(seed, arm), "baseline=false", f"teacher.adapt={json.dumps(TeacherAdaptConfig().model_dump())}"]
     models = specialists()
     others = ", ".join(f"{{name: {d}, model: '{models[d]}'}}" for d in DOMAINS)
     extra = {"mix": [], "confidence": ["teacher.weighting=confidence"], "route": ["teacher.route=domain"]}[arm]
@@ -134,10 +137,11 @@ def main() -> None:
         rows = [json.loads((OUT / f"{arm}-{s}.json").read_text()) for s in range(args.seeds)]
         metrics[f"{arm}_ppl"], metrics[f"{arm}_ppl_std"] = mean_std([r["ppl"] for r in rows])
         metrics[f"{arm}_bpb"], metrics[f"{arm}_bpb_std"] = mean_std([r["bpb"] for r in rows])
+        metrics.update({f"{arm}_ppl_seed{s}": r["ppl"] for s, r in enumerate(rows)})  # for paired comparisons
     teachers = json.loads((OUT / "route-0.json").read_text())["teachers"]
     metrics.update({f"{k}_ppl": v for k, v in teachers.items()})  # teacher (general), teacher_news, teacher_bible
     metrics["teacher_adapted_ppl"] = json.loads((OUT / "adapted-0.json").read_text())["teachers"]["teacher_adapted"]
-    best = min(("mix", "confidence", "route"), key=lambda a: metrics[f"{a}_ppl"])
+    best = min(SEVERAL, key=lambda a: metrics[f"{a}_ppl"])
     one = min(SINGLE, key=lambda a: metrics[f"{a}_ppl"])
     metrics["best_several_ppl"], metrics["best_one_ppl"] = metrics[f"{best}_ppl"], metrics[f"{one}_ppl"]
     spread = max(metrics[f"{one}_ppl_std"], metrics[f"{best}_ppl_std"])
