@@ -125,7 +125,7 @@ def test_ce_loss_never_runs_the_teacher_during_training(blobs):
     torch.manual_seed(0)
     result = distill.distill(CountingTeacher(), Student(), blobs[0], loss=CE(), epochs=2, batch_size=16,
                              quiet=True)
-    assert set(result.history[0]) == {"epoch", "train_loss", "train_ce"}
+    assert set(result.history[0]) == {"step", "epoch", "train_loss", "train_ce"}
     assert CountingTeacher.calls <= 1  # at most the probe for the number of classes, never per batch
 
 

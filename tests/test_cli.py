@@ -133,7 +133,7 @@ def test_bench_json(finished_run, capsys):
     assert set(out) == {"teacher", "student"}
     assert out["teacher"]["params"] == report["teacher"]["params"]
     assert out["student"]["params"] == report["distilled"]["params"]
-    assert all(v > 0 for v in out["student"].values())
+    assert all(v > 0 for k, v in out["student"].items() if k not in ("architecture", "latency_b1_iqr_ms"))
 
 
 def test_eval_without_checkpoint_names_the_key(capsys):

@@ -140,13 +140,14 @@ def test_teacher_cache_is_read_by_rank(classic):
 def test_checkpoint_written_by_two_processes_resumes_in_one(classic, tmp_path):
     ckpt = classic["root"] / "two" / "interrupted"
     assert sorted(p.name for p in ckpt.iterdir()) == ["best.safetensors", "last.safetensors", "metrics.jsonl"]
-    assert read_metadata(ckpt / "last.safetensors")["state"]["epoch"] == 0  # stopped in epoch 2 of 2
+    state = read_metadata(ckpt / "last.safetensors")["state"]
+    assert state["step"] == state["history"][0]["step"] and len(state["history"]) == 1  # stopped in epoch 2 of 2
     shutil.copytree(ckpt, tmp_path / "ckpt")
     job = _job()
     rank0 = classic["two"][0]
     data, cfg, teacher = job.setup(rank0["batch_size"])  # the same config: train.batch_size is per process
     resumed = job.fit_student(data, cfg, job.KD(), job.LiveTeacher(teacher), tmp_path / "ckpt", resume=True)
-    assert [r["epoch"] for r in resumed["history"]] == [0, 1]
+    assert [r["epoch"] for r in resumed["history"]] == [1, 2]
     assert resumed["history"][0] == rank0["kd"]["history"][0]  # epoch 1 as the two processes logged it
     assert all(math.isfinite(v) for v in resumed["history"][1].values())
     # one process takes twice the steps per epoch; the schedule went on from the end of epoch 1

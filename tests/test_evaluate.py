@@ -86,16 +86,18 @@ def test_predict_keeps_order_and_training_mode():
     torch.testing.assert_close(out, expected)
     assert model.training  # restored
     metrics, logits = evaluate_model(model, ds, batch_size=5)
-    assert torch.equal(logits, out) and metrics["accuracy"] == float((out.argmax(-1) == 0).float().mean())
+    torch.testing.assert_close(logits, out)  # other batch sizes: other kernels, the last bits may differ
+    assert metrics["accuracy"] == float((logits.argmax(-1) == 0).float().mean())
 
 
 def test_bench_measure_reports_every_cost():
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
     threads = torch.get_num_threads()
     out = measure(model, (1, 4, 4), threads=1, batch=8, repeats=3)
-    assert set(out) == {"params", "size_mb", "latency_b1_p50_ms", "latency_b1_p95_ms", "throughput",
-                        "peak_memory_mb"}
-    assert all(v > 0 for v in out.values())
+    assert set(out) == {"params", "size_mb", "latency_b1_p50_ms", "latency_b1_p95_ms", "latency_b1_iqr_ms",
+                        "throughput", "throughput_low", "throughput_high", "peak_memory_mb", "architecture"}
+    assert all(v > 0 for k, v in out.items() if k not in ("architecture", "latency_b1_iqr_ms"))
+    assert out["throughput_low"] <= out["throughput"] <= out["throughput_high"]
     assert out["params"] == 16 * 8 + 8 + 8 * 3 + 3 == count_parameters(model)
     assert out["latency_b1_p95_ms"] >= out["latency_b1_p50_ms"]
     assert torch.get_num_threads() == threads  # restored
@@ -117,4 +119,5 @@ def test_measure_models_times_every_model_side_by_side():
     assert set(out) == {"small", "big"}
     assert out["big"]["params"] > out["small"]["params"]
     assert out["big"]["size_mb"] > out["small"]["size_mb"]
-    assert all(v > 0 for m in out.values() for v in m.values())
+    assert all(v > 0 for m in out.values() for k, v in m.items() if k not in ("architecture", "latency_b1_iqr_ms"))
+    assert out["big"]["architecture"] != out["small"]["architecture"]

@@ -133,7 +133,7 @@ def test_distill_export_of_a_text_student_from_a_csv(tmp_path, tok, capsys):
               "teacher.arch=hf_encoder", f"teacher.kwargs={json.dumps({'model': str(tmp_path / 'bert')})}"]
     from distill.data.datasets import load_data
     from distill.recipes.classify.config import load_config
-    from distill.recipes.classify.pipeline import build_student
+    from distill.recipes.classify.students import build_student
 
     config = load_config(None, common)
     model = build_student(config, load_data(config.data), None)

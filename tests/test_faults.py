@@ -234,7 +234,7 @@ RUN_ARGS = ["device=cpu", "data.name=digits", "data.limit=200", "data.label_frac
             "teacher.kwargs={widths: [4], convs: 1, fc: 16}", "teacher.train.batch_size=32",
             "student.arch=mlp", "student.kwargs={hidden: [16]}", "train.batch_size=32", "bench.repeats=3",
             "bench.throughput_batch=16"]
-TIMING = ("latency", "throughput", "peak_memory", "speedup")  # measured, not computed: never equal
+TIMING = ("latency", "throughput", "peak_memory", "speedup", "seconds", "timing")  # measured: never equal
 
 
 def run_job(teacher_epochs: int = 8, student_epochs: int = 6) -> Job:
@@ -288,6 +288,8 @@ def _without_timing(report: dict[str, Any]) -> dict[str, Any]:
     def clean(d: Any) -> Any:
         if isinstance(d, dict):
             return {k: clean(v) for k, v in d.items() if not any(t in k for t in TIMING)}
+        if isinstance(d, list):
+            return [clean(v) for v in d]
         return d
 
     return clean({k: v for k, v in report.items() if k not in ("date", "machine")})

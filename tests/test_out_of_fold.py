@@ -13,7 +13,7 @@ from distill.data.datasets import load_data
 from distill.models.zoo import build_model
 from distill.recipes.classify.config import load_config
 from distill.recipes.classify.out_of_fold import fold_indices
-from distill.recipes.classify.pipeline import plan_of
+from distill.recipes.classify.choice import plan_of
 
 DIGITS = ["data.name=digits", "data.label_fraction=1"]
 

@@ -37,6 +37,7 @@ class _Interrupt(Exception):
 def test_an_interrupted_stage_resumes_and_finished_stages_are_skipped(run_config, monkeypatch):
     run_config["train"]["epochs"] = 2
     run_config["baseline"] = False
+    run_config["pilot"] = {"share": 0}  # no paused pilot candidates: the distilled stage starts at step 0
     cfg = validate_config(run_config)
     real_epoch = ClassifierTask.begin_epoch
 

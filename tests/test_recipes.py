@@ -13,10 +13,13 @@ from distill.data.arrays import UNLABELED, ArrayDataset
 from distill.data.augment import AugmentConfig
 from distill.data.datasets import load_data
 from distill.eval.doctor import diagnose, diagnose_lm
+from distill.losses.config import KDConfig
 from distill.losses.terms import cross_entropy, term_scales
 from distill.recipes.classify.config import load_config
-from distill.recipes.classify.pipeline import baseline_budget, plan_of
-from distill.recipes.classify.plan import resolve
+from distill.recipes.classify.pilot import dropped_units, pilot_budget, run_pilot
+from distill.recipes.classify.choice import plan_of
+from distill.recipes.classify.students import baseline_budget
+from distill.recipes.classify.plan import Candidate, candidates, chosen, shift_for
 from distill.training.classify import ClassifierTask
 from distill.training.config import TrainConfig
 
@@ -48,23 +51,35 @@ def test_a_recipe_that_needs_a_live_teacher_refuses_a_cache_before_any_compute()
         load_config(None, ["recipe=function_matching", "teacher.signal=cached"])
 
 
-def test_auto_recipe_is_function_matching_for_images_with_a_live_teacher():
-    cfg = load_config(None, DIGITS)
-    recipe = plan_of(cfg, load_data(cfg.data))
-    assert (recipe.recipe, recipe.signal) == ("function_matching", "live")
-    assert (recipe.augment.shift, recipe.augment.mixup) == (2, 1.0)
-    assert (recipe.objective.terms[0].temperature, recipe.objective.terms[0].weight) == (1.0, 1.0)
+@pytest.mark.parametrize(("shape", "shift"), [((1, 8, 8), 1), ((1, 28, 28), 2), ((3, 56, 64), 4), ((30,), 0)])
+def test_function_matching_shifts_are_a_fraction_of_the_image_side(shape, shift):
+    assert shift_for(shape) == shift
+    cands = candidates("images" if len(shape) == 3 else "features", shape, kd=KDConfig(), augment=AugmentConfig())
+    fm = [c for c in cands if c.recipe == "function_matching"]
+    assert {(c.augment.shift, c.augment.mixup) for c in fm} == {(shift, 1.0), (shift, 0.2)}  # mixup is a candidate
+    assert all(c.signal == "live" and c.objective.terms[0].temperature == 1.0 for c in fm)
+
+
+def test_explicit_augmentation_and_kd_settings_are_used_as_given_in_every_candidate():
+    cands = candidates("images", (1, 8, 8), kd=KDConfig(temperature=3.0),
+                       augment=AugmentConfig(shift=0, mixup=0.0))
+    assert all((c.augment.shift, c.augment.mixup) == (0, 0.0) for c in cands)  # 0 is off, not "the default"
+    assert {c.objective.terms[0].temperature for c in cands if c.recipe != "plain"} == {3.0}
+    fm = chosen("function_matching", "auto", AugmentConfig(shift=0), "images", (1, 8, 8))
+    assert (fm.augment.shift, fm.augment.mixup) == (0, 1.0)
 
 
 @pytest.mark.parametrize(("overrides", "expected"), [
-    (["teacher.signal=cached"], ("soft_targets", "cached", 2.0, 0.5)),
     (["recipe=soft_targets"], ("soft_targets", "cached", 2.0, 0.5)),
     (["recipe=soft_targets", "kd.ratio=0.9", "train.augment.shift=1"], ("soft_targets", "live", 2.0, 0.9)),
+    (["pilot.share=0"], ("soft_targets", "cached", 2.0, 0.5)),  # auto without a pilot: the conservative recipe
+    (["recipe=function_matching"], ("function_matching", "live", 1.0, 1.0)),
 ])
-def test_soft_targets_keep_the_config_and_cache_unless_something_needs_the_teacher_live(overrides, expected):
+def test_a_recipe_named_in_the_config_is_used_without_a_pilot(overrides, expected):
     cfg = load_config(None, [*DIGITS, *overrides])
     r = plan_of(cfg, load_data(cfg.data))
     assert (r.recipe, r.signal, r.objective.terms[0].temperature, r.objective.terms[0].weight) == expected
+    assert r.pilot is None
 
 
 def test_label_fraction_keeps_a_stratified_share_and_makes_the_rest_unlabelled():
@@ -173,7 +188,8 @@ def _report(teacher: float, baseline: float, distilled: float, **extra):
 def test_doctor_says_a_loss_first_and_names_the_one_hot_teacher():
     report = _report(0.98, 0.93, 0.92, teacher_signal={"train_confidence": 0.995, "train_entropy": 0.02,
                                                         "val_entropy": 0.09},
-                     recipe={"recipe": "soft_targets", "distilled_epochs": 10, "distilled_best_epoch": 4})
+                     recipe={"recipe": "soft_targets", "distilled_steps": 100,
+                             "distilled_best": {"row": 4, "rows": 10, "step": 50}})
     d = diagnose(report)
     assert d["won"] is False and d["verdict"].startswith("Distillation did NOT beat the plain student")
     assert any("near one-hot" in c and "99.5%" in c for c in d["causes"])
@@ -181,11 +197,23 @@ def test_doctor_says_a_loss_first_and_names_the_one_hot_teacher():
 
 
 def test_doctor_names_a_weak_teacher_and_late_improvement_and_stays_quiet_on_a_win():
-    d = diagnose(_report(0.90, 0.91, 0.89, recipe={"distilled_epochs": 10, "distilled_best_epoch": 9}))
+    d = diagnose(_report(0.90, 0.91, 0.89, recipe={"distilled_steps": 100,
+                                                   "distilled_best": {"row": 9, "rows": 10, "step": 100}}))
     assert any("no more accurate than the plain student" in c for c in d["causes"])
-    assert any("still improving at its last epoch" in c for c in d["causes"])
+    assert any("still improving at its last validation" in c for c in d["causes"])
     win = diagnose(_report(0.95, 0.91, 0.94))
     assert win["won"] and win["causes"] == [] and "beats the plain one" in win["verdict"]
+
+
+def test_doctor_claims_a_win_only_when_the_paired_test_supports_it():
+    noise = {"outcome": "no detectable difference", "low": -0.8, "high": 2.6, "p_value": 0.31, "n": 1000}
+    d = diagnose(_report(0.98, 0.900, 0.909, verdict=noise))
+    assert not d["won"] and d["verdict"].startswith("No detectable difference") and "+0.90 points" in d["verdict"]
+    assert any("within the test's noise" in c for c in d["causes"])
+    worse = {"outcome": "worse", "low": -14.0, "high": -6.0, "p_value": 1e-6, "n": 500}
+    d = diagnose(_report(0.98, 0.90, 0.80, verdict=worse))
+    assert d["verdict"].startswith("Distillation did NOT beat")
+    assert not any("within the test's noise" in c for c in d["causes"])
 
 
 def test_plain_training_on_unlabelled_rows_is_a_clear_error():
@@ -197,14 +225,67 @@ def test_plain_training_on_unlabelled_rows_is_a_clear_error():
         train(nn.Linear(6, 3), ArrayDataset(x, y), num_classes=3, epochs=1, quiet=True)
 
 
-@pytest.mark.parametrize(("modality", "shape", "reason"), [
-    ("audio", (1, 40, 101), "spectrograms"), ("text", (2, 16), "token inputs"), ("features", (6,), "feature rows")])
-def test_auto_keeps_soft_targets_where_shifts_and_mixup_do_not_apply(modality, shape, reason):
-    r = resolve("auto", "auto", AugmentConfig(), modality, shape)
-    assert (r.recipe, r.signal, r.augment.enabled) == ("soft_targets", "cached", False)
-    assert reason in r.why
+@pytest.mark.parametrize(("modality", "shape", "fm_shift"), [
+    ("audio", (1, 40, 101), 3), ("text", (2, 16), None), ("features", (6,), 0)])
+def test_candidates_offer_function_matching_only_where_inputs_can_be_mixed(modality, shape, fm_shift):
+    cands = candidates(modality, shape, kd=KDConfig(), augment=AugmentConfig())
+    assert cands[0].name == "plain" and not cands[0].augment.enabled
+    assert {(c.objective.terms[0].temperature, c.objective.terms[0].weight) for c in cands
+            if c.recipe == "soft_targets"} == {(2.0, 0.5), (4.0, 0.9)}
+    fm = [c for c in cands if c.recipe == "function_matching"]
+    assert ({c.augment.shift for c in fm} == {fm_shift}) if fm_shift is not None else fm == []
+    assert [c.recipe for c in candidates(modality, shape, kd=KDConfig(), augment=AugmentConfig(),
+                                         live_ok=False)].count("function_matching") == 0  # a cached signal
     with pytest.raises(ConfigError, match="token ids"):
-        resolve("function_matching", "live", AugmentConfig(), "text", (2, 16))
+        chosen("function_matching", "live", AugmentConfig(), "text", (2, 16))
+
+
+def _fake(names_recipes):
+    return [Candidate(n, r, CE() if r == "plain" else KD(), AugmentConfig().filled()) for n, r in names_recipes]
+
+
+def test_the_pilot_halves_by_score_and_picks_the_best_teacher_candidate_and_the_best_plain_one():
+    cands = _fake([("plain", "plain"), ("st2", "soft_targets"), ("st4", "soft_targets"), ("fm1", "function_matching"),
+                   ("fm02", "function_matching")])
+    truth = {"plain": 0.80, "st2": 0.85, "st4": 0.90, "fm1": 0.60, "fm02": 0.88}
+    trained = []
+
+    def train(c, upto):
+        trained.append((c.name, upto))
+        return {"val_accuracy": truth[c.name] * min(1.0, upto / 30), "val_nll": 1.0}
+
+    pilot = run_pilot(cands, train, first_rung=10, total=100)
+    assert trained[:5] == [(c.name, 10) for c in cands] and sorted(trained[5:]) == [("fm02", 30), ("st4", 30)]
+    assert (pilot.winner, pilot.best_plain, pilot.plain_won) == ("st4", "plain", False)
+    assert pilot.seconds == sum(r["seconds"] for r in pilot.rows if r["name"] not in ("st4", "plain"))
+    # the dropped candidates' steps (3 at 10, one at 30) are the cost: at most share / (1 - share) of the job
+    assert dropped_units(5) == 3 + 3 and pilot_budget(1200, 5, 0.2) == int(0.25 * 1200 / 6)
+    again = run_pilot(cands, lambda c, s: pytest.fail("a recorded candidate is not trained again"), 10, 100,
+                      done=pilot.rows)
+    assert again.winner == "st4"
+    truth["plain"] = 0.95  # plain training beats every candidate using the teacher: said, not hidden
+    assert run_pilot(cands, train, first_rung=10, total=100).plain_won
+    assert max(r["steps"] for r in run_pilot(cands, train, first_rung=10, total=20).rows) == 20  # never past the run
+
+
+def test_distill_without_a_loss_runs_a_pilot_and_says_what_it_chose():
+    torch.manual_seed(0)
+    x = torch.randn(240, 1, 8, 8)
+    y = (x.flatten(1)[:, :10].argmax(1) % 4)
+    teacher = nn.Sequential(nn.Flatten(), nn.Linear(64, 4))
+    with torch.no_grad():
+        teacher[1].weight.zero_()
+        teacher[1].weight[torch.arange(10) % 4, torch.arange(10)] = 5.0  # a teacher close to the rule
+    result = distill(teacher, nn.Sequential(nn.Flatten(), nn.Linear(64, 4)), ArrayDataset(x[:200], y[:200]),
+                     val_data=ArrayDataset(x[200:], y[200:]), steps=60, batch_size=32, quiet=True)
+    plan = result.plan
+    names = [r["name"] for r in plan["pilot"]["rows"] if r["rung"] == 0]
+    assert names[0] == "plain" and any(n.startswith("function matching") for n in names) and len(names) == 6
+    assert plan["name"] == plan["pilot"]["winner"] and plan["recipe"] in ("soft_targets", "function_matching")
+    assert plan["baseline"]["name"] == plan["pilot"]["best_plain"]
+    assert result.history[-1]["step"] == 60 and result.seconds["pilot"] <= result.seconds["pilot_wall"]
+    winner_rows = [r for r in result.history if r["step"] <= plan["pilot"]["rows"][0]["steps"]]
+    assert winner_rows, "the winner's run continues its pilot steps (its first rows are the pilot's)"
 
 
 def test_the_modality_of_built_in_and_array_data():
@@ -273,26 +354,6 @@ def test_the_loss_scale_guard_warns_once_even_when_epochs_are_shorter_than_its_w
     assert len(notes) == 1 and "`hint` is" in notes[0] and "over the first 3 steps" in notes[0]
 
 
-def test_distill_without_a_loss_uses_function_matching_on_images_its_teacher_is_sure_of():
-    torch.manual_seed(0)
-    x = torch.randn(64, 1, 8, 8)
-    y = torch.randint(0, 10, (64,))
-    teacher = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
-    with torch.no_grad():
-        teacher[1].weight.mul_(100)  # near one-hot on these images
-    result = distill(teacher, nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), ArrayDataset(x, y), epochs=1,
-                     batch_size=16, quiet=True)
-    row = result.history[0]
-    assert "train_kd" in row and "train_ce" not in row  # pure KD (alpha 1), on shifted, mixed views
-    with torch.no_grad():
-        teacher[1].weight.mul_(1e-4)  # unsure: its soft targets teach as they are
-    soft = distill(teacher, nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), ArrayDataset(x, y), epochs=1,
-                   batch_size=16, quiet=True)
-    assert {"train_kd", "train_ce"} <= set(soft.history[0])  # soft targets, alpha 0.5
-    flat = distill(teacher, nn.Linear(64, 10), ArrayDataset(x.flatten(1), y), epochs=1, batch_size=16, quiet=True)
-    assert {"train_kd", "train_ce"} <= set(flat.history[0])  # feature rows: soft targets, alpha 0.5
-
-
 def test_the_lm_doctor_names_pure_kd_an_unadapted_teacher_and_a_cold_reverse_kl():
     models = {"teacher": {"ppl": 35.0}, "baseline": {"ppl": 94.0}, "distilled": {"ppl": 115.0}}
     lost = diagnose_lm({"models": models, "loss": {"kind": "reverse_kl", "ratio": 1.0, "warm_start": 0},
@@ -304,29 +365,24 @@ def test_the_lm_doctor_names_pure_kd_an_unadapted_teacher_and_a_cold_reverse_kl(
     assert won["won"] and "79.00 vs 94.00 (teacher 15.00)" in won["verdict"] and won["causes"] == []
 
 
-@pytest.mark.parametrize(("confidence", "transfer_set", "expected"), [
-    (0.99, False, "function_matching"),  # near one-hot on its training images: only new views teach
-    (0.93, False, "soft_targets"),  # soft targets already carry dark knowledge (fmnist_full)
-    (0.93, True, "function_matching"),  # a transfer set: new inputs are there to be shifted and mixed
-])
-def test_auto_on_images_follows_the_teachers_confidence_on_its_training_images(confidence, transfer_set, expected):
-    calls = []
-    r = resolve("auto", "auto", AugmentConfig(), "images", (1, 8, 8), transfer_set=transfer_set,
-                confidence=lambda: calls.append(1) or confidence)
-    assert r.recipe == expected
-    assert (r.signal, r.augment.mixup > 0) == (("live", True) if expected == "function_matching" else ("cached", False))
-    assert (f"{100 * confidence:.1f}%" if not transfer_set else "transfer set") in r.why
-    assert len(calls) == (0 if transfer_set else 1)  # measured only when the choice needs it
+def test_a_run_pilots_its_candidates_records_them_and_writes_the_config_that_ran(tmp_path):
+    import json
 
+    import yaml
 
-def test_a_run_measures_its_teachers_confidence_to_choose_the_recipe():
-    cfg = load_config(None, DIGITS)
-    data = load_data(cfg.data)
-    torch.manual_seed(0)
-    unsure = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))  # untrained: near-uniform outputs
-    with torch.no_grad():
-        unsure[1].weight.mul_(0.01)
-    assert plan_of(cfg, data, unsure).recipe == "soft_targets"
-    assert plan_of(cfg, data).recipe == "function_matching"  # before the teacher exists: provisional
-    explicit = load_config(None, [*DIGITS, "recipe=function_matching"])
-    assert plan_of(explicit, data, unsure).recipe == "function_matching"  # a choice in the config stands
+    from distill.recipes.classify.pipeline import run
+
+    args = [*DIGITS, "data.limit=300", "train.steps=40", "train.batch_size=32", "teacher.train.epochs=2",
+            "student.kwargs={hidden: [16]}", "bench.repeats=3", "bench.throughput_batch=8", f"output_dir={tmp_path}",
+            "quiet=true", "device=cpu", "train.augment.flip=false"]
+    run_dir = run(load_config(None, args))
+    report = json.loads((run_dir / "report.json").read_text())
+    rows = json.loads((run_dir / "pilot.json").read_text())["rows"]
+    assert report["recipe"]["pilot"]["rows"] == rows and report["timing"]["pilot_share"] < 0.5
+    ran = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert ran["recipe"] == report["recipe"]["recipe"] and ran["pilot"]["share"] == 0.0
+    assert ran["train"]["augment"] == report["recipe"]["augment"] and ran["train"]["augment"]["flip"] is False
+    assert yaml.safe_load((run_dir / "request.yaml").read_text())["recipe"] == "auto"
+    assert "## Pilot" in (run_dir / "report.md").read_text()
+    again = run(load_config(None, args), resume=True)  # compared with the request, not the resolved config
+    assert json.loads((again / "pilot.json").read_text())["rows"] == rows

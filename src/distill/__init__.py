@@ -4,7 +4,7 @@
     >>> result = distill.distill(teacher, student, train_data, loss=distill.KD(temperature=4, ratio=0.9))
 """
 
-from distill.api import Result, RunResult, distill, lm, run, textkd, train
+from distill.api import Result, RunResult, compare, distill, lm, run, textkd, train
 from distill.core.config import Schedule
 from distill.core.errors import DistillError
 from distill.losses.methods import CE, KD, Method
@@ -12,5 +12,5 @@ from distill.recipes.classify.config import RunConfig, load_config
 from distill.training.config import TrainConfig
 
 __all__ = ["CE", "KD", "DistillError", "Method", "Result", "RunConfig", "RunResult", "Schedule", "TrainConfig",
-           "distill", "lm", "load_config", "run", "textkd", "train"]
+           "compare", "distill", "lm", "load_config", "run", "textkd", "train"]
 __version__ = "0.1.0"

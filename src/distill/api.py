@@ -11,7 +11,13 @@ whole job (`run`, `lm`, `textkd`: the CLI's commands) from a config.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
+import math
+import shutil
+import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,37 +26,64 @@ from typing import Any, Literal, Union
 import torch
 from pydantic import BaseModel
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from distill.core.config import validate_section
-from distill.core.errors import ConfigError
-from distill.data.arrays import as_indexed, labels_of, modality_of
+from distill.core.errors import ConfigError, ModelError
+from distill.data.arrays import (
+    as_indexed,
+    check_dataset,
+    check_label_range,
+    labels_of,
+    modality_of,
+    stratified_split,
+)
 from distill.data.batches import iter_batches
 from distill.data.transfer import as_unlabeled, with_transfer_set
-from distill.eval.metrics import classification_metrics, mean_confidence, predict
+from distill.eval.metrics import classification_metrics, predict
+from distill.eval.verdict import compare_classifiers
+from distill.losses.config import KDConfig
 from distill.losses.methods import CE, Method
 from distill.models.zoo import freeze, logits_of
-from distill.recipes.classify.plan import CONFIDENCE_SAMPLE, resolve
+from distill.recipes.classify.pilot import adopt, measure, plan_from, slug
+from distill.recipes.classify.plan import (
+    Candidate,
+    Plan,
+    candidates,
+    chosen,
+    plain_candidate,
+    with_signal,
+)
 from distill.teachers.output import Teacher
 from distill.teachers.signals import CachedTeacher, LiveTeacher
 from distill.training.classify import fit
 from distill.training.config import TrainConfig
 
+PILOT_SHARE = 0.2  # the pilot's share of a job's student steps, its own included (`recipes.classify.pilot`)
+
 
 @dataclass
 class Result:
-    """A trained model, its metrics on the validation data (if given) and its per-epoch history."""
+    """A trained model, its metrics on the validation data (if given) and its per-validation history;
+    for `distill`, the plan it trained with (`plan`: recipe, settings, why, the pilot's table), and with
+    `compare=True` the plain baseline trained alongside and the verdict of the paired test."""
 
     model: nn.Module
     metrics: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
+    plan: dict[str, Any] | None = None
+    baseline: Result | None = None
+    verdict: dict[str, Any] | None = None  # `distill.eval.verdict.Verdict.to_dict()`, with its sentence
+    seconds: dict[str, float] = field(default_factory=dict)  # pilot, distilled, baseline wall times
 
 
 def distill(teacher: nn.Module, student: nn.Module, train_data: Dataset | DataLoader, *,
             loss: Method | None = None, val_data: Dataset | DataLoader | None = None,
-            signal: Literal["live", "cached"] = "live", cache_dir: str | Path = "cache/teacher",
-            config: TrainConfig | None = None, checkpoint_dir: str | Path | None = None,
-            resume: bool = False, quiet: bool = False, unlabeled: Any = None, **train_options: Any) -> Result:
+            test_data: Dataset | DataLoader | None = None, signal: Literal["auto", "live", "cached"] = "auto",
+            cache_dir: str | Path = "cache/teacher", config: TrainConfig | None = None,
+            checkpoint_dir: str | Path | None = None, resume: bool = False, quiet: bool = False,
+            unlabeled: Any = None, compare: bool = False, pilot_share: float = PILOT_SHARE,
+            candidates: list[Candidate] | None = None, **train_options: Any) -> Result:
     """Train `student` to match the frozen `teacher` on `train_data`.
 
     Args:
@@ -58,47 +91,171 @@ def distill(teacher: nn.Module, student: nn.Module, train_data: Dataset | DataLo
         student: the module to train; must predict the same classes as the teacher.
         train_data: a Dataset of `(inputs, label)` / dicts, or a DataLoader over one.
         loss: the objective, e.g. `KD(temperature=4, ratio=0.9)`; `CE()` trains without the teacher;
-            None (default): the recipe that won our benchmarks (`distill.recipes.classify.plan`): for images with
-            a transfer set or a teacher near one-hot on `train_data`, function matching (the live
-            teacher scores the same shifted, mixed view; pure KD, T = 1, with `augment` defaulting
-            to shifts + mixup), else KD(temperature=2, ratio=0.5);
+            None (default): chosen by measurement: a pilot (`pilot_share` of the job's steps) trains
+            plain CE, soft targets and, on float inputs, function matching with augmentation scaled to
+            the input, each briefly on `train_data`, and the best on validation trains in full
+            (`distill.recipes.classify.pilot`; the table is in `Result.plan`);
             `Method([{"kind": "kd"}, {"kind": "hint", "student": "layer2", "teacher": "layer3"}, ...])`
             a weighted sum of terms over logits, layers and attention maps (needs signal="live"
             when a term reads teacher layers).
-        val_data: optional held-out data for early stopping and the returned metrics.
-        signal: "live" runs the teacher on every batch (needed with augmentation);
-            "cached" computes its logits once under `cache_dir` and reuses them (not with the
-            default recipe on images, which shows the teacher each augmented view).
-        config: full training settings; `train_options` (epochs=, batch_size=, ...) override them.
-        checkpoint_dir: where to write atomic per-epoch checkpoints (needed for `resume`).
+        val_data: held-out data for choosing the best weights, the pilot and the returned metrics; without
+            it the pilot holds out a stratified 10% of `train_data` for itself.
+        test_data: with `compare=True`, where the verdict is measured (default: `val_data`).
+        signal: "live" runs the teacher on every batch (needed with augmentation); "cached" computes
+            its logits once under `cache_dir` and reuses them; "auto" (default): live where the recipe
+            augments, else the logits computed once, in memory.
+        config: full training settings; `train_options` (epochs=, steps=, batch_size=, ...) override them.
+            Without a budget: 10 epochs of the training set and at least 1,000 steps.
+        checkpoint_dir: where to write atomic checkpoints (needed for `resume`).
         unlabeled: extra inputs without labels (a tensor (N, ...), or a Dataset / DataLoader of inputs)
             that the teacher scores: the transfer set. The student learns the teacher's soft targets
             on labelled and unlabelled inputs, the labels' cross-entropy on the labelled ones.
+        compare: also train the plain student the CLI trains (the pilot's best plain settings, the same
+            steps) and say which is better with a paired test (`Result.baseline`, `Result.verdict`).
+        pilot_share: the pilot's share of the job's student steps (0: no pilot; `loss=None` then means
+            soft targets, T = 2, ratio 0.5).
+        candidates: extra `distill.recipes.classify.plan.Candidate`s for the pilot to measure.
     """
     train_ds, config = _prepare(train_data, config, train_options)
-    with token_inputs(teacher, student):  # Hugging Face models take the (B, 2, L) text rows
-        example = torch.as_tensor(train_ds[0]["inputs"])
-        recipe = resolve("auto" if loss is None else "soft_targets", signal, config.augment, modality_of(example),
-                         tuple(example.shape), method=loss if isinstance(loss, Method) else None,
-                         transfer_set=unlabeled is not None,
-                         confidence=lambda: mean_confidence(teacher, train_ds, CONFIDENCE_SAMPLE))
-        loss = recipe.objective if loss is None else loss
-        config = config.model_copy(update={"augment": recipe.augment})
-        if unlabeled is not None:
-            if not loss.needs_teacher:
-                raise ConfigError("unlabeled inputs are taught by the teacher, which this loss does not use; "
-                                  "pass a distillation loss (e.g. KD()) or drop unlabeled=.")
-            train_ds = with_transfer_set(train_ds, as_unlabeled(unlabeled))
-        val_ds = _dataset(val_data) if val_data is not None else None
+    check_dataset(train_ds, "train_data")
+    val_ds = _dataset(val_data) if val_data is not None else None
+    test_ds = _dataset(test_data) if test_data is not None else val_ds
+    for ds, where in ((val_ds, "val_data"), (test_ds, "test_data")):
+        if ds is not None:
+            check_dataset(ds, where)
+    if compare and test_ds is None:
+        raise ConfigError("compare=True measures both students on held-out data: pass val_data= or test_data=.")
+    initial = copy.deepcopy(student)  # every pilot candidate and the baseline start from these weights
+    piloted = loss is None and pilot_share > 0
+    with token_inputs(teacher, student, initial), _workdir(checkpoint_dir, resume) as work:
+        num_classes = check_models(teacher, student, train_ds)
+        extra = as_unlabeled(unlabeled) if unlabeled is not None else None
+        if extra is not None and loss is not None and not loss.needs_teacher:
+            raise ConfigError("unlabeled inputs are taught by the teacher, which this loss does not use; "
+                              "pass a distillation loss (e.g. KD()) or drop unlabeled=.")
+        if piloted and val_ds is None:  # the pilot scores on held-out examples: 10% of train_data, for the job too
+            train_ds, val_ds = _hold_out(train_ds)
+            test_ds = test_ds if test_ds is not None else val_ds
+        taught = with_transfer_set(train_ds, extra)
         teacher = freeze(teacher)
-        source: Teacher = (LiveTeacher(teacher) if recipe.signal == "live" else
-                                 CachedTeacher.build_or_load(teacher, train_ds, Path(cache_dir), quiet=quiet))
-        num_classes = _num_classes(teacher, train_ds)
-        out = fit(student, train_ds, objective=loss, config=config, num_classes=num_classes, teacher=source,
-                  val_data=val_ds, checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None,
-                  resume=resume, quiet=quiet, name="distilled")
+        steps = config.total_steps(math.ceil(len(taught) / config.batch_size))  # type: ignore[arg-type]
+        t0 = time.perf_counter()
+        plan = _plan(teacher, initial, train_ds, extra, val_ds, config, loss, signal, num_classes, steps,
+                     pilot_share if piloted else 0.0, candidates, compare, quiet, work / "pilot")
+        seconds = {"pilot": plan.pilot["seconds"] if plan.pilot else 0.0, "pilot_wall": time.perf_counter() - t0}
+        how = plan.distilled
+        stage = Path(checkpoint_dir) if checkpoint_dir else work / "distilled"
+        if plan.pilot:  # the winner's pilot steps are the start of its run
+            adopt(work / "pilot" / slug(how.name), stage)
+        t0 = time.perf_counter()
+        out = fit(student, taught, objective=how.objective, config=_budget(config, how, steps), num_classes=num_classes,
+                  teacher=_signal(teacher, how, taught, signal, Path(cache_dir), quiet), val_data=val_ds,
+                  checkpoint_dir=stage if (checkpoint_dir or plan.pilot) else None, resume=resume or bool(plan.pilot),
+                  quiet=quiet, name="distilled")
+        seconds["distilled"] = time.perf_counter() - t0
         metrics = _val_metrics(out.model, val_ds, teacher) if val_ds is not None else {}
-        return Result(out.model, metrics, out.history)
+        result = Result(out.model, metrics, out.history, plan.to_dict(), seconds=seconds)
+        if compare:
+            _compare(result, plan, copy.deepcopy(initial), train_ds, val_ds, test_ds, teacher, config, steps,
+                     num_classes, work, resume, quiet)
+        return result
+
+
+@contextlib.contextmanager
+def _workdir(checkpoint_dir: str | Path | None, resume: bool) -> Iterator[Path]:
+    """Where the pilot's candidates and the baseline keep their checkpoints: `checkpoint_dir` (kept for
+    `resume`; without it, what an earlier call left there is cleared), else a temporary directory."""
+    if checkpoint_dir is None:
+        with tempfile.TemporaryDirectory(prefix="distill-") as tmp:
+            yield Path(tmp)
+        return
+    work = Path(checkpoint_dir)
+    if not resume:  # a fresh job: an earlier job's paused candidates must not be continued
+        for old in (work / "pilot", work / "baseline"):
+            shutil.rmtree(old, ignore_errors=True)
+        for name in ("last.safetensors", "best.safetensors", "metrics.jsonl"):
+            (work / name).unlink(missing_ok=True)
+    yield work
+
+
+def compare(teacher: nn.Module, student: nn.Module, train_data: Dataset | DataLoader, **kwargs: Any) -> Result:
+    """`distill(..., compare=True)`: the distilled student, the plain one trained as the CLI trains it
+    (same steps, the pilot's best plain settings), and which was better by a paired test."""
+    return distill(teacher, student, train_data, compare=True, **kwargs)
+
+
+def _plan(teacher: nn.Module, initial: nn.Module, train_ds: Dataset, extra: Dataset | None, val_ds: Dataset | None,
+          config: TrainConfig, loss: Method | None, signal: str, num_classes: int, steps: int, share: float,
+          extra_candidates: list[Candidate] | None, compare: bool, quiet: bool, directory: Path) -> Plan:
+    """The distilled and plain students' settings: the loss given, or the pilot's choice."""
+    example = torch.as_tensor(train_ds[0]["inputs"])
+    modality, shape = modality_of(example), tuple(example.shape)
+    if loss is not None:
+        # a cache holds logits for KD and CE; any other term (hints, relations, attention) runs the teacher live
+        how = chosen("soft_targets", signal, config.augment, modality, shape, method=loss,
+                     live_needed=any(t.kind not in ("kd", "ce") for t in loss.terms))
+        return Plan(how, plain_candidate(config.augment), "the loss given")
+    if share <= 0:
+        how = chosen("soft_targets", signal, config.augment, modality, shape)
+        return Plan(how, plain_candidate(config.augment), f"{how.name} (no pilot: pilot_share is 0)")
+    cands = candidates(modality, shape, kd=KDConfig(), augment=config.augment, live_ok=signal != "cached",
+                       extra=extra_candidates)
+    if signal == "live":
+        cands = [with_signal(c, "live") for c in cands]
+    pilot = measure(cands, build=lambda: copy.deepcopy(initial), labelled=train_ds,
+                    taught=with_transfer_set(train_ds, extra), val=val_ds, teacher=teacher,  # type: ignore[arg-type]
+                    config_for=lambda c: _budget(config, c, steps), num_classes=num_classes,
+                    job_steps=steps * (2 if compare else 1), total=steps, share=share, directory=directory,
+                    quiet=quiet)
+    return plan_from(cands, pilot)
+
+
+def _hold_out(data: Dataset, fraction: float = 0.1) -> tuple[Dataset, Dataset]:
+    """A stratified `fraction` of `data` held out for validation (the pilot's scores, the best weights)."""
+    labels = labels_of(data)
+    train_i, held_i, _ = stratified_split(labels, (fraction, 0.0), seed=0)
+    if len(held_i) == 0 or len(train_i) == 0:
+        raise ConfigError(f"the pilot needs validation data and {len(labels)} training examples are too few to hold "
+                          "some out: pass val_data=, or choose the loss yourself (loss=KD(...)), or pilot_share=0.")
+    return Subset(data, train_i.tolist()), Subset(data, held_i.tolist())
+
+
+def _signal(teacher: nn.Module, how: Candidate, taught: Dataset, signal: str, cache_dir: Path,
+            quiet: bool) -> Teacher | None:
+    if not how.taught:
+        return None
+    if how.signal == "live" or signal == "live":
+        return LiveTeacher(teacher)
+    if signal == "cached":
+        return CachedTeacher.build_or_load(teacher, taught, cache_dir, quiet=quiet)
+    return CachedTeacher.from_table(predict(teacher, taught), cache_dir)  # computed once, in memory
+
+
+def _budget(config: TrainConfig, how: Candidate, steps: int) -> TrainConfig:
+    return config.model_copy(update={"augment": how.augment, "steps": steps, "epochs": None})
+
+
+def _compare(result: Result, plan: Plan, student: nn.Module, train_ds: Dataset, val_ds: Dataset | None,
+             test_ds: Dataset, teacher: nn.Module, config: TrainConfig, steps: int, num_classes: int,
+             work: Path, resume: bool, quiet: bool) -> None:
+    """Train the plain baseline as the CLI does (the pilot's best plain candidate continued to the same
+    steps) and judge the pair on `test_ds` with a paired test."""
+    t0 = time.perf_counter()
+    if plan.pilot:
+        adopt(work / "pilot" / slug(plan.baseline.name), work / "baseline")
+    out = fit(student, train_ds, objective=CE(), config=_budget(config, plan.baseline, steps), num_classes=num_classes,
+              val_data=val_ds, checkpoint_dir=work / "baseline", resume=resume or bool(plan.pilot), quiet=quiet,
+              name="baseline")
+    result.seconds["baseline"] = time.perf_counter() - t0
+    metrics = _val_metrics(out.model, val_ds, teacher) if val_ds is not None else {}
+    result.baseline = Result(out.model, metrics, out.history)
+    labels = labels_of(test_ds)
+    correct = {k: predict(m, test_ds).argmax(-1) == labels for k, m in (("plain", out.model),
+                                                                           ("distilled", result.model))}
+    verdict = compare_classifiers(correct["plain"], correct["distilled"])
+    result.verdict = {**verdict.to_dict(), "sentence": verdict.sentence("the distilled student", "the plain one")}
+    if not quiet:
+        print(result.verdict["sentence"], file=sys.stderr)
 
 
 def train(model: nn.Module, train_data: Dataset | DataLoader, *, num_classes: int | None = None,
@@ -107,8 +264,11 @@ def train(model: nn.Module, train_data: Dataset | DataLoader, *, num_classes: in
           **train_options: Any) -> Result:
     """Train `model` on labels alone (a teacher, or the no-teacher baseline)."""
     train_ds, config = _prepare(train_data, config, train_options)
+    check_dataset(train_ds, "train_data")
     with token_inputs(model):  # Hugging Face models take the (B, 2, L) text rows
         val_ds = _dataset(val_data) if val_data is not None else None
+        if val_ds is not None:
+            check_dataset(val_ds, "val_data")
         num_classes = num_classes or _num_classes(model, train_ds)
         out = fit(model, train_ds, objective=CE(), config=config, num_classes=num_classes,
                   val_data=val_ds, checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None,
@@ -124,6 +284,9 @@ def _prepare(data: Dataset | DataLoader, config: TrainConfig | None,
         options = {**options, "batch_size": data.batch_size}
     if "lr" in options:
         base["optimizer"]["lr"] = options.pop("lr")
+    for given, other in (("steps", "epochs"), ("epochs", "steps")):  # a budget given replaces the config's
+        if options.get(given) is not None:
+            base[other] = None
     return _dataset(data), validate_section(TrainConfig, {**base, **options}, "training options")
 
 
@@ -158,9 +321,27 @@ def _num_classes(model: nn.Module, data: Dataset) -> int:
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    n = logits_of(model(batch["inputs"].to(device))).shape[-1]
-    model.train(was_training)
+    try:
+        n = logits_of(model(batch["inputs"].to(device))).shape[-1]
+    finally:
+        model.train(was_training)
     return n
+
+
+def check_models(teacher: nn.Module, student: nn.Module, data: Dataset) -> int:
+    """The classes teacher, student and labels agree on, before any training; a mismatch names which of
+    the three disagrees with the others."""
+    n_t, n_s = _num_classes(teacher, data), _num_classes(student, data)
+    labels = labels_of(data)
+    top = int(labels.max()) if len(labels) else -1
+    if n_t != n_s:
+        n = top + 1  # classes the labels need at least
+        culprit = ("the student" if n_s < n <= n_t or n == n_t else "the teacher" if n_t < n <= n_s or n == n_s
+                   else "the one whose outputs are not your classes")
+        raise ModelError(f"the teacher outputs {n_t} classes and the student {n_s} (the labels go up to {top}); "
+                         f"distillation needs one label space: fix {culprit}'s number of outputs.")
+    check_label_range(labels, n_t, "train_data")  # labels beyond the models' classes: a DataError naming both
+    return n_t
 
 
 def _val_metrics(model: nn.Module, val: Dataset, teacher: nn.Module | None) -> dict[str, Any]:

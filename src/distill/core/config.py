@@ -95,8 +95,22 @@ def read_raw(path: str | Path | dict[str, Any] | None, overrides: list[str] | No
     else:
         raw = read_yaml(Path(path)) if path else default()
     for item in overrides or []:
+        _drop_alternative(raw, item.partition("=")[0].strip())
         _apply_override(raw, item)
     return raw
+
+
+ALTERNATIVES = {"epochs": "steps", "steps": "epochs"}  # a budget in one unit replaces one in the other
+
+
+def _drop_alternative(raw: dict[str, Any], key: str) -> None:
+    """An override of `train.steps` drops the file's `train.epochs` (and the other way round): the
+    budget is given in one unit, and the override is the one meant."""
+    *parents, leaf = key.split(".")
+    other = ALTERNATIVES.get(leaf)
+    node = _walk(raw, parents) if other else None
+    if isinstance(node, dict) and other in node and not isinstance(node.get(other), dict):
+        node.pop(other)
 
 
 def source_name(path: str | Path | dict[str, Any] | None, builtin: str) -> str:

@@ -1,5 +1,9 @@
 """The run directory of any job: created once the config and models are checked, and on `--resume`
-checked against the config saved there (filled with this version's defaults by its own schema)."""
+checked against the config saved there (filled with this version's defaults by its own schema).
+
+`request.yaml` is the config as asked; `config.yaml` starts as the same and a job may rewrite it as the
+config that ran (open settings resolved, e.g. by `distill run`'s pilot). `--resume` compares against
+the request (run directories from before it: against config.yaml)."""
 
 from __future__ import annotations
 
@@ -23,7 +27,9 @@ def open_run_dir(cfg: BaseModel, resume: bool) -> Path:
     run_dir = Path(cfg.output_dir) / cfg.name
     current = cfg.model_dump(mode="json")
     saved = run_dir / "config.yaml"
+    request = run_dir / "request.yaml"  # what was asked; config.yaml may be rewritten as what ran
     if saved.is_file():
+        saved = request if request.is_file() else saved
         if not resume:
             raise ConfigError(f"Run directory {run_dir} already exists; pass --resume to continue it, "
                               "or choose another run with name=NEW_NAME (nothing was overwritten).")
@@ -44,7 +50,10 @@ def open_run_dir(cfg: BaseModel, resume: bool) -> Path:
     state.wait_for_everyone()  # every process has checked before the main one writes
     if state.is_main_process:
         make_private_dir(run_dir)  # 0o700: configs, data and weights are the owner's alone
-        atomic_write_text(saved, yaml.safe_dump(current, sort_keys=False))
+        text = yaml.safe_dump(current, sort_keys=False)
+        if not (run_dir / "config.yaml").is_file():  # a resumed run keeps the config that ran
+            atomic_write_text(run_dir / "config.yaml", text)
+        atomic_write_text(request, text)
     state.wait_for_everyone()
     return run_dir
 

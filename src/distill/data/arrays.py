@@ -26,6 +26,10 @@ class ArrayDataset(Dataset):
     def __init__(self, inputs: torch.Tensor, labels: torch.Tensor):
         if len(inputs) != len(labels):
             raise DataError(f"inputs has {len(inputs)} rows but labels has {len(labels)}; they must match.")
+        if labels.is_floating_point() and not bool((labels == labels.round()).all()):
+            row = int(torch.nonzero(labels != labels.round())[0, 0])
+            raise DataError(f"labels must be integer class ids; row {row} holds {float(labels[row])!r}, which would be "
+                            "truncated. Map them to ids, e.g. np.unique(labels, return_inverse=True)[1].")
         token_ids = inputs.dtype in (torch.int16, torch.int32, torch.int64)  # uint8 stays image-like: float
         self.inputs = inputs.long() if token_ids else inputs.float()
         self.labels = labels.long()
@@ -236,3 +240,28 @@ def labels_of(dataset: Dataset) -> torch.Tensor:
     if isinstance(dataset, ArrayDataset):
         return dataset.labels
     return torch.as_tensor([int(as_indexed(dataset)[i]["labels"]) for i in range(len(dataset))])
+
+
+def check_dataset(data: Dataset, where: str) -> None:
+    """What the CLI's loaders check, for data given in Python, before any compute: not empty, finite
+    float inputs, integer class ids (a float label that is not whole would be truncated silently).
+    Names the first bad row."""
+    n = len(data)  # type: ignore[arg-type]
+    if n == 0:
+        raise DataError(f"{where} is empty; give it at least one example.")
+    inputs = data.inputs if isinstance(data, ArrayDataset) else None  # its labels were checked when it was made
+    rows = range(0) if inputs is not None else range(n)
+    if inputs is not None and inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
+        row = int(torch.nonzero(~torch.isfinite(inputs.reshape(n, -1)))[0, 0])
+        raise DataError(f"{where}: row {row}'s inputs hold NaN or inf values; clean or impute them before training.")
+    indexed = as_indexed(data)
+    for i in rows:
+        item = indexed[i]
+        x, y = torch.as_tensor(item["inputs"]), torch.as_tensor(item["labels"])
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            raise DataError(f"{where}: row {i}'s inputs hold NaN or inf values; clean or impute them before training.")
+        if y.numel() != 1:
+            raise DataError(f"{where}: row {i}'s label has shape {tuple(y.shape)}; give one integer class id per row.")
+        if y.is_floating_point() and not (bool(torch.isfinite(y)) and float(y) == round(float(y))):
+            raise DataError(f"{where}: row {i}'s label is {float(y)!r}; labels must be integer class ids 0..C-1 "
+                            "(a fractional label would be truncated). Map them to ids first.")

@@ -15,14 +15,15 @@ from distill.core.config import Strict
 
 def augment_batch(inputs: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg: AugmentConfig,
                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return augmented inputs and targets (class ids, or (B, C) probabilities under mixup)."""
-    if cfg.shift > 0 and inputs.dim() == 4:
-        inputs = random_shift(inputs, cfg.shift, generator)
+    """Return augmented inputs and targets (class ids, or (B, C) probabilities under mixup); a setting
+    left open (None) is off."""
+    if (cfg.shift or 0) > 0 and inputs.dim() == 4:
+        inputs = random_shift(inputs, cfg.shift, generator)  # type: ignore[arg-type]
     if cfg.flip and inputs.dim() == 4:
         flip = torch.rand(len(inputs), generator=generator) < 0.5
         inputs = torch.where(flip.to(inputs.device)[:, None, None, None], inputs.flip(-1), inputs)
-    if cfg.mixup > 0:
-        return mixup(inputs, labels, num_classes, cfg.mixup, generator)
+    if (cfg.mixup or 0) > 0:
+        return mixup(inputs, labels, num_classes, cfg.mixup, generator)  # type: ignore[arg-type]
     return inputs, labels
 
 
@@ -58,10 +59,25 @@ def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 
 class AugmentConfig(Strict):
-    shift: int = Field(0, ge=0, description="Random translation by up to this many pixels.")
-    flip: bool = False
-    mixup: float = Field(0.0, ge=0, description="Beta(a, a) parameter; 0 disables mixup.")
+    """Each setting left out (None) is the recipe's to choose (off for plain training); a value given,
+    0 included, is used as it is."""
+
+    shift: int | None = Field(None, ge=0, description="Random translation by up to this many pixels; 0: off.")
+    flip: bool | None = Field(None, description="Random horizontal flips.")
+    mixup: float | None = Field(None, ge=0, description="Beta(a, a) parameter; 0: off.")
 
     @property
     def enabled(self) -> bool:
-        return self.shift > 0 or self.flip or self.mixup > 0
+        return (self.shift or 0) > 0 or bool(self.flip) or (self.mixup or 0) > 0
+
+    def filled(self, **choices: float | bool) -> AugmentConfig:
+        """Every open setting made concrete: the value in `choices`, else off; given ones kept."""
+        off = {"shift": 0, "flip": False, "mixup": 0.0}
+        return AugmentConfig(**{k: v if (v := getattr(self, k)) is not None else choices.get(k, off[k])
+                                for k in off})
+
+    def describe(self) -> str:
+        """E.g. "shift 1 px, mixup Beta(0.2, 0.2)", or "none"."""
+        parts = ([f"shift {self.shift} px"] if self.shift else []) + (["flips"] if self.flip else []) + \
+            ([f"mixup Beta({self.mixup:g}, {self.mixup:g})"] if self.mixup else [])
+        return ", ".join(parts) or "none"

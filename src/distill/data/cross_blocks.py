@@ -77,7 +77,7 @@ def cross_blocks(documents: list[str], student_tokenizer: Any, teacher_tokenizer
         for j, i in aligned_positions(s, t):
             if j < len(s_ids) and i < len(t_ids):
                 position[n, j] = i
-    return CrossBlocks(AlignedBlocks(student.input_ids, student.attention_mask, student.loss_mask, position),
+    return CrossBlocks(AlignedBlocks(student.input_ids, student.attention_mask, student.loss_mask, teacher_position=position),
                        teacher, position)
 
 

@@ -36,6 +36,12 @@ class TokenBlocks(Dataset):
     input_ids: torch.Tensor  # (N, L) int64
     attention_mask: torch.Tensor  # (N, L) bool
     loss_mask: torch.Tensor  # (N, L) bool
+    document: torch.Tensor | None = None  # (N,) int64: the corpus document each block begins in, where known
+
+    @property
+    def documents(self) -> int | None:
+        """How many documents the blocks come from (None where not recorded)."""
+        return None if self.document is None else int(self.document.unique().numel())
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -117,31 +123,54 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- tokenizing
 
 
-def pack_text(texts: list[str], tokenizer: Any, seq_len: int, max_blocks: int | None = None) -> TokenBlocks:
-    """Concatenate documents (separated by EOS) and cut them into full blocks of `seq_len` tokens."""
+SAMPLE_POOL = 20  # with max_blocks, tokenize documents (in seeded random order) up to this many times the blocks asked
+
+
+def pack_text(texts: list[str], tokenizer: Any, seq_len: int, max_blocks: int | None = None,
+              seed: int = 0) -> TokenBlocks:
+    """Concatenate documents (separated by EOS) and cut them into full blocks of `seq_len` tokens; each
+    block records the document it begins in. With `max_blocks`, the blocks are drawn at random (seeded)
+    across the corpus, not taken from its start: documents are read in a seeded random order until
+    SAMPLE_POOL × `max_blocks` blocks' worth of tokens (or all of them), and `max_blocks` of those
+    blocks are drawn at random."""
     eos = special_id(tokenizer, "eos")
     ids: list[int] = []
-    for n, text in enumerate(texts, 1):
+    starts: list[int] = []  # where each document read begins in `ids`
+    order = (torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed)).tolist()
+             if max_blocks is not None else range(len(texts)))
+    read: list[int] = []
+    for i in order:
+        text = texts[i]
         if not isinstance(text, str):
-            raise DataError(f"Document {n} of the corpus is a {type(text).__name__}, not text.")
+            raise DataError(f"Document {i + 1} of the corpus is a {type(text).__name__}, not text.")
+        starts.append(len(ids))
+        read.append(i)
         ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
         ids.append(eos)
-        if max_blocks is not None and len(ids) >= max_blocks * seq_len:
+        if max_blocks is not None and len(ids) >= SAMPLE_POOL * max_blocks * seq_len:
             break
-    n = len(ids) // seq_len if max_blocks is None else min(len(ids) // seq_len, max_blocks)
+    n = len(ids) // seq_len
     if n == 0:
         raise DataError(f"The corpus has {len(ids)} tokens, fewer than one block of data.seq_len={seq_len}.")
     input_ids = id_tensor(ids[: n * seq_len], "the corpus").view(n, seq_len)
     attention = torch.ones_like(input_ids, dtype=torch.bool)
     loss = attention.clone()
     loss[:, -1] = False  # the last position has no next token inside the block
-    return TokenBlocks(input_ids, attention, loss)
+    first = torch.arange(n) * seq_len
+    document = torch.tensor(read)[torch.searchsorted(torch.tensor(starts), first, right=True) - 1]
+    blocks = TokenBlocks(input_ids, attention, loss, document)
+    if max_blocks is not None and n > max_blocks:
+        pick = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 1))[:max_blocks].sort().values
+        blocks = blocks_subset(blocks, pick)
+    return blocks
 
 
 def encode_rows(rows: list[dict[str, Any]], tokenizer: Any, seq_len: int, *, response_only: bool,
-                packing: bool, source: str, route: list[int] | None = None) -> TokenBlocks:
+                packing: bool, source: str, route: list[int] | None = None,
+                document: list[int] | None = None) -> TokenBlocks:
     """Prompt/response or chat rows → blocks; `response_only` trains on response tokens only. With
-    `route` (per row: a teacher's index, or -1), `RoutedBlocks` whose tokens carry their row's."""
+    `route` (per row: a teacher's index, or -1), `RoutedBlocks` whose tokens carry their row's; with
+    `document` (per row: its document's index), each block records the document it begins in."""
     if not rows:
         raise DataError(f"{source} has no rows to train on.")
     pad_id = special_id(tokenizer, "pad")
@@ -155,10 +184,12 @@ def encode_rows(rows: list[dict[str, Any]], tokenizer: Any, seq_len: int, *, res
                             "Raise data.seq_len, shorten or drop the row, or set data.packing=true.")
     layout = _pack_rows if packing else _pad_rows
     blocks = layout(pieces, pad_id, seq_len)
+    if document is not None:  # laid out like the tokens: a block's first token's document
+        blocks.document = layout([([d] * len(ids), t) for d, (ids, t) in zip(document, pieces)], 0, seq_len).input_ids[:, 0]
     if route is None:
         return blocks
     tags = [([r + 1] * len(ids), targets) for r, (ids, targets) in zip(route, pieces)]  # laid out alike
-    return RoutedBlocks(blocks.input_ids, blocks.attention_mask, blocks.loss_mask,
+    return RoutedBlocks(blocks.input_ids, blocks.attention_mask, blocks.loss_mask, blocks.document,
                         teacher_route=layout(tags, 0, seq_len).input_ids - 1)
 
 
@@ -363,4 +394,5 @@ def split_documents(documents: list[Any], val_fraction: float, seed: int, source
 
 def blocks_subset(blocks: TokenBlocks, index: torch.Tensor) -> TokenBlocks:
     """The blocks at `index`, of the same kind (every per-block tensor taken along)."""
-    return type(blocks)(**{f.name: getattr(blocks, f.name)[index] for f in fields(blocks)})
+    return type(blocks)(**{f.name: None if getattr(blocks, f.name) is None else getattr(blocks, f.name)[index]
+                           for f in fields(blocks)})

@@ -11,6 +11,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -91,8 +92,8 @@ def measure_models(models: dict[str, nn.Module], input_shape: tuple[int, ...], *
         for _ in range(rounds):
             for k, m in models.items():
                 lat[k] += time_calls(m, inputs[k][0], repeats=per_round, warmup=2)
-                thr[k] += time_calls(m, inputs[k][1], repeats=max(1, repeats // (10 * rounds)), warmup=1)
-        return {k: _costs(m, inputs[k][1], sorted(lat[k]), thr[k], batch) for k, m in models.items()}
+                thr[k] += time_calls(m, inputs[k][1], repeats=max(2, repeats // (10 * rounds)), warmup=1)
+        return {k: _costs(m, inputs[k][1], sorted(lat[k]), sorted(thr[k]), batch) for k, m in models.items()}
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -114,9 +115,60 @@ def _costs(model: nn.Module, many: torch.Tensor, lat: list[float], thr: list[flo
         "size_mb": size_on_disk_mb(model),
         "latency_b1_p50_ms": 1e3 * statistics.median(lat),
         "latency_b1_p95_ms": 1e3 * lat[min(len(lat) - 1, int(0.95 * len(lat)))],
+        "latency_b1_iqr_ms": 1e3 * (_quantile(lat, 0.75) - _quantile(lat, 0.25)),
         "throughput": batch / statistics.median(thr),
+        "throughput_low": batch / _quantile(thr, 0.75),  # the interquartile range of the timed batches
+        "throughput_high": batch / _quantile(thr, 0.25),
         "peak_memory_mb": peak_memory_mb(model, many),
+        "architecture": architecture(model),
     }
+
+
+def _quantile(sorted_values: list[float], q: float) -> float:
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def architecture(model: nn.Module) -> str:
+    """A fingerprint of what a model computes (its class and its parameters' names and shapes): two
+    models with the same one run the same operations and must time alike."""
+    import hashlib
+
+    shapes = ";".join(f"{n}:{tuple(p.shape)}" for n, p in model.state_dict().items())
+    return f"{type(model).__name__}-" + hashlib.sha256(shapes.encode()).hexdigest()[:8]
+
+
+def timing_notes(costs: dict[str, dict[str, Any]]) -> list[str]:
+    """Timings that contradict themselves: models of one architecture whose throughput (or forward time)
+    ranges, the interquartile range over interleaved rounds, do not overlap: the machine was busy."""
+    notes = []
+    names = [k for k in costs if "architecture" in costs[k]]
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            x, y = costs[a], costs[b]
+            key, unit = ("throughput", "examples/s") if "throughput_low" in x else ("forward_ms", "ms per block")
+            if x["architecture"] == y["architecture"] and (x[f"{key}_high"] < y[f"{key}_low"] or
+                                                            y[f"{key}_high"] < x[f"{key}_low"]):
+                notes.append(f"{a} and {b} are the same architecture but timed at {x[key]:,.4g} vs {y[key]:,.4g} "
+                             f"{unit}, outside each other's spread: the machine was busy while timing, so the speed "
+                             "ratios here are noisy. Re-measure on an idle machine.")
+    return notes
+
+
+@torch.no_grad()
+def interleaved_ms(calls: dict[str, tuple[nn.Module, Any]], rounds: int = 5, repeats: int = 3) -> dict[str, dict[str, Any]]:
+    """Forward time in ms of each (model, input) in `calls`, timed side by side: every round times every
+    model in turn, so a busy moment costs them alike. Median with its interquartile range
+    (`forward_ms_low` / `_high`) and the model's `architecture`."""
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    for _ in range(rounds):
+        for k, (model, x) in calls.items():
+            times[k] += time_calls(model.eval(), x, repeats=repeats, warmup=1)
+    out = {}
+    for k, t in times.items():
+        t = sorted(t)
+        out[k] = {"forward_ms": 1e3 * statistics.median(t), "forward_ms_low": 1e3 * _quantile(t, 0.25),
+                  "forward_ms_high": 1e3 * _quantile(t, 0.75), "architecture": architecture(calls[k][0])}
+    return out
 
 
 def machine_description(threads: int) -> str:

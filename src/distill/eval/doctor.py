@@ -14,22 +14,33 @@ SMALL_GAP = 0.005  # a plain student this close to the teacher leaves little to 
 
 
 def diagnose(report: dict[str, Any]) -> dict[str, Any]:
-    """{"won": bool | None, "verdict": one sentence, "causes": [...], "try": [...]}."""
+    """{"won": bool | None, "verdict": one sentence, "causes": [...], "try": [...]}. A win is claimed only
+    when the paired test of the report's `verdict` (`distill.eval.verdict`) supports it."""
     models = report["models"]
     if "baseline" not in models:
         return {"won": None, "verdict": "No plain student was trained (baseline: false), so no comparison.",
                 "causes": [], "try": []}
     t, b, d = (100 * models[k]["accuracy"] for k in ("teacher", "baseline", "distilled"))
-    won = d > b
-    verdict = (f"The distilled student beats the plain one: {d:.2f}% vs {b:.2f}% ({d - b:+.2f} points; "
-               f"teacher {t:.2f}%)." if won else
-               f"Distillation did NOT beat the plain student: {d:.2f}% vs {b:.2f}% ({d - b:+.2f} points; "
-               f"teacher {t:.2f}%).")
-    causes, remedies = ([], []) if won else _causes(report, t, b)
-    return {"won": won, "verdict": verdict, "causes": causes, "try": remedies}
+    test = report.get("verdict")
+    outcome = test["outcome"] if test else ("beats" if d > b else "worse")  # reports from before the test
+    won = outcome == "beats"
+    scores = f"{d:.2f}% vs {b:.2f}%; teacher {t:.2f}%"
+    interval = (f", 95% interval {test['low']:+.2f} to {test['high']:+.2f} points, McNemar p = {test['p_value']:.3g}, "
+                f"{test['n']:,} test examples" if test else "")
+    if won:
+        verdict = f"The distilled student beats the plain one: {d - b:+.2f} points ({scores}{interval})."
+    elif outcome == "worse":
+        verdict = f"Distillation did NOT beat the plain student: it is worse by {b - d:.2f} points ({scores}{interval})."
+    else:
+        verdict = (f"No detectable difference between the distilled and the plain student: {d - b:+.2f} points "
+                   f"({scores}{interval}); more test examples or seeds (`seeds:`) would tell them apart.")
+    causes, remedies = ([], []) if won else _causes(report, t, b, significant=outcome == "worse")
+    if (report.get("recipe") or {}).get("pilot", {}) and report["recipe"]["pilot"].get("plain_won"):
+        causes.insert(0, "In the pilot, no candidate using the teacher beat plain training on validation.")
+    return {"won": won, "verdict": verdict, "causes": causes, "try": remedies, "outcome": outcome}
 
 
-def _causes(report: dict[str, Any], t: float, b: float) -> tuple[list[str], list[str]]:
+def _causes(report: dict[str, Any], t: float, b: float, significant: bool = False) -> tuple[list[str], list[str]]:
     causes: list[str] = []
     remedies: list[str] = []
     signal = report.get("teacher_signal", {})
@@ -56,16 +67,22 @@ def _causes(report: dict[str, Any], t: float, b: float) -> tuple[list[str], list
     for note in report.get("loss_scale", []):
         if note.startswith("loss scale:"):  # a warning, not train.normalize_terms' record of its divisors
             causes.append(note)
-    if recipe.get("distilled_best_epoch") is not None and \
-            recipe["distilled_best_epoch"] + 1 >= recipe.get("distilled_epochs", 0):
-        causes.append(f"The distilled student was still improving at its last epoch "
-                      f"({recipe.get('distilled_epochs')}): distillation on varied views pays off late.")
-        remedies.append("Raise train.epochs (the plain student gets as many steps, and keeps its best epoch).")
+    best = recipe.get("distilled_best")
+    if best and best["rows"] > 2 and best["row"] == best["rows"] - 1:
+        causes.append(f"The distilled student was still improving at its last validation "
+                      f"(step {best.get('step')} of {recipe.get('distilled_steps')}): it may need a longer budget.")
+        remedies.append("Raise train.steps or train.epochs (the plain student gets as many steps, and keeps its "
+                        "best validation row).")
     if not causes:
-        causes.append("None of the measured causes applies (teacher ahead, soft targets not one-hot, loss "
-                      "terms in scale, no late improvement); the difference may be within seed noise.")
-        remedies.append("Repeat with other train.seed values before concluding; see BENCHMARKS.md (kd_wins) "
-                        "for what won where.")
+        if significant:
+            causes.append("None of the measured causes applies (teacher ahead, soft targets not one-hot, loss "
+                          "terms in scale, no late improvement), and the paired test says the loss is not noise.")
+            remedies.append("Try another recipe (recipe: soft_targets with kd.tune, or pilot.candidates); see "
+                            "BENCHMARKS.md (kd_wins, defaults_robustness) for what won where.")
+        else:
+            causes.append("None of the measured causes applies (teacher ahead, soft targets not one-hot, loss "
+                          "terms in scale, no late improvement), and the difference is within the test's noise.")
+            remedies.append("Run several seeds (`seeds: 3`) or give a larger test split before concluding.")
     return causes, remedies
 
 
@@ -86,11 +103,28 @@ def diagnose_lm(report: dict[str, Any]) -> dict[str, Any]:
                 "causes": [], "try": []}
     t = models.get("teacher_adapted", models["teacher"])["ppl"]
     b, d = models["baseline"]["ppl"], models["distilled"]["ppl"]
-    won = d < b
-    verdict = (f"The distilled student beats the same student trained with CE alone: held-out perplexity "
-               f"{d:.2f} vs {b:.2f} (teacher {t:.2f})." if won else
-               f"Distillation did NOT beat the same student trained with CE alone: held-out perplexity {d:.2f} vs "
-               f"{b:.2f} (teacher {t:.2f}).")
+    test = report.get("verdict")
+    outcome = test["outcome"] if test else ("beats" if d < b else "worse")  # reports from before the test
+    won = outcome == "beats"
+    cross = bool(report.get("cross_tokenizer"))  # perplexities over different vocabularies do not compare
+    if "bpb" in models["distilled"] and "bpb" in models["baseline"]:
+        scores = (f"held-out bits per byte {models['distilled']['bpb']:.4f} vs {models['baseline']['bpb']:.4f}"
+                  + (f", teacher {models.get('teacher_adapted', models['teacher'])['bpb']:.4f}"
+                     if "bpb" in models.get("teacher_adapted", models["teacher"]) else ""))
+        if not cross:
+            scores += f"; perplexity {d:.2f} vs {b:.2f} (teacher {t:.2f})"
+    else:
+        scores = f"held-out perplexity {d:.2f} vs {b:.2f} (teacher {t:.2f})"
+    if test:
+        scores += (f"; difference {test['difference']:+.4f} {test.get('unit', 'bits per byte')}, 95% interval "
+                   f"{test['low']:+.4f} to {test['high']:+.4f} over {test['n']} held-out {test.get('units', 'documents')}")
+    if won:
+        verdict = f"The distilled student beats the same student trained with CE alone: {scores}."
+    elif outcome == "worse":
+        verdict = f"Distillation did NOT beat the same student trained with CE alone: it is worse; {scores}."
+    else:
+        verdict = (f"No detectable difference between the distilled student and the same student trained with CE "
+                   f"alone: {scores}. More held-out documents (data.val_blocks, data.val_fraction) would tell them apart.")
     causes: list[str] = []
     remedies: list[str] = []
     if not won:
@@ -110,9 +144,33 @@ def diagnose_lm(report: dict[str, Any]) -> dict[str, Any]:
             remedies.append("Set kd.warm_start (e.g. a quarter of train.steps) or use kd.divergence: forward_kl.")
         if not causes:
             causes.append("None of the measured causes applies; the budget (train.steps) may be too short for "
-                          "the teacher's targets to pay off, or the difference within seed noise.")
+                          "the teacher's targets to pay off" + ("." if outcome == "worse" else
+                                                                ", or the difference within the test's noise."))
             remedies.append("Raise train.steps, or repeat with other train.seed values.")
-    return {"won": won, "verdict": verdict, "causes": causes, "try": remedies}
+    return {"won": won, "verdict": verdict, "causes": causes, "try": remedies, "outcome": outcome,
+            "notes": lm_sanity(report)}
+
+
+FAR_BEHIND = 10.0  # a student with this many times the teacher's perplexity is not ready, whatever it beat
+
+
+def lm_sanity(report: dict[str, Any]) -> list[str]:
+    """Notes a verdict must not hide: a student orders of magnitude behind its teacher, too few held-out
+    documents for a paired test to see anything."""
+    notes = []
+    s = report.get("summary", {})
+    if not report.get("cross_tokenizer") and s.get("ppl_ratio", 0) >= FAR_BEHIND:
+        notes.append(f"The distilled student's perplexity is {s['ppl_ratio']:.0f}× the teacher's: it is far "
+                     "from usable whatever it beat; train longer (train.steps) or a larger student.")
+    elif s.get("bpb_ratio", 0) >= 1.5:
+        notes.append(f"The distilled student needs {s['bpb_ratio']:.1f}× the teacher's bits per byte: it is far "
+                     "from the teacher; train longer (train.steps) or a larger student.")
+    notes += report.get("timing_notes", [])
+    test = report.get("verdict") or {}
+    if test and test.get("n", 99) < 5:
+        notes.append(f"Only {test['n']} held-out {test.get('units', 'documents')}: too few for the paired test "
+                     "to tell students apart; raise data.val_blocks or data.val_fraction.")
+    return notes
 
 
 ONE_HOT_CONFIDENCE = 0.98  # mean top-1 probability above which targets carry little dark knowledge

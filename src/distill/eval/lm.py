@@ -19,19 +19,26 @@ from distill.teachers.output import Teacher, TeacherOutput
 def target_bytes(data: TokenBlocks, tokenizer: Any) -> int:
     """UTF-8 bytes of the text the blocks' targets spell (the tokens after `loss_mask` positions,
     special tokens left out): the denominator of bits per byte, the same for any tokenizer."""
+    return int(block_bytes(data, tokenizer).sum())
+
+
+def block_bytes(data: TokenBlocks, tokenizer: Any) -> torch.Tensor:
+    """`target_bytes` of each block, (N,)."""
     labels = torch.roll(data.input_ids, -1, dims=1)
-    return sum(len(tokenizer.decode(labels[i][data.loss_mask[i]].tolist(), skip_special_tokens=True).encode("utf-8"))
-               for i in range(len(data)))
+    return torch.tensor([len(tokenizer.decode(labels[i][data.loss_mask[i]].tolist(), skip_special_tokens=True)
+                             .encode("utf-8")) for i in range(len(data))], dtype=torch.float64)
 
 
 @torch.no_grad()
 def evaluate_lm(model: nn.Module, data: TokenBlocks, vocab: int, *, teacher: Teacher | None = None,
-                batch_size: int = 8, progress: str | None = None, text_bytes: int | None = None) -> dict[str, float]:
+                batch_size: int = 8, progress: str | None = None, text_bytes: int | None = None,
+                block_ce: list[float] | None = None) -> dict[str, float]:
     """Mean next-token CE and perplexity over `loss_mask` tokens; with `text_bytes` (`target_bytes` of
     `data`), bits per byte: the summed CE in bits over the bytes of that text, which students with
     different vocabularies share; with a teacher, also the forward KL(teacher ‖ model) (over top-k +
     tail bins for a cached teacher) and top-1 agreement. `progress`: the label of a progress bar over
-    the blocks (none when None)."""
+    the blocks (none when None). `block_ce`, when given, receives each block's summed CE (nats), for
+    paired tests over blocks or documents (`distill.eval.verdict.compare_bits`)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -43,7 +50,10 @@ def evaluate_lm(model: nn.Module, data: TokenBlocks, vocab: int, *, teacher: Tea
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[..., :vocab].float()
         mask = batch["loss_mask"]
         labels = torch.roll(batch["input_ids"], -1, dims=1)
-        totals["ce"] += float(F.cross_entropy(logits[mask], labels[mask], reduction="sum"))
+        token_ce = F.cross_entropy(logits.transpose(1, 2), labels.masked_fill(~mask, 0), reduction="none") * mask
+        totals["ce"] += float(token_ce.sum())
+        if block_ce is not None:
+            block_ce.extend(token_ce.sum(1).tolist())
         tokens += int(mask.sum())
         if teacher is not None:
             kl, top1 = _to_teacher(logits, teacher.signal(batch))

@@ -47,6 +47,7 @@ def markdown(report: dict[str, Any], plots: list[str]) -> str:
         lines.append(f"- Distillation closes **{100 * summary['gap_closed']:.0f}%** of the "
                      "teacher–baseline accuracy gap.")
     lines += ["", "## Teacher, baseline and distilled student (test set)", "", _table(models), ""]
+    lines += _pilot(report.get("recipe"))
     lines += ["## Per-class accuracy", "", _per_class(models, report["dataset"]["classes"]), ""]
     if "distilled" in report.get("validation", {}):
         lines += _validation(report["validation"]["distilled"], report["dataset"]["classes"])
@@ -60,6 +61,7 @@ def markdown(report: dict[str, Any], plots: list[str]) -> str:
 def doctor_lines(doctor: dict[str, Any]) -> list[str]:
     """Markdown of `distill.eval.doctor`'s answer: the verdict in bold, then causes and what to try."""
     lines = [f"**{doctor['verdict']}**", ""]
+    lines += [f"- Note: {n}" for n in doctor.get("notes", [])] + ([""] if doctor.get("notes") else [])
     if doctor["causes"]:
         lines += ["Likely causes, from this run's measurements:", ""]
         lines += [f"- {c}" for c in doctor["causes"]] + ["", "Try:", ""]
@@ -73,16 +75,62 @@ def _doctor(report: dict[str, Any]) -> list[str]:
     if not doctor:  # runs made before the doctor existed
         return []
     lines = doctor_lines(doctor)
+    notes = report.get("sanity", []) + report.get("timing_notes", [])
+    lines += [f"- Note: {n}" for n in notes] + ([""] if notes else [])
     recipe = report.get("recipe")
     if recipe:
         signal = (f"out-of-fold targets from {recipe['out_of_fold']} fold teachers" if recipe.get("out_of_fold")
                   else f"teacher signal {recipe['signal']}")
-        lines += [f"Recipe: **{recipe['why']}**; {signal}; the distilled student "
-                  f"trained {recipe['distilled_epochs']} epochs"
-                  + (f" over {report['dataset']['train']:,} labelled and {report['dataset']['unlabeled']:,} "
-                     "unlabelled examples" if report["dataset"].get("unlabeled") else "")
-                  + f", the plain one {recipe['baseline_epochs']} epochs (as many steps, same augmentation).", ""]
+        over = (f" over {report['dataset']['train']:,} labelled and {report['dataset']['unlabeled']:,} unlabelled "
+                "examples" if report["dataset"].get("unlabeled") else "")
+        if "distilled_steps" in recipe:
+            base = recipe.get("baseline") or {}
+            plain_aug = _augment_text(base.get("augment"))
+            lines += [f"Recipe: **{recipe['why']}**; {signal}; augmentation {_augment_text(recipe.get('augment'))}. "
+                      f"The distilled student trained {recipe['distilled_steps']:,} steps"
+                      f" ({_epochs(recipe['distilled_epochs'])}){over}; the plain one {recipe['baseline_steps']:,} "
+                      f"steps ({_epochs(recipe['baseline_epochs'])}), augmentation {plain_aug}.", ""]
+        else:  # reports from before step budgets
+            lines += [f"Recipe: **{recipe['why']}**; {signal}; the distilled student "
+                      f"trained {recipe['distilled_epochs']} epochs{over}, the plain one "
+                      f"{recipe['baseline_epochs']} epochs (as many steps, same augmentation).", ""]
     return lines
+
+
+def _epochs(n: float) -> str:
+    return f"{n:g} epoch" + ("" if n == 1 else "s")
+
+
+def _augment_text(aug: dict[str, Any] | None) -> str:
+    if not aug:
+        return "none"
+    parts = ([f"shifts of up to {aug['shift']} px"] if aug.get("shift") else []) + \
+        (["flips"] if aug.get("flip") else []) + ([f"mixup Beta({aug['mixup']:g}, {aug['mixup']:g})"]
+                                                  if aug.get("mixup") else [])
+    return ", ".join(parts) or "none"
+
+
+def _pilot(recipe: dict[str, Any] | None) -> list[str]:
+    """The pilot's table: every candidate's validation score at each budget it reached."""
+    pilot = (recipe or {}).get("pilot")
+    if not pilot or not pilot.get("rows"):
+        return []
+    rungs = sorted({r["rung"] for r in pilot["rows"]})
+    steps = {r["rung"]: r["steps"] for r in pilot["rows"]}
+    names = list(dict.fromkeys(r["name"] for r in pilot["rows"]))
+    head = "| candidate | " + " | ".join(f"{steps[k]:,} steps" for k in rungs) + " |"
+    out = ["## Pilot: the candidate recipes on validation", "",
+           f"`recipe: auto` trained each candidate briefly and kept the best third at each budget "
+           f"(successive halving, {pilot['seconds']:.0f} s in all); validation accuracy:", "",
+           head, "|" + "---|" * (len(rungs) + 1)]
+    for name in names:
+        cells = []
+        for k in rungs:
+            row = next((r for r in pilot["rows"] if r["name"] == name and r["rung"] == k), None)
+            cells.append(f"{100 * row['val_accuracy']:.2f}%" if row else "–")
+        mark = " (distilled)" if name == pilot.get("winner") else " (baseline)" if name == pilot.get("best_plain") else ""
+        out.append(f"| {name}{mark} | " + " | ".join(cells) + " |")
+    return out + [""]
 
 
 def _size_phrase(compression: float) -> str:
@@ -165,12 +213,14 @@ def _learning_curves(run_dir: Path, histories: dict[str, list[dict[str, float]]]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
     for stage, rows in histories.items():
         if rows:
-            epochs = [r["epoch"] + 1 for r in rows]
-            ax_loss.plot(epochs, [r["train_loss"] for r in rows], label=stage)
+            epochs = [r["epoch"] if "step" in r else r["epoch"] + 1 for r in rows]  # epochs done (older rows: index)
+            ax_loss.plot(epochs, [r["train_loss"] for r in rows], marker="o", ms=3, label=stage)
             if "val_accuracy" in rows[0]:
-                ax_acc.plot(epochs, [100 * r["val_accuracy"] for r in rows], label=stage)
-    ax_loss.set(xlabel="epoch", ylabel="training loss", title="Training loss")
-    ax_acc.set(xlabel="epoch", ylabel="validation accuracy (%)", title="Validation accuracy")
+                ax_acc.plot(epochs, [100 * r["val_accuracy"] for r in rows], marker="o", ms=3, label=stage)
+    ax_loss.set(xlabel="epochs done (of each student's own training set)", ylabel="training loss",
+                title="Training loss")
+    ax_acc.set(xlabel="epochs done (of each student's own training set)", ylabel="validation accuracy (%)",
+               title="Validation accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()

@@ -26,12 +26,13 @@ def lm_card(report: dict[str, Any], student: str = "distilled") -> str:
     if "/" in teacher_id and not Path(teacher_id).exists():  # a hub id, not a local directory
         front["base_model"] = teacher_id
     taught_by = "teacher_adapted" if "teacher_adapted" in models else "teacher"
+    ref = report.get("summary", {}).get("teacher", taught_by)  # the report's one reference for speed-ups
     s = models[student]
     lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
              f"# {report['name']}: a student distilled from {teacher_id}", "",
              f"{s['params'] / 1e6:.1f}M parameters ({s['params'] / models['teacher']['params']:.2f}× the teacher)"
-             + (f", {models['teacher']['forward_ms'] / s['forward_ms']:.1f}× faster per block on the machine that "
-                f"measured it ({report['machine']})." if "forward_ms" in models["teacher"] else "."), ""]
+             + (f", {models[ref]['forward_ms'] / s['forward_ms']:.1f}× faster per block than the {ref.replace('_', ' ')} "
+                f"on the machine that measured it ({report['machine']})." if "forward_ms" in models[ref] else "."), ""]
     if t.get("licence_warning"):
         lines += [f"> Licence: the teacher's licence ({t['licence']}) {t['licence_warning']}.", ""]
     lines += [f"**Data:** {d['corpus']}, {d['train_blocks']} training blocks of {d['seq_len']} tokens, "

@@ -36,7 +36,8 @@ from distill.core.rundir import open_run_dir
 from distill.data.datasets import load_data
 from distill.eval.bench import measure_models
 from distill.recipes.classify.config import default_config_dict, validate_config
-from distill.recipes.classify.pipeline import build_student, load_or_train_teacher, run
+from distill.recipes.classify.pipeline import load_or_train_teacher, run
+from distill.recipes.classify.students import build_student
 
 
 class Requirements(Strict):

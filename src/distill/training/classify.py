@@ -5,6 +5,9 @@ The task's part of each step: a seeded order per epoch (the same after a resume,
 processes), augmentation (shifts, flips, mixup) on the device, the teacher's signal on the same
 view, the method's loss, the loss-scale guard; after each epoch, validation accuracy and NLL, the
 best epoch's weights kept, early stopping.
+
+Budgets are steps (`train.steps`, or `train.epochs` of the data's size); validation rows come every
+`train.eval_every` steps (default once per epoch) and at the end, checkpoints every `train.save_every`.
 """
 
 from __future__ import annotations
@@ -42,15 +45,18 @@ SCALE_STEPS = 20  # the loss-scale guard reads the first steps
 def fit(model: nn.Module, train_data: Dataset, *, objective: Method, config: TrainConfig,
         num_classes: int, teacher: Teacher | None = None, val_data: Dataset | None = None,
         checkpoint_dir: Path | None = None, resume: bool = False, device: str = "auto",
-        quiet: bool = False, tracking: list[str] | None = None, name: str = "student") -> FitResult:
-    """Train `model` on `train_data` with `objective`, validating and checkpointing every epoch."""
+        quiet: bool = False, tracking: list[str] | None = None, name: str = "student",
+        stop_at: int | None = None) -> FitResult:
+    """Train `model` on `train_data` with `objective`, validating and checkpointing as `config` says.
+    `stop_at`: pause after that many steps (validated and, with `checkpoint_dir`, checkpointed there);
+    a later call with `resume=True` continues the same schedule."""
     if objective.needs_teacher and teacher is None:
         raise ModelError(f"{type(objective).__name__} needs a teacher signal; pass teacher=...")
     if len(train_data) == 0:  # type: ignore[arg-type]
         raise DataError(f"{name}: the training data is empty; give it at least one example.")
     task = ClassifierTask(model, train_data, objective, config, num_classes, teacher, val_data, name)
     run = Run(checkpoint_dir=checkpoint_dir, resume=resume, device=device, quiet=quiet, tracking=tracking,
-              tracked=_flat(config.model_dump(mode="json")), progress=("train_loss", "val_accuracy"))
+              tracked=_flat(config.model_dump(mode="json")), progress=("train_loss", "val_accuracy"), stop_at=stop_at)
     result = train(task, run)
     result.notes = task.scale_notes
     if checkpoint_dir is not None and task.scale_notes and task.acc.is_main_process:
@@ -91,8 +97,10 @@ class ClassifierTask:
     def setup(self, acc: Accelerator) -> nn.Module:
         self.acc = acc
         self.steps_per_epoch = math.ceil(len(self.data) / (self.config.batch_size * acc.num_processes))  # type: ignore[arg-type]
-        self.steps = self.config.epochs * self.steps_per_epoch
+        self.steps = self.config.total_steps(self.steps_per_epoch)
         self.warmup_steps = int(self.config.warmup_epochs * self.steps_per_epoch)
+        self.eval_every = self.config.eval_every or self.steps_per_epoch
+        self.save_every = self.config.save_every or self.eval_every
         model = self.raw.to(acc.device)
         check_shapes(model, self.objective, self.teacher, self.data, self.num_classes, self.name, acc.device)
         self.trained = _bind(self.objective, model, self.teacher, self.data, self.config.seed, acc.device)
@@ -171,13 +179,14 @@ class ClassifierTask:
         return f" (epoch {step // self.steps_per_epoch + 1})"
 
     def row_due(self, done: int) -> bool:
-        return done % self.steps_per_epoch == 0
+        return done % self.eval_every == 0 or done == self.steps
 
     def save_due(self, done: int) -> bool:
-        return self.row_due(done)
+        return done % self.save_every == 0 or done == self.steps
 
     def row(self, done: int) -> dict[str, float]:
-        return {"epoch": done // self.steps_per_epoch - 1, **self.validate()}
+        """Where training is (optimizer steps done, epochs done) and the validation metrics there."""
+        return {"step": done, "epoch": round(done / self.steps_per_epoch, 4), **self.validate()}
 
     def validate(self) -> dict[str, float]:
         if self.val_data is None or len(self.val_data) == 0:  # type: ignore[arg-type]
@@ -191,7 +200,7 @@ class ClassifierTask:
         return best is None or best_key(row) > best_key(best)
 
     def stop(self, result: FitResult) -> bool:
-        return _patience_over(result, self.config.early_stopping_patience, int(result.history[-1]["epoch"]))
+        return _patience_over(result, self.config.early_stopping_patience, len(result.history) - 1)
 
     def remember_best(self) -> None:
         """Keep the best weights in host memory (used when there is no checkpoint directory)."""
@@ -202,20 +211,23 @@ class ClassifierTask:
         return self.acc.unwrap_model(self.model), optimizer
 
     def state(self, result: FitResult) -> dict[str, Any]:
-        return {"epoch": result.history[-1]["epoch"], "best_epoch": result.best_epoch, "term_scale": self.term_scale}
+        return {"best_epoch": result.best_epoch, "term_scale": self.term_scale,
+                "steps_per_epoch": self.steps_per_epoch}  # resumable on another number of processes
 
     def load_state(self, state: dict[str, Any], result: FitResult) -> int:
         result.best_epoch = state["best_epoch"]
         if state.get("term_scale") is not None:  # normalised terms keep the divisors they started with
             self.term_scale, self.scales_checked = state["term_scale"], True
-        if _patience_over(result, self.config.early_stopping_patience, state["epoch"]):
+        if _patience_over(result, self.config.early_stopping_patience, len(result.history) - 1):
             result.stopped_early = True
-        return (state["epoch"] + 1) * self.steps_per_epoch  # epochs done, counted in this run's steps
+        if "epoch" in state:  # checkpoints from before step budgets: epochs done, in this run's steps
+            return (state["epoch"] + 1) * self.steps_per_epoch
+        return round(state["step"] / state["steps_per_epoch"] * self.steps_per_epoch)  # in this run's steps
 
     def finish(self, result: FitResult, checkpoint_dir: Path | None) -> nn.Module:
         """The best epoch's student (its adapters stay behind)."""
         model = self.acc.unwrap_model(self.model)
-        if result.history and result.best_epoch != result.history[-1]["epoch"]:
+        if result.history and result.best_epoch != len(result.history) - 1:
             best = checkpoint_dir / "best.safetensors" if checkpoint_dir else None
             if best is not None and best.is_file():
                 load_weights(best, model)
@@ -294,12 +306,15 @@ def best_key(row: dict[str, float]) -> tuple[float, ...]:
     return (row["val_accuracy"], -row["val_nll"])
 
 
-def _patience_over(result: FitResult, patience: int | None, epoch: int) -> bool:
-    return patience is not None and epoch - result.best_epoch >= patience
+def _patience_over(result: FitResult, patience: int | None, row: int) -> bool:
+    """Whether `patience` validation rows have passed since the best one (row indices)."""
+    return patience is not None and row - result.best_epoch >= patience
 
 
 def _fingerprint(config: TrainConfig, objective: Method) -> str:
-    off = {"normalize_terms"} if not config.normalize_terms else None  # runs from before it existed still resume
+    # settings added later, left at their defaults, keep the fingerprint of runs from before they existed
+    off = {k for k in ("steps", "eval_every", "save_every") if getattr(config, k) is None}
+    off |= set() if config.normalize_terms else {"normalize_terms"}
     text = json.dumps(config.model_dump(mode="json", exclude=off), sort_keys=True) + repr(objective)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from distill.core.config import Strict
 from distill.data.augment import AugmentConfig
@@ -18,8 +18,18 @@ class OptimizerConfig(Strict):
     momentum: float = Field(0.9, ge=0, lt=1)
 
 
+DEFAULT_EPOCHS = 10  # a budget given neither in epochs nor in steps: this many epochs,
+DEFAULT_MIN_STEPS = 1000  # and at least this many steps (10 epochs of a 1,000-example set are 80 steps)
+
+
 class TrainConfig(Strict):
-    epochs: int = Field(10, ge=1)
+    epochs: int | None = Field(None, ge=1, description=(
+        "Passes over the training data (or give `steps`). Neither: 10 epochs and at least 1,000 steps."))
+    steps: int | None = Field(None, ge=1, description="Optimizer steps in all, instead of `epochs`.")
+    eval_every: int | None = Field(None, ge=1, description=(
+        "Steps between validation rows (each may become the kept best weights); default once per epoch."))
+    save_every: int | None = Field(None, ge=1, description=(
+        "Steps between resumable checkpoints; default at each validation row."))
     batch_size: int = Field(128, ge=1)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     scheduler: Literal["none", "cosine"] = "cosine"
@@ -31,6 +41,24 @@ class TrainConfig(Strict):
     seed: int = 0
     normalize_terms: bool = Field(False, description="After the loss-scale guard's first steps, divide each loss "
                                   "term by its mean magnitude over them, so each term then weighs about its weight.")
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> TrainConfig:
+        if self.epochs is not None and self.steps is not None:
+            raise ValueError(f"give the budget as epochs ({self.epochs}) or as steps ({self.steps}), not both")
+        return self
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        """The budget in optimizer steps, for epochs of `steps_per_epoch` steps."""
+        if self.steps is not None:
+            return self.steps
+        if self.epochs is not None:
+            return self.epochs * steps_per_epoch
+        return max(DEFAULT_EPOCHS * steps_per_epoch, DEFAULT_MIN_STEPS)
+
+    def with_steps(self, steps: int) -> TrainConfig:
+        """The same settings with a budget of `steps` optimizer steps."""
+        return self.model_copy(update={"steps": steps, "epochs": None})
 
 
 class OnPolicyConfig(Strict):

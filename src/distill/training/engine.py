@@ -77,6 +77,7 @@ class Run:
     tracking: list[str] | None = None
     tracked: dict[str, Any] = field(default_factory=dict)  # the settings shown by the trackers
     progress: tuple[str, ...] = ("train_loss",)  # row keys shown beside the progress bar
+    stop_at: int | None = None  # pause after this many steps (a metrics row and a checkpoint there); resume later
 
 
 def train(task: Task, run: Run) -> FitResult:
@@ -117,13 +118,14 @@ class _Steps:
         task, acc = self.task, self.acc
         if self.result.stopped_early:  # it had stopped early: resuming must not train further
             return
-        bar = tqdm(range(start, task.steps), desc=task.name, unit="step", initial=start, total=task.steps,
+        end = task.steps if self.run_cfg.stop_at is None else min(task.steps, self.run_cfg.stop_at)
+        bar = tqdm(range(start, end), desc=task.name, unit="step", initial=start, total=task.steps,
                    disable=self.run_cfg.quiet or not acc.is_main_process)
         for step in bar:
             self.step(step)
             done = step + 1
-            row_due = task.row_due(done)
-            save_due = self.run_cfg.checkpoint_dir is not None and task.save_due(done)
+            row_due = task.row_due(done) or done == end
+            save_due = self.run_cfg.checkpoint_dir is not None and (task.save_due(done) or done == end)
             if row_due or save_due:
                 self.check_finite(done)
             improved = self.add_row(done, bar) if row_due else False

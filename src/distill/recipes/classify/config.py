@@ -18,6 +18,7 @@ from distill.core.config import (
     validate_section,
 )
 from distill.core.errors import ConfigError
+from distill.data.augment import AugmentConfig
 from distill.data.config import USER_DATA, DataConfig
 from distill.losses.config import KDConfig, Term, check_term_weights, needs_live_teacher
 from distill.models.config import FromTeacher, ModelConfig
@@ -84,6 +85,29 @@ class BenchConfig(Strict):
     repeats: int = Field(50, ge=3)
 
 
+class CandidateConfig(Strict):
+    """A recipe of the user's for the pilot to measure beside the built-in candidates."""
+
+    name: str = Field(..., min_length=1, description="How the pilot table names it.")
+    recipe: Literal["soft_targets", "function_matching", "plain"] = "soft_targets"
+    temperature: float | None = Field(None, gt=0, description="KD temperature (default: the recipe's).")
+    ratio: float | None = Field(None, ge=0, le=1, description="KD's share of the loss (default: the recipe's).")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Open settings are off.")
+
+
+class PilotConfig(Strict):
+    """`recipe: auto`'s pilot: the candidate recipes trained briefly, the best on validation used."""
+
+    share: float = Field(0.2, ge=0, le=0.5, description=(
+        "The pilot's share of all the job's student-training steps, its own included (0: no pilot, and "
+        "auto uses soft targets T=2, ratio 0.5)."))
+    candidates: list[CandidateConfig] = Field(default_factory=list, description=(
+        "Recipes of your own to measure beside the built-in ones."))
+    baseline_augment: AugmentConfig | None = Field(None, description=(
+        "The plain student's augmentation (written by a run that chose it; null: the pilot's best plain "
+        "candidate, or without a pilot train.augment)."))
+
+
 class RunConfig(RunHeader):
     name: str = "default"
     renamed = {"kd.alpha": "kd.ratio", "losses.*.alpha": "losses.*.tckd_weight",
@@ -99,19 +123,20 @@ class RunConfig(RunHeader):
     recipe: Literal["auto", "function_matching", "soft_targets"] = Field(
         "auto", description="How the distilled student is taught (distill.recipes.classify.plan): function_matching "
         "(the live teacher on the same augmented, mixed view; pure KD), soft_targets (the kd section or "
-        "losses as given), or auto (function matching for images with a transfer set or a teacher near "
-        "one-hot on its training images, else soft targets).")
+        "losses as given), or auto (a pilot measures plain training, soft targets and, where inputs can be "
+        "shifted or mixed, function matching, and uses the best on validation).")
+    pilot: PilotConfig = Field(default_factory=PilotConfig)
     baseline: bool = Field(True, description="Also train the student without the teacher.")
     bench: BenchConfig = Field(default_factory=BenchConfig)
     tracking: list[Literal["tensorboard", "mlflow"]] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _teacher_signal_fits_augmentation(self) -> RunConfig:
-        if self.teacher.signal == "cached" and self.train.augment.mixup > 0:
+        if self.teacher.signal == "cached" and (self.train.augment.mixup or 0) > 0:
             raise ValueError(
                 "train.augment.mixup needs the teacher on each mixed view: set teacher.signal=live"
             )
-        if self.teacher.out_of_fold is not None and self.train.augment.mixup > 0:
+        if self.teacher.out_of_fold is not None and (self.train.augment.mixup or 0) > 0:
             raise ValueError("train.augment.mixup needs the teacher on each mixed view, and teacher.out_of_fold "
                              "gives fixed targets per training example: remove one of them")
         return self
@@ -153,13 +178,26 @@ class RunConfig(RunHeader):
 
 def load_config(path: str | Path | dict[str, Any] | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Read YAML (a file, a mapping, or None: the built-in default), apply `key=value` overrides, validate."""
-    raw = read_raw(path, overrides, default_config_dict)
+    raw = read_raw(path, overrides, default_config_dict if path is not None or not _names_data(overrides)
+                   else _default_without_data)
     return validate_config(raw, source=source_name(path, "built-in default"), overrides=overrides)
 
 
 def default_config_dict() -> dict[str, Any]:
     """The built-in default job: MNIST-5k with labels on 10% of the images, a CNN teacher, an MLP student."""
     return read_yaml(builtin_config("default.yaml"))
+
+
+def _names_data(overrides: list[str] | None) -> bool:
+    return any(item.partition("=")[0].strip() == "data.name" for item in overrides or [])
+
+
+def _default_without_data() -> dict[str, Any]:
+    """The built-in job for other data (`data.name=...` given): its data settings (MNIST-5k, labels on
+    10%) are its own, so the user's data starts from the data defaults (every label) and the overrides."""
+    raw = default_config_dict()
+    raw["data"] = {}
+    return raw
 
 
 def validate_config(raw: dict[str, Any], source: str = "config", overrides: list[str] | None = None) -> RunConfig:

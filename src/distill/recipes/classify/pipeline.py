@@ -6,8 +6,11 @@ finished stages and continues an interrupted one from its last epoch checkpoint.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import shutil
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -23,22 +26,28 @@ from distill.core.rundir import open_run_dir
 from distill.data.arrays import DataSplits, check_labels, labels_of
 from distill.data.datasets import load_data
 from distill.data.transfer import with_transfer_set
-from distill.eval.bench import machine_description, measure_models
+from distill.eval.bench import machine_description, measure_models, timing_notes
 from distill.eval.doctor import diagnose
-from distill.eval.metrics import classification_metrics, mean_confidence, predict
+from distill.eval.metrics import classification_metrics, predict
 from distill.eval.validate import validate
+from distill.eval.verdict import compare_classifiers
 from distill.losses.methods import CE
 from distill.models.ensemble import build_ensemble
-from distill.models.students import every_kth, keep_layers
-from distill.models.taps import resolve_module
 from distill.models.zoo import build_model, freeze
+from distill.recipes.classify.choice import plan_of, save_resolved
 from distill.recipes.classify.config import RunConfig
 from distill.recipes.classify.out_of_fold import out_of_fold_signal
-from distill.recipes.classify.plan import CONFIDENCE_SAMPLE, Plan, plan
+from distill.recipes.classify.pilot import adopt, slug
+from distill.recipes.classify.plan import Candidate, Plan
+from distill.recipes.classify.students import (
+    baseline_budget,
+    build_student,
+    fresh_student,
+    stage_config,
+)
 from distill.teachers.output import Teacher
 from distill.teachers.signals import CachedTeacher, LiveTeacher
 from distill.training.classify import best_key, fit
-from distill.training.config import TrainConfig
 
 
 def run(cfg: RunConfig, resume: bool = False) -> Path:
@@ -47,23 +56,28 @@ def run(cfg: RunConfig, resume: bool = False) -> Path:
     plan_of(cfg, data)  # a recipe the config cannot have is refused before any compute
     built = check_models(cfg, data)  # so is a wrong arch, kwargs or layer path
     run_dir = open_run_dir(cfg, resume)  # written only once the config and models are known to work
+    started = time.perf_counter()
     teacher = load_or_train_teacher(cfg, data, run_dir, resume, built)
-    recipe = plan_of(cfg, data, teacher)
+    taught = with_transfer_set(data.train, data.unlabeled)  # labelled ∪ unlabelled, built once
+    recipe = plan_of(cfg, data, teacher, taught=taught, run_dir=run_dir)
+    save_resolved(run_dir, cfg, recipe, data)
     students: dict[str, nn.Module] = {}
     if cfg.baseline:
         students["baseline"] = train_student(cfg, data, data.train, run_dir / "baseline", None, resume, teacher,
-                                             recipe)
-    taught = with_transfer_set(data.train, data.unlabeled)  # labelled ∪ unlabelled, built once
+                                             recipe.baseline)
     signal = (out_of_fold_signal(cfg, data, teacher, taught, run_dir, resume) if cfg.teacher.out_of_fold
               else teacher_signal(cfg, teacher, taught, recipe))
     students["distilled"] = train_student(cfg, data, taught, run_dir / "distilled", signal, resume, teacher,
-                                          recipe)
+                                          recipe.distilled)
+    if process_state(cfg.device).is_main_process and not cfg.keep_state:
+        shutil.rmtree(run_dir / "pilot", ignore_errors=True)  # the paused candidates; pilot.json keeps the table
     if process_state(cfg.device).is_main_process:  # under torchrun, one process evaluates and reports
         # a live teacher ran channels-last (`training._fast_layout`); evaluate it in the layout it has
         # when the distilled stage is skipped on --resume, so a resumed run reports the same numbers
         teacher.to(memory_format=torch.contiguous_format)
         report = evaluate_run(cfg, data, teacher, students)
         report["recipe"] = describe(recipe, cfg, data, run_dir)
+        report["timing"] = _timing(run_dir, time.perf_counter() - started, recipe)
         report["teacher_signal"] = teacher_confidence(teacher, data)
         report["loss_scale"] = _notes(run_dir / "distilled")
         report["doctor"] = diagnose(report)
@@ -110,19 +124,25 @@ def load_or_train_teacher(cfg: RunConfig, data: DataSplits, run_dir: Path, resum
     return freeze(out.model)
 
 
-def plan_of(cfg: RunConfig, data: DataSplits, teacher: nn.Module | None = None) -> Plan:
-    """The run's recipe resolved for its data (`distill.recipes.classify.plan`) and, where `auto` asks, its teacher."""
-    measure = (lambda: mean_confidence(teacher, data.train, CONFIDENCE_SAMPLE)) if teacher is not None else None
-    return plan(cfg, data.modality, data.input_shape, transfer_set=data.unlabeled is not None, confidence=measure)
-
-
 def describe(recipe: Plan, cfg: RunConfig, data: DataSplits, run_dir: Path) -> dict[str, Any]:
-    """The recipe as the report shows it, with each student's budget and best epoch."""
-    return {"recipe": recipe.recipe, "why": recipe.why, "signal": recipe.signal,
-            "augment": recipe.augment.model_dump(), "objective": recipe.objective.describe(),
-            "distilled_epochs": cfg.train.epochs, "baseline_epochs": baseline_budget(cfg.train, data).epochs,
-            "distilled_best_epoch": _best_epoch(run_dir / "distilled"), "out_of_fold": cfg.teacher.out_of_fold,
+    """The recipe as the report shows it, with each student's budget and best validation row."""
+    n_lab = len(data.train)  # type: ignore[arg-type]
+    n_all = n_lab + (len(data.unlabeled) if data.unlabeled is not None else 0)  # type: ignore[arg-type]
+    distilled_steps = cfg.train.total_steps(math.ceil(n_all / cfg.train.batch_size))
+    base = baseline_budget(cfg.train, data)
+    return {**recipe.to_dict(), "distilled_steps": distilled_steps,
+            "distilled_epochs": round(distilled_steps / math.ceil(n_all / cfg.train.batch_size), 2),
+            "baseline_steps": base.total_steps(math.ceil(n_lab / cfg.train.batch_size)),
+            "baseline_epochs": round(base.total_steps(math.ceil(n_lab / cfg.train.batch_size))
+                                     / math.ceil(n_lab / cfg.train.batch_size), 2),
+            "distilled_best": _best_row(run_dir / "distilled"), "out_of_fold": cfg.teacher.out_of_fold,
             **_tuned(run_dir / "distilled")}
+
+
+def _timing(run_dir: Path, seconds: float, recipe: Plan) -> dict[str, Any]:
+    """Wall time of this invocation (teacher to last student) and the pilot's share of it."""
+    pilot = recipe.pilot["seconds"] if recipe.pilot else 0.0
+    return {"job_seconds": seconds, "pilot_seconds": pilot, "pilot_share": pilot / seconds if seconds > 0 else 0.0}
 
 
 def _tuned(stage_dir: Path) -> dict[str, Any]:
@@ -152,16 +172,16 @@ def _notes(stage_dir: Path) -> list[str]:
     return json.loads(path.read_text()).get("loss_scale", []) if path.is_file() else []
 
 
-def _best_epoch(stage_dir: Path) -> int | None:
-    """The epoch whose weights a finished stage kept (its best validation epoch)."""
+def _best_row(stage_dir: Path) -> dict[str, Any] | None:
+    """The validation row whose weights a finished stage kept, with how many rows it had."""
     path = stage_dir / "metrics.jsonl"
     if not path.is_file():
         return None
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if not rows or "val_accuracy" not in rows[0]:
         return None
-    best = max(rows, key=best_key)
-    return int(best["epoch"])
+    i = max(range(len(rows)), key=lambda k: best_key(rows[k]))
+    return {"row": i, "rows": len(rows), "step": rows[i].get("step"), "epoch": rows[i]["epoch"]}
 
 
 def teacher_signal(cfg: RunConfig, teacher: nn.Module, taught: Dataset, recipe: Plan) -> Teacher:
@@ -174,59 +194,34 @@ def teacher_signal(cfg: RunConfig, teacher: nn.Module, taught: Dataset, recipe: 
 
 
 def train_student(cfg: RunConfig, data: DataSplits, train_data: Dataset, stage_dir: Path,
-                  signal: Teacher | None, resume: bool, teacher: nn.Module, recipe: Plan) -> nn.Module:
+                  signal: Teacher | None, resume: bool, teacher: nn.Module, how: Candidate) -> nn.Module:
     """One student stage on `train_data`: plain (`signal` None, labelled examples only) or distilled
-    (labelled ∪ unlabelled)."""
-    student = build_student(cfg, data, teacher)
+    (labelled ∪ unlabelled), trained as `how` says (objective, augmentation)."""
     done = stage_dir / "model.safetensors"
     if done.is_file():
+        student = build_student(cfg, data, teacher)
         load_weights(done, student)
         _finished(done, cfg)
         return _to_device(student, cfg.device).eval()
-    if cfg.student.checkpoint is not None:
-        load_weights(cfg.student.checkpoint, student)
+    student = fresh_student(cfg, data, teacher)
     check_labels(train_data, data.num_classes, "data (student training)", unlabeled_ok=signal is not None)
-    objective = recipe.objective if signal is not None else CE()
-    train = cfg.train.model_copy(update={"augment": recipe.augment})
-    if signal is not None and cfg.kd.tune is not None and recipe.recipe == "soft_targets":
+    objective = how.objective if signal is not None else CE()
+    if signal is not None and cfg.kd.tune is not None and how.recipe == "soft_targets":
         from distill.recipes.classify.tune import tune_kd  # optuna is imported only when asked for
 
-        objective = tune_kd(cfg.kd.tune, lambda: build_student(cfg, data, teacher), train_data, data.val,
-                            config=train, num_classes=data.num_classes, teacher=signal, stage_dir=stage_dir,
-                            device=cfg.device, quiet=cfg.quiet)
-    budget = train if signal is not None else baseline_budget(train, data)
-    out = fit(student, train_data, objective=objective, config=budget, num_classes=data.num_classes,
-              teacher=signal, val_data=data.val, checkpoint_dir=stage_dir, resume=resume,
-              device=cfg.device, quiet=cfg.quiet, tracking=cfg.tracking, name=stage_dir.name)
+        objective = tune_kd(cfg.kd.tune, lambda: fresh_student(cfg, data, teacher), train_data, data.val,
+                            config=stage_config(cfg, data, how), num_classes=data.num_classes, teacher=signal,
+                            stage_dir=stage_dir, device=cfg.device, quiet=cfg.quiet)
+    pilot_dir = stage_dir.parent / "pilot" / slug(how.name)
+    if process_state(cfg.device).is_main_process:
+        adopt(pilot_dir, stage_dir)  # a pilot candidate's paused run continues as this stage
+    process_state(cfg.device).wait_for_everyone()
+    out = fit(student, train_data, objective=copy.deepcopy(objective), config=stage_config(cfg, data, how),
+              num_classes=data.num_classes, teacher=signal, val_data=data.val, checkpoint_dir=stage_dir,
+              resume=resume or (stage_dir / "last.safetensors").is_file(), device=cfg.device, quiet=cfg.quiet,
+              tracking=cfg.tracking, name=stage_dir.name)
     _save_stage(done, out.model, cfg)
     return out.model
-
-
-def baseline_budget(train: TrainConfig, data: DataSplits) -> TrainConfig:
-    """The plain student's training settings: as many optimizer steps as the distilled student takes.
-    With a transfer set, an epoch over the labelled examples alone is shorter, so the baseline gets
-    proportionally more epochs (its best validation epoch is kept, so a longer run cannot hurt it)."""
-    n_labelled = len(data.train)  # type: ignore[arg-type]
-    n_all = n_labelled + (len(data.unlabeled) if data.unlabeled is not None else 0)  # type: ignore[arg-type]
-    steps = train.epochs * math.ceil(n_all / train.batch_size)
-    per_epoch = math.ceil(n_labelled / train.batch_size)
-    epochs = math.ceil(steps / per_epoch)
-    if epochs == train.epochs:
-        return train
-    return train.model_copy(update={"epochs": epochs, "warmup_epochs": train.warmup_epochs * epochs / train.epochs})
-
-
-def build_student(cfg: RunConfig, data: DataSplits, teacher: nn.Module) -> nn.Module:
-    """The student of the config: a model of its own, or the teacher with fewer layers (trainable)."""
-    spec = cfg.student.from_teacher
-    if spec is None:
-        return build_model(cfg.student, data.input_shape, data.num_classes, seed=cfg.train.seed)
-    container = resolve_module(teacher, spec.path, "student.from_teacher.path")
-    layers = spec.layers if spec.layers is not None else every_kth(len(container), spec.every or 1)
-    student = keep_layers(teacher, spec.path, layers)
-    for p in student.parameters():
-        p.requires_grad_(True)
-    return student.train()
 
 
 def evaluate_run(cfg: RunConfig, data: DataSplits, teacher: nn.Module,
@@ -241,6 +236,7 @@ def evaluate_run(cfg: RunConfig, data: DataSplits, teacher: nn.Module,
     labels = labels_of(data.test)
     models: dict[str, Any] = {}
     validation: dict[str, Any] = {}
+    correct: dict[str, torch.Tensor] = {}
     for name, model in everyone.items():
         if name == "teacher":
             metrics = classification_metrics(t_logits, labels)
@@ -248,7 +244,10 @@ def evaluate_run(cfg: RunConfig, data: DataSplits, teacher: nn.Module,
             s_logits = predict(model, data.test)
             metrics = classification_metrics(s_logits, labels, t_logits)
             validation[name] = validate(t_logits, s_logits, labels).to_dict()
+            correct[name] = s_logits.argmax(-1) == labels
         models[name] = {**metrics, **costs[name]}
+    verdict = (compare_classifiers(correct["baseline"], correct["distilled"]).to_dict()
+               if "baseline" in correct else None)
     return {
         "name": cfg.name,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -258,8 +257,30 @@ def evaluate_run(cfg: RunConfig, data: DataSplits, teacher: nn.Module,
                     "unlabeled": len(data.unlabeled) if data.unlabeled is not None else 0},  # type: ignore[arg-type]
         "models": models,
         "summary": summarise(models),
+        "verdict": verdict,
+        "sanity": sanity_notes(models, data),
+        "timing_notes": timing_notes(costs),
         "validation": validation,
     }
+
+
+SMALL_VALIDATION = 200  # examples: below this, one example moves validation accuracy by over half a point
+
+
+def sanity_notes(models: dict[str, Any], data: DataSplits) -> list[str]:
+    """What a reader should know before trusting the numbers: a validation split too small to choose
+    epochs or recipes, a student far behind its teacher."""
+    notes = []
+    n_val = len(data.val)  # type: ignore[arg-type]
+    if n_val < SMALL_VALIDATION:
+        notes.append(f"The validation split has {n_val} examples (one example is {100 / max(1, n_val):.1f} points): "
+                     "too few to choose epochs or recipes reliably; give more (data.val_fraction, data.val_path).")
+    t = models["teacher"]["accuracy"]
+    for name in ("baseline", "distilled"):
+        if name in models and t > 0 and models[name]["accuracy"] < 0.5 * t:
+            notes.append(f"The {name} student's test accuracy ({100 * models[name]['accuracy']:.1f}%) is under "
+                         f"half the teacher's ({100 * t:.1f}%): check its budget (train.steps) and size.")
+    return notes
 
 
 def summarise(models: dict[str, Any]) -> dict[str, float]:

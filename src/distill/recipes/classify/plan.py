@@ -1,106 +1,142 @@
-"""Recipes: how the distilled student is taught (teacher signal, augmentation, objective), chosen from
-the config and the data where the config leaves them open (`recipe: auto`, `teacher.signal: auto`,
-`kd.temperature` / `kd.ratio` left out).
+"""Recipes: how the distilled student is taught (teacher signal, augmentation, objective), and the
+candidates `recipe: auto` measures before choosing one (`distill.recipes.classify.pilot`).
 
+- **plain**: cross-entropy on the labels, no teacher: the baseline every candidate must beat.
+- **soft_targets** (Hinton et al. 2015): ratio·KD + (1 − ratio)·CE on the inputs as they are, the
+  teacher's logits cached once unless something needs it live.
 - **function_matching** (Beyer et al. 2022, "a good teacher is patient and consistent"): the live
-  teacher scores exactly the view the student sees (random shifts, mixup between inputs), and the
-  student matches it with pure KD at T = 1. Each epoch the teacher labels new inputs, so its dark
-  knowledge is not limited to the (memorised) training examples. Needs float inputs.
-- **soft_targets** (Hinton et al. 2015): ratio·KD + (1 − ratio)·CE on the inputs as they are, the teacher's
-  logits cached once unless something needs it live.
+  teacher scores exactly the view the student sees (random shifts, mixup between inputs) and the
+  student matches it with pure KD at T = 1, so the teacher's dark knowledge is not limited to the
+  (memorised) training examples. Needs float inputs.
 
-`auto` picks soft targets except on images where function matching has measured to pay: token ids and feature rows cannot be shifted, and on spectrograms (spoken digits) shifts
-+ mixup cost the small student far more than the teacher gave back. On images it picks function
-matching when there is a transfer set, or when the teacher is near one-hot on its own training images
-(mean top-1 probability above ONE_HOT_CONFIDENCE, measured on up to CONFIDENCE_SAMPLE of them): then
-only new views carry dark knowledge (MNIST-5k: function matching won, its teacher at 99%). Where the
-teacher's targets are already soft (Fashion-MNIST with every label, its teacher at 93%), the
-small student learns more from them on the clean images than from shifted, mixed views (kd_wins:
-fmnist_full). Both use the transfer set (`data.unlabeled`, `data.label_fraction`) when there is
-one. The plain baseline gets the same augmentation, so a win is the teacher's and not the
-augmentation's. What each recipe measured is in BENCHMARKS.md (kd_wins).
+`auto` does not pick by rule: the pilot trains every candidate briefly and the best on validation
+wins. Rules only say which candidates make sense: token ids cannot be shifted or mixed, so text gets
+no function matching; shifts apply to (C, H, W) inputs, scaled to the shorter side
+(`SHIFT_FRACTION`: 2 pixels on 28×28, where they were measured; 1 on 8×8); mixup strength is itself a
+candidate. A setting the user gave (`kd.temperature`, `train.augment.shift: 0`, ...) is used in
+every candidate as given, never replaced.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from distill.core.errors import ConfigError
 from distill.data.augment import AugmentConfig
-from distill.eval.doctor import ONE_HOT_CONFIDENCE
-from distill.losses.config import KDConfig, needs_live_teacher
-from distill.losses.methods import KD, Method
-from distill.recipes.classify.config import RunConfig
+from distill.losses.config import KDConfig
+from distill.losses.methods import CE, KD, Method
 
-FUNCTION_MATCHING_SHIFT = 2  # pixels (or spectrogram bins)
-FUNCTION_MATCHING_MIXUP = 1.0  # Beta(1, 1): mixing weights uniform in [0, 1]
-CONFIDENCE_SAMPLE = 4096  # training examples the teacher scores to measure it (the first ones)
+SHIFT_FRACTION = 1 / 14  # of the shorter image side: 2 pixels on 28×28, 1 on 8×8 (rounded)
+MIXUP_CANDIDATES = (1.0, 0.2)  # Beta(a, a): 1.0 mixes uniformly (Beyer et al.), 0.2 mildly
+SOFT_TARGET_CANDIDATES = ((2.0, 0.5), (4.0, 0.9))  # (temperature, ratio)
 KD_DEFAULTS = {"function_matching": (1.0, 1.0), "soft_targets": (2.0, 0.5)}  # (temperature, ratio)
 
 
 @dataclass(frozen=True)
-class Plan:
-    """What a run's distilled student is taught with, and why (shown in the report)."""
+class Candidate:
+    """One way to train the student: its objective, augmentation and teacher signal."""
 
-    recipe: str  # function_matching | soft_targets
-    signal: str  # live | cached
-    augment: AugmentConfig  # for the distilled and the plain student alike
+    name: str  # as the pilot table shows it, e.g. "soft targets T=2 ratio=0.5"
+    recipe: str  # plain | soft_targets | function_matching | given
     objective: Method
+    augment: AugmentConfig  # concrete (no open settings)
+    signal: str = "cached"  # live | cached (plain: unused)
+
+    @property
+    def taught(self) -> bool:
+        """Whether the teacher takes part (a "given" CE method does not)."""
+        return self.recipe != "plain" and self.objective.needs_teacher
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "recipe": self.recipe, "objective": self.objective.describe(),
+                "augment": self.augment.model_dump(), "signal": self.signal}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run's students are taught with, and why (shown in the report and `Result.plan`)."""
+
+    distilled: Candidate
+    baseline: Candidate  # the plain student's settings: the best plain candidate of the pilot
     why: str
+    pilot: dict[str, Any] | None = None  # the pilot's table (`pilot.Pilot.to_dict`), when it ran
+    notes: list[str] = field(default_factory=list)
+
+    # the distilled student's settings, by the names the pipeline and reports use
+    @property
+    def recipe(self) -> str:
+        return self.distilled.recipe
+
+    @property
+    def signal(self) -> str:
+        return self.distilled.signal
+
+    @property
+    def augment(self) -> AugmentConfig:
+        return self.distilled.augment
+
+    @property
+    def objective(self) -> Method:
+        return self.distilled.objective
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"recipe": self.recipe, "name": self.distilled.name, "why": self.why, "signal": self.signal,
+                "augment": self.augment.model_dump(), "objective": self.objective.describe(),
+                "baseline": self.baseline.describe(), "pilot": self.pilot, "notes": list(self.notes)}
 
 
-def plan(cfg: RunConfig, modality: str, input_shape: tuple[int, ...], *, transfer_set: bool = False,
-         confidence: Callable[[], float] | None = None) -> Plan:
-    """The recipe of `cfg` for data of `modality` (`data.modality_of`) whose examples have
-    `input_shape`, resolved to concrete settings. `confidence` measures the teacher's mean top-1
-    probability on its training examples; it is called only when `auto` needs it (images, a live
-    signal, no transfer set); without it such a plan is provisional (function matching)."""
-    live_needed = cfg.teacher.combine == "correctness" or any(needs_live_teacher(t) for t in cfg.losses)
-    signal = "cached" if cfg.teacher.out_of_fold is not None else cfg.teacher.signal  # fixed targets per example
-    return resolve(cfg.recipe, signal, cfg.train.augment, modality, input_shape,
-                   method=Method(cfg.losses) if cfg.losses else None, kd=cfg.kd, live_needed=live_needed, transfer_set=transfer_set, confidence=confidence)
+def shift_for(input_shape: tuple[int, ...]) -> int:
+    """The shift function matching uses on inputs of `input_shape`: a fraction of the shorter side
+    of (C, H, W) inputs, 0 on anything else."""
+    if len(input_shape) != 3:
+        return 0
+    return int(SHIFT_FRACTION * min(input_shape[1:]) + 0.5)
 
 
-def resolve(recipe: str, signal: str, augment: AugmentConfig, modality: str, input_shape: tuple[int, ...],
-            *, method: Method | None = None, kd: KDConfig | None = None, live_needed: bool = False, transfer_set: bool = False,
-            confidence: Callable[[], float] | None = None) -> Plan:
-    """A recipe name (`auto` included) and a signal (`auto` included) made concrete for the data
-    (`plan` says what `transfer_set` and `confidence` change)."""
-    chosen, why = _choose(recipe, signal, modality)
-    if chosen == "function_matching" and recipe == "auto" and transfer_set:
-        why = "function matching (auto: images and a transfer set; the teacher scores shifted, mixed views of both)"
-    elif chosen == "function_matching" and recipe == "auto" and confidence is not None:
-        chosen, why = _by_confidence(confidence())
-    if chosen == "function_matching":
-        augment = augment.model_copy(update={
-            "shift": augment.shift or (FUNCTION_MATCHING_SHIFT if len(input_shape) == 3 else 0),
-            "mixup": augment.mixup or FUNCTION_MATCHING_MIXUP})
-    objective = method if method is not None else kd_objective(kd or KDConfig(), chosen)
-    if signal == "auto":
-        signal = "live" if chosen == "function_matching" or augment.enabled or live_needed else "cached"
-    return Plan(chosen, signal, augment, objective, why)
+def candidates(modality: str, input_shape: tuple[int, ...], *, kd: KDConfig, augment: AugmentConfig,
+               live_ok: bool = True, extra: list[Candidate] | None = None) -> list[Candidate]:
+    """What `auto` measures on data of `modality`: plain CE, soft targets, function matching where the
+    inputs can be shifted or mixed and the teacher can run live (`live_ok`), then the user's `extra`."""
+    out = [Candidate("plain", "plain", CE(), augment.filled())]
+    fm_ok = live_ok and modality != "text"
+    if fm_ok and modality == "images":  # the plain student with the augmentation function matching uses
+        out.append(Candidate("plain + shifts, mixup", "plain", CE(),
+                             augment.filled(shift=shift_for(input_shape), mixup=MIXUP_CANDIDATES[1])))
+    settings = {(kd.temperature if kd.temperature is not None else t, kd.ratio if kd.ratio is not None else r)
+                for t, r in SOFT_TARGET_CANDIDATES}
+    for t, r in sorted(settings):
+        out.append(Candidate(f"soft targets T={t:g} ratio={r:g}", "soft_targets", _kd(kd, t, r),
+                             augment.filled(), "cached" if not augment.enabled else "live"))
+    if fm_ok:
+        shift = shift_for(input_shape) if modality in ("images", "audio") else 0
+        for a in dict.fromkeys(MIXUP_CANDIDATES if augment.mixup is None else (augment.mixup,)):
+            aug = augment.filled(shift=shift, mixup=a)
+            out.append(Candidate(f"function matching ({aug.describe()})", "function_matching",
+                                 kd_objective(kd, "function_matching"), aug, "live"))
+    names = [c.name for c in out]
+    for c in extra or []:
+        if c.name in names:
+            raise ConfigError(f"pilot.candidates: the name {c.name!r} is taken; give the candidate another name.")
+        names.append(c.name)
+        out.append(c)
+    return out
 
 
 def kd_objective(kd: KDConfig, recipe: str = "soft_targets") -> Method:
     """KD with the kd section's settings, its temperature and ratio defaulting to the recipe's."""
     t, r = KD_DEFAULTS[recipe]
-    return KD(t if kd.temperature is None else kd.temperature, r if kd.ratio is None else kd.ratio, kd.divergence,
-              jsd_beta=kd.jsd_beta, skew=kd.skew)
+    return _kd(kd, t if kd.temperature is None else kd.temperature, r if kd.ratio is None else kd.ratio)
 
 
-def _by_confidence(confidence: float) -> tuple[str, str]:
-    """Auto's choice on images without a transfer set, from the teacher's confidence on its training images."""
-    if confidence > ONE_HOT_CONFIDENCE:
-        return "function_matching", (f"function matching (auto: the teacher is near one-hot on its training "
-                                     f"images, mean top-1 {100 * confidence:.1f}%; shifted, mixed views carry "
-                                     "the dark knowledge those lack)")
-    return "soft_targets", (f"soft targets (auto: the teacher's targets on its training images are already soft, "
-                            f"mean top-1 {100 * confidence:.1f}%; on such data shifts + mixup cost the small "
-                            "student more than they teach, BENCHMARKS.md kd_wins fmnist_full)")
+def _kd(kd: KDConfig, temperature: Any, ratio: Any) -> KD:
+    return KD(temperature, ratio, kd.divergence, jsd_beta=kd.jsd_beta, skew=kd.skew)
 
 
-def _choose(recipe: str, signal: str, modality: str) -> tuple[str, str]:
+def chosen(recipe: str, signal: str, augment: AugmentConfig, modality: str, input_shape: tuple[int, ...], *,
+           method: Method | None = None, kd: KDConfig | None = None, live_needed: bool = False) -> Candidate:
+    """The distilled student's settings for a recipe named in the config (or a method given), no pilot."""
+    kd = kd or KDConfig()
     if recipe == "function_matching":
         if modality == "text":
             raise ConfigError("recipe: function_matching mixes inputs, and these are token ids (integers), "
@@ -108,19 +144,26 @@ def _choose(recipe: str, signal: str, modality: str) -> tuple[str, str]:
         if signal == "cached":
             raise ConfigError("recipe: function_matching shows the teacher each augmented, mixed view, which "
                               "a logit cache cannot do: use the live teacher (signal live or auto).")
-        return "function_matching", "function matching (chosen in the config)"
-    if recipe == "soft_targets":
-        return "soft_targets", "soft targets (chosen in the config)"
-    if modality != "images":
-        return "soft_targets", f"soft targets (auto: {AUTO_REASON.get(modality, modality + ' inputs')})"
-    if signal == "cached":
-        return "soft_targets", "soft targets (auto: the teacher signal is cached; function matching needs it live)"
-    return "function_matching", "function matching (auto: images can be shifted and mixed, and new views teach)"
+        shift = shift_for(input_shape) if modality in ("images", "audio") else 0
+        aug = augment.filled(shift=shift, mixup=MIXUP_CANDIDATES[0])
+        return Candidate(f"function matching ({aug.describe()})", "function_matching",
+                         method or kd_objective(kd, "function_matching"), aug, "live")
+    aug = augment.filled()
+    if signal == "auto":
+        signal = "live" if aug.enabled or live_needed else "cached"
+    name = "given method" if method is not None else "soft targets"
+    return Candidate(name, "soft_targets", method or kd_objective(kd), aug, signal)
 
 
-AUTO_REASON = {
-    "text": "token inputs cannot be shifted or mixed",
-    "audio": "on spectrograms, shifts + mixup cost the small student far more than the teacher gave back "
-             "(BENCHMARKS.md, kd_wins)",
-    "features": "feature rows have no shift to apply",
-}
+def plain_candidate(augment: AugmentConfig) -> Candidate:
+    """The plain student with the augmentation the user gave (nothing else added)."""
+    return Candidate("plain", "plain", CE(), augment.filled())
+
+
+def with_signal(candidate: Candidate, signal: str, live_needed: bool = False) -> Candidate:
+    """`candidate` with the signal a config fixes (`teacher.signal` live or cached) where it has a choice."""
+    if candidate.recipe in ("plain", "function_matching") or signal == "auto":
+        if live_needed and candidate.taught:
+            return replace(candidate, signal="live")
+        return candidate
+    return replace(candidate, signal=signal)

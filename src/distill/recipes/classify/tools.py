@@ -20,7 +20,7 @@ from distill.eval.metrics import classification_metrics, evaluate_model, predict
 from distill.models.ensemble import build_ensemble
 from distill.models.zoo import build_model
 from distill.recipes.classify.config import RunConfig
-from distill.recipes.classify.pipeline import build_student
+from distill.recipes.classify.students import build_student
 from distill.recipes.classify.plan import kd_objective
 
 

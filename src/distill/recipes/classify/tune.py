@@ -10,6 +10,7 @@ for exactly this; only the proxy objective is written here.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,18 +46,20 @@ def tune_kd(tune: KDTune, build: Callable[[], nn.Module], train_data: Dataset, v
     for row in done:
         study.add_trial(optuna.trial.create_trial(params={"temperature": row["temperature"], "ratio": row["ratio"]},
                                                   distributions=_space(optuna), value=row["score"]))
-    proxy = config.model_copy(update={"epochs": max(1, round(config.epochs * tune.epochs))})
+    per_epoch = math.ceil(len(train_data) / config.batch_size) if train_data is not None else 1  # type: ignore[arg-type]
+    proxy = config.with_steps(max(1, round(config.total_steps(per_epoch) * tune.epochs)))
     for _ in range(tune.trials - len(done)):
         trial = study.ask(_space(optuna))
         kd = KD(trial.params["temperature"], trial.params["ratio"])
         out = fit(build(), train_data, objective=kd, config=proxy, num_classes=num_classes, teacher=teacher,
                   val_data=val_data, device=device, quiet=True, name=f"kd.tune {len(done) + 1}/{tune.trials}")
-        best = next(r for r in out.history if r["epoch"] == out.best_epoch)
+        best = out.history[out.best_epoch]
         score = best["val_accuracy"] - 1e-3 * min(best["val_nll"], 10.0)  # accuracy first, NLL breaks ties
         study.tell(trial, score)
         done.append({**trial.params, "score": score, "val_accuracy": best["val_accuracy"]})
         stage_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps({"trials": done, "proxy_epochs": proxy.epochs}, indent=2))
+        atomic_write_text(path, json.dumps({"trials": done, "proxy_steps": proxy.steps,
+                                                 "proxy_epochs": round(proxy.steps / per_epoch, 2)}, indent=2))
         if not quiet:
             print(f"kd.tune {len(done)}/{tune.trials}: T={trial.params['temperature']:.2f} "
                   f"ratio={trial.params['ratio']:.2f} "

@@ -5,6 +5,7 @@ documents, or JSONL rows (grouped by `data.group_column`), held out by document 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,17 @@ def load_text(cfg: LMRunConfig, tokenizer: Any) -> TextSplits:
                             holdout="tail" if len(documents) == 1 else "documents")
     else:
         splits = split_blocks(_blocks(cfg, documents, tokenizer, d.max_blocks), d.val_fraction, d.seed)
-    if d.val_blocks is not None and len(splits.val) > d.val_blocks:
-        splits.val = blocks_subset(splits.val, torch.arange(d.val_blocks))
+    if d.max_blocks is not None and len(splits.train) < d.max_blocks:
+        warnings.warn(f"data.max_blocks={d.max_blocks} asks for more training blocks than the corpus makes "
+                      f"({len(splits.train)} blocks of {d.seq_len} tokens); training on those {len(splits.train)}.",
+                      stacklevel=2)
+    if d.val_blocks is not None and len(splits.val) > d.val_blocks:  # a seeded random draw, not the first ones
+        pick = torch.randperm(len(splits.val), generator=torch.Generator().manual_seed(d.seed + 2))[:d.val_blocks]
+        splits.val = blocks_subset(splits.val, pick.sort().values)
+    elif d.val_blocks is not None and len(splits.val) < d.val_blocks:
+        warnings.warn(f"data.val_blocks={d.val_blocks} asks for more held-out blocks than there are: "
+                      f"{len(splits.val)} (data.val_fraction={d.val_fraction} of the corpus); evaluating on those "
+                      f"{len(splits.val)}. Raise data.val_fraction for more.", stacklevel=2)
     return splits
 
 
@@ -69,11 +79,15 @@ def _blocks(cfg: LMRunConfig, documents: list[Any], tokenizer: Any, max_blocks: 
     d = cfg.data
     try:
         if d.corpus != "jsonl":
-            return pack_text(documents, tokenizer, d.seq_len, max_blocks)
+            return pack_text(documents, tokenizer, d.seq_len, max_blocks, seed=d.seed)
         rows = [row for group in documents for row in group]
+        owner = [g for g, group in enumerate(documents) for _ in group]
         blocks = encode_rows(rows, tokenizer, d.seq_len, response_only=d.response_only, packing=d.packing,
-                             source=str(d.path), route=routes(cfg, rows))
-        return blocks_subset(blocks, torch.arange(min(len(blocks), max_blocks))) if max_blocks else blocks
+                             source=str(d.path), route=routes(cfg, rows), document=owner)
+        if not max_blocks or len(blocks) <= max_blocks:
+            return blocks
+        pick = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(d.seed + 1))[:max_blocks]
+        return blocks_subset(blocks, pick.sort().values)  # drawn across the rows, not the first ones
     except DataError as exc:
         if not held_out or "fewer than one block" not in str(exc):
             raise

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,13 +30,14 @@ from distill.core.distributed import process_state
 from distill.core.errors import ModelError
 from distill.core.files import atomic_write_text
 from distill.core.rundir import open_run_dir
-from distill.data.tokens import TextSplits
-from distill.eval.bench import machine_description, time_calls
+from distill.data.alignment import vocab_map
+from distill.data.tokens import TextSplits, TokenBlocks
+from distill.eval.bench import interleaved_ms, machine_description, timing_notes
 from distill.eval.doctor import diagnose_lm
-from distill.eval.lm import evaluate_lm, evaluate_logprobs, target_bytes
+from distill.eval.lm import block_bytes, evaluate_lm, evaluate_logprobs
+from distill.eval.verdict import compare_bits
 from distill.losses.config import TokenKDConfig
 from distill.models import causal_lm as lm_models
-from distill.data.alignment import vocab_map
 from distill.recipes.lm import cross
 from distill.recipes.lm.config import LMRunConfig
 from distill.recipes.lm.data import documents_of, load_text
@@ -73,7 +75,7 @@ def run_lm(cfg: LMRunConfig, resume: bool = False) -> Path:
     students.update({f"teacher_{name}": model for name, model in others.items() if model is not None})
     if process_state(cfg.device).is_main_process:
         report = evaluate_lm_run(cfg, teacher, students, data, vocab, val_signal, licence,
-                                 text_bytes=target_bytes(data.val, tokenizer), root=root)
+                                 val_bytes=block_bytes(data.val, tokenizer), root=root)
         atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2))
         render_lm(run_dir)
     return run_dir
@@ -102,8 +104,8 @@ def run_cross_lm(cfg: LMRunConfig, teacher: nn.Module, tokenizer: Any, student_t
                               resume, teacher, adapted)
     if process_state(cfg.device).is_main_process:
         report = evaluate_lm_run(cfg, teacher, students, data, vocab, None, licence,
-                                 text_bytes=target_bytes(data.val, tokenizer), root=root, student_data=student_data,
-                                 student_vocab=student_vocab, student_bytes=target_bytes(student_data.val, student_tok))
+                                 val_bytes=block_bytes(data.val, tokenizer), root=root, student_data=student_data,
+                                 student_vocab=student_vocab, student_bytes=block_bytes(student_data.val, student_tok))
         report["cross_tokenizer"] = {"method": cfg.kd.cross, "aligned_share": student_data.train.aligned_share,
                                      "student_tokenizer": cfg.student.tokenizer or cfg.student.model}
         atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2))
@@ -278,22 +280,33 @@ def _fit_and_save(cfg: LMRunConfig, model: nn.Module, tokenizer: Any, data: Text
 
 
 def evaluate_lm_run(cfg: LMRunConfig, teacher: nn.Module, students: dict[str, nn.Module], data: TextSplits,
-                    vocab: int, val_signal: Teacher | None, licence: str | None, text_bytes: int | None = None,
+                    vocab: int, val_signal: Teacher | None, licence: str | None, val_bytes: torch.Tensor | None = None,
                     *, root: Path | None = None, student_data: TextSplits | None = None, student_vocab: int | None = None,
-                    student_bytes: int | None = None) -> dict[str, Any]:
-    """The report: every model on the held-out blocks. A student with another tokenizer (`student_data`,
-    `student_vocab`, `student_bytes`) is scored on its own blocks of the same text: bits per byte
-    compare it with the teacher, and there is no KL or agreement across vocabularies."""
+                    student_bytes: torch.Tensor | None = None) -> dict[str, Any]:
+    """The report: every model on the held-out blocks (`val_bytes`: the bytes each block's targets
+    spell, for bits per byte). A student with another tokenizer (`student_data`, `student_vocab`,
+    `student_bytes`) is scored on its own blocks of the same text: bits per byte compare it with the
+    teacher, and there is no KL or agreement across vocabularies. The verdict is a paired bootstrap
+    over held-out documents of the distilled and CE students' bits per byte."""
     shown = None if cfg.quiet else "evaluate {}"
+    text_bytes = int(val_bytes.sum()) if val_bytes is not None else None
     models: dict[str, Any] = {"teacher": _teacher_row(cfg, teacher, data, vocab, text_bytes, shown, root)}
     own = student_data or data
+    sums: dict[str, list[float]] = {}
     for name, model in students.items():
         theirs = name == "teacher_adapted" or student_data is None
         scored_against = None if name.startswith("teacher_") and name != "teacher_adapted" else val_signal
+        sums[name] = []
         models[name] = {**evaluate_lm(model, (data if theirs else own).val, vocab if theirs else student_vocab,
                                       teacher=scored_against if theirs else None,
-                                      text_bytes=text_bytes if theirs else student_bytes,
-                                      progress=shown and shown.format(name)), **_costs(model, data if theirs else own)}
+                                      text_bytes=text_bytes if theirs else int(student_bytes.sum()),  # type: ignore[union-attr]
+                                      progress=shown and shown.format(name), block_ce=sums[name]),
+                        "params": lm_models.count_parameters(model)}
+    local = {} if "served" in models["teacher"] else {"teacher": teacher}  # a served teacher is not timed here
+    timed = interleaved_ms({k: (m, _one_block(m, data if k.startswith("teacher") else own))
+                            for k, m in {**local, **students}.items()})
+    for k, t in timed.items():
+        models[k].update(t)
     taught_by = _taught_by(cfg, models)
     t, s = models[taught_by], models["distilled"]
     summary = {"teacher": taught_by, "params_ratio": s["params"] / t["params"], "ppl_ratio": s["ppl"] / t["ppl"]}
@@ -312,12 +325,16 @@ def evaluate_lm_run(cfg: LMRunConfig, teacher: nn.Module, students: dict[str, nn
         "data": {"corpus": cfg.data.corpus, "seq_len": data.train.seq_len, "train_blocks": len(data.train),
                  "val_blocks": len(data.val), "train_tokens": data.train.num_tokens,
                  "tokens_seen": tokens_seen(data.train, cfg.train, process_state(cfg.device).num_processes),
-                 "steps": cfg.train.steps, "holdout": data.holdout},
+                 "steps": cfg.train.steps, "holdout": data.holdout,
+                 "train_documents": data.train.documents, "val_documents": data.val.documents},
         "kd": cfg.kd.model_dump(mode="json"),
         "teacher_adapt": cfg.teacher.adapt.model_dump(mode="json") if cfg.teacher.adapt else None,
         "teacher_signal": cfg.teacher.signal, "top_k": cfg.teacher.top_k,
         "kl_over": "full vocabulary" if isinstance(val_signal, LiveLMTeacher) else f"top-{cfg.teacher.top_k} + tail",
-        "models": models, "summary": summary,
+        "models": models, "summary": summary, "timing_notes": timing_notes(models),
+        "verdict": (lm_verdict(sums["baseline"], sums["distilled"], own.val,
+                               student_bytes if student_data is not None else val_bytes)
+                    if "baseline" in sums else None),
     }
     if cfg.teacher.others:
         t = cfg.teacher
@@ -327,6 +344,20 @@ def evaluate_lm_run(cfg: LMRunConfig, teacher: nn.Module, students: dict[str, nn
     return report
 
 
+def lm_verdict(ce_a: list[float], ce_b: list[float], val: TokenBlocks, nbytes: torch.Tensor | None) -> dict[str, Any]:
+    """B (distilled) against A (CE student): a paired bootstrap over held-out documents (blocks where
+    documents are not recorded) of bits per byte (bits per token without byte counts)."""
+    doc = val.document if val.document is not None else torch.arange(len(val))
+    units, group = torch.unique(doc, return_inverse=True)
+    per_doc = lambda v: torch.zeros(len(units), dtype=torch.float64).index_add_(0, group, v)  # noqa: E731
+    bits_a, bits_b = (per_doc(torch.tensor(c, dtype=torch.float64) / math.log(2)) for c in (ce_a, ce_b))
+    denominator = nbytes if nbytes is not None else val.loss_mask.sum(1).double()
+    v = compare_bits(bits_a, bits_b, per_doc(denominator.double()))
+    unit = "bits per byte" if nbytes is not None else "bits per token"
+    return {**v.to_dict(), "unit": unit, "units": "documents" if val.document is not None else "blocks",
+            "sentence": v.sentence("the distilled student", "the CE student").replace("bits per byte", unit)}
+
+
 def _teacher_row(cfg: LMRunConfig, teacher: nn.Module, data: TextSplits, vocab: int, text_bytes: int | None,
                  shown: str | None, root: Path | None) -> dict[str, Any]:
     """The teacher on the held-out blocks: here, or through `teacher.endpoint` (its prompt log-probs,
@@ -334,17 +365,15 @@ def _teacher_row(cfg: LMRunConfig, teacher: nn.Module, data: TextSplits, vocab: 
     e = cfg.teacher.endpoint
     if e is None:
         return {**evaluate_lm(teacher, data.val, vocab, progress=shown and shown.format("teacher"),
-                              text_bytes=text_bytes), **_costs(teacher, data)}
+                              text_bytes=text_bytes), "params": lm_models.count_parameters(teacher)}
     scored = served_logprobs(cfg, data.val, root / "val", vocab)
     return {**evaluate_logprobs(scored, data.val, text_bytes), "params": lm_models.count_parameters(teacher),
             "served": f"{e.model} at {e.url}"}
 
 
-def _costs(model: nn.Module, data: TextSplits) -> dict[str, float]:
-    """Parameters and the median forward time of one block at batch 1, on this process's device."""
-    x = data.val.input_ids[:1].to(next(model.parameters()).device)
-    times = time_calls(model.eval(), x, repeats=5, warmup=1)
-    return {"params": lm_models.count_parameters(model), "forward_ms": 1000 * sorted(times)[len(times) // 2]}
+def _one_block(model: nn.Module, data: TextSplits) -> torch.Tensor:
+    """One held-out block at batch 1, on the model's device: what the forward times are measured on."""
+    return data.val.input_ids[:1].to(next(model.parameters()).device)
 
 
 def require_transformers() -> None:

@@ -41,8 +41,9 @@ def render_lm_report(report: dict[str, Any], plots: list[Path] | None = None) ->
         lines += ["", f"> ⚠ Licence: {t['licence_warning']}."]
     d, kd = report["data"], lm_kd_settings(report)
     lines += ["", f"Data: {d['corpus']}, {d['train_blocks']} training blocks of {d['seq_len']} tokens "
-              f"({d['tokens_seen']:,} tokens seen per student), {d['val_blocks']} held-out blocks "
-              f"({HOLDOUT_WORDS.get(d.get('holdout'), 'drawn at random')}).",
+              f"({d['tokens_seen']:,} tokens seen per student{_docs(d.get('train_documents'))}), "
+              f"{d['val_blocks']} held-out blocks ({HOLDOUT_WORDS.get(d.get('holdout'), 'drawn at random')}"
+              f"{_docs(d.get('val_documents'))}).",
               f"Loss: {kd['ratio']:g} × {kd['divergence']} (T={kd['temperature']:g}) + "
               f"{1 - kd['ratio']:g} × CE"
               + (f", CE only for the first {kd['warm_start']} steps" if kd.get("warm_start") else "")
@@ -101,3 +102,8 @@ def _adapt_line(adapt: dict[str, Any] | None) -> list[str]:
     how = f"LoRA r={adapt['lora']['r']}" if adapt.get("lora") else "every weight"
     return [f"The teacher was first fine-tuned on the training blocks ({adapt['steps']} steps of next-token CE "
             f"at lr {adapt['lr']:g}, {how}): `teacher_adapted` below, which taught the students.", ""]
+
+
+def _docs(n: int | None) -> str:
+    """", from 12 documents" (nothing where the run did not record them)."""
+    return "" if n is None else f", from {n:,} document{'s' if n != 1 else ''}"

@@ -1,0 +1,208 @@
+"""Do the defaults hold on data nobody tuned them on? Plain training with the API's defaults, distillation
+with the API's defaults (`distill.distill(teacher, student, train, val_data=val)`, no recipe, no budget
+given) and a careful plain baseline, 3 seeds each, in settings of other sizes, domains and teachers.
+
+    python benchmarks/defaults_robustness.py                  # every setting, 3 seeds (resumable)
+    python benchmarks/defaults_robustness.py --settings digits8_full --seeds 3
+
+Each (setting, seed) runs in its own process and writes `benchmarks/work/defaults_robustness/<setting>-<seed>.json`
+(a finished one is not run again); the teacher of a setting is trained once (seed 0) and reused, as a
+user's own teacher would be. The careful plain baseline is the best on validation of learning rates
+1e-3 and 3e-3 at the default budget and at 4× it. Test accuracy on each setting's held-out test split.
+
+Per setting: `<setting>_{plain_default,distilled_default,plain_careful,teacher}_mean/_std` (points), the
+distilled − plain-default difference per seed and its mean and std, the recipe the pilot chose per seed,
+and the pilot's share of the distilled job's wall time. Summary keys (the issue's): `settings`,
+`default_never_worse` (settings where the mean difference ≥ −2 × its std over seeds), `default_wins`
+(mean difference > 2 × its std), `worst_gap_pts` (the most negative mean difference), `pilot_share` (max).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).parent))
+import robustness_data as rd  # noqa: E402
+from common import WORK, mean_std, write_result  # noqa: E402
+
+import distill  # noqa: E402
+from distill.eval.metrics import predict  # noqa: E402
+
+OUT = WORK / "defaults_robustness"
+
+
+@dataclass
+class Setting:
+    about: str
+    data: Callable[[], rd.Data]
+    teacher: Callable[[], nn.Module]
+    student: Callable[[], nn.Module]
+    teacher_train: dict  # distill.train options for the teacher
+    wrap: Callable[[nn.Module], nn.Module] = lambda m: m  # what the user hands over as the teacher
+
+
+def _digits(fraction: float = 1.0) -> rd.Data:
+    return rd.split(*rd.digits8(), 1000, 297, fraction)
+
+
+def _letters(fraction: float = 1.0) -> rd.Data:
+    x, y = _cached("letters32", rd.letters32)
+    return rd.split(x, y, 2600, 780, fraction)
+
+
+def _text() -> rd.Data:
+    x, y, _ = _cached("docstrings", lambda: rd.docstrings()[:2])
+    n = len(y)
+    return rd.split(x, y, int(0.6 * n), int(0.15 * n))
+
+
+def _cached(name: str, make: Callable[[], tuple]) -> tuple:
+    path = OUT / "data" / f"{name}.pt"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(make(), path)
+    return torch.load(path)
+
+
+CNN_TRAIN = {"steps": 1500, "lr": 2e-3, "augment": {"shift": 1}}
+SETTINGS: dict[str, Setting] = {
+    "digits8_full": Setting("8×8 digits (scikit-learn), every label: 1,000 / 297 / 500; CNN teacher, MLP 64-32 student",
+                            _digits, lambda: rd.CNN(1, 8, 10), lambda: rd.mlp(64, [32], 10), CNN_TRAIN),
+    "digits8_10pct": Setting("8×8 digits, labels on 10% (100), the other 900 unlabelled; teacher trained on the 100",
+                             lambda: _digits(0.1), lambda: rd.CNN(1, 8, 10), lambda: rd.mlp(64, [32], 10), CNN_TRAIN),
+    "digits8_unsure_teacher": Setting("digits8_full with an unsure teacher: the same CNN's logits ÷ 4 (mean top-1 "
+                                      "far from one-hot, as after label smoothing)", _digits,
+                                      lambda: rd.CNN(1, 8, 10), lambda: rd.mlp(64, [32], 10), CNN_TRAIN,
+                                      wrap=lambda m: rd.Unsure(m, 4.0)),
+    "letters32_full": Setting("letters A–Z rendered at 32×32 in 30 typefaces, every label: 2,600 / 780 / 1,040; "
+                              "CNN teacher, MLP 1024-64 student", _letters, lambda: rd.CNN(1, 32, 26),
+                              lambda: rd.mlp(1024, [64], 26), {**CNN_TRAIN, "steps": 2000}),
+    "letters32_10pct": Setting("letters32 with labels on 10% (260), the other 2,340 unlabelled", lambda: _letters(0.1),
+                               lambda: rd.CNN(1, 32, 26), lambda: rd.mlp(1024, [64], 26), {**CNN_TRAIN, "steps": 2000}),
+    "breast_cancer": Setting("breast-cancer rows (30 features, 2 classes): 300 / 100 / 169; MLP 256-256 teacher, "
+                             "MLP 4 student", lambda: rd.split(*rd.breast_cancer(), 300, 100),
+                             lambda: rd.mlp(30, [256, 256], 2), lambda: rd.mlp(30, [4], 2), {"steps": 1000, "lr": 1e-3}),
+    "digits_features_10pct": Setting("the 8×8 digits as 64 feature columns, labels on 10%; MLP 512-512 teacher, MLP 16 "
+                                     "student", lambda: rd.split(*rd.digits_features(), 1000, 297, 0.1),
+                                     lambda: rd.mlp(64, [512, 512], 10), lambda: rd.mlp(64, [16], 10),
+                                     {"steps": 1000, "lr": 1e-3}),
+    "docstrings": Setting("stdlib docstrings → their package (10 classes, word ids); Transformer teacher, bag-of-words "
+                          "student (24-d)", _text, lambda: rd.TextTeacher(rd.TEXT_CLASSES),
+                          lambda: rd.BagOfWords(rd.TEXT_CLASSES), {"steps": 1500, "lr": 5e-4}),
+}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--settings", nargs="*", default=list(SETTINGS))
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--one", nargs=2, metavar=("SETTING", "SEED"), help="run one seed (in this process)")
+    args = p.parse_args()
+    if args.one:
+        run_seed(args.one[0], int(args.one[1]))
+        return
+    for name in args.settings:
+        for seed in range(args.seeds):
+            if not (OUT / f"{name}-{seed}.json").is_file():  # each seed in a fresh process
+                print(f"{name} seed {seed}", flush=True)
+                subprocess.run([sys.executable, __file__, "--one", name, str(seed)], check=True)
+    write_result("defaults_robustness", metrics(args.settings, args.seeds),
+                 {"settings": {n: SETTINGS[n].about for n in args.settings}})
+
+
+def teacher_of(name: str, data: rd.Data) -> nn.Module:
+    """The setting's teacher, trained once on its labelled examples (seed 0) and kept."""
+    s = SETTINGS[name]
+    path = OUT / "teachers" / f"{name}.pt"
+    torch.manual_seed(0)
+    model = s.teacher()
+    if path.is_file():
+        model.load_state_dict(torch.load(path))
+    else:
+        opts = dict(s.teacher_train)
+        model = distill.train(model, data.train, val_data=data.val, quiet=True, **opts).model
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), path)
+    return s.wrap(model.eval())
+
+
+def accuracy(model: nn.Module, data: rd.Data) -> tuple[float, list[bool]]:
+    correct = predict(model, data.test).argmax(-1) == data.test.labels
+    return 100 * float(correct.float().mean()), correct.tolist()
+
+
+def run_seed(name: str, seed: int) -> None:
+    torch.set_num_threads(1)  # one process at a time, one thread: the timings of every arm alike
+    s = SETTINGS[name]
+    data = s.data()
+    teacher = teacher_of(name, data)
+
+    def student() -> nn.Module:
+        torch.manual_seed(1000 + seed)
+        return s.student()
+
+    row: dict = {"teacher": accuracy(teacher, data)[0]}
+    torch.manual_seed(seed)
+    plain = distill.train(student(), data.train, val_data=data.val, quiet=True, seed=seed)
+    row["plain_default"], row["plain_default_correct"] = accuracy(plain.model, data)
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    kd = distill.distill(teacher, student(), data.train, val_data=data.val, unlabeled=data.unlabeled, quiet=True,
+                         seed=seed)
+    wall = time.perf_counter() - start
+    row["distilled_default"], row["distilled_default_correct"] = accuracy(kd.model, data)
+    row["recipe"], row["pilot"] = kd.plan["name"], kd.plan["pilot"]
+    row["pilot_share"] = kd.seconds["pilot"] / wall
+    row["job_seconds"] = wall
+    default_steps = len(plain.history) and plain.history[-1]["step"]
+    careful = []
+    for lr in (1e-3, 3e-3):
+        for steps in (default_steps, 4 * default_steps):
+            r = distill.train(student(), data.train, val_data=data.val, quiet=True, seed=seed, lr=lr, steps=steps)
+            best = max(r.history, key=lambda h: (h["val_accuracy"], -h["val_nll"]))
+            careful.append((best["val_accuracy"], -best["val_nll"], accuracy(r.model, data)[0], lr, steps))
+    best = max(careful)
+    row["plain_careful"], row["plain_careful_lr"], row["plain_careful_steps"] = best[2], best[3], best[4]
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"{name}-{seed}.json").write_text(json.dumps(row, indent=2))
+    print(json.dumps({k: v for k, v in row.items() if not k.endswith("correct") and k != "pilot"}), flush=True)
+
+
+def metrics(names: list[str], seeds: int) -> dict[str, float]:
+    m: dict[str, float] = {}
+    never_worse = wins = 0
+    worst = float("inf")
+    shares = []
+    for name in names:
+        rows = [json.loads((OUT / f"{name}-{s}.json").read_text()) for s in range(seeds)]
+        for arm in ("teacher", "plain_default", "distilled_default", "plain_careful"):
+            m[f"{name}_{arm}_mean"], m[f"{name}_{arm}_std"] = mean_std([r[arm] for r in rows])
+        diffs = [r["distilled_default"] - r["plain_default"] for r in rows]
+        for s, d in enumerate(diffs):
+            m[f"{name}_diff_seed{s}"] = d
+        mean, std = mean_std(diffs)
+        m[f"{name}_diff_mean"], m[f"{name}_diff_std"] = mean, std
+        m[f"{name}_vs_careful_mean"] = statistics.mean(r["distilled_default"] - r["plain_careful"] for r in rows)
+        never_worse += mean >= -2 * std
+        wins += mean > 2 * std
+        worst = min(worst, mean)
+        shares += [r["pilot_share"] for r in rows]
+        m[f"{name}_pilot_share_max"] = max(r["pilot_share"] for r in rows)
+    m.update(settings=len(names), default_never_worse=never_worse, default_wins=wins, worst_gap_pts=worst,
+             pilot_share=max(shares))
+    return m
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""The pilot: `recipe: auto` measures its candidates before committing to one, and the best on
+validation wins.
+
+Successive halving (Jamieson & Talwalkar 2016) with continuation: every candidate starts the full
+run's schedule from the same initial student, is paused after r steps and scored on validation; the
+best third (at least two) continue to 3r, and so on until two remain; the better of those continues
+to the end as the distilled student, and the best plain candidate continues as the baseline. The
+winners' pilot steps are part of their own runs, so the pilot costs only the steps of the candidates
+that were dropped; r is set so that those are at most `share` of all the job's student steps, the
+pilot's included (`pilot_budget`). Pausing and continuing is the engine's resume (`fit(stop_at=)`),
+bit for bit.
+
+Hand-written rather than Optuna's SuccessiveHalvingPruner: that pruner is asynchronous (it prunes a
+trial against those that reached a rung before it), which suits a sampler's stream of trials, not a
+fixed list of recipes compared at equal budgets; the loop here is 30 lines and keeps the table the
+report shows.
+
+Scores are the best validation row so far: accuracy, then lower NLL (`training.classify.best_key`).
+Each candidate's rows are recorded as they finish (`record`), so a resumed job re-trains none.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import re
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from torch.utils.data import Dataset
+
+from distill.eval.metrics import predict
+from distill.recipes.classify.plan import Candidate, Plan
+from distill.teachers.output import Teacher
+from distill.teachers.signals import CachedTeacher, LiveTeacher
+from distill.training.classify import best_key, fit
+from distill.training.config import TrainConfig
+
+ETA = 3  # each rung keeps the best third (at least two) and triples the budget
+MIN_RUNG_STEPS = 10
+
+
+@dataclass
+class Pilot:
+    """The pilot's table: every candidate's score at every rung it reached, and what won."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)  # {name, recipe, rung, steps, val_accuracy, ...}
+    seconds: float = 0.0  # training of the candidates that were dropped: the pilot's cost to the job
+    winner: str | None = None  # the best candidate that uses the teacher
+    best_plain: str | None = None  # the best plain candidate (the baseline's settings)
+    plain_won: bool = False  # whether a plain candidate scored above every candidate using the teacher
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "seconds": self.seconds, "winner": self.winner, "best_plain": self.best_plain,
+                "plain_won": self.plain_won}
+
+
+Trainer = Callable[[Candidate, int], dict[str, float]]  # (candidate, steps so far) -> {val_accuracy, val_nll}
+
+
+def pilot_budget(job_steps: int, n_candidates: int, share: float) -> int:
+    """The first rung's steps r: the dropped candidates' steps are at most `share` of the job's student
+    steps plus the pilot's own (pilot ≤ share / (1 − share) · job)."""
+    allowed = share / (1 - share) * job_steps
+    return max(MIN_RUNG_STEPS, int(allowed / dropped_units(n_candidates)))
+
+
+def dropped_units(n: int) -> int:
+    """The steps of the candidates successive halving drops, in units of r (all but one winner)."""
+    units, budget = 0, 1
+    while n > 2:
+        keep = max(2, math.ceil(n / ETA))
+        units, n, budget = units + (n - keep) * budget, keep, budget * ETA
+    return units + (budget if n == 2 else 0)
+
+
+def run_pilot(cands: list[Candidate], train: Trainer, first_rung: int, total: int | None = None,
+              done: list[dict[str, Any]] | None = None, record: Callable[[list[dict[str, Any]]], None] | None = None,
+              progress: Callable[[str], None] | None = None) -> Pilot:
+    """Successive halving over `cands`, the first rung after `first_rung` steps (never past `total`).
+    `done`: rows of an interrupted pilot (not trained again); `record(rows)` after each candidate."""
+    pilot = Pilot(rows=list(done or []))
+    alive, upto, rung = list(cands), first_rung, 0
+    while True:
+        upto = min(upto, total) if total else upto
+        for c in alive:
+            if not any(r["name"] == c.name and r["rung"] == rung for r in pilot.rows):
+                t0 = time.perf_counter()
+                score = train(c, upto)
+                pilot.rows.append({"name": c.name, "recipe": c.recipe, "rung": rung, "steps": upto,
+                                   "val_accuracy": score["val_accuracy"], "val_nll": score["val_nll"],
+                                   "seconds": time.perf_counter() - t0})
+                if record is not None:
+                    record(pilot.rows)
+                if progress is not None:
+                    progress(f"pilot: {c.name}, {upto} steps: validation accuracy {100 * score['val_accuracy']:.2f}%")
+        if len(alive) <= 2 or (total is not None and upto >= total):
+            break
+        ranked = sorted(alive, key=lambda c: _key(pilot.rows, c.name, rung), reverse=True)
+        alive, upto, rung = ranked[:max(2, math.ceil(len(alive) / ETA))], upto * ETA, rung + 1
+    _decide(pilot, cands)
+    kept = {pilot.winner, pilot.best_plain}
+    pilot.seconds = sum(r["seconds"] for r in pilot.rows if r["name"] not in kept)
+    return pilot
+
+
+def _key(rows: list[dict[str, Any]], name: str, rung: int) -> tuple[float, float]:
+    row = next(r for r in rows if r["name"] == name and r["rung"] == rung)
+    return row["val_accuracy"], -row["val_nll"]
+
+
+def _decide(pilot: Pilot, cands: list[Candidate]) -> None:
+    """The winner among the teacher's candidates and the best plain one: each ranked by the deepest rung
+    it reached, then its score there."""
+    def rank(c: Candidate) -> tuple[int, float, float]:
+        deepest = max(r["rung"] for r in pilot.rows if r["name"] == c.name)
+        return (deepest, *_key(pilot.rows, c.name, deepest))
+
+    taught = [c for c in cands if c.taught]
+    plain = [c for c in cands if not c.taught]
+    best_taught = max(taught, key=rank) if taught else None
+    best_plain = max(plain, key=rank) if plain else None
+    pilot.winner = best_taught.name if best_taught else None
+    pilot.best_plain = best_plain.name if best_plain else None
+    if best_taught is not None and best_plain is not None:
+        pilot.plain_won = not max(cands, key=rank).taught
+
+
+def slug(name: str) -> str:
+    """A candidate's name as a directory name."""
+    return re.sub(r"[^a-z0-9.]+", "-", name.lower()).strip("-") or "candidate"
+
+
+def measure(cands: list[Candidate], *, build: Callable[[], nn.Module], labelled: Dataset, taught: Dataset,
+            val: Dataset, teacher: nn.Module, config_for: Callable[[Candidate], TrainConfig], num_classes: int,
+            job_steps: int, total: int, share: float, directory: Path, device: str = "auto",
+            done: list[dict[str, Any]] | None = None, record: Callable[[list[dict[str, Any]]], None] | None = None,
+            quiet: bool = False) -> Pilot:
+    """Run the pilot over `cands` for a job of `job_steps` student steps, `total` of them per student:
+    plain candidates train on `labelled`, the teacher's on `taught` (labelled ∪ unlabelled), every one
+    from `build()` with its own full-run settings (`config_for`), paused and resumed in
+    `directory/<candidate>` and scored on `val`. A cached candidate reads the teacher's logits computed
+    once, in memory."""
+    table: list[Teacher] = []
+
+    def signal(c: Candidate) -> Teacher:
+        if c.signal == "live":
+            return LiveTeacher(teacher)
+        if not table:
+            table.append(CachedTeacher.from_table(predict(teacher, taught), directory))
+        return table[0]
+
+    def train(c: Candidate, upto: int) -> dict[str, float]:
+        with warnings.catch_warnings():  # the loss-scale guard speaks for the full run, not for each candidate
+            warnings.simplefilter("ignore", UserWarning)
+            out = fit(build(), taught if c.taught else labelled, objective=copy.deepcopy(c.objective),
+                      config=config_for(c), num_classes=num_classes, teacher=signal(c) if c.taught else None,
+                      val_data=val, checkpoint_dir=directory / slug(c.name), resume=True, device=device, quiet=True,
+                      name=f"pilot: {c.name}", stop_at=upto)
+        best = max(out.history, key=best_key)
+        return {"val_accuracy": best["val_accuracy"], "val_nll": best["val_nll"]}
+
+    first = pilot_budget(job_steps, len(cands), share)
+    return run_pilot(cands, train, first, total, done, record, progress=None if quiet else _say)
+
+
+def adopt(pilot_dir: Path, stage_dir: Path) -> None:
+    """Continue a pilot candidate's paused run as a stage: its checkpoint files copied into `stage_dir`
+    (each written whole, then renamed; `last.safetensors` last), unless the stage has its own already."""
+    if (stage_dir / "last.safetensors").is_file() or not (pilot_dir / "last.safetensors").is_file():
+        return
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("metrics.jsonl", "best.safetensors", "notes.json", "last.safetensors"):
+        if (pilot_dir / name).is_file():
+            tmp = stage_dir / f".{name}.adopting"
+            shutil.copyfile(pilot_dir / name, tmp)
+            os.replace(tmp, stage_dir / name)
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def plan_from(cands: list[Candidate], pilot: Pilot) -> Plan:
+    """The plan the pilot chose: its best candidate that uses the teacher, and its best plain one as the
+    baseline; `why` quotes both scores (and says first when plain training scored higher)."""
+    by_name = {c.name: c for c in cands}
+    winner, plain = by_name[pilot.winner], by_name[pilot.best_plain]  # type: ignore[index]
+    w, p = _final(pilot, winner.name), _final(pilot, plain.name)
+    scores = (f"validation accuracy {100 * w['val_accuracy']:.2f}% after {w['steps']} steps, against "
+              f"{100 * p['val_accuracy']:.2f}% for {plain.name} after {p['steps']}")
+    if pilot.plain_won:
+        why = (f"no candidate using the teacher beat plain training in the pilot; the distilled student uses "
+               f"the best of them, {winner.name} ({scores})")
+    else:
+        why = f"{winner.name} (auto: the best of {len(cands)} candidates in the pilot, {scores})"
+    return Plan(winner, plain, why, pilot.to_dict())
+
+
+def _final(pilot: Pilot, name: str) -> dict[str, Any]:
+    return max((r for r in pilot.rows if r["name"] == name), key=lambda r: r["rung"])
