@@ -69,6 +69,26 @@ def test_the_modelfile_holds_the_chat_template_in_ollama_syntax(student, tmp_pat
     assert 'PARAMETER stop "<|im_end|>"' in text
 
 
+SMOLLM2_TEMPLATE = (  # SmolLM2-Instruct's chat template: a default system turn when the conversation has none
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+    "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+def test_the_modelfile_keeps_the_default_system_message_of_the_template(student, tmp_path):
+    from distill.export.gguf import write_modelfile
+
+    _, _, tok = student
+    smol = transformers.PreTrainedTokenizerFast(tokenizer_object=tok.backend_tokenizer)
+    smol.chat_template = SMOLLM2_TEMPLATE
+    text = write_modelfile(tmp_path / "m.gguf", smol).read_text()
+    assert 'SYSTEM """You are a helpful AI assistant named SmolLM, trained by Hugging Face"""' in text
+    smol.chat_template = SMOLLM2_TEMPLATE.replace("named SmolLM, trained by Hugging Face", "").replace(
+        "{% if loop.first and messages[0]['role'] != 'system' %}", "{% if false %}")
+    assert "SYSTEM" not in write_modelfile(tmp_path / "n.gguf", smol).read_text()  # none added: none written
+
+
 def test_unsupported_models_and_types_are_refused_before_writing(student, tmp_path):
     directory, _, _ = student
     with pytest.raises(ModelError, match="Unknown GGUF type `q3`"):

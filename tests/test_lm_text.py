@@ -194,3 +194,29 @@ def test_openai_rows_a_text_student_cannot_learn_from_are_named(tok, change, wor
     change(row)
     with pytest.raises(DataError, match=r"ft.jsonl, row 1: .*" + re.escape(words)):
         encode_rows([row], tok, 64, response_only=True, packing=False, source="ft.jsonl")
+
+
+def test_blocks_are_drawn_across_documents_and_the_report_counts_them(tmp_path):
+    from distill.recipes.lm.data import load_text
+
+    names = [f"Name{i}" for i in range(20)]
+    # the first document is as long as the other 19 together: taking blocks in file order would train on it alone
+    docs = [" ".join(["Name0"] * 400)] + [" ".join([n] * 20) for n in names[1:]]
+    tok = make_tokenizer(tmp_path / "tok", extra_words=tuple(names))
+    cfg = _docs_cfg(tmp_path, "\n<|doc|>\n".join(docs), document_separator="'<|doc|>'", max_blocks=12,
+                    val_fraction=0.2)
+    data = load_text(cfg, tok)
+    assert len(data.train) == 12 and data.train.documents >= 6  # from file order: 1 document
+    assert data.val.documents == 4  # 20% of 20 documents, every held-out one represented
+    again = load_text(cfg, tok)
+    assert torch.equal(again.train.input_ids, data.train.input_ids)  # seeded: the same draw every time
+
+
+def test_asking_for_more_held_out_blocks_than_exist_names_both_numbers(tmp_path):
+    from distill.recipes.lm.data import load_text
+
+    tok = make_tokenizer(tmp_path / "tok")
+    cfg = _docs_cfg(tmp_path, TEXT, holdout="blocks", val_blocks=500, val_fraction=0.1)
+    with pytest.warns(UserWarning, match=r"data.val_blocks=500 asks for more held-out blocks than there are: \d+"):
+        data = load_text(cfg, tok)
+    assert 0 < len(data.val) < 500

@@ -20,7 +20,7 @@ from distill.recipes.classify.pilot import dropped_units, pilot_budget, run_pilo
 from distill.recipes.classify.choice import plan_of
 from distill.recipes.classify.students import baseline_budget
 from distill.recipes.classify.plan import Candidate, candidates, chosen, shift_for
-from distill.training.classify import ClassifierTask
+from distill.training.classify import kept_row
 from distill.training.config import TrainConfig
 
 DIGITS = ["data.name=digits", "data.label_fraction=1"]
@@ -160,12 +160,13 @@ def test_the_plain_student_gets_as_many_steps_as_the_distilled_one():
     assert baseline_budget(cfg.train, load_data(load_config(None, DIGITS).data)) == cfg.train  # no transfer set
 
 
-def test_tied_validation_accuracy_is_broken_by_lower_nll():
-    best = {"epoch": 0, "val_accuracy": 0.9, "val_nll": 0.5}
-    better = ClassifierTask.better  # what the engine asks after each epoch
-    assert better({"epoch": 1, "val_accuracy": 0.9, "val_nll": 0.4}, best)
-    assert not better({"epoch": 1, "val_accuracy": 0.9, "val_nll": 0.6}, best)
-    assert not better({"epoch": 1, "val_accuracy": 0.88, "val_nll": 0.1}, best)
+def test_the_kept_row_is_the_latest_within_the_validation_splits_noise_of_the_best():
+    acc = [0.70, 0.82, 0.80, 0.81, 0.79]  # the peak at row 1, then within noise
+    rows = [{"val_accuracy": a, "val_nll": 1.0} for a in acc]
+    assert kept_row(rows, n_val=28) == 4  # 28 examples: one standard error is 7 points, the last row is kept
+    assert kept_row(rows, n_val=100_000) == 1  # a large split: the best row itself
+    assert kept_row(rows + [{"val_accuracy": 0.60, "val_nll": 2.0}], n_val=28) == 4  # a real fall is not kept
+    assert kept_row([{"train_loss": 2.0}, {"train_loss": 1.0}, {"train_loss": 1.5}], n_val=0) == 1  # no validation
 
 
 def test_loss_scale_guard_names_the_weight_to_change():

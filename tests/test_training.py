@@ -176,7 +176,7 @@ def test_early_stopping_when_validation_stops_improving(digits):
                  config=_config(epochs=6, early_stopping_patience=1, optimizer={"lr": 1e-12}),
                  num_classes=10, val_data=digits.val, quiet=True)
     assert result.stopped_early
-    assert len(result.history) == 2 and result.best_epoch == 0
+    assert len(result.history) == 2 and result.best_epoch == 1  # tied rows: the later one is kept (`kept_row`)
     assert result.history[1]["val_accuracy"] == result.history[0]["val_accuracy"]
 
 

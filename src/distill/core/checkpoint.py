@@ -2,11 +2,14 @@
 
 A training checkpoint is one file: model tensors under ``model.``, optimizer tensors under
 ``optim.``, RNG states under ``rng.``, and everything else (epoch, history, optimizer and
-scheduler scalars) as JSON in the safetensors metadata.
+scheduler scalars) as JSON in the safetensors metadata. Every file written here carries the SHA-256
+of its tensors' bytes (`checksum` in the metadata); a file whose bytes no longer match is refused
+(files from before checksums load unchecked).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,7 @@ from distill.core.files import atomic_save_tensors
 def save_weights(path: Path, model: nn.Module, meta: dict[str, Any] | None = None) -> None:
     """Save a model's state dict (tied weights are stored once per name, cloned)."""
     tensors = {k: v.clone() for k, v in model.state_dict().items()}
-    atomic_save_tensors(path, tensors, {"distill": json.dumps(meta or {})})
+    atomic_save_tensors(path, tensors, {"distill": json.dumps(meta or {}), "checksum": checksum(tensors)})
 
 
 def load_weights(path: Path, model: nn.Module) -> dict[str, Any]:
@@ -33,6 +36,11 @@ def load_weights(path: Path, model: nn.Module) -> dict[str, Any]:
     _check_compatible(path, model, tensors)
     model.load_state_dict(tensors)
     return meta
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file, checked (safetensors, checksum) but loaded into no model."""
+    return _read(path)[0]
 
 
 def save_training_state(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -52,7 +60,7 @@ def save_training_state(path: Path, *, model: nn.Module, optimizer: torch.optim.
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
     meta = {"state": state, "param_groups": opt["param_groups"], "optim_scalars": scalars,
             "scheduler": scheduler.state_dict() if scheduler is not None else None}
-    atomic_save_tensors(path, tensors, {"distill": json.dumps(meta)})
+    atomic_save_tensors(path, tensors, {"distill": json.dumps(meta), "checksum": checksum(tensors)})
 
 
 def load_training_state(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -93,6 +101,16 @@ def match_param_layout(optimizer: torch.optim.Optimizer) -> None:
                     state[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
 
 
+def checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def read_metadata(path: Path) -> dict[str, Any]:
     _require_safetensors(Path(path))
     try:
@@ -108,10 +126,19 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     _require_safetensors(Path(path))
     try:
         tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            expected = (f.metadata() or {}).get("checksum")
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is not a readable safetensors file ({exc}); it may be "
                               "truncated or corrupt. Use an earlier checkpoint or retrain.") from None
+    if expected is not None and checksum(tensors) != expected:
+        raise CorruptCheckpoint(f"{path} is corrupt: its tensors no longer match the checksum written with them "
+                                "(a disk or copy error changed its bytes). Use an earlier checkpoint or retrain.")
     return tensors, read_metadata(path)
+
+
+class CorruptCheckpoint(CheckpointError):
+    """A checkpoint whose bytes no longer match its checksum."""
 
 
 def _require_safetensors(path: Path) -> None:

@@ -26,18 +26,24 @@ def diagnose(report: dict[str, Any]) -> dict[str, Any]:
     won = outcome == "beats"
     scores = f"{d:.2f}% vs {b:.2f}%; teacher {t:.2f}%"
     interval = (f", 95% interval {test['low']:+.2f} to {test['high']:+.2f} points, McNemar p = {test['p_value']:.3g}, "
-                f"{test['n']:,} test examples" if test else "")
+                f"{test['n']:,} test examples" + (f", {test['seeds']} seeds" if test.get("seeds", 1) > 1 else "")
+                if test else "")
     if won:
-        verdict = f"The distilled student beats the plain one: {d - b:+.2f} points ({scores}{interval})."
+        verdict = f"The distilled student beats the plain one: {_diff(test, d - b)} points ({scores}{interval})."
     elif outcome == "worse":
         verdict = f"Distillation did NOT beat the plain student: it is worse by {b - d:.2f} points ({scores}{interval})."
     else:
-        verdict = (f"No detectable difference between the distilled and the plain student: {d - b:+.2f} points "
+        verdict = (f"No detectable difference between the distilled and the plain student: {_diff(test, d - b)} points "
                    f"({scores}{interval}); more test examples or seeds (`seeds:`) would tell them apart.")
     causes, remedies = ([], []) if won else _causes(report, t, b, significant=outcome == "worse")
     if (report.get("recipe") or {}).get("pilot", {}) and report["recipe"]["pilot"].get("plain_won"):
         causes.insert(0, "In the pilot, no candidate using the teacher beat plain training on validation.")
     return {"won": won, "verdict": verdict, "causes": causes, "try": remedies, "outcome": outcome}
+
+
+def _diff(test: dict[str, Any] | None, first_seed: float) -> str:
+    """The difference the verdict judged: over every seed when several ran, else the one run's."""
+    return f"{test['difference']:+.2f}" if test and test.get("seeds", 1) > 1 else f"{first_seed:+.2f}"
 
 
 def _causes(report: dict[str, Any], t: float, b: float, significant: bool = False) -> tuple[list[str], list[str]]:

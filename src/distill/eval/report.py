@@ -47,6 +47,8 @@ def markdown(report: dict[str, Any], plots: list[str]) -> str:
         lines.append(f"- Distillation closes **{100 * summary['gap_closed']:.0f}%** of the "
                      "teacher–baseline accuracy gap.")
     lines += ["", "## Teacher, baseline and distilled student (test set)", "", _table(models), ""]
+    if report.get("seeds"):
+        lines += [_seeds_line(report["seeds"]), ""]
     lines += _pilot(report.get("recipe"))
     lines += ["## Per-class accuracy", "", _per_class(models, report["dataset"]["classes"]), ""]
     if "distilled" in report.get("validation", {}):
@@ -95,6 +97,15 @@ def _doctor(report: dict[str, Any]) -> list[str]:
                       f"trained {recipe['distilled_epochs']} epochs{over}, the plain one "
                       f"{recipe['baseline_epochs']} epochs (as many steps, same augmentation).", ""]
     return lines
+
+
+def _seeds_line(seeds: dict[str, list[float]]) -> str:
+    """The students' test accuracy over every seed the job trained (the table shows the first)."""
+    import statistics
+
+    parts = [f"{name} {100 * statistics.mean(v):.2f}% ± {100 * statistics.stdev(v):.2f}" for name, v in seeds.items()]
+    n = len(next(iter(seeds.values())))
+    return f"Over {n} seeds (the table shows the first), test accuracy mean ± std: " + ", ".join(parts) + "."
 
 
 def _epochs(n: float) -> str:

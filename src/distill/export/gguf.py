@@ -199,18 +199,36 @@ def _encode(array: np.ndarray, name: str, qtype: str) -> tuple[np.ndarray, Any]:
         return gguf.quants.quantize(array, T.F16), T.F16
 
 
+def default_system(tokenizer: Any) -> str | None:
+    """The system message a ChatML chat template writes when the conversation has none, else None."""
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False,
+                                             add_generation_prompt=True)
+    except Exception:  # noqa: BLE001 - a template that cannot render one user turn adds nothing we can copy
+        return None
+    start = "<|im_start|>system\n"
+    if not isinstance(text, str) or start not in text:
+        return None
+    return text.split(start, 1)[1].split("<|im_end|>", 1)[0] or None
+
+
 def write_modelfile(gguf_path: Path, tokenizer: Any) -> Path:
     """An Ollama Modelfile beside the GGUF file (`student-q8_0.gguf` → `student-q8_0.Modelfile`):
     `ollama create NAME -f student-q8_0.Modelfile` makes the model.
 
-    A ChatML template (SmolLM2's) is written out in Ollama's template syntax with its stop token;
-    other templates are left to Ollama, which reads the one stored in the GGUF file.
+    A ChatML template (SmolLM2's) is written out in Ollama's template syntax with its stop token, and
+    the system message the template adds when a conversation has none (SmolLM2's "You are a helpful AI
+    assistant named SmolLM, ...") as the Modelfile's SYSTEM, so Ollama builds the prompts the model was
+    trained on; other templates are left to Ollama, which reads the one stored in the GGUF file.
     """
     lines = [f"FROM ./{gguf_path.name}"]
     template = getattr(tokenizer, "chat_template", None) or ""
     if "<|im_start|>" in template:
         lines += ['TEMPLATE """{{- range .Messages }}<|im_start|>{{ .Role }}', "{{ .Content }}<|im_end|>",
                   '{{ end }}<|im_start|>assistant', '"""', 'PARAMETER stop "<|im_end|>"']
+        system = default_system(tokenizer)
+        if system:
+            lines.append(f'SYSTEM """{system}"""')
     path = gguf_path.with_suffix(".Modelfile")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

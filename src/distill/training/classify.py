@@ -91,6 +91,7 @@ class ClassifierTask:
         self.term_scale: dict[str, float] | None = None  # train.normalize_terms: each term's divisor, once set
         self.best_state: dict[str, torch.Tensor] | None = None
         self.epoch = -1
+        self.rows: list[dict[str, float]] = []  # the metrics rows so far (the engine's history)
 
     # ----------------------------------------------------------------------------------- set-up
 
@@ -194,13 +195,14 @@ class ClassifierTask:
         m = classification_metrics(predict(self.model, self.val_data), labels_of(self.val_data))
         return {"val_accuracy": m["accuracy"], "val_nll": m["nll"]}
 
-    @staticmethod
-    def better(row: dict[str, float], best: dict[str, float] | None) -> bool:
-        """Whether `row` ranks above the best epoch so far (`best_key`)."""
-        return best is None or best_key(row) > best_key(best)
+    def better(self, row: dict[str, float], best: dict[str, float] | None) -> bool:
+        """Whether `row` becomes the row whose weights are kept (`kept_row` over every row so far)."""
+        self.rows.append(row)
+        n_val = len(self.val_data) if self.val_data is not None else 0  # type: ignore[arg-type]
+        return kept_row(self.rows, n_val) == len(self.rows) - 1
 
     def stop(self, result: FitResult) -> bool:
-        return _patience_over(result, self.config.early_stopping_patience, len(result.history) - 1)
+        return _patience_over(result.history, self.config.early_stopping_patience)
 
     def remember_best(self) -> None:
         """Keep the best weights in host memory (used when there is no checkpoint directory)."""
@@ -216,9 +218,10 @@ class ClassifierTask:
 
     def load_state(self, state: dict[str, Any], result: FitResult) -> int:
         result.best_epoch = state["best_epoch"]
+        self.rows = list(result.history)
         if state.get("term_scale") is not None:  # normalised terms keep the divisors they started with
             self.term_scale, self.scales_checked = state["term_scale"], True
-        if _patience_over(result, self.config.early_stopping_patience, len(result.history) - 1):
+        if _patience_over(result.history, self.config.early_stopping_patience):
             result.stopped_early = True
         if "epoch" in state:  # checkpoints from before step budgets: epochs done, in this run's steps
             return (state["epoch"] + 1) * self.steps_per_epoch
@@ -297,18 +300,28 @@ def _shard(order: torch.Tensor, rank: int, world: int) -> torch.Tensor:
     return padded[rank::world]
 
 
-def best_key(row: dict[str, float]) -> tuple[float, ...]:
-    """How an epoch's metrics row ranks (higher is better): validation accuracy, then lower validation
-    NLL (a small validation set ties often, and the first tied epoch is rarely the best); without
-    validation data, lower training loss."""
-    if "val_accuracy" not in row:
-        return (-row["train_loss"],)
-    return (row["val_accuracy"], -row["val_nll"])
+def kept_row(rows: list[dict[str, float]], n_val: int) -> int:
+    """The metrics row whose weights a run keeps: the latest one whose validation accuracy is within one
+    standard error (sqrt(p(1 − p) / n) at the best accuracy p, over `n_val` examples) of the best. On a
+    large validation split that is the best row; on a small one (the 28 images of 10% of a 300-image
+    split), where the best row is mostly the luckiest, it is a later, better-trained one unless accuracy
+    really fell. Without validation data: the row of lowest training loss."""
+    if "val_accuracy" not in rows[0]:
+        return min(range(len(rows)), key=lambda i: rows[i]["train_loss"])
+    peak = max(r["val_accuracy"] for r in rows)
+    tolerance = math.sqrt(peak * (1 - peak) / max(1, n_val))
+    return max(i for i, r in enumerate(rows) if r["val_accuracy"] >= peak - tolerance - 1e-12)
 
 
-def _patience_over(result: FitResult, patience: int | None, row: int) -> bool:
-    """Whether `patience` validation rows have passed since the best one (row indices)."""
-    return patience is not None and row - result.best_epoch >= patience
+def _patience_over(rows: list[dict[str, float]], patience: int | None) -> bool:
+    """Whether `patience` validation rows have passed since the best accuracy (or training loss) was last
+    raised: a plateau stops training even where `kept_row` keeps moving to later rows."""
+    if patience is None or not rows:
+        return False
+    key = (lambda r: r["val_accuracy"]) if "val_accuracy" in rows[0] else (lambda r: -r["train_loss"])
+    best = max(key(r) for r in rows)
+    first = next(i for i, r in enumerate(rows) if key(r) == best)
+    return len(rows) - 1 - first >= patience
 
 
 def _fingerprint(config: TrainConfig, objective: Method) -> str:

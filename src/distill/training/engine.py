@@ -24,7 +24,13 @@ from accelerate import Accelerator
 from torch import nn
 from tqdm.auto import tqdm
 
-from distill.core.checkpoint import load_training_state, save_training_state, save_weights
+from distill.core.checkpoint import (
+    CorruptCheckpoint,
+    load_training_state,
+    read_weights,
+    save_training_state,
+    save_weights,
+)
 from distill.core.errors import CheckpointError, TrainingDiverged
 from distill.core.files import atomic_write_text
 from distill.training.optim import align_schedule, make_accelerator, make_optimizer, warmup_schedule
@@ -209,6 +215,15 @@ class _Steps:
                             scheduler=self.scheduler, state=state)
 
 
+def _intact(path: Path) -> bool:
+    """Whether a weights file exists and reads back whole (its checksum matching)."""
+    try:
+        read_weights(path)
+        return True
+    except CheckpointError:
+        return False
+
+
 def _restore(task: Task, ckpt_dir: Path | None, optimizer: torch.optim.Optimizer, scheduler: Any,
              result: FitResult, loop: _Steps) -> int:
     """The step to continue from: 0 without a checkpoint."""
@@ -216,7 +231,14 @@ def _restore(task: Task, ckpt_dir: Path | None, optimizer: torch.optim.Optimizer
     if path is None or not path.is_file():
         return 0
     model, opt = task.views(optimizer, saving=False)
-    state = load_training_state(path, model=model, optimizer=opt, scheduler=scheduler)
+    try:
+        state = load_training_state(path, model=model, optimizer=opt, scheduler=scheduler)
+    except CorruptCheckpoint as exc:
+        best = path.parent / "best.safetensors"
+        offer = (f" Its best weights so far, {best}, are intact: use them to start a new run "
+                 f"(student.checkpoint={best}), or delete {path} to train this stage again." if _intact(best) else
+                 f" Delete {path} to train this stage again.")
+        raise CheckpointError(f"{exc}{offer}") from None
     if state["fingerprint"] != task.fingerprint:
         raise CheckpointError(f"{path} was written with different training settings or data (or by a version of "
                               "distill that described them differently); resume with the same config, or "

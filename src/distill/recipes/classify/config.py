@@ -127,6 +127,9 @@ class RunConfig(RunHeader):
         "shifted or mixed, function matching, and uses the best on validation).")
     pilot: PilotConfig = Field(default_factory=PilotConfig)
     baseline: bool = Field(True, description="Also train the student without the teacher.")
+    seeds: int = Field(1, ge=1, le=20, description=(
+        "Train the plain and distilled students this many times (train.seed, + 1, …): the verdict's paired "
+        "test then weighs the seed-to-seed spread too. The pilot runs once."))
     bench: BenchConfig = Field(default_factory=BenchConfig)
     tracking: list[Literal["tensorboard", "mlflow"]] = Field(default_factory=list)
 

@@ -15,7 +15,8 @@ trial against those that reached a rung before it), which suits a sampler's stre
 fixed list of recipes compared at equal budgets; the loop here is 30 lines and keeps the table the
 report shows.
 
-Scores are the best validation row so far: accuracy, then lower NLL (`training.classify.best_key`).
+Scores are the mean validation accuracy (then lower NLL) over the rows of the last third of the steps
+so far: a smoother measure than any single row on a small validation split.
 Each candidate's rows are recorded as they finish (`record`), so a resumed job re-trains none.
 """
 
@@ -41,7 +42,7 @@ from distill.eval.metrics import predict
 from distill.recipes.classify.plan import Candidate, Plan
 from distill.teachers.output import Teacher
 from distill.teachers.signals import CachedTeacher, LiveTeacher
-from distill.training.classify import best_key, fit
+from distill.training.classify import fit
 from distill.training.config import TrainConfig
 
 ETA = 3  # each rung keeps the best third (at least two) and triples the budget
@@ -165,11 +166,17 @@ def measure(cands: list[Candidate], *, build: Callable[[], nn.Module], labelled:
                       config=config_for(c), num_classes=num_classes, teacher=signal(c) if c.taught else None,
                       val_data=val, checkpoint_dir=directory / slug(c.name), resume=True, device=device, quiet=True,
                       name=f"pilot: {c.name}", stop_at=upto)
-        best = max(out.history, key=best_key)
-        return {"val_accuracy": best["val_accuracy"], "val_nll": best["val_nll"]}
+        return late_score(out.history, upto)
 
     first = pilot_budget(job_steps, len(cands), share)
     return run_pilot(cands, train, first, total, done, record, progress=None if quiet else _say)
+
+
+def late_score(history: list[dict[str, float]], upto: int) -> dict[str, float]:
+    """Mean validation accuracy and NLL over the rows after two thirds of `upto` steps (at least the last)."""
+    late = [r for r in history if r.get("step", upto) > 2 * upto / 3] or history[-1:]
+    return {"val_accuracy": sum(r["val_accuracy"] for r in late) / len(late),
+            "val_nll": sum(r["val_nll"] for r in late) / len(late)}
 
 
 def adopt(pilot_dir: Path, stage_dir: Path) -> None:

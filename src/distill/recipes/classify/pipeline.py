@@ -24,6 +24,7 @@ from distill.core.distributed import process_state
 from distill.core.files import atomic_write_text
 from distill.core.rundir import open_run_dir
 from distill.data.arrays import DataSplits, check_labels, labels_of
+from distill.data.batches import iter_batches
 from distill.data.datasets import load_data
 from distill.data.transfer import with_transfer_set
 from distill.eval.bench import machine_description, measure_models, timing_notes
@@ -31,7 +32,8 @@ from distill.eval.doctor import diagnose
 from distill.eval.metrics import classification_metrics, predict
 from distill.eval.validate import validate
 from distill.eval.verdict import compare_classifiers
-from distill.losses.methods import CE
+from distill.losses.config import needs_live_teacher
+from distill.losses.methods import CE, Method
 from distill.models.ensemble import build_ensemble
 from distill.models.zoo import build_model, freeze
 from distill.recipes.classify.choice import plan_of, save_resolved
@@ -47,7 +49,7 @@ from distill.recipes.classify.students import (
 )
 from distill.teachers.output import Teacher
 from distill.teachers.signals import CachedTeacher, LiveTeacher
-from distill.training.classify import best_key, fit
+from distill.training.classify import fit, kept_row
 
 
 def run(cfg: RunConfig, resume: bool = False) -> Path:
@@ -69,13 +71,14 @@ def run(cfg: RunConfig, resume: bool = False) -> Path:
               else teacher_signal(cfg, teacher, taught, recipe))
     students["distilled"] = train_student(cfg, data, taught, run_dir / "distilled", signal, resume, teacher,
                                           recipe.distilled)
+    repeats = more_seeds(cfg, data, taught, run_dir, signal, resume, teacher, recipe)
     if process_state(cfg.device).is_main_process and not cfg.keep_state:
         shutil.rmtree(run_dir / "pilot", ignore_errors=True)  # the paused candidates; pilot.json keeps the table
     if process_state(cfg.device).is_main_process:  # under torchrun, one process evaluates and reports
         # a live teacher ran channels-last (`training._fast_layout`); evaluate it in the layout it has
         # when the distilled stage is skipped on --resume, so a resumed run reports the same numbers
         teacher.to(memory_format=torch.contiguous_format)
-        report = evaluate_run(cfg, data, teacher, students)
+        report = evaluate_run(cfg, data, teacher, students, repeats)
         report["recipe"] = describe(recipe, cfg, data, run_dir)
         report["timing"] = _timing(run_dir, time.perf_counter() - started, recipe)
         report["teacher_signal"] = teacher_confidence(teacher, data)
@@ -88,13 +91,38 @@ def run(cfg: RunConfig, resume: bool = False) -> Path:
     return run_dir
 
 
+def more_seeds(cfg: RunConfig, data: DataSplits, taught: Dataset, run_dir: Path, signal: Teacher | None,
+               resume: bool, teacher: nn.Module, recipe: Plan) -> list[dict[str, nn.Module]]:
+    """`seeds: N`: the plain and distilled students again with train.seed + 1 … + N − 1, the plan kept
+    (the pilot ran once), each in its own stage directories (`baseline-seed1`, `distilled-seed1`, …)."""
+    out = []
+    for k in range(1, cfg.seeds):
+        seeded = cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": cfg.train.seed + k})})
+        pair = {}
+        if cfg.baseline:
+            pair["baseline"] = train_student(seeded, data, data.train, run_dir / f"baseline-seed{k}", None, resume,
+                                             teacher, recipe.baseline, adopt_pilot=False)
+        pair["distilled"] = train_student(seeded, data, taught, run_dir / f"distilled-seed{k}", signal, resume,
+                                          teacher, recipe.distilled, adopt_pilot=False)
+        out.append(pair)
+    return out
+
+
 def check_models(cfg: RunConfig, data: DataSplits) -> nn.Module | None:
     """Build the (untrained) teacher and the student now, so that a wrong `arch`, `kwargs` or layer
     path is reported before any training; returns the teacher built (None for an ensemble)."""
     if cfg.teacher.members:
         return None
     teacher = build_model(cfg.teacher, data.input_shape, data.num_classes, seed=cfg.teacher.train.seed)
-    build_student(cfg, data, teacher)  # seeded: the global RNG is left as it was
+    if cfg.teacher.checkpoint is not None:  # weights of another architecture fail now, leaving no run behind
+        load_weights(cfg.teacher.checkpoint, teacher)
+    student = build_student(cfg, data, teacher)  # seeded: the global RNG is left as it was
+    if cfg.student.checkpoint is not None:
+        load_weights(cfg.student.checkpoint, copy.deepcopy(student))
+    if cfg.losses and any(needs_live_teacher(t) or t.kind != "kd" and t.kind != "ce" for t in cfg.losses):
+        sample = next(iter_batches(data.train, torch.arange(min(2, len(data.train))), 2))["inputs"]  # type: ignore[arg-type]
+        # every layer path of the losses list, and its shapes, checked on the untrained models
+        Method(cfg.losses).bind(copy.deepcopy(student), copy.deepcopy(teacher).eval(), sample, cfg.train.seed)
     return teacher
 
 
@@ -135,7 +163,8 @@ def describe(recipe: Plan, cfg: RunConfig, data: DataSplits, run_dir: Path) -> d
             "baseline_steps": base.total_steps(math.ceil(n_lab / cfg.train.batch_size)),
             "baseline_epochs": round(base.total_steps(math.ceil(n_lab / cfg.train.batch_size))
                                      / math.ceil(n_lab / cfg.train.batch_size), 2),
-            "distilled_best": _best_row(run_dir / "distilled"), "out_of_fold": cfg.teacher.out_of_fold,
+            "distilled_best": _best_row(run_dir / "distilled", len(data.val)),  # type: ignore[arg-type]
+            "out_of_fold": cfg.teacher.out_of_fold,
             **_tuned(run_dir / "distilled")}
 
 
@@ -172,7 +201,7 @@ def _notes(stage_dir: Path) -> list[str]:
     return json.loads(path.read_text()).get("loss_scale", []) if path.is_file() else []
 
 
-def _best_row(stage_dir: Path) -> dict[str, Any] | None:
+def _best_row(stage_dir: Path, n_val: int) -> dict[str, Any] | None:
     """The validation row whose weights a finished stage kept, with how many rows it had."""
     path = stage_dir / "metrics.jsonl"
     if not path.is_file():
@@ -180,7 +209,7 @@ def _best_row(stage_dir: Path) -> dict[str, Any] | None:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if not rows or "val_accuracy" not in rows[0]:
         return None
-    i = max(range(len(rows)), key=lambda k: best_key(rows[k]))
+    i = kept_row(rows, n_val)
     return {"row": i, "rows": len(rows), "step": rows[i].get("step"), "epoch": rows[i]["epoch"]}
 
 
@@ -194,7 +223,8 @@ def teacher_signal(cfg: RunConfig, teacher: nn.Module, taught: Dataset, recipe: 
 
 
 def train_student(cfg: RunConfig, data: DataSplits, train_data: Dataset, stage_dir: Path,
-                  signal: Teacher | None, resume: bool, teacher: nn.Module, how: Candidate) -> nn.Module:
+                  signal: Teacher | None, resume: bool, teacher: nn.Module, how: Candidate,
+                  adopt_pilot: bool = True) -> nn.Module:
     """One student stage on `train_data`: plain (`signal` None, labelled examples only) or distilled
     (labelled ∪ unlabelled), trained as `how` says (objective, augmentation)."""
     done = stage_dir / "model.safetensors"
@@ -213,7 +243,7 @@ def train_student(cfg: RunConfig, data: DataSplits, train_data: Dataset, stage_d
                             config=stage_config(cfg, data, how), num_classes=data.num_classes, teacher=signal,
                             stage_dir=stage_dir, device=cfg.device, quiet=cfg.quiet)
     pilot_dir = stage_dir.parent / "pilot" / slug(how.name)
-    if process_state(cfg.device).is_main_process:
+    if process_state(cfg.device).is_main_process and adopt_pilot:
         adopt(pilot_dir, stage_dir)  # a pilot candidate's paused run continues as this stage
     process_state(cfg.device).wait_for_everyone()
     out = fit(student, train_data, objective=copy.deepcopy(objective), config=stage_config(cfg, data, how),
@@ -224,10 +254,11 @@ def train_student(cfg: RunConfig, data: DataSplits, train_data: Dataset, stage_d
     return out.model
 
 
-def evaluate_run(cfg: RunConfig, data: DataSplits, teacher: nn.Module,
-                 students: dict[str, nn.Module]) -> dict[str, Any]:
-    """Test metrics and costs of every model, the ratios that summarise them, and each student's
-    validation against the teacher (`distill.eval.validate`)."""
+def evaluate_run(cfg: RunConfig, data: DataSplits, teacher: nn.Module, students: dict[str, nn.Module],
+                 repeats: list[dict[str, nn.Module]] | None = None) -> dict[str, Any]:
+    """Test metrics and costs of every model, the ratios that summarise them, each student's validation
+    against the teacher (`distill.eval.validate`), and the verdict of the paired test over the test
+    examples and every seed (`repeats`: the students of the other seeds, scored for accuracy only)."""
     t_logits = predict(teacher, data.test)
     everyone = {"teacher": teacher, **students}
     costs = measure_models({k: _cpu_copy(m) for k, m in everyone.items()}, data.input_shape,
@@ -246,8 +277,12 @@ def evaluate_run(cfg: RunConfig, data: DataSplits, teacher: nn.Module,
             validation[name] = validate(t_logits, s_logits, labels).to_dict()
             correct[name] = s_logits.argmax(-1) == labels
         models[name] = {**metrics, **costs[name]}
-    verdict = (compare_classifiers(correct["baseline"], correct["distilled"]).to_dict()
+    per_seed = [correct] + [{k: predict(m, data.test).argmax(-1) == labels for k, m in pair.items()}
+                            for pair in repeats or []]
+    verdict = (compare_classifiers(torch.stack([c["baseline"] for c in per_seed]),
+                                   torch.stack([c["distilled"] for c in per_seed])).to_dict()
                if "baseline" in correct else None)
+    seeds = {k: [float(c[k].float().mean()) for c in per_seed] for k in correct} if repeats else None
     return {
         "name": cfg.name,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -258,6 +293,7 @@ def evaluate_run(cfg: RunConfig, data: DataSplits, teacher: nn.Module,
         "models": models,
         "summary": summarise(models),
         "verdict": verdict,
+        "seeds": seeds,
         "sanity": sanity_notes(models, data),
         "timing_notes": timing_notes(costs),
         "validation": validation,

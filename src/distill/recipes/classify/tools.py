@@ -11,6 +11,7 @@ from typing import Any
 from torch import nn
 
 from distill.core.checkpoint import load_weights
+from distill.core.rundir import require_finished_run
 from distill.core.errors import ConfigError
 from distill.data.arrays import DataSplits, labels_of
 from distill.data.datasets import load_data
@@ -66,6 +67,7 @@ def export_trained(cfg: RunConfig, which: str, fmt: str, out: Path, *, check: bo
     spec = getattr(cfg, which)
     if spec.checkpoint is None:
         raise ConfigError(f"`{which}.checkpoint` is required: the .safetensors weights to export.")
+    require_finished_run(Path(spec.checkpoint), f"`{which}.checkpoint`")
     data = load_data(cfg.data)
     teacher = (build_model(cfg.teacher, data.input_shape, data.num_classes)
                if which == "teacher" or cfg.student.from_teacher else None)

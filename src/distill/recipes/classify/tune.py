@@ -53,7 +53,7 @@ def tune_kd(tune: KDTune, build: Callable[[], nn.Module], train_data: Dataset, v
         kd = KD(trial.params["temperature"], trial.params["ratio"])
         out = fit(build(), train_data, objective=kd, config=proxy, num_classes=num_classes, teacher=teacher,
                   val_data=val_data, device=device, quiet=True, name=f"kd.tune {len(done) + 1}/{tune.trials}")
-        best = out.history[out.best_epoch]
+        best = out.history[out.best_epoch]  # the row the run keeps (`kept_row`)
         score = best["val_accuracy"] - 1e-3 * min(best["val_nll"], 10.0)  # accuracy first, NLL breaks ties
         study.tell(trial, score)
         done.append({**trial.params, "score": score, "val_accuracy": best["val_accuracy"]})

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.core.errors import ConfigError
+from distill.core.rundir import require_finished_run
 
 
 def export_lm_gguf(model_dir: Path | str, out: Path, qtype: str, *, check_text: Path | None = None,
@@ -19,6 +20,7 @@ def export_lm_gguf(model_dir: Path | str, out: Path, qtype: str, *, check_text: 
     if not (model_dir / "config.json").is_file():
         raise ConfigError(f"{model_dir} is not a Hugging Face model directory (no config.json); give the "
                           "student's model folder, e.g. runs/lm_kjv/distilled/model.")
+    require_finished_run(model_dir, "the model directory")  # RUN/<stage>/model
     texts = _held_out(check_text, max_texts) if check_text is not None else None  # read before writing
     result = export_gguf(model_dir, out, qtype)
     if texts is not None:
