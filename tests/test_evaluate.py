@@ -121,3 +121,17 @@ def test_measure_models_times_every_model_side_by_side():
     assert out["big"]["size_mb"] > out["small"]["size_mb"]
     assert all(v > 0 for m in out.values() for k, v in m.items() if k not in ("architecture", "latency_b1_iqr_ms"))
     assert out["big"]["architecture"] != out["small"]["architecture"]
+
+
+def test_identical_architectures_timed_outside_each_others_spread_are_called_noisy():
+    from distill.eval.bench import architecture, timing_notes
+
+    a, b = nn.Linear(8, 4), nn.Linear(8, 4)
+    assert architecture(a) == architecture(b) != architecture(nn.Linear(8, 5))
+    same = {"architecture": architecture(a), "throughput": 1000.0, "throughput_low": 900.0, "throughput_high": 1100.0}
+    assert timing_notes({"baseline": same, "distilled": {**same, "throughput": 1050.0}}) == []
+    busy = {**same, "throughput": 700.0, "throughput_low": 650.0, "throughput_high": 750.0}
+    (note,) = timing_notes({"baseline": same, "distilled": busy})
+    assert "same architecture" in note and "noisy" in note
+    other = {**busy, "architecture": architecture(nn.Linear(8, 5))}
+    assert timing_notes({"teacher": other, "distilled": same}) == []  # different models may time apart

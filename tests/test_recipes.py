@@ -256,11 +256,18 @@ def test_the_pilot_halves_by_score_and_picks_the_best_teacher_candidate_and_the_
         return {"val_accuracy": truth[c.name] * min(1.0, upto / 30), "val_nll": 1.0}
 
     pilot = run_pilot(cands, train, first_rung=10, total=100)
-    assert trained[:5] == [(c.name, 10) for c in cands] and sorted(trained[5:]) == [("fm02", 30), ("st4", 30)]
+    # rung 0: all five; the best two (st4, fm02) and each group's default (plain, st2) go on at 3× the steps
+    assert trained[:5] == [(c.name, 10) for c in cands]
+    assert trained[5:] == [("plain", 30), ("st2", 30), ("st4", 30), ("fm02", 30)]
     assert (pilot.winner, pilot.best_plain, pilot.plain_won) == ("st4", "plain", False)
     assert pilot.seconds == sum(r["seconds"] for r in pilot.rows if r["name"] not in ("st4", "plain"))
-    # the dropped candidates' steps (3 at 10, one at 30) are the cost: at most share / (1 - share) of the job
-    assert dropped_units(5) == 3 + 3 and pilot_budget(1200, 5, 0.2) == int(0.25 * 1200 / 6)
+    # the dropped candidates' steps (one at 10, two at 30) are the cost: at most share / (1 - share) of the job
+    assert dropped_units([1.0] * 5) == 1 + 3 * 2 and pilot_budget(1200, [1.0] * 5, 0.2) == int(0.25 * 1200 / 7)
+    # candidates that run the teacher live cost more per step: the costliest are assumed dropped
+    assert dropped_units([1, 1, 3, 3, 1]) == 3 + 3 * (3 + 1)
+    # the one-standard-error rule: st4's 5 points over the default st2 are noise on 28 validation examples
+    assert run_pilot(cands, train, first_rung=10, total=100, n_val=28).winner == "st2"
+    assert run_pilot(cands, train, first_rung=10, total=100, n_val=5000).winner == "st4"
     again = run_pilot(cands, lambda c, s: pytest.fail("a recorded candidate is not trained again"), 10, 100,
                       done=pilot.rows)
     assert again.winner == "st4"

@@ -98,8 +98,9 @@ def distill(teacher: nn.Module, student: nn.Module, train_data: Dataset | DataLo
             `Method([{"kind": "kd"}, {"kind": "hint", "student": "layer2", "teacher": "layer3"}, ...])`
             a weighted sum of terms over logits, layers and attention maps (needs signal="live"
             when a term reads teacher layers).
-        val_data: held-out data for choosing the best weights, the pilot and the returned metrics; without
-            it the pilot holds out a stratified 10% of `train_data` for itself.
+        val_data: held-out data for the pilot's scores, the weights kept (`training.classify.kept_row`)
+            and the returned metrics; without it (and with a pilot) a stratified 10% of `train_data` is
+            held out for all three.
         test_data: with `compare=True`, where the verdict is measured (default: `val_data`).
         signal: "live" runs the teacher on every batch (needed with augmentation); "cached" computes
             its logits once under `cache_dir` and reuses them; "auto" (default): live where the recipe

@@ -3,12 +3,15 @@ validation wins.
 
 Successive halving (Jamieson & Talwalkar 2016) with continuation: every candidate starts the full
 run's schedule from the same initial student, is paused after r steps and scored on validation; the
-best third (at least two) continue to 3r, and so on until two remain; the better of those continues
-to the end as the distilled student, and the best plain candidate continues as the baseline. The
-winners' pilot steps are part of their own runs, so the pilot costs only the steps of the candidates
-that were dropped; r is set so that those are at most `share` of all the job's student steps, the
-pilot's included (`pilot_budget`). Pausing and continuing is the engine's resume (`fit(stop_at=)`),
-bit for bit.
+best third (at least two) continue to 3r, with each group's default (plain training; soft targets at
+T = 2, ratio 0.5), and so on while that drops anyone. The best candidate using the teacher continues
+to the end as the distilled student, the best plain one as the baseline; a default is replaced only
+by a candidate better by more than one standard error of validation accuracy (the one-standard-error
+rule), so a small validation split does not trade a robust recipe for a lucky one. The winners' pilot
+steps are part of their own runs, so the pilot costs only the steps of the candidates that were
+dropped; r is set so that those are at most `share` of all the job's student steps, the pilot's
+included (`pilot_budget`). Pausing and continuing is the engine's resume (`fit(stop_at=)`), bit for
+bit.
 
 Hand-written rather than Optuna's SuccessiveHalvingPruner: that pruner is asynchronous (it prunes a
 trial against those that reached a rung before it), which suits a sampler's stream of trials, not a
@@ -35,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -67,28 +71,39 @@ class Pilot:
 Trainer = Callable[[Candidate, int], dict[str, float]]  # (candidate, steps so far) -> {val_accuracy, val_nll}
 
 
-def pilot_budget(job_steps: int, n_candidates: int, share: float) -> int:
-    """The first rung's steps r: the dropped candidates' steps are at most `share` of the job's student
-    steps plus the pilot's own (pilot ≤ share / (1 − share) · job)."""
+def pilot_budget(job_steps: int, costs: list[float], share: float) -> int:
+    """The first rung's steps r: the dropped candidates' steps, each weighed by its cost relative to the
+    cheapest candidate's (a live teacher's forward adds to a step), are at most `share` of the job's
+    student steps plus the pilot's own (pilot ≤ share / (1 − share) · job), whichever candidates are
+    dropped."""
     allowed = share / (1 - share) * job_steps
-    return max(MIN_RUNG_STEPS, int(allowed / dropped_units(n_candidates)))
+    return max(MIN_RUNG_STEPS, int(allowed / dropped_units(costs)))
 
 
-def dropped_units(n: int) -> int:
-    """The steps of the candidates successive halving drops, in units of r (all but one winner)."""
-    units, budget = 0, 1
-    while n > 2:
-        keep = max(2, math.ceil(n / ETA))
-        units, n, budget = units + (n - keep) * budget, keep, budget * ETA
-    return units + (budget if n == 2 else 0)
+def dropped_units(costs: list[float], defaults: int = 2) -> float:
+    """At most the cost of the steps successive halving drops, in units of r steps of the cheapest
+    candidate: every candidate but the two that continue (the best taught and the best plain), the
+    costliest dropped first, the `defaults` kept at every rung besides the best third."""
+    left, units, budget = sorted(costs, reverse=True), 0.0, 1
+    while True:
+        keep = min(len(left), max(2, math.ceil(len(left) / ETA)) + defaults)
+        if keep == len(left):
+            return units + budget * sum(left[:max(0, len(left) - 2)])
+        units += budget * sum(left[:len(left) - keep])
+        left, budget = left[len(left) - keep:], budget * ETA
 
 
 def run_pilot(cands: list[Candidate], train: Trainer, first_rung: int, total: int | None = None,
               done: list[dict[str, Any]] | None = None, record: Callable[[list[dict[str, Any]]], None] | None = None,
-              progress: Callable[[str], None] | None = None) -> Pilot:
+              progress: Callable[[str], None] | None = None, n_val: int | None = None) -> Pilot:
     """Successive halving over `cands`, the first rung after `first_rung` steps (never past `total`).
-    `done`: rows of an interrupted pilot (not trained again); `record(rows)` after each candidate."""
+    The first plain candidate and the first using the teacher are each group's default: they go on to
+    every rung, and another candidate replaces its group's default only when it scores higher by more
+    than one standard error of validation accuracy over `n_val` examples (the one-standard-error rule:
+    on 28 validation images, 6 points). `done`: rows of an interrupted pilot (not trained again);
+    `record(rows)` after each candidate."""
     pilot = Pilot(rows=list(done or []))
+    defaults = _defaults(cands)
     alive, upto, rung = list(cands), first_rung, 0
     while True:
         upto = min(upto, total) if total else upto
@@ -103,11 +118,12 @@ def run_pilot(cands: list[Candidate], train: Trainer, first_rung: int, total: in
                     record(pilot.rows)
                 if progress is not None:
                     progress(f"pilot: {c.name}, {upto} steps: validation accuracy {100 * score['val_accuracy']:.2f}%")
-        if len(alive) <= 2 or (total is not None and upto >= total):
-            break
         ranked = sorted(alive, key=lambda c: _key(pilot.rows, c.name, rung), reverse=True)
-        alive, upto, rung = ranked[:max(2, math.ceil(len(alive) / ETA))], upto * ETA, rung + 1
-    _decide(pilot, cands)
+        keep = [c for c in alive if c in ranked[:max(2, math.ceil(len(alive) / ETA))] or c in defaults]
+        if len(keep) == len(alive) or (total is not None and upto >= total):
+            break
+        alive, upto, rung = keep, upto * ETA, rung + 1
+    _decide(pilot, cands, defaults, n_val)
     kept = {pilot.winner, pilot.best_plain}
     pilot.seconds = sum(r["seconds"] for r in pilot.rows if r["name"] not in kept)
     return pilot
@@ -118,21 +134,34 @@ def _key(rows: list[dict[str, Any]], name: str, rung: int) -> tuple[float, float
     return row["val_accuracy"], -row["val_nll"]
 
 
-def _decide(pilot: Pilot, cands: list[Candidate]) -> None:
+def _defaults(cands: list[Candidate]) -> list[Candidate]:
+    """Each group's default: the first plain candidate and the first using the teacher."""
+    return [c for group in ([c for c in cands if not c.taught], [c for c in cands if c.taught]) for c in group[:1]]
+
+
+def _decide(pilot: Pilot, cands: list[Candidate], defaults: list[Candidate], n_val: int | None) -> None:
     """The winner among the teacher's candidates and the best plain one: each ranked by the deepest rung
-    it reached, then its score there."""
+    it reached, then its score there; a group's default stands unless beaten by more than one standard
+    error (it reaches every rung, so it is scored where the others are)."""
     def rank(c: Candidate) -> tuple[int, float, float]:
         deepest = max(r["rung"] for r in pilot.rows if r["name"] == c.name)
         return (deepest, *_key(pilot.rows, c.name, deepest))
 
-    taught = [c for c in cands if c.taught]
-    plain = [c for c in cands if not c.taught]
-    best_taught = max(taught, key=rank) if taught else None
-    best_plain = max(plain, key=rank) if plain else None
+    def pick(group: list[Candidate]) -> Candidate | None:
+        if not group:
+            return None
+        best = max(group, key=rank)
+        default = next((c for c in defaults if c in group), best)
+        b, d = rank(best), rank(default)
+        margin = math.sqrt(b[1] * (1 - b[1]) / n_val) if n_val else 0.0
+        return default if b[0] == d[0] and b[1] - d[1] <= margin else best
+
+    best_taught = pick([c for c in cands if c.taught])
+    best_plain = pick([c for c in cands if not c.taught])
     pilot.winner = best_taught.name if best_taught else None
     pilot.best_plain = best_plain.name if best_plain else None
     if best_taught is not None and best_plain is not None:
-        pilot.plain_won = not max(cands, key=rank).taught
+        pilot.plain_won = rank(best_plain) > rank(best_taught)
 
 
 def slug(name: str) -> str:
@@ -168,8 +197,40 @@ def measure(cands: list[Candidate], *, build: Callable[[], nn.Module], labelled:
                       name=f"pilot: {c.name}", stop_at=upto)
         return late_score(out.history, upto)
 
-    first = pilot_budget(job_steps, len(cands), share)
-    return run_pilot(cands, train, first, total, done, record, progress=None if quiet else _say)
+    first = pilot_budget(job_steps, step_costs(cands, build, teacher, taught, config_for(cands[0]).batch_size), share)
+    return run_pilot(cands, train, first, total, done, record, progress=None if quiet else _say,
+                     n_val=len(val))  # type: ignore[arg-type]
+
+
+def step_costs(cands: list[Candidate], build: Callable[[], nn.Module], teacher: nn.Module, data: Dataset,
+               batch_size: int) -> list[float]:
+    """Each candidate's cost per step relative to a plain one: 1, plus the teacher's forward on a batch
+    over the student's forward and backward where the teacher runs live (medians of a few timed calls)."""
+    if not any(c.signal == "live" and c.taught for c in cands):
+        return [1.0] * len(cands)
+    from distill.data.batches import iter_batches
+    from distill.models.zoo import device_of, logits_of
+
+    student = build()
+    x = next(iter(iter_batches(data, torch.arange(min(batch_size, len(data))), batch_size)))["inputs"]  # type: ignore[arg-type]
+
+    def seconds(call: Callable[[], Any]) -> float:
+        times = []
+        for _ in range(4):
+            t0 = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - t0)
+        return sorted(times)[1:3][0]  # past the first (warm-up) call
+
+    def student_step() -> None:
+        logits_of(student(x.to(device_of(student)))).float().sum().backward()
+
+    @torch.no_grad()
+    def teacher_forward() -> None:
+        logits_of(teacher(x.to(device_of(teacher))))
+
+    ratio = seconds(teacher_forward) / max(seconds(student_step), 1e-6)
+    return [1.0 + ratio if c.signal == "live" and c.taught else 1.0 for c in cands]
 
 
 def late_score(history: list[dict[str, float]], upto: int) -> dict[str, float]:
