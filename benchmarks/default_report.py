@@ -30,12 +30,15 @@ def main() -> None:
     publish_run(run_dir, REPORT_DIR)
     report = json.loads((run_dir / "report.json").read_text())
     m = report["models"]
+    verdict = report["verdict"]
     write_result("default_run", {
         "teacher_acc": 100 * m["teacher"]["accuracy"], "baseline_acc": 100 * m["baseline"]["accuracy"],
         "distilled_acc": 100 * m["distilled"]["accuracy"], "gap_closed": report["summary"]["gap_closed"],
         "speedup_b1": report["summary"]["speedup_b1"], "compression": report["summary"]["compression"],
-        "job_wall_s": wall,
-    })
+        "job_wall_s": wall, "verdict_beats": float(verdict["outcome"] == "beats"),
+        "verdict_low_pts": verdict["low"], "verdict_high_pts": verdict["high"], "verdict_p": verdict["p_value"],
+        "pilot_share": report["timing"]["pilot_share"],
+    }, {"recipe": report["recipe"]["name"], "verdict": report["doctor"]["verdict"]})
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,9 +109,13 @@ def main() -> None:
     p.add_argument("--settings", nargs="*", default=list(SETTINGS))
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--one", nargs=2, metavar=("SETTING", "SEED"), help="run one seed (in this process)")
+    p.add_argument("--table", action="store_true", help="print the results file as BENCHMARKS.md's table")
     args = p.parse_args()
     if args.one:
         run_seed(args.one[0], int(args.one[1]))
+        return
+    if args.table:
+        print(table(args.settings, args.seeds))
         return
     for name in args.settings:
         for seed in range(args.seeds):
@@ -202,6 +207,22 @@ def metrics(names: list[str], seeds: int) -> dict[str, float]:
     m.update(settings=len(names), default_never_worse=never_worse, default_wins=wins, worst_gap_pts=worst,
              pilot_share=max(shares))
     return m
+
+
+def table(names: list[str], seeds: int) -> str:
+    """The per-setting table of BENCHMARKS.md: test accuracy mean ± std (points) and the recipes chosen."""
+    lines = ["| setting | teacher | plain, API defaults | **distilled, API defaults** | difference | careful plain | "
+             "pilot chose | pilot share |", "|---|---|---|---|---|---|---|---|"]
+    for name in names:
+        rows = [json.loads((OUT / f"{name}-{s}.json").read_text()) for s in range(seeds)]
+        cell = lambda arm: "{:.1f} ± {:.1f}".format(*mean_std([r[arm] for r in rows]))  # noqa: E731
+        d, sd = mean_std([r["distilled_default"] - r["plain_default"] for r in rows])
+        verdict = "win" if d > 2 * sd else "never worse" if d >= -2 * sd else "**worse**"
+        chose = ", ".join(f"{k} ×{v}" for k, v in Counter(r["recipe"] for r in rows).items())
+        lines.append(f"| `{name}` | {cell('teacher')} | {cell('plain_default')} | **{cell('distilled_default')}** | "
+                     f"{d:+.1f} ± {sd:.1f} ({verdict}) | {cell('plain_careful')} | {chose} | "
+                     f"{max(r['pilot_share'] for r in rows):.2f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Data and models for `defaults_robustness.py`: settings the recipes were never tuned on.
 
 - **digits8**: scikit-learn's 8×8 digits (1,000 train / 297 validation / 500 test, as a user reported).
-- **letters32**: the 26 capital letters rendered at 32×32 in the 30 typefaces matplotlib ships (DejaVu,
-  STIX, Computer Modern; regular, bold, italic), each with a random size, rotation, shift and noise.
+- **letters32**: the 26 capital letters rendered at 32×32 (15 to 20 pixels tall) in the typefaces
+  matplotlib ships (DejaVu, STIX, Computer Modern; regular, bold, italic), each with a random size,
+  rotation (±12°), shift (±2 pixels) and noise.
 - **breast_cancer**: scikit-learn's Wisconsin breast-cancer rows (30 features, 2 classes).
 - **digits_features**: the 8×8 digits as 64 feature columns (no image shape: feature-row recipes).
 - **docstrings**: the first paragraph of every docstring in the Python standard library that runs
@@ -88,11 +89,11 @@ def letters32(per_class: int = 170, size: int = 32, seed: int = 0) -> tuple[torc
         for _ in range(per_class):
             fig.clf()
             font = font_manager.FontProperties(fname=fonts[rng.integers(len(fonts))])
-            fig.text(0.5 + rng.uniform(-0.12, 0.12), 0.5 + rng.uniform(-0.12, 0.12), letter, fontproperties=font,
-                     fontsize=rng.uniform(13, 22), rotation=rng.uniform(-20, 20), ha="center", va="center")
+            fig.text(0.5 + rng.uniform(-0.06, 0.06), 0.5 + rng.uniform(-0.06, 0.06), letter, fontproperties=font,
+                     fontsize=rng.uniform(34, 46), rotation=rng.uniform(-12, 12), ha="center", va="center")
             canvas.draw()
             image = np.asarray(canvas.buffer_rgba())[..., 0].astype(np.float32) / 255.0
-            image = 1.0 - image + rng.normal(0, 0.08, image.shape).astype(np.float32)
+            image = 1.0 - image + rng.normal(0, 0.05, image.shape).astype(np.float32)
             xs.append(image[:size, :size])
             ys.append(label)
     plt.close(fig)

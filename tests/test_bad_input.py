@@ -139,3 +139,28 @@ def test_user_data_on_the_command_line_keeps_every_label(tmp_path):
     cfg = load_config(None, ["data.name=npz", f"data.path={path}"])
     assert cfg.data.label_fraction == 1.0  # the built-in job's 10% belongs to its own data
     assert load_config(None, ["data.label_fraction=0.5"]).data.label_fraction == 0.5
+
+
+def test_a_resumed_run_may_extend_its_budget(run_config):
+    run_config["train"] = {"steps": 12, "batch_size": 32}
+    run_config["keep_state"] = True
+    run_dir = run(validate_config(run_config))
+    rows = lambda stage: [json.loads(x) for x in (run_dir / stage / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert rows("distilled")[-1]["step"] == 12
+    run_config["train"]["steps"] = 30
+    run(validate_config(run_config), resume=True)
+    assert rows("distilled")[-1]["step"] == 30 and rows("baseline")[-1]["step"] == 30
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["recipe"]["distilled_steps"] == 30
+    run_config["train"]["batch_size"] = 16  # anything but the budget still has to match
+    with pytest.raises(ConfigError, match="differs from the one saved"):
+        run(validate_config(run_config), resume=True)
+
+
+def test_a_finished_stage_without_training_state_says_it_cannot_be_extended(run_config):
+    run_config["train"] = {"steps": 12, "batch_size": 32}
+    run_dir = run(validate_config(run_config))
+    run_config["train"]["steps"] = 30
+    with pytest.warns(UserWarning, match="kept no training state .* cannot continue to 30 steps"):
+        run(validate_config(run_config), resume=True)
+    assert json.loads((run_dir / "distilled" / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 12

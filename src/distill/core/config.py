@@ -38,6 +38,8 @@ class RunHeader(Strict):
     # Keys renamed since configs were first written (old dotted key → new; `*` is any list index): a
     # config that uses an old name is refused naming the new one, a run directory saved with it resumes.
     renamed: ClassVar[dict[str, str]] = {}
+    # Dotted keys `--resume` may change besides quiet and keep_state (e.g. a classifier job's budget).
+    resume_free: ClassVar[tuple[str, ...]] = ()
 
 
 class Schedule(Strict):

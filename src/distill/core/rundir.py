@@ -37,8 +37,9 @@ def open_run_dir(cfg: BaseModel, resume: bool) -> Path:
                               "or choose another run with name=NEW_NAME (nothing was overwritten).")
         # `quiet`, `keep_state` and `teacher.cache_rebuild` change what is printed, kept or repaired, not
         # what is trained: `--resume` may add or drop them.
-        previous = _without(_with_defaults(yaml.safe_load(saved.read_text()) or {}, type(cfg)), FREE_ON_RESUME)
-        mine = _without(current, FREE_ON_RESUME)
+        free = FREE_ON_RESUME + getattr(type(cfg), "resume_free", ())
+        previous = _without(_with_defaults(yaml.safe_load(saved.read_text()) or {}, type(cfg)), free)
+        mine = _without(current, free)
         if previous != mine:
             changed = sorted(k for k in set(previous) | set(mine) if previous.get(k) != mine.get(k))
             teacher = run_dir / "teacher" / "model.safetensors"

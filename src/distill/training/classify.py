@@ -325,8 +325,9 @@ def _patience_over(rows: list[dict[str, float]], patience: int | None) -> bool:
 
 
 def _fingerprint(config: TrainConfig, objective: Method) -> str:
-    # settings added later, left at their defaults, keep the fingerprint of runs from before they existed
-    off = {k for k in ("steps", "eval_every", "save_every") if getattr(config, k) is None}
+    # the budget may grow on resume (the schedule then stretches to the new end); settings added later, left
+    # at their defaults, keep the fingerprint of runs from before they existed
+    off = {"epochs", "steps"} | {k for k in ("eval_every", "save_every") if getattr(config, k) is None}
     off |= set() if config.normalize_terms else {"normalize_terms"}
     text = json.dumps(config.model_dump(mode="json", exclude=off), sort_keys=True) + repr(objective)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -110,6 +110,7 @@ class PilotConfig(Strict):
 
 class RunConfig(RunHeader):
     name: str = "default"
+    resume_free = ("train.steps", "train.epochs")  # a resumed run may extend its students' budget
     renamed = {"kd.alpha": "kd.ratio", "losses.*.alpha": "losses.*.tckd_weight",
                "losses.*.beta": "losses.*.nckd_weight"}
     data: DataConfig = Field(default_factory=DataConfig)

@@ -11,6 +11,7 @@ import json
 import math
 import shutil
 import time
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -213,6 +214,24 @@ def _best_row(stage_dir: Path, n_val: int) -> dict[str, Any] | None:
     return {"row": i, "rows": len(rows), "step": rows[i].get("step"), "epoch": rows[i]["epoch"]}
 
 
+def _extended(cfg: RunConfig, data: DataSplits, stage_dir: Path, how: Candidate) -> bool:
+    """Whether a finished stage is to train further: `--resume` with a larger budget, and the stage kept
+    its training state (`keep_state`) to continue from; without it, a warning says why it cannot."""
+    rows = stage_dir / "metrics.jsonl"
+    last = [json.loads(line) for line in rows.read_text().splitlines() if line.strip()][-1:] if rows.is_file() else []
+    n = len(data.train if not how.taught else with_transfer_set(data.train, data.unlabeled))  # type: ignore[arg-type]
+    wanted = stage_config(cfg, data, how).total_steps(math.ceil(n / cfg.train.batch_size))
+    if not last or "step" not in last[0] or last[0]["step"] >= wanted:
+        return False
+    if (stage_dir / "last.safetensors").is_file():
+        (stage_dir / "model.safetensors").unlink()  # unfinished again until it reaches the new budget
+        return True
+    warnings.warn(f"{stage_dir.name}: finished at step {last[0]['step']} and kept no training state (keep_state is "
+                  f"false), so it cannot continue to {wanted} steps; its weights are kept as they are. Run with "
+                  "keep_state: true to extend a run later.", stacklevel=2)
+    return False
+
+
 def teacher_signal(cfg: RunConfig, teacher: nn.Module, taught: Dataset, recipe: Plan) -> Teacher:
     """The live teacher, or its logits cached over `taught` (what the distilled student trains on)."""
     if recipe.signal == "live":
@@ -228,7 +247,7 @@ def train_student(cfg: RunConfig, data: DataSplits, train_data: Dataset, stage_d
     """One student stage on `train_data`: plain (`signal` None, labelled examples only) or distilled
     (labelled ∪ unlabelled), trained as `how` says (objective, augmentation)."""
     done = stage_dir / "model.safetensors"
-    if done.is_file():
+    if done.is_file() and not _extended(cfg, data, stage_dir, how):
         student = build_student(cfg, data, teacher)
         load_weights(done, student)
         _finished(done, cfg)
