@@ -63,7 +63,7 @@ def _letters(fraction: float = 1.0) -> rd.Data:
 
 
 def _text() -> rd.Data:
-    x, y, _ = _cached("docstrings", lambda: rd.docstrings()[:2])
+    x, y = _cached("docstrings", lambda: rd.docstrings()[:2])
     n = len(y)
     return rd.split(x, y, int(0.6 * n), int(0.15 * n))
 

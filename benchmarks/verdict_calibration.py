@@ -11,7 +11,8 @@ power. Every trained model's per-example correctness is kept under `benchmarks/w
 so a rerun only trains what is missing.
 
 Keys: `aa_pairs`, `false_win_rate` (the share of A/A verdicts saying B *beats* A; target ≤ 0.05),
-`false_claim_rate` (*beats* or *worse*: any claim), `ab_pairs`, `power`, `ab_gap_pts_mean` (the mean real
+`false_claim_rate` (*beats* or *worse*: any claim), `false_win_rate_examples_only` (the same with the
+paired test over test examples alone, without the allowance for seed-to-seed variance), `ab_pairs`, `power`, `ab_gap_pts_mean` (the mean real
 gap), per dataset `<data>_false_win_rate` / `<data>_power`.
 """
 
@@ -71,15 +72,16 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     m: dict[str, float] = {}
-    aa_wins = aa_claims = aa_n = ab_wins = ab_n = 0
+    aa_wins = aa_claims = aa_naive = aa_n = ab_wins = ab_n = 0
     gaps = []
     for name in DATASETS:
-        wins = claims = 0
+        wins = claims = naive = 0
         for i in range(args.aa):
             a, b = (torch.tensor(correct(name, s, 1.0)) for s in (2 * i, 2 * i + 1))
             outcome = compare_classifiers(a, b).outcome
             wins += outcome == "beats"
             claims += outcome != "no detectable difference"  # "worse" is as false as "beats" here
+            naive += compare_classifiers(a, b, seed_variance=False).outcome == "beats"
         found = 0
         for i in range(args.ab):
             a = torch.tensor(correct(name, 1000 + i, 0.25))
@@ -89,10 +91,13 @@ def main() -> None:
             gaps.append(v.difference)
         m[f"{name}_false_win_rate"], m[f"{name}_power"] = wins / args.aa, found / args.ab
         m[f"{name}_false_claim_rate"] = claims / args.aa
+        m[f"{name}_false_win_rate_examples_only"] = naive / args.aa
+        aa_naive += naive
         aa_wins, aa_n, ab_wins, ab_n = aa_wins + wins, aa_n + args.aa, ab_wins + found, ab_n + args.ab
         aa_claims += claims
         print(name, m[f"{name}_false_win_rate"], m[f"{name}_power"], flush=True)
-    m.update(aa_pairs=aa_n, false_win_rate=aa_wins / aa_n, false_claim_rate=aa_claims / aa_n, ab_pairs=ab_n, power=ab_wins / ab_n,
+    m.update(aa_pairs=aa_n, false_win_rate=aa_wins / aa_n, false_claim_rate=aa_claims / aa_n,
+             false_win_rate_examples_only=aa_naive / aa_n, ab_pairs=ab_n, power=ab_wins / ab_n,
              ab_gap_pts_mean=sum(gaps) / len(gaps))
     write_result("verdict_calibration", m, {"datasets": {"digits8": "scikit-learn 8×8 digits, 500 test examples, "
                                                                      "MLP 64-32", "letters32": "letters32 renders, "

@@ -428,6 +428,10 @@ def test_the_lm_job_trains_evaluates_reports_and_exports(lm, tmp_path):
     assert (run_dir / "plots" / "lm_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report["data"]["steps"] == 4 and 0 < report["data"]["tokens_seen"] <= 4 * 2 * 16
     assert all(m["bpb"] > 0 for m in report["models"].values()) and "bits per byte" in (run_dir / "report.md").read_text()
+    verdict = report["verdict"]  # a paired bootstrap over the held-out blocks (one text: no documents)
+    assert verdict["units"] == "blocks" and verdict["n"] == report["data"]["val_blocks"]
+    assert verdict["outcome"] == "no detectable difference" or verdict["n"] >= 5  # a handful of blocks claims nothing
+    assert "forward_ms_low" in report["models"]["distilled"] and isinstance(report["timing_notes"], list)
     from distill.cli import main
 
     (run_dir / "report.md").unlink()

@@ -121,8 +121,9 @@ def test_resume_accepts_a_run_saved_before_settings_were_added(run_config):
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     del saved["tracking"], saved["train"]["grad_clip"]  # as if these settings did not exist yet
     (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
+    (run_dir / "request.yaml").unlink()  # nor the request beside the config that ran
     assert open_run_dir(cfg, resume=True) == run_dir
-    changed = validate_config({**run_config, "train": {**run_config["train"], "epochs": 7}})
+    changed = validate_config({**run_config, "train": {**run_config["train"], "batch_size": 7}})
     with pytest.raises(ConfigError, match="differs .*sections: train"):
         open_run_dir(changed, resume=True)
 

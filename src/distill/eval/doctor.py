@@ -36,9 +36,14 @@ def diagnose(report: dict[str, Any]) -> dict[str, Any]:
         verdict = (f"No detectable difference between the distilled and the plain student: {_diff(test, d - b)} points "
                    f"({scores}{interval}); more test examples or seeds (`seeds:`) would tell them apart.")
     causes, remedies = ([], []) if won else _causes(report, t, b, significant=outcome == "worse")
-    if (report.get("recipe") or {}).get("pilot", {}) and report["recipe"]["pilot"].get("plain_won"):
-        causes.insert(0, "In the pilot, no candidate using the teacher beat plain training on validation.")
-    return {"won": won, "verdict": verdict, "causes": causes, "try": remedies, "outcome": outcome}
+    notes = []
+    if ((report.get("recipe") or {}).get("pilot") or {}).get("plain_won"):
+        said = "In the pilot, no candidate using the teacher beat plain training on validation"
+        if won:
+            notes.append(f"{said}; over the full budget the distilled student did.")
+        else:
+            causes.insert(0, f"{said}.")
+    return {"won": won, "verdict": verdict, "causes": causes, "try": remedies, "outcome": outcome, "notes": notes}
 
 
 def _diff(test: dict[str, Any] | None, first_seed: float) -> str:

@@ -66,8 +66,9 @@ def doctor_lines(doctor: dict[str, Any]) -> list[str]:
     lines += [f"- Note: {n}" for n in doctor.get("notes", [])] + ([""] if doctor.get("notes") else [])
     if doctor["causes"]:
         lines += ["Likely causes, from this run's measurements:", ""]
-        lines += [f"- {c}" for c in doctor["causes"]] + ["", "Try:", ""]
-        lines += [f"- {r}" for r in doctor["try"]] + [""]
+        lines += [f"- {c}" for c in doctor["causes"]] + [""]
+        if doctor["try"]:
+            lines += ["Try:", ""] + [f"- {r}" for r in doctor["try"]] + [""]
     return lines
 
 
@@ -131,8 +132,9 @@ def _pilot(recipe: dict[str, Any] | None) -> list[str]:
     names = list(dict.fromkeys(r["name"] for r in pilot["rows"]))
     head = "| candidate | " + " | ".join(f"{steps[k]:,} steps" for k in rungs) + " |"
     out = ["## Pilot: the candidate recipes on validation", "",
-           f"`recipe: auto` trained each candidate briefly and kept the best third at each budget "
-           f"(successive halving, {pilot['seconds']:.0f} s in all); validation accuracy:", "",
+           f"`recipe: auto` started every candidate, scored it on validation and kept the best third (and "
+           f"each group's default) at each budget; the dropped candidates cost {pilot['seconds']:.1f} s. Mean "
+           "validation accuracy over the last third of each budget:", "",
            head, "|" + "---|" * (len(rungs) + 1)]
     for name in names:
         cells = []

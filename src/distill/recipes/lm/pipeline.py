@@ -35,7 +35,7 @@ from distill.data.tokens import TextSplits, TokenBlocks
 from distill.eval.bench import interleaved_ms, machine_description, timing_notes
 from distill.eval.doctor import diagnose_lm
 from distill.eval.lm import block_bytes, evaluate_lm, evaluate_logprobs
-from distill.eval.verdict import compare_bits
+from distill.eval.verdict import MIN_DOCUMENTS, compare_bits
 from distill.losses.config import TokenKDConfig
 from distill.models import causal_lm as lm_models
 from distill.recipes.lm import cross
@@ -345,16 +345,18 @@ def evaluate_lm_run(cfg: LMRunConfig, teacher: nn.Module, students: dict[str, nn
 
 
 def lm_verdict(ce_a: list[float], ce_b: list[float], val: TokenBlocks, nbytes: torch.Tensor | None) -> dict[str, Any]:
-    """B (distilled) against A (CE student): a paired bootstrap over held-out documents (blocks where
-    documents are not recorded) of bits per byte (bits per token without byte counts)."""
-    doc = val.document if val.document is not None else torch.arange(len(val))
+    """B (distilled) against A (CE student): a paired bootstrap over held-out documents of bits per byte
+    (bits per token without byte counts); over blocks where documents are not recorded or too few to
+    resample (a single held-out text)."""
+    by_document = val.document is not None and int(val.document.unique().numel()) >= MIN_DOCUMENTS
+    doc = val.document if by_document else torch.arange(len(val))
     units, group = torch.unique(doc, return_inverse=True)
     per_doc = lambda v: torch.zeros(len(units), dtype=torch.float64).index_add_(0, group, v)  # noqa: E731
     bits_a, bits_b = (per_doc(torch.tensor(c, dtype=torch.float64) / math.log(2)) for c in (ce_a, ce_b))
     denominator = nbytes if nbytes is not None else val.loss_mask.sum(1).double()
     v = compare_bits(bits_a, bits_b, per_doc(denominator.double()))
     unit = "bits per byte" if nbytes is not None else "bits per token"
-    return {**v.to_dict(), "unit": unit, "units": "documents" if val.document is not None else "blocks",
+    return {**v.to_dict(), "unit": unit, "units": "documents" if by_document else "blocks",
             "sentence": v.sentence("the distilled student", "the CE student").replace("bits per byte", unit)}
 
 
