@@ -15,11 +15,11 @@ from distill.data.datasets import load_data
 from distill.eval.doctor import diagnose, diagnose_lm
 from distill.losses.config import KDConfig
 from distill.losses.terms import cross_entropy, term_scales
+from distill.recipes.classify.choice import plan_of
 from distill.recipes.classify.config import load_config
 from distill.recipes.classify.pilot import dropped_units, pilot_budget, run_pilot
-from distill.recipes.classify.choice import plan_of
-from distill.recipes.classify.students import baseline_budget
 from distill.recipes.classify.plan import Candidate, candidates, chosen, shift_for
+from distill.recipes.classify.students import baseline_budget
 from distill.training.classify import kept_row
 from distill.training.config import TrainConfig
 

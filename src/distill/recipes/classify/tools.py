@@ -11,8 +11,8 @@ from typing import Any
 from torch import nn
 
 from distill.core.checkpoint import load_weights
-from distill.core.rundir import require_finished_run
 from distill.core.errors import ConfigError
+from distill.core.rundir import require_finished_run
 from distill.data.arrays import DataSplits, labels_of
 from distill.data.datasets import load_data
 from distill.data.tokenizers import MINILM
@@ -21,8 +21,8 @@ from distill.eval.metrics import classification_metrics, evaluate_model, predict
 from distill.models.ensemble import build_ensemble
 from distill.models.zoo import build_model
 from distill.recipes.classify.config import RunConfig
-from distill.recipes.classify.students import build_student
 from distill.recipes.classify.plan import kd_objective
+from distill.recipes.classify.students import build_student
 
 
 def trained_models(cfg: RunConfig) -> tuple[DataSplits, dict[str, nn.Module]]:
