@@ -205,3 +205,13 @@ def test_hugging_face_rows_of_different_lengths_are_padded_per_batch_like_a_toke
     result = distill.distill(_bert(2), _bert(1), rows, loss=KD(), epochs=1, batch_size=2, signal="cached",
                              cache_dir=tmp_path / "cache", quiet=True)  # the teacher cache batches them too
     assert len(result.history) == 1 and (tmp_path / "cache").is_dir()
+
+
+def test_a_student_still_improving_at_the_end_is_noted():
+    from distill.api import still_improving
+
+    rising = [{"step": s, "val_accuracy": 0.5 + 0.04 * s} for s in range(1, 10)]  # +12 points over the last third
+    (note,) = still_improving(rising, 500, "distilled")
+    assert note.startswith("distilled: validation accuracy was still rising at the end (74.0% at step 6, 86.0% at step 9)")
+    assert still_improving(rising, 5, "distilled") == []  # on 5 validation examples that rise is noise
+    assert still_improving([{"step": s, "val_accuracy": 0.9} for s in range(1, 10)], 500, "x") == []  # a plateau

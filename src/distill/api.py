@@ -18,6 +18,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +76,7 @@ class Result:
     baseline: Result | None = None
     verdict: dict[str, Any] | None = None  # `distill.eval.verdict.Verdict.to_dict()`, with its sentence
     seconds: dict[str, float] = field(default_factory=dict)  # pilot, distilled, baseline wall times
+    notes: list[str] = field(default_factory=list)  # what to know before trusting it (also warned)
 
 
 def distill(teacher: nn.Module, student: nn.Module, train_data: Dataset | DataLoader, *,
@@ -155,11 +157,28 @@ def distill(teacher: nn.Module, student: nn.Module, train_data: Dataset | DataLo
                   quiet=quiet, name="distilled")
         seconds["distilled"] = time.perf_counter() - t0
         metrics = _val_metrics(out.model, val_ds, teacher) if val_ds is not None else {}
-        result = Result(out.model, metrics, out.history, plan.to_dict(), seconds=seconds)
+        result = Result(out.model, metrics, out.history, plan.to_dict(), seconds=seconds,
+                        notes=still_improving(out.history, len(val_ds) if val_ds is not None else 0, "distilled"))
+        for note in result.notes:
+            warnings.warn(note, stacklevel=2)
         if compare:
             _compare(result, plan, copy.deepcopy(initial), train_ds, val_ds, test_ds, teacher, config, steps,
                      num_classes, work, resume, quiet)
         return result
+
+
+def still_improving(history: list[dict[str, float]], n_val: int, name: str) -> list[str]:
+    """A note when validation accuracy was still rising at the end: the last row above the row at two
+    thirds of the run by more than one standard error (a longer budget would likely help)."""
+    rows = [r for r in history if "val_accuracy" in r]
+    if len(rows) < 3 or n_val == 0:
+        return []
+    last, earlier = rows[-1], rows[(2 * len(rows)) // 3 - 1]
+    p = last["val_accuracy"]
+    if p - earlier["val_accuracy"] <= math.sqrt(p * (1 - p) / n_val):
+        return []
+    return [f"{name}: validation accuracy was still rising at the end ({100 * earlier['val_accuracy']:.1f}% at step "
+            f"{earlier['step']}, {100 * p:.1f}% at step {last['step']}): a larger budget (steps=) would likely help."]
 
 
 @contextlib.contextmanager
