@@ -98,6 +98,11 @@ SETTINGS: dict[str, Setting] = {
                                      "student", lambda: rd.split(*rd.digits_features(), 1000, 297, 0.1),
                                      lambda: rd.mlp(64, [512, 512], 10), lambda: rd.mlp(64, [16], 10),
                                      {"steps": 1000, "lr": 1e-3}),
+    "spoken_commands": Setting("ten spoken command words (espeak-ng, 16 voices), log-mel 40×101, split by voice: "
+                               "600 / 120 / 240 clips; spectrogram CNN teacher, MLP 4040-64 student",
+                               lambda: rd.spoken_commands(OUT / "data" / "spoken_commands"),
+                               lambda: rd.SpectrogramCNN(10), lambda: rd.mlp(40 * 101, [64], 10),
+                               {"steps": 1500, "lr": 2e-3}),
     "docstrings": Setting("stdlib docstrings → their package (10 classes, word ids); Transformer teacher, bag-of-words "
                           "student (24-d)", _text, lambda: rd.TextTeacher(rd.TEXT_CLASSES),
                           lambda: rd.BagOfWords(rd.TEXT_CLASSES), {"steps": 1500, "lr": 5e-4}),

@@ -51,8 +51,9 @@ def default_dir() -> Path:
 
 def synthesize(out_dir: Path, accents: list[str] = ACCENTS, variants: list[str] = VARIANTS,
                speeds: list[int] = SPEEDS, pitches: list[int] = PITCHES,
-               snr_db: tuple[float, float] = (0.0, 20.0), seed: int = 0) -> Path:
-    """Speak every digit in every voice, speed and pitch; add noise; save once to `out_dir`.
+               snr_db: tuple[float, float] = (0.0, 20.0), seed: int = 0, words: list[str] = DIGITS) -> Path:
+    """Speak every word (the digits by default; label = its index in `words`) in every voice, speed and
+    pitch; add noise; save once to `out_dir`.
 
     Skips the work when `out_dir` already holds a complete cache (its manifest is written last).
     """
@@ -69,7 +70,7 @@ def synthesize(out_dir: Path, accents: list[str] = ACCENTS, variants: list[str] 
         for vi, voice in enumerate(voices):
             for speed in speeds:
                 for pitch in pitches:
-                    for digit, word in enumerate(DIGITS):
+                    for digit, word in enumerate(words):
                         cmd = [exe, "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(wav), word]
                         done = subprocess.run(cmd, capture_output=True, text=True)
                         if done.returncode != 0:
@@ -80,7 +81,7 @@ def synthesize(out_dir: Path, accents: list[str] = ACCENTS, variants: list[str] 
                         waves.append(add_noise(clean, snr, g))
                         labels.append(digit)
                         voice_ids.append(vi)
-    settings = {"voices": voices, "speeds": speeds, "pitches": pitches, "snr_db": list(snr_db),
+    settings = {"voices": voices, "words": words, "speeds": speeds, "pitches": pitches, "snr_db": list(snr_db),
                 "seed": seed, "sample_rate": SAMPLE_RATE, "clips": len(labels)}
     save_clips(Path(out_dir), torch.stack(waves), torch.tensor(labels), torch.tensor(voice_ids), settings)
     return Path(out_dir)
