@@ -16,7 +16,6 @@ from torch.utils.data import Dataset
 from distill.core.distributed import process_state
 from distill.core.files import atomic_write_text
 from distill.data.arrays import DataSplits
-from distill.data.transfer import with_transfer_set
 from distill.losses.config import needs_live_teacher
 from distill.losses.methods import CE, Method
 from distill.recipes.classify.config import RunConfig
@@ -29,7 +28,7 @@ from distill.recipes.classify.plan import (
     plain_candidate,
     with_signal,
 )
-from distill.recipes.classify.students import fresh_student, stage_config
+from distill.recipes.classify.students import examples, fresh_student, stage_config
 
 
 def plan_of(cfg: RunConfig, data: DataSplits, teacher: nn.Module | None = None, *, taught: Dataset | None = None,
@@ -100,8 +99,7 @@ def save_resolved(run_dir: Path, cfg: RunConfig, recipe: Plan, data: DataSplits)
     `request.yaml`, which `--resume` compares against)."""
     if not process_state(cfg.device).is_main_process:
         return
-    n_all = len(with_transfer_set(data.train, data.unlabeled))  # type: ignore[arg-type]
-    spe = math.ceil(n_all / cfg.train.batch_size)
+    spe = math.ceil(examples(data, taught=True) / cfg.train.batch_size)
     raw = cfg.model_dump(mode="json")
     if recipe.recipe in ("soft_targets", "function_matching") and not cfg.losses:
         kd = recipe.objective.terms[0]

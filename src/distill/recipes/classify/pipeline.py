@@ -45,6 +45,7 @@ from distill.recipes.classify.plan import Candidate, Plan
 from distill.recipes.classify.students import (
     baseline_budget,
     build_student,
+    examples,
     fresh_student,
     stage_config,
 )
@@ -155,8 +156,7 @@ def load_or_train_teacher(cfg: RunConfig, data: DataSplits, run_dir: Path, resum
 
 def describe(recipe: Plan, cfg: RunConfig, data: DataSplits, run_dir: Path) -> dict[str, Any]:
     """The recipe as the report shows it, with each student's budget and best validation row."""
-    n_lab = len(data.train)  # type: ignore[arg-type]
-    n_all = n_lab + (len(data.unlabeled) if data.unlabeled is not None else 0)  # type: ignore[arg-type]
+    n_lab, n_all = examples(data, taught=False), examples(data, taught=True)
     distilled_steps = cfg.train.total_steps(math.ceil(n_all / cfg.train.batch_size))
     base = baseline_budget(cfg.train, data)
     return {**recipe.to_dict(), "distilled_steps": distilled_steps,
@@ -219,7 +219,7 @@ def _extended(cfg: RunConfig, data: DataSplits, stage_dir: Path, how: Candidate)
     its training state (`keep_state`) to continue from; without it, a warning says why it cannot."""
     rows = stage_dir / "metrics.jsonl"
     last = [json.loads(line) for line in rows.read_text().splitlines() if line.strip()][-1:] if rows.is_file() else []
-    n = len(data.train if not how.taught else with_transfer_set(data.train, data.unlabeled))  # type: ignore[arg-type]
+    n = examples(data, taught=how.taught)
     wanted = stage_config(cfg, data, how).total_steps(math.ceil(n / cfg.train.batch_size))
     if not last or "step" not in last[0] or last[0]["step"] >= wanted:
         return False

@@ -33,6 +33,13 @@ def stage_config(cfg: RunConfig, data: DataSplits, how: Candidate) -> TrainConfi
     return train if how.taught else baseline_budget(train, data)
 
 
+def examples(data: DataSplits, *, taught: bool) -> int:
+    """How many examples a student trains on: the labelled ones, and for a taught one the unlabelled too
+    (counted, not concatenated)."""
+    extra = len(data.unlabeled) if taught and data.unlabeled is not None else 0  # type: ignore[arg-type]
+    return len(data.train) + extra  # type: ignore[arg-type]
+
+
 def baseline_budget(train: TrainConfig, data: DataSplits) -> TrainConfig:
     """The plain student's training settings: as many optimizer steps as the distilled student takes.
     With a transfer set, an epoch over the labelled examples alone is shorter, so the baseline gets
@@ -40,8 +47,7 @@ def baseline_budget(train: TrainConfig, data: DataSplits) -> TrainConfig:
     budget in steps is the same for both."""
     if train.steps is not None:
         return train
-    n_labelled = len(data.train)  # type: ignore[arg-type]
-    n_all = n_labelled + (len(data.unlabeled) if data.unlabeled is not None else 0)  # type: ignore[arg-type]
+    n_labelled, n_all = examples(data, taught=False), examples(data, taught=True)
     per_all, per_epoch = math.ceil(n_all / train.batch_size), math.ceil(n_labelled / train.batch_size)
     steps = train.total_steps(per_all)
     epochs = math.ceil(steps / per_epoch)
