@@ -10,6 +10,15 @@ Each (setting, seed) runs in its own process and writes `benchmarks/work/default
 user's own teacher would be. The careful plain baseline is the best on validation of learning rates
 1e-3 and 3e-3 at the default budget and at 4× it. Test accuracy on each setting's held-out test split.
 
+Language-model settings (`LM_SETTINGS`: a corpus other than the KJV and BBC news, one of them source
+code) run `distill.lm` with the built-in job's defaults on the corpus (`data.corpus: text`, 800 blocks
+of 128 tokens drawn at random across documents; SmolLM2-135M-Instruct adapted to the corpus, a 1-layer
+student), which trains the plain CE student beside the distilled one; their arms are bits per byte on
+the held-out documents, and their difference is in percent of the plain student's bits per byte
+(positive: the distilled student is better). The careful plain baseline of an LM setting is the better
+on the held-out documents of the job's CE student and CE at 3× its learning rate (same steps). The
+teacher's adaptation and logit cache are computed once per corpus and shared by the seeds.
+
 Per setting: `<setting>_{plain_default,distilled_default,plain_careful,teacher}_mean/_std` (points), the
 distilled − plain-default difference per seed and its mean and std, the recipe the pilot chose per seed,
 and the pilot's share of the distilled job's wall time. Summary keys (the issue's): `settings`,
@@ -39,6 +48,7 @@ from common import WORK, mean_std, write_result  # noqa: E402
 
 import distill  # noqa: E402
 from distill.eval.metrics import predict  # noqa: E402
+from distill.recipes.lm.config import load_lm_config  # noqa: E402
 
 OUT = WORK / "defaults_robustness"
 
@@ -109,15 +119,30 @@ SETTINGS: dict[str, Setting] = {
 }
 
 
+@dataclass
+class LMSetting:
+    about: str
+    corpus: Callable[[Path], Path]  # writes the corpus file at the path given, returns it
+
+
+LM_SETTINGS: dict[str, LMSetting] = {
+    "python_source": LMSetting("Python standard library source (167 modules, 4.7 MB of code), `distill lm` "
+                               "defaults: SmolLM2-135M-Instruct → 1-layer student", rd.python_source),
+    "python_docs": LMSetting("Python's reference documentation (79 topics, 0.47 MB of prose), `distill lm` "
+                             "defaults", rd.python_docs),
+}
+LM_BLOCKS = 800  # the corpus as a user's data: this many training blocks (the job's 300 steps of 4: 1.5 epochs)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--settings", nargs="*", default=list(SETTINGS))
+    p.add_argument("--settings", nargs="*", default=[*SETTINGS, *LM_SETTINGS])
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--one", nargs=2, metavar=("SETTING", "SEED"), help="run one seed (in this process)")
     p.add_argument("--table", action="store_true", help="print the results file as BENCHMARKS.md's table")
     args = p.parse_args()
     if args.one:
-        run_seed(args.one[0], int(args.one[1]))
+        (run_lm_seed if args.one[0] in LM_SETTINGS else run_seed)(args.one[0], int(args.one[1]))
         return
     if args.table:
         print(table(args.settings, args.seeds))
@@ -128,7 +153,7 @@ def main() -> None:
                 print(f"{name} seed {seed}", flush=True)
                 subprocess.run([sys.executable, __file__, "--one", name, str(seed)], check=True)
     write_result("defaults_robustness", metrics(args.settings, args.seeds),
-                 {"settings": {n: SETTINGS[n].about for n in args.settings}})
+                 {"settings": {n: (SETTINGS.get(n) or LM_SETTINGS[n]).about for n in args.settings}})
 
 
 def teacher_of(name: str, data: rd.Data) -> nn.Module:
@@ -189,6 +214,38 @@ def run_seed(name: str, seed: int) -> None:
     print(json.dumps({k: v for k, v in row.items() if not k.endswith("correct") and k != "pilot"}), flush=True)
 
 
+def run_lm_seed(name: str, seed: int) -> None:
+    """One seed of an LM setting: the job with its defaults on the corpus (plain CE and distilled students),
+    then CE at 3× the learning rate for the careful baseline; bits per byte on the held-out documents."""
+    torch.set_num_threads(1)
+    work = OUT / "lm"
+    corpus = LM_SETTINGS[name].corpus(OUT / "data" / f"{name}.txt")
+    common = {"data.corpus": "text", "data.path": str(corpus), "data.document_separator": rd.DOC_SEPARATOR,
+              "data.max_blocks": LM_BLOCKS, "teacher.cache_dir": str(work / f"{name}-teacher"), "train.seed": seed}
+    start = time.perf_counter()
+    job = distill.lm(overrides={**common, "name": f"{name}-{seed}", "output_dir": str(work)}).report
+    wall = time.perf_counter() - start
+    lr = 3 * load_lm_config(None, []).train.optimizer.lr  # the built-in job's learning rate, tripled
+    ce = distill.lm(overrides={**common, "name": f"{name}-{seed}-ce-lr3x", "output_dir": str(work), "kd.ratio": 0.0,
+                               "baseline": False, "train.optimizer.lr": lr}).report
+    bpb = {k: m["bpb"] for k, m in job["models"].items()}
+    row = {"teacher": bpb.get("teacher_adapted", bpb["teacher"]), "plain_default": bpb["baseline"],
+           "distilled_default": bpb["distilled"], "plain_careful": min(bpb["baseline"], ce["models"]["distilled"]["bpb"]),
+           "unit": "bits per byte", "recipe": "forward KL 0.5 + CE 0.5 (job default)", "pilot_share": 0.0,
+           "job_seconds": wall, "verdict": job["verdict"]}
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"{name}-{seed}.json").write_text(json.dumps(row, indent=2))
+    print(json.dumps({k: v for k, v in row.items() if k != "verdict"}), flush=True)
+
+
+def gap(row: dict) -> float:
+    """Distilled − plain (default): accuracy points, or for an LM the share of the plain student's bits per
+    byte saved, in percent."""
+    if row.get("unit") == "bits per byte":
+        return 100 * (row["plain_default"] - row["distilled_default"]) / row["plain_default"]
+    return row["distilled_default"] - row["plain_default"]
+
+
 def metrics(names: list[str], seeds: int) -> dict[str, float]:
     m: dict[str, float] = {}
     never_worse = wins = 0
@@ -198,12 +255,12 @@ def metrics(names: list[str], seeds: int) -> dict[str, float]:
         rows = [json.loads((OUT / f"{name}-{s}.json").read_text()) for s in range(seeds)]
         for arm in ("teacher", "plain_default", "distilled_default", "plain_careful"):
             m[f"{name}_{arm}_mean"], m[f"{name}_{arm}_std"] = mean_std([r[arm] for r in rows])
-        diffs = [r["distilled_default"] - r["plain_default"] for r in rows]
+        diffs = [gap(r) for r in rows]
         for s, d in enumerate(diffs):
             m[f"{name}_diff_seed{s}"] = d
         mean, std = mean_std(diffs)
         m[f"{name}_diff_mean"], m[f"{name}_diff_std"] = mean, std
-        m[f"{name}_vs_careful_mean"] = statistics.mean(r["distilled_default"] - r["plain_careful"] for r in rows)
+        m[f"{name}_vs_careful_mean"] = statistics.mean(gap({**r, "plain_default": r["plain_careful"]}) for r in rows)
         never_worse += mean >= -2 * std
         wins += mean > 2 * std
         worst = min(worst, mean)
@@ -220,8 +277,9 @@ def table(names: list[str], seeds: int) -> str:
              "pilot chose | pilot share |", "|---|---|---|---|---|---|---|---|"]
     for name in names:
         rows = [json.loads((OUT / f"{name}-{s}.json").read_text()) for s in range(seeds)]
-        cell = lambda arm: "{:.1f} ± {:.1f}".format(*mean_std([r[arm] for r in rows]))  # noqa: E731
-        d, sd = mean_std([r["distilled_default"] - r["plain_default"] for r in rows])
+        form = "{:.3f} ± {:.3f} bpb" if rows[0].get("unit") == "bits per byte" else "{:.1f} ± {:.1f}"
+        cell = lambda arm: form.format(*mean_std([r[arm] for r in rows]))  # noqa: E731
+        d, sd = mean_std([gap(r) for r in rows])
         verdict = "win" if d > 2 * sd else "never worse" if d >= -2 * sd else "**worse**"
         chose = ", ".join(f"{k} ×{v}" for k, v in Counter(r["recipe"] for r in rows).items())
         lines.append(f"| `{name}` | {cell('teacher')} | {cell('plain_default')} | **{cell('distilled_default')}** | "

@@ -11,6 +11,10 @@
 - **spoken_commands**: ten command words (yes, no, up, down, left, right, on, off, stop, go) spoken by
   espeak-ng in 16 voices, 3 speeds and 2 pitches with background noise, as log-mel spectrograms; split
   by voice (10 to train, 2 to validate, 4 to test). Needs Debian's espeak-ng.
+- **python_source** (an LM corpus): the top-level modules of the Python standard library that runs
+  this script, one document per file.
+- **python_docs** (an LM corpus): the prose of Python's own reference topics (`pydoc_data.topics`, the
+  text `help("with")` prints), one document per topic.
 
 Everything is built from files installed with Python, NumPy, scikit-learn and matplotlib: no download.
 """
@@ -267,3 +271,28 @@ class SpectrogramCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
+
+
+DOC_SEPARATOR = "<|doc|>"  # the LM corpora's document separator line (`data.document_separator`)
+
+
+def python_source(path: Path) -> Path:
+    """The standard library's top-level modules as one text file of documents (one per module)."""
+    import sysconfig
+
+    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))
+    return _documents(path, [f.read_text(encoding="utf-8", errors="replace") for f in files])
+
+
+def python_docs(path: Path) -> Path:
+    """Python's reference topics (`pydoc_data.topics`) as one text file of documents (one per topic)."""
+    import pydoc_data.topics as topics
+
+    return _documents(path, [text for _, text in sorted(topics.topics.items())])
+
+
+def _documents(path: Path, texts: list[str]) -> Path:
+    kept = [t.strip() for t in texts if len(t.strip()) > 200]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"\n{DOC_SEPARATOR}\n".join(kept), encoding="utf-8")
+    return path

@@ -57,6 +57,7 @@ from distill.recipes.classify.plan import (
 )
 from distill.teachers.output import Teacher
 from distill.teachers.signals import CachedTeacher, LiveTeacher
+from distill.training.budget import fit_patiently, grows, still_improving  # noqa: F401 (public)
 from distill.training.classify import fit
 from distill.training.config import TrainConfig
 
@@ -108,7 +109,8 @@ def distill(teacher: nn.Module, student: nn.Module, train_data: Dataset | DataLo
             its logits once under `cache_dir` and reuses them; "auto" (default): live where the recipe
             augments, else the logits computed once, in memory.
         config: full training settings; `train_options` (epochs=, steps=, batch_size=, ...) override them.
-            Without a budget: 10 epochs of the training set and at least 1,000 steps.
+            Without a budget: 10 epochs of the training set and at least 1,000 steps, doubled (to at most
+            4×) while validation accuracy is still rising at its end (`distill.training.budget`).
         checkpoint_dir: where to write atomic checkpoints (needed for `resume`).
         unlabeled: extra inputs without labels (a tensor (N, ...), or a Dataset / DataLoader of inputs)
             that the teacher scores: the transfer set. The student learns the teacher's soft targets
@@ -151,34 +153,24 @@ def distill(teacher: nn.Module, student: nn.Module, train_data: Dataset | DataLo
         if plan.pilot:  # the winner's pilot steps are the start of its run
             adopt(work / "pilot" / slug(how.name), stage)
         t0 = time.perf_counter()
-        out = fit(student, taught, objective=how.objective, config=_budget(config, how, steps), num_classes=num_classes,
-                  teacher=_signal(teacher, how, taught, signal, Path(cache_dir), quiet), val_data=val_ds,
-                  checkpoint_dir=stage if (checkpoint_dir or plan.pilot) else None, resume=resume or bool(plan.pilot),
-                  quiet=quiet, name="distilled")
+        signal_of = _signal(teacher, how, taught, signal, Path(cache_dir), quiet)
+        n_val = len(val_ds) if val_ds is not None else 0  # type: ignore[arg-type]
+        grow = grows(config, n_val)
+        out, notes, warned = fit_patiently(
+            lambda upto, again: fit(student, taught, objective=how.objective, config=_budget(config, how, upto),
+                                    num_classes=num_classes, teacher=signal_of, val_data=val_ds,
+                                    checkpoint_dir=stage if (checkpoint_dir or plan.pilot or grow) else None,
+                                    resume=again, quiet=quiet, name="distilled"),
+            steps, grow=grow, n_val=n_val, name="distilled", resume=resume or bool(plan.pilot))
         seconds["distilled"] = time.perf_counter() - t0
         metrics = _val_metrics(out.model, val_ds, teacher) if val_ds is not None else {}
-        result = Result(out.model, metrics, out.history, plan.to_dict(), seconds=seconds,
-                        notes=still_improving(out.history, len(val_ds) if val_ds is not None else 0, "distilled"))
-        for note in result.notes:
+        result = Result(out.model, metrics, out.history, plan.to_dict(), seconds=seconds, notes=notes + warned)
+        for note in warned:
             warnings.warn(note, stacklevel=2)
         if compare:
             _compare(result, plan, copy.deepcopy(initial), train_ds, val_ds, test_ds, teacher, config, steps,
                      num_classes, work, resume, quiet)
         return result
-
-
-def still_improving(history: list[dict[str, float]], n_val: int, name: str) -> list[str]:
-    """A note when validation accuracy was still rising at the end: the last row above the row at two
-    thirds of the run by more than one standard error (a longer budget would likely help)."""
-    rows = [r for r in history if "val_accuracy" in r]
-    if len(rows) < 3 or n_val == 0:
-        return []
-    last, earlier = rows[-1], rows[(2 * len(rows)) // 3 - 1]
-    p = last["val_accuracy"]
-    if p - earlier["val_accuracy"] <= math.sqrt(p * (1 - p) / n_val):
-        return []
-    return [f"{name}: validation accuracy was still rising at the end ({100 * earlier['val_accuracy']:.1f}% at step "
-            f"{earlier['step']}, {100 * p:.1f}% at step {last['step']}): a larger budget (steps=) would likely help."]
 
 
 @contextlib.contextmanager
@@ -263,12 +255,15 @@ def _compare(result: Result, plan: Plan, student: nn.Module, train_ds: Dataset, 
     t0 = time.perf_counter()
     if plan.pilot:
         adopt(work / "pilot" / slug(plan.baseline.name), work / "baseline")
-    out = fit(student, train_ds, objective=CE(), config=_budget(config, plan.baseline, steps), num_classes=num_classes,
-              val_data=val_ds, checkpoint_dir=work / "baseline", resume=resume or bool(plan.pilot), quiet=quiet,
-              name="baseline")
+    n_val = len(val_ds) if val_ds is not None else 0  # type: ignore[arg-type]
+    out, notes, warned = fit_patiently(
+        lambda upto, again: fit(student, train_ds, objective=CE(), config=_budget(config, plan.baseline, upto),
+                                num_classes=num_classes, val_data=val_ds, checkpoint_dir=work / "baseline",
+                                resume=again, quiet=quiet, name="baseline"),
+        steps, grow=grows(config, n_val), n_val=n_val, name="baseline", resume=resume or bool(plan.pilot))
     result.seconds["baseline"] = time.perf_counter() - t0
     metrics = _val_metrics(out.model, val_ds, teacher) if val_ds is not None else {}
-    result.baseline = Result(out.model, metrics, out.history)
+    result.baseline = Result(out.model, metrics, out.history, notes=notes + warned)
     labels = labels_of(test_ds)
     correct = {k: predict(m, test_ds).argmax(-1) == labels for k, m in (("plain", out.model),
                                                                            ("distilled", result.model))}
@@ -290,11 +285,20 @@ def train(model: nn.Module, train_data: Dataset | DataLoader, *, num_classes: in
         if val_ds is not None:
             check_dataset(val_ds, "val_data")
         num_classes = num_classes or _num_classes(model, train_ds)
-        out = fit(model, train_ds, objective=CE(), config=config, num_classes=num_classes,
-                  val_data=val_ds, checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None,
-                  resume=resume, quiet=quiet, name="model")
+        n_val = len(val_ds) if val_ds is not None else 0  # type: ignore[arg-type]
+        steps = config.total_steps(math.ceil(len(train_ds) / config.batch_size))  # type: ignore[arg-type]
+        grow = grows(config, n_val)
+        with _workdir(checkpoint_dir, resume) as work:
+            out, notes, warned = fit_patiently(
+                lambda upto, again: fit(model, train_ds, objective=CE(), config=config.with_steps(upto),
+                                        num_classes=num_classes, val_data=val_ds,
+                                        checkpoint_dir=work if (checkpoint_dir or grow) else None, resume=again,
+                                        quiet=quiet, name="model"),
+                steps, grow=grow, n_val=n_val, name="model", resume=resume)
+        for note in warned:
+            warnings.warn(note, stacklevel=2)
         metrics = _val_metrics(out.model, val_ds, None) if val_ds is not None else {}
-        return Result(out.model, metrics, out.history)
+        return Result(out.model, metrics, out.history, notes=notes + warned)
 
 
 def _prepare(data: Dataset | DataLoader, config: TrainConfig | None,
