@@ -290,7 +290,7 @@ def train(model: nn.Module, train_data: Dataset | DataLoader, *, num_classes: in
         grow = grows(config, n_val)
         with _workdir(checkpoint_dir, resume) as work:
             out, notes, warned = fit_patiently(
-                lambda upto, again: fit(model, train_ds, objective=CE(), config=config.with_steps(upto),
+                lambda upto, again: fit(model, train_ds, objective=CE(), config=config if upto == steps else config.with_steps(upto),
                                         num_classes=num_classes, val_data=val_ds,
                                         checkpoint_dir=work if (checkpoint_dir or grow) else None, resume=again,
                                         quiet=quiet, name="model"),

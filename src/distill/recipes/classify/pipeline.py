@@ -51,6 +51,7 @@ from distill.recipes.classify.students import (
 )
 from distill.teachers.output import Teacher
 from distill.teachers.signals import CachedTeacher, LiveTeacher
+from distill.training.budget import fit_patiently, grows
 from distill.training.classify import fit, kept_row
 
 
@@ -265,10 +266,19 @@ def train_student(cfg: RunConfig, data: DataSplits, train_data: Dataset, stage_d
     if process_state(cfg.device).is_main_process and adopt_pilot:
         adopt(pilot_dir, stage_dir)  # a pilot candidate's paused run continues as this stage
     process_state(cfg.device).wait_for_everyone()
-    out = fit(student, train_data, objective=copy.deepcopy(objective), config=stage_config(cfg, data, how),
-              num_classes=data.num_classes, teacher=signal, val_data=data.val, checkpoint_dir=stage_dir,
-              resume=resume or (stage_dir / "last.safetensors").is_file(), device=cfg.device, quiet=cfg.quiet,
-              tracking=cfg.tracking, name=stage_dir.name)
+    config = stage_config(cfg, data, how)
+    n_val, steps = len(data.val), config.total_steps(math.ceil(examples(data, taught=how.taught) / config.batch_size))
+    out, notes, warned = fit_patiently(  # a budget the config does not give grows while validation still rises
+        lambda upto, again: fit(student, train_data, objective=copy.deepcopy(objective),
+                                config=config if upto == steps else config.with_steps(upto),
+                                num_classes=data.num_classes, teacher=signal, val_data=data.val,
+                                checkpoint_dir=stage_dir, resume=again, device=cfg.device, quiet=cfg.quiet,
+                                tracking=cfg.tracking, name=stage_dir.name),
+        steps,
+        grow=grows(cfg.train, n_val), n_val=n_val, name=stage_dir.name,
+        resume=resume or (stage_dir / "last.safetensors").is_file())
+    for note in notes + warned:
+        warnings.warn(note, stacklevel=2)
     _save_stage(done, out.model, cfg)
     return out.model
 
