@@ -8,7 +8,8 @@ given) and a careful plain baseline, 3 seeds each, in settings of other sizes, d
 Each (setting, seed) runs in its own process and writes `benchmarks/work/defaults_robustness/<setting>-<seed>.json`
 (a finished one is not run again); the teacher of a setting is trained once (seed 0) and reused, as a
 user's own teacher would be. The careful plain baseline is the best on validation of learning rates
-1e-3 and 3e-3 at the default budget and at 4× it. Test accuracy on each setting's held-out test split.
+1e-3 and 3e-3 at the steps the plain default ran (its budget as grown, `distill.training.budget`) and
+at 4× them. Test accuracy on each setting's held-out test split.
 
 Language-model settings (`LM_SETTINGS`: a corpus other than the KJV and BBC news, one of them source
 code) run `distill.lm` with the built-in job's defaults on the corpus (`data.corpus: text`, 800 blocks
@@ -223,11 +224,13 @@ def run_lm_seed(name: str, seed: int) -> None:
     common = {"data.corpus": "text", "data.path": str(corpus), "data.document_separator": rd.DOC_SEPARATOR,
               "data.max_blocks": LM_BLOCKS, "teacher.cache_dir": str(work / f"{name}-teacher"), "train.seed": seed}
     start = time.perf_counter()
-    job = distill.lm(overrides={**common, "name": f"{name}-{seed}", "output_dir": str(work)}).report
+    job = distill.lm(overrides={**common, "name": f"{name}-{seed}", "output_dir": str(work)},
+                     resume=(work / f"{name}-{seed}").is_dir()).report  # a job killed part-way continues
     wall = time.perf_counter() - start
     lr = 3 * load_lm_config(None, []).train.optimizer.lr  # the built-in job's learning rate, tripled
     ce = distill.lm(overrides={**common, "name": f"{name}-{seed}-ce-lr3x", "output_dir": str(work), "kd.ratio": 0.0,
-                               "baseline": False, "train.optimizer.lr": lr}).report
+                               "baseline": False, "train.optimizer.lr": lr},
+                    resume=(work / f"{name}-{seed}-ce-lr3x").is_dir()).report
     bpb = {k: m["bpb"] for k, m in job["models"].items()}
     row = {"teacher": bpb.get("teacher_adapted", bpb["teacher"]), "plain_default": bpb["baseline"],
            "distilled_default": bpb["distilled"], "plain_careful": min(bpb["baseline"], ce["models"]["distilled"]["bpb"]),

@@ -17,7 +17,7 @@ from distill.losses.config import KDConfig
 from distill.losses.terms import cross_entropy, term_scales
 from distill.recipes.classify.choice import plan_of
 from distill.recipes.classify.config import load_config
-from distill.recipes.classify.pilot import dropped_units, pilot_budget, run_pilot
+from distill.recipes.classify.pilot import MIN_RUNG_STEPS, affordable, dropped_units, pilot_budget, run_pilot
 from distill.recipes.classify.plan import Candidate, candidates, chosen, shift_for
 from distill.recipes.classify.students import baseline_budget
 from distill.training.classify import kept_row
@@ -276,6 +276,19 @@ def test_the_pilot_halves_by_score_and_picks_the_best_teacher_candidate_and_the_
     assert max(r["steps"] for r in run_pilot(cands, train, first_rung=10, total=20).rows) == 20  # never past the run
 
 
+def test_a_short_job_leaves_out_the_live_teacher_candidates_it_cannot_afford_never_a_default():
+    cands = _fake([("plain", "plain"), ("st2", "soft_targets"), ("st4", "soft_targets"), ("fm1", "function_matching"),
+                   ("fm02", "function_matching")])
+    costs = [1.0, 1.0, 1.0, 12.0, 10.0]  # function matching runs the teacher live: 10-12× a plain step
+    kept, kept_costs, skipped = affordable(cands, costs, 1000, 0.2)
+    assert skipped == ["fm1"] and [c.name for c in kept] == ["plain", "st2", "st4", "fm02"]  # the dearest first
+    assert kept_costs == [1.0, 1.0, 1.0, 10.0]
+    assert pilot_budget(1000, kept_costs, 0.2) >= MIN_RUNG_STEPS  # what is left fits the share
+    assert affordable(cands, costs, 100_000, 0.2)[2] == []  # a long job measures them all
+    live_default = [1.0, 50.0, 1.0, 1.0, 1.0]  # the teacher group's default is measured whatever it costs
+    assert "st2" not in affordable(cands, live_default, 1000, 0.2)[2]
+
+
 def test_distill_without_a_loss_runs_a_pilot_and_says_what_it_chose():
     torch.manual_seed(0)
     x = torch.randn(240, 1, 8, 8)
@@ -288,7 +301,9 @@ def test_distill_without_a_loss_runs_a_pilot_and_says_what_it_chose():
                      val_data=ArrayDataset(x[200:], y[200:]), steps=60, batch_size=32, quiet=True)
     plan = result.plan
     names = [r["name"] for r in plan["pilot"]["rows"] if r["rung"] == 0]
-    assert names[0] == "plain" and any(n.startswith("function matching") for n in names) and len(names) == 6
+    skipped = plan["pilot"]["skipped"]  # a 60-step job cannot afford every live-teacher candidate
+    assert names[0] == "plain" and len(names) + len(skipped) == 6 and all(n.startswith("function matching") for n in skipped)
+    assert any(n.startswith("function matching") for n in names + skipped) and all(n in plan["why"] for n in skipped)
     assert plan["name"] == plan["pilot"]["winner"] and plan["recipe"] in ("soft_targets", "function_matching")
     assert plan["baseline"]["name"] == plan["pilot"]["best_plain"]
     assert result.history[-1]["step"] == 60 and result.seconds["pilot"] <= result.seconds["pilot_wall"]

@@ -62,10 +62,11 @@ class Pilot:
     winner: str | None = None  # the best candidate that uses the teacher
     best_plain: str | None = None  # the best plain candidate (the baseline's settings)
     plain_won: bool = False  # whether a plain candidate scored above every candidate using the teacher
+    skipped: list[str] = field(default_factory=list)  # candidates too costly to measure within the share
 
     def to_dict(self) -> dict[str, Any]:
         return {"rows": self.rows, "seconds": self.seconds, "winner": self.winner, "best_plain": self.best_plain,
-                "plain_won": self.plain_won}
+                "plain_won": self.plain_won, "skipped": self.skipped}
 
 
 Trainer = Callable[[Candidate, int], dict[str, float]]  # (candidate, steps so far) -> {val_accuracy, val_nll}
@@ -78,6 +79,24 @@ def pilot_budget(job_steps: int, costs: list[float], share: float) -> int:
     dropped."""
     allowed = share / (1 - share) * job_steps
     return max(MIN_RUNG_STEPS, int(allowed / dropped_units(costs)))
+
+
+def affordable(cands: list[Candidate], costs: list[float], job_steps: int,
+               share: float) -> tuple[list[Candidate], list[float], list[str]]:
+    """The candidates the pilot can measure within `share` of a job of `job_steps` steps: while even a
+    first rung of `MIN_RUNG_STEPS` would overrun it, the costliest candidate that is dearer than a plain
+    step (a live teacher's) and no group's default is left out. Returns the candidates kept, their
+    costs, and the names left out (a short job cannot afford to try function matching's live teacher)."""
+    allowed = share / (1 - share) * job_steps
+    kept, defaults, skipped = list(zip(cands, costs)), _defaults(cands), []
+    while allowed / dropped_units([k for _, k in kept]) < MIN_RUNG_STEPS:
+        dear = [(c, k) for c, k in kept if k > 1 and c not in defaults]
+        if not dear:
+            break
+        worst = max(dear, key=lambda ck: ck[1])
+        kept.remove(worst)
+        skipped.append(worst[0].name)
+    return [c for c, _ in kept], [k for _, k in kept], skipped
 
 
 def dropped_units(costs: list[float], defaults: int = 2) -> float:
@@ -197,9 +216,12 @@ def measure(cands: list[Candidate], *, build: Callable[[], nn.Module], labelled:
                       name=f"pilot: {c.name}", stop_at=upto)
         return late_score(out.history, upto)
 
-    first = pilot_budget(job_steps, step_costs(cands, build, teacher, taught, config_for(cands[0]).batch_size), share)
-    return run_pilot(cands, train, first, total, done, record, progress=None if quiet else _say,
-                     n_val=len(val))  # type: ignore[arg-type]
+    costs = step_costs(cands, build, teacher, taught, config_for(cands[0]).batch_size)
+    measured, costs, skipped = affordable(cands, costs, job_steps, share)
+    pilot = run_pilot(measured, train, pilot_budget(job_steps, costs, share), total, done, record,
+                      progress=None if quiet else _say, n_val=len(val))  # type: ignore[arg-type]
+    pilot.skipped = skipped
+    return pilot
 
 
 def step_costs(cands: list[Candidate], build: Callable[[], nn.Module], teacher: nn.Module, data: Dataset,
@@ -269,7 +291,10 @@ def plan_from(cands: list[Candidate], pilot: Pilot) -> Plan:
         why = (f"no candidate using the teacher beat plain training in the pilot; the distilled student uses "
                f"the best of them, {winner.name} ({scores})")
     else:
-        why = f"{winner.name} (auto: the best of {len(cands)} candidates in the pilot, {scores})"
+        why = f"{winner.name} (auto: the best of {len(cands) - len(pilot.skipped)} candidates in the pilot, {scores})"
+    if pilot.skipped:
+        why += (f"; not measured, as the job is too short for the pilot to afford their live teacher within its "
+                f"share: {', '.join(pilot.skipped)}")
     return Plan(winner, plain, why, pilot.to_dict())
 
 
