@@ -36,7 +36,7 @@ def test_fit_patiently_continues_the_same_run_once_to_patience_times_the_steps()
     out, notes, warned = fit_patiently(fit_to, 100, grow=True, n_val=1000, name="distilled")
     assert calls == [(100, False), (100 * PATIENCE, True)]
     assert notes == [f"distilled: trained {100 * PATIENCE} steps instead of the default 100: validation accuracy "
-                     "was still rising at the end of the shorter budget (give steps= or epochs= to fix the budget)."]
+                     "was still rising as the default budget's learning rate decayed (give steps= or epochs= to fix the budget)."]
     assert out.history is histories[100 * PATIENCE] and warned  # still rising at the cap: a warning says so
     calls.clear()
     assert fit_patiently(fit_to, 100, grow=False, n_val=1000, name="x")[1] == [] and calls == [(100, False)]

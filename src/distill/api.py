@@ -109,8 +109,8 @@ def distill(teacher: nn.Module, student: nn.Module, train_data: Dataset | DataLo
             its logits once under `cache_dir` and reuses them; "auto" (default): live where the recipe
             augments, else the logits computed once, in memory.
         config: full training settings; `train_options` (epochs=, steps=, batch_size=, ...) override them.
-            Without a budget: 10 epochs of the training set and at least 1,000 steps, doubled (to at most
-            4×) while validation accuracy is still rising at its end (`distill.training.budget`).
+            Without a budget: 10 epochs of the training set and at least 1,000 steps, continued to 4×
+            when validation accuracy was still rising as its rate decayed (`distill.training.budget`).
         checkpoint_dir: where to write atomic checkpoints (needed for `resume`).
         unlabeled: extra inputs without labels (a tensor (N, ...), or a Dataset / DataLoader of inputs)
             that the teacher scores: the transfer set. The student learns the teacher's soft targets
