@@ -276,6 +276,23 @@ def test_the_pilot_halves_by_score_and_picks_the_best_teacher_candidate_and_the_
     assert max(r["steps"] for r in run_pilot(cands, train, first_rung=10, total=20).rows) == 20  # never past the run
 
 
+def test_a_next_rung_that_would_overrun_the_share_is_not_run():
+    cands = _fake([("plain", "plain"), ("aug", "plain"), ("st2", "soft_targets"), ("st4", "soft_targets")])
+    truth = {"plain": 0.5, "aug": 0.3, "st2": 0.6, "st4": 0.61}  # st4 ties the default st2: both go on
+    costs = [1.0, 2.5, 1.0, 1.0]  # the augmented plain candidate takes 2.5 plain steps per step
+
+    def train(c, upto):
+        return {"val_accuracy": truth[c.name], "val_nll": 1.0}
+
+    uncapped = run_pilot(cands, train, first_rung=100, total=10_000)
+    assert max(r["rung"] for r in uncapped.rows) == 1  # plain, st2 and st4 go on to 300 steps
+    # the worst case of that rung: aug's 100 steps × 2.5 and st4's 300, over an allowance of 350 plain steps
+    capped = run_pilot(cands, train, first_rung=100, total=10_000, costs=costs, allowed=350, n_val=200)
+    assert max(r["rung"] for r in capped.rows) == 0 and capped.winner == "st2" and capped.best_plain == "plain"
+    assert max(r["rung"] for r in run_pilot(cands, train, 100, 10_000, costs=costs, allowed=550).rows) == 1
+    assert dropped_units(sorted(costs, reverse=True)) == 2.5 + 1  # the first rung's budget assumed no next rung
+
+
 def test_a_short_job_leaves_out_the_live_teacher_candidates_it_cannot_afford_never_a_default():
     cands = _fake([("plain", "plain"), ("st2", "soft_targets"), ("st4", "soft_targets"), ("fm1", "function_matching"),
                    ("fm02", "function_matching")])
@@ -301,8 +318,9 @@ def test_distill_without_a_loss_runs_a_pilot_and_says_what_it_chose():
                      val_data=ArrayDataset(x[200:], y[200:]), steps=60, batch_size=32, quiet=True)
     plan = result.plan
     names = [r["name"] for r in plan["pilot"]["rows"] if r["rung"] == 0]
-    skipped = plan["pilot"]["skipped"]  # a 60-step job cannot afford every live-teacher candidate
-    assert names[0] == "plain" and len(names) + len(skipped) == 6 and all(n.startswith("function matching") for n in skipped)
+    skipped = plan["pilot"]["skipped"]  # a 60-step job cannot afford every candidate dearer than a plain step
+    dear = ("function matching", "plain + shifts")  # a live teacher; augmentation dearer than this tiny student
+    assert names[0] == "plain" and len(names) + len(skipped) == 6 and all(n.startswith(dear) for n in skipped)
     assert any(n.startswith("function matching") for n in names + skipped) and all(n in plan["why"] for n in skipped)
     assert plan["name"] == plan["pilot"]["winner"] and plan["recipe"] in ("soft_targets", "function_matching")
     assert plan["baseline"]["name"] == plan["pilot"]["best_plain"]

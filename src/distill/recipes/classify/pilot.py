@@ -10,7 +10,9 @@ by a candidate better by more than one standard error of validation accuracy (th
 rule), so a small validation split does not trade a robust recipe for a lucky one. The winners' pilot
 steps are part of their own runs, so the pilot costs only the steps of the candidates that were
 dropped; r is set so that those are at most `share` of all the job's student steps, the pilot's
-included (`pilot_budget`). Pausing and continuing is the engine's resume (`fit(stop_at=)`), bit for
+included (`pilot_budget`), each candidate's steps weighed by its measured cost (`step_costs`: a live
+teacher, augmentation), and a next rung whose worst case would pass that share is not run (`within`:
+when the best third and the defaults overlap, more rungs run than r assumed). Pausing and continuing is the engine's resume (`fit(stop_at=)`), bit for
 bit.
 
 Hand-written rather than Optuna's SuccessiveHalvingPruner: that pruner is asynchronous (it prunes a
@@ -74,7 +76,7 @@ Trainer = Callable[[Candidate, int], dict[str, float]]  # (candidate, steps so f
 
 def pilot_budget(job_steps: int, costs: list[float], share: float) -> int:
     """The first rung's steps r: the dropped candidates' steps, each weighed by its cost relative to the
-    cheapest candidate's (a live teacher's forward adds to a step), are at most `share` of the job's
+    cheapest candidate's (a live teacher's forward and augmentation add to a step), are at most `share` of the job's
     student steps plus the pilot's own (pilot ≤ share / (1 − share) · job), whichever candidates are
     dropped."""
     allowed = share / (1 - share) * job_steps
@@ -85,7 +87,7 @@ def affordable(cands: list[Candidate], costs: list[float], job_steps: int,
                share: float) -> tuple[list[Candidate], list[float], list[str]]:
     """The candidates the pilot can measure within `share` of a job of `job_steps` steps: while even a
     first rung of `MIN_RUNG_STEPS` would overrun it, the costliest candidate that is dearer than a plain
-    step (a live teacher's) and no group's default is left out. Returns the candidates kept, their
+    step (a live teacher's, an augmented one's) and no group's default is left out. Returns the candidates kept, their
     costs, and the names left out (a short job cannot afford to try function matching's live teacher)."""
     allowed = share / (1 - share) * job_steps
     kept, defaults, skipped = list(zip(cands, costs)), _defaults(cands), []
@@ -114,15 +116,19 @@ def dropped_units(costs: list[float], defaults: int = 2) -> float:
 
 def run_pilot(cands: list[Candidate], train: Trainer, first_rung: int, total: int | None = None,
               done: list[dict[str, Any]] | None = None, record: Callable[[list[dict[str, Any]]], None] | None = None,
-              progress: Callable[[str], None] | None = None, n_val: int | None = None) -> Pilot:
+              progress: Callable[[str], None] | None = None, n_val: int | None = None,
+              costs: list[float] | None = None, allowed: float | None = None) -> Pilot:
     """Successive halving over `cands`, the first rung after `first_rung` steps (never past `total`).
     The first plain candidate and the first using the teacher are each group's default: they go on to
     every rung, and another candidate replaces its group's default only when it scores higher by more
     than one standard error of validation accuracy over `n_val` examples (the one-standard-error rule:
     on 28 validation images, 6 points). `done`: rows of an interrupted pilot (not trained again);
-    `record(rows)` after each candidate."""
+    `record(rows)` after each candidate. With `costs` (each candidate's cost per step, in plain steps)
+    and `allowed` (plain steps), a next rung whose worst case would take the dropped candidates' steps
+    past `allowed` is not run: the candidates are decided where they stand (`within`)."""
     pilot = Pilot(rows=list(done or []))
     defaults = _defaults(cands)
+    cost = dict(zip((c.name for c in cands), costs or [1.0] * len(cands)))
     alive, upto, rung = list(cands), first_rung, 0
     while True:
         upto = min(upto, total) if total else upto
@@ -141,11 +147,27 @@ def run_pilot(cands: list[Candidate], train: Trainer, first_rung: int, total: in
         keep = [c for c in alive if c in ranked[:max(2, math.ceil(len(alive) / ETA))] or c in defaults]
         if len(keep) == len(alive) or (total is not None and upto >= total):
             break
-        alive, upto, rung = keep, upto * ETA, rung + 1
+        nxt = min(upto * ETA, total) if total else upto * ETA
+        if allowed is not None and not within(pilot.rows, [c.name for c in keep], cost, nxt, allowed):
+            break
+        alive, upto, rung = keep, nxt, rung + 1
     _decide(pilot, cands, defaults, n_val)
     kept = {pilot.winner, pilot.best_plain}
     pilot.seconds = sum(r["seconds"] for r in pilot.rows if r["name"] not in kept)
     return pilot
+
+
+def within(rows: list[dict[str, Any]], going_on: list[str], cost: dict[str, float], upto: int,
+           allowed: float) -> bool:
+    """Whether a next rung of `upto` steps for the candidates `going_on` keeps the pilot's worst case
+    within `allowed` plain steps: those stopped so far (the steps they ran × their cost per step) and
+    every one going on but the two cheapest, dropped after `upto` steps."""
+    reached: dict[str, int] = {}
+    for r in rows:
+        reached[r["name"]] = max(reached.get(r["name"], 0), r["steps"])
+    stopped = sum(cost[n] * steps for n, steps in reached.items() if n not in going_on)
+    going = sorted((cost[n] for n in going_on), reverse=True)
+    return stopped + upto * sum(going[:max(0, len(going) - 2)]) <= allowed
 
 
 def _key(rows: list[dict[str, Any]], name: str, rung: int) -> tuple[float, float]:
@@ -216,25 +238,31 @@ def measure(cands: list[Candidate], *, build: Callable[[], nn.Module], labelled:
                       name=f"pilot: {c.name}", stop_at=upto)
         return late_score(out.history, upto)
 
-    costs = step_costs(cands, build, teacher, taught, config_for(cands[0]).batch_size)
+    costs = step_costs(cands, build, teacher, taught, config_for(cands[0]).batch_size, num_classes)
     measured, costs, skipped = affordable(cands, costs, job_steps, share)
     pilot = run_pilot(measured, train, pilot_budget(job_steps, costs, share), total, done, record,
-                      progress=None if quiet else _say, n_val=len(val))  # type: ignore[arg-type]
+                      progress=None if quiet else _say, n_val=len(val), costs=costs,  # type: ignore[arg-type]
+                      allowed=share / (1 - share) * job_steps)
     pilot.skipped = skipped
     return pilot
 
 
 def step_costs(cands: list[Candidate], build: Callable[[], nn.Module], teacher: nn.Module, data: Dataset,
-               batch_size: int) -> list[float]:
-    """Each candidate's cost per step relative to a plain one: 1, plus the teacher's forward on a batch
-    over the student's forward and backward where the teacher runs live (medians of a few timed calls)."""
-    if not any(c.signal == "live" and c.taught for c in cands):
+               batch_size: int, num_classes: int) -> list[float]:
+    """Each candidate's cost per step relative to a plain, unaugmented one: its augmentation, the
+    student's forward and backward, and the teacher's forward where the teacher runs live (medians of a
+    few timed calls; one timing per distinct setting). Augmentation can cost more than the student:
+    shifting and mixing 40×101 spectrograms takes as long again as a small MLP's step."""
+    if not any((c.signal == "live" and c.taught) or c.augment.enabled for c in cands):
         return [1.0] * len(cands)
+    from distill.data.augment import augment_batch
     from distill.data.batches import iter_batches
     from distill.models.zoo import device_of, logits_of
 
     student = build()
-    x = next(iter(iter_batches(data, torch.arange(min(batch_size, len(data))), batch_size)))["inputs"]  # type: ignore[arg-type]
+    batch = next(iter(iter_batches(data, torch.arange(min(batch_size, len(data))), batch_size)))  # type: ignore[arg-type]
+    x, y = batch["inputs"].to(device_of(student)), batch["labels"].to(device_of(student))
+    gen = torch.Generator().manual_seed(0)
 
     def seconds(call: Callable[[], Any]) -> float:
         times = []
@@ -244,15 +272,22 @@ def step_costs(cands: list[Candidate], build: Callable[[], nn.Module], teacher: 
             times.append(time.perf_counter() - t0)
         return sorted(times)[1]  # the second fastest: past any warm-up call
 
-    def student_step() -> None:
-        logits_of(student(x.to(device_of(student)))).float().sum().backward()
+    def step(c: Candidate | None) -> Callable[[], None]:
+        def call() -> None:  # c None: a plain, unaugmented step
+            inputs = augment_batch(x, y, num_classes, c.augment, gen)[0] if c and c.augment.enabled else x
+            logits_of(student(inputs)).float().sum().backward()
+            if c and c.signal == "live" and c.taught:
+                with torch.no_grad():
+                    logits_of(teacher(inputs.to(device_of(teacher))))
+        return call
 
-    @torch.no_grad()
-    def teacher_forward() -> None:
-        logits_of(teacher(x.to(device_of(teacher))))
-
-    ratio = seconds(teacher_forward) / max(seconds(student_step), 1e-6)
-    return [1.0 + ratio if c.signal == "live" and c.taught else 1.0 for c in cands]
+    plain = max(seconds(step(None)), 1e-6)
+    timed: dict[tuple[str, bool], float] = {}
+    for c in cands:
+        key = (c.augment.model_dump_json(), c.signal == "live" and c.taught)
+        if key not in timed:
+            timed[key] = max(1.0, seconds(step(c)) / plain) if c.augment.enabled or key[1] else 1.0
+    return [timed[(c.augment.model_dump_json(), c.signal == "live" and c.taught)] for c in cands]
 
 
 def late_score(history: list[dict[str, float]], upto: int) -> dict[str, float]:
@@ -293,7 +328,8 @@ def plan_from(cands: list[Candidate], pilot: Pilot) -> Plan:
     else:
         why = f"{winner.name} (auto: the best of {len(cands) - len(pilot.skipped)} candidates in the pilot, {scores})"
     if pilot.skipped:
-        why += (f"; not measured, as the job is too short for the pilot to afford their live teacher within its "
+        why += (f"; not measured, as the job is too short for the pilot to afford their steps (a live teacher, "
+                f"augmentation) within its "
                 f"share: {', '.join(pilot.skipped)}")
     return Plan(winner, plain, why, pilot.to_dict())
 
