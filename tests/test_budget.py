@@ -42,6 +42,19 @@ def test_fit_patiently_continues_the_same_run_once_to_patience_times_the_steps()
     assert fit_patiently(fit_to, 100, grow=False, n_val=1000, name="x")[1] == [] and calls == [(100, False)]
 
 
+def test_a_run_stopped_after_its_budget_grew_resumes_to_the_grown_budget():
+    calls: list[tuple[int, bool]] = []
+    killed = _rows([0.5] + [0.9] * 14)  # killed at step 150 of the grown 400
+    assert not learning(killed, 1000)  # read afresh, its rows would not grow the budget again
+
+    def fit_to(steps: int, resume: bool) -> FitResult:
+        calls.append((steps, resume))
+        return FitResult(model=nn.Identity(), history=killed)
+
+    out, notes, _ = fit_patiently(fit_to, 100, grow=True, n_val=1000, name="distilled", resume=True)
+    assert calls == [(100, True), (100 * PATIENCE, True)] and notes[0].startswith("distilled: trained 400 steps")
+
+
 def _separable(n: int, seed: int) -> ArrayDataset:
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 8, generator=g)

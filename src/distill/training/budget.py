@@ -11,7 +11,8 @@ error (`learning`; the last third itself says little, as the decayed rate flatte
 there). One jump rather than doubling twice: stretching the schedule twice leaves about half the
 learning-rate area of one stretch (docstrings, seed 0: 66.4% against 75.7%; a fresh 4,000-step run,
 78.4%, would waste the first run). A budget the user gave is never changed; a run still rising at
-the end of the grown budget says so (`still_improving`).
+the end of the grown budget says so (`still_improving`); a run stopped after it grew continues to the
+grown budget when resumed (its rows past the default say it grew).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def fit_patiently(fit_to: Callable[[int, bool], FitResult], steps: int, *, grow:
     and while it was still `learning`, the same run continued to `PATIENCE` times `steps`. Returns the result, notes (how far the budget grew and why) and warnings (a larger
     budget would likely help)."""
     out, notes, total = fit_to(steps, resume), [], steps
-    if grow and learning(out.history, n_val):
+    grown = any(r.get("step", 0) > steps for r in out.history)  # a resumed run had grown: it goes on growing
+    if grow and (grown or learning(out.history, n_val)):
         total = PATIENCE * steps
         out = fit_to(total, True)
     if total > steps:
