@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 from torch import nn
 
@@ -75,3 +77,21 @@ def test_train_grows_a_default_budget_by_continuing_the_run_and_never_a_given_on
     given = distill.train(nn.Linear(8, 2), train, val_data=val, steps=30, **slow)
     assert given.history[-1]["step"] == 30 and given.notes[:1] != grown.notes[:1]
     assert [r["val_accuracy"] for r in given.history] == [r["val_accuracy"] for r in grown.history][:10]
+
+
+def test_the_job_report_says_how_far_a_default_budget_grew(run_config, monkeypatch):
+    from distill.recipes.classify.config import validate_config
+    from distill.recipes.classify.pipeline import run
+
+    monkeypatch.setattr(config, "DEFAULT_EPOCHS", 1)
+    monkeypatch.setattr(config, "DEFAULT_MIN_STEPS", 30)
+    run_config["train"] = {"batch_size": 16, "eval_every": 3, "optimizer": {"lr": 1e-3}}  # no budget: it may grow
+    run_config["recipe"] = "soft_targets"
+    torch.manual_seed(0)
+    run_dir = run(validate_config(run_config))
+    report = json.loads((run_dir / "report.json").read_text())
+    ran = json.loads((run_dir / "distilled" / "metrics.jsonl").read_text().splitlines()[-1])["step"]
+    assert ran == 30 * PATIENCE and report["recipe"]["distilled_steps"] == ran  # what ran, not what was planned
+    assert any(n.startswith(f"distilled: trained {ran} steps instead of the default 30")
+               for n in report["recipe"]["budget_notes"])
+    assert f"trained {ran} steps instead of the default 30" in (run_dir / "report.md").read_text()

@@ -78,7 +78,8 @@ def _doctor(report: dict[str, Any]) -> list[str]:
     if not doctor:  # runs made before the doctor existed
         return []
     lines = doctor_lines(doctor)
-    notes = report.get("sanity", []) + report.get("timing_notes", [])
+    notes = report.get("sanity", []) + report.get("timing_notes", []) + \
+        (report.get("recipe") or {}).get("budget_notes", [])
     lines += [f"- Note: {n}" for n in notes] + ([""] if notes else [])
     recipe = report.get("recipe")
     if recipe:

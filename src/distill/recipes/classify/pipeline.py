@@ -157,14 +157,14 @@ def load_or_train_teacher(cfg: RunConfig, data: DataSplits, run_dir: Path, resum
 
 def describe(recipe: Plan, cfg: RunConfig, data: DataSplits, run_dir: Path) -> dict[str, Any]:
     """The recipe as the report shows it, with each student's budget and best validation row."""
-    n_lab, n_all = examples(data, taught=False), examples(data, taught=True)
-    distilled_steps = cfg.train.total_steps(math.ceil(n_all / cfg.train.batch_size))
-    base = baseline_budget(cfg.train, data)
-    return {**recipe.to_dict(), "distilled_steps": distilled_steps,
-            "distilled_epochs": round(distilled_steps / math.ceil(n_all / cfg.train.batch_size), 2),
-            "baseline_steps": base.total_steps(math.ceil(n_lab / cfg.train.batch_size)),
-            "baseline_epochs": round(base.total_steps(math.ceil(n_lab / cfg.train.batch_size))
-                                     / math.ceil(n_lab / cfg.train.batch_size), 2),
+    per_epoch = {"distilled": math.ceil(examples(data, taught=True) / cfg.train.batch_size),
+                 "baseline": math.ceil(examples(data, taught=False) / cfg.train.batch_size)}
+    planned = {"distilled": cfg.train.total_steps(per_epoch["distilled"]),
+               "baseline": baseline_budget(cfg.train, data).total_steps(per_epoch["baseline"])}
+    ran = {k: _trained_steps(run_dir / k) or planned[k] for k in planned}  # a default budget may have grown
+    return {**recipe.to_dict(),
+            **{f"{k}_steps": ran[k] for k in ran}, **{f"{k}_epochs": round(ran[k] / per_epoch[k], 2) for k in ran},
+            "budget_notes": [n for k in ("baseline", "distilled") for n in _budget_notes(run_dir / k)],
             "distilled_best": _best_row(run_dir / "distilled", len(data.val)),  # type: ignore[arg-type]
             "out_of_fold": cfg.teacher.out_of_fold,
             **_tuned(run_dir / "distilled")}
@@ -201,6 +201,18 @@ def teacher_confidence(teacher: nn.Module, data: DataSplits) -> dict[str, float]
 def _notes(stage_dir: Path) -> list[str]:
     path = stage_dir / "notes.json"
     return json.loads(path.read_text()).get("loss_scale", []) if path.is_file() else []
+
+
+def _trained_steps(stage_dir: Path) -> int | None:
+    """The steps a finished stage ran: its last metrics row's (None without one)."""
+    path = stage_dir / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    return rows[-1].get("step") if rows else None
+
+
+def _budget_notes(stage_dir: Path) -> list[str]:
+    path = stage_dir / "budget.json"
+    return json.loads(path.read_text())["notes"] if path.is_file() else []
 
 
 def _best_row(stage_dir: Path, n_val: int) -> dict[str, Any] | None:
@@ -279,6 +291,8 @@ def train_student(cfg: RunConfig, data: DataSplits, train_data: Dataset, stage_d
         resume=resume or (stage_dir / "last.safetensors").is_file())
     for note in notes + warned:
         warnings.warn(note, stacklevel=2)
+    if process_state(cfg.device).is_main_process:  # the report says how far the budget grew
+        atomic_write_text(stage_dir / "budget.json", json.dumps({"notes": notes + warned}))
     _save_stage(done, out.model, cfg)
     return out.model
 
