@@ -34,8 +34,9 @@ def grows(config: TrainConfig, n_val: int) -> bool:
 def fit_patiently(fit_to: Callable[[int, bool], FitResult], steps: int, *, grow: bool, n_val: int, name: str,
                   resume: bool = False) -> tuple[FitResult, list[str], list[str]]:
     """`fit_to(steps, resume)` (a run checkpointing where a resumed call continues it), then, with `grow`
-    and while it was still `learning`, the same run continued to `PATIENCE` times `steps`. Returns the result, notes (how far the budget grew and why) and warnings (a larger
-    budget would likely help)."""
+    and while it was still `learning` (or had grown before it was stopped), the same run continued to
+    `PATIENCE` times `steps`. Returns the result, notes (how far the budget grew and why) and warnings
+    (a larger budget would likely help)."""
     out, notes, total = fit_to(steps, resume), [], steps
     grown = any(r.get("step", 0) > steps for r in out.history)  # a resumed run had grown: it goes on growing
     if grow and (grown or learning(out.history, n_val)):

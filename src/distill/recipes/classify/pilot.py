@@ -12,8 +12,8 @@ steps are part of their own runs, so the pilot costs only the steps of the candi
 dropped; r is set so that those are at most `share` of all the job's student steps, the pilot's
 included (`pilot_budget`), each candidate's steps weighed by its measured cost (`step_costs`: a live
 teacher, augmentation), and a next rung whose worst case would pass that share is not run (`within`:
-when the best third and the defaults overlap, more rungs run than r assumed). Pausing and continuing is the engine's resume (`fit(stop_at=)`), bit for
-bit.
+when the best third and the defaults overlap, more rungs run than r assumed). Pausing and continuing
+is the engine's resume (`fit(stop_at=)`), bit for bit.
 
 Hand-written rather than Optuna's SuccessiveHalvingPruner: that pruner is asynchronous (it prunes a
 trial against those that reached a rung before it), which suits a sampler's stream of trials, not a
@@ -76,8 +76,8 @@ Trainer = Callable[[Candidate, int], dict[str, float]]  # (candidate, steps so f
 
 def pilot_budget(job_steps: int, costs: list[float], share: float) -> int:
     """The first rung's steps r: the dropped candidates' steps, each weighed by its cost relative to the
-    cheapest candidate's (a live teacher's forward and augmentation add to a step), are at most `share` of the job's
-    student steps plus the pilot's own (pilot ≤ share / (1 − share) · job), whichever candidates are
+    cheapest candidate's (a live teacher's forward and augmentation add to a step), are at most `share`
+    of the job's student steps plus the pilot's own (pilot ≤ share / (1 − share) · job), whichever candidates are
     dropped."""
     allowed = share / (1 - share) * job_steps
     return max(MIN_RUNG_STEPS, int(allowed / dropped_units(costs)))
@@ -87,8 +87,9 @@ def affordable(cands: list[Candidate], costs: list[float], job_steps: int,
                share: float) -> tuple[list[Candidate], list[float], list[str]]:
     """The candidates the pilot can measure within `share` of a job of `job_steps` steps: while even a
     first rung of `MIN_RUNG_STEPS` would overrun it, the costliest candidate that is dearer than a plain
-    step (a live teacher's, an augmented one's) and no group's default is left out. Returns the candidates kept, their
-    costs, and the names left out (a short job cannot afford to try function matching's live teacher)."""
+    step (a live teacher's, an augmented one's) and no group's default is left out. Returns the
+    candidates kept, their costs, and the names left out (a short job cannot afford to try function
+    matching's live teacher)."""
     allowed = share / (1 - share) * job_steps
     kept, defaults, skipped = list(zip(cands, costs)), _defaults(cands), []
     while allowed / dropped_units([k for _, k in kept]) < MIN_RUNG_STEPS:
