@@ -95,3 +95,12 @@ def test_the_job_report_says_how_far_a_default_budget_grew(run_config, monkeypat
     assert any(n.startswith(f"distilled: trained {ran} steps instead of the default 30")
                for n in report["recipe"]["budget_notes"])
     assert f"trained {ran} steps instead of the default 30" in (run_dir / "report.md").read_text()
+
+
+def test_train_with_a_checkpoint_dir_leaves_the_users_other_folders_alone(tmp_path):
+    (tmp_path / "baseline").mkdir()
+    (tmp_path / "baseline" / "notes.txt").write_text("the user's")
+    torch.manual_seed(0)
+    distill.train(nn.Linear(8, 2), _separable(64, 0), steps=4, batch_size=32, checkpoint_dir=tmp_path, quiet=True)
+    assert (tmp_path / "baseline" / "notes.txt").read_text() == "the user's"
+    assert (tmp_path / "last.safetensors").is_file()

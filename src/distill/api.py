@@ -174,16 +174,18 @@ def distill(teacher: nn.Module, student: nn.Module, train_data: Dataset | DataLo
 
 
 @contextlib.contextmanager
-def _workdir(checkpoint_dir: str | Path | None, resume: bool) -> Iterator[Path]:
-    """Where the pilot's candidates and the baseline keep their checkpoints: `checkpoint_dir` (kept for
-    `resume`; without it, what an earlier call left there is cleared), else a temporary directory."""
+def _workdir(checkpoint_dir: str | Path | None, resume: bool,
+             stages: tuple[str, ...] = ("pilot", "baseline")) -> Iterator[Path]:
+    """Where the run, the pilot's candidates and the baseline keep their checkpoints: `checkpoint_dir`
+    (kept for `resume`; without it, what an earlier call left there, in the run's files and the
+    `stages` subdirectories it uses, is cleared), else a temporary directory."""
     if checkpoint_dir is None:
         with tempfile.TemporaryDirectory(prefix="distill-") as tmp:
             yield Path(tmp)
         return
     work = Path(checkpoint_dir)
     if not resume:  # a fresh job: an earlier job's paused candidates must not be continued
-        for old in (work / "pilot", work / "baseline"):
+        for old in (work / stage for stage in stages):
             shutil.rmtree(old, ignore_errors=True)
         for name in ("last.safetensors", "best.safetensors", "metrics.jsonl"):
             (work / name).unlink(missing_ok=True)
@@ -288,7 +290,7 @@ def train(model: nn.Module, train_data: Dataset | DataLoader, *, num_classes: in
         n_val = len(val_ds) if val_ds is not None else 0  # type: ignore[arg-type]
         steps = config.total_steps(math.ceil(len(train_ds) / config.batch_size))  # type: ignore[arg-type]
         grow = grows(config, n_val)
-        with _workdir(checkpoint_dir, resume) as work:
+        with _workdir(checkpoint_dir, resume, stages=()) as work:  # train() has no pilot or baseline
             out, notes, warned = fit_patiently(
                 lambda upto, again: fit(model, train_ds, objective=CE(), config=config if upto == steps else config.with_steps(upto),
                                         num_classes=num_classes, val_data=val_ds,
