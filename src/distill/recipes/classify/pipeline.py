@@ -203,10 +203,15 @@ def _notes(stage_dir: Path) -> list[str]:
     return json.loads(path.read_text()).get("loss_scale", []) if path.is_file() else []
 
 
+def _rows(stage_dir: Path) -> list[dict[str, Any]]:
+    """A stage's metrics rows (none before it trained)."""
+    path = stage_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
 def _trained_steps(stage_dir: Path) -> int | None:
     """The steps a finished stage ran: its last metrics row's (None without one)."""
-    path = stage_dir / "metrics.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    rows = _rows(stage_dir)
     return rows[-1].get("step") if rows else None
 
 
@@ -217,10 +222,7 @@ def _budget_notes(stage_dir: Path) -> list[str]:
 
 def _best_row(stage_dir: Path, n_val: int) -> dict[str, Any] | None:
     """The validation row whose weights a finished stage kept, with how many rows it had."""
-    path = stage_dir / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = _rows(stage_dir)
     if not rows or "val_accuracy" not in rows[0]:
         return None
     i = kept_row(rows, n_val)
