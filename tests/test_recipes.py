@@ -302,6 +302,8 @@ def test_a_short_job_leaves_out_the_live_teacher_candidates_it_cannot_afford_nev
     assert kept_costs == [1.0, 1.0, 1.0, 10.0]
     assert pilot_budget(1000, kept_costs, 0.2) >= MIN_RUNG_STEPS  # what is left fits the share
     assert affordable(cands, costs, 100_000, 0.2)[2] == []  # a long job measures them all
+    pair = _fake([("plain", "plain"), ("st", "soft_targets")])  # kd.temperature and ratio given, on text
+    assert pilot_budget(1000, [1.0, 1.0], 0.2) == MIN_RUNG_STEPS and affordable(pair, [1.0, 1.0], 10, 0.2)[2] == []
     live_default = [1.0, 50.0, 1.0, 1.0, 1.0]  # the teacher group's default is measured whatever it costs
     assert "st2" not in affordable(cands, live_default, 1000, 0.2)[2]
 

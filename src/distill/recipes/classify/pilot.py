@@ -79,8 +79,8 @@ def pilot_budget(job_steps: int, costs: list[float], share: float) -> int:
     cheapest candidate's (a live teacher's forward and augmentation add to a step), are at most `share`
     of the job's student steps plus the pilot's own (pilot ≤ share / (1 − share) · job), whichever candidates are
     dropped."""
-    allowed = share / (1 - share) * job_steps
-    return max(MIN_RUNG_STEPS, int(allowed / dropped_units(costs)))
+    allowed, units = share / (1 - share) * job_steps, dropped_units(costs)
+    return max(MIN_RUNG_STEPS, int(allowed / units)) if units > 0 else MIN_RUNG_STEPS  # 0: nothing to drop
 
 
 def affordable(cands: list[Candidate], costs: list[float], job_steps: int,
@@ -92,7 +92,7 @@ def affordable(cands: list[Candidate], costs: list[float], job_steps: int,
     matching's live teacher)."""
     allowed = share / (1 - share) * job_steps
     kept, defaults, skipped = list(zip(cands, costs)), _defaults(cands), []
-    while allowed / dropped_units([k for _, k in kept]) < MIN_RUNG_STEPS:
+    while allowed < MIN_RUNG_STEPS * dropped_units([k for _, k in kept]):
         dear = [(c, k) for c, k in kept if k > 1 and c not in defaults]
         if not dear:
             break
