@@ -154,7 +154,7 @@ def distill(teacher: nn.Module, student: nn.Module, train_data: Dataset | DataLo
             adopt(work / "pilot" / slug(how.name), stage)
         t0 = time.perf_counter()
         signal_of = _signal(teacher, how, taught, signal, Path(cache_dir), quiet)
-        n_val = len(val_ds) if val_ds is not None else 0  # type: ignore[arg-type]
+        n_val = _size(val_ds)
         grow = grows(config, n_val)
         out, notes, warned = fit_patiently(
             lambda upto, again: fit(student, taught, objective=how.objective, config=_budget(config, how, upto),
@@ -171,6 +171,11 @@ def distill(teacher: nn.Module, student: nn.Module, train_data: Dataset | DataLo
             _compare(result, plan, copy.deepcopy(initial), train_ds, val_ds, test_ds, teacher, config, steps,
                      num_classes, work, resume, quiet)
         return result
+
+
+def _size(data: Dataset | None) -> int:
+    """How many examples `data` holds (0 without it): the validation split's size for budget rules."""
+    return len(data) if data is not None else 0  # type: ignore[arg-type]
 
 
 @contextlib.contextmanager
@@ -257,7 +262,7 @@ def _compare(result: Result, plan: Plan, student: nn.Module, train_ds: Dataset, 
     t0 = time.perf_counter()
     if plan.pilot:
         adopt(work / "pilot" / slug(plan.baseline.name), work / "baseline")
-    n_val = len(val_ds) if val_ds is not None else 0  # type: ignore[arg-type]
+    n_val = _size(val_ds)
     out, notes, warned = fit_patiently(
         lambda upto, again: fit(student, train_ds, objective=CE(), config=_budget(config, plan.baseline, upto),
                                 num_classes=num_classes, val_data=val_ds, checkpoint_dir=work / "baseline",
@@ -287,12 +292,13 @@ def train(model: nn.Module, train_data: Dataset | DataLoader, *, num_classes: in
         if val_ds is not None:
             check_dataset(val_ds, "val_data")
         num_classes = num_classes or _num_classes(model, train_ds)
-        n_val = len(val_ds) if val_ds is not None else 0  # type: ignore[arg-type]
+        n_val = _size(val_ds)
         steps = config.total_steps(math.ceil(len(train_ds) / config.batch_size))  # type: ignore[arg-type]
         grow = grows(config, n_val)
         with _workdir(checkpoint_dir, resume, stages=()) as work:  # train() has no pilot or baseline
             out, notes, warned = fit_patiently(
-                lambda upto, again: fit(model, train_ds, objective=CE(), config=config if upto == steps else config.with_steps(upto),
+                lambda upto, again: fit(model, train_ds, objective=CE(),
+                                        config=config if upto == steps else config.with_steps(upto),
                                         num_classes=num_classes, val_data=val_ds,
                                         checkpoint_dir=work if (checkpoint_dir or grow) else None, resume=again,
                                         quiet=quiet, name="model"),
