@@ -258,8 +258,9 @@ def metrics(names: list[str], seeds: int) -> dict[str, float]:
     shares = []
     for name in names:
         rows = [json.loads((OUT / f"{name}-{s}.json").read_text()) for s in range(seeds)]
-        for arm in ("teacher", "plain_default", "distilled_default", "plain_careful"):
-            m[f"{name}_{arm}_mean"], m[f"{name}_{arm}_std"] = mean_std([r[arm] for r in rows])
+        for arm in ("teacher", "plain_default", "distilled_default", "plain_careful", "distilled_lr3x"):
+            if arm in rows[0]:  # distilled_lr3x: LM settings only
+                m[f"{name}_{arm}_mean"], m[f"{name}_{arm}_std"] = mean_std([r[arm] for r in rows])
         diffs = [gap(r) for r in rows]
         for s, d in enumerate(diffs):
             m[f"{name}_diff_seed{s}"] = d
