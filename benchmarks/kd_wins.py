@@ -11,6 +11,9 @@ Arms of a scenario, same student, same number of optimizer steps:
   kd          the default recipe (`recipe: auto`), with the transfer set where the scenario has one
 The plain arm a win is measured against is the better of plain and plain_aug. A scenario is won when
 kd − plain > 2 × the larger of their standard deviations. Gap closed = (kd − plain) / (teacher − plain).
+Beside it, the product's own verdict: `<scenario>_verdict_beats_seeds` counts the seeds whose report said
+*beats* (the paired test of `distill.eval.verdict`), and `scenarios_won_verdict` the scenarios where
+every seed's did.
 
 Language-model scenarios (`distill lm`, `job="lm"`) compare held-out perplexity (lower is better) of
   plain       the same student, next-token CE only, the same tokens
@@ -200,7 +203,7 @@ def run_seed(name: str, seed: int) -> None:
     row = {"teacher": auto["models"]["teacher"]["accuracy"], "plain": plain["models"]["baseline"]["accuracy"],
            "plain_aug": auto["models"]["baseline"]["accuracy"], "kd": auto["models"]["distilled"]["accuracy"],
            "soft_targets": plain["models"]["distilled"]["accuracy"], "recipe": auto["recipe"],
-           "wall_s_auto_run": auto_s}
+           "verdict": auto["verdict"], "wall_s_auto_run": auto_s}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"{name}-{seed}.json").write_text(json.dumps(row, indent=2))
 
@@ -222,7 +225,8 @@ def run_lm_seed(name: str, seed: int) -> None:
     row = {"metric": "ppl", "teacher": models.get("teacher_adapted", models["teacher"])["ppl"],
            "teacher_as_given": models["teacher"]["ppl"], "plain": models["baseline"]["ppl"],
            "kd": models["distilled"]["ppl"], "kd_settings": lm_kd_settings(report), "teacher_adapt": report.get("teacher_adapt"),
-           "tokens": report["data"]["tokens_seen"], "wall_s_auto_run": time.perf_counter() - start}
+           "tokens": report["data"]["tokens_seen"], "verdict": report["verdict"],
+           "wall_s_auto_run": time.perf_counter() - start}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"{name}-{seed}.json").write_text(json.dumps(row, indent=2))
 
@@ -243,6 +247,7 @@ def run_textkd_seed(name: str, seed: int) -> None:
            for kind in step_by_step.KINDS}
     row = {"teacher": report["teacher"]["metrics"]["accuracy"], "plain": acc["label_only"], "kd": acc["step_by_step"],
            "pseudo_label": acc["pseudo_label"], "student_steps": cfg.train.steps,
+           "verdict": report["verdicts"]["step_by_step"],
            "train_examples": report["train_examples"]}
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"{name}-{seed}.json").write_text(json.dumps(row, indent=2))
@@ -275,11 +280,23 @@ def lm_won(name: str, m: dict[str, float]) -> bool:
     return m[f"{name}_plain_mean"] - m[f"{name}_kd_mean"] > 2 * max(m[f"{name}_plain_std"], m[f"{name}_kd_std"])
 
 
+def verdict_keys(name: str, rows: list[dict], m: dict[str, float]) -> bool:
+    """How many seeds' reports said *beats* (the paired test of `distill.eval.verdict`, one seed each;
+    the textkd report's test pools its seeds, so every seed's row holds the same verdict); True when
+    every one did."""
+    beats = sum(r["verdict"]["outcome"] == "beats" for r in rows)
+    m[f"{name}_verdict_beats_seeds"] = beats
+    return beats == len(rows)
+
+
 def metrics(names: list[str], seeds: int) -> dict[str, float]:
     m: dict[str, float] = {}
-    won, gaps = 0, []
+    won, gaps, held = 0, [], 0
     for name in names:
         rows = [json.loads((OUT / f"{name}-{s}.json").read_text()) for s in range(seeds)]
+        every_seed_beats = verdict_keys(name, rows, m)
+        if SCENARIOS[name].variant_of is None:
+            held += every_seed_beats
         if SCENARIOS[name].job == "textkd":
             gap, scenario_won = textkd_metrics(name, rows, m)
             if SCENARIOS[name].variant_of is None:
@@ -308,7 +325,7 @@ def metrics(names: list[str], seeds: int) -> dict[str, float]:
         m[f"{name}_distilled_epochs"] = rows[0]["recipe"]["distilled_epochs"]
         m[f"{name}_baseline_epochs"] = rows[0]["recipe"]["baseline_epochs"]
         m[f"{name}_wall_s_auto_run"] = mean_std([r["wall_s_auto_run"] for r in rows])[0]
-    m["scenarios"], m["scenarios_won"] = len(gaps), won
+    m["scenarios"], m["scenarios_won"], m["scenarios_won_verdict"] = len(gaps), won, held
     if gaps:  # variants alone count no scenario
         m["mean_gap_closed"] = sum(gaps) / len(gaps)
     return m

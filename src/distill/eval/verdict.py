@@ -51,6 +51,14 @@ class Verdict:
 
     def sentence(self, b: str, a: str) -> str:
         """E.g. "distilled beats plain: +2.10 points (95% interval +0.80 to +3.40; McNemar p = 0.002; 500 test examples, 1 seed)"."""
+        if self.outcome == "beats":
+            return f"{b} beats {a}: {self.measured()}."
+        if self.outcome == "worse":
+            return f"{b} is worse than {a}: {self.measured()}."
+        return f"No detectable difference between {b} and {a}: {self.measured()}."
+
+    def measured(self) -> str:
+        """The difference with its interval and what it rests on, e.g. "+2.10 points (95% interval …)"."""
         fmt = (lambda v: f"{v:+.2f}") if self.unit == "points" else (lambda v: f"{v:+.4f}")
         detail = f"95% interval {fmt(self.low)} to {fmt(self.high)}"
         if self.p_value is not None:
@@ -58,11 +66,7 @@ class Verdict:
         what = "test examples" if self.unit == "points" else "held-out documents"
         detail += f"; {self.n:,} {what}, {self.seeds} seed{'s' if self.seeds != 1 else ''}"
         unit = " points" if self.unit == "points" else " bits per byte"
-        if self.outcome == "beats":
-            return f"{b} beats {a}: {fmt(self.difference)}{unit} ({detail})."
-        if self.outcome == "worse":
-            return f"{b} is worse than {a}: {fmt(self.difference)}{unit} ({detail})."
-        return f"No detectable difference between {b} and {a}: {fmt(self.difference)}{unit} ({detail})."
+        return f"{fmt(self.difference)}{unit} ({detail})"
 
 
 def compare_classifiers(correct_a: torch.Tensor, correct_b: torch.Tensor, seed: int = 0, *,

@@ -5,7 +5,10 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+import torch
+
 from distill.eval.text import retention
+from distill.eval.verdict import Verdict, compare_classifiers
 from distill.recipes.textkd.config import TextKDConfig
 from distill.recipes.textkd.sampling import Pool
 from distill.teachers.generate import (
@@ -27,34 +30,42 @@ def build_report(cfg: TextKDConfig, teacher: dict[str, float], students: dict[st
             "filter": filter_counts, "generation": {k: stats_dict(v) for k, v in gen.items()}, "students": kinds,
             "teacher_finetune_steps": cfg.teacher.finetune.steps if cfg.teacher.finetune else 0,
             "pool": None if pool is None else {"counts": pool.counts, "label_accuracy": pool.label_accuracy},
-            "train_examples": trained_on or {kind: kept for kind in cfg.kinds}}
+            "train_examples": trained_on or {kind: kept for kind in cfg.kinds},
+            "verdicts": paired_verdicts(cfg.kinds, students)}
+
+
+def paired_verdicts(kinds: list[str], students: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every kind against label_only: the paired test of `distill.eval.verdict` over the eval examples
+    (each student's answers, sorted by id, scored right or wrong) and every seed both kinds ran."""
+    if "label_only" not in kinds:
+        return {}
+
+    def correct(kind: str) -> torch.Tensor:
+        runs = sorted((s for s in students.values() if s["kind"] == kind), key=lambda s: s["seed"])
+        return torch.tensor([[p["predicted"] == p["label"] for p in s["predictions"]] for s in runs])
+
+    base = correct("label_only")
+    return {kind: compare_classifiers(base, correct(kind)).to_dict() for kind in kinds if kind != "label_only"}
 
 
 def _verdict(r: dict[str, Any]) -> list[str]:
     """The answer first: did any student that learnt from the teacher beat label-only training?
 
-    Won: ahead by more than twice the larger standard deviation (with one seed, only "ahead").
-    When none won, the likely cause from the measurements, and what to try.
+    *Beats* only when the paired test over the eval examples and seeds says so (`paired_verdicts`);
+    else the likely cause from the measurements, and what to try.
     """
-    students = r["students"]
-    if "label_only" not in students or len(students) < 2:
+    verdicts = {k: Verdict(**v) for k, v in (r.get("verdicts") or {}).items()}
+    if not verdicts:
         return []
-    base = students["label_only"]["accuracy"]
-    margins = {k: (m["accuracy"]["mean"] - base["mean"], 2 * max(m["accuracy"]["std"], base["std"]))
-               for k, m in students.items() if k != "label_only"}
-    best = max(margins, key=lambda k: margins[k][0])
-    gain, noise = margins[best]
-    one_seed = len(r["seeds"]) < 2
-    line = (f"{best} {students[best]['accuracy']['mean'] * 100:.1f}% vs label-only {base['mean'] * 100:.1f}% "
-            f"({gain * 100:+.1f} points")
-    if gain > noise and not one_seed:
-        return [f"**{best} beats label-only training**: {line}, more than twice the larger std).", ""]
-    if gain > 0 and one_seed:
-        return [f"**{best} is ahead of label-only training on one seed**: {line}); run more `seeds` to "
-                "know whether it wins.", ""]
-    where = f", within twice the larger std, {noise * 100:.1f}" if gain > 0 else ""
-    return [f"**No student that learnt from the teacher beats label-only training**: {line}{where}). "
-            f"{_likely_cause(r, base['mean'])}.", ""]
+    best = max(verdicts, key=lambda k: verdicts[k].difference)
+    students, v = r["students"], verdicts[best]
+    line = (f"{best} {students[best]['accuracy']['mean'] * 100:.1f}% vs label-only "
+            f"{students['label_only']['accuracy']['mean'] * 100:.1f}%, {v.measured()}")
+    if v.outcome == "beats":
+        return [f"**{best} beats label-only training**: {line}.", ""]
+    more = " With one seed, more `seeds` narrow the interval." if v.seeds < 2 and v.difference > 0 else ""
+    return [f"**No student that learnt from the teacher beats label-only training**: {line}: {v.outcome}. "
+            f"{_likely_cause(r, students['label_only']['accuracy']['mean'])}.{more}", ""]
 
 
 def _likely_cause(r: dict[str, Any], label_only: float) -> str:
