@@ -82,6 +82,17 @@ class RoutedBlocks(TokenBlocks):
 
 
 @dataclass
+class PromptBlocks(TokenBlocks):
+    """Blocks that each hold one prompt (and perhaps a response after it): `prompt_len` (N,) says where
+    every row's prompt ends, so a student can answer it in place of the response (on-policy)."""
+
+    prompt_len: torch.Tensor = None  # type: ignore[assignment]  # (N,) int64
+
+    def batch(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {**super().batch(index), "prompt_len": self.prompt_len[index]}
+
+
+@dataclass
 class TextSplits:
     train: TokenBlocks
     val: TokenBlocks
@@ -232,13 +243,13 @@ def _encode_row(row: dict[str, Any], tokenizer: Any, response_only: bool, where:
         return _encode_chat(row, tokenizer, response_only, where)
     prompt_msgs = [{"role": "user", "content": row["prompt"]}]
     if getattr(tokenizer, "chat_template", None):
-        prompt = _chat(tokenizer, prompt_msgs, add_generation_prompt=True)
-        full = _chat(tokenizer, prompt_msgs + [{"role": "assistant", "content": row["response"]}], False)
+        prompt = chat_ids(tokenizer, prompt_msgs, add_generation_prompt=True)
+        full = chat_ids(tokenizer, prompt_msgs + [{"role": "assistant", "content": row["response"]}], False)
     else:
         prompt = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
         full = prompt + tokenizer(row["response"], add_special_tokens=False)["input_ids"] + [eos]
     if full[: len(prompt)] != prompt:
-        prompt = full[: _common_prefix(prompt, full)]
+        prompt = full[: common_prefix(prompt, full)]
     targets = [not response_only or i >= len(prompt) for i in range(len(full))]
     if not any(targets[1:]):
         raise DataError(f"{where}: the response is empty, so no token would be trained on; "
@@ -253,15 +264,15 @@ def _encode_chat(row: dict[str, Any], tokenizer: Any, response_only: bool, where
     messages = [{"role": ROLES[m["role"]], "content": message_text(m["content"])} for m in row["messages"]]
     if messages[-1]["role"] != "assistant":
         raise DataError(f"{where}: a chat row must end with an assistant message (the response).")
-    full = _chat(tokenizer, messages, add_generation_prompt=False)
+    full = chat_ids(tokenizer, messages, add_generation_prompt=False)
     trained = [i for i, m in enumerate(row["messages"]) if m["role"] == "assistant" and m.get("weight", 1) != 0]
     if not trained:
         raise DataError(f"{where}: every assistant message has weight 0, so no token would be trained on; "
                         "set weight 1 on one, or drop the row.")
     targets = [not response_only] * len(full)
     for i in trained if response_only else []:
-        start = _common_prefix(_chat(tokenizer, messages[:i], add_generation_prompt=True), full)
-        end = _common_prefix(_chat(tokenizer, messages[:i + 1], add_generation_prompt=False), full)
+        start = common_prefix(chat_ids(tokenizer, messages[:i], add_generation_prompt=True), full)
+        end = common_prefix(chat_ids(tokenizer, messages[:i + 1], add_generation_prompt=False), full)
         targets[start:end] = [True] * (end - start)
     if not any(targets[1:]):
         raise DataError(f"{where}: the response is empty, so no token would be trained on; "
@@ -317,7 +328,7 @@ def message_text(content: Any) -> str | None:
     return None
 
 
-def _chat(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> list[int]:
+def chat_ids(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> list[int]:
     if not getattr(tokenizer, "chat_template", None):
         raise DataError("Chat rows need a tokenizer with a chat template; this tokenizer has none. "
                         "Use {'prompt', 'response'} rows instead.")
@@ -325,7 +336,7 @@ def _chat(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt:
     return list(out["input_ids"] if hasattr(out, "keys") else out)
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix(a: list[int], b: list[int]) -> int:
     n = 0
     while n < min(len(a), len(b)) and a[n] == b[n]:
         n += 1

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import re
 import statistics
 import time
 from dataclasses import dataclass
@@ -101,8 +102,9 @@ def retention(student: dict[str, float], teacher: dict[str, float]) -> float:
 
 
 def rouge_l(candidate: str, reference: str) -> float:
-    """ROUGE-L F1 over lower-cased words: the longest common subsequence against both lengths."""
-    a, b = candidate.lower().split(), reference.lower().split()
+    """ROUGE-L F1 over lower-cased words (runs of letters and digits, as the reference `rouge-score`
+    tokenises): the longest common subsequence against both lengths."""
+    a, b = re.findall(r"\w+", candidate.lower()), re.findall(r"\w+", reference.lower())
     if not a or not b:
         return 0.0
     prev = [0] * (len(b) + 1)

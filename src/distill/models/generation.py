@@ -57,6 +57,7 @@ class Generated:
     prompt_tokens: int
     top_logprobs: list[list[tuple[int, float]]] | None = None  # per token: top-k (id, logprob)
     token_logprobs: list[float] | None = None  # per token: the chosen token's logprob (with top_logprobs)
+    stop_token: int | None = None  # the EOS that stopped it (finish_reason "stop")
 
 
 # --------------------------------------------------------------------------- the decoding loop
@@ -71,11 +72,12 @@ class _Row:
     top: list[list[tuple[int, float]]] = field(default_factory=list)
     chosen: list[float] = field(default_factory=list)
     finish: str | None = None
+    stop: int | None = None
 
     def result(self) -> Generated:
         keep = self.params.top_logprobs > 0
         return Generated(self.tokens, self.finish or "length", self.prompt_tokens,
-                         self.top if keep else None, self.chosen if keep else None)
+                         self.top if keep else None, self.chosen if keep else None, self.stop)
 
 
 def generate_batch(model: Any, prompts: list[list[int]], params: list[GenerationParams], *, pad_id: int,
@@ -152,7 +154,7 @@ def _step(rows: list[_Row], logits: torch.Tensor, pad_id: int, eos_ids: set[int]
         token = greedy[i] if row.params.temperature == 0 else _sample(logits[i], row)
         next_ids.append(token)
         if token in eos_ids:
-            row.finish = "stop"
+            row.finish, row.stop = "stop", token
             continue
         row.tokens.append(token)
         if row.params.top_logprobs:

@@ -77,7 +77,9 @@ class LMTask:
         batch = {k: v.to(self.acc.device, non_blocking=True) for k, v in self.data.batch(self.order.indices(step)).items()}
         s = self.sampling
         if s is not None and step >= s.start * self.steps and _on_policy_step(self.config.seed, step, s.fraction):
-            batch = sample_continuations(self.acc.unwrap_model(self.model), batch, s, self.pad_id)
+            model = self.acc.unwrap_model(self.model)
+            batch = (sample_responses(model, batch, s, self.pad_id, seed=self.config.seed * 1_000_003 + step)
+                     if "prompt_len" in batch else sample_continuations(model, batch, s, self.pad_id))
         return batch
 
     def loss(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
@@ -171,6 +173,41 @@ def sample_continuations(model: nn.Module, batch: dict[str, torch.Tensor], cfg: 
     if "teacher_route" in batch:  # a routed row's continuation learns from its prompt's teacher
         sampled["teacher_route"] = batch["teacher_route"][:, cfg.prompt_tokens - 1: cfg.prompt_tokens].expand_as(ids)
     return sampled
+
+
+def sample_responses(model: nn.Module, batch: dict[str, torch.Tensor], cfg: OnPolicyConfig, pad_id: int, *,
+                     seed: int) -> dict[str, torch.Tensor]:
+    """The student answers each row's prompt (its first `prompt_len` tokens) in place of the row's
+    response: sampled at `cfg.temperature`/`top_p`, at most `cfg.max_new_tokens` tokens and what the
+    block holds, ending at the student's EOS (kept, so stopping is learnt). The loss counts only the
+    answer's tokens (the teacher scores the student's own text). Row i's stream is seeded by `seed`
+    and its dataset index, so a resumed run samples the same answers."""
+    from distill.models.generation import GenerationParams, eos_ids_of, generate_batch
+
+    ids, lengths, index = batch["input_ids"], batch["prompt_len"].tolist(), batch["index"].tolist()
+    width = ids.shape[1]
+    eos = eos_ids_of(model, None)
+    if not eos:
+        raise ConfigError("on-policy answers need the student's end-of-answer token: its generation_config has "
+                          "no eos_token_id; set model.generation_config.eos_token_id.")
+    params = [GenerationParams(max_new_tokens=max(0, min(cfg.max_new_tokens, width - n)), temperature=cfg.temperature,
+                               top_p=cfg.top_p, seed=seed * 7_919 + i) for n, i in zip(lengths, index)]
+    was_training = model.training
+    model.eval()
+    answers = generate_batch(model, [ids[r, :n].tolist() for r, n in enumerate(lengths)], params, pad_id=pad_id,
+                             eos_ids=eos)
+    model.train(was_training)
+    out_ids = torch.full_like(ids, pad_id)
+    attention = torch.zeros_like(batch["attention_mask"])
+    loss_mask = torch.zeros_like(batch["loss_mask"])
+    for r, (n, answer) in enumerate(zip(lengths, answers)):
+        tokens = answer.token_ids + ([answer.stop_token] if answer.stop_token is not None else [])
+        tokens = tokens[: width - n]
+        out_ids[r, :n] = ids[r, :n]
+        out_ids[r, n: n + len(tokens)] = torch.tensor(tokens, dtype=ids.dtype)
+        attention[r, : n + len(tokens)] = True
+        loss_mask[r, n - 1: n + len(tokens) - 1] = True  # positions predicting the answer's tokens
+    return {**batch, "input_ids": out_ids, "attention_mask": attention, "loss_mask": loss_mask}
 
 
 class _StepLoss(nn.Module):

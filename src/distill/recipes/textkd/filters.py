@@ -10,13 +10,12 @@ Reasons a record is dropped, checked in this order (the first that applies is co
 
 from __future__ import annotations
 
-import importlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from distill.core.errors import ConfigError
+from distill.core.imports import import_function
 from distill.data.prompts import parse_response
 
 REASONS = ("empty", "overlong", "unparsable", "wrong", "duplicate")
@@ -73,13 +72,4 @@ def _verdict(rec: dict[str, Any], labels: list[str] | None, label_key: str, pars
 
 def load_check(spec: str, key: str = "filter.check") -> Callable[[dict[str, Any]], bool]:
     """The user's own `module:function` (record → keep?), imported explicitly by name."""
-    module, _, name = spec.partition(":")
-    if not module or not name:
-        raise ConfigError(f"{key}={spec!r} must look like `my_package.my_module:my_function`.")
-    try:
-        fn = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"{key}={spec!r} cannot be imported ({exc}); is the module on PYTHONPATH?") from exc
-    if not callable(fn):
-        raise ConfigError(f"{key}={spec!r} is not a function.")
-    return fn
+    return import_function(spec, key)

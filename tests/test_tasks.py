@@ -1,0 +1,181 @@
+"""Prompt datasets, task success, and the on-policy pieces: students answering prompts, teachers
+reading those answers after their own prompts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from lm_helpers import make_llama, make_tokenizer  # noqa: E402
+
+from distill.core.errors import ConfigError, DataError  # noqa: E402
+from distill.data.tasks import PromptRow, encode_prompts, prompt_ids, read_prompt_rows  # noqa: E402
+from distill.eval.task import TaskScore  # noqa: E402
+
+
+def _jsonl(path, rows):
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_prompt_rows_from_chat_and_prompt_rows_with_their_answers_and_context(tmp_path):
+    path = _jsonl(tmp_path / "p.jsonl", [
+        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]},
+        {"id": "b", "messages": [{"role": "user", "content": "3+3?"}, {"role": "assistant", "content": "6"}]},
+        {"prompt": "4+4?", "answer": 8, "context": "Add the numbers."},
+    ])
+    a, b, c = read_prompt_rows(path, key="data.path")
+    assert (a.id, a.reference, [m["role"] for m in a.messages]) == ("1", None, ["system", "user"])
+    assert (b.id, b.reference, b.messages) == ("b", "6", [{"role": "user", "content": "3+3?"}])
+    assert (c.reference, c.messages, c.context) == ("8", [{"role": "user", "content": "4+4?"}], "Add the numbers.")
+    assert c.teacher_messages() == [{"role": "system", "content": "Add the numbers."}, *c.messages]
+    with_system = PromptRow("x", a.messages, context="Use digits.")
+    assert with_system.teacher_messages()[0] == {"role": "system", "content": "Use digits.\n\nBe brief."}
+    assert a.teacher_messages() is a.messages  # no context: the student's prompt
+
+
+@pytest.mark.parametrize("row, says", [
+    ({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, "line 2: `tools`"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+     "line 2: messages[0].content must be text"),
+    ({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "answer": "c"},
+     "given twice"),
+    ({"messages": [{"role": "system", "content": "a"}]}, "must end with a user message"),
+    ({"prompt": "", "answer": "x"}, "non-empty string `prompt`"),
+    ({"prompt": "q", "answer": ["x"]}, "`answer` must be text"),
+    ({"id": 1, "prompt": "q"}, "the id '1' is also the id of line 1"),
+])
+def test_a_bad_prompt_row_is_refused_naming_its_line_and_what_to_fix(tmp_path, row, says):
+    path = _jsonl(tmp_path / "p.jsonl", [{"id": 1, "prompt": "fine"}, row])
+    with pytest.raises(DataError, match="data.path") as e:
+        read_prompt_rows(path, key="data.path")
+    assert says in str(e.value)
+
+
+def test_prompt_rows_from_a_saved_datasets_directory(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_list([{"prompt": "1+1?", "answer": "2"}, {"prompt": "2+1?", "answer": "3"}]).save_to_disk(
+        str(tmp_path / "ds"))
+    rows = read_prompt_rows(tmp_path / "ds", key="data.path")
+    assert [(r.id, r.reference) for r in rows] == [("1", "2"), ("2", "3")]
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return make_tokenizer(tmp_path_factory.mktemp("tok"), extra_words=("2+2?", "4", "Be", "brief."))
+
+
+def test_encoded_prompts_train_only_on_the_answer_and_its_end(tok):
+    rows = [PromptRow("a", [{"role": "user", "content": "And God said"}], reference="Let there be light"),
+            PromptRow("b", [{"role": "user", "content": "darkness"}])]
+    blocks = encode_prompts(rows, tok, 24, source="data.path", responses=[rows[0].reference, None])
+    p0 = prompt_ids(tok, rows[0].messages)
+    assert int(blocks.prompt_len[0]) == len(p0) and int(blocks.prompt_len[1]) == len(prompt_ids(tok, rows[1].messages))
+    targets = blocks.input_ids[0, 1:][blocks.loss_mask[0, :-1]]  # the tokens the loss predicts
+    assert tok.decode(targets) == "Let there be light </s>"
+    assert not blocks.loss_mask[1].any() and int(blocks.attention_mask[1].sum()) == int(blocks.prompt_len[1])
+    assert blocks.batch(torch.tensor([1]))["prompt_len"].tolist() == [int(blocks.prompt_len[1])]
+
+
+def test_a_prompt_longer_than_the_context_is_an_error_naming_the_row(tok):
+    rows = [PromptRow("long one", [{"role": "user", "content": "And God said " * 10}])]
+    with pytest.raises(DataError, match=r"row 'long one': its prompt is \d+ tokens.*student.seq_len=8"):
+        encode_prompts(rows, tok, 8, source="data.path")
+
+
+def is_even(row, output):
+    return int(output) % 2 == 0
+
+
+def says_maybe(row, output):
+    return "maybe"
+
+
+def test_task_scores_exact_regex_rouge_and_the_users_check():
+    row = PromptRow("r1", [{"role": "user", "content": "2+2?"}], reference="The answer is 4.")
+    assert TaskScore("exact")(row, "  the answer IS 4 ") == 1.0
+    assert TaskScore("exact")(row, "The answer is 5.") == 0.0
+    regex = TaskScore("regex", pattern=r"answer is (\d+)")
+    assert regex(row, "First 2, then 2 more: answer is 3, no: answer is 4") == 1.0  # the last match
+    assert regex(row, "no number here") == 0.0
+    assert TaskScore("regex", pattern=r"\d+")(PromptRow("r2", row.messages, reference="4"), "so 4") == 1.0
+    assert TaskScore("rouge")(row, "the answer is 4") == pytest.approx(1.0)
+    assert 0 < TaskScore("rouge")(row, "answer 4") < 1
+    assert TaskScore("check", check="test_tasks:is_even")(row, "12") == 1.0
+    with pytest.raises(DataError, match=r"raised ValueError on prompt row 'r1'"):
+        TaskScore("check", check="test_tasks:is_even")(row, "twelve")
+    with pytest.raises(DataError, match=r"returned 'maybe' \(str\) on prompt row 'r1'; it must return True or False"):
+        TaskScore("check", check="test_tasks:says_maybe")(row, "x")
+    with pytest.raises(DataError, match="no reference answer"):
+        TaskScore("exact")(PromptRow("r3", row.messages), "4")
+    with pytest.raises(ConfigError, match="task.pattern"):
+        TaskScore("regex", pattern="(")
+    with pytest.raises(ConfigError, match="task.check='nope' must look like"):
+        TaskScore("check", check="nope")
+
+
+@pytest.fixture(scope="module")
+def lms(tmp_path_factory):
+    from test_generation import varied
+
+    d = tmp_path_factory.mktemp("lms")
+    tok = make_tokenizer(d)
+    student = varied(make_llama(d / "s", tok, layers=1)).eval()
+    teacher = varied(make_llama(d / "t", tok, layers=2, seed=1)).eval()
+    return tok, student, teacher
+
+
+def _prompt_batch(tok, texts, seq_len=40):
+    rows = [PromptRow(str(i), [{"role": "user", "content": t}]) for i, t in enumerate(texts)]
+    return rows, encode_prompts(rows, tok, seq_len, source="test")
+
+
+def test_the_student_answers_each_prompt_in_place_and_only_its_answer_is_trained(lms):
+    from distill.training.config import OnPolicyConfig
+    from distill.training.lm import sample_responses
+
+    tok, student, _ = lms
+    rows, blocks = _prompt_batch(tok, ["In the beginning God", "And", "darkness was upon the face of the deep"])
+    batch = blocks.batch(torch.arange(3))
+    cfg = OnPolicyConfig(fraction=1.0, max_new_tokens=6, temperature=1.0)
+    out = sample_responses(student, batch, cfg, tok.pad_token_id, seed=3)
+    for r in range(3):
+        n, end = int(batch["prompt_len"][r]), int(out["attention_mask"][r].sum())
+        assert torch.equal(out["input_ids"][r, :n], batch["input_ids"][r, :n])  # the prompt is kept
+        assert 1 <= end - n <= 6
+        assert out["loss_mask"][r].nonzero().flatten().tolist() == list(range(n - 1, end - 1))
+    again = sample_responses(student, batch, cfg, tok.pad_token_id, seed=3)
+    other = sample_responses(student, batch, cfg, tok.pad_token_id, seed=4)
+    assert torch.equal(again["input_ids"], out["input_ids"])  # seeded: a resumed run samples alike
+    assert not torch.equal(other["input_ids"], out["input_ids"])
+
+
+def test_a_teacher_with_privileged_context_scores_the_same_answer_tokens_after_its_own_prompt(lms):
+    from distill.teachers.responses import ResponseTeacher, live_scorer
+    from distill.teachers.tokens import teacher_logits
+
+    tok, _, teacher = lms
+    rows, blocks = _prompt_batch(tok, ["And God said", "darkness"])
+    answers = ["Let there be light", "was upon the face of the deep"]
+    blocks = encode_prompts(rows, tok, 40, source="test", responses=answers)
+    context = [prompt_ids(tok, PromptRow(r.id, r.messages, context="In the beginning God created the heaven and "
+                                         "the earth").teacher_messages()) for r in rows]
+    batch = blocks.batch(torch.arange(2))
+    signal = ResponseTeacher(live_scorer(teacher, len(tok)), context, tok.pad_token_id).signal(batch)
+    for r in range(2):
+        n, end = int(batch["prompt_len"][r]), int(batch["attention_mask"][r].sum())
+        answer = batch["input_ids"][r, n:end].tolist()
+        full = torch.tensor([context[r] + answer])
+        alone = teacher_logits(teacher, {"input_ids": full, "attention_mask": torch.ones_like(full)}, len(tok))[0]
+        k = len(context[r])
+        assert len(context[r]) > n  # the teacher's prompt is longer
+        torch.testing.assert_close(signal.logits[r, n - 1: end - 1], alone[k - 1: k - 1 + len(answer)])
+    plain = ResponseTeacher(live_scorer(teacher, len(tok)), [prompt_ids(tok, r.messages) for r in rows],
+                            tok.pad_token_id).signal(batch)  # the same prompt: what a live teacher reads
+    live = teacher_logits(teacher, batch, len(tok))
+    mask = batch["loss_mask"]
+    torch.testing.assert_close(plain.logits[mask], live[mask])
