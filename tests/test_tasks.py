@@ -139,7 +139,7 @@ def test_the_student_answers_each_prompt_in_place_and_only_its_answer_is_trained
     from distill.training.lm import sample_responses
 
     tok, student, _ = lms
-    rows, blocks = _prompt_batch(tok, ["In the beginning God", "And", "darkness was upon the face of the deep"])
+    _, blocks = _prompt_batch(tok, ["In the beginning God", "And", "darkness was upon the face of the deep"])
     batch = blocks.batch(torch.arange(3))
     cfg = OnPolicyConfig(fraction=1.0, max_new_tokens=6, temperature=1.0)
     out = sample_responses(student, batch, cfg, tok.pad_token_id, seed=3)

@@ -64,8 +64,9 @@ def _verdict(r: dict[str, Any]) -> list[str]:
     if v.outcome == "beats":
         return [f"**{best} beats label-only training**: {line}.", ""]
     more = " With one seed, more `seeds` narrow the interval." if v.seeds < 2 and v.difference > 0 else ""
-    return [f"**No student that learnt from the teacher beats label-only training**: {line}: {v.outcome}. "
-            f"{_likely_cause(r, students['label_only']['accuracy']['mean'])}.{more}", ""]
+    cause = _likely_cause(r, students["label_only"]["accuracy"]["mean"])
+    return [f"**No student that learnt from the teacher beats label-only training**: {line}: {v.outcome}. {cause}.{more}",
+            ""]
 
 
 def _likely_cause(r: dict[str, Any], label_only: float) -> str:
