@@ -13,7 +13,7 @@ pytest.importorskip("transformers")
 from lm_helpers import make_llama, make_tokenizer  # noqa: E402
 
 from distill.core.errors import ConfigError, DataError  # noqa: E402
-from distill.data.tasks import PromptRow, encode_prompts, prompt_ids, read_prompt_rows  # noqa: E402
+from distill.data.tasks import TaskPrompt, encode_prompts, prompt_ids, read_task_prompts  # noqa: E402
 from distill.eval.task import TaskScore  # noqa: E402
 
 
@@ -28,12 +28,12 @@ def test_prompt_rows_from_chat_and_prompt_rows_with_their_answers_and_context(tm
         {"id": "b", "messages": [{"role": "user", "content": "3+3?"}, {"role": "assistant", "content": "6"}]},
         {"prompt": "4+4?", "answer": 8, "context": "Add the numbers."},
     ])
-    a, b, c = read_prompt_rows(path, key="data.path")
+    a, b, c = read_task_prompts(path, key="data.path")
     assert (a.id, a.reference, [m["role"] for m in a.messages]) == ("1", None, ["system", "user"])
     assert (b.id, b.reference, b.messages) == ("b", "6", [{"role": "user", "content": "3+3?"}])
     assert (c.reference, c.messages, c.context) == ("8", [{"role": "user", "content": "4+4?"}], "Add the numbers.")
     assert c.teacher_messages() == [{"role": "system", "content": "Add the numbers."}, *c.messages]
-    with_system = PromptRow("x", a.messages, context="Use digits.")
+    with_system = TaskPrompt("x", a.messages, context="Use digits.")
     assert with_system.teacher_messages()[0] == {"role": "system", "content": "Use digits.\n\nBe brief."}
     assert a.teacher_messages() is a.messages  # no context: the student's prompt
 
@@ -52,7 +52,7 @@ def test_prompt_rows_from_chat_and_prompt_rows_with_their_answers_and_context(tm
 def test_a_bad_prompt_row_is_refused_naming_its_line_and_what_to_fix(tmp_path, row, says):
     path = _jsonl(tmp_path / "p.jsonl", [{"id": 1, "prompt": "fine"}, row])
     with pytest.raises(DataError, match="data.path") as e:
-        read_prompt_rows(path, key="data.path")
+        read_task_prompts(path, key="data.path")
     assert says in str(e.value)
 
 
@@ -60,7 +60,7 @@ def test_prompt_rows_from_a_saved_datasets_directory(tmp_path):
     datasets = pytest.importorskip("datasets")
     datasets.Dataset.from_list([{"prompt": "1+1?", "answer": "2"}, {"prompt": "2+1?", "answer": "3"}]).save_to_disk(
         str(tmp_path / "ds"))
-    rows = read_prompt_rows(tmp_path / "ds", key="data.path")
+    rows = read_task_prompts(tmp_path / "ds", key="data.path")
     assert [(r.id, r.reference) for r in rows] == [("1", "2"), ("2", "3")]
 
 
@@ -70,8 +70,8 @@ def tok(tmp_path_factory):
 
 
 def test_encoded_prompts_train_only_on_the_answer_and_its_end(tok):
-    rows = [PromptRow("a", [{"role": "user", "content": "And God said"}], reference="Let there be light"),
-            PromptRow("b", [{"role": "user", "content": "darkness"}])]
+    rows = [TaskPrompt("a", [{"role": "user", "content": "And God said"}], reference="Let there be light"),
+            TaskPrompt("b", [{"role": "user", "content": "darkness"}])]
     blocks = encode_prompts(rows, tok, 24, source="data.path", responses=[rows[0].reference, None])
     p0 = prompt_ids(tok, rows[0].messages)
     assert int(blocks.prompt_len[0]) == len(p0) and int(blocks.prompt_len[1]) == len(prompt_ids(tok, rows[1].messages))
@@ -82,7 +82,7 @@ def test_encoded_prompts_train_only_on_the_answer_and_its_end(tok):
 
 
 def test_a_prompt_longer_than_the_context_is_an_error_naming_the_row(tok):
-    rows = [PromptRow("long one", [{"role": "user", "content": "And God said " * 10}])]
+    rows = [TaskPrompt("long one", [{"role": "user", "content": "And God said " * 10}])]
     with pytest.raises(DataError, match=r"row 'long one': its prompt is \d+ tokens.*student.seq_len=8"):
         encode_prompts(rows, tok, 8, source="data.path")
 
@@ -96,13 +96,13 @@ def says_maybe(row, output):
 
 
 def test_task_scores_exact_regex_rouge_and_the_users_check():
-    row = PromptRow("r1", [{"role": "user", "content": "2+2?"}], reference="The answer is 4.")
+    row = TaskPrompt("r1", [{"role": "user", "content": "2+2?"}], reference="The answer is 4.")
     assert TaskScore("exact")(row, "  the answer IS 4 ") == 1.0
     assert TaskScore("exact")(row, "The answer is 5.") == 0.0
     regex = TaskScore("regex", pattern=r"answer is (\d+)")
     assert regex(row, "First 2, then 2 more: answer is 3, no: answer is 4") == 1.0  # the last match
     assert regex(row, "no number here") == 0.0
-    assert TaskScore("regex", pattern=r"\d+")(PromptRow("r2", row.messages, reference="4"), "so 4") == 1.0
+    assert TaskScore("regex", pattern=r"\d+")(TaskPrompt("r2", row.messages, reference="4"), "so 4") == 1.0
     assert TaskScore("rouge")(row, "the answer is 4") == pytest.approx(1.0)
     assert 0 < TaskScore("rouge")(row, "answer 4") < 1
     assert TaskScore("check", check="test_tasks:is_even")(row, "12") == 1.0
@@ -111,7 +111,7 @@ def test_task_scores_exact_regex_rouge_and_the_users_check():
     with pytest.raises(DataError, match=r"returned 'maybe' \(str\) on prompt row 'r1'; it must return True or False"):
         TaskScore("check", check="test_tasks:says_maybe")(row, "x")
     with pytest.raises(DataError, match="no reference answer"):
-        TaskScore("exact")(PromptRow("r3", row.messages), "4")
+        TaskScore("exact")(TaskPrompt("r3", row.messages), "4")
     with pytest.raises(ConfigError, match="task.pattern"):
         TaskScore("regex", pattern="(")
     with pytest.raises(ConfigError, match="task.check='nope' must look like"):
@@ -130,7 +130,7 @@ def lms(tmp_path_factory):
 
 
 def _prompt_batch(tok, texts, seq_len=40):
-    rows = [PromptRow(str(i), [{"role": "user", "content": t}]) for i, t in enumerate(texts)]
+    rows = [TaskPrompt(str(i), [{"role": "user", "content": t}]) for i, t in enumerate(texts)]
     return rows, encode_prompts(rows, tok, seq_len, source="test")
 
 
@@ -162,7 +162,7 @@ def test_a_teacher_with_privileged_context_scores_the_same_answer_tokens_after_i
     rows, blocks = _prompt_batch(tok, ["And God said", "darkness"])
     answers = ["Let there be light", "was upon the face of the deep"]
     blocks = encode_prompts(rows, tok, 40, source="test", responses=answers)
-    context = [prompt_ids(tok, PromptRow(r.id, r.messages, context="In the beginning God created the heaven and "
+    context = [prompt_ids(tok, TaskPrompt(r.id, r.messages, context="In the beginning God created the heaven and "
                                          "the earth").teacher_messages()) for r in rows]
     batch = blocks.batch(torch.arange(2))
     signal = ResponseTeacher(live_scorer(teacher, len(tok)), context, tok.pad_token_id).signal(batch)
@@ -179,3 +179,72 @@ def test_a_teacher_with_privileged_context_scores_the_same_answer_tokens_after_i
     live = teacher_logits(teacher, batch, len(tok))
     mask = batch["loss_mask"]
     torch.testing.assert_close(plain.logits[mask], live[mask])
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory):
+    """A tiny 2-layer Llama (with a generation config naming its EOS) and a prompt file in its words."""
+    from test_generation import varied
+
+    d = tmp_path_factory.mktemp("tiny_task")
+    tok = make_tokenizer(d / "teacher")
+    model = varied(make_llama(d / "teacher", tok, layers=2))
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(d / "teacher")
+    words = "And God said Let there be light and there was light".split()
+    rows = [{"id": f"p{i}", "prompt": " ".join(words[i % 5: i % 5 + 3]), "answer": words[(i % 5) + 3],
+             **({"context": "In the beginning God created the heaven and the earth"} if i % 2 else {})}
+            for i in range(16)]
+    return d / "teacher", _jsonl(d / "prompts.jsonl", rows)
+
+
+def _task_config(tmp_path, teacher, prompts, **extra):
+    from distill.recipes.task.config import load_task_config
+
+    cfg = {"name": "tiny", "output_dir": str(tmp_path / "runs"), "device": "cpu", "quiet": True,
+           "teacher": {"backend": "local", "model": str(teacher)},
+           "data": {"source": str(prompts), "train_examples": 12, "eval_examples": 4},
+           "task": {"score": "exact"}, "student": {"layers": [0], "seq_len": 48},
+           "arms": ["answer_sft", "seq_kd", "on_policy", "mixed"],
+           "on_policy": {"max_new_tokens": 6}, "sampling": {"max_tokens": 6, "temperature": 1.0}, "answer_tokens": 6,
+           "seeds": [0, 1], "train": {"steps": 4, "batch_size": 4, "eval_every": 2, "save_every": 2}}
+    for key, value in extra.items():
+        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
+    return load_task_config(cfg)
+
+
+def test_the_task_job_trains_every_arm_from_one_start_scores_them_and_resumes(tmp_path, tiny_teacher):
+    from distill.recipes.task.pipeline import run_task
+
+    teacher, prompts = tiny_teacher
+    cfg = _task_config(tmp_path, teacher, prompts)
+    run_dir = run_task(cfg)
+    report = json.loads((run_dir / "report.json").read_text())
+    assert set(report["arms"]) == {"answer_sft", "seq_kd", "on_policy", "mixed"}
+    on_policy, sft = report["arms"]["on_policy"], report["arms"]["answer_sft"]
+    assert on_policy["tokens_generated"] > 0 and sft["tokens_generated"] == 0  # only on-policy writes its own
+    assert [c["step"] for c in on_policy["curves"][0]] == [2, 4] and len(on_policy["curves"]) == 2  # 2 seeds
+    assert report["arms"]["mixed"]["tokens_generated"] < on_policy["tokens_generated"]  # λ = 0.5 of the steps
+    assert set(report["verdicts"]) == {"seq_kd vs answer_sft", "on_policy vs answer_sft", "on_policy vs seq_kd",
+                                       "mixed vs answer_sft", "mixed vs seq_kd"}
+    assert report["context"]["prompt_tokens_saved"] > 0  # half the rows carry context only the teacher reads
+    text = (run_dir / "report.md").read_text()
+    assert text.startswith("# Task: tiny\n\n**Best arm:") and (run_dir / "plots" / "success.png").is_file()
+    first = json.loads((run_dir / "students" / "on_policy-s0" / "eval.json").read_text())
+    # a student learns from the same initialisation whatever its arm: the same seed, the same weights at start
+    again = run_task(cfg, resume=True)  # everything done: read back, nothing trained again
+    assert json.loads((again / "students" / "on_policy-s0" / "eval.json").read_text()) == first
+
+
+def test_the_task_job_refuses_what_it_cannot_do_before_any_compute(tmp_path, tiny_teacher):
+    from distill.recipes.task.pipeline import run_task
+
+    teacher, prompts = tiny_teacher
+    with pytest.raises(ConfigError, match=r"student.seq_len=16 is too short.*set student.seq_len=1[89]"):
+        run_task(_task_config(tmp_path, teacher, prompts, student={"layers": [0], "seq_len": 16},
+                              on_policy={"max_new_tokens": 12}))
+    no_answers = _jsonl(tmp_path / "no_answers.jsonl", [{"prompt": "And God said"}] * 1 + [
+        {"id": f"q{i}", "prompt": "light"} for i in range(8)])
+    with pytest.raises(DataError, match="task.score=exact compares answers with references"):
+        run_task(_task_config(tmp_path, teacher, no_answers))
+    assert not (tmp_path / "runs").exists()  # refused before a run directory was made

@@ -16,6 +16,7 @@
     distill serve MODEL_DIR [--host H] [--port P] [--api-key-env NAME | --api-key-file PATH]
     distill generate [CONFIG] [key=value ...] --output OUT.jsonl [--prompts IN.jsonl]
     distill textkd [CONFIG] [key=value ...] [--resume] [--quiet]
+    distill task [CONFIG] [key=value ...] [--resume] [--quiet]
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ BUILT_IN = {"run": _CLASSIFIER, "lm": "the built-in LM job: SmolLM2-135M-Instruc
             "Bible", "lm-cache": "the built-in LM job's teacher cache (SmolLM2-135M-Instruct, KJV Bible)",
             "textkd": "the built-in BBC News job: a fine-tuned SmolLM2 teacher labels and explains, 4-layer students",
             "generate": "the built-in BBC News job's teacher, prompts and sampling",
+            "task": "the built-in addition job: a fine-tuned SmolLM2 teacher, 1-layer students by answer SFT, "
+                    "seq-KD and on-policy distillation",
             "search": "none: a search config is required, e.g. configs/search_fmnist.yaml"}
 _WEIGHTS = "teacher.checkpoint=runs/default/teacher/model.safetensors " \
            "student.checkpoint=runs/default/distilled/model.safetensors"
@@ -56,6 +59,7 @@ EXAMPLES = {
                 "teacher.base_url=http://127.0.0.1:8000/v1 teacher.model=my-model",
     "textkd": "distill textkd teacher.backend=local \"kinds=[label_only, step_by_step]\" train.steps=200",
     "serve": "distill serve runs/lm-kjv/distilled/model --port 8000",
+    "task": "distill task data.source=prompts.jsonl task.score=exact \"arms=[seq_kd, on_policy]\" seeds=[0,1,2]",
 }
 
 
@@ -102,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
             c.add_argument("args", nargs="*", metavar="[CONFIG] key=value",
                            help=f"a YAML config (default: {default}) and key=value overrides")
             c.add_argument("--quiet", action="store_true", help="no progress bars")
-        if name in ("run", "train-teacher", "lm", "textkd"):
+        if name in ("run", "train-teacher", "lm", "textkd", "task"):
             c.add_argument("--keep-state", action="store_true", help="keep each finished stage's resumable "
                            "training state (last.safetensors: optimizer, RNG); by default only weights and "
                            "metrics are kept")
@@ -198,6 +202,9 @@ def _parser() -> argparse.ArgumentParser:
     command("textkd", _textkd, "Distil from teacher-generated text (default: BBC News, SmolLM2 rationales "
             "over HTTP): label-only, sequence-level and step-by-step students, scored against the teacher."
             ).add_argument("--resume", action="store_true", help="continue an interrupted run")
+    command("task", _task, "Teach a student a task from prompts: answer SFT, sequence-level KD and on-policy "
+            "distillation (the student answers, the teacher scores every token), judged by held-out task success."
+            ).add_argument("--resume", action="store_true", help="continue an interrupted run")
     srv = command("serve", _serve, "Serve a causal LM (directory, hub id or builtin:NAME) over an "
                   "OpenAI-compatible API (chat and text completions, streaming, continuous batching).",
                   with_config=False)
@@ -271,6 +278,15 @@ def _textkd(args: argparse.Namespace) -> int:
     from distill.recipes.textkd.pipeline import run_textkd
 
     run_dir = run_textkd(_config(args, load_textkd_config), resume=args.resume)
+    print(f"Report: {run_dir / 'report.md'}")
+    return 0
+
+
+def _task(args: argparse.Namespace) -> int:
+    from distill.recipes.task.config import load_task_config
+    from distill.recipes.task.pipeline import run_task
+
+    run_dir = run_task(_config(args, load_task_config), resume=args.resume)
     print(f"Report: {run_dir / 'report.md'}")
     return 0
 

@@ -1,6 +1,6 @@
 """Prompt datasets: the task a student learns to do, as chat prompts without the assistant's turn.
 
-    rows = read_prompt_rows("train.jsonl", key="data.path")     # -> list[PromptRow]
+    rows = read_task_prompts("train.jsonl", key="data.path")     # -> list[TaskPrompt]
 
 A row is one of
   {"messages": [{"role": "user", "content": "..."}, ...]}            a prompt (any system/user turns);
@@ -39,7 +39,7 @@ REFERENCE_KEYS = ("answer", "reference", "response")
 
 
 @dataclass(frozen=True)
-class PromptRow:
+class TaskPrompt:
     id: str
     messages: list[dict[str, str]]  # the prompt: system/user (and earlier assistant) turns, ending in a user turn
     reference: str | None = None  # a correct answer, when the data has one
@@ -56,7 +56,7 @@ class PromptRow:
         return [{"role": "system", "content": self.context}, *self.messages]
 
 
-def read_prompt_rows(source: str | Path, *, key: str, limit: int | None = None) -> list[PromptRow]:
+def read_task_prompts(source: str | Path, *, key: str, limit: int | None = None) -> list[TaskPrompt]:
     """Every row of a JSONL file or a `datasets` source (its train split), checked; `limit` keeps the first N."""
     path = Path(source)
     if path.suffix.lower() == ".jsonl":
@@ -70,7 +70,7 @@ def read_prompt_rows(source: str | Path, *, key: str, limit: int | None = None) 
 
         numbered = [(f"{key}: {source}, row {n}", row) for n, row in enumerate(open_dataset(str(source))["train"], 1)]
     numbered = numbered[:limit] if limit else numbered
-    rows = [prompt_row(row, where, n) for n, (where, row) in enumerate(numbered, 1)]
+    rows = [task_prompt(row, where, n) for n, (where, row) in enumerate(numbered, 1)]
     if not rows:
         raise DataError(f"{key}: {source} has no rows.")
     seen: dict[str, str] = {}
@@ -82,8 +82,8 @@ def read_prompt_rows(source: str | Path, *, key: str, limit: int | None = None) 
     return rows
 
 
-def prompt_row(row: Any, where: str, n: int) -> PromptRow:
-    """One row as a `PromptRow`, or a `DataError` saying what is wrong with it and how to fix it."""
+def task_prompt(row: Any, where: str, n: int) -> TaskPrompt:
+    """One row as a `TaskPrompt`, or a `DataError` saying what is wrong with it and how to fix it."""
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected an object with `messages` or `prompt`, got {type(row).__name__}.")
     context = row.get("context")
@@ -99,7 +99,7 @@ def prompt_row(row: Any, where: str, n: int) -> PromptRow:
     else:
         raise DataError(f"{where}: a prompt row needs `messages` (chat turns) or a non-empty string `prompt`; "
                         f"it has keys {sorted(row)}.")
-    return PromptRow(str(row_id), messages, reference, context or None)
+    return TaskPrompt(str(row_id), messages, reference, context or None)
 
 
 def _chat_prompt(row: dict[str, Any], where: str) -> tuple[list[dict[str, str]], str | None]:
@@ -139,7 +139,7 @@ def prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
     return tokenizer("\n".join(m["content"] for m in messages), add_special_tokens=False)["input_ids"]
 
 
-def encode_prompts(rows: list[PromptRow], tokenizer: Any, seq_len: int, *, source: str,
+def encode_prompts(rows: list[TaskPrompt], tokenizer: Any, seq_len: int, *, source: str,
                    responses: list[str | None] | None = None) -> PromptBlocks:
     """One block per row: its prompt (the student's: without the context) and, where `responses`
     gives one, that response as the assistant's turn, the only tokens trained on; `prompt_len` says

@@ -359,6 +359,27 @@ def lm_learning_curves(run_dir: Path, report: dict[str, Any]) -> Path:
     return _save(fig, run_dir / "plots" / "lm_curves.png")
 
 
+# --------------------------------------------------------------------------- distill task
+
+
+def task_success_curves(run_dir: Path, report: dict[str, Any]) -> Path:
+    """Held-out task success against the student's training compute, one line per arm and seed, with
+    the teacher's success as a line: which way of learning reaches a success soonest."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for n, (arm, a) in enumerate(report["arms"].items()):
+        for i, curve in enumerate(a["curves"]):
+            ax.plot([c["compute"] for c in curve], [100 * c["success"] for c in curve], marker="o", markersize=3,
+                    color=colours[n % len(colours)], alpha=0.8, label=arm if i == 0 else None)
+    ax.axhline(100 * report["teacher"]["success"], color="grey", linestyle="--", label="teacher")
+    ax.set(xlabel="student training compute (FLOPs: 6·params·tokens trained + 2·params·tokens written)",
+           ylabel="held-out success (%)", title="Task success as the students train")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, run_dir / "plots" / "success.png")
+
+
 # --------------------------------------------------------------------------- distill search
 
 

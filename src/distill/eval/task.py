@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from distill.core.errors import ConfigError, DataError
 from distill.core.imports import import_function
-from distill.data.tasks import PromptRow
+from distill.data.tasks import TaskPrompt
 from distill.eval.text import rouge_l
 
 ScoreKind = Literal["exact", "regex", "check", "rouge"]
@@ -51,7 +51,7 @@ class TaskScore:
     def needs_reference(self) -> bool:
         return self.kind != "check"
 
-    def __call__(self, row: PromptRow, output: str) -> float:
+    def __call__(self, row: TaskPrompt, output: str) -> float:
         if self.kind == "check":
             return self._checked(row, output)
         if row.reference is None:
@@ -71,7 +71,7 @@ class TaskScore:
         last = matches[-1]
         return last.group(1) if last.re.groups else last.group(0)
 
-    def _checked(self, row: PromptRow, output: str) -> float:
+    def _checked(self, row: TaskPrompt, output: str) -> float:
         try:
             verdict = self._fn({"id": row.id, "messages": row.messages, "reference": row.reference,
                                 "context": row.context}, output)
@@ -86,3 +86,21 @@ class TaskScore:
 
 def normalise(text: str) -> str:
     return " ".join(text.lower().strip().rstrip(".").split())
+
+
+def answer_greedily(model: Any, tokenizer: Any, prompts: list[list[int]], *, max_new_tokens: int,
+                    batch_size: int = 16) -> list[str]:
+    """A model in this process answers every prompt (token ids) greedily, `batch_size` at a time."""
+    from distill.models.generation import GenerationParams, eos_ids_of, generate_batch
+
+    eos = eos_ids_of(model, tokenizer)
+    params = GenerationParams(max_new_tokens=max_new_tokens)
+    was_training = model.training
+    model.eval()
+    out: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start: start + batch_size]
+        done = generate_batch(model, chunk, [params] * len(chunk), pad_id=tokenizer.pad_token_id, eos_ids=eos)
+        out += [tokenizer.decode(g.token_ids, skip_special_tokens=True) for g in done]
+    model.train(was_training)
+    return out

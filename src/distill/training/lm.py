@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +38,14 @@ def fit_lm(model: nn.Module, data: TokenBlocks, *, train: LMTrainConfig, kd: Tok
            teacher: Teacher | None = None, on_policy: OnPolicyConfig | None = None,
            val_data: TokenBlocks | None = None, val_teacher: Teacher | None = None,
            pad_id: int = 0, checkpoint_dir: Path | None = None, resume: bool = False,
-           device: str = "auto", quiet: bool = False, name: str = "student") -> FitResult:
+           device: str = "auto", quiet: bool = False, name: str = "student",
+           evaluate: Callable[[nn.Module], dict[str, float]] | None = None) -> FitResult:
     """Train `model` for `train.steps` steps; with `teacher` None (or before `kd.warm_start`), plain
-    next-token CE."""
+    next-token CE. Every metrics row also counts the tokens the student has read in training
+    (`tokens_trained`) and written on-policy (`tokens_generated`) so far, and holds `val_<key>` of
+    `evaluate(model)` (e.g. task success) when given."""
     task = LMTask(model, data, train, kd, vocab, teacher, on_policy, val_data, val_teacher, pad_id, name)
+    task.evaluate = evaluate
     return run_steps(task, Run(checkpoint_dir=checkpoint_dir, resume=resume, device=device, quiet=quiet,
                                progress=("train_loss", "val_ppl")))
 
@@ -56,6 +61,8 @@ class LMTask:
         self.sampling = on_policy if on_policy is not None and on_policy.fraction > 0 else None
         self.steps, self.warmup_steps = train.steps, train.warmup_steps
         self.fingerprint = _fingerprint(train, kd, on_policy, teacher is not None, data)
+        self.evaluate: Callable[[nn.Module], dict[str, float]] | None = None
+        self.seen = {"tokens_trained": 0, "tokens_generated": 0}  # this process's, so far
 
     def setup(self, acc: Accelerator) -> nn.Module:
         self.acc = acc
@@ -80,6 +87,8 @@ class LMTask:
             model = self.acc.unwrap_model(self.model)
             batch = (sample_responses(model, batch, s, self.pad_id, seed=self.config.seed * 1_000_003 + step)
                      if "prompt_len" in batch else sample_continuations(model, batch, s, self.pad_id))
+            self.seen["tokens_generated"] += int(batch["loss_mask"].sum())
+        self.seen["tokens_trained"] += int(batch["attention_mask"].sum())
         return batch
 
     def loss(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
@@ -101,11 +110,13 @@ class LMTask:
         return done % self.config.save_every == 0 or done == self.steps
 
     def row(self, done: int) -> dict[str, float]:
-        row: dict[str, float] = {"step": done}
-        if self.val_data is not None:
+        row: dict[str, float] = {"step": done, **self.seen}
+        if self.val_data is not None or self.evaluate is not None:
             with sharding.gathered_root(self.step_loss if self.sharded else None):
-                metrics = evaluate_lm(self.acc.unwrap_model(self.model), self.val_data, self.vocab,
-                                      teacher=self.val_teacher)
+                model = self.acc.unwrap_model(self.model)
+                metrics = evaluate_lm(model, self.val_data, self.vocab, teacher=self.val_teacher) \
+                    if self.val_data is not None else {}
+                metrics.update(self.evaluate(model) if self.evaluate is not None else {})
             row.update({f"val_{k}": v for k, v in metrics.items()})
         return row
 
@@ -126,9 +137,10 @@ class LMTask:
         return (sharding.Whole(model, gather=saving), sharding.WholeOptimizer(model, optimizer, gather=saving))
 
     def state(self, result: FitResult) -> dict[str, Any]:
-        return {}
+        return {"seen": self.seen}
 
     def load_state(self, state: dict[str, Any], result: FitResult) -> int:
+        self.seen = state.get("seen", self.seen)  # checkpoints from before the counts: from 0
         return int(state["step"])
 
     def finish(self, result: FitResult, checkpoint_dir: Path | None) -> nn.Module:

@@ -15,6 +15,7 @@ from typing import Any
 
 from distill.data.prompts import render
 from distill.recipes.textkd.config import PromptConfig, TextKDConfig
+from distill.training.config import LMTrainConfig
 
 
 def finetune_rows(p: PromptConfig, examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -33,6 +34,17 @@ def finetune_rows(p: PromptConfig, examples: list[dict[str, Any]]) -> list[dict[
 
 def finetuned_teacher(cfg: TextKDConfig, examples: list[dict[str, Any]], run_dir: Path) -> str:
     """The fine-tuned teacher's directory (trained now, resumed, or reused when already saved)."""
+    assert cfg.teacher.finetune is not None
+    return finetune_on_rows(cfg.teacher.model, finetune_rows(cfg.prompt, examples), cfg.teacher.finetune,
+                            seq_len=cfg.student.seq_len, stage=run_dir / "teacher", device=cfg.device,
+                            quiet=cfg.quiet, keep_state=cfg.keep_state,
+                            source="teacher.finetune rows (the kept labelled examples)")
+
+
+def finetune_on_rows(model_source: str, rows: list[dict[str, Any]], train: LMTrainConfig, *, seq_len: int,
+                     stage: Path, device: str, quiet: bool, keep_state: bool, source: str) -> str:
+    """`model_source` fine-tuned on chat rows (trained on the assistant turns) into `stage/model/`, a
+    Hugging Face directory; resumed from `stage`'s checkpoint, or reused when already saved."""
     from distill.core.checkpoint import drop_training_state
     from distill.data.tokens import encode_rows
     from distill.losses.config import TokenKDConfig
@@ -40,20 +52,17 @@ def finetuned_teacher(cfg: TextKDConfig, examples: list[dict[str, Any]], run_dir
     from distill.models.causal_lm import save_pretrained_atomic
     from distill.training.lm import fit_lm
 
-    stage = run_dir / "teacher"
     done = stage / "model"
     if (done / "config.json").is_file():
         return str(done)
-    assert cfg.teacher.finetune is not None
-    tokenizer = lm_models.load_tokenizer(cfg.teacher.model)
-    model = lm_models.load_causal_lm(cfg.teacher.model)
-    blocks = encode_rows(finetune_rows(cfg.prompt, examples), tokenizer, cfg.student.seq_len, response_only=True,
-                         packing=False, source="teacher.finetune rows (the kept labelled examples)")
+    tokenizer = lm_models.load_tokenizer(model_source)
+    model = lm_models.load_causal_lm(model_source)
+    blocks = encode_rows(rows, tokenizer, seq_len, response_only=True, packing=False, source=source)
     width = int(blocks.attention_mask.sum(1).max())  # cut to the longest row, as the students' blocks are
     blocks = type(blocks)(blocks.input_ids[:, :width], blocks.attention_mask[:, :width], blocks.loss_mask[:, :width])
-    out = fit_lm(model, blocks, train=cfg.teacher.finetune, kd=TokenKDConfig(ratio=0.0), vocab=len(tokenizer),
-                 pad_id=tokenizer.pad_token_id, checkpoint_dir=stage, resume=True, device=cfg.device,
-                 quiet=cfg.quiet, name="teacher fine-tune")
+    out = fit_lm(model, blocks, train=train, kd=TokenKDConfig(ratio=0.0), vocab=len(tokenizer),
+                 pad_id=tokenizer.pad_token_id, checkpoint_dir=stage, resume=True, device=device,
+                 quiet=quiet, name="teacher fine-tune")
     save_pretrained_atomic(out.model, tokenizer, done)
-    drop_training_state(stage, keep=cfg.keep_state)
+    drop_training_state(stage, keep=keep_state)
     return str(done)

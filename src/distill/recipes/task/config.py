@@ -1,0 +1,113 @@
+"""Typed config of a task job (`distill task`): teach a small model a task from prompts, by the
+arms that learn from written answers (answer_sft, seq_kd) and from its own (on_policy, mixed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from distill.core.config import RunHeader, Strict, builtin_config, read_raw, read_yaml, source_name, validate_section
+from distill.core.errors import ConfigError
+from distill.losses.config import TokenKDConfig
+from distill.recipes.textkd.config import SamplingConfig, TextTeacherConfig
+from distill.training.config import LMTrainConfig
+
+Arm = Literal["answer_sft", "seq_kd", "on_policy", "mixed"]
+ARMS_TEXT = ("answer_sft: SFT on the reference answers; seq_kd: SFT on the teacher's answers to the training "
+             "prompts; on_policy: the student answers the prompts and the teacher scores every token of its "
+             "answers (reverse KL by default, kd.divergence); mixed: on_policy for a share on_policy.mix of the "
+             "steps and the teacher's answers, scored by the teacher, for the rest (GKD's λ).")
+
+
+class TaskTeacherConfig(TextTeacherConfig):
+    top_k: int = Field(20, ge=1, description="serve/openai: log-probs of the k most likely tokens the server "
+                       "returns for each answer token (OpenAI's API allows up to 20; vLLM and distill serve more); "
+                       "the rest of the mass is one bin.")
+
+
+class TaskDataConfig(Strict):
+    source: str = Field("builtin:addition", description="The prompts: builtin:addition (sums of 2-3 digit "
+                        "numbers, answered with the working), a JSONL file of prompt rows, or a `datasets` source "
+                        "(saved directory, data file, hub id).")
+    eval_source: str | None = Field(None, description="Held-out prompts (same formats); default: eval_examples "
+                                    "rows of `source` that training never sees.")
+    train_examples: int = Field(400, ge=1, description="Training prompts (the first N of source, after the "
+                                "held-out ones when eval_source is not given).")
+    eval_examples: int = Field(100, ge=1)
+    seed: int = Field(0, description="builtin tasks: the seed of the generated prompts.")
+
+
+class ScoreConfig(Strict):
+    score: Literal["exact", "regex", "check", "rouge"] = Field("regex", description=(
+        "How an answer is scored against the row's reference: exact (normalised), regex (the answer `pattern` "
+        "extracts), check (your function), rouge (ROUGE-L F1, for free text)."))
+    pattern: str | None = Field(r"answer:\s*(-?\d+)", description="regex: the answer in a text (group 1, last match).")
+    check: str | None = Field(None, description="check: module:function(row, output) -> bool.")
+
+
+class TaskStudentConfig(Strict):
+    model: str | None = Field(None, description="The model whose layers build the student (dir, hub id, builtin); "
+                              "default teacher.model. Required with an openai teacher.")
+    layers: list[int] = Field(default_factory=lambda: [0], description="Teacher layers the student is built from.")
+    seq_len: int = Field(160, ge=16, description="Longest prompt + answer a training row may have (tokens).")
+
+
+class OnPolicySettings(Strict):
+    mix: float = Field(0.5, gt=0, lt=1, description="mixed arm: share of steps on the student's own answers (λ).")
+    max_new_tokens: int = Field(64, ge=1, description="Longest answer the student writes in training.")
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+
+
+class TaskConfig(RunHeader):
+    name: str = "addition"
+    teacher: TaskTeacherConfig = Field(default_factory=lambda: TaskTeacherConfig(backend="local"))
+    student: TaskStudentConfig = Field(default_factory=TaskStudentConfig)
+    data: TaskDataConfig = Field(default_factory=TaskDataConfig)
+    task: ScoreConfig = Field(default_factory=ScoreConfig)
+    arms: list[Arm] = Field(default_factory=lambda: ["answer_sft", "seq_kd", "on_policy"], description=ARMS_TEXT)
+    on_policy: OnPolicySettings = Field(default_factory=OnPolicySettings)
+    kd: TokenKDConfig = Field(default_factory=lambda: TokenKDConfig(divergence="reverse_kl", ratio=1.0),
+                              description="on_policy and mixed: the divergence to the teacher on every answer token "
+                              "and its share of the loss (the rest: CE on the tokens, which on the student's own "
+                              "answers teaches nothing: keep ratio 1).")
+    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(max_tokens=64), description=(
+        "How the teacher writes seq_kd's (and mixed's) answers to the training prompts."))
+    answer_tokens: int = Field(64, ge=1, description="Longest answer teacher and students write when scored.")
+    concurrency: int = Field(4, ge=1, description="Teacher requests in flight (serve/openai).")
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    train: LMTrainConfig = Field(default_factory=lambda: LMTrainConfig(steps=200, batch_size=8, eval_every=50,
+                                                                     save_every=50))
+
+    @model_validator(mode="after")
+    def _arms(self) -> TaskConfig:
+        if not self.arms:
+            raise ValueError("arms is empty: name at least one of answer_sft, seq_kd, on_policy, mixed")
+        if len(set(self.arms)) != len(self.arms):
+            raise ValueError(f"arms names one twice ({self.arms}); each arm runs once per seed")
+        if len(set(self.seeds)) != len(self.seeds) or not self.seeds:
+            raise ValueError(f"seeds must be distinct and at least one ({self.seeds})")
+        return self
+
+    def check_teacher(self) -> None:
+        """What the teacher settings cannot do, refused before any compute."""
+        if self.teacher.finetune is not None and self.teacher.backend == "openai":
+            raise ConfigError("teacher.finetune needs the teacher's weights, which an openai endpoint does not give: "
+                              "set teacher.finetune=null, or use backend local or serve with a local model.")
+
+    @property
+    def student_source(self) -> str:
+        if self.teacher.backend == "openai" and self.student.model is None:
+            raise ConfigError("student.model is required with teacher.backend=openai: an endpoint gives text, not "
+                              "weights to build the student from. Name a local model.")
+        return self.student.model or self.teacher.model
+
+
+def load_task_config(path: str | Path | dict[str, Any] | None = None,
+                     overrides: list[str] | None = None) -> TaskConfig:
+    """Read a task job's YAML config (a file, a mapping, or None: the built-in addition job), apply
+    overrides, validate."""
+    raw = read_raw(path, overrides, lambda: read_yaml(builtin_config("task_addition.yaml")))
+    return validate_section(TaskConfig, raw, source_name(path, "built-in addition task job"), overrides)

@@ -1,0 +1,256 @@
+"""The `distill task` job: prompts → (optionally) the teacher fine-tuned on the reference answers →
+the teacher's answers to the held-out prompts (its success) and, for seq_kd and mixed, to the
+training prompts → students of the same initialisation trained by every arm, every seed, for the
+same steps, their task success measured as they train → report. Every stage is resumable.
+
+Arms (`distill.recipes.task.config.ARMS_TEXT`): answer_sft and seq_kd learn from written answers
+(the references; the teacher's), on_policy from answers the student writes itself, each token
+scored by the teacher (`distill.teachers.responses.ResponseTeacher`: in this process, or a server's
+top-k log-probs), mixed from both. The teacher reads each row's privileged context, when the row has
+one; students never do.
+
+Run directory:
+  config.yaml, manifest.json, report.json, report.md, success.png
+  data/{train,eval}.jsonl               the prompts (what a resumed run reads again)
+  teacher/model/                        the fine-tuned teacher (teacher.finetune)
+  generated/{train,eval}.jsonl          the teacher's answers, appended as they arrive
+  students/<arm>-s<seed>/               metrics.jsonl (success as it trained), model/, eval.json
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distill.core.errors import ConfigError, DataError
+from distill.core.files import atomic_write_text
+from distill.data.tasks import TaskPrompt, encode_prompts, prompt_ids, read_task_prompts
+from distill.eval.task import TaskScore, answer_greedily
+from distill.recipes.task.config import TaskConfig
+from distill.teachers.responses import Scorer
+
+LEARNS_FROM_TEACHER_TEXT = ("seq_kd", "mixed")
+SCORED_BY_TEACHER = ("on_policy", "mixed")
+
+
+def run_task(cfg: TaskConfig, resume: bool = False) -> Path:
+    """Run the whole job; returns the run directory (which holds report.md)."""
+    from distill.core.rundir import open_run_dir
+    from distill.models.causal_lm import check_layers, load_tokenizer
+    from distill.recipes.lm.pipeline import require_transformers
+    from distill.recipes.task.report import build_report, render_report
+
+    require_transformers()
+    cfg.check_teacher()
+    check_layers(cfg.student_source, cfg.student.layers)
+    score = TaskScore(cfg.task.score, cfg.task.pattern, cfg.task.check)
+    train_rows, eval_rows = load_prompts(cfg)
+    tokenizer = load_tokenizer(cfg.student_source, "student.model" if cfg.student.model else "teacher.model")
+    check_job(cfg, score, train_rows, eval_rows, tokenizer)  # everything refused before any compute
+    run_dir = open_run_dir(cfg, resume)
+    _write_prompts(run_dir, train_rows, eval_rows)
+    teacher_model = _teacher(cfg, train_rows, run_dir)
+    teacher_eval = _teacher_answers(cfg, teacher_model, eval_rows, run_dir, "eval", greedy=True)
+    teacher_success = [score(row, teacher_eval[row.id]) for row in eval_rows]
+    written = {"answer_sft": [r.reference for r in train_rows]}
+    if any(a in cfg.arms for a in LEARNS_FROM_TEACHER_TEXT):
+        answers = _teacher_answers(cfg, teacher_model, train_rows, run_dir, "train", greedy=False)
+        written["seq_kd"] = written["mixed"] = [answers[r.id] for r in train_rows]
+    students = {}
+    with _scorer(cfg, teacher_model, tokenizer) as scorer:
+        for seed in cfg.seeds:
+            for arm in cfg.arms:
+                students[f"{arm}-s{seed}"] = train_arm(cfg, arm, seed, train_rows, eval_rows, written.get(arm),
+                                                       score, scorer, tokenizer, run_dir)
+    report = build_report(cfg, teacher_success, students, eval_rows, tokenizer)
+    atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2))
+    atomic_write_text(run_dir / "report.md", render_report(report, run_dir))
+    return run_dir
+
+
+def load_prompts(cfg: TaskConfig) -> tuple[list[TaskPrompt], list[TaskPrompt]]:
+    """(train, eval) prompts; without data.eval_source, the first eval_examples rows of the source are
+    held out and the next train_examples train."""
+    d = cfg.data
+    if d.source.startswith("builtin:"):
+        from distill.data.builtin_tasks import builtin_task
+
+        name = d.source.removeprefix("builtin:")
+        held = [] if d.eval_source else builtin_task(name, d.eval_examples, d.seed)
+        train = builtin_task(name, d.train_examples, d.seed, offset=len(held))
+    else:
+        rows = read_task_prompts(d.source, key="data.source")
+        held = [] if d.eval_source else rows[: d.eval_examples]
+        train = rows[len(held): len(held) + d.train_examples]
+    evaluated = held or read_task_prompts(d.eval_source, key="data.eval_source", limit=d.eval_examples)
+    if not train:
+        raise DataError(f"data.source: {d.source} has no rows left to train on after the {len(held)} held out "
+                        "for evaluation; give more rows, lower data.eval_examples, or set data.eval_source.")
+    return train, evaluated
+
+
+def check_job(cfg: TaskConfig, score: TaskScore, train: list[TaskPrompt], held: list[TaskPrompt],
+              tokenizer: Any) -> None:
+    """Refuse what the job cannot do, naming the setting or row, before the teacher is touched."""
+    if score.needs_reference:
+        missing = [r.id for r in held if r.reference is None]
+        if missing:
+            raise DataError(f"task.score={score.kind} compares answers with references, but {len(missing)} held-out "
+                            f"prompts have none (first: {missing[0]!r}); add answers, or use task.score=check.")
+    if "answer_sft" in cfg.arms or cfg.teacher.finetune is not None:
+        missing = [r.id for r in train if r.reference is None]
+        if missing:
+            why = "arms has answer_sft" if "answer_sft" in cfg.arms else "teacher.finetune is set"
+            raise DataError(f"{why}, which trains on reference answers, but {len(missing)} training prompts have "
+                            f"none (first: {missing[0]!r}); add answers, or drop it.")
+    longest = max(len(prompt_ids(tokenizer, r.messages)) for r in train + held)
+    need = longest + max(cfg.on_policy.max_new_tokens if any(a in cfg.arms for a in SCORED_BY_TEACHER) else 0,
+                         cfg.sampling.max_tokens if any(a in cfg.arms for a in LEARNS_FROM_TEACHER_TEXT) else 0)
+    if need > cfg.student.seq_len:
+        raise ConfigError(f"student.seq_len={cfg.student.seq_len} is too short: the longest prompt is {longest} tokens "
+                          f"and answers may be {need - longest} (on_policy.max_new_tokens, sampling.max_tokens); set "
+                          f"student.seq_len={need} or more, or lower those.")
+    if "answer_sft" in cfg.arms:  # a reference longer than the context: refused now, naming its row
+        encode_prompts(train, tokenizer, cfg.student.seq_len, source="data.source",
+                       responses=[r.reference for r in train])
+    if any(a in cfg.arms for a in SCORED_BY_TEACHER):
+        _same_vocabulary(cfg, tokenizer)
+
+
+def _same_vocabulary(cfg: TaskConfig, tokenizer: Any) -> None:
+    if cfg.teacher.backend == "openai" or not cfg.student.model:
+        return  # built from the teacher: its tokenizer; an endpoint names tokens by the ids the student reads
+    from distill.models.causal_lm import load_tokenizer
+
+    if load_tokenizer(cfg.teacher.model).get_vocab() != tokenizer.get_vocab():
+        raise ConfigError(f"arms {[a for a in cfg.arms if a in SCORED_BY_TEACHER]} score the student's answer tokens "
+                          f"with the teacher, but student.model={cfg.student.model} and teacher.model="
+                          f"{cfg.teacher.model} have different vocabularies; use a student built from the teacher "
+                          "(student.model=null), or the arms that learn from text (answer_sft, seq_kd).")
+
+
+def _write_prompts(run_dir: Path, train: list[TaskPrompt], held: list[TaskPrompt]) -> None:
+    for split, rows in (("train", train), ("eval", held)):
+        path = run_dir / "data" / f"{split}.jsonl"
+        if not path.is_file():
+            atomic_write_text(path, "".join(json.dumps(asdict(r)) + "\n" for r in rows))
+
+
+def _teacher(cfg: TaskConfig, train: list[TaskPrompt], run_dir: Path) -> str:
+    """The teacher's model: as given, or fine-tuned on the training prompts' reference answers (as it
+    reads them: with their context)."""
+    if cfg.teacher.finetune is None:
+        return cfg.teacher.model
+    from distill.recipes.textkd.finetune import finetune_on_rows
+
+    rows = [{"messages": [*r.teacher_messages(), {"role": "assistant", "content": r.reference}]} for r in train]
+    return finetune_on_rows(cfg.teacher.model, rows, cfg.teacher.finetune, seq_len=cfg.student.seq_len * 4,
+                            stage=run_dir / "teacher", device=cfg.device, quiet=cfg.quiet, keep_state=cfg.keep_state,
+                            source="teacher.finetune rows (the training prompts and their answers)")
+
+
+def _teacher_answers(cfg: TaskConfig, model: str, rows: list[TaskPrompt], run_dir: Path, split: str, *,
+                     greedy: bool) -> dict[str, str]:
+    """The teacher's answer to every prompt (read with its context), journaled in generated/<split>.jsonl
+    so a killed run asks only for the rest."""
+    from distill.recipes.textkd.pipeline import open_teacher
+    from distill.teachers.generate import PromptRow, generate, pending, read_records
+    from distill.teachers.text import Sampling
+
+    path = run_dir / "generated" / f"{split}.jsonl"
+    sampling = Sampling(max_tokens=cfg.answer_tokens, temperature=0.0) if greedy else \
+        Sampling(**cfg.sampling.model_dump())
+    asked = [PromptRow(r.id, r.teacher_messages(), {}) for r in rows]
+    if pending(asked, path, 1):
+        tuned = cfg.teacher.finetune is not None
+        with open_teacher(cfg.teacher.model_copy(update={"model": model}),
+                          served_as=f"{cfg.teacher.model} fine-tuned" if tuned else None) as teacher:
+            generate(teacher, asked, path, sampling=sampling, concurrency=cfg.concurrency, quiet=cfg.quiet)
+    return {r["id"]: r["response"] for r in read_records(path) if r["sample"] == 0}
+
+
+@contextlib.contextmanager
+def _scorer(cfg: TaskConfig, model: str, tokenizer: Any) -> Iterator[Scorer | None]:
+    """What scores the students' answers token by token: the teacher in this process (local), or a
+    server's top-k log-probs (serve: `distill serve` started on loopback; openai: teacher.base_url)."""
+    if not any(a in cfg.arms for a in SCORED_BY_TEACHER):
+        yield None
+        return
+    from distill.teachers.endpoint import EndpointTopK
+    from distill.teachers.responses import endpoint_scorer, live_scorer
+
+    vocab = len(tokenizer)
+    t = cfg.teacher
+    if t.backend == "local":
+        from distill.models.causal_lm import load_causal_lm
+
+        yield live_scorer(load_causal_lm(model), vocab)
+    elif t.backend == "openai":
+        yield endpoint_scorer(EndpointTopK(t.base_url, t.model, k=t.top_k, vocab=vocab, concurrency=cfg.concurrency,
+                                           api_key_env=t.api_key_env, timeout_s=t.timeout_s, max_retries=t.max_retries))
+    else:
+        from distill.serve.server import make_server
+
+        server = make_server(model, port=0, max_batch=t.max_batch, model_name="teacher")
+        server.start_background()
+        try:
+            yield endpoint_scorer(EndpointTopK(f"{server.url}/v1", "teacher", k=t.top_k, vocab=vocab,
+                                               concurrency=cfg.concurrency, timeout_s=t.timeout_s,
+                                               max_retries=t.max_retries))
+        finally:
+            server.shutdown()
+
+
+def train_arm(cfg: TaskConfig, arm: str, seed: int, train: list[TaskPrompt], held: list[TaskPrompt],
+              written: list[str | None] | None, score: TaskScore, scorer: Scorer | None, tokenizer: Any,
+              run_dir: Path) -> dict[str, Any]:
+    """One student trained by `arm` with `seed` (or reloaded when done), scored on the held-out prompts."""
+    from distill.core.checkpoint import drop_training_state
+    from distill.losses.config import TokenKDConfig
+    from distill.models import causal_lm as lm_models
+    from distill.teachers.responses import ResponseTeacher
+    from distill.training.config import OnPolicyConfig
+    from distill.training.lm import fit_lm
+
+    stage = run_dir / "students" / f"{arm}-s{seed}"
+    done = stage / "eval.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    student = lm_models.student_from_teacher(lm_models.load_causal_lm(cfg.student_source), layers=cfg.student.layers,
+                                             seed=seed)
+    blocks = encode_prompts(train, tokenizer, cfg.student.seq_len, source="data.source",
+                            responses=written if arm != "on_policy" else None)
+    prompts = [prompt_ids(tokenizer, r.messages) for r in held]
+
+    def success(model: torch.nn.Module) -> dict[str, float]:
+        outputs = answer_greedily(model, tokenizer, prompts, max_new_tokens=cfg.answer_tokens)
+        return {"success": sum(score(r, o) for r, o in zip(held, outputs)) / len(held)}
+
+    teacher = on_policy = None
+    kd = TokenKDConfig(ratio=0.0)
+    if arm in SCORED_BY_TEACHER:
+        assert scorer is not None
+        teacher = ResponseTeacher(scorer, [prompt_ids(tokenizer, r.teacher_messages()) for r in train],
+                                  tokenizer.pad_token_id)
+        on_policy = OnPolicyConfig(fraction=1.0 if arm == "on_policy" else cfg.on_policy.mix,
+                                   max_new_tokens=cfg.on_policy.max_new_tokens,
+                                   temperature=cfg.on_policy.temperature, top_p=cfg.on_policy.top_p)
+        kd = cfg.kd
+    out = fit_lm(student, blocks, train=cfg.train.model_copy(update={"seed": seed}), kd=kd, vocab=len(tokenizer),
+                 teacher=teacher, on_policy=on_policy, pad_id=tokenizer.pad_token_id, checkpoint_dir=stage,
+                 resume=True, device=cfg.device, quiet=cfg.quiet, name=f"{arm} s{seed}", evaluate=success)
+    outputs = answer_greedily(out.model, tokenizer, prompts, max_new_tokens=cfg.answer_tokens)
+    per_row = [score(r, o) for r, o in zip(held, outputs)]
+    lm_models.save_pretrained_atomic(out.model, tokenizer, stage / "model")
+    drop_training_state(stage, keep=cfg.keep_state)
+    result = {"arm": arm, "seed": seed, "success": sum(per_row) / len(per_row), "per_row": per_row,
+              "outputs": outputs, "history": out.history,
+              "parameters": sum(p.numel() for p in out.model.parameters())}
+    atomic_write_text(done, json.dumps(result, indent=2))
+    return result

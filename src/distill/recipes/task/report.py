@@ -1,0 +1,116 @@
+"""The task job's report: every arm's held-out success and what it cost, and a verdict per pair of
+arms by the paired test over the held-out prompts and seeds (`distill.eval.verdict`)."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distill.data.tasks import TaskPrompt, prompt_ids
+from distill.eval.verdict import Verdict, compare_classifiers
+from distill.recipes.task.config import TaskConfig
+
+WRITTEN = ("answer_sft", "seq_kd")  # the arms that learn from written answers
+
+
+def build_report(cfg: TaskConfig, teacher_success: list[float], students: dict[str, dict[str, Any]],
+                 held: list[TaskPrompt], tokenizer: Any) -> dict[str, Any]:
+    arms = {arm: _arm(cfg, arm, [s for s in students.values() if s["arm"] == arm]) for arm in cfg.arms}
+    return {"name": cfg.name, "kind": "task", "teacher": {"model": cfg.teacher.model, "backend": cfg.teacher.backend,
+            "finetune_steps": cfg.teacher.finetune.steps if cfg.teacher.finetune else 0,
+            "success": sum(teacher_success) / len(teacher_success)},
+            "score": cfg.task.model_dump(), "prompts": {"train": cfg.data.train_examples, "eval": len(held)},
+            "student_layers": cfg.student.layers, "seeds": cfg.seeds, "steps": cfg.train.steps, "arms": arms,
+            "verdicts": verdicts(cfg.arms, students), "context": _context(cfg, held, tokenizer)}
+
+
+def _arm(cfg: TaskConfig, arm: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    runs = sorted(runs, key=lambda r: r["seed"])
+    success = [r["success"] for r in runs]
+    curves = [[{"step": h["step"], "compute": _compute(r["parameters"], h), "tokens_trained": h["tokens_trained"],
+                "tokens_generated": h["tokens_generated"], "success": h["val_success"]} for h in r["history"]]
+              for r in runs]
+    last = [c[-1] for c in curves if c]
+    return {"success": {"mean": statistics.fmean(success), "std": statistics.stdev(success) if len(runs) > 1 else 0.0},
+            "per_seed": success, "parameters": runs[0]["parameters"], "curves": curves,
+            "compute": statistics.fmean(c["compute"] for c in last) if last else 0.0,
+            "tokens_trained": statistics.fmean(c["tokens_trained"] for c in last) if last else 0.0,
+            "tokens_generated": statistics.fmean(c["tokens_generated"] for c in last) if last else 0.0}
+
+
+def _compute(parameters: int, row: dict[str, Any]) -> float:
+    """The student's training FLOPs so far: forward and backward over the tokens it trained on, and a
+    forward per token it wrote (on-policy answers); the teacher's are not counted."""
+    return 6.0 * parameters * row["tokens_trained"] + 2.0 * parameters * row["tokens_generated"]
+
+
+def verdicts(arms: list[str], students: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """"b vs a" → the paired test of b against a over the held-out prompts and every seed both ran:
+    each arm that learns from the teacher against every arm that learns from written answers, and
+    seq_kd against answer_sft."""
+    def per_row(arm: str) -> torch.Tensor:
+        runs = sorted((s for s in students.values() if s["arm"] == arm), key=lambda s: s["seed"])
+        return torch.tensor([r["per_row"] for r in runs], dtype=torch.float64)
+
+    pairs = [(b, a) for b in arms if b not in WRITTEN for a in arms if a in WRITTEN]
+    if "seq_kd" in arms and "answer_sft" in arms:
+        pairs.append(("seq_kd", "answer_sft"))
+    return {f"{b} vs {a}": compare_classifiers(per_row(a), per_row(b)).to_dict() for b, a in pairs}
+
+
+def _context(cfg: TaskConfig, held: list[TaskPrompt], tokenizer: Any) -> dict[str, float] | None:
+    """Prompt tokens the teacher reads and the student does not (privileged context), per request, and
+    what they cost at teacher.price_prompt per 1M tokens, per 1,000 requests."""
+    if not any(r.context for r in held):
+        return None
+    saved = statistics.fmean(len(prompt_ids(tokenizer, r.teacher_messages())) - len(prompt_ids(tokenizer, r.messages))
+                             for r in held)
+    return {"prompt_tokens_saved": saved, "cost_saved_per_1k": 1000 * saved * cfg.teacher.price_prompt / 1e6}
+
+
+def render_report(r: dict[str, Any], run_dir: Path) -> str:
+    """Markdown: the verdict first, then every arm's success and cost, the curves, the settings."""
+    from distill.eval.report import task_success_curves  # matplotlib only when a report is drawn
+
+    plot = task_success_curves(run_dir, r)
+    lines = [f"# Task: {r['name']}", "", *_headline(r), ""]
+    t = r["teacher"]
+    lines += ["| model | held-out success | student compute (FLOPs) | tokens trained | tokens written |",
+              "|---|---|---|---|---|",
+              f"| teacher `{t['model']}`{' (fine-tuned)' if t['finetune_steps'] else ''} | {100 * t['success']:.1f}% "
+              "| | | |"]
+    for arm, a in r["arms"].items():
+        s = a["success"]
+        lines.append(f"| {arm} | {100 * s['mean']:.1f} ± {100 * s['std']:.1f}% | {a['compute']:.3g} | "
+                     f"{a['tokens_trained']:,.0f} | {a['tokens_generated']:,.0f} |")
+    lines += ["", f"![success]({plot.relative_to(run_dir)})", ""]
+    for pair, v in r["verdicts"].items():
+        b, _, a = pair.partition(" vs ")
+        lines.append(f"- {Verdict(**v).sentence(b, a)}")
+    if r.get("context"):
+        c = r["context"]
+        lines += ["", f"Privileged context: the teacher read {c['prompt_tokens_saved']:.0f} more prompt tokens per "
+                  f"request than the students do; at teacher.price_prompt that is {c['cost_saved_per_1k']:.4f} per "
+                  "1,000 requests saved by serving the student."]
+    lines += ["", f"Students: teacher layers {r['student_layers']}, {r['steps']} steps each, seeds {r['seeds']}; "
+              f"{r['prompts']['train']} training prompts, {r['prompts']['eval']} held out. Success: "
+              f"{r['score']['score']}" + (f" (`{r['score']['pattern']}`)" if r["score"]["score"] == "regex" else "")
+              + ". Compute counts the student's own FLOPs (the teacher's scoring and writing are not in it)."]
+    return "\n".join(lines) + "\n"
+
+
+def _headline(r: dict[str, Any]) -> list[str]:
+    """The answer first: did learning from its own answers beat learning from written ones?"""
+    best = max(r["arms"], key=lambda a: r["arms"][a]["success"]["mean"])
+    mean = r["arms"][best]["success"]["mean"]
+    line = f"**Best arm: {best}, {100 * mean:.1f}% held-out success** (teacher {100 * r['teacher']['success']:.1f}%)."
+    beats = {pair.partition(" vs ")[2]: Verdict(**v) for pair, v in r["verdicts"].items()
+             if v["outcome"] == "beats" and pair.startswith(best + " ")}
+    if beats:
+        line += " It beats " + "; and ".join(f"{other} by {v.measured()}" for other, v in beats.items()) + "."
+    elif len(r["arms"]) > 1:
+        line += " No detectable difference from the others by the paired test (more seeds or held-out prompts narrow it)."
+    return [line]
