@@ -198,11 +198,11 @@ def tiny_teacher(tmp_path_factory):
     return d / "teacher", _jsonl(d / "prompts.jsonl", rows)
 
 
-def _task_config(tmp_path, teacher, prompts, **extra):
+def _task_config(tmp_path, teacher_dir, prompts, **extra):
     from distill.recipes.task.config import load_task_config
 
     cfg = {"name": "tiny", "output_dir": str(tmp_path / "runs"), "device": "cpu", "quiet": True,
-           "teacher": {"backend": "local", "model": str(teacher)},
+           "teacher": {"backend": "local", "model": str(teacher_dir)},
            "data": {"source": str(prompts), "train_examples": 12, "eval_examples": 4},
            "task": {"score": "exact"}, "student": {"layers": [0], "seq_len": 48},
            "arms": ["answer_sft", "seq_kd", "on_policy", "mixed"],
@@ -248,3 +248,62 @@ def test_the_task_job_refuses_what_it_cannot_do_before_any_compute(tmp_path, tin
     with pytest.raises(DataError, match="task.score=exact compares answers with references"):
         run_task(_task_config(tmp_path, teacher, no_answers))
     assert not (tmp_path / "runs").exists()  # refused before a run directory was made
+
+
+def test_a_student_of_another_vocabulary_is_refused_for_the_arms_the_teacher_scores(tmp_path, tiny_teacher):
+    from distill.recipes.task.pipeline import run_task
+
+    teacher, prompts = tiny_teacher
+    other = tmp_path / "other"
+    make_llama(other, make_tokenizer(other, extra_words=("zebra", "quartz")), layers=1)
+    with pytest.raises(ConfigError, match=r"\['on_policy'\] score the student's answer tokens with the teacher.*"
+                                          "different vocabularies"):
+        run_task(_task_config(tmp_path, teacher, prompts, student={"model": str(other), "layers": [0]},
+                              arms=["seq_kd", "on_policy"]))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_sampled_token_estimate_has_the_gradient_of_reverse_kl_in_expectation():
+    from distill.losses.divergences import token_divergence
+    from distill.losses.tokens import sampled_reverse_kl
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(1, 6, generator=gen, requires_grad=True)
+    teacher = torch.log_softmax(torch.randn(1, 6, generator=gen), -1)
+    exact, = torch.autograd.grad(token_divergence(logits, kind="reverse_kl", teacher_logits=teacher), logits)
+    q = torch.softmax(logits.detach(), -1)[0]
+    expected = torch.zeros_like(logits)
+    for x in range(6):  # E_{x ~ q}: every token the student may write, at its probability
+        label = torch.tensor([x])
+        g, = torch.autograd.grad(sampled_reverse_kl(logits, label, teacher[:, x]).sum(), logits)
+        expected += q[x] * g
+    torch.testing.assert_close(expected, exact)
+    value = sampled_reverse_kl(logits, torch.tensor([2]), teacher[:, 2])
+    torch.testing.assert_close(value, torch.log_softmax(logits, -1)[:, 2] - teacher[:, 2])  # log q − log p
+
+
+@pytest.mark.parametrize("logprobs", ["top_k", "sampled"])
+def test_the_on_policy_arm_learns_from_a_served_teacher(tmp_path, tiny_teacher, logprobs):
+    from distill.recipes.task.pipeline import run_task
+
+    teacher, prompts = tiny_teacher
+    cfg = _task_config(tmp_path, teacher, prompts, teacher={"backend": "serve", "model": str(teacher),
+                       "top_k": 8, "logprobs": logprobs}, arms=["on_policy"], seeds=[0],
+                       train={"steps": 2, "batch_size": 4, "eval_every": 2, "save_every": 2})
+    run_dir = run_task(cfg)
+    history = json.loads((run_dir / "students" / "on_policy-s0" / "eval.json").read_text())["history"]
+    assert history[-1]["tokens_generated"] > 0 and history[-1]["train_kd"] == history[-1]["train_loss"]
+    if logprobs == "sampled":  # the estimate of reverse KL on the student's own tokens: log q − log p, any sign
+        assert abs(history[-1]["train_kd"]) > 0
+    else:
+        assert history[-1]["train_kd"] > 0  # a KL over top-k + tail
+
+
+def test_sampled_log_probs_train_only_the_on_policy_arm_by_reverse_kl(tmp_path, tiny_teacher):
+    teacher, prompts = tiny_teacher
+    with pytest.raises(ConfigError, match="teacher.logprobs=sampled estimates reverse KL"):
+        _task_config(tmp_path, teacher, prompts, teacher={"backend": "serve", "model": str(teacher),
+                     "logprobs": "sampled"}, arms=["on_policy", "mixed"]).check_teacher()
+    with pytest.raises(ConfigError, match="a local teacher gives every token's"):
+        _task_config(tmp_path, teacher, prompts, teacher={"backend": "local", "model": str(teacher),
+                     "logprobs": "sampled"}, arms=["on_policy"]).check_teacher()

@@ -47,6 +47,8 @@ def lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], signal: TeacherOut
             t_logits, t_lp, t_idx, t_tail = teachers[4 * i: 4 * i + 4]
             if here is not None:  # t_idx: the student ids spelling the teacher's top-k tokens, -1 if none
                 d = cross_divergence(cfg.cross, logits, t_lp, t_tail, t_idx) * here
+            elif sampled[i]:
+                d = sampled_reverse_kl(logits, labels, t_lp[:, 0], t)
             else:
                 d = per_token_divergence(logits, kind=cfg.divergence, teacher_logits=t_logits,
                                          teacher_topk_logprobs=t_lp, teacher_topk_indices=t_idx,
@@ -55,6 +57,7 @@ def lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], signal: TeacherOut
             kd = kd + (d if part_weights is None else d * part_weights[:, i])
         return torch.stack([ce, kd], dim=-1)  # (n, 2)
 
+    sampled = [out.sampled for out, _ in parts]
     teachers = [x for out, _ in parts for x in (out.logits, out.topk_logprobs, out.topk_indices, out.tail_logprob)]
     weights = signal.part_weights if signal is not None else None
     sums = chunked_token_sum(hidden, weight, per_token, [labels, aligned, weights, *teachers], mask.float(),
@@ -68,6 +71,17 @@ def lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], signal: TeacherOut
     if ratio > 0:
         parts["kd"] = kd
     return parts
+
+
+def sampled_reverse_kl(logits: torch.Tensor, labels: torch.Tensor, teacher_logprob: torch.Tensor,
+                       temperature: float = 1.0) -> torch.Tensor:
+    """Per token, the one-sample estimate of reverse KL(q ‖ p) at the token the student wrote, for a
+    teacher that gives only that token's log-prob: its value is log q(x) − log p(x), its gradient
+    (log q(x) − log p(x))·∇ log q(x), the policy gradient with the per-token reward log p − log q that
+    on-policy distillation with such teachers uses. Unbiased only on tokens sampled from the student."""
+    log_q = F.log_softmax(logits.float() / temperature, dim=-1).gather(-1, labels[:, None])[:, 0]
+    gap = (log_q - teacher_logprob).detach()
+    return gap + (log_q - log_q.detach()) * gap
 
 
 def student_hidden(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor,

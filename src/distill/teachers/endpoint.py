@@ -53,6 +53,17 @@ class EndpointTopK:
                                   range(len(input_ids))))
         return tuple(torch.stack(p) for p in zip(*parts))
 
+    def sampled_rows(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(logprob (B, T, 1), id (B, T, 1), log tail (B, T, 1)): at position t, the log-prob of token
+        t + 1 only, for servers that return no alternatives (`TeacherOutput.sampled`); fillers elsewhere."""
+        width = input_ids.shape[1]
+        logprobs = torch.zeros(len(input_ids), width, 1)
+        for r, values in enumerate(self.token_logprobs(input_ids, lengths)):
+            logprobs[r, : len(values), 0] = torch.tensor(values)
+        indices = torch.roll(input_ids, -1, dims=1)[..., None].clone()
+        tail = torch.log1p(-logprobs.exp().clamp(max=1 - 1e-6)).clamp_min(TAIL_FLOOR)
+        return logprobs, indices, tail
+
     def token_logprobs(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> list[list[float]]:
         """Per block, the log-prob the served model gives each real token after the first, given the
         tokens before it (its held-out perplexity, without the model in this process)."""

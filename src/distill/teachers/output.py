@@ -29,6 +29,8 @@ class TeacherOutput:
     valid: torch.Tensor | None = None  # (...,) bool: where it speaks (a teacher with another tokenizer: aligned)
     parts: tuple[TeacherOutput, ...] = ()
     part_weights: torch.Tensor | None = None  # (..., len(parts)): each part's weight at each token
+    sampled: bool = False  # top-k holds only the log-prob of the token that follows (k = 1, a server that
+    # returns no alternatives): the token losses then estimate reverse KL from it (`distill.losses.tokens`)
 
     def __post_init__(self) -> None:
         if self.parts:
@@ -40,6 +42,8 @@ class TeacherOutput:
             raise ValueError("a TeacherOutput holds either full logits or top-k log-probs (with their ids)")
         if self.topk_logprobs is not None and self.topk_indices is None:
             raise ValueError("top-k log-probs need their token ids (topk_indices)")
+        if self.sampled and (self.topk_logprobs is None or self.topk_logprobs.shape[-1] != 1):
+            raise ValueError("a sampled-token output holds one log-prob per position (top-k with k = 1)")
 
     @classmethod
     def mixture(cls, parts: list[TeacherOutput], weights: torch.Tensor) -> TeacherOutput:

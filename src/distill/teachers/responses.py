@@ -59,12 +59,14 @@ def live_scorer(model: nn.Module, vocab: int) -> Scorer:
     return score
 
 
-def endpoint_scorer(endpoint: object) -> Scorer:
-    """A teacher behind an OpenAI-compatible server (`distill.teachers.endpoint.EndpointTopK`): its top-k."""
+def endpoint_scorer(endpoint: object, *, sampled: bool = False) -> Scorer:
+    """A teacher behind an OpenAI-compatible server (`distill.teachers.endpoint.EndpointTopK`): its top-k,
+    or (`sampled`) only the log-prob of each token of the answer, for servers that return no alternatives."""
     def score(ids: torch.Tensor, lengths: torch.Tensor) -> TeacherOutput:
-        lp, idx, tail = endpoint.rows(ids.cpu(), lengths.cpu())  # type: ignore[attr-defined]
+        ask = endpoint.sampled_rows if sampled else endpoint.rows  # type: ignore[attr-defined]
+        lp, idx, tail = ask(ids.cpu(), lengths.cpu())
         return TeacherOutput(topk_logprobs=lp.to(ids.device), topk_indices=idx.to(ids.device),
-                             tail_logprob=tail.to(ids.device))
+                             tail_logprob=tail.to(ids.device), sampled=sampled)
 
     return score
 
@@ -77,4 +79,4 @@ def _at(out: TeacherOutput, where: torch.Tensor) -> TeacherOutput:
         return t.gather(1, where[..., None].expand(*where.shape, t.shape[-1]))
 
     return TeacherOutput(logits=take(out.logits), topk_logprobs=take(out.topk_logprobs),
-                         topk_indices=take(out.topk_indices), tail_logprob=take(out.tail_logprob))
+                         topk_indices=take(out.topk_indices), tail_logprob=take(out.tail_logprob), sampled=out.sampled)

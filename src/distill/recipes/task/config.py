@@ -8,7 +8,15 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from distill.core.config import RunHeader, Strict, builtin_config, read_raw, read_yaml, source_name, validate_section
+from distill.core.config import (
+    RunHeader,
+    Strict,
+    builtin_config,
+    read_raw,
+    read_yaml,
+    source_name,
+    validate_section,
+)
 from distill.core.errors import ConfigError
 from distill.losses.config import TokenKDConfig
 from distill.recipes.textkd.config import SamplingConfig, TextTeacherConfig
@@ -25,6 +33,9 @@ class TaskTeacherConfig(TextTeacherConfig):
     top_k: int = Field(20, ge=1, description="serve/openai: log-probs of the k most likely tokens the server "
                        "returns for each answer token (OpenAI's API allows up to 20; vLLM and distill serve more); "
                        "the rest of the mass is one bin.")
+    logprobs: Literal["top_k", "sampled"] = Field("top_k", description=(
+        "serve/openai: what the server returns for each answer token: top_k alternatives, or only the sampled "
+        "token's log-prob (sampled: the on_policy arm then learns by the one-sample estimate of reverse KL)."))
 
 
 class TaskDataConfig(Strict):
@@ -93,6 +104,15 @@ class TaskConfig(RunHeader):
 
     def check_teacher(self) -> None:
         """What the teacher settings cannot do, refused before any compute."""
+        if self.teacher.logprobs == "sampled":
+            if self.teacher.backend == "local":
+                raise ConfigError("teacher.logprobs=sampled is for servers that return only the sampled token's "
+                                  "log-prob; a local teacher gives every token's: set teacher.logprobs=top_k.")
+            if "mixed" in self.arms or self.kd.divergence != "reverse_kl" or self.kd.ratio != 1.0:
+                raise ConfigError("teacher.logprobs=sampled estimates reverse KL from the tokens the student "
+                                  "wrote, so it trains the on_policy arm only, with kd.divergence=reverse_kl and "
+                                  "kd.ratio=1 (mixed's teacher-written half is not the student's samples); "
+                                  f"arms are {self.arms}, kd.divergence={self.kd.divergence}, kd.ratio={self.kd.ratio}.")
         if self.teacher.finetune is not None and self.teacher.backend == "openai":
             raise ConfigError("teacher.finetune needs the teacher's weights, which an openai endpoint does not give: "
                               "set teacher.finetune=null, or use backend local or serve with a local model.")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,11 +63,11 @@ def run_task(cfg: TaskConfig, resume: bool = False) -> Path:
         answers = _teacher_answers(cfg, teacher_model, train_rows, run_dir, "train", greedy=False)
         written["seq_kd"] = written["mixed"] = [answers[r.id] for r in train_rows]
     students = {}
-    with _scorer(cfg, teacher_model, tokenizer) as scorer:
+    with _teacher_scoring(cfg, teacher_model, tokenizer) as scoring:
         for seed in cfg.seeds:
             for arm in cfg.arms:
                 students[f"{arm}-s{seed}"] = train_arm(cfg, arm, seed, train_rows, eval_rows, written.get(arm),
-                                                       score, scorer, tokenizer, run_dir)
+                                                       score, scoring, tokenizer, run_dir)
     report = build_report(cfg, teacher_success, students, eval_rows, tokenizer)
     atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2))
     atomic_write_text(run_dir / "report.md", render_report(report, run_dir))
@@ -175,13 +175,23 @@ def _teacher_answers(cfg: TaskConfig, model: str, rows: list[TaskPrompt], run_di
     return {r["id"]: r["response"] for r in read_records(path) if r["sample"] == 0}
 
 
+@dataclass(frozen=True)
+class TeacherScoring:
+    """What scores the students' answers token by token, and the tokenizer whose chat template writes
+    the teacher's prompts (the teacher's own; an endpoint's: the student's, whose ids it reads)."""
+
+    scorer: Scorer
+    tokenizer: Any
+
+
 @contextlib.contextmanager
-def _scorer(cfg: TaskConfig, model: str, tokenizer: Any) -> Iterator[Scorer | None]:
-    """What scores the students' answers token by token: the teacher in this process (local), or a
-    server's top-k log-probs (serve: `distill serve` started on loopback; openai: teacher.base_url)."""
+def _teacher_scoring(cfg: TaskConfig, model: str, tokenizer: Any) -> Iterator[TeacherScoring | None]:
+    """The teacher in this process (local), or a server's top-k log-probs (serve: `distill serve`
+    started on loopback; openai: teacher.base_url)."""
     if not any(a in cfg.arms for a in SCORED_BY_TEACHER):
         yield None
         return
+    from distill.models.causal_lm import load_tokenizer
     from distill.teachers.endpoint import EndpointTopK
     from distill.teachers.responses import endpoint_scorer, live_scorer
 
@@ -190,25 +200,27 @@ def _scorer(cfg: TaskConfig, model: str, tokenizer: Any) -> Iterator[Scorer | No
     if t.backend == "local":
         from distill.models.causal_lm import load_causal_lm
 
-        yield live_scorer(load_causal_lm(model), vocab)
+        yield TeacherScoring(live_scorer(load_causal_lm(model), vocab), load_tokenizer(model))
     elif t.backend == "openai":
-        yield endpoint_scorer(EndpointTopK(t.base_url, t.model, k=t.top_k, vocab=vocab, concurrency=cfg.concurrency,
-                                           api_key_env=t.api_key_env, timeout_s=t.timeout_s, max_retries=t.max_retries))
+        yield TeacherScoring(endpoint_scorer(EndpointTopK(
+            t.base_url, t.model, k=t.top_k, vocab=vocab, concurrency=cfg.concurrency, api_key_env=t.api_key_env,
+            timeout_s=t.timeout_s, max_retries=t.max_retries), sampled=t.logprobs == "sampled"), tokenizer)
     else:
         from distill.serve.server import make_server
 
         server = make_server(model, port=0, max_batch=t.max_batch, model_name="teacher")
         server.start_background()
         try:
-            yield endpoint_scorer(EndpointTopK(f"{server.url}/v1", "teacher", k=t.top_k, vocab=vocab,
-                                               concurrency=cfg.concurrency, timeout_s=t.timeout_s,
-                                               max_retries=t.max_retries))
+            yield TeacherScoring(endpoint_scorer(EndpointTopK(
+                f"{server.url}/v1", "teacher", k=t.top_k, vocab=vocab, concurrency=cfg.concurrency,
+                timeout_s=t.timeout_s, max_retries=t.max_retries), sampled=t.logprobs == "sampled"),
+                load_tokenizer(model))
         finally:
             server.shutdown()
 
 
 def train_arm(cfg: TaskConfig, arm: str, seed: int, train: list[TaskPrompt], held: list[TaskPrompt],
-              written: list[str | None] | None, score: TaskScore, scorer: Scorer | None, tokenizer: Any,
+              written: list[str | None] | None, score: TaskScore, scoring: TeacherScoring | None, tokenizer: Any,
               run_dir: Path) -> dict[str, Any]:
     """One student trained by `arm` with `seed` (or reloaded when done), scored on the held-out prompts."""
     from distill.core.checkpoint import drop_training_state
@@ -235,8 +247,8 @@ def train_arm(cfg: TaskConfig, arm: str, seed: int, train: list[TaskPrompt], hel
     teacher = on_policy = None
     kd = TokenKDConfig(ratio=0.0)
     if arm in SCORED_BY_TEACHER:
-        assert scorer is not None
-        teacher = ResponseTeacher(scorer, [prompt_ids(tokenizer, r.teacher_messages()) for r in train],
+        assert scoring is not None
+        teacher = ResponseTeacher(scoring.scorer, [prompt_ids(scoring.tokenizer, r.teacher_messages()) for r in train],
                                   tokenizer.pad_token_id)
         on_policy = OnPolicyConfig(fraction=1.0 if arm == "on_policy" else cfg.on_policy.mix,
                                    max_new_tokens=cfg.on_policy.max_new_tokens,
