@@ -47,6 +47,10 @@ class TaskDataConfig(Strict):
     train_examples: int = Field(400, ge=1, description="Training prompts (the first N of source, after the "
                                 "held-out ones when eval_source is not given).")
     eval_examples: int = Field(100, ge=1)
+    answered: int | None = Field(None, ge=1, description="Training prompts whose reference answers the job may "
+                                 "use (the first N; None: every one that has one). answer_sft and teacher.finetune "
+                                 "learn from those; the other arms learn from every training prompt, as when "
+                                 "answers are costly and prompts are not.")
     seed: int = Field(0, description="builtin tasks: the seed of the generated prompts.")
 
 

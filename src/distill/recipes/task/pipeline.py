@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,7 @@ def run_task(cfg: TaskConfig, resume: bool = False) -> Path:
     teacher_model = _teacher(cfg, train_rows, run_dir)
     teacher_eval = _teacher_answers(cfg, teacher_model, eval_rows, run_dir, "eval", greedy=True)
     teacher_success = [score(row, teacher_eval[row.id]) for row in eval_rows]
-    written = {"answer_sft": [r.reference for r in train_rows]}
+    written = {"answer_sft": [r.reference for r in answered(train_rows)]}
     if any(a in cfg.arms for a in LEARNS_FROM_TEACHER_TEXT):
         answers = _teacher_answers(cfg, teacher_model, train_rows, run_dir, "train", greedy=False)
         written["seq_kd"] = written["mixed"] = [answers[r.id] for r in train_rows]
@@ -89,6 +89,8 @@ def load_prompts(cfg: TaskConfig) -> tuple[list[TaskPrompt], list[TaskPrompt]]:
         held = [] if d.eval_source else rows[: d.eval_examples]
         train = rows[len(held): len(held) + d.train_examples]
     evaluated = held or read_task_prompts(d.eval_source, key="data.eval_source", limit=d.eval_examples)
+    if d.answered is not None:  # the rest keep their prompts only
+        train = train[: d.answered] + [replace(r, reference=None) for r in train[d.answered:]]
     if not train:
         raise DataError(f"data.source: {d.source} has no rows left to train on after the {len(held)} held out "
                         "for evaluation; give more rows, lower data.eval_examples, or set data.eval_source.")
@@ -103,12 +105,10 @@ def check_job(cfg: TaskConfig, score: TaskScore, train: list[TaskPrompt], held: 
         if missing:
             raise DataError(f"task.score={score.kind} compares answers with references, but {len(missing)} held-out "
                             f"prompts have none (first: {missing[0]!r}); add answers, or use task.score=check.")
-    if "answer_sft" in cfg.arms or cfg.teacher.finetune is not None:
-        missing = [r.id for r in train if r.reference is None]
-        if missing:
-            why = "arms has answer_sft" if "answer_sft" in cfg.arms else "teacher.finetune is set"
-            raise DataError(f"{why}, which trains on reference answers, but {len(missing)} training prompts have "
-                            f"none (first: {missing[0]!r}); add answers, or drop it.")
+    if ("answer_sft" in cfg.arms or cfg.teacher.finetune is not None) and not answered(train):
+        why = "arms has answer_sft" if "answer_sft" in cfg.arms else "teacher.finetune is set"
+        raise DataError(f"{why}, which trains on reference answers, but none of the {len(train)} training prompts "
+                        "has one (data.answered, or the rows' answers); add answers, or drop it.")
     longest = max(len(prompt_ids(tokenizer, r.messages)) for r in train + held)
     need = longest + max(cfg.on_policy.max_new_tokens if any(a in cfg.arms for a in SCORED_BY_TEACHER) else 0,
                          cfg.sampling.max_tokens if any(a in cfg.arms for a in LEARNS_FROM_TEACHER_TEXT) else 0)
@@ -117,10 +117,15 @@ def check_job(cfg: TaskConfig, score: TaskScore, train: list[TaskPrompt], held: 
                           f"and answers may be {need - longest} (on_policy.max_new_tokens, sampling.max_tokens); set "
                           f"student.seq_len={need} or more, or lower those.")
     if "answer_sft" in cfg.arms:  # a reference longer than the context: refused now, naming its row
-        encode_prompts(train, tokenizer, cfg.student.seq_len, source="data.source",
-                       responses=[r.reference for r in train])
+        rows = answered(train)
+        encode_prompts(rows, tokenizer, cfg.student.seq_len, source="data.source", responses=[r.reference for r in rows])
     if any(a in cfg.arms for a in SCORED_BY_TEACHER):
         _same_vocabulary(cfg, tokenizer)
+
+
+def answered(rows: list[TaskPrompt]) -> list[TaskPrompt]:
+    """The rows that have a reference answer."""
+    return [r for r in rows if r.reference is not None]
 
 
 def _same_vocabulary(cfg: TaskConfig, tokenizer: Any) -> None:
@@ -147,10 +152,14 @@ def _teacher(cfg: TaskConfig, train: list[TaskPrompt], run_dir: Path) -> str:
     reads them: with their context)."""
     if cfg.teacher.finetune is None:
         return cfg.teacher.model
+    from distill.data.tokens import chat_ids
+    from distill.models.causal_lm import load_tokenizer
     from distill.recipes.textkd.finetune import finetune_on_rows
 
-    rows = [{"messages": [*r.teacher_messages(), {"role": "assistant", "content": r.reference}]} for r in train]
-    return finetune_on_rows(cfg.teacher.model, rows, cfg.teacher.finetune, seq_len=cfg.student.seq_len * 4,
+    rows = [{"messages": [*r.teacher_messages(), {"role": "assistant", "content": r.reference}]} for r in answered(train)]
+    tokenizer = load_tokenizer(cfg.teacher.model)  # the teacher reads the context too: its rows are longer
+    longest = max(len(chat_ids(tokenizer, row["messages"], add_generation_prompt=False)) for row in rows)
+    return finetune_on_rows(cfg.teacher.model, rows, cfg.teacher.finetune, seq_len=longest,
                             stage=run_dir / "teacher", device=cfg.device, quiet=cfg.quiet, keep_state=cfg.keep_state,
                             source="teacher.finetune rows (the training prompts and their answers)")
 
@@ -236,7 +245,8 @@ def train_arm(cfg: TaskConfig, arm: str, seed: int, train: list[TaskPrompt], hel
         return json.loads(done.read_text())
     student = lm_models.student_from_teacher(lm_models.load_causal_lm(cfg.student_source), layers=cfg.student.layers,
                                              seed=seed)
-    blocks = encode_prompts(train, tokenizer, cfg.student.seq_len, source="data.source",
+    rows = answered(train) if arm == "answer_sft" else train
+    blocks = encode_prompts(rows, tokenizer, cfg.student.seq_len, source="data.source",
                             responses=written if arm != "on_policy" else None)
     prompts = [prompt_ids(tokenizer, r.messages) for r in held]
 
