@@ -307,3 +307,66 @@ def test_sampled_log_probs_train_only_the_on_policy_arm_by_reverse_kl(tmp_path, 
     with pytest.raises(ConfigError, match="a local teacher gives every token's"):
         _task_config(tmp_path, teacher, prompts, teacher={"backend": "local", "model": str(teacher),
                      "logprobs": "sampled"}, arms=["on_policy"]).check_teacher()
+
+
+@pytest.fixture
+def served_teacher(tiny_teacher):
+    from distill.serve.server import make_server
+
+    server = make_server(str(tiny_teacher[0]), port=0, model_name="teacher")
+    server.start_background()
+    yield server
+    server.shutdown()
+
+
+def _remote(tmp_path, tiny_teacher, server, **extra):
+    teacher, prompts = tiny_teacher
+    return _task_config(tmp_path, teacher, prompts, teacher={"backend": "openai", "model": "teacher", "top_k": 8,
+                        "base_url": f"{server.url}/v1", "api_key_env": None}, student={"model": str(teacher),
+                        "layers": [0], "seq_len": 48}, arms=["on_policy"], seeds=[0], **extra)
+
+
+def test_a_served_teacher_that_dies_mid_run_loses_nothing_and_the_run_resumes(tmp_path, tiny_teacher,
+                                                                              served_teacher, monkeypatch):
+    from distill.recipes.task.pipeline import run_task
+    from distill.teachers.endpoint import EndpointTopK
+    from distill.teachers.text import TeacherUnavailable
+
+    real, calls = EndpointTopK.rows, []
+
+    def dies_at_step_3(self, ids, lengths):  # call 1 is the probe, calls 2-3 the first two steps
+        calls.append(1)
+        if len(calls) == 4:
+            raise TeacherUnavailable("connection refused")
+        return real(self, ids, lengths)
+
+    monkeypatch.setattr(EndpointTopK, "rows", dies_at_step_3)
+    cfg = _remote(tmp_path, tiny_teacher, served_teacher,
+                  train={"steps": 4, "batch_size": 4, "eval_every": 2, "save_every": 1})
+    with pytest.raises(TeacherUnavailable, match=r"(?s)connection refused.*on_policy \(seed 0\) stopped.*--resume"):
+        run_task(cfg)
+    stage = tmp_path / "runs" / "tiny" / "students" / "on_policy-s0"
+    assert [json.loads(r)["step"] for r in (stage / "metrics.jsonl").read_text().splitlines()] == [2]
+    monkeypatch.setattr(EndpointTopK, "rows", real)
+    scored = []
+    monkeypatch.setattr(EndpointTopK, "rows", lambda self, ids, lengths: scored.append(1) or real(self, ids, lengths))
+    run_dir = run_task(cfg, resume=True)
+    history = json.loads((run_dir / "students" / "on_policy-s0" / "eval.json").read_text())["history"]
+    assert [r["step"] for r in history] == [2, 4]
+    assert len(scored) == 1 + 2  # the probe and steps 3 and 4: the two saved steps were not trained again
+
+
+def test_a_server_that_gives_no_log_probs_is_refused_before_a_student_trains_saying_what_still_works(
+        tmp_path, tiny_teacher, served_teacher, monkeypatch):
+    from distill.recipes.task.pipeline import run_task
+    from distill.teachers.endpoint import EndpointTopK
+    from distill.teachers.text import TeacherUnavailable
+
+    def no_logprobs(self, ids, lengths):
+        raise TeacherUnavailable("Teacher endpoint x returned no prompt log-probs")
+
+    monkeypatch.setattr(EndpointTopK, "rows", no_logprobs)
+    with pytest.raises(TeacherUnavailable, match=r"(?s)no prompt log-probs.*What still works: teacher.logprobs="
+                                                  r"sampled.*arms=\[answer_sft, seq_kd\]"):
+        run_task(_remote(tmp_path, tiny_teacher, served_teacher))
+    assert not (tmp_path / "runs" / "tiny" / "students").exists()

@@ -64,6 +64,8 @@ def run_task(cfg: TaskConfig, resume: bool = False) -> Path:
         written["seq_kd"] = written["mixed"] = [answers[r.id] for r in train_rows]
     students = {}
     with _teacher_scoring(cfg, teacher_model, tokenizer) as scoring:
+        if scoring is not None and cfg.teacher.backend != "local":
+            probe(cfg, scoring, train_rows[0], tokenizer)  # a server that cannot score: said before any student trains
         for seed in cfg.seeds:
             for arm in cfg.arms:
                 students[f"{arm}-s{seed}"] = train_arm(cfg, arm, seed, train_rows, eval_rows, written.get(arm),
@@ -228,6 +230,22 @@ def _teacher_scoring(cfg: TaskConfig, model: str, tokenizer: Any) -> Iterator[Te
             server.shutdown()
 
 
+def probe(cfg: TaskConfig, scoring: TeacherScoring, row: TaskPrompt, tokenizer: Any) -> None:
+    """Ask the server to score one short answer as training will; if it cannot, say what still works."""
+    from distill.teachers.text import TeacherUnavailable
+
+    ids = prompt_ids(scoring.tokenizer, row.teacher_messages()) + tokenizer("1 2 3")["input_ids"]
+    try:
+        scoring.scorer(torch.tensor([ids]), torch.tensor([len(ids)]))
+    except TeacherUnavailable as exc:
+        other = ("teacher.logprobs=sampled, if it returns the log-prob of each prompt token without alternatives "
+                 "(the on_policy arm then learns by the one-sample estimate of reverse KL), or "
+                 if cfg.teacher.logprobs == "top_k" else "")
+        raise TeacherUnavailable(f"{exc}\nThe arms {[a for a in cfg.arms if a in SCORED_BY_TEACHER]} need the "
+                                 f"teacher's log-probs on the students' answers. What still works: {other}the arms "
+                                 "that learn from its text, arms=[answer_sft, seq_kd].") from exc
+
+
 def train_arm(cfg: TaskConfig, arm: str, seed: int, train: list[TaskPrompt], held: list[TaskPrompt],
               written: list[str | None] | None, score: TaskScore, scoring: TeacherScoring | None, tokenizer: Any,
               run_dir: Path) -> dict[str, Any]:
@@ -236,6 +254,7 @@ def train_arm(cfg: TaskConfig, arm: str, seed: int, train: list[TaskPrompt], hel
     from distill.losses.config import TokenKDConfig
     from distill.models import causal_lm as lm_models
     from distill.teachers.responses import ResponseTeacher
+    from distill.teachers.text import TeacherUnavailable
     from distill.training.config import OnPolicyConfig
     from distill.training.lm import fit_lm
 
@@ -264,9 +283,14 @@ def train_arm(cfg: TaskConfig, arm: str, seed: int, train: list[TaskPrompt], hel
                                    max_new_tokens=cfg.on_policy.max_new_tokens,
                                    temperature=cfg.on_policy.temperature, top_p=cfg.on_policy.top_p)
         kd = cfg.kd
-    out = fit_lm(student, blocks, train=cfg.train.model_copy(update={"seed": seed}), kd=kd, vocab=len(tokenizer),
-                 teacher=teacher, on_policy=on_policy, pad_id=tokenizer.pad_token_id, checkpoint_dir=stage,
-                 resume=True, device=cfg.device, quiet=cfg.quiet, name=f"{arm} s{seed}", evaluate=success)
+    try:
+        out = fit_lm(student, blocks, train=cfg.train.model_copy(update={"seed": seed}), kd=kd, vocab=len(tokenizer),
+                     teacher=teacher, on_policy=on_policy, pad_id=tokenizer.pad_token_id, checkpoint_dir=stage,
+                     resume=True, device=cfg.device, quiet=cfg.quiet, name=f"{arm} s{seed}", evaluate=success)
+    except TeacherUnavailable as exc:  # the server went away mid-run: what is saved stays, and says so
+        raise TeacherUnavailable(f"{exc}\n{arm} (seed {seed}) stopped; its steps up to the last checkpoint (every "
+                                 f"train.save_every={cfg.train.save_every}) are kept in {stage}. Re-run the same "
+                                 "command with --resume to continue from there.") from exc
     outputs = answer_greedily(out.model, tokenizer, prompts, max_new_tokens=cfg.answer_tokens)
     per_row = [score(r, o) for r, o in zip(held, outputs)]
     lm_models.save_pretrained_atomic(out.model, tokenizer, stage / "model")
