@@ -223,7 +223,8 @@ def test_the_task_job_trains_every_arm_from_one_start_scores_them_and_resumes(tm
     assert set(report["arms"]) == {"answer_sft", "seq_kd", "on_policy", "mixed"}
     on_policy, sft = report["arms"]["on_policy"], report["arms"]["answer_sft"]
     assert on_policy["tokens_generated"] > 0 and sft["tokens_generated"] == 0  # only on-policy writes its own
-    assert [c["step"] for c in on_policy["curves"][0]] == [2, 4] and len(on_policy["curves"]) == 2  # 2 seeds
+    assert [c["step"] for c in on_policy["curves"][0]] == [0, 2, 4] and len(on_policy["curves"]) == 2  # 2 seeds
+    assert on_policy["curves"][0][0]["success"] == report["student_before"]  # every curve starts untrained
     assert report["arms"]["mixed"]["tokens_generated"] < on_policy["tokens_generated"]  # λ = 0.5 of the steps
     assert set(report["verdicts"]) == {"seq_kd vs answer_sft", "on_policy vs answer_sft", "on_policy vs seq_kd",
                                        "mixed vs answer_sft", "mixed vs seq_kd"}

@@ -4,6 +4,10 @@
              `Answer: 132` (scored by the regex `ANSWER_PATTERN`). Numbers of 2 to `digits` digits.
              A multi-token answer where one wrong step spoils the rest: the setting in which a student
              that learns from its own attempts (on-policy) should beat one that copies written answers.
+  glossary   "What is the Zorblax word for bread?" answered with the invented word the row's privileged
+             `context` defines: a glossary of 40 words (about 400 tokens) and instructions that only the
+             teacher reads. The student must come to answer without it (context distillation): the
+             prompt tokens a deployed student saves on every request. Scored by `exact`.
 """
 
 from __future__ import annotations
@@ -14,7 +18,14 @@ from distill.core.errors import ConfigError
 from distill.data.tasks import TaskPrompt
 
 ANSWER_PATTERN = r"answer:\s*(-?\d+)"
-TASKS = ("addition",)
+TASKS = ("addition", "glossary")
+GLOSSARY_WORDS = ("apple", "bread", "river", "mountain", "window", "garden", "candle", "bridge", "forest", "horse",
+                  "kitchen", "letter", "market", "needle", "orange", "pencil", "rabbit", "silver", "table", "winter",
+                  "basket", "cloud", "doctor", "engine", "feather", "guitar", "hammer", "island", "jacket", "lemon",
+                  "mirror", "ocean", "pepper", "queen", "saddle", "tiger", "violin", "wagon", "yellow", "zipper")
+GLOSSARY_ASK = ("What is the Zorblax word for {w}?", "Translate into Zorblax: {w}", "In Zorblax, how do you say {w}?",
+                "Give the Zorblax for \"{w}\".", "{w} in Zorblax?", "Which Zorblax word means {w}?")
+GLOSSARY_EVAL_ASKS = 2  # the last two phrasings are held out: the student must answer questions worded anew
 
 
 def builtin_task(name: str, n: int, seed: int, *, digits: int = 3, offset: int = 0) -> list[TaskPrompt]:
@@ -22,6 +33,8 @@ def builtin_task(name: str, n: int, seed: int, *, digits: int = 3, offset: int =
     if name not in TASKS:
         raise ConfigError(f"data.source=builtin:{name}: no such built-in task; the built-in tasks are "
                           f"{', '.join('builtin:' + t for t in TASKS)}.")
+    if name == "glossary":
+        return _glossary(n, seed, offset)
     rng = random.Random(seed)
     rows = []
     for i in range(offset + n):
@@ -48,3 +61,40 @@ def addition_working(a: int, b: int) -> str:
             carry = total // 10
             steps.append(f"{terms}={total}, write {total % 10}" + (f" carry {carry}." if carry else "."))
     return " ".join(steps) + f" Answer: {a + b}"
+
+
+def glossary(seed: int) -> dict[str, str]:
+    """The seed's invented language: each English word's Zorblax word (two syllables, unlike English)."""
+    rng = random.Random(f"glossary-{seed}")
+    consonants, vowels = "bdfgklmnprstvz", "aeiou"
+    made: dict[str, str] = {}
+    for word in GLOSSARY_WORDS:
+        while True:
+            new = "".join(rng.choice(consonants) + rng.choice(vowels) for _ in range(2)) + rng.choice(consonants)
+            if new not in made.values():
+                made[word] = new
+                break
+    return made
+
+
+def glossary_context(seed: int) -> str:
+    table = "\n".join(f"{en} = {zb}" for en, zb in glossary(seed).items())
+    return ("You translate English words into Zorblax, an invented language. Answer with the Zorblax word only, "
+            "in lower case, with nothing before or after it. For example, asked \"What is the Zorblax word for "
+            f"apple?\" you answer \"{glossary(seed)['apple']}\", and asked \"Translate into Zorblax: river\" you answer "
+            f"\"{glossary(seed)['river']}\".\n\nThe Zorblax glossary:\n{table}")
+
+
+def _glossary(n: int, seed: int, offset: int) -> list[TaskPrompt]:
+    """Training rows (offset > 0, i.e. after the held-out ones) ask in the first phrasings, held-out rows
+    (offset 0) in the last `GLOSSARY_EVAL_ASKS`; every row's context is the glossary."""
+    words, context = glossary(seed), glossary_context(seed)
+    asks = GLOSSARY_ASK[-GLOSSARY_EVAL_ASKS:] if offset == 0 else GLOSSARY_ASK[:-GLOSSARY_EVAL_ASKS]
+    rng = random.Random(f"glossary-rows-{seed}-{offset}")
+    rows = []
+    for i in range(n):
+        word = GLOSSARY_WORDS[i % len(GLOSSARY_WORDS)]
+        ask = rng.choice(asks)
+        rows.append(TaskPrompt(f"gloss-{seed}-{offset + i}", [{"role": "user", "content": ask.format(w=word)}],
+                               reference=words[word], context=context))
+    return rows

@@ -62,6 +62,7 @@ def run_task(cfg: TaskConfig, resume: bool = False) -> Path:
     if any(a in cfg.arms for a in LEARNS_FROM_TEACHER_TEXT):
         answers = _teacher_answers(cfg, teacher_model, train_rows, run_dir, "train", greedy=False)
         written["seq_kd"] = written["mixed"] = [answers[r.id] for r in train_rows]
+    before = _student_before(cfg, eval_rows, score, tokenizer, run_dir)
     students = {}
     with _teacher_scoring(cfg, teacher_model, tokenizer) as scoring:
         if scoring is not None and cfg.teacher.backend != "local":
@@ -70,7 +71,7 @@ def run_task(cfg: TaskConfig, resume: bool = False) -> Path:
             for arm in cfg.arms:
                 students[f"{arm}-s{seed}"] = train_arm(cfg, arm, seed, train_rows, eval_rows, written.get(arm),
                                                        score, scoring, tokenizer, run_dir)
-    report = build_report(cfg, teacher_success, students, eval_rows, tokenizer)
+    report = build_report(cfg, teacher_success, students, eval_rows, tokenizer, before)
     atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2))
     atomic_write_text(run_dir / "report.md", render_report(report, run_dir))
     return run_dir
@@ -228,6 +229,23 @@ def _teacher_scoring(cfg: TaskConfig, model: str, tokenizer: Any) -> Iterator[Te
                 load_tokenizer(model))
         finally:
             server.shutdown()
+
+
+def _student_before(cfg: TaskConfig, held: list[TaskPrompt], score: TaskScore, tokenizer: Any,
+                    run_dir: Path) -> float:
+    """Held-out success of the student as every arm starts it (the first seed's), before any training."""
+    from distill.models import causal_lm as lm_models
+
+    done = run_dir / "students" / "before.json"
+    if done.is_file():
+        return json.loads(done.read_text())["success"]
+    student = lm_models.student_from_teacher(lm_models.load_causal_lm(cfg.student_source), layers=cfg.student.layers,
+                                             seed=cfg.seeds[0])
+    outputs = answer_greedily(student, tokenizer, [prompt_ids(tokenizer, r.messages) for r in held],
+                              max_new_tokens=cfg.answer_tokens)
+    success = sum(score(r, o) for r, o in zip(held, outputs)) / len(held)
+    atomic_write_text(done, json.dumps({"success": success, "outputs": outputs}, indent=2))
+    return success
 
 
 def probe(cfg: TaskConfig, scoring: TeacherScoring, row: TaskPrompt, tokenizer: Any) -> None:

@@ -17,21 +17,24 @@ WRITTEN = ("answer_sft", "seq_kd")  # the arms that learn from written answers
 
 
 def build_report(cfg: TaskConfig, teacher_success: list[float], students: dict[str, dict[str, Any]],
-                 held: list[TaskPrompt], tokenizer: Any) -> dict[str, Any]:
-    arms = {arm: _arm(cfg, arm, [s for s in students.values() if s["arm"] == arm]) for arm in cfg.arms}
+                 held: list[TaskPrompt], tokenizer: Any, before: float) -> dict[str, Any]:
+    arms = {arm: _arm(arm, [s for s in students.values() if s["arm"] == arm], before) for arm in cfg.arms}
     return {"name": cfg.name, "kind": "task", "teacher": {"model": cfg.teacher.model, "backend": cfg.teacher.backend,
             "finetune_steps": cfg.teacher.finetune.steps if cfg.teacher.finetune else 0,
             "success": sum(teacher_success) / len(teacher_success)},
             "score": cfg.task.model_dump(), "prompts": {"train": cfg.data.train_examples, "eval": len(held)},
-            "student_layers": cfg.student.layers, "seeds": cfg.seeds, "steps": cfg.train.steps, "arms": arms,
+            "student_layers": cfg.student.layers, "seeds": cfg.seeds, "steps": cfg.train.steps,
+            "student_before": before, "arms": arms,
             "verdicts": verdicts(cfg.arms, students), "context": _context(cfg, held, tokenizer)}
 
 
-def _arm(cfg: TaskConfig, arm: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+def _arm(arm: str, runs: list[dict[str, Any]], before: float) -> dict[str, Any]:
+    """An arm's success over its seeds, and each seed's curve from the untrained student on."""
     runs = sorted(runs, key=lambda r: r["seed"])
     success = [r["success"] for r in runs]
-    curves = [[{"step": h["step"], "compute": _compute(r["parameters"], h), "tokens_trained": h["tokens_trained"],
-                "tokens_generated": h["tokens_generated"], "success": h["val_success"]} for h in r["history"]]
+    start = {"step": 0, "compute": 0.0, "tokens_trained": 0, "tokens_generated": 0, "success": before}
+    curves = [[start, *({"step": h["step"], "compute": _compute(r["parameters"], h), "tokens_trained": h["tokens_trained"],
+                         "tokens_generated": h["tokens_generated"], "success": h["val_success"]} for h in r["history"])]
               for r in runs]
     last = [c[-1] for c in curves if c]
     return {"success": {"mean": statistics.fmean(success), "std": statistics.stdev(success) if len(runs) > 1 else 0.0},
@@ -96,7 +99,8 @@ def render_report(r: dict[str, Any], run_dir: Path) -> str:
                   f"request than the students do; at teacher.price_prompt that is {c['cost_saved_per_1k']:.4f} per "
                   "1,000 requests saved by serving the student."]
     lines += ["", f"Students: teacher layers {r['student_layers']}, {r['steps']} steps each, seeds {r['seeds']}; "
-              f"{r['prompts']['train']} training prompts, {r['prompts']['eval']} held out. Success: "
+              f"{r['prompts']['train']} training prompts, {r['prompts']['eval']} held out; before training the "
+              f"student's success was {100 * r['student_before']:.1f}%. Success: "
               f"{r['score']['score']}" + (f" (`{r['score']['pattern']}`)" if r["score"]["score"] == "regex" else "")
               + ". Compute counts the student's own FLOPs (the teacher's scoring and writing are not in it)."]
     return "\n".join(lines) + "\n"
