@@ -91,7 +91,8 @@ class TaskConfig(RunHeader):
     sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(max_tokens=64), description=(
         "How the teacher writes seq_kd's (and mixed's) answers to the training prompts."))
     answer_tokens: int = Field(64, ge=1, description="Longest answer teacher and students write when scored.")
-    concurrency: int = Field(4, ge=1, description="Teacher requests in flight (serve/openai).")
+    concurrency: int = Field(8, ge=1, description="Teacher requests in flight (a local or served teacher decodes up "
+                             "to teacher.max_batch of them as one batch).")
     seeds: list[int] = Field(default_factory=lambda: [0])
     train: LMTrainConfig = Field(default_factory=lambda: LMTrainConfig(steps=200, batch_size=8, eval_every=50,
                                                                      save_every=50))
