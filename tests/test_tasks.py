@@ -371,3 +371,18 @@ def test_a_server_that_gives_no_log_probs_is_refused_before_a_student_trains_say
                                                   r"sampled.*arms=\[answer_sft, seq_kd\]"):
         run_task(_remote(tmp_path, tiny_teacher, served_teacher))
     assert not (tmp_path / "runs" / "tiny" / "students").exists()
+
+
+def test_a_prompt_beyond_the_teachers_context_and_a_check_that_fails_are_refused_before_any_compute(
+        tmp_path, tiny_teacher):
+    from distill.recipes.task.pipeline import run_task
+
+    teacher, prompts = tiny_teacher  # its context window: 256 tokens (max_position_embeddings)
+    long = _jsonl(tmp_path / "long.jsonl", [{"id": "huge", "prompt": "And", "answer": "God",
+                                             "context": "And God said " * 100}] + [
+        {"id": f"r{i}", "prompt": "light", "answer": "was"} for i in range(8)])
+    with pytest.raises(DataError, match=r"prompt row 'huge': the teacher reads \d+ prompt tokens.*context window of 256"):
+        run_task(_task_config(tmp_path, teacher, long))
+    with pytest.raises(DataError, match="task.check=test_tasks:is_even raised ValueError"):
+        run_task(_task_config(tmp_path, teacher, prompts, task={"score": "check", "check": "test_tasks:is_even"}))
+    assert not (tmp_path / "runs").exists()

@@ -68,6 +68,18 @@ def resolve_source(source: str, key: str = "teacher.model") -> str:
     return source  # a hub id
 
 
+def context_window(source: str) -> int | None:
+    """The longest sequence (tokens) the model at `source` reads, from its config alone; None when it
+    cannot be read here or says nothing."""
+    from transformers import AutoConfig
+
+    try:
+        n = getattr(AutoConfig.from_pretrained(resolve_source(source)), "max_position_embeddings", None)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return n if isinstance(n, int) and n > 0 else None
+
+
 def check_layers(source: str, layers: list[int], key: str = "student.layers") -> None:
     """Refuse layer indices the model at `source` does not have, from its config alone (no weights
     loaded); a source whose config cannot be read here is left to the loader to explain."""

@@ -119,11 +119,33 @@ def check_job(cfg: TaskConfig, score: TaskScore, train: list[TaskPrompt], held: 
         raise ConfigError(f"student.seq_len={cfg.student.seq_len} is too short: the longest prompt is {longest} tokens "
                           f"and answers may be {need - longest} (on_policy.max_new_tokens, sampling.max_tokens); set "
                           f"student.seq_len={need} or more, or lower those.")
+    _teacher_fits(cfg, train + held)
+    if score.kind == "check":  # the user's function, tried once on a reference (or nothing) before any compute
+        score(held[0], held[0].reference or "")
     if "answer_sft" in cfg.arms:  # a reference longer than the context: refused now, naming its row
         rows = answered(train)
         encode_prompts(rows, tokenizer, cfg.student.seq_len, source="data.source", responses=[r.reference for r in rows])
     if any(a in cfg.arms for a in SCORED_BY_TEACHER):
         _same_vocabulary(cfg, tokenizer)
+
+
+def _teacher_fits(cfg: TaskConfig, rows: list[TaskPrompt]) -> None:
+    """A local teacher's context must hold its longest prompt (with the context) and an answer."""
+    if cfg.teacher.backend == "openai":
+        return  # the server says so itself, per request
+    from distill.models.causal_lm import context_window, load_tokenizer
+
+    window = context_window(cfg.teacher.model)
+    if window is None:
+        return
+    tokenizer = load_tokenizer(cfg.teacher.model)
+    lengths = {r.id: len(prompt_ids(tokenizer, r.teacher_messages())) for r in rows}
+    longest = max(lengths, key=lengths.get)  # type: ignore[arg-type]
+    answer = max(cfg.answer_tokens, cfg.sampling.max_tokens, cfg.on_policy.max_new_tokens)
+    if lengths[longest] + answer > window:
+        raise DataError(f"prompt row {longest!r}: the teacher reads {lengths[longest]} prompt tokens (with its context) "
+                        f"and may answer {answer} more, beyond its context window of {window} tokens "
+                        f"({cfg.teacher.model}); shorten the row's context or prompt, or lower answer_tokens.")
 
 
 def answered(rows: list[TaskPrompt]) -> list[TaskPrompt]:
