@@ -3,6 +3,7 @@ reading those answers after their own prompts."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -386,3 +387,36 @@ def test_a_prompt_beyond_the_teachers_context_and_a_check_that_fails_are_refused
     with pytest.raises(DataError, match="task.check=test_tasks:is_even raised ValueError"):
         run_task(_task_config(tmp_path, teacher, prompts, task={"score": "check", "check": "test_tasks:is_even"}))
     assert not (tmp_path / "runs").exists()
+
+
+def test_prefetched_answers_are_written_by_the_weights_before_the_step_that_trains_on_them(lms):
+    from distill.losses.config import TokenKDConfig
+    from distill.teachers.responses import ResponseTeacher, live_scorer
+    from distill.training.config import LMTrainConfig, OnPolicyConfig, OptimizerConfig
+    from distill.training.lm import _BatchOrder, fit_lm, sample_responses
+
+    tok, student, teacher = lms
+    rows, blocks = _prompt_batch(tok, ["In the beginning God", "And", "darkness was upon", "And God said"] * 2)
+    scorer = ResponseTeacher(live_scorer(teacher, len(tok)), [prompt_ids(tok, r.messages) for r in rows],
+                             tok.pad_token_id)
+    scored = []
+
+    class Recording:
+        def signal(self, batch):
+            scored.append(batch["input_ids"].clone())
+            return scorer.signal(batch)
+
+    on_policy = OnPolicyConfig(fraction=1.0, max_new_tokens=5, prefetch=True)
+    train = LMTrainConfig(steps=3, batch_size=4, eval_every=3, save_every=3, seed=0, warmup_steps=0,
+                          scheduler="none", optimizer=OptimizerConfig(lr=0.05))  # steps that change what it writes
+    start = copy.deepcopy(student)
+    fit_lm(copy.deepcopy(student), blocks, train=train, kd=TokenKDConfig(divergence="reverse_kl", ratio=1.0),
+           vocab=len(tok), teacher=Recording(), on_policy=on_policy, pad_id=tok.pad_token_id, device="cpu", quiet=True)
+    assert len(scored) == 3  # one batch per step, none twice
+    order = _BatchOrder(len(blocks), 4, 1, 0, 0)
+    for step in (0, 1):  # step 0 in place and step 1 ahead: both from the weights the run started with
+        expected = sample_responses(start, blocks.batch(order.indices(step)), on_policy, tok.pad_token_id,
+                                    seed=step)
+        assert torch.equal(scored[step], expected["input_ids"])
+    late = sample_responses(start, blocks.batch(order.indices(2)), on_policy, tok.pad_token_id, seed=2)
+    assert not torch.equal(scored[2], late["input_ids"])  # step 2's came from the weights after step 0

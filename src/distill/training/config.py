@@ -72,6 +72,10 @@ class OnPolicyConfig(Strict):
     max_new_tokens: int = Field(64, ge=1)
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
+    prefetch: bool = Field(False, description=(
+        "Prompt rows: write and score the next step's answers in the background while this step trains, "
+        "from the weights before this step's update (one step behind strictly on-policy), so a teacher "
+        "server's latency hides behind training."))
 
 
 class LMTrainConfig(Strict):

@@ -15,6 +15,7 @@ import copy
 import hashlib
 import json
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,8 @@ class LMTask:
         self.fingerprint = _fingerprint(train, kd, on_policy, teacher is not None, data)
         self.evaluate: Callable[[nn.Module], dict[str, float]] | None = None
         self.seen = {"tokens_trained": 0, "tokens_generated": 0}  # this process's, so far
+        self.signal: TeacherOutput | None = None  # the teacher's, when it was asked ahead (prefetch)
+        self.prefetch = _Prefetch() if self.sampling is not None and self.sampling.prefetch else None
 
     def setup(self, acc: Accelerator) -> nn.Module:
         self.acc = acc
@@ -81,19 +84,40 @@ class LMTask:
         return optimizer
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
-        batch = {k: v.to(self.acc.device, non_blocking=True) for k, v in self.data.batch(self.order.indices(step)).items()}
-        s = self.sampling
-        if s is not None and step >= s.start * self.steps and _on_policy_step(self.config.seed, step, s.fraction):
-            model = self.acc.unwrap_model(self.model)
-            batch = (sample_responses(model, batch, s, self.pad_id, seed=self.config.seed * 1_000_003 + step)
-                     if "prompt_len" in batch else sample_continuations(model, batch, s, self.pad_id))
+        self.signal = None
+        if self.prefetch is not None and self._sampled(step):
+            batch, self.signal = self.prefetch.take(step, self)
+            if self._sampled(step + 1) and step + 1 < self.steps:
+                self.prefetch.start(step + 1, self)  # from the weights before this step's update
+        else:
+            batch = self._raw(step)
+            if self._sampled(step):
+                batch = self._answer(self.acc.unwrap_model(self.model), batch, step)
+        if self._sampled(step):
             self.seen["tokens_generated"] += int(batch["loss_mask"].sum())
         self.seen["tokens_trained"] += int(batch["attention_mask"].sum())
         return batch
 
+    def _raw(self, step: int) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.acc.device, non_blocking=True) for k, v in self.data.batch(self.order.indices(step)).items()}
+
+    def _sampled(self, step: int) -> bool:
+        s = self.sampling
+        return s is not None and step >= s.start * self.steps and _on_policy_step(self.config.seed, step, s.fraction)
+
+    def _answer(self, model: nn.Module, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        s = self.sampling
+        assert s is not None
+        if "prompt_len" in batch:
+            return sample_responses(model, batch, s, self.pad_id, seed=self.config.seed * 1_000_003 + step)
+        return sample_continuations(model, batch, s, self.pad_id)
+
+    def _teacher_signal(self, batch: dict[str, torch.Tensor], step: int) -> TeacherOutput | None:
+        return self.teacher.signal(batch) if self.teacher is not None and step >= self.kd.warm_start else None
+
     def loss(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
         self.model.train()
-        signal = self.teacher.signal(batch) if self.teacher is not None and step >= self.kd.warm_start else None
+        signal = self.signal if self.signal is not None else self._teacher_signal(batch, step)
         with self.acc.autocast():
             return self.step_loss(batch, signal, self.kd, self.vocab)
 
@@ -144,8 +168,48 @@ class LMTask:
         return int(state["step"])
 
     def finish(self, result: FitResult, checkpoint_dir: Path | None) -> nn.Module:
+        if self.prefetch is not None:
+            self.prefetch.close()
         model = sharding.gather(self.model, self.template) if self.sharded else self.acc.unwrap_model(self.model)
         return model.eval()
+
+
+class _Prefetch:
+    """One step ahead: the next on-policy batch's answers, written by a copy of the student taken before
+    this step's update, and the teacher's signal on them, made on a background thread while this step
+    trains (a generation buffer of one batch). The first step, and the first after a resume, are made
+    in place."""
+
+    def __init__(self) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="on-policy")
+        self.ahead: dict[int, Future] = {}
+        self.shadow: nn.Module | None = None
+
+    def start(self, step: int, task: LMTask) -> None:
+        model = task.acc.unwrap_model(task.model)
+        if self.shadow is None:
+            self.shadow = copy.deepcopy(model).eval()
+        else:
+            with torch.no_grad():
+                for mine, theirs in zip(self.shadow.parameters(), model.parameters()):
+                    mine.copy_(theirs)
+        shadow, raw = self.shadow, task._raw(step)
+        self.ahead[step] = self.pool.submit(lambda: self._make(task, shadow, raw, step))
+
+    def take(self, step: int, task: LMTask) -> tuple[dict[str, torch.Tensor], TeacherOutput | None]:
+        if step not in self.ahead:
+            batch = task._answer(task.acc.unwrap_model(task.model), task._raw(step), step)
+            return batch, task._teacher_signal(batch, step)
+        return self.ahead.pop(step).result()
+
+    @staticmethod
+    def _make(task: LMTask, model: nn.Module, raw: dict[str, torch.Tensor], step: int
+              ) -> tuple[dict[str, torch.Tensor], TeacherOutput | None]:
+        batch = task._answer(model, raw, step)
+        return batch, task._teacher_signal(batch, step)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _check_shardable(model: nn.Module, on_policy: OnPolicyConfig | None) -> nn.Module:
@@ -263,10 +327,12 @@ def _on_policy_step(seed: int, step: int, fraction: float) -> bool:
 
 
 def _on_policy_key(on_policy: OnPolicyConfig | None) -> dict | None:
-    """The on-policy settings in the fingerprint; `start` only when set, so runs from before it keep theirs."""
+    """The on-policy settings in the fingerprint; `start` and `prefetch` only when set, so runs from
+    before them keep theirs."""
     if on_policy is None:
         return None
-    return on_policy.model_dump(mode="json", exclude={"start"} if on_policy.start == 0 else None)
+    unset = {k for k, default in (("start", 0), ("prefetch", False)) if getattr(on_policy, k) == default}
+    return on_policy.model_dump(mode="json", exclude=unset or None)
 
 
 def _fingerprint(train: LMTrainConfig, kd: TokenKDConfig, on_policy: OnPolicyConfig | None,

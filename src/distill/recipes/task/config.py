@@ -74,6 +74,8 @@ class OnPolicySettings(Strict):
     max_new_tokens: int = Field(64, ge=1, description="Longest answer the student writes in training.")
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
+    prefetch: bool = Field(False, description="Write and score the next step's answers while this step trains "
+                           "(one step behind strictly on-policy): hides a teacher server's latency.")
 
 
 class TaskConfig(RunHeader):

@@ -321,7 +321,8 @@ def train_arm(cfg: TaskConfig, arm: str, seed: int, train: list[TaskPrompt], hel
                                   tokenizer.pad_token_id)
         on_policy = OnPolicyConfig(fraction=1.0 if arm == "on_policy" else cfg.on_policy.mix,
                                    max_new_tokens=cfg.on_policy.max_new_tokens,
-                                   temperature=cfg.on_policy.temperature, top_p=cfg.on_policy.top_p)
+                                   temperature=cfg.on_policy.temperature, top_p=cfg.on_policy.top_p,
+                                   prefetch=cfg.on_policy.prefetch)
         kd = cfg.kd
     try:
         out = fit_lm(student, blocks, train=cfg.train.model_copy(update={"seed": seed}), kd=kd, vocab=len(tokenizer),
