@@ -420,3 +420,15 @@ def test_prefetched_answers_are_written_by_the_weights_before_the_step_that_trai
         assert torch.equal(scored[step], expected["input_ids"])
     late = sample_responses(start, blocks.batch(order.indices(2)), on_policy, tok.pad_token_id, seed=2)
     assert not torch.equal(scored[2], late["input_ids"])  # step 2's came from the weights after step 0
+
+
+def test_the_mixed_arm_may_take_its_written_half_from_the_references_of_the_answered_prompts(tmp_path, tiny_teacher):
+    from distill.recipes.task.pipeline import run_task
+
+    teacher, prompts = tiny_teacher
+    cfg = _task_config(tmp_path, teacher, prompts, arms=["mixed"], seeds=[0], data={"answered": 8},
+                       on_policy={"max_new_tokens": 6, "off_policy": "reference"})
+    run_dir = run_task(cfg)
+    assert not (run_dir / "generated" / "train.jsonl").exists()  # the teacher wrote no training answers
+    history = json.loads((run_dir / "students" / "mixed-s0" / "eval.json").read_text())["history"]
+    assert history[-1]["tokens_generated"] > 0 and history[-1]["train_kd"] > 0

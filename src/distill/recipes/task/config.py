@@ -71,6 +71,9 @@ class TaskStudentConfig(Strict):
 
 class OnPolicySettings(Strict):
     mix: float = Field(0.5, gt=0, lt=1, description="mixed arm: share of steps on the student's own answers (λ).")
+    off_policy: Literal["teacher", "reference"] = Field("teacher", description=(
+        "mixed arm: the written answers of its other steps, the teacher's (every training prompt) or the "
+        "references (the answered prompts only), each scored by the teacher."))
     max_new_tokens: int = Field(64, ge=1, description="Longest answer the student writes in training.")
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)

@@ -59,9 +59,11 @@ def run_task(cfg: TaskConfig, resume: bool = False) -> Path:
     teacher_eval = _teacher_answers(cfg, teacher_model, eval_rows, run_dir, "eval", greedy=True)
     teacher_success = [score(row, teacher_eval[row.id]) for row in eval_rows]
     written = {"answer_sft": [r.reference for r in answered(train_rows)]}
-    if any(a in cfg.arms for a in LEARNS_FROM_TEACHER_TEXT):
+    if "seq_kd" in cfg.arms or ("mixed" in cfg.arms and cfg.on_policy.off_policy == "teacher"):
         answers = _teacher_answers(cfg, teacher_model, train_rows, run_dir, "train", greedy=False)
         written["seq_kd"] = written["mixed"] = [answers[r.id] for r in train_rows]
+    if cfg.on_policy.off_policy == "reference":
+        written["mixed"] = written["answer_sft"]
     before = _student_before(cfg, eval_rows, score, tokenizer, run_dir)
     students = {}
     with _teacher_scoring(cfg, teacher_model, tokenizer) as scoring:
@@ -108,8 +110,10 @@ def check_job(cfg: TaskConfig, score: TaskScore, train: list[TaskPrompt], held: 
         if missing:
             raise DataError(f"task.score={score.kind} compares answers with references, but {len(missing)} held-out "
                             f"prompts have none (first: {missing[0]!r}); add answers, or use task.score=check.")
-    if ("answer_sft" in cfg.arms or cfg.teacher.finetune is not None) and not answered(train):
-        why = "arms has answer_sft" if "answer_sft" in cfg.arms else "teacher.finetune is set"
+    mixed_by_reference = "mixed" in cfg.arms and cfg.on_policy.off_policy == "reference"
+    if ("answer_sft" in cfg.arms or mixed_by_reference or cfg.teacher.finetune is not None) and not answered(train):
+        why = ("arms has answer_sft" if "answer_sft" in cfg.arms else "on_policy.off_policy=reference"
+               if mixed_by_reference else "teacher.finetune is set")
         raise DataError(f"{why}, which trains on reference answers, but none of the {len(train)} training prompts "
                         "has one (data.answered, or the rows' answers); add answers, or drop it.")
     longest = max(len(prompt_ids(tokenizer, r.messages)) for r in train + held)
@@ -304,7 +308,8 @@ def train_arm(cfg: TaskConfig, arm: str, seed: int, train: list[TaskPrompt], hel
         return json.loads(done.read_text())
     student = lm_models.student_from_teacher(lm_models.load_causal_lm(cfg.student_source), layers=cfg.student.layers,
                                              seed=seed)
-    rows = answered(train) if arm == "answer_sft" else train
+    by_reference = arm == "answer_sft" or (arm == "mixed" and cfg.on_policy.off_policy == "reference")
+    rows = answered(train) if by_reference else train
     blocks = encode_prompts(rows, tokenizer, cfg.student.seq_len, source="data.source",
                             responses=written if arm != "on_policy" else None)
     prompts = [prompt_ids(tokenizer, r.messages) for r in held]
@@ -317,7 +322,7 @@ def train_arm(cfg: TaskConfig, arm: str, seed: int, train: list[TaskPrompt], hel
     kd = TokenKDConfig(ratio=0.0)
     if arm in SCORED_BY_TEACHER:
         assert scoring is not None
-        teacher = ResponseTeacher(scoring.scorer, [prompt_ids(scoring.tokenizer, r.teacher_messages()) for r in train],
+        teacher = ResponseTeacher(scoring.scorer, [prompt_ids(scoring.tokenizer, r.teacher_messages()) for r in rows],
                                   tokenizer.pad_token_id)
         on_policy = OnPolicyConfig(fraction=1.0 if arm == "on_policy" else cfg.on_policy.mix,
                                    max_new_tokens=cfg.on_policy.max_new_tokens,
