@@ -432,3 +432,20 @@ def test_the_mixed_arm_may_take_its_written_half_from_the_references_of_the_answ
     assert not (run_dir / "generated" / "train.jsonl").exists()  # the teacher wrote no training answers
     history = json.loads((run_dir / "students" / "mixed-s0" / "eval.json").read_text())["history"]
     assert history[-1]["tokens_generated"] > 0 and history[-1]["train_kd"] > 0
+
+
+def test_a_bfloat16_teacher_scores_answers_about_as_the_float32_one_does(lms):
+    from distill.teachers.responses import ResponseTeacher, live_scorer
+
+    tok, _, teacher = lms
+    rows, blocks = _prompt_batch(tok, ["And God said", "darkness"])
+    blocks = encode_prompts(rows, tok, 40, source="test", responses=["Let there be light", "was upon the deep"])
+    batch = blocks.batch(torch.arange(2))
+    prompts = [prompt_ids(tok, r.messages) for r in rows]
+    full = ResponseTeacher(live_scorer(copy.deepcopy(teacher), len(tok)), prompts, tok.pad_token_id).signal(batch)
+    half = ResponseTeacher(live_scorer(copy.deepcopy(teacher).to(torch.bfloat16), len(tok)), prompts,
+                           tok.pad_token_id).signal(batch)
+    mask = batch["loss_mask"]
+    a, b = (torch.log_softmax(s.logits[mask].float(), -1) for s in (full, half))
+    assert half.logits.dtype == torch.float32  # the loss reads float32 whatever the weights
+    assert (a.exp() * (a - b)).sum(-1).max() < 1e-2  # KL(fp32 ‖ bf16) per answer token

@@ -33,6 +33,10 @@ class TaskTeacherConfig(TextTeacherConfig):
     top_k: int = Field(20, ge=1, description="serve/openai: log-probs of the k most likely tokens the server "
                        "returns for each answer token (OpenAI's API allows up to 20; vLLM and distill serve more); "
                        "the rest of the mass is one bin.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description=(
+        "local: the teacher's weights when it scores the students' answers. auto: bfloat16 where the hardware "
+        "multiplies it fast (a CUDA GPU with bf16, a CPU with AMX or AVX-512 BF16: a third of a float32 forward "
+        "there), else float32."))
     logprobs: Literal["top_k", "sampled"] = Field("top_k", description=(
         "serve/openai: what the server returns for each answer token: top_k alternatives, or only the sampled "
         "token's log-prob (sampled: the on_policy arm then learns by the one-sample estimate of reverse KL)."))
@@ -126,6 +130,14 @@ class TaskConfig(RunHeader):
         if self.teacher.finetune is not None and self.teacher.backend == "openai":
             raise ConfigError("teacher.finetune needs the teacher's weights, which an openai endpoint does not give: "
                               "set teacher.finetune=null, or use backend local or serve with a local model.")
+
+    def scoring_dtype(self) -> str:
+        """The local teacher's weights when it scores answers (`teacher.dtype` resolved): float32 | bfloat16."""
+        from distill.core.distributed import fast_bfloat16
+
+        if self.teacher.dtype == "auto":
+            return "bfloat16" if fast_bfloat16(self.device) else "float32"
+        return self.teacher.dtype
 
     @property
     def student_source(self) -> str:

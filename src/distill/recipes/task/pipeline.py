@@ -238,7 +238,7 @@ def _teacher_scoring(cfg: TaskConfig, model: str, tokenizer: Any) -> Iterator[Te
     if t.backend == "local":
         from distill.models.causal_lm import load_causal_lm
 
-        yield TeacherScoring(live_scorer(load_causal_lm(model), vocab), load_tokenizer(model))
+        yield TeacherScoring(live_scorer(load_causal_lm(model, dtype=getattr(torch, cfg.scoring_dtype())), vocab), load_tokenizer(model))
     elif t.backend == "openai":
         yield TeacherScoring(endpoint_scorer(EndpointTopK(
             t.base_url, t.model, k=t.top_k, vocab=vocab, concurrency=cfg.concurrency, api_key_env=t.api_key_env,

@@ -21,6 +21,7 @@ def build_report(cfg: TaskConfig, teacher_success: list[float], students: dict[s
     arms = {arm: _arm(arm, [s for s in students.values() if s["arm"] == arm], before) for arm in cfg.arms}
     return {"name": cfg.name, "kind": "task", "teacher": {"model": cfg.teacher.model, "backend": cfg.teacher.backend,
             "finetune_steps": cfg.teacher.finetune.steps if cfg.teacher.finetune else 0,
+            "scoring_dtype": cfg.scoring_dtype() if cfg.teacher.backend == "local" else None,
             "success": sum(teacher_success) / len(teacher_success)},
             "score": cfg.task.model_dump(), "prompts": {"train": cfg.data.train_examples, "eval": len(held)},
             "student_layers": cfg.student.layers, "seeds": cfg.seeds, "steps": cfg.train.steps,
@@ -102,7 +103,9 @@ def render_report(r: dict[str, Any], run_dir: Path) -> str:
               f"{r['prompts']['train']} training prompts, {r['prompts']['eval']} held out; before training the "
               f"student's success was {100 * r['student_before']:.1f}%. Success: "
               f"{r['score']['score']}" + (f" (`{r['score']['pattern']}`)" if r["score"]["score"] == "regex" else "")
-              + ". Compute counts the student's own FLOPs (the teacher's scoring and writing are not in it)."]
+              + ". Compute counts the student's own FLOPs (the teacher's scoring and writing are not in it)."
+              + (f" The teacher scored answers in {r['teacher']['scoring_dtype']}." if r["teacher"].get("scoring_dtype")
+                 else "")]
     return "\n".join(lines) + "\n"
 
 
