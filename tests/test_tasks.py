@@ -232,6 +232,9 @@ def test_the_task_job_trains_every_arm_from_one_start_scores_them_and_resumes(tm
     assert report["context"]["prompt_tokens_saved"] > 0  # half the rows carry context only the teacher reads
     text = (run_dir / "report.md").read_text()
     assert text.startswith("# Task: tiny\n\n**Best arm:") and (run_dir / "plots" / "success.png").is_file()
+    card = (run_dir / "students" / "on_policy-s0" / "model" / "README.md").read_text()
+    assert "on-policy distillation: it answered the training prompts itself" in card and "on_policy vs seq_kd" not in card
+    assert "between on_policy and seq_kd" in card or "on_policy beats seq_kd" in card or "worse than seq_kd" in card
     first = json.loads((run_dir / "students" / "on_policy-s0" / "eval.json").read_text())
     # a student learns from the same initialisation whatever its arm: the same seed, the same weights at start
     again = run_task(cfg, resume=True)  # everything done: read back, nothing trained again

@@ -60,6 +60,51 @@ def lm_card(report: dict[str, Any], student: str = "distilled") -> str:
     return "\n".join(lines) + "\n"
 
 
+ARM_TEXT = {"answer_sft": "supervised fine-tuning on the reference answers",
+            "seq_kd": "supervised fine-tuning on the teacher's answers to the training prompts (sequence-level KD)",
+            "on_policy": "on-policy distillation: it answered the training prompts itself and the teacher scored "
+                         "every token of its answers",
+            "mixed": "on-policy distillation on part of the steps, the teacher scoring written answers on the rest"}
+
+
+def task_card(report: dict[str, Any], arm: str, seed: int) -> str:
+    """The card of one student of a `distill task` run (its report.json): what it learnt from, and its
+    held-out task success beside the teacher's and the other arms' with the paired verdicts."""
+    t = report["teacher"]
+    teacher_id = HUB_IDS.get(t["model"], t["model"])
+    front: dict[str, Any] = {"library_name": "transformers", "pipeline_tag": "text-generation",
+                             "tags": ["distillation", "knowledge-distillation", "on-policy-distillation", "distill"]}
+    if "/" in teacher_id and not Path(teacher_id).exists():
+        front["base_model"] = teacher_id
+    a = report["arms"][arm]
+    mine = a["per_seed"][report["seeds"].index(seed)]
+    lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
+             f"# {report['name']}: a {a['parameters'] / 1e6:.1f}M-parameter student taught by {teacher_id}", "",
+             f"Built from the teacher's layers {report['student_layers']} and trained by {ARM_TEXT[arm]} "
+             f"({report['steps']} steps, seed {seed}, {report['prompts']['train']} training prompts).", "",
+             f"**Held-out task success** ({report['prompts']['eval']} prompts it never trained on, "
+             f"{report['score']['score']}): this model {100 * mine:.1f}%; the teacher "
+             f"{100 * t['success']:.1f}%; before training {100 * report['student_before']:.1f}%.", "",
+             "| way of training | success (mean ± std over seeds) |", "|---|---:|"]
+    for name, other in report["arms"].items():
+        mark = " (this model's)" if name == arm else ""
+        lines.append(f"| {name}{mark} | {100 * other['success']['mean']:.1f} ± {100 * other['success']['std']:.1f}% |")
+    from distill.eval.verdict import Verdict
+
+    said = [Verdict(**v).sentence(*pair.split(" vs ")) for pair, v in report["verdicts"].items() if arm in pair]
+    lines += ["", *(f"- {s}" for s in said), ""] if said else [""]
+    if report.get("context"):
+        lines += [f"It answers without the {report['context']['prompt_tokens_saved']:.0f} prompt tokens of context "
+                  "its teacher read.", ""]
+    lines += ["```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+              "model = AutoModelForCausalLM.from_pretrained(\"PATH\")",
+              "tokenizer = AutoTokenizer.from_pretrained(\"PATH\")",
+              "ids = tokenizer.apply_chat_template([{\"role\": \"user\", \"content\": \"...\"}], add_generation_prompt=True,"
+              " return_tensors=\"pt\")", "print(tokenizer.decode(model.generate(ids, max_new_tokens=64)[0, ids.shape[1]:]))",
+              "```", "", "Made with `distill task`."]
+    return "\n".join(lines) + "\n"
+
+
 def write_card(directory: Path, text: str) -> Path:
     path = Path(directory) / "README.md"
     atomic_write_text(path, text)

@@ -76,6 +76,10 @@ def run_task(cfg: TaskConfig, resume: bool = False) -> Path:
     report = build_report(cfg, teacher_success, students, eval_rows, tokenizer, before)
     atomic_write_text(run_dir / "report.json", json.dumps(report, indent=2))
     atomic_write_text(run_dir / "report.md", render_report(report, run_dir))
+    from distill.export.card import task_card, write_card
+
+    for s in students.values():
+        write_card(run_dir / "students" / f"{s['arm']}-s{s['seed']}" / "model", task_card(report, s["arm"], s["seed"]))
     return run_dir
 
 
