@@ -255,17 +255,45 @@ def test_the_task_job_refuses_what_it_cannot_do_before_any_compute(tmp_path, tin
     assert not (tmp_path / "runs").exists()  # refused before a run directory was made
 
 
-def test_a_student_of_another_vocabulary_is_refused_for_the_arms_the_teacher_scores(tmp_path, tiny_teacher):
+def test_a_student_of_another_vocabulary_learns_on_policy_from_a_local_teacher_reading_its_text(tmp_path, tiny_teacher):
+    from lm_helpers import make_bpe_tokenizer
+
     from distill.recipes.task.pipeline import run_task
 
-    teacher, prompts = tiny_teacher
+    teacher, prompts = tiny_teacher  # a word-level vocabulary; the student writes byte-level BPE
     other = tmp_path / "other"
-    make_llama(other, make_tokenizer(other, extra_words=("zebra", "quartz")), layers=1)
-    with pytest.raises(ConfigError, match=r"\['on_policy'\] score the student's answer tokens with the teacher.*"
-                                          "different vocabularies"):
-        run_task(_task_config(tmp_path, teacher, prompts, student={"model": str(other), "layers": [0]},
-                              arms=["seq_kd", "on_policy"]))
-    assert not (tmp_path / "runs").exists()
+    student = make_llama(other, make_bpe_tokenizer(other), layers=1)
+    student.generation_config.eos_token_id = 2  # <|im_end|>
+    student.save_pretrained(other)
+    cfg = _task_config(tmp_path, teacher, prompts, student={"model": str(other), "layers": [0], "seq_len": 64},
+                       arms=["on_policy"], seeds=[0], teacher={"backend": "local", "model": str(teacher), "top_k": 8})
+    run_dir = run_task(cfg)
+    history = json.loads((run_dir / "students" / "on_policy-s0" / "eval.json").read_text())["history"]
+    assert history[-1]["tokens_generated"] > 0 and history[-1]["train_kd"] > 0
+    with pytest.raises(ConfigError, match="ask the served teacher to score.*different vocabularies.*backend=local"):
+        run_task(_task_config(tmp_path / "served", teacher, prompts, student={"model": str(other), "layers": [0]},
+                              arms=["on_policy"], teacher={"backend": "serve", "model": str(teacher)}))
+
+
+def test_the_cross_vocabulary_teacher_speaks_at_the_answer_positions_both_have_read_alike(lms, tmp_path):
+    from lm_helpers import make_bpe_tokenizer
+
+    from distill.data.alignment import vocab_map
+    from distill.teachers.responses import CrossResponseTeacher
+
+    words, _, teacher = lms
+    bpe = make_bpe_tokenizer(tmp_path / "bpe")
+    rows = [TaskPrompt("a", [{"role": "user", "content": "And God said"}])]
+    blocks = encode_prompts(rows, bpe, 48, source="test", responses=["Let there be light"])
+    batch = blocks.batch(torch.arange(1))
+    cross = CrossResponseTeacher(teacher, words, bpe, vocab_map(words, bpe), [prompt_ids(words, rows[0].messages)],
+                                 k=len(words), vocab=len(words), teacher_eos={words.eos_token_id})  # every token
+    out = cross.signal(batch)
+    n, end = int(batch["prompt_len"][0]), int(batch["attention_mask"][0].sum())
+    spoken = out.valid[0].nonzero().flatten().tolist()
+    assert spoken[0] == n - 1 and spoken[-1] == end - 2  # from the prompt's end to the token before the answer's end
+    assert all(n - 1 <= p <= end - 2 for p in spoken)  # only where the answer is predicted
+    assert (out.topk_indices[0, end - 2] == bpe.eos_token_id).any()  # the teacher's end of turn, in the student's id
 
 
 def test_the_sampled_token_estimate_has_the_gradient_of_reverse_kl_in_expectation():

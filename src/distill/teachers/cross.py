@@ -40,7 +40,7 @@ class CrossLMTeacher:
         out = self.inner.signal(batch)
         if out.topk_logprobs is None:
             raise ValueError("a cross-tokenizer teacher needs a top-k signal (a TopKCache), not full logits")
-        return _at_student_positions(out, batch["teacher_position"], self.vocab_map)
+        return at_student_positions(out, batch["teacher_position"], self.vocab_map)
 
 
 class CrossLiveTeacher:
@@ -74,7 +74,7 @@ class CrossLiveTeacher:
                                 self.vocab)
         lp, idx, tail = topk_of(logits, self.k)
         out = TeacherOutput(topk_logprobs=lp, topk_indices=idx, tail_logprob=tail)
-        return _at_student_positions(out, position.to(ids.device), self.vocab_map)
+        return at_student_positions(out, position.to(ids.device), self.vocab_map)
 
 
 def student_ends(tokenizer: Any, ids: list[int]) -> WithEnds:
@@ -84,7 +84,7 @@ def student_ends(tokenizer: Any, ids: list[int]) -> WithEnds:
     return WithEnds(list(ids), [len(p) for p in prefixes])
 
 
-def _at_student_positions(out: TeacherOutput, teacher_position: torch.Tensor, vocab_map: torch.Tensor
+def at_student_positions(out: TeacherOutput, teacher_position: torch.Tensor, vocab_map: torch.Tensor
                           ) -> TeacherOutput:
     position = teacher_position.clamp_min(0)  # (B, L); unaligned positions are not `valid`
     k = out.topk_logprobs.shape[-1]

@@ -162,15 +162,18 @@ def answered(rows: list[TaskPrompt]) -> list[TaskPrompt]:
 
 
 def _same_vocabulary(cfg: TaskConfig, tokenizer: Any) -> None:
-    if cfg.teacher.backend == "openai" or not cfg.student.model:
-        return  # built from the teacher: its tokenizer; an endpoint names tokens by the ids the student reads
+    """A served teacher scores the student's token ids, so it must share the student's vocabulary (a
+    local teacher with another one reads the answers' text instead)."""
+    if cfg.teacher.backend != "serve" or not cfg.student.model:
+        return  # local: any vocabulary; built from the teacher: its tokenizer; openai: the server's to check
     from distill.models.causal_lm import load_tokenizer
 
     if load_tokenizer(cfg.teacher.model).get_vocab() != tokenizer.get_vocab():
-        raise ConfigError(f"arms {[a for a in cfg.arms if a in SCORED_BY_TEACHER]} score the student's answer tokens "
-                          f"with the teacher, but student.model={cfg.student.model} and teacher.model="
-                          f"{cfg.teacher.model} have different vocabularies; use a student built from the teacher "
-                          "(student.model=null), or the arms that learn from text (answer_sft, seq_kd).")
+        raise ConfigError(f"arms {[a for a in cfg.arms if a in SCORED_BY_TEACHER]} ask the served teacher to score the "
+                          f"student's answer tokens, but student.model={cfg.student.model} and teacher.model="
+                          f"{cfg.teacher.model} have different vocabularies; set teacher.backend=local (the teacher "
+                          "then reads the answers' text, aligned where both read the same characters), or use a "
+                          "student built from the teacher (student.model=null).")
 
 
 def _write_prompts(run_dir: Path, train: list[TaskPrompt], held: list[TaskPrompt]) -> None:
@@ -220,10 +223,23 @@ def _teacher_answers(cfg: TaskConfig, model: str, rows: list[TaskPrompt], run_di
 @dataclass(frozen=True)
 class TeacherScoring:
     """What scores the students' answers token by token, and the tokenizer whose chat template writes
-    the teacher's prompts (the teacher's own; an endpoint's: the student's, whose ids it reads)."""
+    the teacher's prompts (the teacher's own; an endpoint's: the student's, whose ids it reads). A
+    local teacher with another vocabulary reads the answers' text (`cross`: its model and settings)."""
 
-    scorer: Scorer
+    scorer: Scorer | None
     tokenizer: Any
+    cross: dict[str, Any] | None = None
+
+    def teacher(self, rows: list[TaskPrompt], student_tokenizer: Any) -> Any:
+        """The signal for students answering `rows` (a dataset index is a row)."""
+        from distill.teachers.responses import CrossResponseTeacher, ResponseTeacher
+
+        prompts = [prompt_ids(self.tokenizer, r.teacher_messages()) for r in rows]
+        if self.cross is not None:
+            return CrossResponseTeacher(prompts=prompts, teacher_tokenizer=self.tokenizer,
+                                        student_tokenizer=student_tokenizer, **self.cross)
+        assert self.scorer is not None
+        return ResponseTeacher(self.scorer, prompts, student_tokenizer.pad_token_id)
 
 
 @contextlib.contextmanager
@@ -242,7 +258,16 @@ def _teacher_scoring(cfg: TaskConfig, model: str, tokenizer: Any) -> Iterator[Te
     if t.backend == "local":
         from distill.models.causal_lm import load_causal_lm
 
-        yield TeacherScoring(live_scorer(load_causal_lm(model, dtype=getattr(torch, cfg.scoring_dtype())), vocab), load_tokenizer(model))
+        teacher, teacher_tokenizer = load_causal_lm(model, dtype=getattr(torch, cfg.scoring_dtype())), load_tokenizer(model)
+        if teacher_tokenizer.get_vocab() == tokenizer.get_vocab():
+            yield TeacherScoring(live_scorer(teacher, vocab), teacher_tokenizer)
+        else:  # another vocabulary: it reads the answers' text, aligned where both read the same characters
+            from distill.data.alignment import vocab_map
+            from distill.models.generation import eos_ids_of
+
+            yield TeacherScoring(None, teacher_tokenizer, {
+                "model": teacher, "vocab_map": vocab_map(teacher_tokenizer, tokenizer), "k": t.top_k,
+                "vocab": len(teacher_tokenizer), "teacher_eos": eos_ids_of(teacher, teacher_tokenizer)})
     elif t.backend == "openai":
         yield TeacherScoring(endpoint_scorer(EndpointTopK(
             t.base_url, t.model, k=t.top_k, vocab=vocab, concurrency=cfg.concurrency, api_key_env=t.api_key_env,
@@ -283,6 +308,7 @@ def probe(cfg: TaskConfig, scoring: TeacherScoring, row: TaskPrompt, tokenizer: 
     from distill.teachers.text import TeacherUnavailable
 
     ids = prompt_ids(scoring.tokenizer, row.teacher_messages()) + tokenizer("1 2 3")["input_ids"]
+    assert scoring.scorer is not None  # a server: never the cross-vocabulary teacher, which runs here
     try:
         scoring.scorer(torch.tensor([ids]), torch.tensor([len(ids)]))
     except TeacherUnavailable as exc:
@@ -301,7 +327,6 @@ def train_arm(cfg: TaskConfig, arm: str, seed: int, train: list[TaskPrompt], hel
     from distill.core.checkpoint import drop_training_state
     from distill.losses.config import TokenKDConfig
     from distill.models import causal_lm as lm_models
-    from distill.teachers.responses import ResponseTeacher
     from distill.teachers.text import TeacherUnavailable
     from distill.training.config import OnPolicyConfig
     from distill.training.lm import fit_lm
@@ -326,8 +351,7 @@ def train_arm(cfg: TaskConfig, arm: str, seed: int, train: list[TaskPrompt], hel
     kd = TokenKDConfig(ratio=0.0)
     if arm in SCORED_BY_TEACHER:
         assert scoring is not None
-        teacher = ResponseTeacher(scoring.scorer, [prompt_ids(scoring.tokenizer, r.teacher_messages()) for r in rows],
-                                  tokenizer.pad_token_id)
+        teacher = scoring.teacher(rows, tokenizer)
         on_policy = OnPolicyConfig(fraction=1.0 if arm == "on_policy" else cfg.on_policy.mix,
                                    max_new_tokens=cfg.on_policy.max_new_tokens,
                                    temperature=cfg.on_policy.temperature, top_p=cfg.on_policy.top_p,
