@@ -480,3 +480,20 @@ def test_a_bfloat16_teacher_scores_answers_about_as_the_float32_one_does(lms):
     a, b = (torch.log_softmax(s.logits[mask].float(), -1) for s in (full, half))
     assert half.logits.dtype == torch.float32  # the loss reads float32 whatever the weights
     assert (a.exp() * (a - b)).sum(-1).max() < 1e-2  # KL(fp32 ‖ bf16) per answer token
+
+
+def test_empty_teacher_answers_are_left_out_of_what_seq_kd_trains_on(tmp_path, tiny_teacher, monkeypatch):
+    from distill.recipes.task import pipeline
+
+    teacher, prompts = tiny_teacher
+    real = pipeline._teacher_answers
+
+    def one_empty(cfg, model, rows, run_dir, split, *, greedy):
+        answers = real(cfg, model, rows, run_dir, split, greedy=greedy)
+        return {**answers, rows[0].id: "  "} if split == "train" else answers
+
+    monkeypatch.setattr(pipeline, "_teacher_answers", one_empty)
+    run_dir = pipeline.run_task(_task_config(tmp_path, teacher, prompts, arms=["answer_sft", "seq_kd"], seeds=[0]))
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["arms"]["seq_kd"]["train_rows"] == 11 and report["arms"]["answer_sft"]["train_rows"] == 12
+    assert "| seq_kd |" in (run_dir / "report.md").read_text()

@@ -339,6 +339,9 @@ def train_arm(cfg: TaskConfig, arm: str, seed: int, train: list[TaskPrompt], hel
                                              seed=seed)
     by_reference = arm == "answer_sft" or (arm == "mixed" and cfg.on_policy.off_policy == "reference")
     rows = answered(train) if by_reference else train
+    if written is not None and arm != "on_policy":  # an empty answer teaches nothing but to stop: left out
+        kept = [i for i, w in enumerate(written) if w and w.strip()]
+        rows, written = [rows[i] for i in kept], [written[i] for i in kept]
     blocks = encode_prompts(rows, tokenizer, cfg.student.seq_len, source="data.source",
                             responses=written if arm != "on_policy" else None)
     prompts = [prompt_ids(tokenizer, r.messages) for r in held]
@@ -370,6 +373,7 @@ def train_arm(cfg: TaskConfig, arm: str, seed: int, train: list[TaskPrompt], hel
     lm_models.save_pretrained_atomic(out.model, tokenizer, stage / "model")
     drop_training_state(stage, keep=cfg.keep_state)
     result = {"arm": arm, "seed": seed, "success": sum(per_row) / len(per_row), "per_row": per_row,
+              "train_rows": len(rows),
               "outputs": outputs, "history": out.history,
               "parameters": sum(p.numel() for p in out.model.parameters())}
     atomic_write_text(done, json.dumps(result, indent=2))

@@ -40,6 +40,7 @@ def _arm(arm: str, runs: list[dict[str, Any]], before: float) -> dict[str, Any]:
     last = [c[-1] for c in curves if c]
     return {"success": {"mean": statistics.fmean(success), "std": statistics.stdev(success) if len(runs) > 1 else 0.0},
             "per_seed": success, "parameters": runs[0]["parameters"], "curves": curves,
+            "train_rows": runs[0].get("train_rows"),
             "compute": statistics.fmean(c["compute"] for c in last) if last else 0.0,
             "tokens_trained": statistics.fmean(c["tokens_trained"] for c in last) if last else 0.0,
             "tokens_generated": statistics.fmean(c["tokens_generated"] for c in last) if last else 0.0}
@@ -82,14 +83,14 @@ def render_report(r: dict[str, Any], run_dir: Path) -> str:
     plot = task_success_curves(run_dir, r)
     lines = [f"# Task: {r['name']}", "", *_headline(r), ""]
     t = r["teacher"]
-    lines += ["| model | held-out success | student compute (FLOPs) | tokens trained | tokens written |",
-              "|---|---|---|---|---|",
+    lines += ["| model | held-out success | training prompts | student compute (FLOPs) | tokens trained | tokens written |",
+              "|---|---|---|---|---|---|",
               f"| teacher `{t['model']}`{' (fine-tuned)' if t['finetune_steps'] else ''} | {100 * t['success']:.1f}% "
-              "| | | |"]
+              "| | | | |"]
     for arm, a in r["arms"].items():
         s = a["success"]
-        lines.append(f"| {arm} | {100 * s['mean']:.1f} ± {100 * s['std']:.1f}% | {a['compute']:.3g} | "
-                     f"{a['tokens_trained']:,.0f} | {a['tokens_generated']:,.0f} |")
+        lines.append(f"| {arm} | {100 * s['mean']:.1f} ± {100 * s['std']:.1f}% | {a.get('train_rows') or '–'} | "
+                     f"{a['compute']:.3g} | {a['tokens_trained']:,.0f} | {a['tokens_generated']:,.0f} |")
     lines += ["", f"![success]({plot.relative_to(run_dir)})", ""]
     for pair, v in r["verdicts"].items():
         b, _, a = pair.partition(" vs ")
