@@ -497,3 +497,27 @@ def test_empty_teacher_answers_are_left_out_of_what_seq_kd_trains_on(tmp_path, t
     report = json.loads((run_dir / "report.json").read_text())
     assert report["arms"]["seq_kd"]["train_rows"] == 11 and report["arms"]["answer_sft"]["train_rows"] == 12
     assert "| seq_kd |" in (run_dir / "report.md").read_text()
+
+
+def test_the_built_in_tasks_are_seeded_disjoint_and_their_answers_right():
+    import re
+
+    from distill.data.builtin_tasks import ANSWER_PATTERN, addition_working, builtin_task, glossary
+
+    assert addition_working(47, 85) == "7+5=12, write 2 carry 1. 4+8+1=13, write 13. Answer: 132"
+    for row in builtin_task("addition", 50, seed=3):
+        a, b = map(int, re.findall(r"\d+", row.messages[0]["content"]))
+        assert int(re.findall(ANSWER_PATTERN, row.reference, re.IGNORECASE)[-1]) == a + b
+    held, train = builtin_task("addition", 20, 0), builtin_task("addition", 20, 0, offset=20)
+    assert not {r.id for r in held} & {r.id for r in train} and builtin_task("addition", 20, 0) == held
+    words = glossary(0)
+    assert len(set(words.values())) == 40 and glossary(1) != words  # an invented word each, another per seed
+    asked = builtin_task("glossary", 80, 0)
+    assert all(r.reference == words[w] for r in asked for w in words if f" {w}" in " " + r.messages[0]["content"])
+    assert all(r.context and words["bread"] in r.context for r in asked)
+    phrasing = {r.messages[0]["content"].replace(w, "W") for r in asked for w in words if w in r.messages[0]["content"]}
+    trained = {r.messages[0]["content"].replace(w, "W") for r in builtin_task("glossary", 80, 0, offset=80)
+               for w in words if w in r.messages[0]["content"]}
+    assert not phrasing & trained  # held-out questions are worded as no training question is
+    with pytest.raises(ConfigError, match="no such built-in task"):
+        builtin_task("sorting", 5, 0)
