@@ -322,7 +322,8 @@ def test_the_on_policy_arm_learns_from_a_served_teacher(tmp_path, tiny_teacher, 
     teacher, prompts = tiny_teacher
     cfg = _task_config(tmp_path, teacher, prompts, teacher={"backend": "serve", "model": str(teacher),
                        "top_k": 8, "logprobs": logprobs}, arms=["on_policy"], seeds=[0],
-                       train={"steps": 2, "batch_size": 4, "eval_every": 2, "save_every": 2})
+                       train={"steps": 2, "batch_size": 4, "eval_every": 2, "save_every": 2},
+                       kd={"divergence": "reverse_kl", "ratio": 1.0})  # the estimator's divergence
     run_dir = run_task(cfg)
     history = json.loads((run_dir / "students" / "on_policy-s0" / "eval.json").read_text())["history"]
     assert history[-1]["tokens_generated"] > 0 and history[-1]["train_kd"] == history[-1]["train_loss"]
