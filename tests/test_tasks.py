@@ -210,7 +210,7 @@ def _task_config(tmp_path, teacher_dir, prompts, **extra):
            "on_policy": {"max_new_tokens": 6}, "sampling": {"max_tokens": 6, "temperature": 1.0}, "answer_tokens": 6,
            "seeds": [0, 1], "train": {"steps": 4, "batch_size": 4, "eval_every": 2, "save_every": 2}}
     for key, value in extra.items():
-        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
+        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
     return load_task_config(cfg)
 
 
