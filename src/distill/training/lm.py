@@ -63,7 +63,9 @@ class LMTask:
         self.steps, self.warmup_steps = train.steps, train.warmup_steps
         self.fingerprint = _fingerprint(train, kd, on_policy, teacher is not None, data)
         self.evaluate: Callable[[nn.Module], dict[str, float]] | None = None
-        self.seen = {"tokens_trained": 0, "tokens_generated": 0}  # this process's, so far
+        self.seen = {"tokens_trained": 0, "tokens_generated": 0}  # every process's, up to the last row or checkpoint
+        self.unseen: torch.Tensor | None = None  # (trained, generated) since then, on the device: no host sync per step
+        self.step_tokens: torch.Tensor | None = None  # this process's, this step
         self.signal: TeacherOutput | None = None  # the teacher's, when it was asked ahead (prefetch)
         self.prefetch = _Prefetch() if self.sampling is not None and self.sampling.prefetch else None
 
@@ -93,9 +95,8 @@ class LMTask:
             batch = self._raw(step)
             if self._sampled(step):
                 batch = self._answer(self.acc.unwrap_model(self.model), batch, step)
-        if self._sampled(step):
-            self.seen["tokens_generated"] += int(batch["loss_mask"].sum())
-        self.seen["tokens_trained"] += int(batch["attention_mask"].sum())
+        written = batch["loss_mask"].sum() if self._sampled(step) else batch["loss_mask"].new_zeros(())
+        self.step_tokens = torch.stack([batch["attention_mask"].sum(), written]).long()
         return batch
 
     def _raw(self, step: int) -> dict[str, torch.Tensor]:
@@ -122,7 +123,19 @@ class LMTask:
             return self.step_loss(batch, signal, self.kd, self.vocab)
 
     def after_step(self, step: int, sums: dict[str, torch.Tensor], count: int) -> None:
-        pass
+        counts = self.step_tokens
+        if self.acc.num_processes > 1:  # every process's tokens, so rows and checkpoints hold the same counts
+            counts = self.acc.reduce(counts, "sum")
+        self.unseen = counts if self.unseen is None else self.unseen + counts
+
+    def _tokens(self) -> dict[str, int]:
+        """The token counts so far (one host sync, at rows and checkpoints only)."""
+        if self.unseen is not None:
+            trained, generated = self.unseen.tolist()
+            self.seen = {"tokens_trained": self.seen["tokens_trained"] + trained,
+                         "tokens_generated": self.seen["tokens_generated"] + generated}
+            self.unseen = None
+        return dict(self.seen)
 
     def where(self, step: int) -> str:
         return ""
@@ -134,7 +147,7 @@ class LMTask:
         return done % self.config.save_every == 0 or done == self.steps
 
     def row(self, done: int) -> dict[str, float]:
-        row: dict[str, float] = {"step": done, **self.seen}
+        row: dict[str, float] = {"step": done, **self._tokens()}
         if self.val_data is not None or self.evaluate is not None:
             with sharding.gathered_root(self.step_loss if self.sharded else None):
                 model = self.acc.unwrap_model(self.model)
@@ -161,10 +174,11 @@ class LMTask:
         return (sharding.Whole(model, gather=saving), sharding.WholeOptimizer(model, optimizer, gather=saving))
 
     def state(self, result: FitResult) -> dict[str, Any]:
-        return {"seen": self.seen}
+        return {"seen": self._tokens()}
 
     def load_state(self, state: dict[str, Any], result: FitResult) -> int:
         self.seen = state.get("seen", self.seen)  # checkpoints from before the counts: from 0
+        self.unseen = None
         return int(state["step"])
 
     def finish(self, result: FitResult, checkpoint_dir: Path | None) -> nn.Module:
