@@ -223,7 +223,7 @@ def _history(path: Path) -> list[dict[str, float]]:
 
 
 def _learning_curves(run_dir: Path, histories: dict[str, list[dict[str, float]]]) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
     for stage, rows in histories.items():
         if rows:
@@ -238,11 +238,11 @@ def _learning_curves(run_dir: Path, histories: dict[str, list[dict[str, float]]]
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
-    return _save(fig, run_dir / "plots" / "learning_curves.png")
+    return save_figure(fig, run_dir / "plots" / "learning_curves.png")
 
 
 def _accuracy_vs_cost(run_dir: Path, models: dict[str, Any]) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax_lat, ax_size) = plt.subplots(1, 2, figsize=(10, 3.8))
     for name, m in models.items():
         for ax, key in ((ax_lat, "latency_b1_p50_ms"), (ax_size, "size_mb")):
@@ -256,12 +256,12 @@ def _accuracy_vs_cost(run_dir: Path, models: dict[str, Any]) -> Path:
         ax.grid(alpha=0.3)
         _plain_log_ticks(ax)
         ax.margins(x=0.25, y=0.15)
-    return _save(fig, run_dir / "plots" / "accuracy_vs_cost.png")
+    return save_figure(fig, run_dir / "plots" / "accuracy_vs_cost.png")
 
 
 def _reliability(run_dir: Path, validation: dict[str, Any]) -> Path:
     """Reliability diagram (accuracy against confidence per bin) and the predictions per bin."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax_rel, ax_count) = plt.subplots(1, 2, figsize=(10, 3.8))
     curves = {"teacher": next(iter(validation.values()))["calibration"]["teacher"],
               **{name: v["calibration"]["student"] for name, v in validation.items()}}
@@ -281,12 +281,12 @@ def _reliability(run_dir: Path, validation: dict[str, Any]) -> Path:
         ax.grid(alpha=0.3)
     ax_rel.legend(fontsize="small", loc="best")
     ax_count.legend(fontsize="small", loc="upper left")
-    return _save(fig, run_dir / "plots" / "reliability.png")
+    return save_figure(fig, run_dir / "plots" / "reliability.png")
 
 
 def _confusion(run_dir: Path, validation: dict[str, Any], classes: list[str]) -> Path:
     """One confusion-matrix heatmap per student: true class down, predicted class across."""
-    plt = _pyplot()
+    plt = pyplot()
     names = sorted(validation, key=lambda n: n != "distilled")  # the distilled student first
     fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4.6), squeeze=False)
     for ax, name in zip(axes[0], names):
@@ -307,10 +307,10 @@ def _confusion(run_dir: Path, validation: dict[str, Any], classes: list[str]) ->
                     if c:
                         ax.text(j, i, str(c), ha="center", va="center", fontsize=7,
                                 color="white" if c > top / 2 else "black")
-    return _save(fig, run_dir / "plots" / "confusion.png")
+    return save_figure(fig, run_dir / "plots" / "confusion.png")
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -319,13 +319,13 @@ def _pyplot():
     return plt
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
     import io
 
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png", dpi=90)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     atomic_write_bytes(path, buf.getvalue())
     return path
 
@@ -336,7 +336,7 @@ def _save(fig: Any, path: Path) -> Path:
 def lm_learning_curves(run_dir: Path, report: dict[str, Any]) -> Path:
     """Training loss and held-out perplexity against tokens seen, for every student of an LM run, with
     the perplexity of the teacher that taught them as a line."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax_loss, ax_ppl) = plt.subplots(1, 2, figsize=(10, 3.8))
     d = report["data"]
     per_step = d["tokens_seen"] / max(1, d.get("steps") or 1)
@@ -356,28 +356,7 @@ def lm_learning_curves(run_dir: Path, report: dict[str, Any]) -> Path:
     for ax in (ax_loss, ax_ppl):
         ax.grid(alpha=0.3)
         ax.legend()
-    return _save(fig, run_dir / "plots" / "lm_curves.png")
-
-
-# --------------------------------------------------------------------------- distill task
-
-
-def task_success_curves(run_dir: Path, report: dict[str, Any]) -> Path:
-    """Held-out task success against the student's training compute, one line per arm and seed, with
-    the teacher's success as a line: which way of learning reaches a success soonest."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for n, (arm, a) in enumerate(report["arms"].items()):
-        for i, curve in enumerate(a["curves"]):
-            ax.plot([c["compute"] for c in curve], [100 * c["success"] for c in curve], marker="o", markersize=3,
-                    color=colours[n % len(colours)], alpha=0.8, label=arm if i == 0 else None)
-    ax.axhline(100 * report["teacher"]["success"], color="grey", linestyle="--", label="teacher")
-    ax.set(xlabel="student training compute (FLOPs: 6·params·tokens trained + 2·params·tokens written)",
-           ylabel="held-out success (%)", title="Task success as the students train")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return _save(fig, run_dir / "plots" / "success.png")
+    return save_figure(fig, run_dir / "plots" / "lm_curves.png")
 
 
 # --------------------------------------------------------------------------- distill search
@@ -431,7 +410,7 @@ def _values(values: dict[str, Any]) -> str:
 
 
 def _pareto_plot(root: Path, report: dict[str, Any]) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     cands, t, best = report["candidates"], report["teacher"], report["recommended"]
     for ax, cost, label in ((axes[0], "latency_p50_ms", "batch-1 latency, ms (p50)"),
@@ -455,4 +434,4 @@ def _pareto_plot(root: Path, report: dict[str, Any]) -> Path:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle(f"Student search: {report['name']}")
-    return _save(fig, root / "plots" / "pareto.png")
+    return save_figure(fig, root / "plots" / "pareto.png")

@@ -28,6 +28,7 @@ Each candidate's rows are recorded as they finish (`record`), so a resumed job r
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import re
@@ -44,6 +45,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from distill.core.files import atomic_write_text
 from distill.eval.metrics import predict
 from distill.recipes.classify.plan import Candidate, Plan
 from distill.teachers.output import Teacher
@@ -239,7 +241,12 @@ def measure(cands: list[Candidate], *, build: Callable[[], nn.Module], labelled:
                       name=f"pilot: {c.name}", stop_at=upto)
         return late_score(out.history, upto)
 
-    costs = step_costs(cands, build, teacher, taught, config_for(cands[0]).batch_size, num_classes)
+    saved = directory / "step_costs.json"  # measured once: a resumed job decides as its first start did
+    if saved.is_file() and len(json.loads(saved.read_text())) == len(cands):
+        costs = json.loads(saved.read_text())
+    else:
+        costs = step_costs(cands, build, teacher, taught, config_for(cands[0]).batch_size, num_classes)
+        atomic_write_text(saved, json.dumps(costs))
     measured, costs, skipped = affordable(cands, costs, job_steps, share)
     pilot = run_pilot(measured, train, pilot_budget(job_steps, costs, share), total, done, record,
                       progress=None if quiet else _say, n_val=len(val), costs=costs,  # type: ignore[arg-type]
@@ -287,8 +294,14 @@ def step_costs(cands: list[Candidate], build: Callable[[], nn.Module], teacher: 
     for c in cands:
         key = (c.augment.model_dump_json(), c.signal == "live" and c.taught)
         if key not in timed:
-            timed[key] = max(1.0, seconds(step(c)) / plain) if c.augment.enabled or key[1] else 1.0
+            timed[key] = coarse(seconds(step(c)) / plain) if c.augment.enabled or key[1] else 1.0
     return [timed[(c.augment.model_dump_json(), c.signal == "live" and c.taught)] for c in cands]
+
+
+def coarse(ratio: float) -> float:
+    """A measured cost ratio to one significant figure, at least 1 (1.3 → 1, 1.8 → 2, 9.7 → 10): the
+    pilot's choices then move with real differences in cost, not with timing noise between two runs."""
+    return max(1.0, float(f"{ratio:.1g}"))
 
 
 def late_score(history: list[dict[str, float]], upto: int) -> dict[str, float]:

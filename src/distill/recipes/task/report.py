@@ -78,8 +78,6 @@ def _context(cfg: TaskConfig, held: list[TaskPrompt], tokenizer: Any) -> dict[st
 
 def render_report(r: dict[str, Any], run_dir: Path) -> str:
     """Markdown: the verdict first, then every arm's success and cost, the curves, the settings."""
-    from distill.eval.report import task_success_curves  # matplotlib only when a report is drawn
-
     plot = task_success_curves(run_dir, r)
     lines = [f"# Task: {r['name']}", "", *_headline(r), ""]
     t = r["teacher"]
@@ -122,3 +120,23 @@ def _headline(r: dict[str, Any]) -> list[str]:
     elif len(r["arms"]) > 1:
         line += " No detectable difference from the others by the paired test (more seeds or held-out prompts narrow it)."
     return [line]
+
+
+def task_success_curves(run_dir: Path, report: dict[str, Any]) -> Path:
+    """Held-out task success against the student's training compute, one line per arm and seed, with
+    the teacher's success as a line: which way of learning reaches a success soonest."""
+    from distill.eval.report import pyplot, save_figure  # matplotlib only when a report is drawn
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for n, (arm, a) in enumerate(report["arms"].items()):
+        for i, curve in enumerate(a["curves"]):
+            ax.plot([c["compute"] for c in curve], [100 * c["success"] for c in curve], marker="o", markersize=3,
+                    color=colours[n % len(colours)], alpha=0.8, label=arm if i == 0 else None)
+    ax.axhline(100 * report["teacher"]["success"], color="grey", linestyle="--", label="teacher")
+    ax.set(xlabel="student training compute (FLOPs: 6·params·tokens trained + 2·params·tokens written)",
+           ylabel="held-out success (%)", title="Task success as the students train")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return save_figure(fig, run_dir / "plots" / "success.png")
