@@ -28,8 +28,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from distill.cli_help import BUILT_IN, EXAMPLES
 from distill.core.errors import DistillError
+from distill.recipes.commands import BUILT_IN, EXAMPLES
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""The command line's help texts: what each command runs without a config file, and one example of
+"""What each command of the command line runs without a config file (the built-in jobs), and one example of
 each (shown by `distill COMMAND --help`)."""
 
 from __future__ import annotations
