@@ -9,7 +9,6 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from distill.core.config import (
-    RunHeader,
     Strict,
     builtin_config,
     read_raw,
@@ -19,7 +18,7 @@ from distill.core.config import (
 )
 from distill.core.errors import ConfigError
 from distill.losses.config import TokenKDConfig
-from distill.recipes.textkd.config import SamplingConfig, TextTeacherConfig
+from distill.recipes.textkd.config import SamplingConfig, TextTeacherConfig, TextTeacherJob
 from distill.training.config import LMTrainConfig
 
 Arm = Literal["answer_sft", "seq_kd", "on_policy", "mixed"]
@@ -85,7 +84,7 @@ class OnPolicySettings(Strict):
                            "(one step behind strictly on-policy): hides a teacher server's latency.")
 
 
-class TaskConfig(RunHeader):
+class TaskConfig(TextTeacherJob):
     name: str = "addition"
     teacher: TaskTeacherConfig = Field(default_factory=lambda: TaskTeacherConfig(backend="local"))
     student: TaskStudentConfig = Field(default_factory=TaskStudentConfig)
@@ -130,9 +129,7 @@ class TaskConfig(RunHeader):
                                   "wrote, so it trains the on_policy arm only, with kd.divergence=reverse_kl and "
                                   "kd.ratio=1 (mixed's teacher-written half is not the student's samples); "
                                   f"arms are {self.arms}, kd.divergence={self.kd.divergence}, kd.ratio={self.kd.ratio}.")
-        if self.teacher.finetune is not None and self.teacher.backend == "openai":
-            raise ConfigError("teacher.finetune needs the teacher's weights, which an openai endpoint does not give: "
-                              "set teacher.finetune=null, or use backend local or serve with a local model.")
+        self.check_finetune()
 
     def scoring_dtype(self) -> str:
         """The local teacher's weights when it scores answers (`teacher.dtype` resolved): float32 | bfloat16."""
@@ -141,13 +138,6 @@ class TaskConfig(RunHeader):
         if self.teacher.dtype == "auto":
             return "bfloat16" if fast_bfloat16(self.device) else "float32"
         return self.teacher.dtype
-
-    @property
-    def student_source(self) -> str:
-        if self.teacher.backend == "openai" and self.student.model is None:
-            raise ConfigError("student.model is required with teacher.backend=openai: an endpoint gives text, not "
-                              "weights to build the student from. Name a local model.")
-        return self.student.model or self.teacher.model
 
 
 def load_task_config(path: str | Path | dict[str, Any] | None = None,

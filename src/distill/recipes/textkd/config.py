@@ -115,7 +115,26 @@ class TextStudentConfig(Strict):
     price_completion: float = Field(0.0, ge=0)
 
 
-class TextKDConfig(RunHeader):
+class TextTeacherJob(RunHeader):
+    """What the jobs with a text teacher share (`distill textkd`, `distill task`): where the student's
+    weights come from, and what an endpoint teacher cannot do."""
+
+    def check_finetune(self) -> None:
+        """Refused before any compute (`distill generate` never fine-tunes)."""
+        if self.teacher.finetune is not None and self.teacher.backend == "openai":  # type: ignore[attr-defined]
+            raise ConfigError("teacher.finetune needs the teacher's weights, which an openai endpoint does not "
+                              "give: set teacher.finetune=null, or use backend local or serve with a local model.")
+
+    @property
+    def student_source(self) -> str:
+        teacher, student = self.teacher, self.student  # type: ignore[attr-defined]
+        if teacher.backend == "openai" and student.model is None:
+            raise ConfigError("student.model is required with teacher.backend=openai: an endpoint gives "
+                              "text, not weights to build the student from. Name a local model.")
+        return student.model or teacher.model
+
+
+class TextKDConfig(TextTeacherJob):
     """The whole job; `distill generate` reads only teacher, data, prompt, sampling, concurrency."""
 
     name: str = "bbc-step-by-step"
@@ -157,19 +176,6 @@ class TextKDConfig(RunHeader):
             raise ValueError("kinds has token_kd, which trains on the teacher's log-probs: set "
                              "sampling.top_logprobs (e.g. 5)")
         return self
-
-    def check_finetune(self) -> None:
-        """`distill textkd` only (`distill generate` never fine-tunes): refused before any compute."""
-        if self.teacher.finetune is not None and self.teacher.backend == "openai":
-            raise ConfigError("teacher.finetune needs the teacher's weights, which an openai endpoint does not "
-                              "give: set teacher.finetune=null, or use backend local or serve with a local model.")
-
-    @property
-    def student_source(self) -> str:
-        if self.teacher.backend == "openai" and self.student.model is None:
-            raise ConfigError("student.model is required with teacher.backend=openai: an endpoint gives "
-                              "text, not weights to build the student from. Name a local model.")
-        return self.student.model or self.teacher.model
 
 
 def load_textkd_config(path: str | Path | dict[str, Any] | None = None,
