@@ -166,6 +166,7 @@ def main() -> None:
     p.add_argument("--scenarios", nargs="*", default=list(SCENARIOS))
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--one", nargs=2, metavar=("SCENARIO", "SEED"), help="run one seed (in this process)")
+    p.add_argument("--name", default="kd_wins", help="the results file's name (a partial re-run: another name)")
     args = p.parse_args()
     if args.one:
         run_seed(args.one[0], int(args.one[1]))
@@ -174,7 +175,7 @@ def main() -> None:
         for seed in range(args.seeds):
             if not (OUT / f"{name}-{seed}.json").is_file():  # each seed in a fresh process
                 subprocess.run([sys.executable, __file__, "--one", name, str(seed)], check=True)
-    write_result("kd_wins", metrics(args.scenarios, args.seeds), {"scenarios": {
+    write_result(args.name, metrics(args.scenarios, args.seeds), {"scenarios": {
         n: SCENARIOS[n].about for n in args.scenarios}})
 
 
