@@ -34,8 +34,8 @@ class TaskTeacherConfig(TextTeacherConfig):
                        "the rest of the mass is one bin.")
     dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description=(
         "local: the teacher's weights when it scores the students' answers. auto: bfloat16 where the hardware "
-        "multiplies it fast (a CUDA GPU with bf16, a CPU with AMX or AVX-512 BF16: a third of a float32 forward "
-        "there), else float32."))
+        "multiplies it fast (a CUDA GPU with bf16, a CPU with AMX or AVX-512 BF16: 0.43× a float32 forward "
+        "there, benchmarks/bf16_teacher.py), else float32."))
     logprobs: Literal["top_k", "sampled"] = Field("top_k", description=(
         "serve/openai: what the server returns for each answer token: top_k alternatives, or only the sampled "
         "token's log-prob (sampled: the on_policy arm then learns by the one-sample estimate of reverse KL)."))
@@ -97,8 +97,8 @@ class TaskConfig(TextTeacherJob):
                               "and its share of the loss (the rest: CE on the tokens, which on the student's own "
                               "answers teaches nothing: keep ratio 1). forward_kl by default: reverse KL and JSD "
                               "weigh each token by the student's own probability, so a student that cannot yet "
-                              "write an answer barely moves (measured on bbc_topics: forward KL wrote the topic "
-                              "and stopped after 15 steps, reverse KL and JSD(0.5) not after 30).")
+                              "write an answer barely moves (a 30-step check on bbc_topics and addition: forward KL "
+                              "reached the answers' form, reverse KL did not; README).")
     sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(max_tokens=64), description=(
         "How the teacher writes seq_kd's (and mixed's) answers to the training prompts."))
     answer_tokens: int = Field(64, ge=1, description="Longest answer teacher and students write when scored.")
