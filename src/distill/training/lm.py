@@ -45,8 +45,7 @@ def fit_lm(model: nn.Module, data: TokenBlocks, *, train: LMTrainConfig, kd: Tok
     next-token CE. Every metrics row also counts the tokens the student has read in training
     (`tokens_trained`) and written on-policy (`tokens_generated`) so far, and holds `val_<key>` of
     `evaluate(model)` (e.g. task success) when given."""
-    task = LMTask(model, data, train, kd, vocab, teacher, on_policy, val_data, val_teacher, pad_id, name)
-    task.evaluate = evaluate
+    task = LMTask(model, data, train, kd, vocab, teacher, on_policy, val_data, val_teacher, pad_id, name, evaluate)
     return run_steps(task, Run(checkpoint_dir=checkpoint_dir, resume=resume, device=device, quiet=quiet,
                                progress=("train_loss", "val_ppl")))
 
@@ -56,13 +55,14 @@ class LMTask:
 
     def __init__(self, model: nn.Module, data: TokenBlocks, train: LMTrainConfig, kd: TokenKDConfig, vocab: int,
                  teacher: Teacher | None, on_policy: OnPolicyConfig | None, val_data: TokenBlocks | None,
-                 val_teacher: Teacher | None, pad_id: int, name: str):
+                 val_teacher: Teacher | None, pad_id: int, name: str,
+                 evaluate: Callable[[nn.Module], dict[str, float]] | None = None):
         self.model, self.data, self.config, self.kd, self.vocab = model, data, train, kd, vocab
         self.teacher, self.val_data, self.val_teacher, self.pad_id, self.name = teacher, val_data, val_teacher, pad_id, name
         self.sampling = on_policy if on_policy is not None and on_policy.fraction > 0 else None
         self.steps, self.warmup_steps = train.steps, train.warmup_steps
         self.fingerprint = _fingerprint(train, kd, on_policy, teacher is not None, data)
-        self.evaluate: Callable[[nn.Module], dict[str, float]] | None = None
+        self.evaluate = evaluate
         self.seen = {"tokens_trained": 0, "tokens_generated": 0}  # every process's, up to the last row or checkpoint
         self.unseen: torch.Tensor | None = None  # (trained, generated) since then, on the device: no host sync per step
         self.step_tokens: torch.Tensor | None = None  # this process's, this step
@@ -86,16 +86,16 @@ class LMTask:
         return optimizer
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
-        self.signal = None
-        if self.prefetch is not None and self._sampled(step):
+        self.signal, sampled = None, self._sampled(step)
+        if self.prefetch is not None and sampled:
             batch, self.signal = self.prefetch.take(step, self)
-            if self._sampled(step + 1) and step + 1 < self.steps:
+            if step + 1 < self.steps and self._sampled(step + 1):
                 self.prefetch.start(step + 1, self)  # from the weights before this step's update
         else:
             batch = self._raw(step)
-            if self._sampled(step):
+            if sampled:
                 batch = self._answer(self.acc.unwrap_model(self.model), batch, step)
-        written = batch["loss_mask"].sum() if self._sampled(step) else batch["loss_mask"].new_zeros(())
+        written = batch["loss_mask"].sum() if sampled else batch["loss_mask"].new_zeros(())
         self.step_tokens = torch.stack([batch["attention_mask"].sum(), written]).long()
         return batch
 
