@@ -246,10 +246,22 @@ def run_job(teacher_epochs: int = 8, student_epochs: int = 6) -> Job:
     args = [*RUN_ARGS, f"teacher.train.epochs={teacher_epochs}", f"train.epochs={student_epochs}"]
 
     def argv(root: Path, resume: bool) -> list[str]:
-        return ["-m", "distill.cli", "run", "name=job", f"output_dir={root / 'runs'}",
+        return ["-c", PINNED_STEP_COSTS, "run", "name=job", f"output_dir={root / 'runs'}",
                 f"teacher.cache_dir={root / 'cache'}", *args, "--quiet", *(["--resume"] if resume else [])]
 
     return Job("run", argv, _run_point, _compare_runs)
+
+
+# The pilot weighs candidates by their measured step costs: the one input two separate runs cannot
+# share (a resumed run reuses its own first measurement). Pinned here, so that the reference and the
+# killed run decide alike and any difference left is one resuming made.
+PINNED_STEP_COSTS = """
+import sys
+import distill.recipes.classify.pilot as pilot
+pilot.step_costs = lambda cands, *_: [2.0 if c.augment.enabled or c.signal == "live" else 1.0 for c in cands]
+from distill.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
 
 
 def _run_point(root: Path) -> str:
@@ -275,13 +287,32 @@ def _compare_runs(ref: Path, root: Path) -> tuple[list[str], int]:
         diffs, lost = diffs + rows_diffs, lost + rows_lost
     ra, rb = (_without_timing(json.loads((d / "report.json").read_text())) for d in (a, b))
     if json.dumps(ra, sort_keys=True) != json.dumps(rb, sort_keys=True):
-        diffs.append("report.json differs beyond timings")
+        diffs.append(f"report.json differs beyond timings: {_first_differences(ra, rb)}")
     for m in sorted((ref / "cache").glob("*/manifest.json")):
         other = root / "cache" / m.parent.name / "manifest.json"
         shards = json.loads(other.read_text())["shards"] if other.is_file() else None
         if shards != json.loads(m.read_text())["shards"]:
             diffs.append(f"teacher cache {m.parent.name} differs")
     return diffs, lost
+
+
+def _first_differences(a: Any, b: Any, where: str = "", limit: int = 3) -> list[str]:
+    """Up to `limit` paths where two JSON values differ, each with both values (cut short)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        found: list[str] = []
+        for k in sorted(set(a) | set(b)):
+            found += _first_differences(a.get(k), b.get(k), f"{where}.{k}", limit - len(found))
+            if len(found) >= limit:
+                break
+        return found
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        found = []
+        for i, (x, y) in enumerate(zip(a, b)):
+            found += _first_differences(x, y, f"{where}[{i}]", limit - len(found))
+            if len(found) >= limit:
+                break
+        return found
+    return [] if a == b else [f"{where}: {str(a)[:120]!r} vs {str(b)[:120]!r}"]
 
 
 def _without_timing(report: dict[str, Any]) -> dict[str, Any]:

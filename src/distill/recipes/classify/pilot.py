@@ -90,7 +90,7 @@ def affordable(cands: list[Candidate], costs: list[float], job_steps: int,
     """The candidates the pilot can measure within `share` of a job of `job_steps` steps: while even a
     first rung of `MIN_RUNG_STEPS` would overrun it, the costliest candidate that is dearer than a plain
     step (a live teacher's, an augmented one's) and no group's default is left out. Returns the
-    candidates kept, their costs, and the names left out (a short job cannot afford to try function
+    candidates kept, their costs, and the names left out in the candidates' order (a short job cannot afford to try function
     matching's live teacher)."""
     allowed = share / (1 - share) * job_steps
     kept, defaults, skipped = list(zip(cands, costs)), _defaults(cands), []
@@ -100,8 +100,8 @@ def affordable(cands: list[Candidate], costs: list[float], job_steps: int,
             break
         worst = max(dear, key=lambda ck: ck[1])
         kept.remove(worst)
-        skipped.append(worst[0].name)
-    return [c for c, _ in kept], [k for _, k in kept], skipped
+        skipped.append(worst[0])
+    return [c for c, _ in kept], [k for _, k in kept], [c.name for c in cands if c in skipped]
 
 
 def dropped_units(costs: list[float], defaults: int = 2) -> float:
