@@ -4,15 +4,19 @@
     python benchmarks/on_policy.py --part remote     # the on-policy arm with the teacher behind distill serve
     python benchmarks/on_policy.py --table           # gather what is saved into the results file
 
-Task: the built-in column addition with the working written out (`distill task`'s default job,
-`distill/configs/task_addition.yaml`), with the reference answers of the first `ANSWERED` training
-prompts only (answer SFT learns from those; seq-KD and on-policy from every training prompt, as when
-answers cost and prompts do not). Teacher: SmolLM2-135M-Instruct fine-tuned on the answered prompts
-(once, shared by every seed); students: its first layer (0.24× the parameters). Every seed is its own
-run of the job (`runs/s<seed>`), sharing the fine-tuned teacher and its journaled answers, so a killed
-benchmark re-trains at most one stage.
+Task: the built-in BBC topics (`builtin:bbc_topics`): an article's first 40 words, answered with its
+topic in one word (business, entertainment, politics, sport, tech), scored by exact match, 200 held-out
+prompts. 1,000 training prompts, of which the first `ANSWERED` have reference answers (answer SFT
+learns from those; seq-KD, on-policy and mixed from every training prompt, as when answers cost and
+prompts do not). Teacher: SmolLM2-135M-Instruct fine-tuned on the answered prompts (once, shared by
+every seed); students: its first layer (0.24x the parameters), `STEPS` steps of 8 prompts for every
+arm. seq_kd learns the teacher's greedy answers; on_policy its own answers at temperature 1, each
+token scored by the teacher (forward KL, the task job's default); mixed does so on half the steps and
+learns the teacher's answers, scored token by token, on the other half (GKD's lambda = 0.5). Every seed
+is its own run of the job (`runs/s<seed>`), sharing the fine-tuned teacher and its journaled answers,
+so a killed benchmark re-trains at most one stage.
 
-Keys: `teacher_success`; `<arm>_success_mean/_std` for answer_sft, seq_kd, on_policy (3 seeds);
+Keys: `teacher_success`; `<arm>_success_mean/_std` for answer_sft, seq_kd, on_policy, mixed (3 seeds);
 `gap_closed_on_policy` = (on_policy − best written) / (teacher − best written), the best written arm
 being the better of answer SFT and seq-KD; `compute_ratio_vs_seq_kd` = the student compute at which
 on-policy (mean curve over seeds) first reaches seq-KD's final mean success ÷ seq-KD's whole compute
@@ -34,10 +38,15 @@ import torch
 from common import WORK, mean_std, write_result
 
 OUT = WORK / "on_policy"
-ANSWERED = 200
-OVERRIDES = [f"output_dir={OUT / 'runs'}", "quiet=true", "data.train_examples=1000", f"data.answered={ANSWERED}"]
+ANSWERED = 150
+STEPS = 200
+OVERRIDES = [f"output_dir={OUT / 'runs'}", "quiet=true", "data.source=builtin:bbc_topics", "data.train_examples=1000",
+             "data.eval_examples=200", f"data.answered={ANSWERED}", "task.score=exact", "answer_tokens=8",
+             "sampling.max_tokens=8", "on_policy.max_new_tokens=8", "teacher.finetune.steps=60",
+             "teacher.finetune.eval_every=60", "teacher.finetune.save_every=20", f"train.steps={STEPS}",
+             "arms=[answer_sft, seq_kd, on_policy, mixed]"]
 SEEDS = (0, 1, 2)
-ARMS = ("answer_sft", "seq_kd", "on_policy")
+ARMS = ("answer_sft", "seq_kd", "on_policy", "mixed")
 
 
 def config(name: str, seed: int, extra: list[str] | None = None):
@@ -48,10 +57,10 @@ def config(name: str, seed: int, extra: list[str] | None = None):
 
 def shared_teacher() -> str:
     """The teacher fine-tuned once on the answered prompts (as seed 0's job would), for every run."""
-    from distill.recipes.task.pipeline import _teacher, load_prompts
+    from distill.recipes.task.pipeline import load_prompts, task_teacher
 
     cfg = config("teacher", 0)
-    return _teacher(cfg, load_prompts(cfg)[0], OUT / "teacher")
+    return task_teacher(cfg, load_prompts(cfg)[0], OUT / "teacher")
 
 
 def run_seed(seed: int, remote: bool) -> None:
@@ -102,7 +111,10 @@ def metrics() -> dict[str, float]:
     reached = next((compute for compute, success in mean_curve if success >= target), None)
     m["compute_ratio_vs_seq_kd"] = reached / seq_kd_compute if reached is not None else float("nan")
     per_row = {arm: torch.tensor([r["per_row"] for r in runs[arm]], dtype=torch.float64) for arm in ARMS}
-    for b, a in (("on_policy", "seq_kd"), ("on_policy", "answer_sft"), ("seq_kd", "answer_sft")):
+    m["gap_closed_mixed"] = (m["mixed_success_mean"] - m[f"{written}_success_mean"]) / gap if gap > 0 \
+        else float("nan")
+    for b, a in (("on_policy", "seq_kd"), ("on_policy", "answer_sft"), ("seq_kd", "answer_sft"),
+                 ("mixed", "seq_kd"), ("mixed", "on_policy")):
         v = compare_classifiers(per_row[a], per_row[b])
         m[f"{b}_vs_{a}_diff"], m[f"{b}_vs_{a}_low"], m[f"{b}_vs_{a}_high"] = v.difference, v.low, v.high
     remote = students("remote-").get("on_policy", [])
@@ -129,9 +141,9 @@ def main() -> None:
     if not args.table:
         for seed in SEEDS:  # each seed in a fresh process; a finished run only reads its report back
             subprocess.run([sys.executable, __file__, "--part", args.part, "--one", str(seed)], check=True)
-    write_result("on_policy", metrics(), {"task": "column addition with the working (builtin:addition), "
-                 f"1,000 training prompts of which {ANSWERED} answered, 100 held out; SmolLM2-135M-Instruct "
-                 "fine-tuned → 1-layer students"})
+    write_result("on_policy", metrics(), {"task": "BBC topics in one word (builtin:bbc_topics), 1,000 training "
+                 f"prompts of which {ANSWERED} answered, 200 held out; SmolLM2-135M-Instruct fine-tuned -> 1-layer "
+                 f"students, {STEPS} steps of 8 prompts per arm"})
 
 
 if __name__ == "__main__":

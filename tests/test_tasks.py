@@ -228,10 +228,11 @@ def test_the_task_job_trains_every_arm_from_one_start_scores_them_and_resumes(tm
     assert on_policy["curves"][0][0]["success"] == report["student_before"]  # every curve starts untrained
     assert report["arms"]["mixed"]["tokens_generated"] < on_policy["tokens_generated"]  # λ = 0.5 of the steps
     assert set(report["verdicts"]) == {"seq_kd vs answer_sft", "on_policy vs answer_sft", "on_policy vs seq_kd",
-                                       "mixed vs answer_sft", "mixed vs seq_kd"}
+                                       "mixed vs answer_sft", "mixed vs seq_kd", "mixed vs on_policy"}
     assert report["context"]["prompt_tokens_saved"] > 0  # half the rows carry context only the teacher reads
     text = (run_dir / "report.md").read_text()
-    assert text.startswith("# Task: tiny\n\n**Best arm:") and (run_dir / "plots" / "success.png").is_file()
+    assert text.startswith("# Task: tiny\n\n**") and "held-out success" in text.splitlines()[2]
+    assert (run_dir / "plots" / "success.png").is_file()
     card = (run_dir / "students" / "on_policy-s0" / "model" / "README.md").read_text()
     assert "on-policy distillation: it answered the training prompts itself" in card and "on_policy vs seq_kd" not in card
     assert "between on_policy and seq_kd" in card or "on_policy beats seq_kd" in card or "worse than seq_kd" in card
@@ -522,3 +523,31 @@ def test_the_built_in_tasks_are_seeded_disjoint_and_their_answers_right():
     assert not phrasing & trained  # held-out questions are worded as no training question is
     with pytest.raises(ConfigError, match="no such built-in task"):
         builtin_task("sorting", 5, 0)
+
+
+def _arm_report(correct: dict[str, list[list[int]]]) -> dict:
+    """A task report's arms and verdicts from each arm's per-prompt correctness, one row per seed."""
+    from distill.recipes.task.report import verdicts
+
+    students = {f"{arm}-s{s}": {"arm": arm, "seed": s, "per_row": row}
+                for arm, rows in correct.items() for s, row in enumerate(rows)}
+    arms = {arm: {"success": {"mean": sum(map(sum, rows)) / sum(map(len, rows))}} for arm, rows in correct.items()}
+    return {"arms": arms, "teacher": {"success": 0.95}, "verdicts": verdicts(list(correct), students)}
+
+
+def test_the_task_headline_names_a_best_arm_only_when_the_paired_test_can_tell_it_apart():
+    from distill.recipes.task.report import headline
+
+    g = torch.Generator().manual_seed(0)
+    strong = (torch.rand(3, 200, generator=g) < 0.8).int().tolist()
+    weak = (torch.rand(3, 200, generator=g) < 0.4).int().tolist()
+    # answer_sft (written answers) far ahead of on_policy: the win is told though answer_sft is the "a" of its pair
+    line = headline(_arm_report({"answer_sft": strong, "on_policy": weak}))[0]
+    assert line.startswith("**answer_sft did the task best") and "It beats on_policy by +" in line
+    # two arms within noise of each other (4 of 600 answers flipped): the highest mean is not called best
+    close = [[v if i % 50 else 1 - v for i, v in enumerate(row)] for row in strong]
+    line = headline(_arm_report({"answer_sft": strong, "on_policy": close}))[0]
+    assert line.startswith("**No arm did the task detectably better")
+    # a third, weaker arm: the best beats it, and the tie is said
+    line = headline(_arm_report({"answer_sft": strong, "on_policy": close, "seq_kd": weak}))[0]
+    assert "did the task best" in line and "It beats seq_kd by +" in line and line.endswith("by the paired test.")

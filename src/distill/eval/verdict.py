@@ -49,6 +49,11 @@ class Verdict:
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
+    def reversed(self) -> Verdict:
+        """A against B: the same test read the other way round."""
+        flip = {"beats": "worse", "worse": "beats"}.get(self.outcome, self.outcome)
+        return Verdict(flip, -self.difference, -self.high, -self.low, self.p_value, self.n, self.seeds, self.unit)
+
     def sentence(self, b: str, a: str) -> str:
         """E.g. "distilled beats plain: +2.10 points (95% interval +0.80 to +3.40; McNemar p = 0.002; 500 test examples, 1 seed)"."""
         if self.outcome == "beats":

@@ -55,7 +55,7 @@ def run_task(cfg: TaskConfig, resume: bool = False) -> Path:
     check_job(cfg, score, train_rows, eval_rows, tokenizer)  # everything refused before any compute
     run_dir = open_run_dir(cfg, resume)
     _write_prompts(run_dir, train_rows, eval_rows)
-    teacher_model = _teacher(cfg, train_rows, run_dir)
+    teacher_model = task_teacher(cfg, train_rows, run_dir)
     teacher_eval = _teacher_answers(cfg, teacher_model, eval_rows, run_dir, "eval", greedy=True)
     teacher_success = [score(row, teacher_eval[row.id]) for row in eval_rows]
     written = {"answer_sft": [r.reference for r in answered(train_rows)]}
@@ -183,7 +183,7 @@ def _write_prompts(run_dir: Path, train: list[TaskPrompt], held: list[TaskPrompt
             atomic_write_text(path, "".join(json.dumps(asdict(r)) + "\n" for r in rows))
 
 
-def _teacher(cfg: TaskConfig, train: list[TaskPrompt], run_dir: Path) -> str:
+def task_teacher(cfg: TaskConfig, train: list[TaskPrompt], run_dir: Path) -> str:
     """The teacher's model: as given, or fine-tuned on the training prompts' reference answers (as it
     reads them: with their context)."""
     if cfg.teacher.finetune is None:

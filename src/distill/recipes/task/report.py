@@ -53,9 +53,9 @@ def _compute(parameters: int, row: dict[str, Any]) -> float:
 
 
 def verdicts(arms: list[str], students: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """"b vs a" → the paired test of b against a over the held-out prompts and every seed both ran:
-    each arm that learns from the teacher against every arm that learns from written answers, and
-    seq_kd against answer_sft."""
+    """"b vs a" → the paired test of b against a over the held-out prompts and every seed both ran, for
+    every pair of arms: each arm that learns from the teacher against every arm that learns from
+    written answers, seq_kd against answer_sft, and mixed against on_policy."""
     def per_row(arm: str) -> torch.Tensor:
         runs = sorted((s for s in students.values() if s["arm"] == arm), key=lambda s: s["seed"])
         return torch.tensor([r["per_row"] for r in runs], dtype=torch.float64)
@@ -63,6 +63,8 @@ def verdicts(arms: list[str], students: dict[str, dict[str, Any]]) -> dict[str, 
     pairs = [(b, a) for b in arms if b not in WRITTEN for a in arms if a in WRITTEN]
     if "seq_kd" in arms and "answer_sft" in arms:
         pairs.append(("seq_kd", "answer_sft"))
+    if "mixed" in arms and "on_policy" in arms:
+        pairs.append(("mixed", "on_policy"))
     return {f"{b} vs {a}": compare_classifiers(per_row(a), per_row(b)).to_dict() for b, a in pairs}
 
 
@@ -79,7 +81,7 @@ def _context(cfg: TaskConfig, held: list[TaskPrompt], tokenizer: Any) -> dict[st
 def render_report(r: dict[str, Any], run_dir: Path) -> str:
     """Markdown: the verdict first, then every arm's success and cost, the curves, the settings."""
     plot = task_success_curves(run_dir, r)
-    lines = [f"# Task: {r['name']}", "", *_headline(r), ""]
+    lines = [f"# Task: {r['name']}", "", *headline(r), ""]
     t = r["teacher"]
     lines += ["| model | held-out success | training prompts | student compute (FLOPs) | tokens trained | tokens written |",
               "|---|---|---|---|---|---|",
@@ -108,18 +110,38 @@ def render_report(r: dict[str, Any], run_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _headline(r: dict[str, Any]) -> list[str]:
-    """The answer first: did learning from its own answers beat learning from written ones?"""
+def headline(r: dict[str, Any]) -> list[str]:
+    """The answer first: which arm did the task best, and by how much that rises above the noise (the
+    paired test against every other arm); the highest mean is not called best when the test cannot
+    tell it from the others."""
     best = max(r["arms"], key=lambda a: r["arms"][a]["success"]["mean"])
     mean = r["arms"][best]["success"]["mean"]
-    line = f"**Best arm: {best}, {100 * mean:.1f}% held-out success** (teacher {100 * r['teacher']['success']:.1f}%)."
-    beats = {pair.partition(" vs ")[2]: Verdict(**v) for pair, v in r["verdicts"].items()
-             if v["outcome"] == "beats" and pair.startswith(best + " ")}
-    if beats:
-        line += " It beats " + "; and ".join(f"{other} by {v.measured()}" for other, v in beats.items()) + "."
-    elif len(r["arms"]) > 1:
-        line += " No detectable difference from the others by the paired test (more seeds or held-out prompts narrow it)."
+    against = _against(best, r["verdicts"])
+    wins = {other: v for other, v in against.items() if v.outcome == "beats"}
+    ties = [other for other, v in against.items() if v.outcome != "beats"]
+    scores = f"{100 * mean:.1f}% held-out success (teacher {100 * r['teacher']['success']:.1f}%)"
+    if len(r["arms"]) == 1:
+        return [f"**{best}: {scores}.**"]
+    if not wins:
+        return [(f"**No arm did the task detectably better than the others** by the paired test: the highest mean "
+                 f"is {best}'s, {scores}; more seeds or held-out prompts narrow it.")]
+    line = f"**{best} did the task best: {scores}.** It beats " + \
+        "; and ".join(f"{other} by {v.measured()}" for other, v in wins.items()) + "."
+    if ties:
+        line += f" No detectable difference from {', '.join(ties)} by the paired test."
     return [line]
+
+
+def _against(arm: str, verdicts: dict[str, dict[str, Any]]) -> dict[str, Verdict]:
+    """`arm` against each arm it was tested with, as "arm vs other" whichever way the pair was written."""
+    out = {}
+    for pair, v in verdicts.items():
+        b, _, a = pair.partition(" vs ")
+        if b == arm:
+            out[a] = Verdict(**v)
+        elif a == arm:
+            out[b] = Verdict(**v).reversed()
+    return out
 
 
 def task_success_curves(run_dir: Path, report: dict[str, Any]) -> Path:
