@@ -12,7 +12,10 @@ idle machine. Arms alternate within each round; each figure is the median over r
 A step's window: every step calls the teacher once (ours: `ResponseTeacher.signal`; TRL: a callback
 at each step's end), stamped; the window from the 2nd stamp to the last covers `steps` whole steps
 (generation, teacher, loss, backward, optimizer), leaving out setup and the first step on both sides.
-Tokens per step = 8 × (prompt + MAX_NEW). Key: `onpolicy_tokens_per_s_ratio_vs_trl` (> 1: ours faster).
+Tokens per step = 8 × (prompt + MAX_NEW). Key: `onpolicy_tokens_per_s_ratio_vs_trl` (> 1: ours faster),
+both teachers in float32. Beside it, `bf16_teacher_ratio_vs_trl`: ours with the teacher scoring in
+bfloat16, as `teacher.dtype: auto` chooses on a CPU with AMX/AVX-512 BF16 (TRL's teacher stays float32,
+as its trainer loads it when given a model).
 """
 
 from __future__ import annotations
@@ -112,17 +115,19 @@ def main() -> None:
     hf_logging.set_verbosity_error()
     teacher, tok = lm_models.load_causal_lm(TEACHER).eval(), lm_models.load_tokenizer(TEACHER)
     base = lm_models.student_from_teacher(teacher, layers=[0], seed=0)
-    rates: dict[str, list[float]] = {"ours": [], "trl": []}
+    bf16 = copy.deepcopy(teacher).to(torch.bfloat16)
+    rates: dict[str, list[float]] = {"ours": [], "trl": [], "ours_bf16": []}
     with tempfile.TemporaryDirectory() as out:
         for r in range(args.rounds):
-            for arm in ("ours", "trl"):
-                seconds, tokens = run_ours(base, teacher, tok, args.steps) if arm == "ours" else \
-                    run_trl(base, teacher, tok, args.steps, out)
+            for arm in ("ours", "trl", "ours_bf16"):
+                seconds, tokens = run_trl(base, teacher, tok, args.steps, out) if arm == "trl" else \
+                    run_ours(base, bf16 if arm == "ours_bf16" else teacher, tok, args.steps)
                 rates[arm].append(tokens / seconds)
                 print(f"round {r + 1}/{args.rounds} {arm}: {rates[arm][-1]:.0f} tokens/s", flush=True)
-    ours, trl = (statistics.median(rates[a]) for a in ("ours", "trl"))
+    ours, trl, ours_bf16 = (statistics.median(rates[a]) for a in ("ours", "trl", "ours_bf16"))
     write_result("on_policy_vs_trl", {
         "ours_tokens_per_s": ours, "trl_tokens_per_s": trl, "onpolicy_tokens_per_s_ratio_vs_trl": ours / trl,
+        "ours_bf16_teacher_tokens_per_s": ours_bf16, "bf16_teacher_ratio_vs_trl": ours_bf16 / trl,
         "ours_spread": (max(rates["ours"]) - min(rates["ours"])) / ours,
         "trl_spread": (max(rates["trl"]) - min(rates["trl"])) / trl,
         "steps": args.steps, "rounds": args.rounds, "batch": BATCH, "max_new_tokens": MAX_NEW})
