@@ -17,6 +17,8 @@
     distill generate [CONFIG] [key=value ...] --output OUT.jsonl [--prompts IN.jsonl]
     distill textkd [CONFIG] [key=value ...] [--resume] [--quiet]
     distill task [CONFIG] [key=value ...] [--resume] [--quiet]
+    distill config JOB [CONFIG] [key=value ...] [--json]
+    distill --version
 """
 
 from __future__ import annotations
@@ -63,7 +65,10 @@ def close_process_group() -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from distill import __version__
+
     p = argparse.ArgumentParser(prog="distill", description="Knowledge distillation: teacher → student.")
+    p.add_argument("--version", action="version", version=f"distill {__version__}")
     sub = p.add_subparsers(required=True, metavar="COMMAND")
 
     def command(name: str, func: Any, help: str, with_config: bool = True) -> argparse.ArgumentParser:
@@ -174,6 +179,12 @@ def _parser() -> argparse.ArgumentParser:
     command("task", _task, "Teach a student a task from prompts: answer SFT, sequence-level KD and on-policy "
             "distillation (the student answers, the teacher scores every token), judged by held-out task success."
             ).add_argument("--resume", action="store_true", help="continue an interrupted run")
+    cfg = command("config", _settings, "Print every setting of a job (run, lm, textkd, task, search): its key, the "
+                  "value the given config (default: the built-in job) runs with, its type and meaning.",
+                  with_config=False)
+    cfg.add_argument("job", metavar="JOB", choices=["run", "lm", "textkd", "task", "search"])
+    cfg.add_argument("args", nargs="*", metavar="[CONFIG] key=value", help="a YAML config and key=value overrides")
+    cfg.add_argument("--json", action="store_true", help="print JSON: one object per setting")
     srv = command("serve", _serve, "Serve a causal LM (directory, hub id or builtin:NAME) over an "
                   "OpenAI-compatible API (chat and text completions, streaming, continuous batching).",
                   with_config=False)
@@ -254,6 +265,19 @@ def _task(args: argparse.Namespace) -> int:
     from distill.recipes.task.pipeline import run_task
 
     return _reported(run_task(_config(args, load_task_config), resume=args.resume))
+
+
+def _settings(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from distill.recipes.settings import job_config, render, settings
+
+    files = [a for a in args.args if "=" not in a]
+    if len(files) > 1:
+        raise DistillError(f"Expected at most one config file, got {files}; overrides look like key=value.")
+    rows = settings(job_config(args.job, files[0] if files else None, [a for a in args.args if "=" in a]))
+    print(json.dumps([asdict(r) for r in rows], indent=1) if args.json else render(rows, args.job))
+    return 0
 
 
 def _reported(run_dir: Path) -> int:
