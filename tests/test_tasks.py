@@ -551,3 +551,19 @@ def test_the_task_headline_names_a_best_arm_only_when_the_paired_test_can_tell_i
     # a third, weaker arm: the best beats it, and the tie is said
     line = headline(_arm_report({"answer_sft": strong, "on_policy": close, "seq_kd": weak}))[0]
     assert "did the task best" in line and "It beats seq_kd by +" in line and line.endswith("by the paired test.")
+
+
+def test_on_policy_with_a_start_learns_the_teachers_answers_first_then_its_own(tmp_path, tiny_teacher):
+    from distill.recipes.task.pipeline import run_task
+
+    teacher, prompts = tiny_teacher
+    cfg = _task_config(tmp_path, teacher, prompts, arms=["on_policy"], seeds=[0], on_policy={"start": 0.5})
+    report = json.loads((run_task(cfg) / "report.json").read_text())
+    curve = report["arms"]["on_policy"]["curves"][0]
+    assert [c["tokens_generated"] for c in curve][:2] == [0, 0] and curve[-1]["tokens_generated"] > 0
+    assert curve[1]["tokens_trained"] > 0  # its first steps learnt the teacher's written answers
+    assert "for the first 50% of the steps" in (tmp_path / "runs" / "tiny" / "report.md").read_text()
+    with pytest.raises(ConfigError, match="on_policy.start=0"):
+        _task_config(tmp_path, teacher, prompts, arms=["on_policy"], on_policy={"start": 0.5},
+                     teacher={"backend": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "t",
+                              "logprobs": "sampled"}, kd={"divergence": "reverse_kl"}).check_teacher()

@@ -77,6 +77,10 @@ class OnPolicySettings(Strict):
     off_policy: Literal["teacher", "reference"] = Field("teacher", description=(
         "mixed arm: the written answers of its other steps, the teacher's (every training prompt) or the "
         "references (the answered prompts only), each scored by the teacher."))
+    start: float = Field(0.0, ge=0, lt=1, description=(
+        "Share of train.steps before the student's first own answer: until then the on_policy and mixed arms "
+        "learn written answers (on_policy.off_policy's), scored token by token by the teacher, the supervised "
+        "start on-policy distillation is usually given (0: on-policy from the first step)."))
     max_new_tokens: int = Field(64, ge=1, description="Longest answer the student writes in training.")
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -124,11 +128,12 @@ class TaskConfig(TextTeacherJob):
             if self.teacher.backend == "local":
                 raise ConfigError("teacher.logprobs=sampled is for servers that return only the sampled token's "
                                   "log-prob; a local teacher gives every token's: set teacher.logprobs=top_k.")
-            if "mixed" in self.arms or self.kd.divergence != "reverse_kl" or self.kd.ratio != 1.0:
+            if "mixed" in self.arms or self.on_policy.start or self.kd.divergence != "reverse_kl" or \
+                    self.kd.ratio != 1.0:
                 raise ConfigError("teacher.logprobs=sampled estimates reverse KL from the tokens the student "
                                   "wrote, so it trains the on_policy arm only, with kd.divergence=reverse_kl and "
-                                  "kd.ratio=1 (mixed's teacher-written half is not the student's samples); "
-                                  f"arms are {self.arms}, kd.divergence={self.kd.divergence}, kd.ratio={self.kd.ratio}.")
+                                  "kd.ratio=1 and on_policy.start=0 (written answers are not the student's samples); "
+                                  f"arms are {self.arms}, on_policy.start={self.on_policy.start}, kd.divergence={self.kd.divergence}, kd.ratio={self.kd.ratio}.")
         self.check_finetune()
 
     def scoring_dtype(self) -> str:

@@ -59,11 +59,14 @@ def run_task(cfg: TaskConfig, resume: bool = False) -> Path:
     teacher_eval = _teacher_answers(cfg, teacher_model, eval_rows, run_dir, "eval", greedy=True)
     teacher_success = [score(row, teacher_eval[row.id]) for row in eval_rows]
     written = {"answer_sft": [r.reference for r in answered(train_rows)]}
-    if "seq_kd" in cfg.arms or ("mixed" in cfg.arms and cfg.on_policy.off_policy == "teacher"):
+    mixing = "mixed" in cfg.arms or ("on_policy" in cfg.arms and cfg.on_policy.start > 0)  # learns written answers too
+    if "seq_kd" in cfg.arms or (mixing and cfg.on_policy.off_policy == "teacher"):
         answers = _teacher_answers(cfg, teacher_model, train_rows, run_dir, "train", greedy=False)
         written["seq_kd"] = written["mixed"] = [answers[r.id] for r in train_rows]
     if cfg.on_policy.off_policy == "reference":
         written["mixed"] = written["answer_sft"]
+    if cfg.on_policy.start > 0:
+        written["on_policy"] = written["mixed"]
     before = _student_before(cfg, eval_rows, score, tokenizer, run_dir)
     students = {}
     with _teacher_scoring(cfg, teacher_model, tokenizer) as scoring:
@@ -337,13 +340,13 @@ def train_arm(cfg: TaskConfig, arm: str, seed: int, train: list[TaskPrompt], hel
         return json.loads(done.read_text())
     student = lm_models.student_from_teacher(lm_models.load_causal_lm(cfg.student_source), layers=cfg.student.layers,
                                              seed=seed)
-    by_reference = arm == "answer_sft" or (arm == "mixed" and cfg.on_policy.off_policy == "reference")
+    mixing = arm == "mixed" or (arm == "on_policy" and cfg.on_policy.start > 0)  # learns written answers too
+    by_reference = arm == "answer_sft" or (mixing and cfg.on_policy.off_policy == "reference")
     rows = answered(train) if by_reference else train
-    if written is not None and arm != "on_policy":  # an empty answer teaches nothing but to stop: left out
+    if written is not None:  # an empty answer teaches nothing but to stop: left out
         kept = [i for i, w in enumerate(written) if w and w.strip()]
         rows, written = [rows[i] for i in kept], [written[i] for i in kept]
-    blocks = encode_prompts(rows, tokenizer, cfg.student.seq_len, source="data.source",
-                            responses=written if arm != "on_policy" else None)
+    blocks = encode_prompts(rows, tokenizer, cfg.student.seq_len, source="data.source", responses=written)
     prompts = [prompt_ids(tokenizer, r.messages) for r in held]
 
     def success(model: torch.nn.Module) -> dict[str, float]:
@@ -355,7 +358,7 @@ def train_arm(cfg: TaskConfig, arm: str, seed: int, train: list[TaskPrompt], hel
     if arm in SCORED_BY_TEACHER:
         assert scoring is not None
         teacher = scoring.teacher(rows, tokenizer)
-        on_policy = OnPolicyConfig(fraction=1.0 if arm == "on_policy" else cfg.on_policy.mix,
+        on_policy = OnPolicyConfig(fraction=1.0 if arm == "on_policy" else cfg.on_policy.mix, start=cfg.on_policy.start,
                                    max_new_tokens=cfg.on_policy.max_new_tokens,
                                    temperature=cfg.on_policy.temperature, top_p=cfg.on_policy.top_p,
                                    prefetch=cfg.on_policy.prefetch)

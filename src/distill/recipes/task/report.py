@@ -25,7 +25,7 @@ def build_report(cfg: TaskConfig, teacher_success: list[float], students: dict[s
             "success": sum(teacher_success) / len(teacher_success)},
             "score": cfg.task.model_dump(), "prompts": {"train": cfg.data.train_examples, "eval": len(held)},
             "student_layers": cfg.student.layers, "seeds": cfg.seeds, "steps": cfg.train.steps,
-            "student_before": before, "arms": arms,
+            "student_before": before, "arms": arms, "on_policy_start": cfg.on_policy.start,
             "verdicts": verdicts(cfg.arms, students), "context": _context(cfg, held, tokenizer)}
 
 
@@ -102,7 +102,10 @@ def render_report(r: dict[str, Any], run_dir: Path) -> str:
                   "1,000 requests saved by serving the student."]
     lines += ["", f"Students: teacher layers {r['student_layers']}, {r['steps']} steps each, seeds {r['seeds']}; "
               f"{r['prompts']['train']} training prompts, {r['prompts']['eval']} held out; before training the "
-              f"student's success was {100 * r['student_before']:.1f}%. Success: "
+              f"student's success was {100 * r['student_before']:.1f}%. "
+              + (f"on_policy and mixed learnt written answers, scored by the teacher, for the first "
+                 f"{100 * r['on_policy_start']:.0f}% of the steps before writing their own. "
+                 if r.get("on_policy_start") else "") + "Success: "
               f"{r['score']['score']}" + (f" (`{r['score']['pattern']}`)" if r["score"]["score"] == "regex" else "")
               + ". Compute counts the student's own FLOPs (the teacher's scoring and writing are not in it)."
               + (f" The teacher scored answers in {r['teacher']['scoring_dtype']}." if r["teacher"].get("scoring_dtype")
