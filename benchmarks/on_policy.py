@@ -2,6 +2,7 @@
 
     python benchmarks/on_policy.py                   # teacher once, then 3 seeds, each in its own process
     python benchmarks/on_policy.py --part remote     # the on-policy arm with the teacher behind distill serve
+    python benchmarks/on_policy.py --part warm       # on-policy after a supervised start (on_policy.start)
     python benchmarks/on_policy.py --table           # gather what is saved into the results file
 
 Task: the built-in BBC topics (`builtin:bbc_topics`): an article's first 40 words, answered with its
@@ -21,7 +22,10 @@ Keys: `teacher_success`; `<arm>_success_mean/_std` for answer_sft, seq_kd, on_po
 being the better of answer SFT and seq-KD; `compute_ratio_vs_seq_kd` = the student compute at which
 on-policy (mean curve over seeds) first reaches seq-KD's final mean success ÷ seq-KD's whole compute
 (NaN when it never does); `remote_success_mean/_std` (the on-policy arm with the teacher behind
-`distill serve`, `--part remote`); the paired verdicts (`<b>_vs_<a>_diff`, `_low`, `_high`, over the
+`distill serve`, `--part remote`); `warm_success_mean/_std` (`--part warm`: the on-policy arm that
+learns the teacher's answers, scored token by token, for the first half of its steps and then its own
+answers under reverse KL, the supervised start and KL direction on-policy distillation is usually run
+with; `on_policy.start=0.5 kd.divergence=reverse_kl`); the paired verdicts (`<b>_vs_<a>_diff`, `_low`, `_high`, over the
 held-out prompts and the 3 seeds).
 """
 
@@ -63,18 +67,19 @@ def shared_teacher() -> str:
     return task_teacher(cfg, load_prompts(cfg)[0], OUT / "teacher")
 
 
-def run_seed(seed: int, remote: bool) -> None:
+PARTS = {"main": [], "remote": ["teacher.backend=serve", "arms=[on_policy]"],
+         "warm": ["arms=[on_policy]", "on_policy.start=0.5", "kd.divergence=reverse_kl"]}
+
+
+def run_seed(seed: int, part: str) -> None:
     from distill.recipes.task.pipeline import run_task
 
     teacher = shared_teacher()
-    name = f"{'remote-' if remote else ''}s{seed}"
-    extra = [f"teacher.model={teacher}", "teacher.finetune=null"]
-    if remote:
-        extra += ["teacher.backend=serve", "arms=[on_policy]"]
-    cfg = config(name, seed, extra)
+    name = f"{part}-s{seed}" if part != "main" else f"s{seed}"
+    cfg = config(name, seed, [f"teacher.model={teacher}", "teacher.finetune=null", *PARTS[part]])
     first = OUT / "runs" / "s0" / "generated"
     mine = OUT / "runs" / name / "generated"
-    if first.is_dir() and not mine.exists() and not remote:  # the same teacher and sampling: its journaled answers
+    if first.is_dir() and not mine.exists() and part != "remote":  # the same teacher and sampling: its journal
         shutil.copytree(first, mine)
     run_task(cfg, resume=(OUT / "runs" / name / "config.yaml").is_file())
 
@@ -117,9 +122,14 @@ def metrics() -> dict[str, float]:
                  ("mixed", "seq_kd"), ("mixed", "on_policy")):
         v = compare_classifiers(per_row[a], per_row[b])
         m[f"{b}_vs_{a}_diff"], m[f"{b}_vs_{a}_low"], m[f"{b}_vs_{a}_high"] = v.difference, v.low, v.high
-    remote = students("remote-").get("on_policy", [])
-    if remote:
-        m["remote_success_mean"], m["remote_success_std"] = mean_std([100 * r["success"] for r in remote])
+    for part in ("remote", "warm"):
+        done = students(f"{part}-").get("on_policy", [])
+        if done:
+            m[f"{part}_success_mean"], m[f"{part}_success_std"] = mean_std([100 * r["success"] for r in done])
+    warm = students("warm-").get("on_policy", [])
+    if len(warm) == len(runs["seq_kd"]):
+        v = compare_classifiers(per_row["seq_kd"], torch.tensor([r["per_row"] for r in warm], dtype=torch.float64))
+        m["warm_vs_seq_kd_diff"], m["warm_vs_seq_kd_low"], m["warm_vs_seq_kd_high"] = v.difference, v.low, v.high
     m["seeds"] = len(runs["on_policy"])
     return m
 
@@ -130,13 +140,12 @@ def statistics_mean(values: list[float]) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--part", choices=["main", "remote"], default="main")
+    p.add_argument("--part", choices=list(PARTS), default="main")
     p.add_argument("--one", type=int, metavar="SEED", help="run one seed (in this process)")
     p.add_argument("--table", action="store_true", help="only gather what is saved")
     args = p.parse_args()
-    remote = args.part == "remote"
     if args.one is not None:
-        run_seed(args.one, remote)
+        run_seed(args.one, args.part)
         return
     if not args.table:
         for seed in SEEDS:  # each seed in a fresh process; a finished run only reads its report back
