@@ -54,3 +54,11 @@ def test_the_config_command_prints_a_job_and_the_version(capsys):
         main(["--version"])
     assert capsys.readouterr().out.startswith("distill 0.1")
     assert main(["config", "search"]) == 2  # a search has no built-in job: said, not a traceback
+
+
+@pytest.mark.parametrize("job,source", [("run", None), ("lm", None), ("textkd", None), ("task", None),
+                                        ("search", "configs/search_fmnist.yaml")])
+def test_every_key_of_every_job_says_what_it_means(job, source):
+    rows = settings(job_config(job, source, []))
+    sections = ("section | null", "list of sections")
+    assert [r.key for r in rows if not r.meaning and r.type not in sections] == []

@@ -28,8 +28,9 @@ class RunHeader(Strict):
     """What every job's config begins with: its name, where its run directory goes, what it runs on."""
 
     name: str = Field(..., description="The run directory's name under output_dir.")
-    output_dir: Path = Path("runs")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    output_dir: Path = Field(Path("runs"), description="Where run directories go (output_dir/name).")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: a CUDA GPU when there is one (under "
+                                                   "torchrun, each process's own), else the CPU.")
     quiet: bool = Field(False, description="Print no progress (a resumed run may change it).")
     keep_state: bool = Field(False, description="Keep each finished stage's resumable training state "
                              "(last.safetensors, best.safetensors); by default a finished stage keeps only its "
@@ -45,9 +46,9 @@ class RunHeader(Strict):
 class Schedule(Strict):
     """A value that moves from `start` to `end` over training (progress 0 → 1)."""
 
-    start: float
-    end: float
-    kind: Literal["linear", "cosine"] = "linear"
+    start: float = Field(description="The value at the start of training.")
+    end: float = Field(description="The value reached at progress `until`.")
+    kind: Literal["linear", "cosine"] = Field("linear", description="The path from start to end.")
     until: float = Field(1.0, gt=0, le=1, description="Progress at which `end` is reached and then held: "
                          "0.1 ramps over the first tenth of training (DKD's warm-up).")
 

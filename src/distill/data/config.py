@@ -13,7 +13,9 @@ from distill.core.config import Strict
 
 class DataConfig(Strict):
     name: Literal["digits", "mnist5k", "fashion_mnist", "spoken_digits", "bbc_news", "csv", "jsonl", "hf", "npz",
-                  "images"] = "digits"
+                  "images"] = Field("digits", description=(
+        "A built-in dataset (digits, mnist5k, fashion_mnist, spoken_digits, bbc_news) or the format of your own "
+        "at data.path (csv, jsonl, hf, npz, images)."))
     path: Path | None = Field(None, description=(
         "Directory (fashion_mnist, bbc_news; images: <class>/*.png folders) or file (csv, jsonl; npz with "
         "`inputs` and `labels`): the training data, or all of it when no split files are given; hf: a dataset "
@@ -29,7 +31,8 @@ class DataConfig(Strict):
     text_column: str | None = Field(None, description="csv, jsonl: the column (key) holding each example's "
                                     "text, for text classification (the label column may then hold class names "
                                     "or ids).")
-    val_fraction: float = Field(0.1, gt=0, lt=1)
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="Share of the training data held out for "
+                                "validation when no val_path is given (stratified).")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="Used when no test split ships.")
     limit: int | None = Field(None, gt=0, description="Use only this many training examples.")
     label_fraction: float = Field(1.0, gt=0, le=1, description=(
@@ -41,7 +44,7 @@ class DataConfig(Strict):
     tokenizer: str | None = Field(None, description="Text data: tokenizer dir or hub id; default "
                                   "sentence-transformers/all-MiniLM-L6-v2.")
     max_length: int = Field(128, ge=2, description="Text data: tokens per example (padded or truncated).")
-    seed: int = 0
+    seed: int = Field(0, description="Seeds the splits, the label subset and the data's shuffles.")
 
     @property
     def title(self) -> str:

@@ -86,7 +86,8 @@ class TokenKDConfig(_Divergence):
     left the student closer to the teacher but with a worse held-out perplexity than plain CE."""
 
     ratio: float = Field(0.5, ge=0, le=1, description=RATIO)
-    temperature: float = Field(1.0, gt=0)
+    temperature: float = Field(1.0, gt=0, description="Both distributions are softened by it before the "
+                               "divergence (1: as the models give them).")
     chunk_tokens: int = Field(4096, ge=1, description="Logits are computed this many tokens at a time.")
     warm_start: int = Field(0, ge=0, description="First steps with next-token CE only, before the divergence "
                             "starts: the supervised start MiniLLM and GKD give reverse KL and JSD.")

@@ -13,7 +13,8 @@ from distill.core.config import Strict
 
 class ModelConfig(Strict):
     arch: str = Field(..., description="Zoo name (mlp, cnn, resnet) or `module:Class` import path.")
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of the model's "
+                                   "constructor, e.g. {hidden: [256]} for mlp.")
     checkpoint: Path | None = Field(None, description="Weights (.safetensors) to load.")
 
 

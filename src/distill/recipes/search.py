@@ -45,7 +45,7 @@ class Requirements(Strict):
 
     max_accuracy_drop: float | None = Field(None, ge=0, description="Points of test accuracy the student may lose.")
     min_speedup: float | None = Field(None, gt=0, description="Teacher latency / student latency at batch 1.")
-    max_size_mb: float | None = Field(None, gt=0)
+    max_size_mb: float | None = Field(None, gt=0, description="Largest student weights file, in MB.")
     max_latency_ms_p95: float | None = Field(None, gt=0, description="Student batch-1 latency, 95th percentile.")
     threads: int = Field(1, ge=1, description="CPU threads used to time every model.")
     device: Literal["cpu", "cuda"] = Field("cpu", description="Where latency is measured (the deployment target).")
@@ -61,15 +61,16 @@ class Requirements(Strict):
 
 
 class SearchConfig(Strict):
-    name: str = "search"
-    output_dir: Path = Path("runs")
+    name: str = Field("search", min_length=1, description="The run directory's name under output_dir.")
+    output_dir: Path = Field(Path("runs"), description="Where run directories go (output_dir/name).")
     base: Path | None = Field(None, description="Run config every candidate starts from (default: built-in).")
     overrides: list[str] = Field(default_factory=list, description="key=value applied to the base first.")
     space: dict[str, list[Any]] = Field(..., min_length=1, description="Config key → values to try.")
-    strategy: Literal["grid", "random", "optuna"] = "grid"
+    strategy: Literal["grid", "random", "optuna"] = Field("grid", description=(
+        "grid: every combination of space; random: `trials` draws from it; optuna: its TPE sampler over it."))
     trials: int | None = Field(None, ge=1, description="Candidates to train (grid: all when omitted).")
     workers: int = Field(1, ge=1, description="Candidates trained at once, in separate processes.")
-    seed: int = 0
+    seed: int = Field(0, description="Seeds random and optuna draws.")
     requirements: Requirements = Field(default_factory=Requirements)
 
 

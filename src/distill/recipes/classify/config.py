@@ -27,7 +27,8 @@ from distill.training.config import TrainConfig
 
 class StudentConfig(ModelConfig):
     arch: str | None = Field(None, description="Zoo name or `module:Class`; omit with from_teacher.")
-    from_teacher: FromTeacher | None = None
+    from_teacher: FromTeacher | None = Field(None, description="Build the student from the teacher's layers "
+                                            "instead of arch.")
 
     @model_validator(mode="after")
     def _arch_or_teacher(self) -> StudentConfig:
@@ -53,7 +54,8 @@ class TeacherConfig(ModelConfig):
         "cached: its logits on the clean training set are computed once and reused; auto: live when the "
         "recipe, mixup or a layer term needs it, else cached.",
     )
-    cache_dir: Path = Path("cache/teacher")
+    cache_dir: Path = Field(Path("cache/teacher"), description="Where cached teacher logits go (one folder per "
+                            "teacher and data, found again by a later run).")
     cache_rebuild: bool = Field(False, description="Rebuild cache shards that fail their checksum.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Used when no checkpoint is given.")
     out_of_fold: int | None = Field(None, ge=2, description="k: each training example's soft target comes from "
@@ -81,15 +83,16 @@ class TeacherConfig(ModelConfig):
 
 class BenchConfig(Strict):
     threads: int = Field(1, ge=1, description="CPU threads for latency/throughput.")
-    throughput_batch: int = Field(256, ge=1)
-    repeats: int = Field(50, ge=3)
+    throughput_batch: int = Field(256, ge=1, description="Batch size at which throughput is measured.")
+    repeats: int = Field(50, ge=3, description="Timed calls per latency figure (median and p95 over them).")
 
 
 class CandidateConfig(Strict):
     """A recipe of the user's for the pilot to measure beside the built-in candidates."""
 
     name: str = Field(..., min_length=1, description="How the pilot table names it.")
-    recipe: Literal["soft_targets", "function_matching", "plain"] = "soft_targets"
+    recipe: Literal["soft_targets", "function_matching", "plain"] = Field(
+        "soft_targets", description="How it learns: the teacher's soft targets, function matching, or labels only.")
     temperature: float | None = Field(None, gt=0, description="KD temperature (default: the recipe's).")
     ratio: float | None = Field(None, ge=0, le=1, description="KD's share of the loss (default: the recipe's).")
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Open settings are off.")
@@ -109,7 +112,7 @@ class PilotConfig(Strict):
 
 
 class RunConfig(RunHeader):
-    name: str = "default"
+    name: str = Field("default", min_length=1, description="The run directory's name under output_dir.")
     resume_free = ("train.steps", "train.epochs")  # a resumed run may extend its students' budget
     renamed = {"kd.alpha": "kd.ratio", "losses.*.alpha": "losses.*.tckd_weight",
                "losses.*.beta": "losses.*.nckd_weight"}
@@ -132,7 +135,8 @@ class RunConfig(RunHeader):
         "Train the plain and distilled students this many times (train.seed, + 1, …): the verdict's paired "
         "test then weighs the seed-to-seed spread too. The pilot runs once."))
     bench: BenchConfig = Field(default_factory=BenchConfig)
-    tracking: list[Literal["tensorboard", "mlflow"]] = Field(default_factory=list)
+    tracking: list[Literal["tensorboard", "mlflow"]] = Field(default_factory=list, description=(
+        "Log training metrics to these trackers through Accelerate (files under the run directory)."))
 
     @model_validator(mode="after")
     def _teacher_signal_fits_augmentation(self) -> RunConfig:

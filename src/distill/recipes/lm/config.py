@@ -22,9 +22,9 @@ from distill.training.config import LMTrainConfig, OnPolicyConfig
 
 
 class LoraConfig(Strict):
-    r: int = Field(8, ge=1)
-    alpha: int = Field(16, ge=1)
-    dropout: float = Field(0.0, ge=0, lt=1)
+    r: int = Field(8, ge=1, description="LoRA rank of each adapter.")
+    alpha: int = Field(16, ge=1, description="LoRA scaling numerator: updates are scaled by alpha / r.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapters' input.")
     target_modules: list[str] | None = Field(None, description="Default: all linear layers.")
 
 
@@ -32,8 +32,8 @@ class TeacherAdaptConfig(Strict):
     """Fine-tune the teacher on the training blocks (next-token CE) before it teaches: the task-specific
     stage of DistilBERT and TinyBERT. A teacher that knows the corpus gives targets closer to it."""
 
-    steps: int = Field(60, ge=1)
-    lr: float = Field(1e-4, gt=0)
+    steps: int = Field(60, ge=1, description="Fine-tuning steps on the training blocks (next-token CE).")
+    lr: float = Field(1e-4, gt=0, description="AdamW learning rate of the teacher's fine-tuning.")
     lora: LoraConfig | None = Field(None, description="Train adapters only (merged afterwards).")
     seed: int = Field(0, description="Fixed apart from train.seed, so students of every seed share one teacher.")
 
@@ -46,8 +46,8 @@ class TeacherEndpointConfig(Strict):
     model: str = Field(description="The model name the server knows the teacher by.")
     api_key_env: str | None = Field(None, description="Environment variable holding the server's key.")
     concurrency: int = Field(4, ge=1, description="Blocks asked at once.")
-    timeout_s: float = Field(120.0, gt=0)
-    max_retries: int = Field(4, ge=0)
+    timeout_s: float = Field(120.0, gt=0, description="Seconds one request may take before it is retried.")
+    max_retries: int = Field(4, ge=0, description="Retries of a failed request (backing off) before the run stops.")
 
     @field_validator("url")
     @classmethod
@@ -123,7 +123,8 @@ class LMStudentConfig(Strict):
     config: dict[str, Any] = Field(default_factory=dict,
                                    description="Teacher-config overrides for a student from scratch, "
                                    "e.g. {num_hidden_layers: 4, hidden_size: 256}.")
-    lora: LoraConfig | None = None
+    lora: LoraConfig | None = Field(None, description="Train LoRA adapters on the student instead of all its "
+                                    "weights (with student.model).")
 
     @model_validator(mode="after")
     def _one_way(self) -> LMStudentConfig:
@@ -136,12 +137,13 @@ class LMStudentConfig(Strict):
 class LMDataConfig(Strict):
     """The corpus and how it is cut into training and held-out blocks."""
 
-    corpus: Literal["kjv", "text", "jsonl"] = "kjv"
+    corpus: Literal["kjv", "text", "jsonl"] = Field("kjv", description="kjv: the built-in KJV Bible; text: a "
+                                                    "plain text file; jsonl: text, prompt/response or chat rows.")
     path: Path | None = Field(None, description="Text file (text, kjv) or JSONL file (jsonl).")
-    seq_len: int = Field(128, ge=8)
+    seq_len: int = Field(128, ge=8, description="Tokens per training block.")
     packing: bool = Field(False, description="jsonl: pack rows end to end instead of one row per block.")
     response_only: bool = Field(True, description="jsonl prompt/response and chat: loss on responses only.")
-    val_fraction: float = Field(0.05, gt=0, lt=1)
+    val_fraction: float = Field(0.05, gt=0, lt=1, description="Share of the corpus held out for evaluation.")
     holdout: Literal["documents", "blocks"] | None = Field(None, description=(
         "What is held out for evaluation: whole documents (text: pieces between data.document_separator, "
         "or the file's last part without one; "
@@ -155,7 +157,7 @@ class LMDataConfig(Strict):
                                      "document (held out together).")
     max_blocks: int | None = Field(None, ge=2, description="Use at most this many training blocks of the corpus.")
     val_blocks: int | None = Field(64, ge=1, description="Evaluate on at most this many held-out blocks.")
-    seed: int = 0
+    seed: int = Field(0, description="Seeds which documents or blocks are held out and which blocks train.")
 
     @property
     def held_out_by(self) -> str:
@@ -164,7 +166,7 @@ class LMDataConfig(Strict):
 
 
 class LMRunConfig(RunHeader):
-    name: str = "lm"
+    name: str = Field("lm", min_length=1, description="The run directory's name under output_dir.")
     renamed = {"loss.kind": "kd.divergence", "loss.beta": "kd.jsd_beta", "loss.alpha": "kd.skew", "loss": "kd"}
     teacher: LMTeacherConfig = Field(default_factory=LMTeacherConfig)
     student: LMStudentConfig = Field(default_factory=lambda: LMStudentConfig(layers=[0]))

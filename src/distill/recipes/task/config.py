@@ -49,7 +49,8 @@ class TaskDataConfig(Strict):
                                     "rows of `source` that training never sees.")
     train_examples: int = Field(400, ge=1, description="Training prompts (the first N of source, after the "
                                 "held-out ones when eval_source is not given).")
-    eval_examples: int = Field(100, ge=1)
+    eval_examples: int = Field(100, ge=1, description="Held-out prompts with references: teacher and students "
+                               "answer them greedily and are scored.")
     answered: int | None = Field(None, ge=1, description="Training prompts whose reference answers the job may "
                                  "use (the first N; None: every one that has one). answer_sft and teacher.finetune "
                                  "learn from those; the other arms learn from every training prompt, as when "
@@ -82,14 +83,14 @@ class OnPolicySettings(Strict):
         "learn written answers (on_policy.off_policy's), scored token by token by the teacher, the supervised "
         "start on-policy distillation is usually given (0: on-policy from the first step)."))
     max_new_tokens: int = Field(64, ge=1, description="Longest answer the student writes in training.")
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
+    temperature: float = Field(1.0, gt=0, description="The student's sampling temperature for its own answers.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling: keep the most likely tokens up to this mass.")
     prefetch: bool = Field(False, description="Write and score the next step's answers while this step trains "
                            "(one step behind strictly on-policy): hides a teacher server's latency.")
 
 
 class TaskConfig(TextTeacherJob):
-    name: str = "addition"
+    name: str = Field("addition", min_length=1, description="The run directory's name under output_dir.")
     teacher: TaskTeacherConfig = Field(default_factory=lambda: TaskTeacherConfig(backend="local"))
     student: TaskStudentConfig = Field(default_factory=TaskStudentConfig)
     data: TaskDataConfig = Field(default_factory=TaskDataConfig)
@@ -108,7 +109,8 @@ class TaskConfig(TextTeacherJob):
     answer_tokens: int = Field(64, ge=1, description="Longest answer teacher and students write when scored.")
     concurrency: int = Field(8, ge=1, description="Teacher requests in flight (a local or served teacher decodes up "
                              "to teacher.max_batch of them as one batch).")
-    seeds: list[int] = Field(default_factory=lambda: [0])
+    seeds: list[int] = Field(default_factory=lambda: [0], description="Each arm (kind) trains once per seed; "
+                             "verdicts weigh every seed.")
     train: LMTrainConfig = Field(default_factory=lambda: LMTrainConfig(steps=200, batch_size=8, eval_every=50,
                                                                      save_every=50))
 

@@ -32,8 +32,8 @@ class TextTeacherConfig(Strict):
     api_key_env: str | None = Field("OPENAI_API_KEY", description="Env var holding the API key (never the key).")
     api_key_file: Path | None = Field(None, description="File holding only the API key (e.g. a Docker/Kubernetes "
                                       "secret), instead of api_key_env.")
-    timeout_s: float = Field(120.0, gt=0)
-    max_retries: int = Field(4, ge=0)
+    timeout_s: float = Field(120.0, gt=0, description="Seconds one request may take before it is retried.")
+    max_retries: int = Field(4, ge=0, description="Retries of a failed request (backing off) before the run stops.")
     requests_per_s: float | None = Field(None, gt=0, description="Client-side rate limit.")
     max_batch: int = Field(8, ge=1, description="local/serve: requests decoded together.")
     price_prompt: float = Field(0.0, ge=0, description="Price per 1M prompt tokens.")
@@ -59,43 +59,46 @@ class TextTeacherConfig(Strict):
 
 
 class SamplingConfig(Strict):
-    max_tokens: int = Field(48, ge=1)
-    temperature: float = Field(0.0, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(48, ge=1, description="Longest response the teacher writes (tokens).")
+    temperature: float = Field(0.0, ge=0, description="0: greedy; above: sampled.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling: keep the most likely tokens up to this mass.")
     n: int = Field(1, ge=1, description="Responses per prompt.")
-    seed: int | None = 0
+    seed: int | None = Field(0, description="Sent with each request (per prompt and sample), so sampled answers "
+                             "repeat; null: none sent.")
     top_logprobs: int = Field(0, ge=0, le=20, description="Also keep the top-k log-probs of each token.")
 
 
 class Shot(Strict):
-    input: str
-    rationale: str
-    label: str
+    input: str = Field(description="The example's input, as the template's {input}.")
+    rationale: str = Field(description="The reasoning the teacher is shown for it.")
+    label: str = Field(description="Its answer.")
 
 
 class PromptConfig(Strict):
     """How the teacher is asked: a system message, few-shot turns, then the filled template."""
 
-    system: str | None = None
-    shots: list[Shot] = Field(default_factory=list)
+    system: str | None = Field(None, description="The system message (none: the chat template's default).")
+    shots: list[Shot] = Field(default_factory=list, description="Worked examples, each a user turn and the "
+                              "reply response_format writes.")
     template: str = Field("{input}", description="The user turn; fields of the data row, e.g. {input}.")
     eval_template: str | None = Field(None, description="Template for the eval set (default: template).")
     response_format: str = Field("Reason: {rationale}\nAnswer: {label}", description="Format of shot replies.")
 
 
 class TextDataConfig(Strict):
-    source: Literal["bbc_news", "jsonl"] = "bbc_news"
+    source: Literal["bbc_news", "jsonl"] = Field("bbc_news", description="bbc_news: the built-in BBC News "
+                                                 "articles; jsonl: your rows at data.path.")
     path: Path | None = Field(None, description="bbc_news: the data folder (default: the package); "
                               "jsonl: rows with `id`, `input`, `label`.")
-    train_examples: int = Field(150, ge=1)
-    eval_examples: int = Field(100, ge=1)
+    train_examples: int = Field(150, ge=1, description="Labelled training examples (stratified draw).")
+    eval_examples: int = Field(100, ge=1, description="Held-out examples every student and the teacher answer.")
     max_words: int = Field(40, ge=1, description="Inputs are cut to their first N words.")
     unlabeled_examples: int = Field(0, ge=0, description="A pool of further inputs, drawn at random from the "
                                     "rest of the source, whose labels no student sees: the teacher labels "
                                     "(and rationalises) them. Their gold labels only score the teacher's.")
     unlabeled_path: Path | None = Field(None, description="A pool from a JSONL file of rows with `id` and "
                                         "`input` (no labels needed), instead of unlabeled_examples.")
-    seed: int = 0
+    seed: int = Field(0, description="Seeds the draw of training, held-out and pool examples.")
 
     @model_validator(mode="after")
     def _one_pool(self) -> TextDataConfig:
@@ -110,9 +113,10 @@ class TextStudentConfig(Strict):
                               "builtin); default teacher.model. Required with an openai teacher.")
     layers: list[int] = Field(default_factory=lambda: [0, 10, 20, 29],
                               description="Teacher layers the student is built from.")
-    seq_len: int = Field(160, ge=16)
-    price_prompt: float = Field(0.0, ge=0)
-    price_completion: float = Field(0.0, ge=0)
+    seq_len: int = Field(160, ge=16, description="Longest prompt + response a training row may have (tokens).")
+    price_prompt: float = Field(0.0, ge=0, description="The student's serving price per 1M prompt tokens (for "
+                                "the report's cost comparison).")
+    price_completion: float = Field(0.0, ge=0, description="The student's serving price per 1M completion tokens.")
 
 
 class TextTeacherJob(RunHeader):
@@ -137,7 +141,7 @@ class TextTeacherJob(RunHeader):
 class TextKDConfig(TextTeacherJob):
     """The whole job; `distill generate` reads only teacher, data, prompt, sampling, concurrency."""
 
-    name: str = "bbc-step-by-step"
+    name: str = Field("bbc-step-by-step", min_length=1, description="The run directory's name under output_dir.")
     renamed = {"logit_loss": "kd.divergence", "logit_ratio": "kd.ratio"}
     teacher: TextTeacherConfig = Field(default_factory=TextTeacherConfig)
     data: TextDataConfig = Field(default_factory=TextDataConfig)
@@ -156,7 +160,8 @@ class TextKDConfig(TextTeacherJob):
     kd: TokenKDConfig = Field(default_factory=TokenKDConfig, description="token_kd: the divergence to the "
                               "teacher's top-k log-probs and its share of the loss (the rest: CE on its text).")
     rationale_weight: float = Field(1.0, ge=0, description="λ of step-by-step: L_label + λ·L_rationale.")
-    seeds: list[int] = Field(default_factory=lambda: [0])
+    seeds: list[int] = Field(default_factory=lambda: [0], description="Each arm (kind) trains once per seed; "
+                             "verdicts weigh every seed.")
     train: LMTrainConfig = Field(default_factory=LMTrainConfig)
     label_max_tokens: int = Field(8, ge=1, description="Tokens a [label]-task student may generate.")
 
