@@ -187,3 +187,5 @@ def test_every_command_help_names_its_own_built_in_default_and_shows_an_example(
     for name in ("textkd", "generate"):
         assert "BBC News" in " ".join(commands[name].format_help().split())
     assert "MNIST-5k" in " ".join(commands["run"].format_help().split())
+    serve = " ".join(commands["serve"].format_help().split())  # options say their defaults
+    assert "(default: 8000)" in serve and "(default: 512)" in serve and "(default: 8)" in serve

@@ -64,6 +64,16 @@ def close_process_group() -> None:
         dist.destroy_process_group()
 
 
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and examples as written; every option with a default says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 def _parser() -> argparse.ArgumentParser:
     from distill import __version__
 
@@ -74,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     def command(name: str, func: Any, help: str, with_config: bool = True) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help, description=textwrap.fill(help, 100),
                            epilog=f"example:\n  {EXAMPLES[name]}",
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+                           formatter_class=_Help)
         if with_config:
             default = BUILT_IN.get(name, BUILT_IN["run"]).replace("%", "%%")  # help text is %-formatted
             c.add_argument("args", nargs="*", metavar="[CONFIG] key=value",
