@@ -86,7 +86,7 @@ def test_an_endpoint_that_cannot_give_k_alternatives_is_named(served, tmp_path):
         TopKCache.build_or_open(wrong, blocks, tmp_path / "d", identity=identity(tok), quiet=True)
 
 
-def test_distill_lm_builds_its_cache_through_the_endpoint_then_needs_no_server(tmp_path):
+def test_distill_lm_builds_its_cache_through_the_endpoint_then_needs_no_server(capsys, tmp_path):
     import warnings
 
     from distill.cli import main
@@ -111,6 +111,9 @@ def test_distill_lm_builds_its_cache_through_the_endpoint_then_needs_no_server(t
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tiny teacher's unknown licence
         assert main(["lm", *common, endpoint]) == 0
+    said = capsys.readouterr().out.splitlines()  # the job's last words: verdict, runtime, report
+    assert said[-2].startswith("Took ") and said[-1] == f"Report: {tmp_path / 'runs' / 'remote' / 'report.md'}"
+    assert "student" in said[-3] and "**" not in said[-3]
     caches = list((tmp_path / "runs" / "remote" / "teacher_cache").glob("*/manifest.json"))
     assert len(caches) == 2 and all("served as teacher at" in p.read_text() for p in caches)
     import json

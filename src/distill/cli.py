@@ -27,6 +27,7 @@ import argparse
 import json
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -267,14 +268,16 @@ def _textkd(args: argparse.Namespace) -> int:
     from distill.recipes.textkd.config import load_textkd_config
     from distill.recipes.textkd.pipeline import run_textkd
 
-    return _reported(run_textkd(_config(args, load_textkd_config), resume=args.resume))
+    started = time.perf_counter()
+    return _reported(run_textkd(_config(args, load_textkd_config), resume=args.resume), started)
 
 
 def _task(args: argparse.Namespace) -> int:
     from distill.recipes.task.config import load_task_config
     from distill.recipes.task.pipeline import run_task
 
-    return _reported(run_task(_config(args, load_task_config), resume=args.resume))
+    started = time.perf_counter()
+    return _reported(run_task(_config(args, load_task_config), resume=args.resume), started)
 
 
 def _settings(args: argparse.Namespace) -> int:
@@ -290,8 +293,19 @@ def _settings(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reported(run_dir: Path) -> int:
-    print(f"Report: {run_dir / 'report.md'}")
+def _reported(run_dir: Path, started: float | None = None) -> int:
+    """A job's last words: its verdict (the report's headline), how long it took, where the report is."""
+    import re
+
+    report = run_dir / "report.md"
+    headline = next((line for line in report.read_text().splitlines() if line.startswith("**")), "") \
+        if report.is_file() else ""
+    if headline:
+        print(re.sub(r"\*\*", "", headline))
+    if started is not None:
+        minutes, seconds = divmod(round(time.perf_counter() - started), 60)
+        print(f"Took {minutes}m {seconds:02d}s.")
+    print(f"Report: {report}")
     return 0
 
 
@@ -324,11 +338,9 @@ def _lm(args: argparse.Namespace) -> int:
     from distill.recipes.lm.config import load_lm_config
     from distill.recipes.lm.pipeline import run_lm
 
-    cfg = _config(args, load_lm_config)
+    started, cfg = time.perf_counter(), _config(args, load_lm_config)
     run_dir = run_lm(cfg, resume=args.resume)
-    if process_state(cfg.device).is_main_process:
-        print(f"Report: {run_dir / 'report.md'}")
-    return 0
+    return _reported(run_dir, started) if process_state(cfg.device).is_main_process else 0
 
 
 def _lm_cache(args: argparse.Namespace) -> int:
@@ -346,11 +358,9 @@ def _run(args: argparse.Namespace) -> int:
     from distill.core.distributed import process_state
     from distill.recipes.classify.pipeline import run
 
-    cfg = _config(args)
+    started, cfg = time.perf_counter(), _config(args)
     run_dir = run(cfg, resume=args.resume)
-    if process_state(cfg.device).is_main_process:
-        print(f"Report: {run_dir / 'report.md'}")
-    return 0
+    return _reported(run_dir, started) if process_state(cfg.device).is_main_process else 0
 
 
 def _train_teacher(args: argparse.Namespace) -> int:
