@@ -13,7 +13,9 @@ The plain arm a win is measured against is the better of plain and plain_aug. A 
 kd − plain > 2 × the larger of their standard deviations. Gap closed = (kd − plain) / (teacher − plain).
 Beside it, the product's own verdict: `<scenario>_verdict_beats_seeds` counts the seeds whose report said
 *beats* (the paired test of `distill.eval.verdict`), and `scenarios_won_verdict` the scenarios where
-every seed's did.
+every seed's did; `<scenario>_pooled_verdict_beats` is the same test over the 3 seeds' test predictions
+pooled (what a job with `seeds: 3` reports; classifier scenarios, from the saved students; lm and textkd:
+every seed's beats), with `_pooled_diff/_low/_high`, and `scenarios_won_pooled_verdict` counts them.
 
 Language-model scenarios (`distill lm`, `job="lm"`) compare held-out perplexity (lower is better) of
   plain       the same student, next-token CE only, the same tokens
@@ -290,12 +292,49 @@ def verdict_keys(name: str, rows: list[dict], m: dict[str, float]) -> bool:
     return beats == len(rows)
 
 
+def pooled_verdict(name: str, seeds: int) -> dict:
+    """The paired test of the distilled student against the plain one over every seed's test
+    predictions pooled (as a job with `seeds: 3` reports it), from the runs' saved students; saved."""
+    done = OUT / f"{name}-pooled.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    import torch
+
+    from distill.data.arrays import labels_of
+    from distill.eval.metrics import predict
+    from distill.eval.verdict import compare_classifiers
+    from distill.recipes.classify.config import load_config
+    from distill.recipes.classify.tools import trained_models
+
+    correct: dict[str, list] = {"baseline": [], "distilled": []}
+    for seed in range(seeds):
+        run = OUT / "runs" / f"{name}-auto-{seed}"
+        for stage, rows in correct.items():
+            cfg = load_config(run / "config.yaml", [f"student.checkpoint={run / stage / 'model.safetensors'}"])
+            if cfg.teacher.checkpoint is None:
+                cfg = cfg.model_copy(update={"teacher": cfg.teacher.model_copy(
+                    update={"checkpoint": run / "teacher" / "model.safetensors"})})
+            data, models = trained_models(cfg)
+            rows.append((predict(models["student"], data.test).argmax(1) == labels_of(data.test)).double())
+    verdict = compare_classifiers(torch.stack(correct["baseline"]), torch.stack(correct["distilled"])).to_dict()
+    done.write_text(json.dumps(verdict, indent=2))
+    return verdict
+
+
 def metrics(names: list[str], seeds: int) -> dict[str, float]:
     m: dict[str, float] = {}
-    won, gaps, held = 0, [], 0
+    won, gaps, held, pooled = 0, [], 0, 0
     for name in names:
         rows = [json.loads((OUT / f"{name}-{s}.json").read_text()) for s in range(seeds)]
         every_seed_beats = verdict_keys(name, rows, m)
+        if SCENARIOS[name].job == "run":
+            v = pooled_verdict(name, seeds)
+            m[f"{name}_pooled_verdict_beats"] = float(v["outcome"] == "beats")
+            m[f"{name}_pooled_diff"], m[f"{name}_pooled_low"], m[f"{name}_pooled_high"] = v["difference"], v["low"], v["high"]
+        else:  # lm and textkd: the report's own test already pools what it holds
+            m[f"{name}_pooled_verdict_beats"] = float(every_seed_beats)
+        if SCENARIOS[name].variant_of is None:
+            pooled += m[f"{name}_pooled_verdict_beats"]
         if SCENARIOS[name].variant_of is None:
             held += every_seed_beats
         if SCENARIOS[name].job == "textkd":
@@ -327,6 +366,7 @@ def metrics(names: list[str], seeds: int) -> dict[str, float]:
         m[f"{name}_baseline_epochs"] = rows[0]["recipe"]["baseline_epochs"]
         m[f"{name}_wall_s_auto_run"] = mean_std([r["wall_s_auto_run"] for r in rows])[0]
     m["scenarios"], m["scenarios_won"], m["scenarios_won_verdict"] = len(gaps), won, held
+    m["scenarios_won_pooled_verdict"] = pooled
     if gaps:  # variants alone count no scenario
         m["mean_gap_closed"] = sum(gaps) / len(gaps)
     return m
