@@ -22,7 +22,7 @@ def _model(acc: float, params: int, latency: float) -> dict:
 def _report(student_params: int) -> dict:
     return {
         "name": "unit", "date": "2026-01-01T00:00:00+00:00", "machine": "test machine",
-        "dataset": {"name": "toy", "train": 10, "val": 2, "test": 4, "classes": ["a", "b"]},
+        "dataset": {"name": "toy", "train": 10, "val": 2, "test": 1000, "classes": ["a", "b"]},
         "models": {"teacher": _model(0.9, 1000, 2.0), "baseline": _model(0.7, student_params, 0.5),
                    "distilled": {**_model(0.8, student_params, 0.5), "agreement": 0.85, "kl_teacher": 0.1}},
         "summary": {"compression": 1000 / student_params, "speedup_b1": 4.0, "retention": 0.8 / 0.9,
@@ -37,6 +37,14 @@ def test_markdown_shows_the_reports_numbers():
     assert "| distilled | 80.00% | 85.00% | 0.1000 |" in text
     assert "| teacher | 90.00% | – | – |" in text  # no agreement with itself
     assert "![a](plots/a.png)" in text
+
+
+def test_the_share_of_a_gap_within_test_noise_is_not_stated():
+    report = _report(250)
+    report["models"]["baseline"]["accuracy"] = 0.898  # 0.2 points below the teacher on 1,000 examples
+    report["summary"]["gap_closed"] = -15.0
+    text = markdown(report, [])
+    assert "closes **" not in text and "(+0.2 points) is within the test set's noise (±2.7 on 1,000 examples)" in text
 
 
 def test_a_student_with_more_parameters_is_not_called_smaller():
