@@ -66,6 +66,21 @@ def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: 
         _fsync_dir(path.parent)
 
 
+def give_new_file_mode(directory: Path) -> None:
+    """Give every file under `directory` the mode a new file gets there (0o666 less the umask), as
+    `atomic_save_tensors` does for one file: writers such as safetensors create 0o600 files, which
+    would leave one file of an exported folder unreadable to those who can read the rest."""
+    probe = _temp_path(directory / "mode")
+    os.close(_create(probe))
+    try:
+        mode = os.stat(probe).st_mode & 0o777
+    finally:
+        probe.unlink()
+    for path in directory.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, mode)
+
+
 def make_private_dir(path: Path) -> Path:
     """Create directory `path` (and missing parents) with the leaf readable by its owner only (0o700).
 

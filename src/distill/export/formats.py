@@ -7,11 +7,14 @@ its model card.
 Formats: `safetensors` (one weights file), `hf` (a directory `transformers` loads;
 `distill.export.hf`), `onnx` (`distill.export.onnx`, optionally int8). With `check`, an ONNX file is
 compared with PyTorch on the test split, and an HF directory is loaded back by transformers and
-compared the same way; the figures go into the result (and the card).
+compared the same way; the figures go into the result (and the card). An ONNX file carries the class
+names and the input preprocessing the export knows in its metadata (`onnx_metadata`).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -35,12 +38,15 @@ def export_safetensors(model: nn.Module, path: Path | str, meta: dict[str, Any] 
 def export_model(model: nn.Module, fmt: str, out: Path | str, test: Dataset, *, check: bool = False,
                  meta: dict[str, Any] | None = None, tokenizer: str | None = None, int8: bool = False,
                  labels: list[str] | None = None, max_length: int | None = None,
+                 preprocessing: dict[str, float] | None = None,
                  card: Callable[[dict[str, Any]], str] | None = None) -> dict[str, Any]:
     """Write `model` as `fmt` to `out`; with `check`, measure the export against the model on `test`.
 
     `meta` goes into a safetensors file's metadata; the `tokenizer` named (a text config's
-    `data.tokenizer`) is saved into an HF directory with `labels` as id2label. `int8` (ONNX only)
-    writes the ONNX Runtime dynamically quantized model; its check requires INT8_MIN_TOP1 agreement.
+    `data.tokenizer`) is saved into an HF directory with `labels` as id2label. An ONNX file gets
+    `labels`, `tokenizer`, `max_length` and `preprocessing` (an array dataset's `input_scale`,
+    `input_mean`, `input_std`) in its metadata. `int8` (ONNX only) writes the ONNX Runtime
+    dynamically quantized model; its check requires INT8_MIN_TOP1 agreement.
     `card(result)` gives the model card text from this call's result: README.md inside an HF directory, and
     `<out>.README.md` beside a file.
     """
@@ -72,6 +78,7 @@ def export_model(model: nn.Module, fmt: str, out: Path | str, test: Dataset, *, 
                 onnx.quantize_onnx(onnx.export_onnx(model, example, Path(tmp) / "fp32.onnx"), out)
         else:
             onnx.export_onnx(model, example, out)
+        onnx.write_metadata(out, onnx_metadata(labels, tokenizer, max_length, preprocessing))
         result["input_names"] = onnx.input_names(example)
         if check:
             bounds = ({"atol": float("inf"), "min_top1": onnx.INT8_MIN_TOP1, "advice": onnx.INT8_ADVICE}
@@ -88,3 +95,21 @@ def export_model(model: nn.Module, fmt: str, out: Path | str, test: Dataset, *, 
         atomic_write_text(path, card(result))
         result["card"] = str(path)
     return result
+
+
+def onnx_metadata(labels: list[str] | None, tokenizer: str | None, max_length: int | None,
+                  preprocessing: dict[str, float] | None) -> dict[str, str]:
+    """What a reader of an ONNX file needs beside it, as metadata strings: `class_names` (a JSON list,
+    index = output position) and how inputs are prepared (`preprocessing`, with the numbers it names)."""
+    props = {"class_names": json.dumps(labels)} if labels else {}
+    if tokenizer:  # a local tokenizer's directory name, not where it lies on this machine
+        props["tokenizer"] = os.path.basename(os.path.normpath(tokenizer)) if os.path.isabs(tokenizer) else tokenizer
+        props["preprocessing"] = (f"tokenize with {props['tokenizer']}" + (
+            f", truncated and padded to at most max_length tokens" if max_length else "") +
+            "; feed input_ids and attention_mask")
+    if max_length:
+        props["max_length"] = str(max_length)
+    if preprocessing:
+        props.update({k: repr(float(v)) for k, v in preprocessing.items()})
+        props["preprocessing"] = "inputs = (raw / input_scale - input_mean) / input_std"
+    return props

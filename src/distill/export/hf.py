@@ -10,10 +10,17 @@ weights), so `AutoModelForSequenceClassification.from_pretrained(dir, trust_remo
 the same pooling and the class names (`id2label`). Any other Hugging Face model (a causal-LM
 student, a plain encoder) is saved as itself. Directories are written to a temp directory and
 renamed, so a failed export leaves no half-written folder.
+
+The folder names nothing of the machine that wrote it (no `_name_or_path`, no absolute paths), its
+tokenizer loads without custom code (`AutoTokenizer.from_pretrained(dir, trust_remote_code=False)`:
+no `auto_map` in tokenizer_config.json), and that file's `model_max_length` and `max_length` are the
+model's longest input.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -37,16 +44,21 @@ def export_hf(model: nn.Module, directory: Path | str, tokenizer: Any = None, *,
     from distill.models.encoders import EncoderClassifier
 
     if isinstance(model, EncoderClassifier):
-        hf_model = _classifier(model, labels)
+        hf_model, positions = _classifier(model, labels), model.backbone.config.max_position_embeddings
     elif callable(getattr(model, "save_pretrained", None)):
-        hf_model = model
+        hf_model, positions = model, getattr(model.config, "max_position_embeddings", None)
     else:
         raise ModelError(f"{type(model).__name__} is not a Hugging Face model (no save_pretrained); "
                          "export it with --format safetensors or --format onnx.")
-    if tokenizer is not None and max_length is not None:
-        tokenizer.model_max_length = max_length
-    save_pretrained_atomic(hf_model, _Beside(tokenizer), Path(directory))
+    longest = max_length or _longest_input(tokenizer, positions)
+    save_pretrained_atomic(hf_model, _TokenizerThenTidy(tokenizer, longest), Path(directory))
     return Path(directory)
+
+
+def _longest_input(tokenizer: Any, positions: int | None) -> int | None:
+    """Without a training length: the shorter of the tokenizer's limit and the model's positions."""
+    limits = [n for n in (getattr(tokenizer, "model_max_length", None), positions) if n]
+    return min(limits) if limits else None
 
 
 def _classifier(model: nn.Module, labels: list[str] | None) -> nn.Module:
@@ -59,7 +71,7 @@ def _classifier(model: nn.Module, labels: list[str] | None) -> nn.Module:
         raise ModelError(f"{len(labels)} class names for a head of {classes} classes; pass one name per class.")
     if len(set(labels)) != len(labels):
         raise ModelError(f"class names repeat ({labels}); id2label needs distinct names.")
-    config = MeanPoolingConfig(encoder=model.backbone.config.to_dict(), classifier_dropout=model.dropout.p,
+    config = MeanPoolingConfig(encoder=_encoder_settings(model.backbone.config), classifier_dropout=model.dropout.p,
                                num_labels=classes, id2label=dict(enumerate(labels)),
                                label2id={name: i for i, name in enumerate(labels)})
     MeanPoolingConfig.register_for_auto_class()  # config.json's auto_map, and the code file copied
@@ -70,20 +82,66 @@ def _classifier(model: nn.Module, labels: list[str] | None) -> nn.Module:
     return hf_model
 
 
+def _encoder_settings(config: Any) -> dict[str, Any]:
+    """The encoder's config as the classifier's holds it, without the label maps transformers gives
+    every config (the classifier's own are the real ones) or the path it was loaded from."""
+    settings = config.to_dict()
+    for key in ("_name_or_path", "id2label", "label2id"):
+        settings.pop(key, None)
+    return settings
+
+
 def _without_pooler(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if not k.startswith("pooler.")}
 
 
-class _Beside:
-    """Stands in for the tokenizer `save_pretrained_atomic` writes beside the model (there may be
-    none), so that it lands inside the same atomic rename."""
+SETTINGS_FILES = ("config.json", "generation_config.json", "tokenizer_config.json", "special_tokens_map.json")
+SOURCE_KEYS = ("_name_or_path", "name_or_path", "tokenizer_file", "special_tokens_map_file",  # where and how the
+               "is_local", "local_files_only")  # files were read: nothing the folder's readers need
 
-    def __init__(self, tokenizer: Any):
+
+class _TokenizerThenTidy:
+    """Stands in for the tokenizer `save_pretrained_atomic` writes beside the model (there may be
+    none), so that it lands inside the same atomic rename; being written last, it then tidies the
+    folder's settings files (see `_tidy`)."""
+
+    def __init__(self, tokenizer: Any, longest: int | None):
         self.tokenizer = tokenizer
+        self.longest = longest
 
     def save_pretrained(self, directory: Path) -> None:
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(directory)
+        for name in SETTINGS_FILES:
+            if (Path(directory) / name).is_file():
+                _tidy(Path(directory) / name, self.longest)
+
+
+def _tidy(path: Path, longest: int | None) -> None:
+    """Rewrite a settings file without the paths of this machine, and tokenizer_config.json as a
+    tokenizer of transformers' own whose lengths are the model's longest input."""
+    settings = _without_local_paths(json.loads(path.read_text()))
+    if path.name == "tokenizer_config.json":
+        settings.pop("auto_map", None)  # a stock tokenizer: no custom code to route it through
+        if longest is not None:
+            settings["model_max_length"] = longest
+        if "max_length" in settings:  # e.g. all-MiniLM-L6-v2's 128, beside its own model_max_length
+            settings["max_length"] = settings["model_max_length"]
+    path.write_text(json.dumps(settings, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def _without_local_paths(value: Any) -> Any:
+    """`value` without the entries naming where its files were read from, or a path of this machine."""
+    if isinstance(value, dict):
+        return {k: _without_local_paths(v) for k, v in value.items()
+                if k not in SOURCE_KEYS and not _is_local_path(v)}
+    if isinstance(value, list):
+        return [_without_local_paths(v) for v in value if not _is_local_path(v)]
+    return value
+
+
+def _is_local_path(value: Any) -> bool:
+    return isinstance(value, str) and len(value) > 1 and os.path.isabs(value) and os.path.exists(value)
 
 
 def load_hf_classifier(directory: Path | str) -> nn.Module:

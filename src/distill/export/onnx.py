@@ -4,6 +4,7 @@
     report = check_parity(student, "student.onnx", data.test)  # ExportError past the tolerance
     costs = bench_onnx(student, "student.onnx", inputs)        # eager vs ONNX Runtime, 1 thread
     quantize_onnx("student.onnx", "student-int8.onnx")         # ONNX Runtime dynamic int8 weights
+    write_metadata("student.onnx", {"class_names": '["cat", "dog"]'})  # ORT: custom_metadata_map
 
 ONNX needs `pip install 'distill[export]'` (onnx, onnxruntime, onnxscript); they are imported
 inside the functions that use them, so `import distill` stays cheap.
@@ -156,6 +157,21 @@ def quantize_onnx(src: Path | str, dst: Path | str, *, per_channel: bool = True)
                              "serve it as is, or quantize in PyTorch instead (distill quantize).") from exc
         atomic_write_bytes(dst, out.read_bytes())
     return dst
+
+
+def write_metadata(path: Path | str, props: dict[str, str]) -> Path:
+    """Add `props` to the ONNX file's `metadata_props` (ONNX Runtime reads them as
+    `session.get_modelmeta().custom_metadata_map`), replacing entries of the same keys; the file is
+    rewritten with `atomic_write_bytes`."""
+    try:
+        import onnx
+    except ImportError:
+        raise ModelError("onnx is not installed: pip install 'distill[export]'") from None
+    path = Path(path)
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, **props})
+    atomic_write_bytes(path, model.SerializeToString())
+    return path
 
 
 @contextmanager

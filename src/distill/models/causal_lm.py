@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from distill.core.errors import ModelError
-from distill.core.files import cache_home
+from distill.core.files import cache_home, give_new_file_mode
 from distill.models.students import keep_layers, layer_list_path
 from distill.models.zoo import count_parameters  # noqa: F401  (LM users count parameters here too)
 
@@ -397,11 +397,13 @@ def add_lora(model: nn.Module, r: int, alpha: int, dropout: float, target_module
 
 
 def save_pretrained_atomic(model: nn.Module, tokenizer: Any, target: Path) -> None:
-    """Hugging Face layout (loadable by plain transformers), written to a temp dir then renamed."""
+    """Hugging Face layout (loadable by plain transformers), written to a temp dir then renamed; every
+    file gets the mode a new file gets (the weights included)."""
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        give_new_file_mode(tmp)
         if target.exists():
             shutil.rmtree(target)
         tmp.rename(target)
