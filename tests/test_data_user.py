@@ -101,6 +101,9 @@ def test_a_run_on_users_data_is_named_after_it(tmp_path):
     assert named.name == "mine"
     assert DataConfig(name="hf", path="/cache/datasets/tickets-0123456789abcdef",
                       text_column="t").title == "tickets"
+    # a file named after its split is named by its folder: the report says "flowers", not "train"
+    assert DataConfig(name="images", path="/data/flowers/train/").title == "flowers"
+    assert DataConfig(name="csv", path="/data/reviews/train.csv").title == "reviews"
 
 
 def test_distill_run_takes_a_dataset_object(tmp_path, monkeypatch):

@@ -11,6 +11,9 @@ from pydantic import Field, model_validator
 from distill.core.config import Strict
 
 
+SPLIT_NAMES = ("train", "training", "data", "all", "full", "dataset")  # file names that say nothing of the data
+
+
 class DataConfig(Strict):
     name: Literal["digits", "mnist5k", "fashion_mnist", "spoken_digits", "bbc_news", "csv", "jsonl", "hf", "npz",
                   "images"] = Field("digits", description=(
@@ -50,8 +53,11 @@ class DataConfig(Strict):
     def title(self) -> str:
         """What the data is called in reports and run names: the user's file or dataset, else the built-in name."""
         if self.name in USER_DATA and self.path is not None:
-            stem = Path(str(self.path).rstrip("/")).stem
-            return re.sub(r"-[0-9a-f]{16}$", "", stem) or self.name  # a dataset saved by distill.run(dataset=)
+            path = Path(str(self.path).rstrip("/"))
+            stem = re.sub(r"-[0-9a-f]{16}$", "", path.stem)  # a dataset saved by distill.run(dataset=)
+            if stem.lower() in SPLIT_NAMES and path.parent.name:  # data/flowers/train.csv: "flowers"
+                stem = path.parent.name
+            return stem or self.name
         return self.name
 
     @model_validator(mode="after")
