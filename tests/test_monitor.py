@@ -49,7 +49,8 @@ def test_agreeing_windows_pass_and_drifting_ones_alert():
     assert out[0].agreement == 1.0 and out[0].kl == pytest.approx(0.0, abs=1e-6)
     assert out[2].agreement == pytest.approx(0.5) and out[3].agreement == 0.0
     assert out[2].reasons[0].startswith("disagreement 0.5000 > 0.05") and "kl" in out[2].reasons[1]
-    assert json.loads(out[3].to_json()) == {"window": 3, "n": 80, "agreement": 0.0, "kl": out[3].kl,
+    assert [w.window for w in out] == [1, 2, 3, 4]  # numbered as the README shows them
+    assert json.loads(out[3].to_json()) == {"window": 4, "n": 80, "agreement": 0.0, "kl": out[3].kl,
                                             "alert": True, "reasons": out[3].reasons}
 
 

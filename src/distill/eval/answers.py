@@ -80,7 +80,7 @@ def answer_windows(client: Any, pairs: Iterable[tuple[list[dict[str, str]], str]
     from distill.teachers.text import Sampling
 
     rows: list[tuple[float, float, float]] = []
-    index = 0
+    index = 1  # windows are numbered from 1, as distill monitor prints them
     for messages, recorded in pairs:
         answer = client.complete(messages, Sampling(max_tokens=max_tokens, temperature=0.0))[0].text
         exact = float(" ".join(words(answer)) == " ".join(words(recorded)))

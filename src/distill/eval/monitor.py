@@ -181,9 +181,9 @@ def sample(stream: Iterable[Any], fraction: float, seed: int = 0) -> Iterator[An
 
 def windows(inputs: Iterable[torch.Tensor], teacher: nn.Module, student: nn.Module,
             options: MonitorOptions = MonitorOptions()) -> Iterator[WindowStats]:
-    """Stats of each `options.window` consecutive inputs (the last window may be smaller)."""
+    """Stats of each `options.window` consecutive inputs (the last window may be smaller), numbered from 1."""
     chunk: list[torch.Tensor] = []
-    index = 0
+    index = 1
     for x in inputs:
         chunk.append(x)
         if len(chunk) == options.window:
