@@ -199,6 +199,28 @@ def test_cli_export_onnx_with_check(tmp_path, capsys):
     assert "not a Hugging Face model" in capsys.readouterr().err
 
 
+def test_cli_export_names_the_run_and_writes_classes_and_preprocessing_into_the_onnx_file(tmp_path):
+    """A checkpoint inside a finished run, exported with a config that does not name the run: the card is
+    titled by the run, and the ONNX file says which classes its outputs are and how inputs are scaled."""
+    from distill.data.datasets import load_data
+    from distill.recipes.classify.config import load_config
+
+    run = tmp_path / "runs" / "digits-small"
+    student = build_model(ModelConfig(arch="mlp", kwargs={"hidden": [128]}), (1, 8, 8), 10, seed=0)
+    save_weights(run / "student" / "model.safetensors", student)
+    (run / "report.json").write_text(json.dumps({"name": "digits-small", "models": {"student": {"accuracy": 0.9}}}))
+    out = tmp_path / "s.onnx"
+    assert main(["export", "data.name=digits", f"student.checkpoint={run / 'student' / 'model.safetensors'}",
+                 "--format", "onnx", "--out", str(out)]) == 0
+    assert Path(f"{out}.README.md").read_text().split("---\n")[2].lstrip().startswith("# digits-small: the student")
+    meta = ort.InferenceSession(str(out)).get_modelmeta().custom_metadata_map
+    prepare = load_data(load_config(None, ["data.name=digits"]).data).prepare
+    assert json.loads(meta["class_names"]) == [str(i) for i in range(10)]
+    assert [float(meta[k]) for k in ("input_scale", "input_mean", "input_std")] == [prepare.scale, prepare.mean,
+                                                                                     prepare.std]
+    assert meta["preprocessing"] == "inputs = (raw / input_scale - input_mean) / input_std"
+
+
 def test_quantize_onnx_writes_int8_weights_that_keep_the_class(tmp_path):
     import onnx
 

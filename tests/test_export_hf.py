@@ -1,11 +1,15 @@
 """Exports that load in the standard loaders with the trained weights: a text classifier as
 `AutoModelForSequenceClassification` / `pipeline`, ONNX with `input_ids` / `attention_mask`, the
-model card, and `distill export` end to end on a CSV of texts."""
+model card, and `distill export` end to end on a CSV of texts. What an export carries beside the
+weights: file modes, no paths of this machine, the real class names, one tokenizer length, a
+tokenizer that loads without custom code, and the ONNX file's metadata."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -20,6 +24,7 @@ from distill.core.checkpoint import save_weights  # noqa: E402
 from distill.core.errors import ExportError  # noqa: E402
 from distill.data.arrays import ArrayDataset  # noqa: E402
 from distill.data.text import encode_texts  # noqa: E402
+from distill.data.tokenizers import load_tokenizer  # noqa: E402
 from distill.export.formats import export_model  # noqa: E402
 from distill.export.hf import export_hf, hf_agreement, load_hf_classifier  # noqa: E402
 from distill.export.onnx import check_parity, export_onnx, ort_session  # noqa: E402
@@ -44,9 +49,36 @@ def classifier(tok):
     return model
 
 
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory):
+    """A saved tokenizer whose tokenizer_config.json says `max_length: 128`, as all-MiniLM-L6-v2's does."""
+    directory = tmp_path_factory.mktemp("minilm_like_tok")
+    make_tokenizer(directory)
+    settings = directory / "tokenizer_config.json"
+    settings.write_text(json.dumps({**json.loads(settings.read_text()), "max_length": 128}))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def loaded_classifier(tok, tmp_path_factory):
+    """A classifier whose encoder was read from a local directory: its config knows that path."""
+    cfg = transformers.BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    source = tmp_path_factory.mktemp("bert")
+    transformers.BertModel(cfg, add_pooling_layer=False).save_pretrained(source)
+    backbone = transformers.BertModel.from_pretrained(str(source), add_pooling_layer=False)
+    return EncoderClassifier(backbone, len(LABELS)).eval()
+
+
 def texts(n=60):
     words = TEXT.split()
     return [" ".join(words[i % 50: i % 50 + 3 + i % 17]) for i in range(n)]
+
+
+def held_out(tok, n=60):
+    x = encode_texts(tok, texts(n), 24)
+    return ArrayDataset(x, torch.zeros(len(x), dtype=torch.long))
 
 
 def test_the_classifier_loads_with_its_head_pooling_and_names(classifier, tok, tmp_path):
@@ -146,6 +178,7 @@ def test_distill_export_of_a_text_student_from_a_csv(tmp_path, tok, capsys):
     card = (out / "README.md").read_text()
     assert card.startswith("---\n") and "pipeline_tag: text-classification" in card
     assert "business, sport, tech" in card and "trust_remote_code=True" in card
+    assert [p.name for p in out.iterdir() if str(tmp_path).encode() in p.read_bytes()] == []  # model=bert, not its path
     assert load_hf_classifier(out).config.id2label == dict(enumerate(LABELS))
 
 
@@ -155,3 +188,68 @@ def test_the_check_never_runs_code_it_did_not_write(classifier, tok, tmp_path):
     code.write_text(code.read_text() + "\nraise SystemExit('ran code from the folder')\n")
     with pytest.raises(ExportError, match="differs from this distill's modeling_distill.py"):
         load_hf_classifier(directory)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077], ids=["umask022", "umask077"])
+def test_every_file_of_an_hf_export_is_as_readable_as_a_new_file(classifier, tok, tok_dir, tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        export_model(classifier, "hf", tmp_path / "hf", held_out(tok), labels=LABELS, tokenizer=str(tok_dir),
+                     max_length=24, card=lambda result: "card\n")
+    finally:
+        os.umask(previous)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "hf").iterdir()}
+    assert {"model.safetensors", "config.json", "tokenizer_config.json", "README.md"} <= set(modes)
+    assert modes == dict.fromkeys(modes, 0o666 & ~umask)
+
+
+def test_the_hf_export_holds_no_path_of_this_machine_and_all_the_class_names(loaded_classifier, tok_dir, tmp_path,
+                                                                               tmp_path_factory):
+    assert os.path.isabs(loaded_classifier.backbone.config._name_or_path)  # what could have been copied
+    directory = export_hf(loaded_classifier, tmp_path / "hf", load_tokenizer(str(tok_dir)), labels=LABELS,
+                          max_length=24)
+    here = str(tmp_path_factory.getbasetemp()).encode()
+    assert [p.name for p in directory.iterdir() if here in p.read_bytes()] == []
+    config = json.loads((directory / "config.json").read_text())
+    assert config["id2label"] == {str(i): name for i, name in enumerate(LABELS)}
+    assert config["label2id"] == {name: i for i, name in enumerate(LABELS)}
+    assert not {"id2label", "label2id", "_name_or_path"} & set(config["encoder"])  # no stale two-label default
+    assert load_hf_classifier(directory).config.id2label == dict(enumerate(LABELS))
+
+
+def test_the_tokenizer_settings_hold_one_length_the_models(classifier, tok_dir, tmp_path):
+    tokenizer = load_tokenizer(str(tok_dir))
+    for max_length, longest in ((24, 24), (None, 64)):  # 64: the encoder's positions (the tokenizer sets no limit)
+        directory = export_hf(classifier, tmp_path / str(max_length), tokenizer, labels=LABELS, max_length=max_length)
+        settings = json.loads((directory / "tokenizer_config.json").read_text())
+        assert settings["model_max_length"] == settings["max_length"] == longest
+        assert transformers.AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False).model_max_length \
+            == longest
+
+
+def test_the_exported_tokenizer_loads_without_custom_code(classifier, tok, tok_dir, tmp_path, monkeypatch):
+    directory = export_hf(classifier, tmp_path / "hf", load_tokenizer(str(tok_dir)), labels=LABELS, max_length=24)
+    assert "auto_map" in json.loads((directory / "config.json").read_text())  # the model's custom code
+    assert "auto_map" not in json.loads((directory / "tokenizer_config.json").read_text())
+
+    def no_prompt(*args):
+        raise AssertionError("asked whether to run the folder's code")
+
+    monkeypatch.setattr("builtins.input", no_prompt)
+    loaded = transformers.AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False)
+    assert type(loaded).__module__.startswith("transformers.")
+    assert loaded(texts())["input_ids"] == tok(texts())["input_ids"]
+    assert not [p for p in directory.iterdir() if p.suffix == ".py" and p.name != "modeling_distill.py"]
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_the_onnx_file_names_its_classes_and_preprocessing(classifier, tok, tok_dir, tmp_path, int8):
+    import onnxruntime
+
+    out = tmp_path / "m.onnx"
+    export_model(classifier, "onnx", out, held_out(tok), labels=LABELS, tokenizer=str(tok_dir), max_length=24,
+                 int8=int8)
+    meta = onnxruntime.InferenceSession(str(out)).get_modelmeta().custom_metadata_map
+    assert json.loads(meta["class_names"]) == LABELS
+    assert meta["max_length"] == "24" and meta["tokenizer"] == tok_dir.name  # its name, not where it lies here
+    assert "input_ids and attention_mask" in meta["preprocessing"]

@@ -156,8 +156,13 @@ def classifier_card(*, name: str, which: str, fmt: str, teacher: dict[str, Any],
 
 def _arch(spec: dict[str, Any]) -> str:
     kwargs = spec.get("kwargs") or {}
-    inside = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+    inside = ", ".join(f"{k}={_public(v)}" for k, v in kwargs.items())
     return f"`{spec.get('arch')}`" + (f" ({inside})" if inside else "")
+
+
+def _public(value: Any) -> Any:
+    """A setting as a card shows it: a local absolute path by its last part, not where it lies here."""
+    return Path(value).name if isinstance(value, str) and Path(value).is_absolute() else value
 
 
 def _measured(report: dict[str, Any]) -> list[str]:

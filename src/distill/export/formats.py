@@ -14,7 +14,6 @@ names and the input preprocessing the export knows in its metadata (`onnx_metada
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -100,16 +99,23 @@ def export_model(model: nn.Module, fmt: str, out: Path | str, test: Dataset, *, 
 def onnx_metadata(labels: list[str] | None, tokenizer: str | None, max_length: int | None,
                   preprocessing: dict[str, float] | None) -> dict[str, str]:
     """What a reader of an ONNX file needs beside it, as metadata strings: `class_names` (a JSON list,
-    index = output position) and how inputs are prepared (`preprocessing`, with the numbers it names)."""
-    props = {"class_names": json.dumps(labels)} if labels else {}
-    if tokenizer:  # a local tokenizer's directory name, not where it lies on this machine
-        props["tokenizer"] = os.path.basename(os.path.normpath(tokenizer)) if os.path.isabs(tokenizer) else tokenizer
-        props["preprocessing"] = (f"tokenize with {props['tokenizer']}" + (
-            f", truncated and padded to at most max_length tokens" if max_length else "") +
-            "; feed input_ids and attention_mask")
+    index = output position) and how inputs are prepared (`preprocessing`, with the values it names)."""
+    props: dict[str, str] = {}
+    if labels:
+        props["class_names"] = json.dumps(labels, ensure_ascii=False)
+    if tokenizer:
+        props["tokenizer"] = _public_name(tokenizer)
+        limit = " to max_length tokens" if max_length else ""
+        props["preprocessing"] = (f"tokenize with {props['tokenizer']}, truncating{limit}; "
+                                  "feed input_ids and attention_mask")
     if max_length:
         props["max_length"] = str(max_length)
     if preprocessing:
-        props.update({k: repr(float(v)) for k, v in preprocessing.items()})
+        props.update({key: repr(float(value)) for key, value in preprocessing.items()})
         props["preprocessing"] = "inputs = (raw / input_scale - input_mean) / input_std"
     return props
+
+
+def _public_name(tokenizer: str) -> str:
+    """A hub id or built-in name as given; a local directory by its name, not where it lies here."""
+    return Path(tokenizer).name if Path(tokenizer).is_absolute() else tokenizer

@@ -13,7 +13,7 @@ from torch import nn
 from distill.core.checkpoint import load_weights
 from distill.core.errors import ConfigError
 from distill.core.rundir import require_finished_run
-from distill.data.arrays import DataSplits, labels_of
+from distill.data.arrays import DataSplits, Standardise, labels_of
 from distill.data.datasets import load_data
 from distill.data.tokenizers import MINILM
 from distill.eval.bench import measure_models
@@ -75,23 +75,38 @@ def export_trained(cfg: RunConfig, which: str, fmt: str, out: Path, *, check: bo
     load_weights(spec.checkpoint, model)
     text = data.modality == "text"
     tokenizer = (cfg.data.tokenizer or MINILM) if text else None
-    return export_model(model, fmt, out, data.test, check=check, meta={"config": cfg.name, "model": which},
+    report = _run_report(Path(spec.checkpoint))
+    name = (report or {}).get("name") or cfg.name  # the run that trained it, whatever this config is called
+    return export_model(model, fmt, out, data.test, check=check, meta={"config": name, "model": which},
                         tokenizer=tokenizer, int8=int8, labels=data.class_names,
-                        max_length=cfg.data.max_length if text else None,
-                        card=lambda result: _card(cfg, data, which, fmt, result))
+                        max_length=cfg.data.max_length if text else None, preprocessing=_preprocessing(data),
+                        card=lambda result: _card(cfg, data, which, fmt, result, name, report))
 
 
-def _card(cfg: RunConfig, data: DataSplits, which: str, fmt: str, result: dict[str, Any]) -> str:
-    """The model card of an export: the config's sections, and the run's report.json when it lies
-    beside the checkpoint (RUN/<stage>/model.safetensors → RUN/report.json)."""
+def _run_report(checkpoint: Path) -> dict[str, Any] | None:
+    """The report.json of the run whose weights `checkpoint` is (RUN/<stage>/model.safetensors →
+    RUN/report.json), when it lies there."""
+    found = checkpoint.parent.parent / "report.json"
+    return json.loads(found.read_text()) if found.is_file() else None
+
+
+def _preprocessing(data: DataSplits) -> dict[str, float] | None:
+    """How raw array inputs become model inputs (scale, then standardise), when the data says."""
+    prep = data.prepare
+    if not isinstance(prep, Standardise):
+        return None
+    return {"input_scale": prep.scale, "input_mean": prep.mean, "input_std": prep.std}
+
+
+def _card(cfg: RunConfig, data: DataSplits, which: str, fmt: str, result: dict[str, Any], name: str,
+          report: dict[str, Any] | None) -> str:
+    """The model card of an export, titled `name`: the config's sections, and the run's `report`
+    (its measured quality and speed) when one lies beside the checkpoint."""
     from distill.export.card import classifier_card
 
-    checkpoint = Path(getattr(cfg, which).checkpoint)
-    found = checkpoint.parent.parent / "report.json"
-    report = json.loads(found.read_text()) if found.is_file() else None
     dump = cfg.model_dump()
     section = {"name": cfg.data.name, "classes": data.class_names, "modality": data.modality}
-    return classifier_card(name=cfg.name, which=which, fmt=fmt, teacher=dump["teacher"],
+    return classifier_card(name=name, which=which, fmt=fmt, teacher=dump["teacher"],
                            student=dump["student"], data=section, kd=dump.get("kd"), report=report,
                            check=result.get("parity"), inputs=result.get("input_names"))
 
