@@ -116,6 +116,16 @@ def test_unlabeled_inputs_of_another_shape_name_both_shapes(tmp_path):
         load_config(None, [*DIGITS, f"data.unlabeled={tmp_path / 'missing.npy'}"])
 
 
+def test_unlabelled_texts_with_line_breaks_come_from_jsonl_rows(tmp_path):
+    from distill.data.unlabeled import read_raw
+
+    (tmp_path / "pool.jsonl").write_text('{"text": "first line\\nsecond line"}\n\n{"text": "another"}\n')
+    assert read_raw(tmp_path / "pool.jsonl", "data.unlabeled") == ["first line\nsecond line", "another"]
+    (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"body": "no text key"}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl, line 2: each row needs a string `text`.*\['body'\]"):
+        read_raw(tmp_path / "bad.jsonl", "data.unlabeled")
+
+
 def test_cross_entropy_counts_labelled_examples_only():
     logits = torch.randn(4, 3)
     labels = torch.tensor([0, UNLABELED, 2, UNLABELED])

@@ -1,5 +1,6 @@
 """Reading unlabelled inputs from a user's file, before they are prepared like a dataset's own inputs:
-an array file (.npy, or .npz with an `inputs` array) or a text file (one example per line)."""
+an array file (.npy, or .npz with an `inputs` array), a text file (one example per line) or a JSONL file
+of `{"text": ...}` rows (texts that hold line breaks)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 from distill.core.errors import DataError
 
 ARRAY_SUFFIXES = (".npy", ".npz")
-TEXT_SUFFIXES = (".txt",)
+TEXT_SUFFIXES = (".txt", ".jsonl")
 
 
 def read_raw(path: Path, key: str) -> Any:
@@ -21,14 +22,15 @@ def read_raw(path: Path, key: str) -> Any:
                         "data, a .txt file with one example per line.")
     suffix = path.suffix.lower()
     if suffix in TEXT_SUFFIXES:
-        texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-        texts = [t for t in texts if t]
+        texts = _jsonl_texts(path, key) if suffix == ".jsonl" else \
+            [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        texts = [t for t in texts if t.strip()]
         if not texts:
-            raise DataError(f"`{key}`: {path} holds no text (one example per line).")
+            raise DataError(f"`{key}`: {path} holds no text (one example per line, or JSONL rows with `text`).")
         return texts
     if suffix not in ARRAY_SUFFIXES:
         raise DataError(f"`{key}`: {path} is a {suffix or 'suffix-less'} file; give .npy, .npz (with an "
-                        "`inputs` array) or .txt (one text per line).")
+                        "`inputs` array), .txt (one text per line) or .jsonl (rows with `text`).")
     try:
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
@@ -44,3 +46,16 @@ def read_raw(path: Path, key: str) -> Any:
     if loaded.dtype.kind == "f" and not np.isfinite(loaded).all():
         raise DataError(f"`{key}`: {path} holds NaN or inf values; clean them first.")
     return loaded
+
+
+def _jsonl_texts(path: Path, key: str) -> list[str]:
+    """The `text` of every row of a JSONL file; a row without a string `text` is named."""
+    from distill.data.corpora import json_objects
+
+    texts = []
+    for n, row in json_objects(path):
+        if not isinstance(row.get("text"), str):
+            raise DataError(f"`{key}`: {path}, line {n}: each row needs a string `text` (the example); this row "
+                            f"has keys {sorted(row)}.")
+        texts.append(row["text"])
+    return texts
