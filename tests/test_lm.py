@@ -592,3 +592,17 @@ def test_a_model_card_names_the_teacher_its_licence_and_the_measured_quality():
     assert "0.24× the teacher" in card and "4.5× faster" in card
     assert "0.5 × forward_kl (T = 1) to the teacher + 0.5 × next-token CE" in card
     assert "| baseline | 31.9M | 128.80 |" in card and "| distilled (this model) | 31.9M | 101.30 |" in card
+
+
+def test_loading_and_saving_a_model_shows_no_transformers_bars_and_leaves_them_as_they_were(tmp_path, capfd):
+    from transformers.utils import logging as hf_logging
+
+    from distill.models.causal_lm import load_causal_lm, save_pretrained_atomic
+
+    tok = make_tokenizer(tmp_path / "tok")
+    make_llama(tmp_path / "m", tok)
+    capfd.readouterr()
+    save_pretrained_atomic(load_causal_lm(str(tmp_path / "m")), tok, tmp_path / "out")
+    err = capfd.readouterr().err
+    assert "Loading weights" not in err and "Writing model shards" not in err
+    assert hf_logging.is_progress_bar_enabled()  # the caller's own transformers use keeps its bars

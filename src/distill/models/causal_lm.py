@@ -10,6 +10,7 @@ A model *source* is one of:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -18,6 +19,7 @@ import re
 import shutil
 import uuid
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,13 +96,30 @@ def check_layers(source: str, layers: list[int], key: str = "student.layers") ->
         raise ModelError(f"`{key}`: {bad or layers} are not layers of {source} (0..{n - 1}).")
 
 
+@contextlib.contextmanager
+def no_transformers_bars() -> Iterator[None]:
+    """transformers' own progress bars ("Loading weights", "Writing model shards", "Converting and
+    de-quantizing GGUF tensors") off while a model loads or saves: a job shows one progress display
+    per stage of its own. Restored afterwards, so the caller's own transformers use is unchanged."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
 def load_causal_lm(source: str, key: str = "teacher.model", dtype: torch.dtype = torch.float32) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
     where = resolve_source(source, key)
     try:
         # safetensors only: a pytorch_model.bin is a pickle; remote code stays off (the default)
-        return AutoModelForCausalLM.from_pretrained(where, dtype=dtype, use_safetensors=True)
+        with no_transformers_bars():
+            return AutoModelForCausalLM.from_pretrained(where, dtype=dtype, use_safetensors=True)
     except OSError as exc:
         raise ModelError(_no_safetensors(source, key) if _lacks_safetensors(where, exc)
                          else _not_found(source, key, exc)) from None
@@ -214,8 +233,9 @@ def _convert_gguf(package_dir: Path, gguf_file: str, target: Path) -> None:
 
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        tok = AutoTokenizer.from_pretrained(package_dir, gguf_file=gguf_file)
-        quantised = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=gguf_file, dtype=torch.float32)
+        with no_transformers_bars():
+            tok = AutoTokenizer.from_pretrained(package_dir, gguf_file=gguf_file)
+            quantised = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=gguf_file, dtype=torch.float32)
         config = quantised.config
         del config.quantization_config  # save_pretrained refuses a model that claims to be quantised
         plain = type(quantised)(config)
@@ -401,7 +421,8 @@ def save_pretrained_atomic(model: nn.Module, tokenizer: Any, target: Path) -> No
     file gets the mode a new file gets (the weights included)."""
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        model.save_pretrained(tmp)
+        with no_transformers_bars():
+            model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         give_new_file_mode(tmp)
         if target.exists():
