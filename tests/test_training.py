@@ -196,6 +196,19 @@ def test_progress_bar_raises_no_warnings(digits, recwarn):
     assert [str(w.message) for w in recwarn if issubclass(w.category, UserWarning)] == []
 
 
+def test_the_progress_bar_shows_the_running_loss_between_metrics_rows(digits, capfd, monkeypatch):
+    import itertools
+
+    import distill.training.engine as engine
+
+    clock = itertools.count(0.0, 2.0)  # every step "takes" 2 s: the running loss is shown after each
+    monkeypatch.setattr(engine.time, "monotonic", lambda: next(clock))
+    fit(_student(digits), digits.train, objective=CE(), config=_config(epochs=1), num_classes=10, quiet=False)
+    refreshes = capfd.readouterr().err.split("\r")
+    # before the epoch's metrics row the bar already showed the loss so far (no validation figure yet)
+    assert any("train_loss=" in r and "val_accuracy" not in r for r in refreshes)
+
+
 def test_the_best_epoch_is_what_is_returned(digits, tmp_path: Path):
     # Validate on wrong labels: learning the real ones makes "val accuracy" fall, so an early
     # epoch stays best and the last epoch's weights differ from the returned ones.

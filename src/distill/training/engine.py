@@ -15,6 +15,7 @@ and best-checkpoint choice — and share everything else here:
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -119,6 +120,7 @@ class _Steps:
         self.sums: dict[str, torch.Tensor] = {}  # summed on the device: the loop never waits for the host
         self.count = 0
         self.first_bad = torch.full((), -1, device=acc.device)  # the first NaN/inf step, without a host sync
+        self.postfix: dict[str, str] = {}  # what the progress bar shows beside its count
 
     def run(self, start: int) -> None:
         task, acc = self.task, self.acc
@@ -127,9 +129,13 @@ class _Steps:
         end = task.steps if self.run_cfg.stop_at is None else min(task.steps, self.run_cfg.stop_at)
         bar = tqdm(range(start, end), desc=task.name, unit="step", initial=start, total=task.steps,
                    disable=self.run_cfg.quiet or not acc.is_main_process)
+        shown = time.monotonic()
         for step in bar:
             self.step(step)
             done = step + 1
+            if not bar.disable and time.monotonic() - shown >= 1.0:  # the running loss, one host sync a second
+                shown = time.monotonic()
+                self.show_running_loss(bar)
             row_due = task.row_due(done) or done == end
             save_due = self.run_cfg.checkpoint_dir is not None and (task.save_due(done) or done == end)
             if row_due or save_due:
@@ -158,6 +164,12 @@ class _Steps:
             self.sums[k] = self.sums.get(k, torch.zeros((), device=acc.device)) + v.detach().float()
         self.count += 1
         task.after_step(step, self.sums, self.count)
+
+    def show_running_loss(self, bar: Any) -> None:
+        """The mean training loss since the last metrics row, on the progress bar beside the last row's figures."""
+        if self.count and "loss" in self.sums:
+            self.postfix["train_loss"] = f"{float(self.sums['loss']) / self.count:.4f}"
+            bar.set_postfix(self.postfix)
 
     def check_finite(self, done: int) -> None:
         """After `done` steps: raise on every process at once (a process that alone stopped would leave the others waiting)."""
@@ -189,7 +201,8 @@ class _Steps:
             self.result.best_epoch = len(history) - 1
             if self.run_cfg.checkpoint_dir is None:  # otherwise best.safetensors keeps them
                 self.task.remember_best()
-        bar.set_postfix({k: f"{v:.4f}" for k, v in row.items() if k in self.run_cfg.progress})
+        self.postfix = {k: f"{v:.4f}" for k, v in row.items() if k in self.run_cfg.progress}
+        bar.set_postfix(self.postfix)
         if self.run_cfg.tracking:
             key = next(iter(position))
             self.acc.log({k: v for k, v in row.items() if k != key}, step=int(row[key]))

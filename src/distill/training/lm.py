@@ -47,7 +47,7 @@ def fit_lm(model: nn.Module, data: TokenBlocks, *, train: LMTrainConfig, kd: Tok
     `evaluate(model)` (e.g. task success) when given."""
     task = LMTask(model, data, train, kd, vocab, teacher, on_policy, val_data, val_teacher, pad_id, name, evaluate)
     return run_steps(task, Run(checkpoint_dir=checkpoint_dir, resume=resume, device=device, quiet=quiet,
-                               progress=("train_loss", "val_ppl")))
+                               progress=("train_loss", "val_ppl", "val_success")))
 
 
 class LMTask:
