@@ -121,3 +121,14 @@ def test_eos_ids_come_from_the_tokenizer_and_the_generation_config(lm):
         assert eos_ids_of(model, tok) == {tok.eos_token_id, 5}
     finally:
         model.generation_config.eos_token_id = tok.eos_token_id
+
+
+def test_a_sampled_token_follows_the_distribution_and_never_has_zero_probability():
+    from distill.models.generation import inverse_cdf_sample
+
+    probs = torch.tensor([0.1, 0.0, 0.2, 0.7, 0.0])
+    g = torch.Generator().manual_seed(0)
+    counts = torch.bincount(torch.tensor([inverse_cdf_sample(probs, g) for _ in range(20_000)]), minlength=5)
+    share = counts.double() / counts.sum()
+    assert counts[1] == 0 and counts[4] == 0  # zero-probability tokens, the last one included
+    assert torch.allclose(share, probs.double(), atol=0.012)  # ±4 standard errors at 20,000 draws
