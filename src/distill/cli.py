@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from distill.recipes.options import export_options, monitor_options, quantize_options, serve_options
 from distill.core.errors import DistillError
 from distill.recipes.commands import BUILT_IN, EXAMPLES
 
@@ -113,49 +114,11 @@ def _parser() -> argparse.ArgumentParser:
     exp = command("export", _export, "Export a trained checkpoint as ONNX, safetensors or a Hugging Face "
                   "model directory (--check compares the export with PyTorch on the test split), or a "
                   "causal-LM student's model directory as GGUF (--format gguf).")
-    exp.add_argument("--format", choices=["onnx", "safetensors", "hf", "gguf"], required=True,
-                     help="what to write; gguf takes an LM student's model directory instead of a config")
-    exp.add_argument("--out", type=Path, required=True, help="the file (onnx, safetensors, gguf) or directory (hf)")
-    exp.add_argument("--type", choices=["f16", "q8_0", "q4_0"], default="q8_0",
-                     help="GGUF only: the weights' type (default q8_0)")
-    exp.add_argument("--teacher", metavar="MODEL", help="GGUF --check only: also compare with this teacher "
-                     "(a directory, hub id or builtin: name)")
-    exp.add_argument("--model", choices=["student", "teacher"], default="student",
-                     help="which checkpoint of the config to export (default: student)")
-    exp.add_argument("--check", nargs="?", const=True, default=False, metavar="TEXT_FILE",
-                     help="compare the export with PyTorch on the test split (fails loudly); for gguf, "
-                     "run it in llama.cpp on the held-out texts of TEXT_FILE")
-    exp.add_argument("--int8", action="store_true",
-                     help="ONNX only: write the ONNX Runtime dynamically quantized (int8 weights) model")
-    exp.add_argument("--json", action="store_true", help="print JSON instead of text")
+    export_options(exp)
     mon = command("monitor", _monitor, "Run teacher and student on a sample of production inputs and report "
                   "agreement and KL per window; or (--recorded) compare a served LM's answers with a "
                   "teacher's recorded ones. Exit 3 when a window crosses a threshold.")
-    mon.add_argument("--inputs", metavar="FILE|-",
-                     help="classifier: JSON lines ({\"inputs\": [...]} or a bare nested list), .npy or "
-                     ".safetensors; - is stdin")
-    mon.add_argument("--recorded", type=Path, metavar="JSONL",
-                     help="LM: an OpenAI chat fine-tuning JSONL whose last assistant messages are the teacher's "
-                     "answers; each conversation is sent to --endpoint and the answers compared")
-    mon.add_argument("--endpoint", metavar="URL", help="with --recorded: the served student, e.g. "
-                     "http://127.0.0.1:8000/v1")
-    mon.add_argument("--model", dest="endpoint_model", metavar="NAME",
-                     help="with --recorded: the model name to ask for (default: the server's first model)")
-    mon.add_argument("--min-f1", type=float, default=0.5, metavar="F",
-                     help="with --recorded: alert below this mean word-overlap F1 (default 0.5)")
-    mon.add_argument("--max-tokens", type=int, default=256, metavar="N",
-                     help="with --recorded: the longest answer asked for (default 256)")
-    mon.add_argument("--sample", type=float, default=0.1, metavar="F",
-                     help="fraction of inputs checked (default 0.1)")
-    mon.add_argument("--window", type=int, default=1000, metavar="N",
-                     help="sampled inputs per window (default 1000)")
-    mon.add_argument("--max-disagreement", type=float, default=0.05, metavar="F",
-                     help="alert above this share of disagreements (default 0.05)")
-    mon.add_argument("--max-kl", type=float, default=0.1, metavar="NATS",
-                     help="alert above this mean KL(T‖S) (default 0.1)")
-    mon.add_argument("--seed", type=int, default=0, metavar="N", help="sampling seed")
-    mon.add_argument("--fail-fast", action="store_true", help="stop at the first alerting window")
-    mon.add_argument("--json", action="store_true", help="one JSON line per window instead of a table")
+    monitor_options(mon)
     command("search", _search, "Train candidate students over a space of sizes and settings, draw the "
             "Pareto front and recommend the smallest that meets the requirements.").add_argument(
         "--resume", action="store_true", help="continue an interrupted search")
@@ -167,14 +130,7 @@ def _parser() -> argparse.ArgumentParser:
     prune.add_argument("--out", type=Path, required=True, help="directory for model.safetensors and prune.json")
     qz = command("quantize", _quantize, "Quantize a trained student to int8 and compare it with fp32 on the "
                  "test split: accuracy, size, CPU latency and throughput.")
-    qz.add_argument("--method", choices=["dynamic", "static", "qat"], default="static",
-                    help="static: conv + linear, calibrated on training data (default); dynamic: Linear only; "
-                    "qat: fine-tune with fake quantization, distilling from teacher.checkpoint")
-    qz.add_argument("--qat-epochs", type=int, default=2, metavar="N", help="qat: fine-tuning epochs (default 2)")
-    qz.add_argument("--qat-lr", type=float, default=3e-4, metavar="LR", help="qat: AdamW learning rate (default 3e-4)")
-    qz.add_argument("--backend", default="x86", help="int8 engine: x86 (default), fbgemm, onednn, qnnpack (ARM)")
-    qz.add_argument("--out", type=Path, help="write the int8 state dict here (reload: distill.compress.quantize.load_int8)")
-    qz.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    quantize_options(qz)
     rep = command("report", _report, "Re-render report.md and plots of a finished run.", with_config=False)
     rep.add_argument("run_dir", type=Path)
     gen = command("generate", _generate, "Ask a teacher (local model or OpenAI-compatible endpoint) to answer "
@@ -199,18 +155,7 @@ def _parser() -> argparse.ArgumentParser:
     srv = command("serve", _serve, "Serve a causal LM (directory, hub id or builtin:NAME) over an "
                   "OpenAI-compatible API (chat and text completions, streaming, continuous batching).",
                   with_config=False)
-    srv.add_argument("model_dir", metavar="MODEL_DIR")
-    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only; "
-                     "any other address needs --api-key-env or --api-key-file)")
-    srv.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
-    srv.add_argument("--api-key-env", metavar="NAME", help="require the key held in environment variable NAME")
-    srv.add_argument("--api-key-file", metavar="PATH", type=Path,
-                     help="require the key held in file PATH (e.g. a Docker/Kubernetes secret)")
-    srv.add_argument("--max-tokens", type=int, default=512, help="largest max_tokens a request may ask for")
-    srv.add_argument("--max-request-bytes", type=int, default=1_000_000, help="largest request body")
-    srv.add_argument("--max-batch", type=int, default=8, help="requests decoded together")
-    srv.add_argument("--model-name", metavar="NAME", help="the model name clients send (default: the "
-                     "directory's name); e.g. the hosted model's name, so client code keeps working")
+    serve_options(srv)
     return p
 
 

@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 from distill.core.config import Strict
 
 
-SPLIT_NAMES = ("train", "training", "data", "all", "full", "dataset")  # file names that say nothing of the data
+SPLIT_NAMES = ("train", "training", "data", "all", "full")  # file names that say nothing of the data
 
 
 class DataConfig(Strict):

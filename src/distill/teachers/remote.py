@@ -226,8 +226,9 @@ def _request_body(model: str, messages: list[dict[str, str]], sampling: Sampling
 def _parse_completions(data: dict[str, Any], latency_s: float) -> list[Completion]:
     """Completions from a chat-completion response, in choice order.
 
-    `usage` counts completion tokens over all choices, so with n > 1 each choice gets an even share
-    (the remainder to the first ones, so the shares sum to the total); no usage counts as 0.
+    `usage` counts completion tokens over all choices: with n > 1 each choice counts its own tokens
+    when every choice carries their log-probs, else an even share (the remainder to the first ones,
+    so the shares sum to the total); no usage counts as 0.
     """
     try:
         choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
@@ -236,7 +237,11 @@ def _parse_completions(data: dict[str, Any], latency_s: float) -> list[Completio
         total = usage.get("completion_tokens")
         if total is None and usage.get("total_tokens") is not None:
             total = int(usage["total_tokens"]) - prompt
-        shares = _split_evenly(int(total or 0), len(choices))
+        contents = [(c.get("logprobs") or {}).get("content") if isinstance(c.get("logprobs"), dict) else None
+                    for c in choices]
+        counted = [len(c) for c in contents if isinstance(c, list)]
+        shares = counted if len(counted) == len(choices) and sum(counted) == int(total or 0) else \
+            _split_evenly(int(total or 0), len(choices))
         out = []
         for choice, share in zip(choices, shares):
             logprobs = choice.get("logprobs")
