@@ -83,7 +83,8 @@ def run_seed(seed: int) -> None:
 
 
 def metrics() -> dict[str, float]:
-    reports = [json.loads((OUT / "runs" / f"s{seed}" / "report.json").read_text()) for seed in SEEDS]
+    done = [OUT / "runs" / f"s{seed}" / "report.json" for seed in SEEDS]
+    reports = [json.loads(p.read_text()) for p in done if p.is_file()]  # --table: the seeds finished so far
     first = reports[0]
     m = {"teacher_with_context": 100 * first["teacher"]["success"],
          "teacher_without_context": 100 * teacher_without_context(lookup_teacher()),
@@ -93,6 +94,7 @@ def metrics() -> dict[str, float]:
     for arm in ARMS:
         m[f"{arm}_success_mean"], m[f"{arm}_success_std"] = mean_std([100 * r["arms"][arm]["success"]["mean"]
                                                                      for r in reports])
+    m["seeds"] = len(reports)
     best = max(ARMS, key=lambda a: m[f"{a}_success_mean"])
     m["retained_share"] = m[f"{best}_success_mean"] / m["teacher_with_context"] if m["teacher_with_context"] else 0.0
     return m
