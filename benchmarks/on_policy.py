@@ -23,9 +23,10 @@ being the better of answer SFT and seq-KD; `compute_ratio_vs_seq_kd` = the stude
 on-policy (mean curve over seeds) first reaches seq-KD's final mean success ÷ seq-KD's whole compute
 (NaN when it never does); `remote_success_mean/_std` (the on-policy arm with the teacher behind
 `distill serve`, `--part remote`); `warm_success_mean/_std` (`--part warm`: the on-policy arm that
-learns the teacher's answers, scored token by token, for the first half of its steps and then its own
-answers under reverse KL, the supervised start and KL direction on-policy distillation is usually run
-with; `on_policy.start=0.5 kd.divergence=reverse_kl`); the paired verdicts (`<b>_vs_<a>_diff`, `_low`, `_high`, over the
+learns the teacher's answers by CE for the first half of its steps (seq-KD) and then its own answers
+under reverse KL, the supervised start and KL direction on-policy distillation is usually run with;
+`on_policy.start=0.5 kd.warm_start=100 kd.divergence=reverse_kl`; reverse KL on the teacher's answers
+from the untrained student instead, without kd.warm_start, left it at 0% after 200 steps); the paired verdicts (`<b>_vs_<a>_diff`, `_low`, `_high`, over the
 held-out prompts and the 3 seeds).
 """
 
@@ -68,7 +69,7 @@ def shared_teacher() -> str:
 
 
 PARTS = {"main": [], "remote": ["teacher.backend=serve", "arms=[on_policy]"],
-         "warm": ["arms=[on_policy]", "on_policy.start=0.5", "kd.divergence=reverse_kl"]}
+         "warm": ["arms=[on_policy]", "on_policy.start=0.5", f"kd.warm_start={STEPS // 2}", "kd.divergence=reverse_kl"]}
 
 
 def run_seed(seed: int, part: str) -> None:

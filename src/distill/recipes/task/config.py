@@ -81,7 +81,9 @@ class OnPolicySettings(Strict):
     start: float = Field(0.0, ge=0, lt=1, description=(
         "Share of train.steps before the student's first own answer: until then the on_policy and mixed arms "
         "learn written answers (on_policy.off_policy's), scored token by token by the teacher, the supervised "
-        "start on-policy distillation is usually given (0: on-policy from the first step)."))
+        "start on-policy distillation is usually given (0: on-policy from the first step). With reverse_kl or jsd, "
+        "set kd.warm_start to the same steps: CE on those answers (reverse KL on them from an untrained student "
+        "does not learn)."))
     max_new_tokens: int = Field(64, ge=1, description="Longest answer the student writes in training.")
     temperature: float = Field(1.0, gt=0, description="The student's sampling temperature for its own answers.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling: keep the most likely tokens up to this mass.")
