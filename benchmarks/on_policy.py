@@ -105,6 +105,7 @@ def metrics() -> dict[str, float]:
     runs = students("")
     for arm in ARMS:
         m[f"{arm}_success_mean"], m[f"{arm}_success_std"] = mean_std([100 * r["success"] for r in runs[arm]])
+        m.update({f"{arm}_success_s{r['seed']}": 100 * r["success"] for r in runs[arm]})
     written = max(("answer_sft", "seq_kd"), key=lambda a: m[f"{a}_success_mean"])
     gap = m["teacher_success"] - m[f"{written}_success_mean"]
     m["gap_closed_on_policy"] = (m["on_policy_success_mean"] - m[f"{written}_success_mean"]) / gap if gap > 0 \
