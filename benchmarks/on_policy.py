@@ -128,6 +128,7 @@ def metrics() -> dict[str, float]:
         done = students(f"{part}-").get("on_policy", [])
         if done:
             m[f"{part}_success_mean"], m[f"{part}_success_std"] = mean_std([100 * r["success"] for r in done])
+            m.update({f"{part}_success_s{r['seed']}": 100 * r["success"] for r in done})
     warm = students("warm-").get("on_policy", [])
     if len(warm) == len(runs["seq_kd"]):
         v = compare_classifiers(per_row["seq_kd"], torch.tensor([r["per_row"] for r in warm], dtype=torch.float64))
