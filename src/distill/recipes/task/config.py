@@ -126,6 +126,11 @@ class TaskConfig(TextTeacherJob):
             raise ValueError(f"seeds must be distinct and at least one ({self.seeds})")
         return self
 
+    def learns_written(self, arm: str) -> bool:
+        """Whether an arm scored by the teacher also learns written answers: mixed on its off-policy
+        steps, on_policy during its supervised start (on_policy.start)."""
+        return arm == "mixed" or (arm == "on_policy" and self.on_policy.start > 0)
+
     def check_teacher(self) -> None:
         """What the teacher settings cannot do, refused before any compute."""
         if self.teacher.logprobs == "sampled":

@@ -59,7 +59,7 @@ def run_task(cfg: TaskConfig, resume: bool = False) -> Path:
     teacher_eval = _teacher_answers(cfg, teacher_model, eval_rows, run_dir, "eval", greedy=True)
     teacher_success = [score(row, teacher_eval[row.id]) for row in eval_rows]
     written = {"answer_sft": [r.reference for r in answered(train_rows)]}
-    mixing = "mixed" in cfg.arms or ("on_policy" in cfg.arms and cfg.on_policy.start > 0)  # learns written answers too
+    mixing = any(cfg.learns_written(arm) for arm in cfg.arms)
     if "seq_kd" in cfg.arms or (mixing and cfg.on_policy.off_policy == "teacher"):
         answers = _teacher_answers(cfg, teacher_model, train_rows, run_dir, "train", greedy=False)
         written["seq_kd"] = written["mixed"] = [answers[r.id] for r in train_rows]
@@ -340,8 +340,7 @@ def train_arm(cfg: TaskConfig, arm: str, seed: int, train: list[TaskPrompt], hel
         return json.loads(done.read_text())
     student = lm_models.student_from_teacher(lm_models.load_causal_lm(cfg.student_source), layers=cfg.student.layers,
                                              seed=seed)
-    mixing = arm == "mixed" or (arm == "on_policy" and cfg.on_policy.start > 0)  # learns written answers too
-    by_reference = arm == "answer_sft" or (mixing and cfg.on_policy.off_policy == "reference")
+    by_reference = arm == "answer_sft" or (cfg.learns_written(arm) and cfg.on_policy.off_policy == "reference")
     rows = answered(train) if by_reference else train
     if written is not None:  # an empty answer teaches nothing but to stop: left out
         kept = [i for i, w in enumerate(written) if w and w.strip()]
