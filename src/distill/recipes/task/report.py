@@ -103,7 +103,7 @@ def render_report(r: dict[str, Any], run_dir: Path) -> str:
     lines += ["", f"Students: teacher layers {r['student_layers']}, {r['steps']} steps each, seeds {r['seeds']}; "
               f"{r['prompts']['train']} training prompts, {r['prompts']['eval']} held out; before training the "
               f"student's success was {100 * r['student_before']:.1f}%. "
-              + (f"on_policy and mixed learnt written answers, scored by the teacher, for the first "
+              + (f"on_policy and mixed learnt written answers (by kd, or by CE during kd.warm_start) for the first "
                  f"{100 * r['on_policy_start']:.0f}% of the steps before writing their own. "
                  if r.get("on_policy_start") else "") + "Success: "
               f"{r['score']['score']}" + (f" (`{r['score']['pattern']}`)" if r["score"]["score"] == "regex" else "")
