@@ -34,6 +34,7 @@ from typing import Any
 from distill.recipes.options import export_options, monitor_options, quantize_options, serve_options
 from distill.core.errors import DistillError
 from distill.recipes.commands import BUILT_IN, EXAMPLES
+from distill.recipes.smoke import SMOKE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +47,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.args += extra
     try:
-        return args.func(args)
+        code = args.func(args)
+        if getattr(args, "smoke", False) and args.command != "config":
+            print("Smoke budget: every stage ran on a few steps; these numbers are no verdict.")
+        return code
     except DistillError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -92,11 +96,14 @@ def _parser() -> argparse.ArgumentParser:
             c.add_argument("args", nargs="*", metavar="[CONFIG] key=value",
                            help=f"a YAML config (default: {default}) and key=value overrides")
             c.add_argument("--quiet", action="store_true", help="no progress bars")
+        if name in SMOKE:
+            c.add_argument("--smoke", action="store_true", help="a smoke budget: every stage in under 2 minutes "
+                           "on 2 CPU cores, in a run named NAME-smoke (`distill config JOB --smoke` lists it)")
         if name in ("run", "train-teacher", "lm", "textkd", "task"):
             c.add_argument("--keep-state", action="store_true", help="keep each finished stage's resumable "
                            "training state (last.safetensors: optimizer, RNG); by default only weights and "
                            "metrics are kept")
-        c.set_defaults(func=func)
+        c.set_defaults(func=func, command=name)
         return c
 
     command("run", _run, "Train (or load) the teacher, train a baseline and a distilled student, "
@@ -152,6 +159,7 @@ def _parser() -> argparse.ArgumentParser:
     cfg.add_argument("job", metavar="JOB", choices=["run", "lm", "textkd", "task", "search"])
     cfg.add_argument("args", nargs="*", metavar="[CONFIG] key=value", help="a YAML config and key=value overrides")
     cfg.add_argument("--json", action="store_true", help="print JSON: one object per setting")
+    cfg.add_argument("--smoke", action="store_true", help="with the job's smoke budget applied, as `--smoke` runs it")
     srv = command("serve", _serve, "Serve a causal LM (directory, hub id or builtin:NAME) over an "
                   "OpenAI-compatible API (chat and text completions, streaming, continuous batching).",
                   with_config=False)
@@ -172,10 +180,13 @@ def _monitor_answers(args: argparse.Namespace) -> int:
 
 def _search(args: argparse.Namespace) -> int:
     from distill.recipes.search import load_search_config, run_search
+    from distill.recipes.smoke import search_smoke, smoke_name, smoke_overrides
 
     if not args.args or "=" in args.args[0]:
         raise DistillError("distill search needs a search config first, e.g. configs/search_fmnist.yaml.")
-    cfg = load_search_config(args.args[0], args.args[1:])
+    cfg = load_search_config(args.args[0], smoke_overrides("search", args.args[1:]) if args.smoke else args.args[1:])
+    if args.smoke:
+        cfg = cfg.model_copy(update={"overrides": search_smoke(cfg.overrides), "name": smoke_name(cfg.name)})
     root = run_search(cfg, resume=args.resume)
     report = json.loads((root / "search.json").read_text())
     best = report["recommended"]
@@ -229,11 +240,14 @@ def _settings(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from distill.recipes.settings import job_config, render, settings
+    from distill.recipes.smoke import smoke_overrides
 
     files = [a for a in args.args if "=" not in a]
     if len(files) > 1:
         raise DistillError(f"Expected at most one config file, got {files}; overrides look like key=value.")
-    rows = settings(job_config(args.job, files[0] if files else None, [a for a in args.args if "=" in a]))
+    overrides = [a for a in args.args if "=" in a]
+    rows = settings(job_config(args.job, files[0] if files else None,
+                               smoke_overrides(args.job, overrides) if args.smoke else overrides))
     print(json.dumps([asdict(r) for r in rows], indent=1) if args.json else render(rows, args.job))
     return 0
 
@@ -275,7 +289,14 @@ def _config(args: argparse.Namespace, loader: Any = None):
         overrides.append("quiet=true")
     if getattr(args, "keep_state", False):
         overrides.append("keep_state=true")
-    return loader(files[0] if files else None, overrides)
+    if not getattr(args, "smoke", False):
+        return loader(files[0] if files else None, overrides)
+    from distill.recipes.smoke import smoke_name, smoke_overrides
+
+    cfg = loader(files[0] if files else None, smoke_overrides(args.command, overrides))
+    if any(o.startswith("name=") for o in overrides):
+        return cfg
+    return cfg.model_copy(update={"name": smoke_name(cfg.name)})
 
 
 def _lm(args: argparse.Namespace) -> int:

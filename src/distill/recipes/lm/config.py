@@ -155,7 +155,9 @@ class LMDataConfig(Strict):
         "without it the file is one text, and its last val_fraction is held out."))
     group_column: str | None = Field(None, description="jsonl: rows with the same value of this key are one "
                                      "document (held out together).")
-    max_blocks: int | None = Field(None, ge=2, description="Use at most this many training blocks of the corpus.")
+    max_blocks: int | None = Field(None, ge=2, description=(
+        "Use at most this many blocks of the corpus, drawn at random: with holdout=blocks the held-out "
+        "val_fraction is taken from them (training gets the rest); with documents, all train."))
     val_blocks: int | None = Field(64, ge=1, description="Evaluate on at most this many held-out blocks.")
     seed: int = Field(0, description="Seeds which documents or blocks are held out and which blocks train.")
 

@@ -37,10 +37,10 @@ def load_text(cfg: LMRunConfig, tokenizer: Any) -> TextSplits:
                             holdout="tail" if len(documents) == 1 else "documents")
     else:
         splits = split_blocks(_blocks(cfg, documents, tokenizer, d.max_blocks), d.val_fraction, d.seed)
-    if d.max_blocks is not None and len(splits.train) < d.max_blocks:
-        warnings.warn(f"data.max_blocks={d.max_blocks} asks for more training blocks than the corpus makes "
-                      f"({len(splits.train)} blocks of {d.seq_len} tokens); training on those {len(splits.train)}.",
-                      stacklevel=2)
+    made = len(splits.train) + (len(splits.val) if d.held_out_by == "blocks" else 0)
+    if d.max_blocks is not None and made < d.max_blocks:
+        warnings.warn(f"data.max_blocks={d.max_blocks} asks for more blocks than the corpus makes ({made} blocks "
+                      f"of {d.seq_len} tokens); training on {len(splits.train)} of them.", stacklevel=2)
     if d.val_blocks is not None and len(splits.val) > d.val_blocks:  # a seeded random draw, not the first ones
         pick = torch.randperm(len(splits.val), generator=torch.Generator().manual_seed(d.seed + 2))[:d.val_blocks]
         splits.val = blocks_subset(splits.val, pick.sort().values)

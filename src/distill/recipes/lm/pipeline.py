@@ -209,7 +209,9 @@ def _adapt_id(cfg: LMRunConfig, data: TextSplits) -> str:
 def adapt_teacher(cfg: LMRunConfig, teacher: nn.Module, tokenizer: Any, data: TextSplits, vocab: int,
                   root: Path, resume: bool) -> nn.Module:
     """The teacher fine-tuned on the training blocks with next-token CE (`teacher.adapt`), trained once
-    into `root`/model and read back from there; the teacher as given when `teacher.adapt` is unset."""
+    into `root`/model and read back from there; the teacher as given when `teacher.adapt` is unset.
+    Its resumable state (weights and optimizer: 12 bytes a parameter) is saved every quarter of the
+    steps but not more often than every 10: a save costs more than a few steps of a short adaptation."""
     a = cfg.teacher.adapt
     if a is None:
         return teacher
@@ -217,7 +219,7 @@ def adapt_teacher(cfg: LMRunConfig, teacher: nn.Module, tokenizer: Any, data: Te
     if a.lora is not None:
         model = lm_models.add_lora(model, a.lora.r, a.lora.alpha, a.lora.dropout, a.lora.target_modules)
     train = LMTrainConfig(steps=a.steps, batch_size=cfg.train.batch_size, warmup_steps=min(10, a.steps // 10),
-                          eval_every=a.steps, save_every=max(1, a.steps // 4), precision=cfg.train.precision,
+                          eval_every=a.steps, save_every=max(10, a.steps // 4), precision=cfg.train.precision,
                           seed=a.seed, optimizer=cfg.train.optimizer.model_copy(update={"lr": a.lr}))
     loss = TokenKDConfig(ratio=0.0, chunk_tokens=cfg.kd.chunk_tokens)
     adapted = _fit_and_save(cfg, model, tokenizer, data, vocab, train, loss, None, None, root, "adapt teacher",

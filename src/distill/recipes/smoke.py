@@ -1,0 +1,45 @@
+"""Smoke budgets: for each job, the overrides that run every one of its stages (teacher, pilot, baseline,
+distillation, evaluation, speed, report; caches, generation and servers where the job has them) in
+under two minutes on two CPU cores, so a config can be tried before its real budget is spent.
+
+`--smoke` puts them between the config file and the command line's own overrides (what you type still
+wins), and names the run `<name>-smoke` so a real run's directory is never reused by one. Its numbers
+say only that every stage ran: the budgets are far too small for a verdict.
+"""
+
+from __future__ import annotations
+
+_CLASSIFIER = ["data.limit=2000", "teacher.train.steps=40", "train.steps=60", "bench.repeats=3"]
+_LM_FINETUNE = ["teacher.finetune.steps=4", "teacher.finetune.eval_every=4", "teacher.finetune.save_every=4",
+                "teacher.finetune.warmup_steps=1", "train.steps=4", "train.eval_every=4", "train.save_every=4",
+                "train.warmup_steps=1"]
+SMOKE: dict[str, list[str]] = {
+    "run": _CLASSIFIER,
+    "train-teacher": _CLASSIFIER,
+    "prune": _CLASSIFIER,
+    "quantize": _CLASSIFIER,
+    "lm": ["teacher.adapt.steps=4", "data.max_blocks=32", "data.val_fraction=0.25", "data.val_blocks=8",
+           "train.steps=8", "train.eval_every=4", "train.save_every=4", "train.warmup_steps=1",
+           "on_policy.max_new_tokens=8"],
+    "lm-cache": ["data.max_blocks=32", "data.val_fraction=0.25", "data.val_blocks=8"],
+    "textkd": ["data.train_examples=8", "data.eval_examples=8", "data.unlabeled_examples=8", *_LM_FINETUNE],
+    "generate": ["data.train_examples=8", "data.eval_examples=8", "data.unlabeled_examples=8"],
+    "task": ["data.train_examples=8", "data.eval_examples=8", "data.answered=null", "on_policy.max_new_tokens=16",
+             *_LM_FINETUNE],
+    "search": ["trials=2"],  # and every candidate's run gets the `run` budget (see `search_smoke`)
+}
+SMOKE_JOBS = tuple(SMOKE)
+
+
+def smoke_overrides(job: str, overrides: list[str]) -> list[str]:
+    """The job's smoke budget, then the given overrides (which win)."""
+    return [*SMOKE[job], *overrides]
+
+
+def smoke_name(name: str) -> str:
+    return name if name.endswith("-smoke") else f"{name}-smoke"
+
+
+def search_smoke(base_overrides: list[str]) -> list[str]:
+    """A search's per-candidate overrides under --smoke: its own, then the classifier smoke budget."""
+    return [*base_overrides, *SMOKE["run"]]
