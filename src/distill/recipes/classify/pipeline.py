@@ -24,6 +24,7 @@ from distill.core.checkpoint import drop_training_state, load_weights, save_weig
 from distill.core.distributed import process_state
 from distill.core.files import atomic_write_text
 from distill.core.rundir import open_run_dir
+from distill.core.threads import choose_threads
 from distill.data.arrays import DataSplits, check_labels, labels_of
 from distill.data.batches import iter_batches
 from distill.data.datasets import load_data
@@ -57,6 +58,7 @@ from distill.training.classify import fit, kept_row
 
 def run(cfg: RunConfig, resume: bool = False) -> Path:
     """Run the whole job; returns the run directory (which holds report.md)."""
+    choose_threads()
     data = load_data(cfg.data)
     plan_of(cfg, data)  # a recipe the config cannot have is refused before any compute
     built = check_models(cfg, data)  # so is a wrong arch, kwargs or layer path
@@ -332,6 +334,7 @@ def evaluate_run(cfg: RunConfig, data: DataSplits, teacher: nn.Module, students:
         "name": cfg.name,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_description(cfg.bench.threads),
+        "threads": choose_threads(),
         "dataset": {"name": cfg.data.title, "train": len(data.train), "val": len(data.val),
                     "test": len(data.test), "classes": data.class_names,
                     "unlabeled": len(data.unlabeled) if data.unlabeled is not None else 0},  # type: ignore[arg-type]

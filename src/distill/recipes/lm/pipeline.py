@@ -30,6 +30,7 @@ from distill.core.distributed import process_state
 from distill.core.errors import ModelError
 from distill.core.files import atomic_write_text
 from distill.core.rundir import open_run_dir
+from distill.core.threads import choose_threads
 from distill.data.alignment import vocab_map
 from distill.data.tokens import TextSplits, TokenBlocks
 from distill.eval.bench import interleaved_ms, machine_description, timing_notes
@@ -53,6 +54,7 @@ from distill.training.lm import fit_lm, tokens_seen
 def run_lm(cfg: LMRunConfig, resume: bool = False) -> Path:
     """Run the whole LM job; returns the run directory (which holds report.md)."""
     require_transformers()
+    choose_threads()
     tokenizer = lm_models.load_tokenizer(cfg.teacher.model, "teacher.model")
     licence = lm_models.licence_of(cfg.teacher.model)
     lm_models.warn_licence(licence)
@@ -322,6 +324,7 @@ def evaluate_lm_run(cfg: LMRunConfig, teacher: nn.Module, students: dict[str, nn
         "name": cfg.name, "kind": "lm",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_description(torch.get_num_threads()),
+        "threads": choose_threads(),
         "teacher": {"model": cfg.teacher.model, "licence": licence,
                     "licence_warning": lm_models.licence_warning(licence)},
         "data": {"corpus": cfg.data.corpus, "seq_len": data.train.seq_len, "train_blocks": len(data.train),

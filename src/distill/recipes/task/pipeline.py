@@ -42,11 +42,13 @@ SCORED_BY_TEACHER = ("on_policy", "mixed")
 def run_task(cfg: TaskConfig, resume: bool = False) -> Path:
     """Run the whole job; returns the run directory (which holds report.md)."""
     from distill.core.rundir import open_run_dir
+    from distill.core.threads import choose_threads
     from distill.models.causal_lm import check_layers, load_tokenizer
     from distill.recipes.lm.pipeline import require_transformers
     from distill.recipes.task.report import build_report, render_report
 
     require_transformers()
+    choose_threads()
     cfg.check_teacher()
     check_layers(cfg.student_source, cfg.student.layers)
     score = TaskScore(cfg.task.score, cfg.task.pattern, cfg.task.check)

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from distill.core.threads import choose_threads, threads_line
 from distill.data.tasks import TaskPrompt, prompt_ids
 from distill.eval.verdict import Verdict, compare_classifiers
 from distill.recipes.task.config import TaskConfig
@@ -26,7 +27,8 @@ def build_report(cfg: TaskConfig, teacher_success: list[float], students: dict[s
             "score": cfg.task.model_dump(), "prompts": {"train": cfg.data.train_examples, "eval": len(held)},
             "student_layers": cfg.student.layers, "seeds": cfg.seeds, "steps": cfg.train.steps,
             "student_before": before, "arms": arms, "on_policy_start": cfg.on_policy.start,
-            "verdicts": verdicts(cfg.arms, students), "context": _context(cfg, held, tokenizer)}
+            "verdicts": verdicts(cfg.arms, students), "context": _context(cfg, held, tokenizer),
+            "threads": choose_threads()}
 
 
 def _arm(arm: str, runs: list[dict[str, Any]], before: float) -> dict[str, Any]:
@@ -109,7 +111,7 @@ def render_report(r: dict[str, Any], run_dir: Path) -> str:
               f"{r['score']['score']}" + (f" (`{r['score']['pattern']}`)" if r["score"]["score"] == "regex" else "")
               + ". Compute counts the student's own FLOPs (the teacher's scoring and writing are not in it)."
               + (f" The teacher scored answers in {r['teacher']['scoring_dtype']}." if r["teacher"].get("scoring_dtype")
-                 else "")]
+                 else "") + (f" {threads_line(r['threads'])}" if r.get("threads") else "")]
     return "\n".join(lines) + "\n"
 
 

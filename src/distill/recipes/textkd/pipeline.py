@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from distill.core.threads import choose_threads
 from distill.core.checkpoint import drop_training_state
 from distill.core.errors import DataError
 from distill.core.files import atomic_write_text
@@ -51,6 +52,7 @@ def run_textkd(cfg: TextKDConfig, resume: bool = False) -> Path:
     from distill.recipes.lm.pipeline import require_transformers
 
     require_transformers()
+    choose_threads()
     cfg.student_source  # noqa: B018  (fails now, not after generation, when no student can be built)
     cfg.check_finetune()
     from distill.models.causal_lm import check_layers

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from distill.core.threads import choose_threads, threads_line
 from distill.eval.text import retention
 from distill.eval.verdict import Verdict, compare_classifiers
 from distill.recipes.textkd.config import TextKDConfig
@@ -31,7 +32,7 @@ def build_report(cfg: TextKDConfig, teacher: dict[str, float], students: dict[st
             "teacher_finetune_steps": cfg.teacher.finetune.steps if cfg.teacher.finetune else 0,
             "pool": None if pool is None else {"counts": pool.counts, "label_accuracy": pool.label_accuracy},
             "train_examples": trained_on or {kind: kept for kind in cfg.kinds},
-            "verdicts": paired_verdicts(cfg.kinds, students)}
+            "verdicts": paired_verdicts(cfg.kinds, students), "threads": choose_threads()}
 
 
 def paired_verdicts(kinds: list[str], students: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -90,7 +91,7 @@ def _setup_line(r: dict[str, Any]) -> str:
             + f" — the {r['examples']} kept labelled ones, plus the teacher-labelled pool for every kind but "
             "label_only")
     return (f"Teacher `{r['teacher']['model']}` ({r['teacher']['backend']}{tuned}); students built from teacher "
-            f"layers {r['student_layers']}, trained {data}, seeds {r['seeds']}.")
+            f"layers {r['student_layers']}, trained {data}, seeds {r['seeds']}. {threads_line(r.get('threads'))}")
 
 
 def _mean_std(values: list[float]) -> dict[str, float]:
