@@ -119,7 +119,7 @@ def test_resume_accepts_a_run_saved_before_settings_were_added(run_config):
     cfg = validate_config(run_config)
     run_dir = open_run_dir(cfg, resume=False)
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    del saved["tracking"], saved["train"]["grad_clip"]  # as if these settings did not exist yet
+    del saved["report_to"], saved["train"]["grad_clip"]  # as if these settings did not exist yet
     (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
     (run_dir / "request.yaml").unlink()  # nor the request beside the config that ran
     assert open_run_dir(cfg, resume=True) == run_dir

@@ -35,6 +35,10 @@ class RunHeader(Strict):
     keep_state: bool = Field(False, description="Keep each finished stage's resumable training state "
                              "(last.safetensors, best.safetensors); by default a finished stage keeps only its "
                              "weights and metrics (a resumed run may change it).")
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(default_factory=list, description=(
+        "Log every training stage's metrics and settings: tensorboard (RUN/tracking/STAGE), mlflow "
+        "(MLFLOW_TRACKING_URI, else RUN/tracking/mlflow.db), wandb (WANDB_MODE=offline: files under "
+        "RUN/tracking/wandb). A resumed run may change it."))
 
     # Keys renamed since configs were first written (old dotted key → new; `*` is any list index): a
     # config that uses an old name is refused naming the new one, a run directory saved with it resumes.

@@ -18,7 +18,7 @@ from distill.core.distributed import process_state
 from distill.core.errors import ConfigError
 from distill.core.files import atomic_write_text, make_private_dir
 
-FREE_ON_RESUME = ("quiet", "keep_state", "teacher.cache_rebuild")  # change what is printed, kept or repaired
+FREE_ON_RESUME = ("quiet", "keep_state", "report_to", "teacher.cache_rebuild")  # what is printed, logged, kept, repaired
 
 
 def open_run_dir(cfg: BaseModel, resume: bool) -> Path:

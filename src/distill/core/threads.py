@@ -46,6 +46,7 @@ def choose_threads() -> dict[str, object]:
         share = f", shared by {processes} processes" if processes > 1 else ""
         _CHOSEN.update(threads=threads, why=f"the physical cores{share}; OMP_NUM_THREADS=N sets another "
                                             "number, and 1 is often faster on a machine busy with other jobs")
+    _CHOSEN["sentence"] = threads_line(_CHOSEN)
     return dict(_CHOSEN)
 
 

@@ -12,7 +12,6 @@ from typing import Any
 
 from distill.core.errors import DistillError
 from distill.core.files import atomic_write_bytes, atomic_write_text
-from distill.core.threads import threads_line
 
 
 def render(run_dir: Path) -> Path:
@@ -40,7 +39,7 @@ def markdown(report: dict[str, Any], plots: list[str]) -> str:
     lines = [f"# distill report: {report['name']}", "",
              f"Dataset **{report['dataset']['name']}** (train {report['dataset']['train']}, "
              f"val {report['dataset']['val']}, test {report['dataset']['test']}). "
-             f"Measured {report['date']} on {report['machine']}. {threads_line(report.get('threads'))}", "",
+             f"Measured {report['date']} on {report['machine']}. {report.get('threads', {}).get('sentence', '')}", "",
              "## Summary", "", *_doctor(report),
              f"- Distilled student keeps **{100 * summary['retention']:.1f}%** of the teacher's accuracy, "
              f"{_size_phrase(summary['compression'])} and is **{summary['speedup_b1']:.1f}×** "

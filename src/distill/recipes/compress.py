@@ -29,6 +29,7 @@ from distill.models.zoo import build_model, freeze
 from distill.recipes.classify.config import RunConfig
 from distill.recipes.classify.plan import kd_objective
 from distill.teachers.signals import LiveTeacher
+from distill.training.tracking import check_report_to
 from distill.training.classify import fit
 
 
@@ -39,6 +40,7 @@ def prune_and_recover(cfg: RunConfig, reduction: float, recover: Literal["kd", "
     if cfg.teacher.checkpoint is None or cfg.teacher.arch is None:
         raise ConfigError("`teacher.checkpoint`: distill prune starts from a trained model; give its arch and "
                           "weights (e.g. teacher.checkpoint=runs/default/teacher/model.safetensors).")
+    check_report_to(cfg.report_to)
     data = load_data(cfg.data)
     original = build_model(cfg.teacher, data.input_shape, data.num_classes)
     load_weights(cfg.teacher.checkpoint, original)
@@ -67,7 +69,7 @@ def _recover(cfg: RunConfig, data: DataSplits, pruned: nn.Module, original: nn.M
     objective = kd_objective(cfg.kd) if how == "kd" else CE()
     return fit(model, data.train, objective=objective, config=cfg.train, num_classes=data.num_classes,
                teacher=LiveTeacher(original) if how == "kd" else None, val_data=data.val, device=cfg.device,
-               quiet=cfg.quiet, name=f"recover-{how}").model
+               quiet=cfg.quiet, name=f"recover-{how}", tracking=cfg.report_to, project=cfg.name).model
 
 
 def _accuracy(model: nn.Module, data: DataSplits) -> float:

@@ -36,6 +36,7 @@ from distill.losses.terms import term_scales
 from distill.models.zoo import channels_last, device_of, logits_of
 from distill.teachers.output import Teacher
 from distill.teachers.signals import LiveTeacher
+from distill.training.tracking import flat_settings
 from distill.training.config import TrainConfig
 from distill.training.engine import FitResult, Run, train
 
@@ -46,7 +47,7 @@ def fit(model: nn.Module, train_data: Dataset, *, objective: Method, config: Tra
         num_classes: int, teacher: Teacher | None = None, val_data: Dataset | None = None,
         checkpoint_dir: Path | None = None, resume: bool = False, device: str = "auto",
         quiet: bool = False, tracking: list[str] | None = None, name: str = "student",
-        stop_at: int | None = None) -> FitResult:
+        stop_at: int | None = None, project: str | None = None) -> FitResult:
     """Train `model` on `train_data` with `objective`, validating and checkpointing as `config` says.
     `stop_at`: pause after that many steps (validated and, with `checkpoint_dir`, checkpointed there);
     a later call with `resume=True` continues the same schedule."""
@@ -55,8 +56,8 @@ def fit(model: nn.Module, train_data: Dataset, *, objective: Method, config: Tra
     if len(train_data) == 0:  # type: ignore[arg-type]
         raise DataError(f"{name}: the training data is empty; give it at least one example.")
     task = ClassifierTask(model, train_data, objective, config, num_classes, teacher, val_data, name)
-    run = Run(checkpoint_dir=checkpoint_dir, resume=resume, device=device, quiet=quiet, tracking=tracking,
-              tracked=_flat(config.model_dump(mode="json")), progress=("train_loss", "val_accuracy"), stop_at=stop_at)
+    run = Run(checkpoint_dir=checkpoint_dir, resume=resume, device=device, quiet=quiet, tracking=tracking, project=project,
+              tracked=flat_settings(config.model_dump(mode="json")), progress=("train_loss", "val_accuracy"), stop_at=stop_at)
     result = train(task, run)
     result.notes = task.scale_notes
     if checkpoint_dir is not None and task.scale_notes and task.acc.is_main_process:
@@ -333,11 +334,3 @@ def _fingerprint(config: TrainConfig, objective: Method) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out

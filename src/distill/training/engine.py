@@ -34,6 +34,7 @@ from distill.core.checkpoint import (
 )
 from distill.core.errors import CheckpointError, TrainingDiverged
 from distill.core.files import atomic_write_text
+from distill.training.tracking import trackers
 from distill.training.optim import align_schedule, make_accelerator, make_optimizer, warmup_schedule
 
 
@@ -81,7 +82,8 @@ class Run:
     resume: bool = False
     device: str = "auto"
     quiet: bool = False
-    tracking: list[str] | None = None
+    tracking: list[str] | None = None  # report_to: tensorboard, mlflow, wandb (distill.training.tracking)
+    project: str | None = None  # the job's name: the MLflow experiment and W&B project of its stages
     tracked: dict[str, Any] = field(default_factory=dict)  # the settings shown by the trackers
     progress: tuple[str, ...] = ("train_loss",)  # row keys shown beside the progress bar
     stop_at: int | None = None  # pause after this many steps (a metrics row and a checkpoint there); resume later
@@ -91,7 +93,8 @@ def train(task: Task, run: Run) -> FitResult:
     """Train `task` for `task.steps` optimizer steps, resuming from `run.checkpoint_dir` when asked."""
     cfg = task.config
     tracking_dir = run.checkpoint_dir.parent / "tracking" if run.checkpoint_dir else Path("tracking")
-    acc = make_accelerator(run.device, cfg.precision, run.tracking, tracking_dir)
+    logs = trackers(run.tracking, run.project or task.name, task.name, tracking_dir) if run.tracking else None
+    acc = make_accelerator(run.device, cfg.precision, logs, tracking_dir)
     torch.manual_seed(cfg.seed)
     module = task.setup(acc)
     optimizer = make_optimizer(module, cfg)
@@ -102,6 +105,9 @@ def train(task: Task, run: Run) -> FitResult:
     result = FitResult(model=module)
     loop = _Steps(acc, task, run, module, optimizer, scheduler, result)
     start = _restore(task, run.checkpoint_dir, optimizer, scheduler, result, loop) if run.resume else 0
+    if run.tracking:  # rows trained before (in the pilot, or before a kill): the trackers show the whole curve
+        for row in result.history:
+            loop.log(row)
     align_schedule(scheduler, start)
     loop.run(start)
     if run.tracking:
@@ -204,9 +210,12 @@ class _Steps:
         self.postfix = {k: f"{v:.4f}" for k, v in row.items() if k in self.run_cfg.progress}
         bar.set_postfix(self.postfix)
         if self.run_cfg.tracking:
-            key = next(iter(position))
-            self.acc.log({k: v for k, v in row.items() if k != key}, step=int(row[key]))
+            self.log(row)
         return improved
+
+    def log(self, row: dict[str, float]) -> None:
+        key = next(iter(row))  # the row's position comes first: its step (LM) or epoch count (classifier)
+        self.acc.log({k: v for k, v in row.items() if k != key}, step=int(row[key]))
 
     def save(self, done: int, improved: bool) -> None:
         """Metrics rows, then the training state (a kill between the two repeats steps on resume and

@@ -29,6 +29,7 @@ from distill.eval.lm import evaluate_lm
 from distill.losses.config import TokenKDConfig
 from distill.losses.tokens import lm_loss
 from distill.teachers.output import Teacher, TeacherOutput
+from distill.training.tracking import flat_settings
 from distill.training import sharding
 from distill.training.config import LMTrainConfig, OnPolicyConfig
 from distill.training.engine import FitResult, Run
@@ -40,13 +41,16 @@ def fit_lm(model: nn.Module, data: TokenBlocks, *, train: LMTrainConfig, kd: Tok
            val_data: TokenBlocks | None = None, val_teacher: Teacher | None = None,
            pad_id: int = 0, checkpoint_dir: Path | None = None, resume: bool = False,
            device: str = "auto", quiet: bool = False, name: str = "student",
-           evaluate: Callable[[nn.Module], dict[str, float]] | None = None) -> FitResult:
+           evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+           tracking: list[str] | None = None, project: str | None = None) -> FitResult:
     """Train `model` for `train.steps` steps; with `teacher` None (or before `kd.warm_start`), plain
     next-token CE. Every metrics row also counts the tokens the student has read in training
     (`tokens_trained`) and written on-policy (`tokens_generated`) so far, and holds `val_<key>` of
     `evaluate(model)` (e.g. task success) when given."""
     task = LMTask(model, data, train, kd, vocab, teacher, on_policy, val_data, val_teacher, pad_id, name, evaluate)
+    tracked = flat_settings({"train": train.model_dump(mode="json"), "kd": kd.model_dump(mode="json")})
     return run_steps(task, Run(checkpoint_dir=checkpoint_dir, resume=resume, device=device, quiet=quiet,
+                               tracking=tracking, project=project, tracked=tracked,
                                progress=("train_loss", "val_ppl", "val_success")))
 
 

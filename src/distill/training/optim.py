@@ -20,7 +20,7 @@ SHARDED_ENGINES = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "D
                    "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM"}
 
 
-def make_accelerator(device: str, precision: str, tracking: list[str] | None,
+def make_accelerator(device: str, precision: str, tracking: list[Any] | None,
                      project_dir: Path | None) -> Accelerator:
     refuse_sharded_engines()
     cuda = use_cuda(device)

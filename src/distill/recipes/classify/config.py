@@ -114,7 +114,7 @@ class PilotConfig(Strict):
 class RunConfig(RunHeader):
     name: str = Field("default", min_length=1, description="The run directory's name under output_dir.")
     resume_free = ("train.steps", "train.epochs")  # a resumed run may extend its students' budget
-    renamed = {"kd.alpha": "kd.ratio", "losses.*.alpha": "losses.*.tckd_weight",
+    renamed = {"tracking": "report_to", "kd.alpha": "kd.ratio", "losses.*.alpha": "losses.*.tckd_weight",
                "losses.*.beta": "losses.*.nckd_weight"}
     data: DataConfig = Field(default_factory=DataConfig)
     teacher: TeacherConfig
@@ -135,8 +135,6 @@ class RunConfig(RunHeader):
         "Train the plain and distilled students this many times (train.seed, + 1, …): the verdict's paired "
         "test then weighs the seed-to-seed spread too. The pilot runs once."))
     bench: BenchConfig = Field(default_factory=BenchConfig)
-    tracking: list[Literal["tensorboard", "mlflow"]] = Field(default_factory=list, description=(
-        "Log training metrics to these trackers through Accelerate (files under the run directory)."))
 
     @model_validator(mode="after")
     def _teacher_signal_fits_augmentation(self) -> RunConfig:

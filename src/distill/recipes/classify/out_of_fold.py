@@ -72,7 +72,7 @@ def _fold_teacher(cfg: RunConfig, data: DataSplits, fold: torch.Tensor, stage: P
     keep[fold] = False
     out = fit(model, ArrayDataset(train.inputs[keep], train.labels[keep]), objective=CE(),
               config=cfg.teacher.train, num_classes=data.num_classes, val_data=data.val, checkpoint_dir=stage,
-              resume=resume, device=cfg.device, quiet=cfg.quiet, tracking=cfg.tracking, name=name)
+              resume=resume, device=cfg.device, quiet=cfg.quiet, tracking=cfg.report_to, project=cfg.name, name=name)
     if process_state(cfg.device).is_main_process:
         save_weights(done, out.model, {"stage": stage.name})
         drop_training_state(stage, keep=cfg.keep_state)

@@ -25,6 +25,7 @@ from distill.core.distributed import process_state
 from distill.core.files import atomic_write_text
 from distill.core.rundir import open_run_dir
 from distill.core.threads import choose_threads
+from distill.training.tracking import check_report_to
 from distill.data.arrays import DataSplits, check_labels, labels_of
 from distill.data.batches import iter_batches
 from distill.data.datasets import load_data
@@ -59,6 +60,7 @@ from distill.training.classify import fit, kept_row
 def run(cfg: RunConfig, resume: bool = False) -> Path:
     """Run the whole job; returns the run directory (which holds report.md)."""
     choose_threads()
+    check_report_to(cfg.report_to)
     data = load_data(cfg.data)
     plan_of(cfg, data)  # a recipe the config cannot have is refused before any compute
     built = check_models(cfg, data)  # so is a wrong arch, kwargs or layer path
@@ -152,7 +154,7 @@ def load_or_train_teacher(cfg: RunConfig, data: DataSplits, run_dir: Path, resum
     check_labels(data.train, data.num_classes, "data (teacher training)")
     out = fit(teacher, data.train, objective=CE(), config=cfg.teacher.train, num_classes=data.num_classes,
               val_data=data.val, checkpoint_dir=run_dir / "teacher", resume=resume, device=cfg.device,
-              quiet=cfg.quiet, tracking=cfg.tracking, name="teacher")
+              quiet=cfg.quiet, tracking=cfg.report_to, project=cfg.name, name="teacher")
     _save_stage(done, out.model, cfg)
     return freeze(out.model)
 
@@ -289,7 +291,7 @@ def train_student(cfg: RunConfig, data: DataSplits, train_data: Dataset, stage_d
                                 config=config if upto == steps else config.with_steps(upto),
                                 num_classes=data.num_classes, teacher=signal, val_data=data.val,
                                 checkpoint_dir=stage_dir, resume=again, device=cfg.device, quiet=cfg.quiet,
-                                tracking=cfg.tracking, name=stage_dir.name),
+                                tracking=cfg.report_to, project=cfg.name, name=stage_dir.name),
         steps,
         grow=grows(cfg.train, n_val), n_val=n_val, name=stage_dir.name,
         resume=resume or (stage_dir / "last.safetensors").is_file())

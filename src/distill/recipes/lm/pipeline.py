@@ -31,6 +31,7 @@ from distill.core.errors import ModelError
 from distill.core.files import atomic_write_text
 from distill.core.rundir import open_run_dir
 from distill.core.threads import choose_threads
+from distill.training.tracking import check_report_to
 from distill.data.alignment import vocab_map
 from distill.data.tokens import TextSplits, TokenBlocks
 from distill.eval.bench import interleaved_ms, machine_description, timing_notes
@@ -55,6 +56,7 @@ def run_lm(cfg: LMRunConfig, resume: bool = False) -> Path:
     """Run the whole LM job; returns the run directory (which holds report.md)."""
     require_transformers()
     choose_threads()
+    check_report_to(cfg.report_to)
     tokenizer = lm_models.load_tokenizer(cfg.teacher.model, "teacher.model")
     licence = lm_models.licence_of(cfg.teacher.model)
     lm_models.warn_licence(licence)
@@ -274,7 +276,8 @@ def _fit_and_save(cfg: LMRunConfig, model: nn.Module, tokenizer: Any, data: Text
     out = fit_lm(model, data.train, train=train, kd=kd, vocab=vocab, teacher=signal,
                  on_policy=cfg.on_policy if signal is not None else None, val_data=data.val,
                  val_teacher=val_signal, pad_id=tokenizer.pad_token_id, checkpoint_dir=stage_dir,
-                 resume=resume, device=cfg.device, quiet=cfg.quiet, name=name)
+                 resume=resume, device=cfg.device, quiet=cfg.quiet, name=name, tracking=cfg.report_to,
+                 project=cfg.name)
     model = out.model.merge_and_unload() if hasattr(out.model, "merge_and_unload") else out.model
     if process_state(cfg.device).is_main_process:
         lm_models.save_pretrained_atomic(model, tokenizer, done)

@@ -43,12 +43,14 @@ def run_task(cfg: TaskConfig, resume: bool = False) -> Path:
     """Run the whole job; returns the run directory (which holds report.md)."""
     from distill.core.rundir import open_run_dir
     from distill.core.threads import choose_threads
+    from distill.training.tracking import check_report_to
     from distill.models.causal_lm import check_layers, load_tokenizer
     from distill.recipes.lm.pipeline import require_transformers
     from distill.recipes.task.report import build_report, render_report
 
     require_transformers()
     choose_threads()
+    check_report_to(cfg.report_to)
     cfg.check_teacher()
     check_layers(cfg.student_source, cfg.student.layers)
     score = TaskScore(cfg.task.score, cfg.task.pattern, cfg.task.check)
@@ -202,7 +204,8 @@ def task_teacher(cfg: TaskConfig, train: list[TaskPrompt], run_dir: Path) -> str
     longest = max(len(chat_ids(tokenizer, row["messages"], add_generation_prompt=False)) for row in rows)
     return finetune_on_rows(cfg.teacher.model, rows, cfg.teacher.finetune, seq_len=longest,
                             stage=run_dir / "teacher", device=cfg.device, quiet=cfg.quiet, keep_state=cfg.keep_state,
-                            source="teacher.finetune rows (the training prompts and their answers)")
+                            source="teacher.finetune rows (the training prompts and their answers)",
+                            tracking=(cfg.report_to, cfg.name))
 
 
 def _teacher_answers(cfg: TaskConfig, model: str, rows: list[TaskPrompt], run_dir: Path, split: str, *,
@@ -367,7 +370,8 @@ def train_arm(cfg: TaskConfig, arm: str, seed: int, train: list[TaskPrompt], hel
     try:
         out = fit_lm(student, blocks, train=cfg.train.model_copy(update={"seed": seed}), kd=kd, vocab=len(tokenizer),
                      teacher=teacher, on_policy=on_policy, pad_id=tokenizer.pad_token_id, checkpoint_dir=stage,
-                     resume=True, device=cfg.device, quiet=cfg.quiet, name=f"{arm} s{seed}", evaluate=success)
+                     resume=True, device=cfg.device, quiet=cfg.quiet, name=f"{arm} s{seed}", evaluate=success,
+                     tracking=cfg.report_to, project=cfg.name)
     except TeacherUnavailable as exc:  # the server went away mid-run: what is saved stays, and says so
         raise TeacherUnavailable(f"{exc}\n{arm} (seed {seed}) stopped; its steps up to the last checkpoint (every "
                                  f"train.save_every={cfg.train.save_every}) are kept in {stage}. Re-run the same "

@@ -38,11 +38,13 @@ def finetuned_teacher(cfg: TextKDConfig, examples: list[dict[str, Any]], run_dir
     return finetune_on_rows(cfg.teacher.model, finetune_rows(cfg.prompt, examples), cfg.teacher.finetune,
                             seq_len=cfg.student.seq_len, stage=run_dir / "teacher", device=cfg.device,
                             quiet=cfg.quiet, keep_state=cfg.keep_state,
-                            source="teacher.finetune rows (the kept labelled examples)")
+                            source="teacher.finetune rows (the kept labelled examples)",
+                            tracking=(cfg.report_to, cfg.name))
 
 
 def finetune_on_rows(model_source: str, rows: list[dict[str, Any]], train: LMTrainConfig, *, seq_len: int,
-                     stage: Path, device: str, quiet: bool, keep_state: bool, source: str) -> str:
+                     stage: Path, device: str, quiet: bool, keep_state: bool, source: str,
+                     tracking: tuple[list[str], str] | None = None) -> str:
     """`model_source` fine-tuned on chat rows (trained on the assistant turns) into `stage/model/`, a
     Hugging Face directory; resumed from `stage`'s checkpoint, or reused when already saved."""
     from distill.core.checkpoint import drop_training_state
@@ -62,7 +64,8 @@ def finetune_on_rows(model_source: str, rows: list[dict[str, Any]], train: LMTra
     blocks = type(blocks)(blocks.input_ids[:, :width], blocks.attention_mask[:, :width], blocks.loss_mask[:, :width])
     out = fit_lm(model, blocks, train=train, kd=TokenKDConfig(ratio=0.0), vocab=len(tokenizer),
                  pad_id=tokenizer.pad_token_id, checkpoint_dir=stage, resume=True, device=device,
-                 quiet=quiet, name="teacher fine-tune")
+                 quiet=quiet, name="teacher fine-tune", tracking=tracking[0] if tracking else None,
+                 project=tracking[1] if tracking else None)
     save_pretrained_atomic(out.model, tokenizer, done)
     drop_training_state(stage, keep=keep_state)
     return str(done)

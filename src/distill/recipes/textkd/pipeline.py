@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.core.threads import choose_threads
+from distill.training.tracking import check_report_to
 from distill.core.checkpoint import drop_training_state
 from distill.core.errors import DataError
 from distill.core.files import atomic_write_text
@@ -53,6 +54,7 @@ def run_textkd(cfg: TextKDConfig, resume: bool = False) -> Path:
 
     require_transformers()
     choose_threads()
+    check_report_to(cfg.report_to)
     cfg.student_source  # noqa: B018  (fails now, not after generation, when no student can be built)
     cfg.check_finetune()
     from distill.models.causal_lm import check_layers
@@ -260,7 +262,7 @@ def _train_student(cfg: TextKDConfig, kind: str, seed: int, train_examples: list
     train = cfg.train.model_copy(update={"seed": seed})
     out = fit_lm(student, blocks, train=train, kd=kd, teacher=signal, vocab=len(tokenizer),
                  pad_id=tokenizer.pad_token_id, checkpoint_dir=stage, resume=True, device=cfg.device,
-                 quiet=cfg.quiet, name=f"{kind} s{seed}")
+                 quiet=cfg.quiet, name=f"{kind} s{seed}", tracking=cfg.report_to, project=cfg.name)
     save_pretrained_atomic(out.model, tokenizer, stage / "model")
     drop_training_state(stage, keep=cfg.keep_state)
 
