@@ -53,3 +53,9 @@ def test_the_config_listing_shows_a_smoke_budget(capsys):
     assert main(["config", "lm", "--smoke"]) == 0
     out = capsys.readouterr().out
     assert "data.max_blocks = 32" in out and "train.steps = 8" in out
+
+
+def test_a_smoke_budget_never_turns_on_a_stage_the_config_leaves_off(capsys):
+    assert main(["config", "lm", "--smoke", "teacher.adapt=null"]) == 0
+    out = capsys.readouterr().out
+    assert "teacher.adapt = null" in out and "train.steps = 8" in out

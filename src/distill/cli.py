@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         args.args += extra
     try:
         code = args.func(args)
-        if getattr(args, "smoke", False) and args.command != "config":
+        if _smoke(args):
             print("Smoke budget: every stage ran on a few steps; these numbers are no verdict.")
         return code
     except DistillError as exc:
@@ -184,9 +184,11 @@ def _search(args: argparse.Namespace) -> int:
 
     if not args.args or "=" in args.args[0]:
         raise DistillError("distill search needs a search config first, e.g. configs/search_fmnist.yaml.")
-    cfg = load_search_config(args.args[0], smoke_overrides("search", args.args[1:]) if args.smoke else args.args[1:])
-    if args.smoke:
-        cfg = cfg.model_copy(update={"overrides": search_smoke(cfg.overrides), "name": smoke_name(cfg.name)})
+    cfg = load_search_config(args.args[0], smoke_overrides("search", args.args[1:]) if _smoke(args) else args.args[1:])
+    if _smoke(args):
+        cfg = cfg.model_copy(update={"overrides": search_smoke(cfg.overrides)})
+    if args.smoke and not any(a.startswith("name=") for a in args.args[1:]):
+        cfg = cfg.model_copy(update={"name": smoke_name(cfg.name)})
     root = run_search(cfg, resume=args.resume)
     report = json.loads((root / "search.json").read_text())
     best = report["recommended"]
@@ -246,8 +248,9 @@ def _settings(args: argparse.Namespace) -> int:
     if len(files) > 1:
         raise DistillError(f"Expected at most one config file, got {files}; overrides look like key=value.")
     overrides = [a for a in args.args if "=" in a]
-    rows = settings(job_config(args.job, files[0] if files else None,
-                               smoke_overrides(args.job, overrides) if args.smoke else overrides))
+    source = files[0] if files else None
+    cfg = job_config(args.job, source, overrides)
+    rows = settings(job_config(args.job, source, smoke_overrides(args.job, overrides, cfg)) if args.smoke else cfg)
     print(json.dumps([asdict(r) for r in rows], indent=1) if args.json else render(rows, args.job))
     return 0
 
@@ -289,14 +292,22 @@ def _config(args: argparse.Namespace, loader: Any = None):
         overrides.append("quiet=true")
     if getattr(args, "keep_state", False):
         overrides.append("keep_state=true")
-    if not getattr(args, "smoke", False):
+    if not _smoke(args):
         return loader(files[0] if files else None, overrides)
     from distill.recipes.smoke import smoke_name, smoke_overrides
 
-    cfg = loader(files[0] if files else None, smoke_overrides(args.command, overrides))
-    if any(o.startswith("name=") for o in overrides):
+    plain = loader(files[0] if files else None, overrides)
+    cfg = loader(files[0] if files else None, smoke_overrides(args.command, overrides, plain))
+    if not args.smoke or any(o.startswith("name=") for o in overrides):  # DISTILL_SMOKE=1 keeps the names
         return cfg
     return cfg.model_copy(update={"name": smoke_name(cfg.name)})
+
+
+def _smoke(args: argparse.Namespace) -> bool:
+    """--smoke, or DISTILL_SMOKE=1 (every job command of a script on its smoke budget, under its own name)."""
+    import os
+
+    return args.command in SMOKE and (getattr(args, "smoke", False) or os.environ.get("DISTILL_SMOKE") == "1")
 
 
 def _lm(args: argparse.Namespace) -> int:
