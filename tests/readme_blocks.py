@@ -81,7 +81,7 @@ def _user_files(root: Path) -> None:
         for i in range(200):
             f.write(json.dumps({"inputs": test.inputs[i].tolist()}) + "\n")
     articles = read_bbc_news()
-    articles = articles[:: max(1, len(articles) // 120)][:120]
+    articles = articles[:: max(1, len(articles) // 200)][:200]
 
     def chat(a) -> dict:
         words = " ".join(a.text.split()[:40])
@@ -89,7 +89,7 @@ def _user_files(root: Path) -> None:
                              {"role": "assistant", "content": a.label}]}
 
     _jsonl(root / "recorded.jsonl", [chat(a) for a in articles[:100]])
-    _jsonl(root / "held_out.jsonl", [chat(a) for a in articles[100:]])
+    _jsonl(root / "held_out.jsonl", [chat(a) for a in articles[100:]])  # a 0.2 sample: about 20 conversations
     _jsonl(root / "prompts.jsonl", [{"messages": chat(a)["messages"][:1]} for a in articles[:8]])
     _jsonl(root / "task.jsonl", [{"prompt": f"What is {a} + {b}? Answer with the number.", "answer": str(a + b)}
                                   for a, b in zip(range(11, 131, 3), range(40, 0, -1))])

@@ -121,6 +121,8 @@ def test_eval_table(finished_run, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["metric", "teacher", "student"]
     assert any(line.startswith("accuracy") for line in lines)
+    agreement = next(line.split() for line in lines if line.startswith("agreement"))  # the student's only
+    assert agreement[1] == "–" and 0 <= float(agreement[2]) <= 1
 
 
 def test_bench_json(finished_run, capsys):

@@ -98,3 +98,18 @@ def test_render_draws_reliability_and_confusion_plots(tmp_path: Path):
 def test_render_without_a_report_json_says_what_is_missing(tmp_path: Path):
     with pytest.raises(DistillError, match="report.json not found"):
         render(tmp_path)
+
+
+@pytest.mark.parametrize("values, view, expected", [([0.11, 0.42], (0.08, 0.6), [0.1, 0.2, 0.5]),
+                                                    ([0.031, 0.034], (0.03, 0.035), [0.031, 0.034])])  # no 1-2-5
+def test_a_log_axis_always_has_labelled_ticks(values, view, expected):
+    from distill.eval.report import _plain_log_ticks, pyplot
+
+    fig, ax = pyplot().subplots()
+    ax.scatter(values, [1] * len(values))
+    ax.set(xscale="log", xlim=view)
+    _plain_log_ticks(ax, values)
+    ticks = list(ax.xaxis.get_major_locator()())
+    assert ticks == pytest.approx(expected)
+    assert [ax.xaxis.get_major_formatter()(t, 0) for t in ticks] == [f"{t:.3g}" for t in expected]
+    pyplot().close(fig)

@@ -294,20 +294,15 @@ def _config(args: argparse.Namespace, loader: Any = None):
         overrides.append("keep_state=true")
     if not _smoke(args):
         return loader(files[0] if files else None, overrides)
-    from distill.recipes.smoke import smoke_name, smoke_overrides
+    from distill.recipes.smoke import smoke_config
 
-    plain = loader(files[0] if files else None, overrides)
-    cfg = loader(files[0] if files else None, smoke_overrides(args.command, overrides, plain))
-    if not args.smoke or any(o.startswith("name=") for o in overrides):  # DISTILL_SMOKE=1 keeps the names
-        return cfg
-    return cfg.model_copy(update={"name": smoke_name(cfg.name)})
+    return smoke_config(args.command, lambda o: loader(files[0] if files else None, o), overrides, args.smoke)
 
 
 def _smoke(args: argparse.Namespace) -> bool:
-    """--smoke, or DISTILL_SMOKE=1 (every job command of a script on its smoke budget, under its own name)."""
-    import os
+    from distill.recipes.smoke import smoke_requested
 
-    return args.command in SMOKE and (getattr(args, "smoke", False) or os.environ.get("DISTILL_SMOKE") == "1")
+    return smoke_requested(args.command, getattr(args, "smoke", False))
 
 
 def _lm(args: argparse.Namespace) -> int:
@@ -443,10 +438,11 @@ def _print(results: dict[str, dict[str, Any]], as_json: bool) -> None:
     if as_json:
         print(json.dumps(results, indent=2))
         return
-    keys = [k for k, v in next(iter(results.values())).items() if isinstance(v, (int, float))]
+    keys = list(dict.fromkeys(k for r in results.values() for k, v in r.items() if isinstance(v, (int, float))))
     print(f"{'metric':<22}" + "".join(f"{name:>14}" for name in results))
     for k in keys:
-        print(f"{k:<22}" + "".join(f"{r.get(k, float('nan')):>14.4g}" for r in results.values()))
+        print(f"{k:<22}" + "".join(f"{r[k]:>14.4g}" if isinstance(r.get(k), (int, float)) else f"{'–':>14}"
+                                    for r in results.values()))  # agreement, KL: the students' only
 
 
 if __name__ == "__main__":

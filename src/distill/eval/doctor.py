@@ -64,7 +64,9 @@ def _causes(report: dict[str, Any], t: float, b: float, significant: bool = Fals
     elif (t - b) / 100 < SMALL_GAP:
         causes.append(f"The plain student is within {t - b:.2f} points of the teacher: the student already "
                       "learns almost all the labels can teach.")
-        remedies.append("Give the teacher what the labels lack: unlabelled inputs (data.unlabeled), or a "
+        remedies.append(f"Give the teacher more of what the labels lack: unlabelled inputs beyond the {unlabeled:,} "
+                        "it scored, or a smaller student." if unlabeled else
+                        "Give the teacher what the labels lack: unlabelled inputs (data.unlabeled), or a "
                         "smaller student.")
     conf = signal.get("train_confidence")
     if conf is not None and conf > ONE_HOT_CONFIDENCE and recipe.get("recipe") != "function_matching" and \

@@ -265,10 +265,10 @@ def _accuracy_vs_cost(run_dir: Path, models: dict[str, Any]) -> Path:
                title="Accuracy vs latency")
     ax_size.set(xscale="log", xlabel="size on disk (MB, log)", ylabel="test accuracy (%)",
                 title="Accuracy vs size")
-    for ax in (ax_lat, ax_size):
+    for ax, key in ((ax_lat, "latency_b1_p50_ms"), (ax_size, "size_mb")):
         ax.grid(alpha=0.3)
-        _plain_log_ticks(ax)
         ax.margins(x=0.25, y=0.15)
+        _plain_log_ticks(ax, [m[key] for m in models.values()])
     return save_figure(fig, run_dir / "plots" / "accuracy_vs_cost.png")
 
 
@@ -325,16 +325,13 @@ def _confusion(run_dir: Path, validation: dict[str, Any], classes: list[str]) ->
 
 def pyplot():
     import matplotlib
-
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     return plt
 
 
 def save_figure(fig: Any, path: Path) -> Path:
     import io
-
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png", dpi=90)
@@ -375,11 +372,14 @@ def lm_learning_curves(run_dir: Path, report: dict[str, Any]) -> Path:
 # --------------------------------------------------------------------------- distill search
 
 
-def _plain_log_ticks(ax: Any) -> None:
-    """Plain numbers on a log x-axis (5, 10, 20), and no minor labels, which overlap."""
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
-
-    ax.xaxis.set_major_formatter(ScalarFormatter())
+def _plain_log_ticks(ax: Any, values: list[float]) -> None:
+    """Plain numbers on a log x-axis at 1-2-5 steps, or at the points when fewer than two such are in view."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+    lo, hi = ax.get_xlim()  # after margins: the ticks are those a reader sees
+    ticks = [m * 10.0 ** e for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+             for m in (1, 2, 5) if lo <= m * 10.0 ** e <= hi]
+    ax.xaxis.set_major_locator(FixedLocator(ticks if len(ticks) >= 2 else sorted(set(values))))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
@@ -443,7 +443,7 @@ def _pareto_plot(root: Path, report: dict[str, Any]) -> Path:
         if limit:
             ax.axvline(limit, ls=":", c="tab:red", lw=1, label="speed / size limit")
         ax.set(xlabel=label, ylabel="test accuracy, %", xscale="log")
-        _plain_log_ticks(ax)
+        _plain_log_ticks(ax, [c[cost] for c in [*cands, t]])
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle(f"Student search: {report['name']}")

@@ -32,5 +32,5 @@ EXAMPLES = {
     "textkd": "distill textkd teacher.backend=local \"kinds=[label_only, step_by_step]\" train.steps=200",
     "serve": "distill serve runs/lm-kjv/distilled/model --port 8000",
     "config": "distill config task data.source=prompts.jsonl --json",
-    "task": "distill task data.source=task.jsonl task.score=exact \"arms=[seq_kd, on_policy]\" seeds=[0,1,2]",
+    "task": "distill task data.source=task.jsonl task.score=exact \"arms=[seq_kd, on_policy]\" seeds=[0,1,2] name=my-task",
 }

@@ -63,7 +63,8 @@ class Requirements(Strict):
 class SearchConfig(Strict):
     name: str = Field("search", min_length=1, description="The run directory's name under output_dir.")
     output_dir: Path = Field(Path("runs"), description="Where run directories go (output_dir/name).")
-    base: Path | None = Field(None, description="Run config every candidate starts from (default: built-in).")
+    base: Path | None = Field(None, description="Run config every candidate starts from (default: built-in): "
+                              "a path from the working directory, or else from the search config's folder.")
     overrides: list[str] = Field(default_factory=list, description="key=value applied to the base first.")
     space: dict[str, list[Any]] = Field(..., min_length=1, description="Config key → values to try.")
     strategy: Literal["grid", "random", "optuna"] = Field("grid", description=(
@@ -92,6 +93,10 @@ class Candidate:
 def load_search_config(path: str | Path, overrides: list[str] | None = None) -> SearchConfig:
     raw = read_raw(path, overrides, lambda: {})
     cfg = validate_section(SearchConfig, raw, str(path), overrides)
+    if cfg.base is not None and not cfg.base.is_absolute() and not cfg.base.exists():
+        beside = Path(path).parent / cfg.base  # a base named as the search config's neighbour
+        if beside.exists():
+            cfg = cfg.model_copy(update={"base": beside})
     base = base_raw(cfg)
     for key in cfg.space:  # every key of the space must be a key the run config accepts
         _ = validate_config(_with(base, {key: cfg.space[key][0]}), source=f"space.{key}")

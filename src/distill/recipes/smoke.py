@@ -11,7 +11,8 @@ whose later commands read an earlier run's files (runs/NAME/...) can be tried wh
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Any, Callable
 
 _CLASSIFIER = ["data.limit=2000", "teacher.train.steps=40", "train.steps=60", "bench.repeats=3"]
 _LM_FINETUNE = ["teacher.finetune.steps=4", "teacher.finetune.eval_every=4", "teacher.finetune.save_every=4",
@@ -58,3 +59,17 @@ def smoke_name(name: str) -> str:
 def search_smoke(base_overrides: list[str]) -> list[str]:
     """A search's per-candidate overrides under --smoke: its own, then the classifier smoke budget."""
     return [*base_overrides, *SMOKE["run"]]
+
+
+def smoke_requested(command: str, flag: bool) -> bool:
+    """--smoke, or DISTILL_SMOKE=1 (every job command of a script on its smoke budget, under its own name)."""
+    return command in SMOKE and (flag or os.environ.get("DISTILL_SMOKE") == "1")
+
+
+def smoke_config(command: str, load: Callable[[list[str]], Any], overrides: list[str], rename: bool) -> Any:
+    """The job's config on its smoke budget (`load` reads the config file with the given overrides); with
+    `rename` (--smoke), its run named NAME-smoke unless the overrides name it."""
+    cfg = load(smoke_overrides(command, overrides, load(overrides)))
+    if not rename or any(o.startswith("name=") for o in overrides):
+        return cfg
+    return cfg.model_copy(update={"name": smoke_name(cfg.name)})
