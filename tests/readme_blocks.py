@@ -79,7 +79,7 @@ def _user_files(root: Path) -> None:
     test = load_data(DataConfig(name="mnist5k")).test
     with open(root / "requests.jsonl", "w") as f:
         for i in range(200):
-            f.write(json.dumps({"inputs": test.inputs[i].tolist()}) + "\n")
+            f.write(json.dumps({"inputs": test[i]["inputs"].tolist()}) + "\n")
     articles = read_bbc_news()
     articles = articles[:: max(1, len(articles) // 200)][:200]
 

@@ -77,7 +77,7 @@ def test_markdown_shows_where_the_student_lost_and_the_largest_disagreements():
     assert lost.index("| a |") < lost.index("| b |")
     biggest = text.split("## Largest disagreements")[1]
     assert "on **1** of 4 test examples" in biggest
-    assert "| 1 | a | a (95.3%) | b (73.1%) | 26.9% |" in biggest
+    assert "| row 1 | a | a (95.3%) | b (73.1%) | 26.9% |" in biggest  # no words to show: the test row
 
 
 def test_a_report_without_validation_still_renders():
@@ -113,3 +113,21 @@ def test_a_log_axis_always_has_labelled_ticks(values, view, expected):
     assert ticks == pytest.approx(expected)
     assert [ax.xaxis.get_major_formatter()(t, 0) for t in ticks] == [f"{t:.3g}" for t in expected]
     pyplot().close(fig)
+
+
+def test_a_text_disagreement_is_shown_by_its_words(tmp_path: Path):
+    from lm_helpers import make_tokenizer
+
+    from distill.data.arrays import ArrayDataset, DataSplits
+    from distill.data.text import Tokenize
+    from distill.recipes.classify.pipeline import _with_inputs
+
+    prepare = Tokenize(make_tokenizer(tmp_path), 6)
+    x = prepare(["And God said Let there be light", "the earth"])
+    test = ArrayDataset(x, torch.tensor([0, 1]))
+    data = DataSplits(train=test, val=test, test=test, num_classes=2, input_shape=tuple(x.shape[1:]),
+                      prepare=prepare)
+    rows = _with_inputs({"disagreements": [{"index": 1}, {"index": 0}]}, data)["disagreements"]
+    assert [r["input"] for r in rows] == ["the earth", "And God said Let there be"]  # what the model read
+    assert _with_inputs({"disagreements": [{"index": 0}]}, DataSplits(
+        train=test, val=test, test=test, num_classes=2, input_shape=(2, 6)))["disagreements"] == [{"index": 0}]

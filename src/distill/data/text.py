@@ -168,3 +168,10 @@ class Tokenize:
         if not (isinstance(texts, list) and all(isinstance(t, str) for t in texts)):
             raise TypeError("text data takes texts (a .txt file, one example per line), not an array")
         return encode_texts(self.tokenizer, texts, self.max_length)
+
+    def describe(self, row: torch.Tensor, words: int = 12) -> str:
+        """One tokenized row (2, L) as a person reads it: its first `words` words (what the model saw)."""
+        ids = row[0][row[1].bool()].tolist()
+        text = " ".join(self.tokenizer.decode(ids, skip_special_tokens=True).split())
+        cut = text.split(" ")
+        return " ".join(cut[:words]) + (" …" if len(cut) > words else "")

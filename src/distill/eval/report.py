@@ -213,10 +213,11 @@ def _regressions(rows: list[dict[str, Any]], what: str, name: Any) -> str:
 
 
 def _disagreements(rows: list[dict[str, Any]], classes: list[str]) -> str:
-    out = ["| example | label | teacher (confidence) | distilled (confidence) "
+    out = ["| test example | label | teacher (confidence) | distilled (confidence) "
            "| distilled P(teacher's class) | symmetric KL |", "|---|---|---|---|---|---|"]
     for r in rows:
-        out.append(f"| {r['index']} | {_class(classes, r['label'])} | "
+        shown = f"{r['index']}: {r['input']}".replace("|", "\\|") if r.get("input") else f"row {r['index']}"
+        out.append(f"| {shown} | {_class(classes, r['label'])} | "
                    f"{_class(classes, r['teacher_prediction'])} ({r['teacher_confidence']:.1%}) | "
                    f"{_class(classes, r['student_prediction'])} ({r['student_confidence']:.1%}) | "
                    f"{r['student_prob_of_teacher']:.1%} | {r['symmetric_kl']:.3f} |")
@@ -344,8 +345,7 @@ def save_figure(fig: Any, path: Path) -> Path:
 
 
 def lm_learning_curves(run_dir: Path, report: dict[str, Any]) -> Path:
-    """Training loss and held-out perplexity against tokens seen, for every student of an LM run, with
-    the perplexity of the teacher that taught them as a line."""
+    """Training loss and held-out perplexity against tokens seen per LM student; the teacher's as a line."""
     plt = pyplot()
     fig, (ax_loss, ax_ppl) = plt.subplots(1, 2, figsize=(10, 3.8))
     d = report["data"]

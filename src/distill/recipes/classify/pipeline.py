@@ -323,7 +323,7 @@ def evaluate_run(cfg: RunConfig, data: DataSplits, teacher: nn.Module, students:
         else:
             s_logits = predict(model, data.test)
             metrics = classification_metrics(s_logits, labels, t_logits)
-            validation[name] = validate(t_logits, s_logits, labels).to_dict()
+            validation[name] = _with_inputs(validate(t_logits, s_logits, labels).to_dict(), data)
             correct[name] = s_logits.argmax(-1) == labels
         models[name] = {**metrics, **costs[name]}
     per_seed = [correct] + [{k: predict(m, data.test).argmax(-1) == labels for k, m in pair.items()}
@@ -408,3 +408,12 @@ def _cpu_copy(model: nn.Module) -> nn.Module:
     import copy
 
     return copy.deepcopy(model).cpu().float().eval()
+
+
+def _with_inputs(validation: dict[str, Any], data: DataSplits) -> dict[str, Any]:
+    """Each listed disagreement with its input as a person reads it, where the data can say (texts)."""
+    describe = getattr(data.prepare, "describe", None)
+    if describe is not None:
+        for row in validation["disagreements"]:
+            row["input"] = describe(data.test[row["index"]]["inputs"])
+    return validation
