@@ -165,3 +165,27 @@ def test_bad_lines_and_options_exit_2(setup, capsys, tmp_path: Path):
     assert f"{bad} line 2: an input of shape (2,), expected (1, 8, 8) (data.name=digits)" in err
     assert _monitor(setup, "teacher", "--inputs", str(bad), "--sample", "0") == 2
     assert "--sample must be a fraction in (0, 1]" in capsys.readouterr().err
+
+
+def test_inputs_in_file_units_are_warned_about_and_taken_with_raw(setup, capsys, tmp_path: Path):
+    from distill.data.config import DataConfig
+    from distill.data.datasets import load_data
+
+    data = load_data(DataConfig(name="digits"))
+    prep = data.prepare
+    model_x = torch.stack([data.test[i]["inputs"] for i in range(40)])
+    raw_x = (model_x * prep.std + prep.mean) * prep.scale  # back to the file's units (pixels 0-16)
+    for name, xs in (("model.jsonl", model_x), ("raw.jsonl", raw_x)):
+        (tmp_path / name).write_text("".join(json.dumps({"inputs": x.tolist()}) + "\n" for x in xs))
+    args = ("--sample", "1", "--window", "40", "--json")
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert _monitor(setup, "different", "--inputs", str(tmp_path / "model.jsonl"), *args) in (0, 3)
+    assert not [w for w in seen if "--raw" in str(w.message)]  # the model's own inputs: no warning
+    as_model = capsys.readouterr().out
+    assert _monitor(setup, "different", "--inputs", str(tmp_path / "raw.jsonl"), "--raw", *args) in (0, 3)
+    assert capsys.readouterr().out == as_model  # --raw preprocesses as the training data was
+    with pytest.warns(UserWarning, match=r"unlike the model's own inputs.*need --raw"):
+        _monitor(setup, "different", "--inputs", str(tmp_path / "raw.jsonl"), *args)

@@ -367,15 +367,14 @@ def _monitor(args: argparse.Namespace) -> int:
     if args.inputs is None:
         raise DistillError("distill monitor needs --inputs FILE (a classifier's production inputs), or "
                            "--recorded JSONL --endpoint URL (a served LM against recorded answers).")
-    from distill.eval.monitor import MonitorOptions, input_dtype, read_inputs, run_monitor
+    from distill.eval.monitor import MonitorOptions, model_inputs, run_monitor
     from distill.recipes.classify.tools import trained_models
 
     options = MonitorOptions(sample=args.sample, window=args.window, max_disagreement=args.max_disagreement,
                              max_kl=args.max_kl, seed=args.seed, fail_fast=args.fail_fast)
     cfg = _config(args)
     data, models = trained_models(cfg)
-    inputs = read_inputs(args.inputs, data.input_shape, where=f"data.name={cfg.data.name}",
-                         dtype=input_dtype(data))
+    inputs = model_inputs(args.inputs, data, where=f"data.name={cfg.data.name}", raw=args.raw)
     return run_monitor(models["teacher"], models["student"], inputs, options, as_json=args.json)
 
 

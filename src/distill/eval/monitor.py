@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import random
 import sys
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -157,6 +158,46 @@ def input_dtype(data: DataSplits) -> torch.dtype:
     """The dtype the config's models take: that of its in-memory test inputs, else float32."""
     inputs = getattr(data.test, "inputs", None)
     return inputs.dtype if isinstance(inputs, torch.Tensor) else torch.float32
+
+
+def model_inputs(source: str | Path | TextIO, data: DataSplits, *, where: str, raw: bool = False
+                 ) -> Iterator[torch.Tensor]:
+    """`--inputs` as the models take them: read as given, or (`raw`) in the units of the dataset's files
+    and preprocessed as its training data was; float inputs far from the test split's are warned about."""
+    if raw:
+        if data.prepare is None or data.modality == "text":
+            raise DataError(f"--raw: {where} takes its model inputs here (token rows for text); drop --raw.")
+        return (data.prepare(x[None])[0] for x in read_inputs(source, data.input_shape, where=where))
+    inputs = read_inputs(source, data.input_shape, where=where, dtype=input_dtype(data))
+    reference = data.test.inputs[:1024] if hasattr(data.test, "inputs") else None
+    return unlike_model_inputs(inputs, reference) if reference is not None and reference.is_floating_point() \
+        else inputs
+
+
+def unlike_model_inputs(inputs: Iterable[torch.Tensor], reference: torch.Tensor, look: int = 64
+                        ) -> Iterator[torch.Tensor]:
+    """`inputs` unchanged, with a warning when the first `look` of them are far from the model's own
+    inputs (`reference`, e.g. the test split's): mean more than 3 reference stds away, or spread 10×
+    larger or smaller, as raw pixels (0–255) sent where standardised ones were expected would be."""
+    seen: list[torch.Tensor] = []
+    for x in inputs:
+        if len(seen) < look and x.is_floating_point():
+            seen.append(x)
+            if len(seen) == look:
+                _warn_if_unlike(torch.stack(seen), reference)
+        yield x
+    if 0 < len(seen) < look:
+        _warn_if_unlike(torch.stack(seen), reference)
+
+
+def _warn_if_unlike(got: torch.Tensor, reference: torch.Tensor) -> None:
+    m, s = float(got.mean()), float(got.std()) if got.numel() > 1 else 0.0
+    rm, rs = float(reference.mean()), float(reference.std())
+    if rs > 0 and (abs(m - rm) > 3 * rs or (s > 0 and not 0.1 < s / rs < 10)):
+        warnings.warn(f"--inputs: the first {len(got)} inputs (mean {m:.3g}, std {s:.3g}) are unlike the model's "
+                      f"own inputs (test split: mean {rm:.3g}, std {rs:.3g}). distill monitor takes inputs after "
+                      "the dataset's preprocessing; inputs in the units of its files (e.g. pixels 0–255) need "
+                      "--raw.", stacklevel=2)
 
 
 def sample(stream: Iterable[Any], fraction: float, seed: int = 0) -> Iterator[Any]:

@@ -30,7 +30,10 @@ def monitor_options(p: argparse.ArgumentParser) -> None:
     """distill monitor: the inputs or recorded answers, sampling, windows and thresholds."""
     p.add_argument("--inputs", metavar="FILE|-",
                      help="classifier: JSON lines ({\"inputs\": [...]} or a bare nested list), .npy or "
-                     ".safetensors; - is stdin")
+                     ".safetensors; - is stdin. Model inputs: after the dataset's preprocessing (built-in "
+                     "images: pixels/255, standardised with the training split's mean and std)")
+    p.add_argument("--raw", action="store_true", help="--inputs are in the units of the dataset's files "
+                   "(e.g. pixels 0-255): preprocess each as the training data was")
     p.add_argument("--recorded", type=Path, metavar="JSONL",
                      help="LM: an OpenAI chat fine-tuning JSONL whose last assistant messages are the teacher's "
                      "answers; each conversation is sent to --endpoint and the answers compared")
