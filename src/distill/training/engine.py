@@ -32,6 +32,7 @@ from distill.core.checkpoint import (
     save_training_state,
     save_weights,
 )
+from distill.core.distributed import process_state
 from distill.core.errors import CheckpointError, TrainingDiverged
 from distill.core.files import atomic_write_text
 from distill.training.tracking import trackers
@@ -93,19 +94,20 @@ def train(task: Task, run: Run) -> FitResult:
     """Train `task` for `task.steps` optimizer steps, resuming from `run.checkpoint_dir` when asked."""
     cfg = task.config
     tracking_dir = run.checkpoint_dir.parent / "tracking" if run.checkpoint_dir else Path("tracking")
-    logs = trackers(run.tracking, run.project or task.name, task.name, tracking_dir) if run.tracking else None
+    main = process_state(run.device).is_main_process  # only it logs: one tracker run, one writer of its store
+    logs = trackers(run.tracking, run.project or task.name, task.name, tracking_dir) if run.tracking and main else None
     acc = make_accelerator(run.device, cfg.precision, logs, tracking_dir)
     torch.manual_seed(cfg.seed)
     module = task.setup(acc)
     optimizer = make_optimizer(module, cfg)
     scheduler = warmup_schedule(optimizer, total=max(1, task.steps), warmup=task.warmup_steps, kind=cfg.scheduler)
     optimizer = task.prepare(acc, optimizer)
-    if acc.is_main_process and run.tracking:
+    if logs:
         acc.init_trackers(task.name, config=run.tracked)
     result = FitResult(model=module)
     loop = _Steps(acc, task, run, module, optimizer, scheduler, result)
     start = _restore(task, run.checkpoint_dir, optimizer, scheduler, result, loop) if run.resume else 0
-    if run.tracking:  # rows trained before (in the pilot, or before a kill): the trackers show the whole curve
+    if logs:  # rows trained before (in the pilot, or before a kill): the trackers show the whole curve
         for row in result.history:
             loop.log(row)
     align_schedule(scheduler, start)
