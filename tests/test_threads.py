@@ -30,6 +30,7 @@ def test_the_physical_cores_are_shared_among_the_processes_of_this_machine(monke
 
 def test_a_number_set_before_the_job_is_kept_and_said(monkeypatch):
     monkeypatch.setattr(threads, "usable_cpus", lambda: 8)
+    monkeypatch.setattr(threads, "physical_cores", lambda: 4)
     torch.set_num_threads(3)
     chosen = threads.choose_threads()
     assert (chosen["threads"], chosen["why"]) == (3, "torch.set_num_threads, as set before the job")
@@ -48,3 +49,11 @@ def test_physical_cores_never_exceed_the_cpus_this_process_may_use(monkeypatch):
     monkeypatch.setattr(threads, "usable_cpus", lambda: 2)
     monkeypatch.setattr(psutil, "cpu_count", lambda logical=True: 64 if logical else 32)
     assert threads.physical_cores() == 1  # 2 allowed CPUs of a 2-way SMT machine: one core
+
+
+def test_a_build_that_starts_at_the_physical_cores_is_not_said_to_be_set_by_the_user(monkeypatch):
+    monkeypatch.setattr(threads, "usable_cpus", lambda: 8)
+    monkeypatch.setattr(threads, "physical_cores", lambda: 4)
+    torch.set_num_threads(4)  # some torch builds start at one thread per physical core
+    chosen = threads.choose_threads()
+    assert chosen["threads"] == 4 and chosen["why"].startswith("the physical cores")

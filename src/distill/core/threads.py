@@ -3,7 +3,8 @@
 torch starts with one intra-op thread per logical CPU it may use. On a machine with simultaneous
 multithreading that doubles the threads that compete for one core's units, and under `torchrun` every
 process takes them all. The rule here: a choice already made is kept (`OMP_NUM_THREADS`, or a
-`torch.set_num_threads` call that changed torch's start value); else the physical cores this process
+`torch.set_num_threads` call that left torch at neither start value its builds use, one thread per
+logical CPU or per physical core); else the physical cores this process
 may run on, shared among the processes of this machine (`LOCAL_WORLD_SIZE`).
 """
 
@@ -31,13 +32,14 @@ _CHOSEN: dict[str, object] = {}  # this process's choice: made by its first job,
 
 
 def choose_threads() -> dict[str, object]:
-    """Set torch's intra-op threads for this job; {"threads": n, "why": sentence} for its report."""
+    """Set torch's intra-op threads for this job; {"threads", "why", "sentence"} for its report (which
+    renders the stored sentence, so a re-rendered report says what the run did)."""
     if _CHOSEN and torch.get_num_threads() == _CHOSEN["threads"]:
         return dict(_CHOSEN)
     env = os.environ.get("OMP_NUM_THREADS")
     if env:
         _CHOSEN.update(threads=torch.get_num_threads(), why=f"OMP_NUM_THREADS={env}")
-    elif torch.get_num_threads() != usable_cpus():
+    elif torch.get_num_threads() not in (usable_cpus(), physical_cores()):  # neither of torch's own start values
         _CHOSEN.update(threads=torch.get_num_threads(), why="torch.set_num_threads, as set before the job")
     else:
         processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))

@@ -33,7 +33,6 @@ SMOKE: dict[str, list[str]] = {
              *_LM_FINETUNE],
     "search": ["trials=2"],  # and every candidate's run gets the `run` budget (see `search_smoke`)
 }
-SMOKE_JOBS = tuple(SMOKE)
 
 
 def smoke_overrides(job: str, overrides: list[str], config: Any = None) -> list[str]:

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from distill.core.files import atomic_write_text
-from distill.core.threads import threads_line
 from distill.eval.doctor import lm_kd_settings
 from distill.eval.report import doctor_lines
 
@@ -35,7 +34,7 @@ def render_lm_report(report: dict[str, Any], plots: list[Path] | None = None) ->
     """Markdown for a person: what was distilled, how close the student is, at what cost, how it learnt."""
     t = report["teacher"]
     lines = [f"# LM distillation report: {report['name']}", "",
-             f"{report['date']} · {report['machine']}. {threads_line(report.get('threads'))}", "",
+             f"{report['date']} · {report['machine']}. {(report.get('threads') or {}).get('sentence', '')}", "",
              *(doctor_lines(report["doctor"]) if report.get("doctor") else []),
              f"Teacher `{t['model']}`, licence **{t['licence'] or 'unknown'}**."]
     if t["licence_warning"]:

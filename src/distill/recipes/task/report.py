@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from distill.core.threads import choose_threads, threads_line
+from distill.core.threads import choose_threads
 from distill.data.tasks import TaskPrompt, prompt_ids
 from distill.eval.verdict import Verdict, compare_classifiers
 from distill.recipes.task.config import TaskConfig
@@ -111,7 +111,7 @@ def render_report(r: dict[str, Any], run_dir: Path) -> str:
               f"{r['score']['score']}" + (f" (`{r['score']['pattern']}`)" if r["score"]["score"] == "regex" else "")
               + ". Compute counts the student's own FLOPs (the teacher's scoring and writing are not in it)."
               + (f" The teacher scored answers in {r['teacher']['scoring_dtype']}." if r["teacher"].get("scoring_dtype")
-                 else "") + (f" {threads_line(r['threads'])}" if r.get("threads") else "")]
+                 else "") + (f" {r['threads']['sentence']}" if r.get("threads") else "")]
     return "\n".join(lines) + "\n"
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from distill.core.threads import choose_threads, threads_line
+from distill.core.threads import choose_threads
 from distill.eval.text import retention
 from distill.eval.verdict import Verdict, compare_classifiers
 from distill.recipes.textkd.config import TextKDConfig
@@ -91,7 +91,7 @@ def _setup_line(r: dict[str, Any]) -> str:
             + f" — the {r['examples']} kept labelled ones, plus the teacher-labelled pool for every kind but "
             "label_only")
     return (f"Teacher `{r['teacher']['model']}` ({r['teacher']['backend']}{tuned}); students built from teacher "
-            f"layers {r['student_layers']}, trained {data}, seeds {r['seeds']}. {threads_line(r.get('threads'))}")
+            f"layers {r['student_layers']}, trained {data}, seeds {r['seeds']}. {(r.get('threads') or {}).get('sentence', '')}")
 
 
 def _mean_std(values: list[float]) -> dict[str, float]:
