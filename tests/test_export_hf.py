@@ -253,3 +253,73 @@ def test_the_onnx_file_names_its_classes_and_preprocessing(classifier, tok, tok_
     assert json.loads(meta["class_names"]) == LABELS
     assert meta["max_length"] == "24" and meta["tokenizer"] == tok_dir.name  # its name, not where it lies here
     assert "input_ids and attention_mask" in meta["preprocessing"]
+
+
+@pytest.fixture(scope="module")
+def pooler_classifier(tok, tmp_path_factory):
+    """A student built with `pooling: pooler` from a local BERT directory, 1 of its 2 layers kept."""
+    from distill.models.encoders import hf_encoder
+
+    cfg = transformers.BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    source = tmp_path_factory.mktemp("bert_with_pooler")
+    transformers.BertModel(cfg).save_pretrained(source)
+    model = hf_encoder(len(LABELS), str(source), layers=[1], pooling="pooler").eval()
+    with torch.no_grad():
+        model.head.weight.mul_(20)
+    return model
+
+
+def test_a_pooler_student_exports_as_a_stock_model_that_loads_with_no_custom_code(pooler_classifier, tok, tmp_path,
+                                                                                  monkeypatch):
+    directory = export_hf(pooler_classifier, tmp_path / "hf", tok, labels=LABELS, max_length=24)
+    assert "auto_map" not in json.loads((directory / "config.json").read_text())
+    assert not list(directory.glob("*.py"))
+
+    def no_prompt(*args):
+        raise AssertionError("asked whether to run the folder's code")
+
+    monkeypatch.setattr("builtins.input", no_prompt)
+    loaded = transformers.AutoModelForSequenceClassification.from_pretrained(str(directory)).eval()
+    assert type(loaded).__name__ == "BertForSequenceClassification" and loaded.config.num_hidden_layers == 1
+    x = encode_texts(tok, texts(), 24)
+    with torch.no_grad():
+        ours = pooler_classifier(x).logits
+        theirs = loaded(input_ids=x[:, 0], attention_mask=x[:, 1]).logits
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-5)
+    classify = transformers.pipeline("text-classification", model=str(directory))
+    assert [a["label"] for a in classify(texts()[:8], truncation=True)] == [LABELS[i] for i in ours[:8].argmax(-1)]
+    assert len({LABELS[i] for i in ours.argmax(-1)}) > 1  # a meaningful comparison
+    assert transformers.AutoTokenizer.from_pretrained(str(directory))(texts())["input_ids"] == tok(texts())["input_ids"]
+    report = hf_agreement(pooler_classifier, directory, ArrayDataset(x, torch.zeros(len(x), dtype=torch.long)))
+    assert report["agreement"] == 1.0
+
+
+def test_the_card_of_a_stock_export_asks_for_no_custom_code(pooler_classifier, classifier, tok, tmp_path):
+    from distill.export.card import classifier_card
+
+    cards = {}
+    for name, model in (("stock", pooler_classifier), ("mean", classifier)):
+        result = export_model(model, "hf", tmp_path / name, held_out(tok), labels=LABELS, tokenizer=None, check=True)
+        cards[name] = classifier_card(name=name, which="student", fmt="hf", teacher={}, student={},
+                                      data={"name": "d", "classes": LABELS}, kd=None, report=None,
+                                      check=result["parity"], custom_code=result["custom_code"])
+    assert "trust_remote_code" not in cards["stock"] and "stock transformers model" in cards["stock"]
+    assert "trust_remote_code=True" in cards["mean"] and "trust_remote_code=False" in cards["mean"]
+
+
+def test_pooler_pooling_is_refused_before_training_where_no_stock_head_computes_it(tok):
+    from distill.core.errors import ModelError
+    from distill.models.encoders import stock_classifier
+
+    cfg = transformers.BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=64)
+    with pytest.raises(ModelError, match="has none. Use pooling: mean"):
+        EncoderClassifier(transformers.BertModel(cfg, add_pooling_layer=False), 3, pooling="pooler")
+    roberta = transformers.RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, intermediate_size=64)
+    with pytest.raises(ModelError, match="RobertaForSequenceClassification's is not"):
+        stock_classifier(roberta)
+    with pytest.raises(ModelError, match="not one of"):
+        EncoderClassifier(transformers.BertModel(cfg), 3, pooling="cls")

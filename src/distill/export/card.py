@@ -116,10 +116,12 @@ KNOWN_LICENCES = {"all-MiniLM-L6-v2": ("sentence-transformers/all-MiniLM-L6-v2",
 
 def classifier_card(*, name: str, which: str, fmt: str, teacher: dict[str, Any], student: dict[str, Any],
                     data: dict[str, Any], kd: dict[str, Any] | None, report: dict[str, Any] | None,
-                    check: dict[str, Any] | None = None, inputs: list[str] | None = None) -> str:
+                    check: dict[str, Any] | None = None, inputs: list[str] | None = None,
+                    custom_code: bool = True) -> str:
     """The card of a classifier export (`distill export`): `teacher`/`student` are their config
     sections, `data` the data section with the class names, `report` the run's report.json when
-    it sits beside the checkpoint (its measured quality and speed), `check` the export's own parity."""
+    it sits beside the checkpoint (its measured quality and speed), `check` the export's own parity;
+    `custom_code`: an HF export that loads through its `modeling_distill.py`."""
     text = data.get("modality") == "text"
     model_id = (teacher.get("kwargs") or {}).get("model") if teacher.get("arch") == "hf_encoder" else None
     hub_id, licence = KNOWN_LICENCES.get(Path(str(model_id)).name, (model_id, None)) if model_id else (None, None)
@@ -150,7 +152,7 @@ def classifier_card(*, name: str, which: str, fmt: str, teacher: dict[str, Any],
         lines += [f"**Export check:** the exported model picks the same class as the trained one on "
                   f"{100 * check['agreement']:.2f}% of {int(check['n'])} test examples "
                   f"(max |logit difference| {check['max_abs_diff']:.2g}).", ""]
-    lines += _usage(fmt, inputs or ["inputs"])
+    lines += _usage(fmt, inputs or ["inputs"], custom_code)
     return "\n".join(lines) + "\n"
 
 
@@ -177,13 +179,21 @@ def _measured(report: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
-def _usage(fmt: str, inputs: list[str]) -> list[str]:
-    if fmt == "hf":
+def _usage(fmt: str, inputs: list[str], custom_code: bool = True) -> list[str]:
+    if fmt == "hf" and not custom_code:
         return ["```python", "from transformers import pipeline",
-                "classify = pipeline(\"text-classification\", model=\"PATH\", trust_remote_code=True)",
+                "classify = pipeline(\"text-classification\", model=\"PATH\")",
                 "classify(\"some text\", truncation=True)", "```",
+                "A stock transformers model: no custom code."]
+    if fmt == "hf":
+        return ["```python", "from transformers import AutoTokenizer, pipeline",
+                "classify = pipeline(\"text-classification\", model=\"PATH\", trust_remote_code=True)",
+                "classify(\"some text\", truncation=True)",
+                "tokenizer = AutoTokenizer.from_pretrained(\"PATH\", trust_remote_code=False)  # needs no code",
+                "```",
                 "`trust_remote_code=True` loads `modeling_distill.py` (in this folder): the encoder with "
-                "mean pooling and the trained head."]
+                "mean pooling and the trained head. A student built with `pooling: pooler` exports as a stock "
+                "transformers model instead."]
     if fmt == "onnx":  # the file's own input names
         feed = "{" + ", ".join(f'"{name}": {name}' for name in inputs) + "}"
         return ["```python", "import onnxruntime", "session = onnxruntime.InferenceSession(\"PATH\")",

@@ -64,10 +64,11 @@ def export_model(model: nn.Module, fmt: str, out: Path | str, test: Dataset, *, 
         export_safetensors(model, out, meta)
     elif fmt == "hf":
         from distill.data.tokenizers import load_tokenizer
-        from distill.export.hf import export_hf, hf_agreement
+        from distill.export.hf import export_hf, hf_agreement, needs_custom_code
 
         tok = load_tokenizer(tokenizer) if tokenizer else None
         export_hf(model, out, tok, labels=labels, max_length=max_length)
+        result["custom_code"] = needs_custom_code(out)
         if check:
             result["parity"] = hf_agreement(model, out, test)
     else:

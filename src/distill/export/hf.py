@@ -3,17 +3,22 @@
     export_hf(student, "out/", tokenizer=tok, labels=["business", ...], max_length=128)
     hf_agreement(student, "out/", data.test)   # {"agreement", "max_abs_diff", "n"}
 
-A text classifier (`EncoderClassifier`: encoder, mean pooling, head) is written as
-`MeanPoolingForSequenceClassification` (`distill.export.modeling_distill`, copied beside the
-weights), so `AutoModelForSequenceClassification.from_pretrained(dir, trust_remote_code=True)` and
-`pipeline("text-classification", model=dir, trust_remote_code=True)` answer with the trained head,
-the same pooling and the class names (`id2label`). Any other Hugging Face model (a causal-LM
-student, a plain encoder) is saved as itself. Directories are written to a temp directory and
+A text classifier (`EncoderClassifier`) is written in the most standard form its pooling allows:
+- `pooling: pooler` (BERT-like encoders): as transformers' own `...ForSequenceClassification`
+  (`BertForSequenceClassification`), which computes exactly that, so
+  `AutoModelForSequenceClassification.from_pretrained(dir)` and `pipeline("text-classification",
+  model=dir)` load it with no custom code;
+- `pooling: mean`: as `MeanPoolingForSequenceClassification` (`distill.export.modeling_distill`,
+  copied beside the weights), since no stock head mean-pools: the loaders then need
+  `trust_remote_code=True`.
+Either answers with the trained head, the same pooling and the class names (`id2label`). Any other
+Hugging Face model (a causal-LM student, a plain encoder) is saved as itself. Directories are written to a temp directory and
 renamed, so a failed export leaves no half-written folder.
 
 The folder names nothing of the machine that wrote it (no `_name_or_path`, no absolute paths), its
-tokenizer loads without custom code (`AutoTokenizer.from_pretrained(dir, trust_remote_code=False)`:
-no `auto_map` in tokenizer_config.json), and that file's `model_max_length` and `max_length` are the
+tokenizer loads without custom code (no `auto_map` in tokenizer_config.json; beside a mean-pooling
+model, transformers reads config.json first and asks about its code unless given
+`trust_remote_code=False`, which the card says), and that file's `model_max_length` and `max_length` are the
 model's longest input.
 """
 
@@ -62,7 +67,8 @@ def _longest_input(tokenizer: Any, positions: int | None) -> int | None:
 
 
 def _classifier(model: nn.Module, labels: list[str] | None) -> nn.Module:
-    """The `MeanPoolingForSequenceClassification` holding `model`'s encoder and head weights."""
+    """The Hugging Face classifier holding `model`'s encoder and head weights: stock for `pooler`
+    pooling, else `MeanPoolingForSequenceClassification`."""
     from distill.export.modeling_distill import MeanPoolingConfig, MeanPoolingForSequenceClassification
 
     classes = model.head.out_features
@@ -71,13 +77,28 @@ def _classifier(model: nn.Module, labels: list[str] | None) -> nn.Module:
         raise ModelError(f"{len(labels)} class names for a head of {classes} classes; pass one name per class.")
     if len(set(labels)) != len(labels):
         raise ModelError(f"class names repeat ({labels}); id2label needs distinct names.")
+    names = {"num_labels": classes, "id2label": dict(enumerate(labels)),
+             "label2id": {name: i for i, name in enumerate(labels)}}
+    if model.pooling == "pooler":
+        return _stock_classifier(model, names)
     config = MeanPoolingConfig(encoder=_encoder_settings(model.backbone.config), classifier_dropout=model.dropout.p,
-                               num_labels=classes, id2label=dict(enumerate(labels)),
-                               label2id={name: i for i, name in enumerate(labels)})
+                               **names)
     MeanPoolingConfig.register_for_auto_class()  # config.json's auto_map, and the code file copied
     MeanPoolingForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
     hf_model = MeanPoolingForSequenceClassification(config).eval()
     hf_model.encoder.load_state_dict(_without_pooler(model.backbone.state_dict()), strict=True)
+    hf_model.classifier.load_state_dict(model.head.state_dict())
+    return hf_model
+
+
+def _stock_classifier(model: nn.Module, names: dict[str, Any]) -> nn.Module:
+    """transformers' own sequence classifier (e.g. `BertForSequenceClassification`) with `model`'s
+    encoder, pooler and head weights: the same computation, loaded without custom code."""
+    from distill.models.encoders import stock_classifier
+
+    shape = stock_classifier(model.backbone.config, **names, classifier_dropout=model.dropout.p)
+    hf_model = type(shape)(shape.config).eval()  # the checked class, with real (CPU) weights
+    getattr(hf_model, hf_model.base_model_prefix).load_state_dict(model.backbone.state_dict(), strict=True)
     hf_model.classifier.load_state_dict(model.head.state_dict())
     return hf_model
 
@@ -146,16 +167,26 @@ def _is_local_path(value: Any) -> bool:
 
 def load_hf_classifier(directory: Path | str) -> nn.Module:
     """The exported classifier as `AutoModelForSequenceClassification.from_pretrained(directory,
-    trust_remote_code=True)` builds it (eval mode), without running code from the folder: its
-    `modeling_distill.py` must be this distill's own, whose class then loads the weights and config."""
+    trust_remote_code=True)` builds it (eval mode), without running code from the folder: a stock
+    one as transformers loads it, else its `modeling_distill.py` must be this distill's own, whose
+    class then loads the weights and config."""
     from distill.export import modeling_distill
 
+    if not needs_custom_code(directory):
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification.from_pretrained(str(directory), trust_remote_code=False).eval()
     copied = Path(directory) / "modeling_distill.py"
     ours = Path(modeling_distill.__file__).read_bytes()
     if not copied.is_file() or copied.read_bytes() != ours:
         raise ExportError(f"{copied} is missing or differs from this distill's modeling_distill.py; re-export "
                           "the model (distill export --format hf) to check it.")
     return modeling_distill.MeanPoolingForSequenceClassification.from_pretrained(str(directory)).eval()
+
+
+def needs_custom_code(directory: Path | str) -> bool:
+    """Whether the exported folder's config routes its loaders through code in the folder (`auto_map`)."""
+    return "auto_map" in json.loads((Path(directory) / "config.json").read_text())
 
 
 @torch.no_grad()

@@ -4,12 +4,21 @@
     student = hf_encoder(5, "all-MiniLM-L6-v2", layers=[0, 2, 4])     # 3 of them (DistilBERT init)
     scratch = hf_encoder(5, "all-MiniLM-L6-v2", num_layers=2, hidden_size=128, num_heads=2,
                          intermediate_size=512, pretrained=False)     # same vocabulary, new weights
+    stock = hf_encoder(5, "all-MiniLM-L6-v2", layers=[0, 2, 4], pooling="pooler")  # exports as stock BERT
 
 A model takes one LongTensor `x` (B, 2, L): token ids stacked on the attention mask, so text flows
 through the tensor datasets, batching and taps unchanged (`distill.data.text` makes it). Its parts
 have stable module paths for distillation terms: `backbone.encoder.layer.N` (hidden states, for
 BERT-like backbones), `pool` (the sentence embedding) and `head`; attention maps come back with
 `output_attentions=True` when the backbone uses eager attention. Config: `arch: hf_encoder`.
+
+Pooling: `mean` (the default) averages the real tokens' states, as sentence encoders such as
+all-MiniLM-L6-v2 were trained to; its Hugging Face export needs the small `modeling_distill.py`
+(`trust_remote_code=True`), since no stock head mean-pools. `pooler` uses the encoder's own
+first-token pooler (BERT: first token → dense → tanh), which is exactly what stock
+`BertForSequenceClassification` computes, so the export is a stock transformers model that loads
+with no custom code; only encoders whose stock sequence classifier is pooler → dropout → linear
+(BERT-like) take it, and that is checked when the model is built.
 """
 
 from __future__ import annotations
@@ -24,21 +33,38 @@ from distill.data.tokenizers import MINILM, require_transformers, resolve_encode
 from distill.models.students import keep_layers, layer_list_path
 
 
+POOLINGS = ("mean", "pooler")
+
+
 class MeanPool(nn.Module):
     """Mean of the token states over real (unmasked) tokens: the sentence embedding (B, H)."""
 
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, out: Any, mask: torch.Tensor) -> torch.Tensor:
+        hidden = out.last_hidden_state
         weights = mask.unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
         return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)  # (B, H)
 
 
-class EncoderClassifier(nn.Module):
-    """A Hugging Face encoder, mean pooling, dropout and a linear head over `num_classes`."""
+class PoolerOutput(nn.Module):
+    """The encoder's own pooler output (BERT: first token → dense → tanh), as its stock head reads it."""
 
-    def __init__(self, backbone: nn.Module, num_classes: int, dropout: float = 0.1):
+    def forward(self, out: Any, mask: torch.Tensor) -> torch.Tensor:
+        return out.pooler_output
+
+
+class EncoderClassifier(nn.Module):
+    """A Hugging Face encoder, pooling (`mean` or the encoder's `pooler`), dropout and a linear head."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int, dropout: float = 0.1, pooling: str = "mean"):
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ModelError(f"EncoderClassifier: pooling `{pooling}` is not one of {list(POOLINGS)}.")
+        if pooling == "pooler" and getattr(backbone, "pooler", None) is None:
+            raise ModelError(f"EncoderClassifier: pooling `pooler` needs an encoder with a first-token pooler; this "
+                             f"{type(backbone).__name__} has none. Use pooling: mean.")
         self.backbone = backbone
-        self.pool = MeanPool()
+        self.pooling = pooling
+        self.pool = MeanPool() if pooling == "mean" else PoolerOutput()
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(backbone.config.hidden_size, num_classes)
 
@@ -55,13 +81,13 @@ class EncoderClassifier(nn.Module):
                 f"EncoderClassifier: the backbone's attention ({kind}) "
                 "computes no attention weights. Build it with attn_implementation=\"eager\" (config: "
                 "kwargs.attn_implementation: eager) to distil attention maps.")
-        logits = self.head(self.dropout(self.pool(out.last_hidden_state, mask)))
+        logits = self.head(self.dropout(self.pool(out, mask)))
         return SequenceClassifierOutput(logits=logits, attentions=out.attentions if output_attentions else None)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """The pooled sentence embedding (B, H), without the head."""
         ids, mask = split_inputs(x)
-        return self.pool(self.backbone(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
+        return self.pool(self.backbone(input_ids=ids, attention_mask=mask), mask)
 
     def example_inputs(self, batch: int, input_shape: tuple[int, ...]) -> torch.Tensor:
         """A (batch, 2, L) input of random ordinary tokens, every position real (as a long article is),
@@ -86,8 +112,8 @@ def split_inputs(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def hf_encoder(num_classes: int, model: str, layers: list[int] | None = None, hidden_size: int | None = None,
                num_layers: int | None = None, num_heads: int | None = None, intermediate_size: int | None = None,
-               pretrained: bool = True, attn_implementation: str = "eager", dropout: float = 0.1
-               ) -> EncoderClassifier:
+               pretrained: bool = True, attn_implementation: str = "eager", dropout: float = 0.1,
+               pooling: str = "mean") -> EncoderClassifier:
     """An encoder classifier from a Hugging Face model (directory or id, see `resolve_encoder`).
 
     Args:
@@ -99,6 +125,8 @@ def hf_encoder(num_classes: int, model: str, layers: list[int] | None = None, hi
         pretrained: Load the weights; False builds a randomly initialised encoder.
         attn_implementation: `eager` returns attention maps (for `attention_maps` terms); `sdpa` is faster.
         dropout: Before the head.
+        pooling: `mean` of the real tokens' states, or the encoder's own `pooler` (BERT-like encoders;
+            its Hugging Face export is then a stock transformers model, see the module docstring).
     """
     require_transformers()
     from transformers import AutoConfig, AutoModel
@@ -133,8 +161,32 @@ def hf_encoder(num_classes: int, model: str, layers: list[int] | None = None, hi
             raise ModelError(f"hf_encoder: hidden_size {config.hidden_size} must be a multiple of num_heads "
                              f"{config.num_attention_heads}.")
         backbone = AutoModel.from_config(config, attn_implementation=attn_implementation)
-    if getattr(backbone, "pooler", None) is not None:
+    if pooling == "pooler":
+        stock_classifier(config)  # refuses, before any training, an encoder whose stock head is not this
+    elif getattr(backbone, "pooler", None) is not None:
         backbone.pooler = None  # unused (we mean-pool): keep it out of parameter counts and latency
     if layers is not None:
         backbone = keep_layers(backbone, layer_list_path(backbone), layers)
-    return EncoderClassifier(backbone, num_classes, dropout)
+    return EncoderClassifier(backbone, num_classes, dropout, pooling)
+
+
+def stock_classifier(config: Any, **settings: Any) -> nn.Module:
+    """transformers' own sequence classifier for `config` (with `settings` such as num_labels), when
+    it is the base model's pooler output → dropout → one linear `classifier`, as BERT's is: what
+    `pooling: pooler` computes. Built on the meta device when only checked (no weights allocated)."""
+    from transformers import AutoModelForSequenceClassification
+
+    kept = {k: v for k, v in config.to_dict().items() if k not in ("_name_or_path", "architectures")}
+    config = type(config).from_dict({**kept, **settings})
+    try:
+        with torch.device("meta"):
+            model = AutoModelForSequenceClassification.from_config(config)
+    except ValueError as exc:
+        raise ModelError(f"hf_encoder: pooling `pooler` exports as transformers' own sequence classifier, and "
+                         f"{config.model_type} has none ({exc}). Use pooling: mean.") from None
+    base = getattr(model, model.base_model_prefix, None)
+    head = getattr(model, "classifier", None)
+    if getattr(base, "pooler", None) is None or not isinstance(head, nn.Linear):
+        raise ModelError(f"hf_encoder: pooling `pooler` needs an encoder whose stock sequence classifier is "
+                         f"pooler → dropout → linear (BERT-like); {type(model).__name__}'s is not. Use pooling: mean.")
+    return model

@@ -108,7 +108,8 @@ def _card(cfg: RunConfig, data: DataSplits, which: str, fmt: str, result: dict[s
     section = {"name": cfg.data.name, "classes": data.class_names, "modality": data.modality}
     return classifier_card(name=name, which=which, fmt=fmt, teacher=dump["teacher"],
                            student=dump["student"], data=section, kd=dump.get("kd"), report=report,
-                           check=result.get("parity"), inputs=result.get("input_names"))
+                           check=result.get("parity"), inputs=result.get("input_names"),
+                           custom_code=result.get("custom_code", True))
 
 
 def quantize_trained(cfg: RunConfig, method: str, backend: str, *, qat_epochs: int = 1,
