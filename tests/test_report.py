@@ -131,3 +131,37 @@ def test_a_text_disagreement_is_shown_by_its_words(tmp_path: Path):
     assert [r["input"] for r in rows] == ["the earth", "And God said Let there be"]  # what the model read
     assert _with_inputs({"disagreements": [{"index": 0}]}, DataSplits(
         train=test, val=test, test=test, num_classes=2, input_shape=(2, 6)))["disagreements"] == [{"index": 0}]
+
+
+def test_an_image_disagreement_is_pictured_with_the_number_its_table_row_gives(tmp_path: Path):
+    from distill.data.arrays import ArrayDataset, DataSplits
+    from distill.recipes.classify.pipeline import _with_inputs
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, 8, 8)
+    x[1, 0, :, 4] = 9.0  # a bright vertical stroke
+    test = ArrayDataset(x, torch.tensor([0, 0, 1, 1]))
+    data = DataSplits(train=test, val=test, test=test, num_classes=2, input_shape=(1, 8, 8), modality="images")
+    report = _with_validation(_report(250))
+    for section in report["validation"].values():
+        _with_inputs(section, data)
+    row = report["validation"]["distilled"]["disagreements"][0]
+    assert row["index"] == 1 and len(row["thumbnail"]) == 8 and all(v == 255 for v in
+                                                                   [r[4] for r in row["thumbnail"]])
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    text = render(tmp_path).read_text()
+    assert "| 1. row 1 (pictured below) | a |" in text
+    assert "](plots/disagreements.png)" in text.split("## Largest disagreements")[1].split("##")[0]
+    assert (tmp_path / "plots" / "disagreements.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_thumbnail_is_small_full_contrast_and_only_of_images():
+    from distill.eval.figures import thumbnail
+
+    gray = thumbnail(torch.linspace(-2, 2, 100 * 100).reshape(1, 100, 100))
+    assert (len(gray), len(gray[0])) == (34, 34)  # 100 px in blocks of 3: at most 48 a side
+    assert min(map(min, gray)) == 0 and max(map(max, gray)) == 255
+    colour = thumbnail(torch.rand(3, 20, 30))
+    assert (len(colour), len(colour[0]), len(colour[0][0])) == (20, 30, 3)
+    assert thumbnail(torch.rand(784)) is None and thumbnail(torch.rand(1, 1, 40)) is None
+    assert len(thumbnail(torch.rand(2, 40, 101))) == 14  # a stack of maps (spectrogram): its first

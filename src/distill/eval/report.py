@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from distill.core.errors import DistillError
-from distill.core.files import atomic_write_bytes, atomic_write_text
+from distill.core.files import atomic_write_text
+from distill.eval.figures import disagreements_figure, pyplot, save_figure
 
 
 def render(run_dir: Path) -> Path:
@@ -24,17 +25,21 @@ def render(run_dir: Path) -> Path:
     report = json.loads(path.read_text())
     histories = {s: _history(run_dir / s / "metrics.jsonl") for s in report["models"]}
     plots = [_learning_curves(run_dir, histories), _accuracy_vs_cost(run_dir, report["models"])]
+    pictures = None
     if report.get("validation"):  # runs made before validation was added have none
         classes = report["dataset"]["classes"]
         plots += [_reliability(run_dir, report["validation"]),
                   _confusion(run_dir, report["validation"], classes)]
-    text = markdown(report, [p.relative_to(run_dir).as_posix() for p in plots])
+        shown = report["validation"].get("distilled", {}).get("disagreements", [])[:10]
+        pictures = disagreements_figure(run_dir, shown, classes)
+    text = markdown(report, [p.relative_to(run_dir).as_posix() for p in plots],
+                    pictures.relative_to(run_dir).as_posix() if pictures else None)
     out = run_dir / "report.md"
     atomic_write_text(out, text)
     return out
 
 
-def markdown(report: dict[str, Any], plots: list[str]) -> str:
+def markdown(report: dict[str, Any], plots: list[str], pictures: str | None = None) -> str:
     models, summary = report["models"], report["summary"]
     lines = [f"# distill report: {report['name']}", "",
              f"Dataset **{report['dataset']['name']}** (train {report['dataset']['train']}, "
@@ -52,7 +57,7 @@ def markdown(report: dict[str, Any], plots: list[str]) -> str:
     lines += _pilot(report.get("recipe"))
     lines += ["## Per-class accuracy", "", _per_class(models, report["dataset"]["classes"]), ""]
     if "distilled" in report.get("validation", {}):
-        lines += _validation(report["validation"]["distilled"], report["dataset"]["classes"])
+        lines += _validation(report["validation"]["distilled"], report["dataset"]["classes"], pictures)
     lines += ["## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in plots] + [""]
     lines += ["Accuracy, agreement and KL are on the test split; KL(teacher‖student) is in nats at T=1; "
               "ECE uses 15 equal-width bins. Latency is the median (p50) and 95th percentile of "
@@ -189,7 +194,7 @@ def _per_class(models: dict[str, Any], classes: list[str]) -> str:
     return "\n".join(rows)
 
 
-def _validation(v: dict[str, Any], classes: list[str]) -> list[str]:
+def _validation(v: dict[str, Any], classes: list[str], pictures: str | None) -> list[str]:
     lines = ["## Where the student lost most", "",
              f"Classes where the distilled student's test accuracy fell furthest below the teacher's "
              f"(worst {min(5, len(v['per_class']))} of {len(v['per_class'])}).", "",
@@ -201,7 +206,7 @@ def _validation(v: dict[str, Any], classes: list[str]) -> list[str]:
               f"**{v['n_disagreements']}** of {v['n']} test examples; those with the largest symmetric KL between their output "
               "distributions (confidence: each model's probability of its own prediction):", "",
               _disagreements(v["disagreements"][:10], classes), ""]
-    return lines
+    return lines + ([f"![the disagreements above, numbered as in the table]({pictures})", ""] if pictures else [])
 
 
 def _regressions(rows: list[dict[str, Any]], what: str, name: Any) -> str:
@@ -215,8 +220,9 @@ def _regressions(rows: list[dict[str, Any]], what: str, name: Any) -> str:
 def _disagreements(rows: list[dict[str, Any]], classes: list[str]) -> str:
     out = ["| test example | label | teacher (confidence) | distilled (confidence) "
            "| distilled P(teacher's class) | symmetric KL |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        shown = f"{r['index']}: {r['input']}".replace("|", "\\|") if r.get("input") else f"row {r['index']}"
+    for k, r in enumerate(rows, 1):
+        shown = (f"{r['index']}: {r['input']}".replace("|", "\\|") if r.get("input") else
+                 f"{k}. row {r['index']} (pictured below)" if r.get("thumbnail") else f"row {r['index']}")
         out.append(f"| {shown} | {_class(classes, r['label'])} | "
                    f"{_class(classes, r['teacher_prediction'])} ({r['teacher_confidence']:.1%}) | "
                    f"{_class(classes, r['student_prediction'])} ({r['student_confidence']:.1%}) | "
@@ -322,23 +328,6 @@ def _confusion(run_dir: Path, validation: dict[str, Any], classes: list[str]) ->
                         ax.text(j, i, str(c), ha="center", va="center", fontsize=7,
                                 color="white" if c > top / 2 else "black")
     return save_figure(fig, run_dir / "plots" / "confusion.png")
-
-
-def pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def save_figure(fig: Any, path: Path) -> Path:
-    import io
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=90)
-    pyplot().close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
 
 
 # --------------------------------------------------------------------------- distill lm

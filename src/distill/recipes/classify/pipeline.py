@@ -32,6 +32,7 @@ from distill.data.datasets import load_data
 from distill.data.transfer import with_transfer_set
 from distill.eval.bench import machine_description, measure_models, timing_notes
 from distill.eval.doctor import diagnose
+from distill.eval.figures import thumbnail
 from distill.eval.metrics import classification_metrics, predict
 from distill.eval.validate import validate
 from distill.eval.verdict import compare_classifiers
@@ -410,10 +411,14 @@ def _cpu_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).cpu().float().eval()
 
 
-def _with_inputs(validation: dict[str, Any], data: DataSplits) -> dict[str, Any]:
-    """Each listed disagreement with its input as a person reads it, where the data can say (texts)."""
+def _with_inputs(validation: dict[str, Any], data: DataSplits, shown: int = 10) -> dict[str, Any]:
+    """The first `shown` disagreements with their inputs as a person reads them: a text's words, an
+    image's thumbnail (drawn in the report)."""
     describe = getattr(data.prepare, "describe", None)
-    if describe is not None:
-        for row in validation["disagreements"]:
-            row["input"] = describe(data.test[row["index"]]["inputs"])
+    for row in validation["disagreements"][:shown]:
+        x = data.test[row["index"]]["inputs"]
+        if describe is not None:
+            row["input"] = describe(x)
+        elif data.modality == "images" and (small := thumbnail(x)) is not None:
+            row["thumbnail"] = small
     return validation

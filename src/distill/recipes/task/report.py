@@ -152,7 +152,7 @@ def _against(arm: str, verdicts: dict[str, dict[str, Any]]) -> dict[str, Verdict
 def task_success_curves(run_dir: Path, report: dict[str, Any]) -> Path:
     """Held-out task success against the student's training compute, one line per arm and seed, with
     the teacher's success as a line: which way of learning reaches a success soonest."""
-    from distill.eval.report import pyplot, save_figure  # matplotlib only when a report is drawn
+    from distill.eval.figures import pyplot, save_figure  # matplotlib only when a report is drawn
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
