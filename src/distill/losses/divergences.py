@@ -32,7 +32,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-LOG_FLOOR = -1e3  # log-probabilities are floored here so that 0·log 0 terms stay finite (exp(-1e3) == 0)
+from distill.losses.fused_kl import LOG_FLOOR, full_kl  # LOG_FLOOR: 0·log 0 terms stay finite (exp(-1e3) == 0)
+
 
 
 def token_divergence(student_logits: torch.Tensor, *, kind: Kind = "forward_kl",
@@ -71,7 +72,11 @@ def per_token_divergence(student_logits: torch.Tensor, *, kind: Kind = "forward_
                          teacher_topk_indices: torch.Tensor | None = None,
                          teacher_tail_logprob: torch.Tensor | None = None,
                          temperature: float = 1.0, jsd_beta: float = 0.5, skew: float = 0.1) -> torch.Tensor:
-    """The divergence at each position (...), before masking; arguments as in `token_divergence`."""
+    """The divergence at each position (...), before masking; arguments as in `token_divergence`.
+    Forward and reverse KL against full teacher logits that carry no gradient take the fused path
+    (`distill.losses.fused_kl`: the same values and gradients, a fraction of the memory traffic)."""
+    if teacher_logits is not None and kind in ("forward_kl", "reverse_kl") and not teacher_logits.requires_grad:
+        return full_kl(student_logits, teacher_logits, temperature=temperature, reverse=kind == "reverse_kl")
     log_p, log_q = _bins(student_logits, teacher_logits, teacher_topk_logprobs, teacher_topk_indices,
                          temperature, teacher_tail_logprob)
     return divergence(log_p, log_q, kind=kind, jsd_beta=jsd_beta, skew=skew)
