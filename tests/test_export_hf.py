@@ -309,9 +309,9 @@ def test_the_card_of_a_stock_export_asks_for_no_custom_code(pooler_classifier, c
     assert "trust_remote_code=True" in cards["mean"] and "trust_remote_code=False" in cards["mean"]
 
 
-def test_pooler_pooling_is_refused_before_training_where_no_stock_head_computes_it(tok):
+def test_pooler_pooling_is_refused_before_training_where_no_stock_head_computes_it(tok, tmp_path):
     from distill.core.errors import ModelError
-    from distill.models.encoders import stock_classifier
+    from distill.models.encoders import hf_encoder, stock_classifier
 
     cfg = transformers.BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                   intermediate_size=64)
@@ -321,5 +321,10 @@ def test_pooler_pooling_is_refused_before_training_where_no_stock_head_computes_
                                          num_attention_heads=2, intermediate_size=64)
     with pytest.raises(ModelError, match="RobertaForSequenceClassification's is not"):
         stock_classifier(roberta)
+    roberta.save_pretrained(tmp_path / "roberta")  # a config only: refused before any weights are read
+    with pytest.raises(ModelError, match="RobertaForSequenceClassification's is not"):
+        hf_encoder(3, str(tmp_path / "roberta"), pooling="pooler")
+    with pytest.raises(ModelError, match="not one of"):
+        hf_encoder(3, str(tmp_path / "roberta"), pooling="cls")
     with pytest.raises(ModelError, match="not one of"):
         EncoderClassifier(transformers.BertModel(cfg), 3, pooling="cls")

@@ -135,6 +135,7 @@ def test_a_text_disagreement_is_shown_by_its_words(tmp_path: Path):
 
 def test_an_image_disagreement_is_pictured_with_the_number_its_table_row_gives(tmp_path: Path):
     from distill.data.arrays import ArrayDataset, DataSplits
+    from distill.eval.figures import pixels
     from distill.recipes.classify.pipeline import _with_inputs
 
     torch.manual_seed(0)
@@ -143,11 +144,12 @@ def test_an_image_disagreement_is_pictured_with_the_number_its_table_row_gives(t
     test = ArrayDataset(x, torch.tensor([0, 0, 1, 1]))
     data = DataSplits(train=test, val=test, test=test, num_classes=2, input_shape=(1, 8, 8), modality="images")
     report = _with_validation(_report(250))
-    for section in report["validation"].values():
-        _with_inputs(section, data)
+    for name, section in report["validation"].items():
+        report["validation"][name] = _with_inputs(json.loads(json.dumps(section)), data, pictures=name == "distilled")
     row = report["validation"]["distilled"]["disagreements"][0]
-    assert row["index"] == 1 and len(row["thumbnail"]) == 8 and all(v == 255 for v in
-                                                                   [r[4] for r in row["thumbnail"]])
+    image = pixels(row["thumbnail"])
+    assert row["index"] == 1 and image.shape == (8, 8) and (image[:, 4] == 255).all() and (image[:, 0] < 255).all()
+    assert "thumbnail" not in report["validation"]["baseline"]["disagreements"][0]  # only the one drawn
     (tmp_path / "report.json").write_text(json.dumps(report))
     text = render(tmp_path).read_text()
     assert "| 1. row 1 (pictured below) | a |" in text
@@ -156,12 +158,17 @@ def test_an_image_disagreement_is_pictured_with_the_number_its_table_row_gives(t
 
 
 def test_a_thumbnail_is_small_full_contrast_and_only_of_images():
-    from distill.eval.figures import thumbnail
+    from distill.eval.figures import pixels, thumbnail
 
-    gray = thumbnail(torch.linspace(-2, 2, 100 * 100).reshape(1, 100, 100))
-    assert (len(gray), len(gray[0])) == (34, 34)  # 100 px in blocks of 3: at most 48 a side
-    assert min(map(min, gray)) == 0 and max(map(max, gray)) == 255
-    colour = thumbnail(torch.rand(3, 20, 30))
-    assert (len(colour), len(colour[0]), len(colour[0][0])) == (20, 30, 3)
+    def shape(x):
+        small = thumbnail(x)
+        return None if small is None else pixels(small).shape
+
+    gray = pixels(thumbnail(torch.linspace(-2, 2, 100 * 100).reshape(1, 100, 100)))
+    assert gray.shape == (48, 48) and gray.min() == 0 and gray.max() == 255
+    assert shape(torch.rand(3, 20, 30)) == (20, 30, 3)
+    assert shape(torch.rand(4, 20, 30)) == (20, 30, 3)  # RGBA: colour, alpha dropped
+    assert shape(torch.rand(2, 40, 101)) == (40, 48)  # a stack of maps (spectrogram): its first, each side ≤ 48
+    assert shape(torch.rand(1, 64, 3000)) == (48, 48)  # a long spectrogram stays readable
     assert thumbnail(torch.rand(784)) is None and thumbnail(torch.rand(1, 1, 40)) is None
-    assert len(thumbnail(torch.rand(2, 40, 101))) == 14  # a stack of maps (spectrogram): its first
+    assert len(json.dumps(thumbnail(torch.rand(3, 32, 32)))) < 5000  # report.json stays small

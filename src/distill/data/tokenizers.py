@@ -1,9 +1,12 @@
 """The tokenizers of the built-in text encoders: MiniLM from the package that ships its weights (offline),
-any other name or directory by `from_pretrained`."""
+any other name or directory by `from_pretrained`; and what every transformers load shares (the
+import check, transformers' own progress bars off while a model loads)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,22 @@ def require_transformers() -> None:
         import transformers  # noqa: F401
     except ImportError:
         raise ModelError("Transformer encoders need transformers: pip install 'distill[lm]'") from None
+
+
+@contextlib.contextmanager
+def no_transformers_bars() -> Iterator[None]:
+    """transformers' own progress bars ("Loading weights", "Writing model shards", "Converting and
+    de-quantizing GGUF tensors") off while a model loads or saves: a job shows one progress display
+    per stage of its own. Restored afterwards, so the caller's own transformers use is unchanged."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
 
 
 def resolve_encoder(name_or_path: str) -> str:

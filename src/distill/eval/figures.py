@@ -2,17 +2,19 @@
 inputs drawn small, so a report shows the examples it names (the largest teacher–student
 disagreements of an image dataset) instead of row numbers.
 
-    row["thumbnail"] = thumbnail(x)                       # a (C, H, W) model input → 0–255 ints
+    row["thumbnail"] = thumbnail(x)                       # a (C, H, W) model input → compact 0–255 pixels
     disagreements_figure(run_dir, rows, classes)          # plots/disagreements.png, or None
+
+A thumbnail is stored in report.json as {"shape": [H, W] or [H, W, 3], "pixels": base64 of uint8}, a
+kilobyte or two each; torch is imported only when one is made (rendering a report needs none).
 """
 
 from __future__ import annotations
 
+import base64
 import math
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from distill.core.files import atomic_write_bytes
 
@@ -36,30 +38,40 @@ def save_figure(fig: Any, path: Path) -> Path:
     return path
 
 
-def thumbnail(x: torch.Tensor, max_side: int = MAX_SIDE) -> list[Any] | None:
-    """An image input (C, H, W) or (H, W) as rows of 0–255 ints ((H, W), or (H, W, 3) in colour), its
-    longer side averaged down to at most `max_side` and its range stretched to full contrast (model
-    inputs are standardised, not pixels). None for anything that is not an image."""
+def thumbnail(x: Any, max_side: int = MAX_SIDE) -> dict[str, Any] | None:
+    """An image input (C, H, W) or (H, W) at most `max_side` pixels a side (each side averaged down
+    on its own, so a long spectrogram stays readable), its range stretched to full contrast (model
+    inputs are standardised, not pixels): grey, or colour for 3 or 4 channels (alpha dropped); a
+    stack of other maps shows its first. None for anything that is not an image."""
+    import torch
+
     x = x.detach().float().cpu()
     if x.dim() == 2:
         x = x[None]
     if x.dim() != 3 or min(x.shape[1:]) < 2:
         return None
-    x = x if x.shape[0] == 3 else x[:1]  # a spectrogram or other stack: its first channel
-    step = math.ceil(max(x.shape[1:]) / max_side)
-    if step > 1:
-        x = torch.nn.functional.avg_pool2d(x[None], step, ceil_mode=True)[0]
+    x = x[:3] if x.shape[0] in (3, 4) else x[:1]
+    size = (min(x.shape[1], max_side), min(x.shape[2], max_side))
+    if size != tuple(x.shape[1:]):
+        x = torch.nn.functional.adaptive_avg_pool2d(x[None], size)[0]
     lo, hi = x.min(), x.max()
     x = ((x - lo) / (hi - lo).clamp_min(1e-12) * 255).round().to(torch.uint8)
-    return x[0].tolist() if x.shape[0] == 1 else x.permute(1, 2, 0).tolist()
+    x = x[0] if x.shape[0] == 1 else x.permute(1, 2, 0).contiguous()
+    return {"shape": list(x.shape), "pixels": base64.b64encode(x.numpy().tobytes()).decode("ascii")}
+
+
+def pixels(small: dict[str, Any]) -> Any:
+    """A stored thumbnail as a numpy uint8 array (H, W) or (H, W, 3)."""
+    import numpy as np
+
+    return np.frombuffer(base64.b64decode(small["pixels"]), dtype=np.uint8).reshape(small["shape"])
 
 
 def disagreements_figure(run_dir: Path, rows: list[dict[str, Any]], classes: list[str]) -> Path | None:
-    """The disagreements that carry a thumbnail, numbered as the report's table numbers them, each
-    titled with its label and both predictions; None when none has one (text, features)."""
-    import numpy as np
-
-    shown = [r for r in rows if r.get("thumbnail")]
+    """The disagreements that carry a thumbnail, numbered as the report's table numbers them (the
+    row's place in `rows`), each titled with its label and both predictions; None when none has one
+    (text, features)."""
+    shown = [(k, r) for k, r in enumerate(rows, 1) if r.get("thumbnail")]
     if not shown:
         return None
     plt = pyplot()
@@ -68,9 +80,9 @@ def disagreements_figure(run_dir: Path, rows: list[dict[str, Any]], classes: lis
                              squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for k, (ax, r) in enumerate(zip(axes.flat, shown), 1):
-        pixels = np.asarray(r["thumbnail"], dtype=np.uint8)
-        ax.imshow(pixels, cmap="gray" if pixels.ndim == 2 else None, interpolation="nearest")
+    for ax, (k, r) in zip(axes.flat, shown):
+        image = pixels(r["thumbnail"])
+        ax.imshow(image, cmap="gray" if image.ndim == 2 else None, interpolation="nearest", aspect="auto")
         ax.set_title(f"{k}. row {r['index']}, label {_name(classes, r['label'])}\nteacher "
                      f"{_name(classes, r['teacher_prediction'])}, student {_name(classes, r['student_prediction'])}",
                      fontsize=7)

@@ -35,7 +35,6 @@ import torch.nn.functional as F
 from distill.losses.fused_kl import LOG_FLOOR, full_kl  # LOG_FLOOR: 0·log 0 terms stay finite (exp(-1e3) == 0)
 
 
-
 def token_divergence(student_logits: torch.Tensor, *, kind: Kind = "forward_kl",
                      teacher_logits: torch.Tensor | None = None,
                      teacher_topk_logprobs: torch.Tensor | None = None,

@@ -54,6 +54,7 @@ class _FullKL(torch.autograd.Function):
         return value
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # a second derivative is refused, not silently zero
     def backward(ctx: Any, grad_value: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
         (grad,) = ctx.saved_tensors
         return (grad * grad_value.unsqueeze(-1)).to(ctx.input_dtype), None, None, None

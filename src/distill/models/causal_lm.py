@@ -10,7 +10,6 @@ A model *source* is one of:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
 import json
@@ -19,7 +18,6 @@ import re
 import shutil
 import uuid
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ from torch import nn
 
 from distill.core.errors import ModelError
 from distill.core.files import cache_home, give_new_file_mode
+from distill.data.tokenizers import no_transformers_bars
 from distill.models.students import keep_layers, layer_list_path
 from distill.models.zoo import count_parameters  # noqa: F401  (LM users count parameters here too)
 
@@ -94,22 +93,6 @@ def check_layers(source: str, layers: list[int], key: str = "student.layers") ->
     bad = [i for i in layers if not 0 <= i < n]
     if bad or not layers:
         raise ModelError(f"`{key}`: {bad or layers} are not layers of {source} (0..{n - 1}).")
-
-
-@contextlib.contextmanager
-def no_transformers_bars() -> Iterator[None]:
-    """transformers' own progress bars ("Loading weights", "Writing model shards", "Converting and
-    de-quantizing GGUF tensors") off while a model loads or saves: a job shows one progress display
-    per stage of its own. Restored afterwards, so the caller's own transformers use is unchanged."""
-    from transformers.utils import logging as hf_logging
-
-    was_on = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_on:
-            hf_logging.enable_progress_bar()
 
 
 def load_causal_lm(source: str, key: str = "teacher.model", dtype: torch.dtype = torch.float32) -> nn.Module:

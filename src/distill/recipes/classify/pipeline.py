@@ -25,7 +25,6 @@ from distill.core.distributed import process_state
 from distill.core.files import atomic_write_text
 from distill.core.rundir import open_run_dir
 from distill.core.threads import choose_threads
-from distill.training.tracking import check_report_to
 from distill.data.arrays import DataSplits, check_labels, labels_of
 from distill.data.batches import iter_batches
 from distill.data.datasets import load_data
@@ -56,6 +55,7 @@ from distill.teachers.output import Teacher
 from distill.teachers.signals import CachedTeacher, LiveTeacher
 from distill.training.budget import fit_patiently, grows
 from distill.training.classify import fit, kept_row
+from distill.training.tracking import check_report_to
 
 
 def run(cfg: RunConfig, resume: bool = False) -> Path:
@@ -324,7 +324,8 @@ def evaluate_run(cfg: RunConfig, data: DataSplits, teacher: nn.Module, students:
         else:
             s_logits = predict(model, data.test)
             metrics = classification_metrics(s_logits, labels, t_logits)
-            validation[name] = _with_inputs(validate(t_logits, s_logits, labels).to_dict(), data)
+            validation[name] = _with_inputs(validate(t_logits, s_logits, labels).to_dict(), data,
+                                            pictures=name == "distilled")
             correct[name] = s_logits.argmax(-1) == labels
         models[name] = {**metrics, **costs[name]}
     per_seed = [correct] + [{k: predict(m, data.test).argmax(-1) == labels for k, m in pair.items()}
@@ -411,14 +412,15 @@ def _cpu_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).cpu().float().eval()
 
 
-def _with_inputs(validation: dict[str, Any], data: DataSplits, shown: int = 10) -> dict[str, Any]:
-    """The first `shown` disagreements with their inputs as a person reads them: a text's words, an
-    image's thumbnail (drawn in the report)."""
+def _with_inputs(validation: dict[str, Any], data: DataSplits, shown: int = 10, pictures: bool = True
+                 ) -> dict[str, Any]:
+    """The first `shown` disagreements with their inputs as a person reads them: a text's words, and
+    with `pictures` an image's or spectrogram's thumbnail (the report draws the distilled student's)."""
     describe = getattr(data.prepare, "describe", None)
     for row in validation["disagreements"][:shown]:
         x = data.test[row["index"]]["inputs"]
         if describe is not None:
             row["input"] = describe(x)
-        elif data.modality == "images" and (small := thumbnail(x)) is not None:
+        elif pictures and data.modality in ("images", "audio") and (small := thumbnail(x)) is not None:
             row["thumbnail"] = small
     return validation
