@@ -175,16 +175,43 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--one", nargs=2, metavar=("SCENARIO", "SEED"), help="run one seed (in this process)")
     p.add_argument("--name", default="kd_wins", help="the results file's name (a partial re-run: another name)")
+    p.add_argument("--merge", nargs="+", metavar="RESULT", help="write --name from partial re-runs' results files "
+                   "(benchmarks/results/<RESULT>.json), their totals recomputed over every scenario they hold")
     args = p.parse_args()
     if args.one:
         run_seed(args.one[0], int(args.one[1]))
         return
+    if args.merge:
+        return merge(args.name, args.merge)
     for name in args.scenarios:
         for seed in range(args.seeds):
             if not (OUT / f"{name}-{seed}.json").is_file():  # each seed in a fresh process
                 subprocess.run([sys.executable, __file__, "--one", name, str(seed)], check=True)
     write_result(args.name, metrics(args.scenarios, args.seeds), {"scenarios": {
         n: SCENARIOS[n].about for n in args.scenarios}})
+
+
+TOTALS = ("scenarios", "scenarios_won", "scenarios_won_verdict", "scenarios_won_pooled_verdict")
+
+
+def merge(name: str, parts: list[str]) -> None:
+    """One results file from several partial re-runs (each seed's work files may be gone by then): the
+    per-scenario keys as they are, the totals summed, the mean gap closed over every scenario."""
+    from common import RESULTS
+
+    metrics: dict[str, float] = dict.fromkeys(TOTALS, 0.0)
+    about: dict[str, str] = {}
+    gaps = 0.0
+    for part in parts:
+        record = json.loads((RESULTS / f"{part}.json").read_text())
+        m = record["metrics"]
+        for key in TOTALS:
+            metrics[key] += m[key]
+        gaps += m["mean_gap_closed"] * m["scenarios"]
+        metrics.update({k: v for k, v in m.items() if k not in (*TOTALS, "mean_gap_closed")})
+        about.update(record.get("scenarios", {}))
+    metrics["mean_gap_closed"] = gaps / metrics["scenarios"]
+    write_result(name, metrics, {"scenarios": about, "merged_from": parts})
 
 
 def run_seed(name: str, seed: int) -> None:
