@@ -175,8 +175,7 @@ def load_hf_classifier(directory: Path | str) -> nn.Module:
     if not needs_custom_code(directory):
         from transformers import AutoModelForSequenceClassification
 
-        return AutoModelForSequenceClassification.from_pretrained(str(directory), trust_remote_code=False,
-                                                                  use_safetensors=True).eval()
+        return AutoModelForSequenceClassification.from_pretrained(str(directory), use_safetensors=True).eval()
     copied = Path(directory) / "modeling_distill.py"
     ours = Path(modeling_distill.__file__).read_bytes()
     if not copied.is_file() or copied.read_bytes() != ours:
