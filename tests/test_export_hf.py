@@ -38,10 +38,14 @@ def tok(tmp_path_factory):
     return make_tokenizer(tmp_path_factory.mktemp("tok"))
 
 
+def tiny_bert(tok) -> "transformers.BertConfig":
+    return transformers.BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                   intermediate_size=64, max_position_embeddings=64)
+
+
 @pytest.fixture(scope="module")
 def classifier(tok):
-    cfg = transformers.BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                  intermediate_size=64, max_position_embeddings=64)
+    cfg = tiny_bert(tok)
     torch.manual_seed(0)
     model = EncoderClassifier(transformers.BertModel(cfg, add_pooling_layer=False), len(LABELS)).eval()
     with torch.no_grad():
@@ -62,8 +66,7 @@ def tok_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def loaded_classifier(tok, tmp_path_factory):
     """A classifier whose encoder was read from a local directory: its config knows that path."""
-    cfg = transformers.BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                  intermediate_size=64, max_position_embeddings=64)
+    cfg = tiny_bert(tok)
     torch.manual_seed(0)
     source = tmp_path_factory.mktemp("bert")
     transformers.BertModel(cfg, add_pooling_layer=False).save_pretrained(source)
@@ -260,8 +263,7 @@ def pooler_classifier(tok, tmp_path_factory):
     """A student built with `pooling: pooler` from a local BERT directory, 1 of its 2 layers kept."""
     from distill.models.encoders import hf_encoder
 
-    cfg = transformers.BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                  intermediate_size=64, max_position_embeddings=64)
+    cfg = tiny_bert(tok)
     torch.manual_seed(0)
     source = tmp_path_factory.mktemp("bert_with_pooler")
     transformers.BertModel(cfg).save_pretrained(source)
