@@ -207,7 +207,7 @@ def merge(name: str, parts: list[str]) -> None:
         m = record["metrics"]
         for key in TOTALS:
             metrics[key] += m[key]
-        gaps += m["mean_gap_closed"] * m["scenarios"]
+        gaps += m.get("mean_gap_closed", 0.0) * m["scenarios"]  # a variant-only part counts no scenario
         metrics.update({k: v for k, v in m.items() if k not in (*TOTALS, "mean_gap_closed")})
         about.update(record.get("scenarios", {}))
     metrics["mean_gap_closed"] = gaps / metrics["scenarios"]

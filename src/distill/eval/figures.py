@@ -83,11 +83,12 @@ def disagreements_figure(run_dir: Path, rows: list[dict[str, Any]], classes: lis
     for ax, (k, r) in zip(axes.flat, shown):
         image = pixels(r["thumbnail"])
         ax.imshow(image, cmap="gray" if image.ndim == 2 else None, interpolation="nearest", aspect="auto")
-        ax.set_title(f"{k}. row {r['index']}, label {_name(classes, r['label'])}\nteacher "
-                     f"{_name(classes, r['teacher_prediction'])}, student {_name(classes, r['student_prediction'])}",
+        ax.set_title(f"{k}. row {r['index']}, label {class_name(classes, r['label'])}\nteacher "
+                     f"{class_name(classes, r['teacher_prediction'])}, student {class_name(classes, r['student_prediction'])}",
                      fontsize=7)
     return save_figure(fig, Path(run_dir) / "plots" / "disagreements.png")
 
 
-def _name(classes: list[str], i: int) -> str:
+def class_name(classes: list[str], i: int) -> str:
+    """Class `i` by its name, or its number where the names do not reach it."""
     return classes[i] if 0 <= i < len(classes) else str(i)

@@ -12,7 +12,7 @@ from typing import Any
 
 from distill.core.errors import DistillError
 from distill.core.files import atomic_write_text
-from distill.eval.figures import disagreements_figure, pyplot, save_figure
+from distill.eval.figures import class_name, disagreements_figure, pyplot, save_figure
 
 
 def render(run_dir: Path) -> Path:
@@ -198,7 +198,7 @@ def _validation(v: dict[str, Any], classes: list[str], pictures: str | None) -> 
     lines = ["## Where the student lost most", "",
              f"Classes where the distilled student's test accuracy fell furthest below the teacher's "
              f"(worst {min(5, len(v['per_class']))} of {len(v['per_class'])}).", "",
-             _regressions(v["per_class"][:5], "class", lambda g: _class(classes, g)), ""]
+             _regressions(v["per_class"][:5], "class", lambda g: class_name(classes, g)), ""]
     if v.get("per_slice"):
         lines += ["### Slices", "", _regressions(v["per_slice"][:5], "slice", str), ""]
     lines += ["## Largest disagreements", "",
@@ -223,17 +223,13 @@ def _disagreements(rows: list[dict[str, Any]], classes: list[str]) -> str:
     for k, r in enumerate(rows, 1):
         shown = (f"{r['index']}: {r['input']}".replace("|", "\\|") if r.get("input") else
                  f"{k}. row {r['index']} (pictured below)" if r.get("thumbnail") else f"row {r['index']}")
-        out.append(f"| {shown} | {_class(classes, r['label'])} | "
-                   f"{_class(classes, r['teacher_prediction'])} ({r['teacher_confidence']:.1%}) | "
-                   f"{_class(classes, r['student_prediction'])} ({r['student_confidence']:.1%}) | "
+        out.append(f"| {shown} | {class_name(classes, r['label'])} | "
+                   f"{class_name(classes, r['teacher_prediction'])} ({r['teacher_confidence']:.1%}) | "
+                   f"{class_name(classes, r['student_prediction'])} ({r['student_confidence']:.1%}) | "
                    f"{r['student_prob_of_teacher']:.1%} | {r['symmetric_kl']:.3f} |")
     if not rows:
         out.append("| – | – | – | – | – | – |")
     return "\n".join(out)
-
-
-def _class(classes: list[str], i: int) -> str:
-    return classes[i] if 0 <= i < len(classes) else str(i)
 
 
 def _history(path: Path) -> list[dict[str, float]]:
@@ -314,7 +310,7 @@ def _confusion(run_dir: Path, validation: dict[str, Any], classes: list[str]) ->
         n = len(counts)
         image = ax.imshow(counts, cmap="Blues")
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-        labels = [_class(classes, i) for i in range(n)]
+        labels = [class_name(classes, i) for i in range(n)]
         ticks = range(n) if n <= 30 else range(0, n, max(1, n // 15))
         upright = n <= 10 and max(len(t) for t in labels) <= 2  # longer names would overlap
         ax.set_xticks(list(ticks), [labels[i] for i in ticks], rotation=0 if upright else 90)

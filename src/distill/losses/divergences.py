@@ -73,7 +73,8 @@ def per_token_divergence(student_logits: torch.Tensor, *, kind: Kind = "forward_
                          temperature: float = 1.0, jsd_beta: float = 0.5, skew: float = 0.1) -> torch.Tensor:
     """The divergence at each position (...), before masking; arguments as in `token_divergence`.
     Forward and reverse KL against full teacher logits that carry no gradient take the fused path
-    (`distill.losses.fused_kl`: the same values and gradients, a fraction of the memory traffic)."""
+    (`distill.losses.fused_kl`: the same values and gradients, except forward KL's gradient below
+    the log floor, with less memory traffic)."""
     if teacher_logits is not None and kind in ("forward_kl", "reverse_kl") and not teacher_logits.requires_grad:
         return full_kl(student_logits, teacher_logits, temperature=temperature, reverse=kind == "reverse_kl")
     log_p, log_q = _bins(student_logits, teacher_logits, teacher_topk_logprobs, teacher_topk_indices,

@@ -5,8 +5,9 @@ the value is, and only it is kept for the backward pass.
 
 Written out by `distill.losses.divergences.kl`, a token-level KL over a 49k vocabulary is a chain
 of (tokens × V) tensors that autograd keeps and walks back through (two log-softmaxes, two floors,
-an exponential, a difference, a product): on a CPU that chain, not the matrix products, is the
-largest part of an on-policy step. The closed forms are short — with q = softmax(z / T) the student
+an exponential, a difference, a product): memory traffic and memory that grow with the vocabulary
+(benchmarks/results/fused_kl.json: 1.62× faster for reverse KL, 1.19× for forward KL, at 512
+tokens × 49,152 on a CPU). The closed forms are short — with q = softmax(z / T) the student
 and p the (constant) teacher,
 
     ∂ KL(p ‖ q) / ∂z = (q − p) / T
